@@ -1,0 +1,48 @@
+"""`jamdata` command line. Each module in jamdata/commands/ adds its sub-commands via
+`register(subparsers)`, so a capability and its command live together."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import pkgutil
+import sys
+from typing import Sequence
+
+from jamdata import __version__
+
+
+def build_parser(prog: str = "jamdata", package: str = "jamdata.commands") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=f"{prog}: mixed-modal (text + image) data preparation and training. Run `{prog} COMMAND --help` for details.")
+    parser.add_argument("--version", action="version", version=f"{prog} {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    pkg = importlib.import_module(package)
+    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
+        importlib.import_module(f"{package}.{info.name}").register(sub)
+    return parser
+
+
+def run(argv: Sequence[str] | None, prog: str, package: str) -> int:
+    parser = build_parser(prog, package)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    from jamdata.errors import USER_ERRORS
+
+    try:
+        return int(args.func(args) or 0)
+    except USER_ERRORS as e:  # expected failures: one clear line, no traceback
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(argv, "jamdata", "jamdata.commands")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Sub-commands of `jamdata`; every module here defines `register(subparsers)`."""

@@ -1,0 +1,33 @@
+"""`jamdata run --config ...`: the main job, every stage in order (see pipelines/stages.py)."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run the whole chain (raw files -> shards -> report -> training smoke run)")
+    p.add_argument("--config", required=True)
+    p.add_argument("--out", help="run directory (default: run.out_dir from the config)")
+    p.add_argument("--stage", action="append", help="run only this stage (repeatable)")
+    p.add_argument("--force", action="store_true", help="redo stages whose outputs are already complete")
+    p.add_argument("--workers", type=int, help="local Beam worker processes (default: run.workers)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from jamdata.config import Config
+    from pipelines.stages import StageContext, run_all
+
+    cfg = Config.load(args.config, overrides=args.set)
+    run_cfg = cfg.section("run")
+    out = Path(args.out or run_cfg.get("out_dir", str, default="out/run"))
+    ctx = StageContext(cfg, out, workers=args.workers or run_cfg.get("workers", int, default=1),
+                       beam_args=run_cfg.get("beam_args", list, default=[]), force=args.force)
+    summary = run_all(ctx, only=args.stage)
+    print("\n== summary")
+    for line in summary:
+        print("  " + line)
+    print(f"outputs under {out.resolve()}")
+    return 0

@@ -1,0 +1,121 @@
+"""YAML configuration with errors that name the key and what it allows.
+
+    cfg = Config.load("configs/demo.yaml")
+    clean = cfg.section("text.clean")
+    clean.get("min_words", int, default=50)
+    clean.choice("dedup", ["none", "exact", "minhash"], default="minhash")
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Sequence, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+_MISSING = object()
+
+
+class ConfigError(ValueError):
+    def __init__(self, key: str, problem: str, allowed: Sequence[Any] | None = None, source: str = ""):
+        msg = f"config key '{key}': {problem}"
+        if allowed is not None:
+            msg += f" (allowed: {', '.join(map(str, allowed))})"
+        if source:
+            msg = f"{source}: {msg}"
+        super().__init__(msg)
+        self.key = key
+
+
+class Config:
+    """A view on one mapping of the YAML tree, remembering its dotted path for error messages."""
+
+    def __init__(self, data: dict, prefix: str = "", source: str = ""):
+        if not isinstance(data, dict):
+            raise ConfigError(prefix or "(top level)", f"must be a mapping, got {type(data).__name__}", source=source)
+        self.data = data
+        self.prefix = prefix
+        self.source = source
+
+    @classmethod
+    def load(cls, path: str | Path, overrides: Sequence[str] = ()) -> "Config":
+        """Load YAML and apply `key.path=value` overrides (values parsed as YAML)."""
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError("(file)", f"config file {path} does not exist") from None
+        except yaml.YAMLError as e:
+            raise ConfigError("(file)", f"{path} is not valid YAML: {e}") from None
+        cfg = cls(data, source=str(path))
+        for item in overrides:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ConfigError(item, "override must look like key.path=value")
+            cfg.set(key, yaml.safe_load(value))
+        return cfg
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}.{key}" if self.prefix else key
+
+    def _lookup(self, dotted: str) -> Any:
+        node: Any = self.data
+        for part in dotted.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return _MISSING
+            node = node[part]
+        return node
+
+    def has(self, key: str) -> bool:
+        return self._lookup(key) is not _MISSING
+
+    def set(self, dotted: str, value: Any) -> None:
+        node = self.data
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+
+    def section(self, key: str, required: bool = False) -> "Config":
+        value = self._lookup(key)
+        if value is _MISSING or value is None:
+            if required:
+                raise ConfigError(self._key(key), "missing section", source=self.source)
+            value = {}
+            self.set(key, value)
+        return Config(value, self._key(key), self.source)
+
+    def get(self, key: str, type_: type[T] | tuple[type, ...] = object, default: Any = _MISSING) -> T:
+        value = self._lookup(key)
+        if value is _MISSING:
+            if default is _MISSING:
+                raise ConfigError(self._key(key), "missing (required)", source=self.source)
+            return default
+        if type_ is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if type_ is not object and not isinstance(value, type_):
+            names = type_.__name__ if isinstance(type_, type) else " or ".join(t.__name__ for t in type_)
+            raise ConfigError(self._key(key), f"must be {names}, got {value!r}", source=self.source)
+        return value
+
+    def number(self, key: str, default: Any = _MISSING, lo: float | None = None, hi: float | None = None) -> float:
+        value = self.get(key, (int, float), default)
+        if isinstance(value, bool) or (lo is not None and value < lo) or (hi is not None and value > hi):
+            rng = f"[{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
+            raise ConfigError(self._key(key), f"must be a number in {rng}, got {value!r}", source=self.source)
+        return value
+
+    def choice(self, key: str, allowed: Sequence[Any], default: Any = _MISSING) -> Any:
+        value = self.get(key, object, default)
+        if value not in allowed:
+            raise ConfigError(self._key(key), f"got {value!r}", allowed=allowed, source=self.source)
+        return value
+
+    def check_keys(self, allowed: Sequence[str]) -> None:
+        """Reject unknown keys here (a typo would otherwise be silently ignored)."""
+        for key in self.data:
+            if key not in allowed:
+                raise ConfigError(self._key(key), "unknown key", allowed=sorted(allowed), source=self.source)
+
+    def to_dict(self) -> dict:
+        return copy.deepcopy(self.data)

@@ -1,0 +1,13 @@
+"""Exceptions that mean 'the user's input or config is wrong' (printed without a traceback)."""
+from jamdata.config import ConfigError
+from jamdata.formats.megatron import IndexedDatasetError
+from jamdata.formats.wds import ShardError
+from jamdata.io import InputError
+from jamdata.manifest import ManifestError, OutputLockedError
+from jamdata.vocab import VocabMismatchError
+from schemas.records import SchemaError
+
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ConfigError, InputError, ManifestError, OutputLockedError, VocabMismatchError, SchemaError,
+    ShardError, IndexedDatasetError, FileNotFoundError, PermissionError,
+)

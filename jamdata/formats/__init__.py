@@ -1,0 +1,1 @@
+"""On-disk shard formats: Megatron indexed datasets (text tokens) and webdataset tars."""

@@ -1,0 +1,145 @@
+"""File access shared by every stage: content-sniffed decompression, atomic writes, locks, hashes.
+
+All paths go through fsspec so that local paths, gs:// and s3:// behave the same.
+"""
+from __future__ import annotations
+
+import bz2
+import contextlib
+import gzip
+import hashlib
+import io
+import lzma
+import os
+import uuid
+from pathlib import Path
+from typing import IO, Iterator
+
+import fsspec
+
+MAGIC = {
+    b"\x1f\x8b": "gzip",
+    b"BZh": "bz2",
+    b"\x28\xb5\x2f\xfd": "zstd",
+    b"\xfd7zXZ\x00": "xz",
+}
+
+
+class InputError(Exception):
+    """A raw input that cannot be read; the message names the file (and offset when known)."""
+
+    def __init__(self, path: str, message: str, offset: int | None = None):
+        where = f"{path}" + (f" at offset {offset}" if offset is not None else "")
+        super().__init__(f"{where}: {message}")
+        self.path = path
+        self.offset = offset
+        self.reason = message
+
+
+def sniff_compression(head: bytes) -> str | None:
+    """Compression from the first bytes of a file, not its name (files are often misnamed)."""
+    for magic, name in MAGIC.items():
+        if head.startswith(magic):
+            return name
+    return None
+
+
+def _decompressor(raw: IO[bytes], kind: str | None) -> IO[bytes]:
+    if kind == "gzip":
+        return gzip.GzipFile(fileobj=raw)  # handles multi-member gzip (WARC/WET)
+    if kind == "bz2":
+        return bz2.BZ2File(raw)
+    if kind == "xz":
+        return lzma.LZMAFile(raw)
+    if kind == "zstd":
+        import zstandard
+
+        return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+    return raw
+
+
+@contextlib.contextmanager
+def open_input(path: str | os.PathLike) -> Iterator[IO[bytes]]:
+    """Open any local or remote file as a decompressed binary stream (compression sniffed)."""
+    path = str(path)
+    with fsspec.open(path, "rb") as raw:
+        buffered = raw if hasattr(raw, "peek") else io.BufferedReader(raw)
+        head = buffered.peek(8)[:8]
+        stream = _decompressor(buffered, sniff_compression(head))
+        try:
+            yield stream
+        finally:
+            if stream is not buffered:
+                stream.close()
+
+
+def is_local(path: str | os.PathLike) -> bool:
+    return "://" not in str(path) or str(path).startswith("file://")
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
+    """Write to a temporary sibling and rename on success, so a killed job never leaves a
+    file that looks complete. Object stores (gs://, s3://) only publish an object on close,
+    which gives the same guarantee."""
+    path = str(path)
+    if not is_local(path):
+        with fsspec.open(path, mode) as f:
+            yield f
+        return
+    local = Path(path.removeprefix("file://"))
+    local.parent.mkdir(parents=True, exist_ok=True)
+    tmp = local.with_name(f".{local.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        with open(tmp, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, local)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with fsspec.open(str(path), "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def stable_hash(*parts: str | bytes, seed: int = 0) -> int:
+    """A 64-bit hash that is the same on every machine, process and run (unlike hash())."""
+    h = hashlib.blake2b(digest_size=8, key=seed.to_bytes(8, "little"))
+    for p in parts:
+        h.update(p.encode("utf-8") if isinstance(p, str) else p)
+        h.update(b"\x00")
+    return int.from_bytes(h.digest(), "little")
+
+
+def fs_and_path(path: str | os.PathLike) -> tuple[fsspec.AbstractFileSystem, str]:
+    fs, p = fsspec.core.url_to_fs(str(path))
+    return fs, p
+
+
+def expand_inputs(patterns: str | list[str]) -> list[str]:
+    """Expand globs/directories into a sorted list of files (sorted so runs are reproducible)."""
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    out: list[str] = []
+    for pat in patterns:
+        fs, p = fs_and_path(pat)
+        proto = fs.protocol[0] if isinstance(fs.protocol, (tuple, list)) else fs.protocol
+        prefix = "" if proto in ("file", "local") else f"{proto}://"
+        if fs.isdir(p):
+            found = [f for f in fs.find(p) if not Path(f).name.startswith(".")]
+        elif any(c in p for c in "*?["):
+            found = fs.glob(p)
+        elif fs.exists(p):
+            found = [p]
+        else:
+            raise InputError(str(pat), "no such file or directory")
+        out.extend(prefix + f for f in found)
+    return sorted(set(out))

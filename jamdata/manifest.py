@@ -1,0 +1,219 @@
+"""Dataset manifests: writing them last (a dataset is complete iff its manifest exists), checking a
+dataset against its manifest, refusing to mix vocabularies, and guarding an output directory."""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import fsspec
+
+from jamdata import __version__
+from jamdata.io import atomic_write, sha256_file
+from jamdata.vocab import JointVocab, check_same_vocab
+from schemas import MANIFEST_VERSION, SCHEMA_VERSION, validate_manifest
+
+MANIFEST = "manifest.json"
+LOCK = ".jam.lock"
+
+
+@dataclass
+class ShardInfo:
+    path: str  # relative to the dataset directory
+    bytes: int
+    sha256: str
+    records: int | None = None
+    tokens: int | None = None
+    group: str | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = {"path": self.path, "bytes": self.bytes, "sha256": self.sha256, "records": self.records,
+             "tokens": self.tokens, "group": self.group}
+        if self.summary:
+            d["summary"] = self.summary
+        return d
+
+
+def describe_shard(root: str, rel: str, records: int | None = None, tokens: int | None = None,
+                   group: str | None = None, summary: dict | None = None) -> ShardInfo:
+    """Hash and size a finished shard file for the manifest."""
+    full = f"{str(root).rstrip('/')}/{rel}"
+    fs, p = fsspec.core.url_to_fs(full)
+    return ShardInfo(rel, int(fs.size(p)), sha256_file(full), records, tokens, group, summary or {})
+
+
+def build_manifest(kind: str, shards: Iterable[ShardInfo | dict], config: dict,
+                   vocab: JointVocab | None = None, summary: dict | None = None,
+                   inputs: list[str] | None = None) -> dict:
+    rows = sorted((s.to_dict() if isinstance(s, ShardInfo) else dict(s) for s in shards), key=lambda s: s["path"])
+    tokens = [s.get("tokens") for s in rows]
+    manifest = {
+        "manifest_version": MANIFEST_VERSION,
+        "schema_version": SCHEMA_VERSION,
+        "kind": kind,
+        "vocab_fingerprint": vocab.fingerprint if vocab else None,
+        "vocab": vocab.to_dict() if vocab else None,
+        "config": config,
+        "shards": rows,
+        "totals": {
+            "records": sum(s.get("records") or 0 for s in rows),
+            "bytes": sum(s["bytes"] for s in rows),
+            "tokens": sum(t for t in tokens if t is not None) if any(t is not None for t in tokens) else None,
+        },
+        "summary": summary or {},
+        "inputs": list(inputs or []),
+        "tool_version": f"jamdata {__version__}",
+    }
+    validate_manifest(manifest)
+    return manifest
+
+
+def write_manifest(root: str, manifest: dict) -> str:
+    """Written last and atomically: its presence is what marks the dataset complete."""
+    validate_manifest(manifest)
+    path = f"{str(root).rstrip('/')}/{MANIFEST}"
+    with atomic_write(path, "w") as f:
+        json.dump(manifest, f, indent=2, sort_keys=True)
+        f.write("\n")
+    return path
+
+
+class ManifestError(Exception):
+    pass
+
+
+def read_manifest(root: str) -> dict:
+    path = f"{str(root).rstrip('/')}/{MANIFEST}"
+    try:
+        with fsspec.open(path, "r") as f:
+            manifest = json.load(f)
+    except FileNotFoundError:
+        raise ManifestError(f"{root}: no {MANIFEST} (not a dataset, or its job did not finish)") from None
+    except json.JSONDecodeError as e:
+        raise ManifestError(f"{path}: not valid JSON ({e})") from None
+    try:
+        validate_manifest(manifest, where=path)
+    except ValueError as e:
+        raise ManifestError(str(e)) from None
+    return manifest
+
+
+def is_complete(root: str) -> bool:
+    try:
+        read_manifest(root)
+        return True
+    except ManifestError:
+        return False
+
+
+# -- record counting per shard format (for validate) -------------------------------------------
+def _count_parquet(path: str) -> int:
+    import pyarrow.parquet as pq
+
+    with fsspec.open(path, "rb") as f:
+        return pq.ParquetFile(f).metadata.num_rows
+
+
+def _count_idx(path: str) -> int:
+    from jamdata.formats.megatron import read_index
+
+    return len(read_index(path).sequence_lengths)
+
+
+def _count_tar(path: str) -> int:
+    from jamdata.formats.wds import count_samples
+
+    return count_samples(path)
+
+
+RECORD_COUNTERS: dict[str, Callable[[str], int]] = {
+    ".parquet": _count_parquet,
+    ".idx": _count_idx,
+    ".tar": _count_tar,
+}
+
+
+def validate_dataset(root: str, deep: bool = True) -> list[str]:
+    """Every problem found (empty list = valid): missing, truncated or altered shards, count
+    mismatches."""
+    try:
+        manifest = read_manifest(root)
+    except ManifestError as e:
+        return [str(e)]
+    problems: list[str] = []
+    root = str(root).rstrip("/")
+    fs, base = fsspec.core.url_to_fs(root)
+    for shard in manifest["shards"]:
+        full = f"{root}/{shard['path']}"
+        _, p = fsspec.core.url_to_fs(full)
+        if not fs.exists(p):
+            problems.append(f"{shard['path']}: missing")
+            continue
+        size = fs.size(p)
+        if size != shard["bytes"]:
+            problems.append(f"{shard['path']}: {size} bytes, manifest says {shard['bytes']} (truncated or altered)")
+            continue
+        if deep and sha256_file(full) != shard["sha256"]:
+            problems.append(f"{shard['path']}: sha256 differs from the manifest (altered)")
+            continue
+        counter = RECORD_COUNTERS.get(Path(shard["path"]).suffix)
+        if deep and counter and shard.get("records") is not None:
+            try:
+                n = counter(full)
+            except Exception as e:  # a corrupt shard is a finding, not a crash
+                problems.append(f"{shard['path']}: unreadable ({e})")
+                continue
+            if n != shard["records"]:
+                problems.append(f"{shard['path']}: {n} records, manifest says {shard['records']}")
+    total = sum(s.get("records") or 0 for s in manifest["shards"])
+    if total != manifest["totals"]["records"]:
+        problems.append(f"totals.records is {manifest['totals']['records']} but the shards add up to {total}")
+    return problems
+
+
+def check_compatible(roots: Iterable[str]) -> str:
+    """Refuse to combine datasets made with different joint vocabularies (names both)."""
+    return check_same_vocab({str(r): read_manifest(str(r))["vocab_fingerprint"] for r in roots})
+
+
+# -- output directories --------------------------------------------------------------------------
+class OutputLockedError(RuntimeError):
+    pass
+
+
+@contextlib.contextmanager
+def output_dir(root: str | os.PathLike, clean: bool = True) -> Iterator[Path]:
+    """Claim a local output directory for one job: refuse a second job writing into it (the lock
+    dies with its process, so a killed job never blocks the next), and remove the old manifest
+    first so a half-redone dataset never looks complete."""
+    root = Path(root)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        lock_f = open(root / LOCK, "a+")
+    except PermissionError as e:
+        raise PermissionError(f"cannot write to output directory {root}: permission denied ({e.strerror})") from None
+    except OSError as e:
+        raise OSError(e.errno, f"cannot write to output directory {root}: {e.strerror}") from None
+    try:
+        fcntl.flock(lock_f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock_f.close()
+        raise OutputLockedError(f"{root} is being written by another job (lock {root / LOCK}); "
+                                "wait for it or choose another output directory") from None
+    try:
+        (root / MANIFEST).unlink(missing_ok=True)
+        if clean:
+            for child in root.iterdir():
+                if child.name == LOCK:
+                    continue
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+        yield root
+    finally:
+        fcntl.flock(lock_f, fcntl.LOCK_UN)
+        lock_f.close()

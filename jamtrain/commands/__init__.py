@@ -1,0 +1,1 @@
+"""Sub-commands of `jamtrain`; every module here defines `register(subparsers)`."""

@@ -1,0 +1,95 @@
+"""Beam building blocks every pipeline shares: deterministic sharded writes and the manifest.
+
+Determinism: records are assigned to shards by a stable hash of their key, and each shard is
+written from its records sorted by key, so output bytes do not depend on the runner, the number
+of workers or the input order.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from jamdata.io import atomic_write, stable_hash
+from jamdata.manifest import build_manifest, describe_shard, write_manifest
+from jamdata.vocab import JointVocab
+from schemas.records import to_table
+
+# (out_dir, shard_name without extension, records sorted by key) -> shard info dicts
+ShardWriteFn = Callable[[str, str, list[Any]], list[dict]]
+
+
+def parquet_shard_writer(schema: pa.Schema, group_field: str | None = None) -> ShardWriteFn:
+    """Write dict records as one parquet file per shard (zstd, row groups of 10k rows)."""
+
+    def write(out_dir: str, name: str, records: list[dict]) -> list[dict]:
+        rel = f"{name}.parquet"
+        table = to_table(records, schema)
+        with atomic_write(f"{out_dir}/{rel}", "wb") as f:
+            pq.write_table(table, f, compression="zstd", row_group_size=10_000)
+        group = records[0].get(group_field) if group_field and records else None
+        return [describe_shard(out_dir, rel, records=len(records), group=group).to_dict()]
+
+    return write
+
+
+class _WriteGroup(beam.DoFn):
+    def __init__(self, out_dir: str, write_fn: ShardWriteFn):
+        self.out_dir = out_dir
+        self.write_fn = write_fn
+
+    def process(self, element):
+        (group, bucket), keyed = element
+        records = [r for _, r in sorted(keyed, key=lambda kv: kv[0])]
+        name = f"{group}/part-{bucket:05d}" if group else f"part-{bucket:05d}"
+        yield from self.write_fn(self.out_dir, name, records)
+
+
+class WriteShards(beam.PTransform):
+    """PCollection of (sort_key, record) -> PCollection of shard info dicts.
+
+    `group_of(record)` optionally puts records in a sub-directory (e.g. one per text source);
+    `num_shards` buckets per group. Keys must be unique (they define the order in a shard)."""
+
+    def __init__(self, out_dir: str, write_fn: ShardWriteFn, num_shards: int = 1,
+                 group_of: Callable[[Any], str] | None = None, seed: int = 0):
+        super().__init__()
+        self.out_dir, self.write_fn, self.num_shards = str(out_dir), write_fn, num_shards
+        self.group_of, self.seed = group_of, seed
+
+    def expand(self, pcoll):
+        n, seed, group_of = self.num_shards, self.seed, self.group_of
+
+        def assign(kv):
+            key, record = kv
+            group = group_of(record) if group_of else ""
+            return (group, stable_hash(key, seed=seed) % n), (key, record)
+
+        return (pcoll
+                | "AssignShard" >> beam.Map(assign)
+                | "GroupShard" >> beam.GroupByKey()
+                | "WriteShard" >> beam.ParDo(_WriteGroup(self.out_dir, self.write_fn)))
+
+
+class WriteManifest(beam.PTransform):
+    """Shard infos -> manifest.json, written once after every shard exists.
+
+    `summarize(shards)` may add kind-specific figures (computed from the per-shard summaries)."""
+
+    def __init__(self, out_dir: str, kind: str, config: dict, vocab: JointVocab | None = None,
+                 summarize: Callable[[list[dict]], dict] | None = None, inputs: Iterable[str] = ()):
+        super().__init__()
+        self.out_dir, self.kind, self.config, self.vocab = str(out_dir), kind, config, vocab
+        self.summarize, self.inputs = summarize, list(inputs)
+
+    def expand(self, shard_infos):
+        def write(shards: list[dict]) -> str:
+            summary = self.summarize(shards) if self.summarize else {}
+            manifest = build_manifest(self.kind, shards, self.config, self.vocab, summary, self.inputs)
+            return write_manifest(self.out_dir, manifest)
+
+        return (shard_infos
+                | "CollectShards" >> beam.combiners.ToList()
+                | "WriteManifest" >> beam.Map(write))

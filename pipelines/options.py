@@ -1,0 +1,35 @@
+"""One place that builds Beam PipelineOptions for every pipeline.
+
+Locally: Beam's FnApiRunner, in-process or with N worker processes. Any other flag
+(`--runner=DataflowRunner --project=... --region=... --temp_location=gs://...`) is passed through,
+so the same command scales out. On a remote runner the package ships itself to workers via
+`--setup_file` (added automatically unless given).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+SETUP_FILE = Path(__file__).resolve().parent.parent / "setup.py"
+LOCAL_RUNNERS = {"FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner"}
+
+
+def runner_args(workers: int = 1, beam_args: Sequence[str] = ()) -> list[str]:
+    args = list(beam_args)
+    runner = next((a.split("=", 1)[1] for a in args if a.startswith("--runner=")), None)
+    if runner is None:
+        runner = "FnApiRunner"
+        args.insert(0, "--runner=FnApiRunner")
+    if runner in LOCAL_RUNNERS:
+        if workers > 1 and not any(a.startswith("--direct_num_workers") for a in args):
+            args += [f"--direct_num_workers={workers}", "--direct_running_mode=multi_processing"]
+    elif not any(a.startswith("--setup_file") for a in args) and SETUP_FILE.exists():
+        args.append(f"--setup_file={SETUP_FILE}")
+    return args
+
+
+def pipeline_options(workers: int = 1, beam_args: Sequence[str] = ()) -> PipelineOptions:
+    """`workers`: local worker processes (1 = in-process). `beam_args`: raw Beam flags."""
+    return PipelineOptions(runner_args(workers, beam_args))
