@@ -39,6 +39,14 @@ class Stage:
 
 
 STAGES: list[Stage] = [
+    Stage("text-clean", "pipelines.text_clean:run_stage", ("text-clean", "text-clean-rejects")),
+    Stage("tokenizer", "pipelines.text_sample:run_tokenizer_stage", ("tokenizer",)),
+    Stage("text-sample", "pipelines.text_sample:run_stage", ("text-tokens",)),
+    Stage("vqvae-train", "pipelines.image_tokenize:run_vqvae_stage", ("vqvae",)),
+    Stage("images", "pipelines.image_tokenize:run_stage", ("image-caption", "image-caption-rejects")),
+    Stage("instruct", "pipelines.instruct_build:run_stage", ("instruct", "instruct-rejects")),
+    Stage("stats", "pipelines.stats:run_stage", ("report",)),
+    Stage("train", "jamtrain.train:run_stage", ("train",)),
 ]
 
 

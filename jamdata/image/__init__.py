@@ -1,0 +1,1 @@
+"""Image tokenization: preprocessing and the VQ-VAE."""

@@ -1,0 +1,1 @@
+"""Interleaved mixed-modal documents, templates and the CM3 objective."""

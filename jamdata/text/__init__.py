@@ -1,0 +1,1 @@
+"""Text: readers, cleaning, filters, dedup, tokenizer, sampling."""
