@@ -12,6 +12,17 @@ from typing import Sequence
 from jamdata import __version__
 
 
+def command_group(sub: argparse._SubParsersAction, name: str, help: str) -> argparse._SubParsersAction:
+    """A sub-command group that several modules can extend (`jamdata text clean`, `jamdata text sample`)."""
+    if name in sub.choices:
+        return sub.choices[name].jam_group
+    parser = sub.add_parser(name, help=help)
+    group = parser.add_subparsers(dest=f"{name}_command", metavar="COMMAND")
+    parser.jam_group = group
+    parser.set_defaults(func=lambda _args: parser.print_help() or 2)
+    return group
+
+
 def build_parser(prog: str = "jamdata", package: str = "jamdata.commands") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=f"{prog}: mixed-modal (text + image) data preparation and training. Run `{prog} COMMAND --help` for details.")
     parser.add_argument("--version", action="version", version=f"{prog} {__version__}")
