@@ -36,7 +36,13 @@ def build_parser(prog: str = "jamdata", package: str = "jamdata.commands") -> ar
 
 def run(argv: Sequence[str] | None, prog: str, package: str) -> int:
     parser = build_parser(prog, package)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Everything after a bare `--` is raw Beam flags (e.g. --runner=DataflowRunner ...).
+    beam_args = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[:argv.index("--")] if "--" in argv else argv
     args = parser.parse_args(argv)
+    if not hasattr(args, "beam_args"):
+        args.beam_args = beam_args
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if not getattr(args, "func", None):

@@ -1,0 +1,1 @@
+"""Dataset statistics: mergeable per-shard aggregates, the report and comparisons."""

@@ -1,0 +1,146 @@
+"""From dataset directories to the figures of `stats.json`.
+
+`plan_shards` lists the work (one entry per shard, from the manifests only); the per-shard
+statistics are merged by a Beam combiner (pipelines/stats.py) or in-process (`compute_local`);
+`finalize` turns merged aggregates plus the manifests into the documented stats.json layout.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from jamdata.manifest import MANIFEST, ManifestError, read_manifest, validate_dataset
+from jamdata.stats import aggregate as agg
+from jamdata.stats.shards import shard_stats
+from jamdata.vocab import JointVocab
+
+STATS_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    dataset: str
+    kind: str
+    path: str
+    group: str | None
+    vocab: dict | None
+
+    def run(self) -> dict:
+        vocab = JointVocab.from_dict(self.vocab) if self.vocab else None
+        return shard_stats(self.kind, self.path, self.group, vocab)
+
+
+def expand_dirs(dirs: list[str]) -> dict[str, str]:
+    """Dataset name -> path. A directory without a manifest whose sub-directories have one is a
+    whole run: each of its datasets is reported. Names are the directory names."""
+    out: dict[str, str] = {}
+    for d in dirs:
+        p = Path(d)
+        subs = sorted(c for c in p.iterdir() if c.is_dir() and (c / MANIFEST).exists()) if p.is_dir() else []
+        if not (p / MANIFEST).exists() and subs:
+            for c in subs:
+                out[c.name] = str(c)
+        else:
+            name = p.name or str(p)
+            while name in out:
+                name += "_"
+            out[name] = str(p)
+    return out
+
+
+def inspect_datasets(datasets: dict[str, str], deep_validate: bool = False) -> dict[str, dict]:
+    """Manifest, status and problems of every dataset (missing shards, no manifest...)."""
+    info: dict[str, dict] = {}
+    for name, path in datasets.items():
+        entry: dict = {"path": path, "problems": []}
+        try:
+            m = read_manifest(path)
+        except ManifestError as e:
+            entry.update(kind=None, status="not a dataset", problems=[str(e)], manifest=None)
+            info[name] = entry
+            continue
+        entry["kind"] = m["kind"]
+        entry["manifest"] = m
+        entry["problems"] = validate_dataset(path, deep=deep_validate)
+        if entry["problems"]:
+            entry["status"] = "problems"
+        elif m["totals"]["records"] == 0:
+            entry["status"] = "empty"
+        else:
+            entry["status"] = "ok"
+        info[name] = entry
+    return info
+
+
+def plan_shards(info: dict[str, dict]) -> list[ShardTask]:
+    tasks = []
+    for name, entry in info.items():
+        m = entry.get("manifest")
+        if not m:
+            continue
+        broken = {p.split(":", 1)[0] for p in entry["problems"]}
+        for s in m["shards"]:
+            if s["path"] in broken:
+                continue  # reported as a problem, not read
+            tasks.append(ShardTask(name, m["kind"], f"{entry['path']}/{s['path']}", s.get("group"), m.get("vocab")))
+    return tasks
+
+
+def run_task(task: ShardTask) -> tuple[str, dict]:
+    try:
+        return task.dataset, task.run()
+    except Exception as e:  # a shard that cannot be read is reported, not fatal
+        return task.dataset, {"all/unreadable_shards": agg.counter([f"{Path(task.path).name}: {e}"])}
+
+
+def compute_local(tasks: list[ShardTask]) -> dict[str, dict]:
+    merged: dict[str, dict] = {}
+    for task in tasks:
+        name, partial = run_task(task)
+        merged[name] = agg.merge_maps(merged.get(name, {}), partial)
+    return merged
+
+
+def _metric_summary(a: dict) -> dict:
+    t = a["type"]
+    if t == "dist":
+        s = agg.summarize_dist(a)
+        s["histogram"] = [[*agg.bin_edges(int(b)), c] for b, c in sorted(((int(k), v) for k, v in a["hist"].items()))]
+        return s
+    if t == "count":
+        return {"counts": dict(sorted(a["counts"].items(), key=lambda kv: (-kv[1], kv[0]))), "total": sum(a["counts"].values())}
+    if t == "codes":
+        return {**agg.code_usage(a["counts"]), "counts": a["counts"]}
+    if t == "examples":
+        return {"examples": [{"id": i, "text": txt} for _, i, txt in a["items"]]}
+    raise ValueError(t)
+
+
+def finalize(info: dict[str, dict], merged: dict[str, dict], fast: bool = False) -> dict:
+    datasets = {}
+    overall = {"records": 0, "bytes": 0, "tokens": 0}
+    for name, entry in info.items():
+        m = entry.get("manifest")
+        out = {"path": entry["path"], "kind": entry["kind"], "status": entry["status"], "problems": entry["problems"]}
+        if m:
+            out["manifest"] = {"totals": m["totals"], "vocab_fingerprint": m["vocab_fingerprint"],
+                               "summary": m.get("summary", {}), "shards": len(m["shards"]),
+                               "tool_version": m["tool_version"]}
+            groups: dict[str, dict] = {}
+            for s in m["shards"]:
+                g = groups.setdefault(s.get("group") or "all", {"shards": 0, "records": 0, "bytes": 0, "tokens": 0})
+                g["shards"] += 1
+                g["records"] += s.get("records") or 0
+                g["bytes"] += s["bytes"]
+                g["tokens"] += s.get("tokens") or 0
+            out["shard_totals"] = groups
+            for k in overall:
+                overall[k] += m["totals"].get(k) or 0
+        metrics: dict[str, dict] = {}
+        for key, a in sorted(merged.get(name, {}).items()):
+            group, _, metric = key.partition("/")
+            metrics.setdefault(group, {})[metric] = _metric_summary(a)
+        out["groups"] = metrics
+        datasets[name] = out
+    return {"stats_version": STATS_VERSION, "mode": "fast (manifests only)" if fast else "full (shards read)",
+            "datasets": datasets, "overall": overall}

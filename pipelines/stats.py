@@ -1,0 +1,114 @@
+"""Statistics as a Beam pipeline: shards are read in parallel and merged by a combiner, so the
+same code scales from the demo to the full run on Dataflow. `fast=True` reads manifests only."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import apache_beam as beam
+
+from jamdata.io import atomic_write
+from jamdata.stats import aggregate as agg
+from jamdata.stats.collect import expand_dirs, finalize, inspect_datasets, plan_shards, run_task
+from jamdata.stats.report import write_report
+from pipelines.options import pipeline_options
+
+
+class MergeStats(beam.CombineFn):
+    def create_accumulator(self):
+        return {}
+
+    def add_input(self, acc, partial):
+        return agg.merge_maps(acc, partial)
+
+    def merge_accumulators(self, accs):
+        out: dict = {}
+        for a in accs:
+            out = agg.merge_maps(out, a)
+        return out
+
+    def extract_output(self, acc):
+        return acc
+
+
+def compute_beam(tasks, agg_path: str, workers: int = 1, beam_args=()) -> dict[str, dict]:
+    """Merged aggregates per dataset; written by the pipeline to `agg_path` (any fsspec path, so
+    this works unchanged on a remote runner) and read back here."""
+    if not tasks:
+        return {}
+
+    def write(pairs):
+        with atomic_write(agg_path, "w") as f:
+            json.dump(dict(sorted(pairs)), f)
+
+    with beam.Pipeline(options=pipeline_options(workers, beam_args)) as p:
+        (p
+         | "Shards" >> beam.Create(tasks)
+         | "Spread" >> beam.Reshuffle()
+         | "ShardStats" >> beam.Map(run_task)
+         | "Merge" >> beam.CombinePerKey(MergeStats())
+         | "All" >> beam.combiners.ToList()
+         | "Write" >> beam.Map(write))
+    import fsspec
+
+    with fsspec.open(agg_path, "r") as f:
+        return json.load(f)
+
+
+def run_stats(dirs: list[str], out: str, fast: bool = False, workers: int = 1, beam_args=(),
+              vqvae: str | None = None, loader_view: dict | None = None, deep_validate: bool = False) -> dict:
+    """Compute stats.json + plots + report.html for datasets (or whole runs) into `out`."""
+    datasets = expand_dirs(dirs)
+    info = inspect_datasets(datasets, deep_validate=deep_validate)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    merged = {} if fast else compute_beam(plan_shards(info), f"{out}/aggregates.json", workers, beam_args)
+    stats = finalize(info, merged, fast=fast)
+    if loader_view:
+        stats["loader"] = loader_view
+    with atomic_write(f"{out}/stats.json", "w") as f:
+        json.dump(stats, f, indent=2, sort_keys=True)
+    write_report(stats, out, vqvae=vqvae)
+    return stats
+
+
+def run_stage(ctx) -> list[str]:
+    """Main job: report over every dataset of the run, with the loader's realised mixture."""
+    from jamdata.manifest import build_manifest, describe_shard, output_dir, write_manifest
+
+    out = ctx.path("report")
+    cfg = ctx.config.section("stats")
+    cfg.check_keys(["fast", "loader_batches"])
+    loader_view = None
+    n_batches = cfg.get("loader_batches", int, default=20)
+    if n_batches and ctx.config.has("loader"):
+        loader_view = loader_mixture(ctx, n_batches)
+    with output_dir(out):
+        datasets = [str(ctx.path(n)) for n in sorted(p.name for p in ctx.run_dir.iterdir()
+                                                        if p.is_dir() and p.name not in ("report", "train"))]
+        stats = run_stats(datasets, str(out), fast=cfg.get("fast", bool, default=False), workers=ctx.workers,
+                          beam_args=ctx.beam_args, vqvae=str(ctx.path("vqvae")), loader_view=loader_view)
+        shards = [describe_shard(str(out), n) for n in ("stats.json", "report.html")]
+        write_manifest(str(out), build_manifest("stats", shards, cfg.to_dict(), inputs=datasets))
+    o = stats["overall"]
+    return [f"{len(stats['datasets'])} datasets, {o['records']} records, {o['tokens']} tokens",
+            f"report: {Path(out, 'report.html').resolve()}"]
+
+
+def loader_mixture(ctx, n_batches: int) -> dict | None:
+    """Realised dataset mixture over the first N batches of the configured loader."""
+    from jamdata.loader import build_loader
+
+    datasets = {n: str(ctx.path(n)) for n in ("text-tokens", "image-caption", "instruct") if ctx.path(n).exists()}
+    loader = build_loader(ctx.config.section("loader"), datasets, rank=0, world_size=1)
+    counts: dict[str, int] = {}
+    tokens: dict[str, int] = {}
+    for i, batch in enumerate(loader):
+        if i >= n_batches:
+            break
+        for di, mask in zip(batch["dataset_index"].tolist(), batch["loss_mask"]):
+            name = loader.dataset_names[di]
+            counts[name] = counts.get(name, 0) + 1
+            tokens[name] = tokens.get(name, 0) + int(mask.sum())
+    total = sum(counts.values()) or 1
+    return {"batches": n_batches, "sequences": counts, "loss_tokens": tokens,
+            "share": {k: v / total for k, v in sorted(counts.items())}}
