@@ -1,0 +1,34 @@
+"""What a filter returns, and how a chain of filters is applied to one document."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+
+@dataclass
+class Verdict:
+    """keep/drop for one document; `text` is the (possibly line-filtered) text to carry on with,
+    `fields` are per-document values to store (language, language_score, quality_score)."""
+    keep: bool
+    reason: str | None = None
+    text: str = ""
+    fields: dict = field(default_factory=dict)
+
+
+class Filter(Protocol):
+    name: str
+
+    def __call__(self, text: str) -> Verdict: ...
+
+
+def apply_chain(text: str, chain: list[Callable[[str], Verdict]]) -> tuple[Verdict, str | None]:
+    """Run filters in order; stop at the first drop. Returns the final verdict (text after every
+    filter that rewrote it, merged fields) and the name of the filter that dropped it (or None)."""
+    fields: dict = {}
+    for f in chain:
+        v = f(text)
+        fields.update(v.fields)
+        if not v.keep:
+            return Verdict(False, v.reason, text, fields), f.name
+        text = v.text
+    return Verdict(True, None, text, fields), None
