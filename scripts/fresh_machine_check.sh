@@ -12,9 +12,14 @@ git clone -q "$repo" "$work/main"
 export PIP_CACHE_DIR="$work/pip-cache"   # empty cache: every package is downloaded
 cd "$work/main"
 t0=$(date +%s)
-make demo 2>&1 | tee "$work/demo.log" | grep -E '^\[|==|report|outputs under|error' || true
+set +e
+make demo > "$work/demo.log" 2>&1; demo_rc=$?
 t1=$(date +%s)
-[ "${PIPESTATUS[0]}" = 0 ] || { echo "make demo FAILED (log: $work/demo.log)"; exit 1; }
-make test 2>&1 | tee "$work/test.log" | tail -3
+grep -E '^\[|^==|report|outputs under|error' "$work/demo.log"
+[ $demo_rc = 0 ] || { echo "make demo FAILED (log: $work/demo.log)"; exit 1; }
+make test > "$work/test.log" 2>&1; test_rc=$?
 t2=$(date +%s)
+set -e
+tail -3 "$work/test.log"
+[ $test_rc = 0 ] || { echo "make test FAILED (log: $work/test.log)"; exit 1; }
 echo "fresh clone: make demo (set-up included) $((t1 - t0)) s; make test $((t2 - t1)) s"
