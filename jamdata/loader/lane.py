@@ -1,0 +1,202 @@
+"""A lane: one independent packed stream. The global stream interleaves many lanes; a lane is
+owned by exactly one (rank, worker), so it is read once, with no coordination, and its whole
+position is three integers per dataset (epoch, position in its span, offset in the document)."""
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+
+import numpy as np
+
+from jamdata.loader import order
+from jamdata.loader.sources import DatasetSource, LoaderError, Sample, ShardPool
+
+
+@dataclass
+class Row:
+    tokens: np.ndarray  # int64 [L]
+    loss_mask: np.ndarray  # bool [L]
+    segment_ids: np.ndarray  # int32 [L]
+    keys: list[str]
+
+
+def image_spans(tokens: np.ndarray, boi: int, eoi: int) -> list[tuple[int, int]]:
+    """[start, stop) of every `<boi> ... <eoi>` run (an image must never be cut)."""
+    starts = np.flatnonzero(tokens == boi)
+    ends = np.flatnonzero(tokens == eoi)
+    spans = []
+    for s in starts:
+        j = np.searchsorted(ends, s)
+        spans.append((int(s), int(ends[j]) + 1 if j < len(ends) else len(tokens)))
+    return spans
+
+
+def truncation_point(tokens: np.ndarray, limit: int, boi: int | None, eoi: int | None) -> int:
+    """Largest cut <= limit that does not fall inside an image (0: no such cut)."""
+    cut = limit
+    if boi is not None:
+        for s, e in image_spans(tokens, boi, eoi):
+            if s < cut < e:
+                cut = s
+    return cut
+
+
+class Cursor:
+    """The lane's position in one dataset: (epoch, pos, offset). Epoch e reads the lane's span of
+    the shards concatenated in `order.shard_order(seed, name, e)`, in blocks of `block` samples,
+    each block in `order.block_permutation(...)` order; the last epoch is followed by the next."""
+
+    def __init__(self, src: DatasetSource, lane: int, n_lanes: int, seed: int, block: int,
+                 pool: ShardPool, state: list[int] | None = None):
+        self.src, self.lane, self.n_lanes, self.seed, self.block = src, lane, n_lanes, seed, block
+        self.pool = pool
+        self.epoch, self.pos, self.offset = state or (0, 0, 0)
+        self._epoch_cache: tuple[int, list[int], list[int], tuple[int, int]] | None = None
+        self._block_cache: tuple[tuple[int, int], np.ndarray, dict[int, Sample | None]] | None = None
+        self.splittable = src.fmt == "megatron"
+
+    def state(self) -> list[int]:
+        return [self.epoch, self.pos, self.offset]
+
+    def _epoch(self):
+        if self._epoch_cache is None or self._epoch_cache[0] != self.epoch:
+            perm = order.shard_order(self.seed, self.src.name, self.epoch, len(self.src.shards))
+            counts = [self.src.shards[i].records for i in perm]
+            starts = list(np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(int))
+            n = self.src.n_samples
+            if n >= self.n_lanes:
+                span = order.lane_span(n, self.lane, self.n_lanes)
+            else:  # fewer samples than lanes: each lane takes one sample (documented duplicates)
+                j = (self.lane + self.epoch * self.n_lanes) % n
+                span = (j, j + 1)
+            self._epoch_cache = (self.epoch, list(perm), starts, span)
+        return self._epoch_cache
+
+    def _locate(self, seq_pos: int) -> tuple[int, int]:
+        _, perm, starts, _ = self._epoch()
+        k = bisect.bisect_right(starts, seq_pos) - 1
+        while self.src.shards[perm[k]].records == 0:
+            k += 1
+        return perm[k], seq_pos - starts[k]
+
+    def _span_len(self) -> int:
+        s = self._epoch()[3]
+        return s[1] - s[0]
+
+    def _sample_at(self, pos: int) -> Sample | None:
+        """Sample at position `pos` of this lane's shuffled span (None: unreadable, skipped)."""
+        span = self._epoch()[3]
+        m = span[1] - span[0]
+        b = pos // self.block
+        key = (self.epoch, b)
+        if self._block_cache is None or self._block_cache[0] != key:
+            size = min(self.block, m - b * self.block)
+            perm = order.block_permutation(self.seed, self.src.name, self.epoch, self.lane, b, size)
+            self._block_cache = (key, perm, {})
+        _, perm, loaded = self._block_cache
+        i = int(perm[pos - b * self.block])
+        if i not in loaded:
+            if len(loaded) > 4 * self.block:
+                loaded.clear()
+            loaded[i] = self._read(span[0] + b * self.block + i)
+        return loaded[i]
+
+    def _read(self, seq_pos: int) -> Sample | None:
+        shard_i, local = self._locate(seq_pos)
+        shard = self.pool.get(self.src, shard_i)
+        if shard is None:
+            return None
+        try:
+            sample = shard.get(local)
+        except Exception as e:  # a damaged member: counted, logged, skipped (or raised: fail)
+            self.pool.fail_or_log(f"{self.src.root}/{self.src.shards[shard_i].rel}: sample {local}: {e}",
+                                  "corrupt_samples")
+            return None
+        if sample is None:
+            return None
+        return sample
+
+    def current(self) -> Sample:
+        """The sample at the cursor, skipping unreadable ones (never loops forever)."""
+        skipped = 0
+        while True:
+            if self.pos >= self._span_len():
+                self.epoch, self.pos, self.offset = self.epoch + 1, 0, 0
+            s = self._sample_at(self.pos)
+            if s is not None and len(s.tokens) > 0:
+                return s
+            self.pos += 1
+            self.offset = 0
+            skipped += 1
+            if skipped > self._span_len() + 1 and skipped > 2 * self.src.n_samples + 2:
+                raise LoaderError(f"dataset {self.src.name!r} ({self.src.root}): no readable sample in "
+                                  f"lane {self.lane}'s part of a whole epoch (all shards damaged?)")
+
+    def advance(self) -> None:
+        self.pos += 1
+        self.offset = 0
+
+
+class Packer:
+    """Fills rows of `seq_len` from one cursor. Text documents (Megatron) run on across rows;
+    webdataset samples are atomic: one that does not fit starts the next row, one longer than a
+    row is truncated before an image (`oversize=truncate`) or skipped (`skip`), and counted."""
+
+    def __init__(self, seq_len: int, pad_id: int, oversize: str, boi: int | None, eoi: int | None,
+                 eos: int | None, counters: dict[str, int]):
+        self.L, self.pad, self.oversize = seq_len, pad_id, oversize
+        self.boi, self.eoi, self.eos = boi, eoi, eos
+        self.counters = counters
+
+    def _count(self, what: str) -> None:
+        self.counters[what] = self.counters.get(what, 0) + 1
+
+    def row(self, cur: Cursor) -> Row:
+        L = self.L
+        tokens = np.full(L, self.pad, dtype=np.int64)
+        mask = np.zeros(L, dtype=bool)
+        seg = np.full(L, -1, dtype=np.int32)
+        keys: list[str] = []
+        fill = 0
+        segment = 0
+        while fill < L:
+            s = cur.current()
+            if cur.splittable:
+                n = len(s.tokens) - cur.offset
+                take = min(n, L - fill)
+                tokens[fill:fill + take] = s.tokens[cur.offset:cur.offset + take]
+                mask[fill:fill + take] = True if s.loss_mask is None else s.loss_mask[cur.offset:cur.offset + take].astype(bool)
+                seg[fill:fill + take] = segment
+                keys.append(s.key)
+                fill += take
+                if take == n:
+                    cur.advance()
+                else:
+                    cur.offset += take
+                segment += 1
+                continue
+            toks, m = s.tokens, s.loss_mask
+            if self.eos is not None and toks[-1] != self.eos:
+                toks = np.append(toks, self.eos)
+                m = None if m is None else np.append(m, 1)
+            n = len(toks)
+            if n > L:
+                cut = truncation_point(toks, L, self.boi, self.eoi) if self.oversize == "truncate" else 0
+                if cut <= 0:
+                    self._count("skipped_oversize")
+                    cur.advance()
+                    continue
+                if fill and cut > L - fill:
+                    break
+                toks, m, n = toks[:cut], (None if m is None else m[:cut]), cut
+                self._count("truncated")
+            elif n > L - fill:
+                break
+            tokens[fill:fill + n] = toks
+            mask[fill:fill + n] = True if m is None else m.astype(bool)
+            seg[fill:fill + n] = segment
+            keys.append(s.key)
+            fill += n
+            segment += 1
+            cur.advance()
+        return Row(tokens, mask, seg, keys)

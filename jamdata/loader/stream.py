@@ -1,0 +1,345 @@
+"""The packed, mixed stream and the loader around it.
+
+Global row r of step N (G rows per step, all ranks together) is row `j = r` of that step; it comes
+from lane `(N % P) * Q + j // (G/Q)`, as that lane's row `(N // P) * (G/Q) + j % (G/Q)`; lane row i
+of lane l is taken from dataset `schedule[(i * P * Q + l) % period]`. Rank k serves rows
+[k*G/W, (k+1)*G/W) of every step; dataloader worker w serves steps start+w, start+w+nw, ... (nw
+divides P, W divides Q), so every lane lives in exactly one process and nothing depends on W or nw.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from jamdata.loader import order
+from jamdata.loader.lane import Cursor, Packer
+from jamdata.loader.sources import DatasetSource, LoaderError, ShardPool
+
+log = logging.getLogger("jamdata.loader")
+STATE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class LoaderSpec:
+    """Everything that defines the global order (and nothing that does not)."""
+    names: tuple[str, ...]
+    roots: tuple[str, ...]
+    weights: tuple[float, ...]
+    seq_len: int = 4096
+    global_batch_size: int = 8
+    step_lanes: int = 2
+    slot_lanes: int = 8
+    shuffle_block: int = 1024
+    seed: int = 0
+    mixture_period: int = 10000
+    steps_per_epoch: int = 0  # 0: one pass over the mixture's tokens
+    oversize: str = "truncate"
+    on_corrupt: str = "skip"
+    verify: str = "sha256"
+
+    @property
+    def n_lanes(self) -> int:
+        return self.step_lanes * self.slot_lanes
+
+    @property
+    def rows_per_lane(self) -> int:
+        return self.global_batch_size // self.slot_lanes
+
+    def quotas(self) -> tuple[int, ...]:
+        return tuple(order.mixture_quotas(list(self.weights), self.mixture_period))
+
+    def order_fingerprint(self, sources: list[DatasetSource]) -> str:
+        d = asdict(self)
+        for k in ("roots", "on_corrupt", "verify"):
+            d.pop(k)
+        d["shards"] = [[s.name, [(r.rel, r.records, [f[2] for f in r.files]) for r in s.shards]] for s in sources]
+        return "ord1-" + hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:20]
+
+    def lane_of(self, step: int, row: int) -> tuple[int, int]:
+        """(lane, lane row index) of global row `row` of step `step`."""
+        per = self.rows_per_lane
+        return ((step % self.step_lanes) * self.slot_lanes + row // per,
+                (step // self.step_lanes) * per + row % per)
+
+    def dataset_of(self, lane: int, lane_row: int) -> int:
+        sched = order.mixture_schedule(self.quotas())
+        return int(sched[(lane_row * self.n_lanes + lane) % len(sched)])
+
+
+def check_topology(spec: LoaderSpec, world_size: int, num_workers: int) -> None:
+    G = spec.global_batch_size
+    if G % spec.slot_lanes:
+        raise LoaderError(f"loader.slot_lanes ({spec.slot_lanes}) must divide loader.global_batch_size ({G})")
+    if spec.slot_lanes % world_size:
+        raise LoaderError(f"world size {world_size} must divide loader.slot_lanes ({spec.slot_lanes}); "
+                          "choose slot_lanes as a multiple of every world size you will run with")
+    if num_workers > 1 and spec.step_lanes % num_workers:
+        raise LoaderError(f"num_workers {num_workers} must divide loader.step_lanes ({spec.step_lanes})")
+
+
+class LaneSet:
+    """The lanes one process owns, with their cursors and readers (rebuilt from state on demand)."""
+
+    def __init__(self, spec: LoaderSpec, sources: list[DatasetSource], states: dict[int, dict]):
+        self.spec, self.sources = spec, sources
+        self.pool = ShardPool(spec.verify, spec.on_corrupt)
+        self.states = states
+        self.cursors: dict[int, list[Cursor]] = {}
+        self.rows: dict[int, int] = {}
+        vocab = next((s.vocab for s in sources if s.vocab is not None), None)
+        self.packer = Packer(spec.seq_len, vocab.pad_id if vocab else 0, spec.oversize,
+                             vocab.boi_id if vocab else None, vocab.eoi_id if vocab else None,
+                             vocab.eos_id if vocab else None, self.pool.counters)
+
+    def _lane(self, lane: int) -> list[Cursor]:
+        if lane not in self.cursors:
+            st = self.states.get(lane, {})
+            ds_state = st.get("ds", {})
+            self.cursors[lane] = [Cursor(src, lane, self.spec.n_lanes, self.spec.seed, self.spec.shuffle_block,
+                                         self.pool, ds_state.get(src.name)) for src in self.sources]
+            self.rows[lane] = int(st.get("row", 0))
+        return self.cursors[lane]
+
+    def row(self, lane: int, lane_row: int, dataset: int):
+        cursors = self._lane(lane)
+        if self.rows[lane] != lane_row:
+            raise LoaderError(f"lane {lane} is at row {self.rows[lane]} but row {lane_row} was asked for "
+                              "(state and step disagree)")
+        r = self.packer.row(cursors[dataset])
+        self.rows[lane] += 1
+        return r
+
+    def state(self, lane: int) -> dict:
+        cursors = self._lane(lane)
+        return {"row": self.rows[lane], "ds": {c.src.name: c.state() for c in cursors}}
+
+    def take_counters(self) -> dict[str, int]:
+        out = dict(self.pool.counters)
+        self.pool.counters.clear()
+        return out
+
+
+def rank_lanes(spec: LoaderSpec, rank: int, world_size: int) -> list[int]:
+    per = spec.slot_lanes // world_size
+    return [p * spec.slot_lanes + q for p in range(spec.step_lanes) for q in range(rank * per, (rank + 1) * per)]
+
+
+class PackedStream(torch.utils.data.IterableDataset):
+    """This rank's batches, one per step (use `batch_size=None` in a DataLoader). Implements the
+    `Stateful` protocol (`state_dict` / `load_state_dict`) of torchdata's StatefulDataLoader."""
+
+    def __init__(self, spec: LoaderSpec, sources: list[DatasetSource], rank: int = 0, world_size: int = 1,
+                 step: int = 0, lanes: dict[int, dict] | None = None, steps_per_epoch: int = 1):
+        self.spec, self.sources, self.rank, self.world_size = spec, sources, rank, world_size
+        self.step = step
+        self.lanes = dict(lanes or {})
+        self.steps_per_epoch = steps_per_epoch
+        self.stride: int | None = None  # set when restored from a per-worker state
+        self._set: LaneSet | None = None
+
+    def __getstate__(self):
+        d = self.__dict__.copy()
+        d["_set"] = None
+        return d
+
+    # -- Stateful protocol ----------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        info = torch.utils.data.get_worker_info()
+        lanes = {l: (self._set.state(l) if self._set and l in self._set.cursors else self.lanes.get(l))
+                 for l in rank_lanes(self.spec, self.rank, self.world_size)}
+        return {"step": self.step, "lanes": {l: s for l, s in lanes.items() if s is not None},
+                "stride": info.num_workers if info else self.stride}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = int(state["step"])
+        self.lanes = {int(k): v for k, v in state["lanes"].items()}
+        self.stride = state.get("stride")
+        self._set = None
+
+    # -- iteration ----------------------------------------------------------------------------------
+    def steps(self) -> range:
+        info = torch.utils.data.get_worker_info()
+        nw, w = (info.num_workers, info.id) if info else (1, 0)
+        check_topology(self.spec, self.world_size, nw)
+        end = (self.step // self.steps_per_epoch + 1) * self.steps_per_epoch
+        if self.stride:  # restored per-worker state: this worker's own next step
+            return range(self.step, end, self.stride)
+        return range(self.step + w, end, nw)
+
+    def __iter__(self) -> Iterator[dict]:
+        if self._set is None:
+            self._set = LaneSet(self.spec, self.sources, self.lanes)
+        steps = self.steps()
+        for n in steps:
+            batch = self.batch(n)
+            self.step = n + steps.step
+            yield batch
+        self.step, self.stride = steps.stop, None  # the next epoch starts at the same step everywhere
+
+    def batch(self, n: int) -> dict[str, Any]:
+        spec, ls = self.spec, self._set
+        B = spec.global_batch_size // self.world_size
+        rows, ds, touched = [], [], []
+        for j in range(self.rank * B, (self.rank + 1) * B):
+            lane, lane_row = spec.lane_of(n, j)
+            d = spec.dataset_of(lane, lane_row)
+            rows.append(ls.row(lane, lane_row, d))
+            ds.append(d)
+            if lane not in touched:
+                touched.append(lane)
+        return {
+            "tokens": torch.from_numpy(np.stack([r.tokens for r in rows])),
+            "loss_mask": torch.from_numpy(np.stack([r.loss_mask for r in rows])),
+            "segment_ids": torch.from_numpy(np.stack([r.segment_ids for r in rows])),
+            "dataset_index": torch.tensor(ds, dtype=torch.int64),
+            "keys": [r.keys for r in rows],
+            "_step": n,
+            "_lanes": {l: ls.state(l) for l in touched},
+            "_counters": ls.take_counters(),
+        }
+
+
+PRIVATE = ("_step", "_lanes", "_counters")
+
+
+def merge_state_dicts(states: list[dict]) -> dict:
+    """One global state from every rank's `state_dict()` (all taken at the same step)."""
+    steps = {s["step"] for s in states}
+    fps = {s["fingerprint"] for s in states}
+    if len(steps) != 1 or len(fps) != 1:
+        raise LoaderError(f"rank states disagree (steps {sorted(steps)}, order fingerprints {sorted(fps)})")
+    out = copy.deepcopy(states[0])
+    out["rank"] = None
+    out["covered"] = sorted({l for s in states for l in s["covered"]})
+    out["lanes"] = {str(l): v for s in states for l, v in s["lanes"].items()}
+    out["counters"] = {}
+    for s in states:
+        for k, v in s.get("counters", {}).items():
+            out["counters"][k] = out["counters"].get(k, 0) + v
+    return out
+
+
+class JamLoader:
+    """Iterate for one epoch of `len(loader)` steps; `state_dict()` after any step and
+    `load_state_dict()` continue exactly there, for any number of workers or ranks."""
+
+    def __init__(self, spec: LoaderSpec, sources: list[DatasetSource], rank: int = 0, world_size: int = 1,
+                 num_workers: int = 0, persistent_workers: bool = False, prefetch_factor: int = 2,
+                 pin_memory: bool = False):
+        check_topology(spec, world_size, num_workers)
+        self.spec, self.sources = spec, sources
+        self.rank, self.world_size = rank, world_size
+        self.num_workers, self.persistent_workers = num_workers, persistent_workers and num_workers > 0
+        self.prefetch_factor, self.pin_memory = prefetch_factor, pin_memory
+        self.dataset_names = list(spec.names)
+        self.fingerprint = spec.order_fingerprint(sources)
+        self.steps_per_epoch = spec.steps_per_epoch or default_steps_per_epoch(spec, sources)
+        self.step = 0
+        self.lanes: dict[int, dict] = {}
+        self.counters: dict[str, int] = {}
+        self._dl = None
+        self._dl_start: int | None = None
+        self._clean = False
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch
+
+    @property
+    def epoch(self) -> int:
+        return self.step // self.steps_per_epoch
+
+    def _stream(self) -> PackedStream:
+        mine = set(rank_lanes(self.spec, self.rank, self.world_size))
+        return PackedStream(self.spec, self.sources, self.rank, self.world_size, self.step,
+                            {l: s for l, s in self.lanes.items() if l in mine}, self.steps_per_epoch)
+
+    def _iterable(self):
+        if self.num_workers == 0:
+            return self._stream()
+        reuse = (self.persistent_workers and self._dl is not None and self._clean
+                 and (self.step - self._dl_start) % self.num_workers == 0)
+        if not reuse:
+            self._dl = torch.utils.data.DataLoader(
+                self._stream(), batch_size=None, num_workers=self.num_workers,
+                persistent_workers=self.persistent_workers, prefetch_factor=self.prefetch_factor,
+                pin_memory=self.pin_memory)
+            self._dl_start = self.step
+        return self._dl
+
+    def __iter__(self) -> Iterator[dict]:
+        source = self._iterable()
+        self._clean = False
+        end = (self.epoch + 1) * self.steps_per_epoch
+        for batch in source:
+            n = batch.pop("_step")
+            if n != self.step:
+                raise LoaderError(f"rank {self.rank}: got step {n}, expected {self.step} (worker order broken)")
+            self.lanes.update(batch.pop("_lanes"))
+            for k, v in batch.pop("_counters").items():
+                self.counters[k] = self.counters.get(k, 0) + v
+            self.step += 1
+            yield batch
+        if self.step != end:
+            raise LoaderError(f"rank {self.rank}: epoch ended at step {self.step}, expected {end}")
+        self._clean = True
+
+    # -- state ---------------------------------------------------------------------------------
+    def state_dict(self, gather: bool | None = None) -> dict:
+        """Position after the last batch handed out. With torch.distributed initialised (or
+        gather=True) every rank's lanes are gathered, so any rank's state resumes any world size."""
+        mine = rank_lanes(self.spec, self.rank, self.world_size)
+        state = {
+            "version": STATE_VERSION, "fingerprint": self.fingerprint, "step": self.step,
+            "rank": self.rank, "world_size": self.world_size, "covered": mine,
+            "lanes": {str(l): copy.deepcopy(self.lanes[l]) for l in mine if l in self.lanes},
+            "counters": dict(self.counters), "dataset_names": self.dataset_names,
+        }
+        dist = torch.distributed
+        if gather is None:
+            gather = self.world_size > 1 and dist.is_available() and dist.is_initialized()
+        if gather:
+            states: list[Any] = [None] * self.world_size
+            dist.all_gather_object(states, state)
+            state = merge_state_dicts(states)
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("version") != STATE_VERSION:
+            raise LoaderError(f"loader state version {state.get('version')} is not {STATE_VERSION}")
+        if state["fingerprint"] != self.fingerprint:
+            raise LoaderError(f"loader state was saved for a different data order ({state['fingerprint']}, "
+                              f"this loader has {self.fingerprint}): datasets, weights, seed, seq_len, "
+                              "global_batch_size, lanes or shuffle_block changed")
+        need = set(rank_lanes(self.spec, self.rank, self.world_size))
+        missing = need - set(state["covered"])
+        if missing:
+            raise LoaderError(f"loader state covers lanes {sorted(state['covered'])} only; rank {self.rank} of "
+                              f"{self.world_size} needs {sorted(need)}: pass the state of all ranks "
+                              "(merge_state_dicts, or state_dict() with torch.distributed initialised)")
+        self.step = int(state["step"])
+        self.lanes = {int(k): copy.deepcopy(v) for k, v in state["lanes"].items()}
+        self.counters = dict(state.get("counters", {}))
+        self._clean = False
+
+    def close(self) -> None:
+        self._dl = None
+
+
+def default_steps_per_epoch(spec: LoaderSpec, sources: list[DatasetSource]) -> int:
+    """Steps for one pass over the mixture: the dataset that runs out first at its weight, or the
+    token total when token counts are missing."""
+    rows_needed = []
+    total = sum(spec.weights)
+    for src, w in zip(sources, spec.weights):
+        if w <= 0:
+            continue
+        tokens = src.tokens if src.tokens is not None else src.n_samples * spec.seq_len
+        rows_needed.append(tokens / spec.seq_len / (w / total))
+    return max(1, int(max(rows_needed) // spec.global_batch_size))
