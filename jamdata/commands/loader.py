@@ -1,0 +1,60 @@
+"""`jamdata loader inspect --config C --step N`: the sample keys of every row of global step N."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from jamdata.cli import command_group
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    group = command_group(sub, "loader", "the training loader: inspect the global data order")
+    p = group.add_parser("inspect", help="print the sample keys of every row of global step N (no training)")
+    p.add_argument("--config", required=True)
+    p.add_argument("--step", type=int, required=True, help="global step (0-based)")
+    p.add_argument("--out", help="run directory holding the datasets (default: run.out_dir)")
+    p.add_argument("--state", help="a saved loader state (JSON) at or before --step, to start from instead of step 0")
+    p.add_argument("--tokens", type=int, default=0, metavar="K", help="also print the first K tokens of each row")
+    p.add_argument("--json", action="store_true", help="one JSON object per row")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.set_defaults(func=inspect)
+
+
+def inspect(args: argparse.Namespace) -> int:
+    from jamdata.config import Config
+    from jamdata.loader import build_loader, dataset_dirs
+    from jamdata.loader.sources import LoaderError
+
+    cfg = Config.load(args.config, overrides=args.set)
+    loader = build_loader(cfg.section("loader"), dataset_dirs(cfg, args.out), num_workers=0)
+    if args.step < 0:
+        raise LoaderError("--step must be >= 0")
+    if args.state:
+        with open(args.state) as f:
+            loader.load_state_dict(json.load(f))
+        if loader.step > args.step:
+            raise LoaderError(f"--state is at step {loader.step}, after --step {args.step}")
+    spec = loader.spec
+    while True:  # positions come from packing every earlier row of the same lanes
+        for batch in loader:
+            step = loader.step - 1
+            if step == args.step:
+                _print(batch, step, spec, loader.dataset_names, args)
+                return 0
+
+
+def _print(batch, step, spec, names, args) -> None:
+    for j, keys in enumerate(batch["keys"]):
+        lane, lane_row = spec.lane_of(step, j)
+        seg = batch["segment_ids"][j]
+        row = {"step": step, "row": j, "lane": lane, "lane_row": lane_row,
+               "dataset": names[int(batch["dataset_index"][j])],
+               "tokens": int((seg >= 0).sum()), "targets": int(batch["loss_mask"][j].sum()), "keys": keys}
+        if args.tokens:
+            row["first_tokens"] = batch["tokens"][j][: args.tokens].tolist()
+        if args.json:
+            print(json.dumps(row))
+        else:
+            extra = f" first={row['first_tokens']}" if args.tokens else ""
+            print(f"step {step} row {j} [{row['dataset']}, lane {lane} row {lane_row}] "
+                  f"{row['tokens']} tokens, {row['targets']} targets: {' '.join(keys)}{extra}")
