@@ -52,10 +52,42 @@ def _decompressor(raw: IO[bytes], kind: str | None) -> IO[bytes]:
     if kind == "xz":
         return lzma.LZMAFile(raw)
     if kind == "zstd":
+        return io.BufferedReader(_ZstdStream(raw), buffer_size=1 << 17)
+    return raw
+
+
+class _ZstdStream(io.RawIOBase):
+    """Multi-frame zstd decoding that raises EOFError on a truncated frame (zstandard's
+    stream_reader silently stops there, which would lose the rest of a file unnoticed)."""
+
+    def __init__(self, raw: IO[bytes]):
         import zstandard
 
-        return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
-    return raw
+        self._raw, self._new = raw, zstandard.ZstdDecompressor().decompressobj
+        self._d, self._buf, self._mid_frame = self._new(), b"", False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        while not self._buf:
+            chunk = self._raw.read(1 << 17)
+            if not chunk:
+                if self._mid_frame:
+                    raise EOFError("zstd stream ended before the end of a frame (truncated file)")
+                return 0
+            out = []
+            while chunk:
+                if self._d.eof:
+                    self._d = self._new()
+                out.append(self._d.decompress(chunk))
+                chunk = self._d.unused_data if self._d.eof else b""
+            self._mid_frame = not self._d.eof
+            self._buf = b"".join(out)
+        n = min(len(b), len(self._buf))
+        b[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n
 
 
 @contextlib.contextmanager

@@ -1,0 +1,429 @@
+"""Per-source cleaning (the LLaMA-1 recipe), pure functions on text.
+
+- Wikipedia: wikitext to plain text.
+- arXiv: LaTeX kept as LaTeX (as in LLaMA/RedPajama), but only from the first section on, without
+  comments and the bibliography, with user macros expanded.
+- Books: Project Gutenberg header, footer and licence removed.
+- Common Crawl: CCNet-style removal of lines that recur across the documents of one shard.
+Every document then gets `normalize_text` (NFC, mojibake repair, whitespace).
+
+`clean_records(records, fmt, opts)` applies the right cleaner to a reader's output stream.
+"""
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+from jamdata.io import stable_hash
+from jamdata.text.normalize import normalize_text
+from jamdata.text.readers import is_reject, make_reject
+
+
+@dataclass(frozen=True)
+class CleanOptions:
+    line_dedup_min_docs: int = 3   # Common Crawl: a line in >= this many documents of a shard is boilerplate
+    line_dedup_min_chars: int = 0  # shorter lines are never counted as boilerplate (0: all lines)
+    wiki_drop_sections: tuple[str, ...] = ("see also", "references", "external links", "further reading",
+                                           "notes", "bibliography", "sources", "citations", "footnotes")
+
+
+# -- Wikipedia -------------------------------------------------------------------------------------
+_HEADING = re.compile(r"^(={1,6})\s*(.*?)\s*\1\s*$", re.M)
+_LINK_NS_DROP = {"file", "image", "category", "media"}
+_INVISIBLE_TAGS = {"ref", "references", "table", "gallery", "math", "chem", "timeline", "imagemap",
+                   "score", "syntaxhighlight", "source", "templatedata", "graph", "mapframe", "maplink"}
+_INTERLANG = re.compile(r"^[a-z]{2,3}(-[a-z]+)?$")
+_MAGIC = re.compile(r"__[A-Z]+__")
+_STRAY_QUOTES = re.compile(r"'{2,}")
+
+
+def _drop_sections(wikitext: str, names: Iterable[str]) -> str:
+    """Remove sections whose heading is in `names` (with their sub-sections)."""
+    names = {n.lower() for n in names}
+    out, skip_level = [], 0
+    pos = 0
+    for m in _HEADING.finditer(wikitext):
+        level = len(m.group(1))
+        if not skip_level:
+            out.append(wikitext[pos:m.start()])
+        if skip_level and level <= skip_level:
+            skip_level = 0
+        if not skip_level and m.group(2).strip().lower() in names:
+            skip_level = level
+        if not skip_level:
+            out.append(m.group(0))
+        pos = m.end()
+    if not skip_level:
+        out.append(wikitext[pos:])
+    return "".join(out)
+
+
+def _render(code, drop_ns: bool = True) -> str:
+    """Wikicode -> text in one pass (removing nodes in place is quadratic on long articles)."""
+    from mwparserfromhell import nodes as N
+
+    out: list[str] = []
+    for node in code.nodes:
+        if isinstance(node, N.Text):
+            out.append(node.value)
+        elif isinstance(node, N.Wikilink):
+            title = str(node.title).strip()
+            prefix = title.split(":", 1)[0].strip().lower() if ":" in title and not title.startswith(":") else ""
+            if prefix in _LINK_NS_DROP or (prefix and _INTERLANG.match(prefix)):
+                continue
+            out.append(_render(node.text) if node.text is not None else title.lstrip(":").split("#")[0])
+        elif isinstance(node, N.ExternalLink):
+            if node.title is not None:
+                out.append(_render(node.title))
+        elif isinstance(node, N.Tag):
+            tag = str(node.tag).strip().lower()
+            if tag in _INVISIBLE_TAGS:
+                continue
+            if tag in ("br", "hr"):
+                out.append("\n")
+            elif node.contents is not None and not node.self_closing:
+                out.append(_render(node.contents))
+        elif isinstance(node, N.Heading):
+            out.append("\n" + _render(node.title).strip() + "\n")
+        elif isinstance(node, N.HTMLEntity):
+            out.append(node.normalize())
+        # templates, comments, template arguments, anything else: removed
+    return "".join(out)
+
+
+_WIKI_COMMENT = re.compile(r"<!--.*?(-->|\Z)", re.S)
+_WIKI_REF = re.compile(r"<ref\b[^>]*?/>|<ref\b[^>]*>.*?(</ref\s*>|\Z)", re.S | re.I)
+_TEMPLATE_BRACES = re.compile(r"\{\{|\}\}")
+_TABLE_MARKS = re.compile(r"^[ \t:]*(\{\||\|\})", re.M)
+
+
+def _strip_nested(text: str, marks: re.Pattern, opener: str) -> str:
+    """Remove balanced, possibly nested spans (templates, tables) in one linear scan."""
+    out, depth, pos = [], 0, 0
+    for m in marks.finditer(text):
+        if m.group(0).strip(" \t:") == opener:
+            if depth == 0:
+                out.append(text[pos:m.start()])
+            depth += 1
+        elif depth:
+            depth -= 1
+            if depth == 0:
+                pos = m.end()
+    if depth == 0:
+        out.append(text[pos:])
+    return "".join(out)
+
+
+_LINK_BRACKETS = re.compile(r"\[\[|\]\]")
+_DROP_LINK_START = re.compile(r"\[\[\s*(file|image|category|media)\s*:", re.I)
+
+
+def _strip_file_links(text: str) -> str:
+    """Remove [[File:...]] / [[Image:...]] / [[Category:...]] spans, captions with nested links
+    included (the parser gives up on some of them and leaves them as text)."""
+    out, stack, pos = [], [], 0
+    for m in _LINK_BRACKETS.finditer(text):
+        if m.group(0) == "[[":
+            stack.append(m.start())
+        elif stack:
+            start = stack.pop()
+            if not stack and _DROP_LINK_START.match(text, start) and start >= pos:
+                out.append(text[pos:start])
+                pos = m.end()
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def clean_wikitext(wikitext: str, drop_sections: Iterable[str] = CleanOptions.wiki_drop_sections) -> str:
+    """Plain text: links keep their label; templates, references, tables, comments, categories,
+    files/images, interlanguage links and bold/italic markup removed; headings kept as lines.
+
+    Comments, references, templates and tables go first with linear scans (the bulk of the markup,
+    and the slow part for the full parser); mwparserfromhell then renders what is left."""
+    import mwparserfromhell
+
+    text = _WIKI_REF.sub("", _WIKI_COMMENT.sub("", wikitext))
+    text = _strip_nested(text, _TEMPLATE_BRACES, "{{")
+    text = _strip_file_links(_strip_nested(text, _TABLE_MARKS, "{|"))
+    text = _render(mwparserfromhell.parse(_drop_sections(text, drop_sections)))
+    text = _MAGIC.sub("", _STRAY_QUOTES.sub("", text))
+    lines = []
+    for line in text.split("\n"):
+        line = line.strip()
+        if line and re.fullmatch(r"[|{}!\-\s]*", line):
+            continue  # table residue
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def looks_like_wikitext(text: str) -> bool:
+    return "[[" in text or "{{" in text or "'''" in text or bool(_HEADING.search(text[:20000]))
+
+
+# -- arXiv -----------------------------------------------------------------------------------------
+_COMMENT_ENV = re.compile(r"\\begin\{comment\}.*?\\end\{comment\}", re.S)
+_IFFALSE = re.compile(r"\\iffalse\b.*?\\fi\b", re.S)
+_SECTION = re.compile(r"\\(part|chapter|section|subsection|subsubsection)\*?\s*[\[{]")
+_BIB_ENV = re.compile(r"\\begin\{(thebibliography|references)\}.*?(\\end\{\1\}|$)", re.S | re.I)
+_BIB_CMDS = re.compile(r"\\(bibliography|bibliographystyle|printbibliography|addbibresource)\b\s*(\[[^\]]*\])?\s*(\{[^}]*\})?")
+_END_DOC = re.compile(r"\\end\{document\}")
+_NEWCMD = re.compile(r"\\(?:re)?newcommand\*?|\\providecommand\*?|\\DeclareRobustCommand\*?")
+_DEF = re.compile(r"\\(?:g|e|x)?def\s*(\\[A-Za-z@]+)((?:#\d)*)\s*\{")
+
+
+def strip_tex_comments(tex: str) -> str:
+    """Remove `%` comments (an escaped `\\%` stays), comment environments and \\iffalse blocks; a
+    line that was only a comment disappears instead of becoming a blank line (which would split a
+    paragraph)."""
+    out = []
+    for line in tex.split("\n"):
+        m = re.search(r"(?<!\\)(?:\\\\)*%", line)
+        if m:
+            cut = m.start() + (m.group(0).rfind("%") if m.group(0) else 0)
+            if not line[:cut].strip():
+                continue
+            line = line[:cut]
+        out.append(line)
+    tex = "\n".join(out)
+    tex = _COMMENT_ENV.sub("", tex)
+    return _IFFALSE.sub("", tex)
+
+
+def _braced(tex: str, i: int) -> tuple[str, int] | None:
+    """The {balanced group} starting at tex[i] (after optional spaces): (content, index after)."""
+    while i < len(tex) and tex[i] in " \t\n":
+        i += 1
+    if i >= len(tex) or tex[i] != "{":
+        return None
+    depth, j = 0, i
+    while j < len(tex):
+        c = tex[j]
+        if c == "\\":
+            j += 2
+            continue
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth == 0:
+                return tex[i + 1: j], j + 1
+        j += 1
+    return None
+
+
+def find_macros(tex: str) -> dict[str, tuple[int, str]]:
+    """User macros `\\name -> (number of args, body)`: \\newcommand / \\renewcommand /
+    \\providecommand without an optional-argument default, and \\def with #1#2... parameters."""
+    macros: dict[str, tuple[int, str]] = {}
+    for m in _NEWCMD.finditer(tex):
+        i = m.end()
+        while i < len(tex) and tex[i] in " \t\n":
+            i += 1
+        if tex.startswith("{", i):
+            got = _braced(tex, i)
+            if not got:
+                continue
+            name, i = got[0].strip(), got[1]
+        else:
+            nm = re.match(r"\\[A-Za-z@]+", tex[i:])
+            if not nm:
+                continue
+            name, i = nm.group(0), i + nm.end()
+        nargs = 0
+        am = re.match(r"\s*\[(\d)\]", tex[i:])
+        if am:
+            nargs, i = int(am.group(1)), i + am.end()
+            if re.match(r"\s*\[", tex[i:]):
+                continue  # optional first argument with a default: not a simple macro
+        body = _braced(tex, i)
+        if body is None or not re.fullmatch(r"\\[A-Za-z@]+", name):
+            continue
+        macros[name] = (nargs, body[0])
+    for m in _DEF.finditer(tex):
+        body = _braced(tex, m.end() - 1)
+        if body is None:
+            continue
+        params = m.group(2)
+        macros[m.group(1)] = (len(params) // 2, body[0])
+    return macros
+
+
+def expand_macros(tex: str, macros: dict[str, tuple[int, str]], passes: int = 4) -> str:
+    """Inline-expand macros (nested ones over a few passes). A macro with arguments is expanded only
+    where all its arguments are {braced} groups."""
+    if not macros:
+        return tex
+    names = sorted(macros, key=len, reverse=True)
+    pattern = re.compile(r"(" + "|".join(re.escape(n) for n in names) + r")(?![A-Za-z@])")
+    for _ in range(passes):
+        out, pos, changed = [], 0, False
+        for m in pattern.finditer(tex):
+            if m.start() < pos:
+                continue
+            nargs, body = macros[m.group(1)]
+            end = m.end()
+            if nargs:
+                args = []
+                for _k in range(nargs):
+                    got = _braced(tex, end)
+                    if got is None:
+                        break
+                    args.append(got[0])
+                    end = got[1]
+                if len(args) < nargs:
+                    continue
+                rep = re.sub(r"#(\d)", lambda a: args[int(a.group(1)) - 1] if 0 < int(a.group(1)) <= nargs else "", body)
+            else:
+                rep = body
+            out.append(tex[pos:m.start()])
+            out.append(rep)
+            pos, changed = end, True
+        out.append(tex[pos:])
+        tex = "".join(out)
+        if not changed:
+            break
+    return tex
+
+
+def clean_arxiv(tex: str) -> str | None:
+    """LaTeX source -> the body from the first section to the end, without comments and the
+    bibliography, with user macros expanded. None if the paper has no section at all."""
+    tex = strip_tex_comments(tex)
+    macros = find_macros(tex)
+    m = _SECTION.search(tex)
+    if m is None:
+        return None
+    body = tex[m.start():]
+    end = _END_DOC.search(body)
+    if end:
+        body = body[:end.start()]
+    body = _BIB_ENV.sub("", body)
+    body = _BIB_CMDS.sub("", body)
+    body = expand_macros(body, macros).replace("\\xspace", "")
+    return re.sub(r"\n{3,}", "\n\n", body).strip()
+
+
+# -- books -----------------------------------------------------------------------------------------
+_PG_START = re.compile(r"^\W*\*{3}\s*START OF (THE|THIS) PROJECT GUTENBERG.*$|^\*END\*THE SMALL PRINT!.*$", re.M | re.I)
+_PG_END = re.compile(r"^\W*\*{3}\s*END OF (THE|THIS) PROJECT GUTENBERG.*$|^\s*End of (the )?Project Gutenberg'?s?\b.*$", re.M | re.I)
+_PG_PRODUCED = re.compile(r"\s*(Produced by|This e-?book was produced by|Transcribed by)[^\n]*\n", re.I)
+
+
+def strip_gutenberg(text: str) -> str:
+    """Text between the Project Gutenberg START and END markers (licence and header gone); a text
+    without markers is returned unchanged."""
+    start = None
+    for m in _PG_START.finditer(text):
+        start = m.end()
+    ends = [m.start() for m in _PG_END.finditer(text) if start is None or m.start() > start]
+    end = min(ends) if ends else None
+    if start is None and end is None:
+        return text
+    body = text[start or 0: end if end is not None else len(text)]
+    body = body.lstrip("\r\n")
+    m = _PG_PRODUCED.match(body)
+    if m:
+        body = body[m.end():]
+    return body
+
+
+# -- Common Crawl: CCNet line dedup ----------------------------------------------------------------
+_DIGITS = re.compile(r"\d")
+_PUNCT = re.compile(r"[^\w\s]", re.UNICODE)
+
+
+def line_key(line: str) -> int:
+    """CCNet's normalisation before hashing: lower case, digits -> 0, punctuation and accents off."""
+    s = unicodedata.normalize("NFD", line.strip().lower())
+    s = "".join(c for c in s if unicodedata.category(c) != "Mn")
+    s = _PUNCT.sub("", _DIGITS.sub("0", s))
+    return stable_hash(" ".join(s.split()))
+
+
+def frequent_lines(texts: Iterable[str], min_docs: int, min_chars: int = 0) -> set[int]:
+    """Hashes of the lines that occur in at least `min_docs` different documents."""
+    counts: Counter[int] = Counter()
+    for text in texts:
+        counts.update({line_key(l) for l in text.split("\n") if len(l.strip()) > min_chars})
+    return {h for h, n in counts.items() if n >= min_docs}
+
+
+def remove_lines(text: str, boilerplate: set[int]) -> tuple[str, int]:
+    kept, removed = [], 0
+    for line in text.split("\n"):
+        if line.strip() and line_key(line) in boilerplate:
+            removed += 1
+        else:
+            kept.append(line)
+    return "\n".join(kept), removed
+
+
+# -- per-format dispatch ---------------------------------------------------------------------------
+CLEANER_OF_FORMAT = {
+    "warc": "ccnet", "wet": "ccnet", "c4": "none", "wiki_xml": "wikitext", "wiki_parquet": "wikitext_auto",
+    "pile": "gutenberg", "text": "gutenberg", "arxiv": "arxiv", "arxiv_jsonl": "arxiv",
+}
+
+
+def _clean_one(doc: dict, cleaner: str) -> tuple[dict | None, str | None]:
+    text = doc["text"]
+    try:
+        if cleaner in ("wikitext", "wikitext_auto"):
+            if cleaner == "wikitext" or looks_like_wikitext(text):
+                text = clean_wikitext(text)
+        elif cleaner == "arxiv":
+            cleaned = clean_arxiv(text)
+            if cleaned is None:
+                return None, "arxiv: no \\section in the source"
+            text = cleaned
+        elif cleaner == "gutenberg":
+            text = strip_gutenberg(text)
+    except RecursionError:
+        return None, f"{cleaner}: markup nested too deeply"
+    text = normalize_text(text)
+    if not text:
+        return None, "empty after cleaning"
+    return {**doc, "text": text}, None
+
+
+def clean_records(records: Iterable[dict], fmt: str, opts: CleanOptions = CleanOptions()) -> Iterator[dict]:
+    """Clean a reader's output (documents and REJECTs, in order). REJECTs pass through; a document
+    that cleans to nothing becomes a REJECT of stage "clean". Common Crawl formats are cleaned per
+    shard (the records of one call), since line dedup needs the whole shard's line counts; the
+    others stream."""
+    cleaner = CLEANER_OF_FORMAT.get(fmt, "none")
+    if cleaner != "ccnet":
+        for rec in records:
+            if is_reject(rec):
+                yield rec
+                continue
+            doc, reason = _clean_one(rec, cleaner)
+            yield doc if doc is not None else _clean_reject(rec, reason)
+        return
+    buffered = list(records)
+    docs = [r for r in buffered if not is_reject(r)]
+    boiler = frequent_lines((d["text"] for d in docs), opts.line_dedup_min_docs, opts.line_dedup_min_chars) \
+        if opts.line_dedup_min_docs > 1 else set()
+    for rec in buffered:
+        if is_reject(rec):
+            yield rec
+            continue
+        text, removed = remove_lines(rec["text"], boiler) if boiler else (rec["text"], 0)
+        doc, reason = _clean_one({**rec, "text": text}, "none")
+        if doc is None:
+            yield _clean_reject(rec, "only boilerplate lines" if removed else reason)
+            continue
+        if removed:
+            meta = json.loads(doc["metadata"] or "{}")
+            meta["boilerplate_lines_removed"] = removed
+            doc["metadata"] = json.dumps(meta, sort_keys=True, ensure_ascii=False)
+        yield doc
+
+
+def _clean_reject(doc: dict, reason: str) -> dict:
+    meta = json.loads(doc.get("metadata") or "{}")
+    return make_reject(doc["source"], "clean", reason, doc["text"], meta.get("file"), meta.get("offset"), id=doc["id"])
