@@ -11,3 +11,12 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError, InputError, ManifestError, OutputLockedError, VocabMismatchError, SchemaError,
     ShardError, IndexedDatasetError, FileNotFoundError, PermissionError,
 )
+
+from jamdata.text.sampling import PlanError  # noqa: E402
+from jamdata.text.tokenizer import TokenizerError  # noqa: E402
+
+USER_ERRORS += (PlanError, TokenizerError)
+
+from jamdata.loader.sources import LoaderError  # noqa: E402
+
+USER_ERRORS += (LoaderError,)

@@ -1,0 +1,66 @@
+"""`jamdata text plan` and `jamdata text sample`: the token budget per source and its sample."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from jamdata.cli import command_group
+
+    group = command_group(sub, "text", "text corpus: clean, plan and sample the token budget")
+    for name, helptext, func in (
+            ("plan", "per-source table of target/available tokens and epochs; fails on an impossible plan", plan),
+            ("sample", "tokenize clean documents and write the budgeted sample as Megatron .bin/.idx shards", sample)):
+        p = group.add_parser(name, help=helptext)
+        p.add_argument("--config", required=True)
+        p.add_argument("--out", help="run directory (default: run.out_dir)")
+        p.add_argument("--input", help="clean documents dataset (default: RUN/text-clean)")
+        p.add_argument("--tokenizer", help="tokenizer dataset or .model (default: RUN/tokenizer)")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+        if name == "plan":
+            p.add_argument("--count", choices=["exact", "estimate"], help="override text.sample.count")
+        else:
+            p.add_argument("--workers", type=int, help="local Beam worker processes (default: run.workers)")
+            p.add_argument("--export-hf", action="store_true", help="also write RUN/text-tokens-hf (HF datasets parquet)")
+            p.add_argument("--append", action="store_true", help="add to an existing text-tokens dataset (same tokenizer)")
+            p.add_argument("beam_args", nargs=argparse.REMAINDER, help="-- then raw Beam flags")
+        p.set_defaults(func=func)
+
+
+def _load(args):
+    from jamdata.config import Config
+
+    cfg = Config.load(args.config, overrides=args.set)
+    for key in ("input", "tokenizer", "count"):
+        if getattr(args, key, None):
+            cfg.set(f"text.sample.{key}", getattr(args, key))
+    for key in ("export_hf", "append"):
+        if getattr(args, key, False):
+            cfg.set(f"text.sample.{key}", True)
+    out = Path(args.out or cfg.get("run.out_dir", str, default="out/run"))
+    return cfg, out
+
+
+def plan(args: argparse.Namespace) -> int:
+    from jamdata.text.sampling import check_plan, format_plan
+    from pipelines.text_sample import make_plan
+
+    cfg, out = _load(args)
+    table, s = make_plan(cfg, out)
+    print(format_plan(table, s.budget))
+    check_plan(table)
+    print("plan OK")
+    return 0
+
+
+def sample(args: argparse.Namespace) -> int:
+    from pipelines.stages import StageContext
+    from pipelines.text_sample import run_stage
+
+    cfg, out = _load(args)
+    beam_args = [a for a in (args.beam_args or []) if a != "--"] or cfg.get("run.beam_args", list, default=[])
+    ctx = StageContext(cfg, out, workers=args.workers or cfg.get("run.workers", int, default=1), beam_args=beam_args)
+    for line in run_stage(ctx):
+        print(line)
+    return 0

@@ -1,0 +1,502 @@
+"""Stages `tokenizer` and `text-sample`: clean documents -> SentencePiece model -> the token
+budget sampled by share/epochs into Megatron `.bin/.idx` shards, one dataset per source.
+
+Beam graph of `text-sample`:
+    (source, file, row group) units -> tokenize in batches -> (source, rank, id, token bytes)
+      ├─ token histogram per source over hash buckets -> decision (epochs, boundary bucket)
+      ├─ boundary-bucket docs per source -> partial-epoch cutoff
+      └─ copies per doc -> (source, shard) groups -> .bin/.idx (+ HF parquet) -> manifest
+Every choice is a function of (seed, source, id) and per-source totals, so the bytes written do not
+depend on the runner, the worker count or the input order.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import apache_beam as beam
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from jamdata.config import Config, ConfigError
+from jamdata.io import atomic_write, stable_hash
+from jamdata.manifest import (MANIFEST, ManifestError, build_manifest, describe_shard, output_dir,
+                              read_manifest, write_manifest)
+from jamdata.text import sampling
+from jamdata.text.sampling import PlanError, SourceDecision
+from jamdata.text.tokenizer import TextTokenizer, train_sentencepiece, write_tokenizer_dataset
+from jamdata.vocab import JointVocab, VocabMismatchError
+from pipelines.options import pipeline_options
+from schemas.records import DOCUMENT, TOKENIZED_DOCUMENT, SchemaError, validate_batch
+
+LLAMA_SHARES = {"commoncrawl": 67.0, "c4": 15.0, "wikipedia": 4.5, "books": 4.5, "arxiv": 2.5}
+LLAMA_EPOCHS = {"commoncrawl": 1.10, "c4": 1.06, "wikipedia": 2.45, "books": 2.23, "arxiv": 1.06}
+TOKENIZER_KEYS = ["model", "vocab_size", "train_bytes", "threads", "input"]
+SAMPLE_KEYS = ["budget_tokens", "shares", "epochs", "shard_tokens", "seed", "batch_docs", "count",
+               "estimate_sample_bytes", "export_hf", "append", "input", "tokenizer"]
+HF_DIR = "text-tokens-hf"
+PLAN_FILE = ".plan.json"
+
+
+# -- settings ------------------------------------------------------------------------------------
+def n_image_codes(cfg: Config) -> int:
+    return int(cfg.number("vqvae.codebook_size", default=8192, lo=1))
+
+
+@dataclass
+class SampleSettings:
+    budget: int
+    shares: dict[str, float]
+    max_epochs: dict[str, float]
+    shard_tokens: int
+    seed: int
+    batch_docs: int
+    count: str
+    estimate_sample_bytes: int
+    export_hf: bool
+    append: bool
+    input: str | None
+    tokenizer: str | None
+    config: dict = field(default_factory=dict)
+
+    @property
+    def targets(self) -> dict[str, int]:
+        return sampling.targets(self.budget, self.shares)
+
+    def shards_for(self, source: str) -> int:
+        return max(1, math.ceil(self.targets[source] / self.shard_tokens))
+
+
+def sample_settings(cfg: Config) -> SampleSettings:
+    sec = cfg.section("text.sample")
+    sec.check_keys(SAMPLE_KEYS)
+    shares = sec.get("shares", dict, default=dict(LLAMA_SHARES))
+    epochs = sec.get("epochs", dict, default=dict(LLAMA_EPOCHS))
+    for name, table in (("shares", shares), ("epochs", epochs)):
+        for src, v in table.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                raise ConfigError(f"text.sample.{name}.{src}", f"must be a non-negative number, got {v!r}",
+                                  source=cfg.source)
+    for src in epochs:
+        if src not in shares:
+            raise ConfigError(f"text.sample.epochs.{src}", "source has no share", allowed=sorted(shares),
+                              source=cfg.source)
+    if not sum(shares.values()):
+        raise ConfigError("text.sample.shares", "all shares are zero", source=cfg.source)
+    return SampleSettings(
+        budget=int(sec.number("budget_tokens", default=30_000_000_000, lo=1)),
+        shares={k: float(v) for k, v in shares.items()},
+        max_epochs={s: float(epochs.get(s, 1.0)) for s in shares},
+        shard_tokens=int(sec.number("shard_tokens", default=1_000_000_000, lo=1)),
+        seed=int(sec.get("seed", int, default=cfg.get("run.seed", int, default=0))),
+        batch_docs=int(sec.number("batch_docs", default=256, lo=1)),
+        count=sec.choice("count", ["exact", "estimate"], default="estimate"),
+        estimate_sample_bytes=int(sec.number("estimate_sample_bytes", default=20_000_000, lo=1)),
+        export_hf=sec.get("export_hf", bool, default=False),
+        append=sec.get("append", bool, default=False),
+        input=sec.get("input", (str, type(None)), default=None),
+        tokenizer=sec.get("tokenizer", (str, type(None)), default=None),
+        config=sec.to_dict(),
+    )
+
+
+# -- clean-document input ------------------------------------------------------------------------
+def clean_shards(clean_dir: str) -> dict[str, list[str]]:
+    """source -> sorted parquet files of a "documents" dataset; each file's schema is checked
+    against DOCUMENT (a wrong schema fails here, naming the file, before any work starts)."""
+    manifest = read_manifest(clean_dir)
+    if manifest["kind"] != "documents":
+        raise ManifestError(f"{clean_dir}/{MANIFEST}: kind is {manifest['kind']!r}, expected 'documents'")
+    out: dict[str, list[str]] = {}
+    for shard in manifest["shards"]:
+        if not shard["path"].endswith(".parquet"):
+            continue
+        path = f"{str(clean_dir).rstrip('/')}/{shard['path']}"
+        source = shard.get("group") or Path(shard["path"]).parent.name
+        check_document_schema(path)
+        out.setdefault(source, []).append(path)
+    return {s: sorted(v) for s, v in sorted(out.items())}
+
+
+def check_document_schema(path: str) -> None:
+    try:
+        with fsspec.open(path, "rb") as f:
+            schema = pq.read_schema(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"clean shard {path} listed in the manifest does not exist") from None
+    except (pa.ArrowInvalid, OSError) as e:
+        raise SchemaError("document", "(file)", f"not a readable parquet file ({e})", where=path) from None
+    validate_batch(schema.empty_table(), DOCUMENT, where=path)
+
+
+def row_groups(path: str) -> int:
+    with fsspec.open(path, "rb") as f:
+        return pq.ParquetFile(f).metadata.num_row_groups
+
+
+def read_texts(path: str, row_group: int | None = None, columns=("id", "text")) -> pa.Table:
+    with fsspec.open(path, "rb") as f:
+        pf = pq.ParquetFile(f)
+        return pf.read(columns=list(columns)) if row_group is None else pf.read_row_group(row_group, columns=list(columns))
+
+
+def text_bytes_estimate(path: str) -> int:
+    """UTF-8 bytes of the `text` column from the parquet footer alone (no data read)."""
+    with fsspec.open(path, "rb") as f:
+        meta = pq.ParquetFile(f).metadata
+    col = meta.schema.names.index("text")
+    total = 0
+    for i in range(meta.num_row_groups):
+        rg = meta.row_group(i)
+        total += max(0, rg.column(col).total_uncompressed_size - 4 * rg.num_rows)
+    return total
+
+
+# -- tokenizer stage -----------------------------------------------------------------------------
+def tokenizer_sample(files: dict[str, list[str]], shares: dict[str, float], max_bytes: int) -> Iterator[str]:
+    """Training text: per source a byte budget by share, documents in file order (the clean
+    dataset is itself deterministic, so this sample is too)."""
+    norm = sampling.normalise_shares({s: shares.get(s, 0.0) for s in files} if any(shares.get(s) for s in files)
+                                     else {s: 1.0 for s in files})
+    for source, paths in files.items():
+        budget = int(max_bytes * norm.get(source, 0.0))
+        for path in paths:
+            if budget <= 0:
+                break
+            for text in read_texts(path, columns=("text",)).column("text").to_pylist():
+                yield text
+                budget -= len(text.encode("utf-8"))
+                if budget <= 0:
+                    break
+
+
+def run_tokenizer_stage(ctx) -> list[str]:
+    cfg: Config = ctx.config
+    sec = cfg.section("text.tokenizer")
+    sec.check_keys(TOKENIZER_KEYS)
+    codes = n_image_codes(cfg)
+    out = str(ctx.path("tokenizer"))
+    model = sec.get("model", (str, type(None)), default=None)
+    if model:
+        tok = TextTokenizer(model, codes)  # fails naming the file when it is missing or not a model
+        with output_dir(out):
+            vocab = write_tokenizer_dataset(out, tok.proto, codes, sec.to_dict(), {"origin": "loaded", "model": model},
+                                            inputs=[model])
+        return [f"loaded {model}: {vocab.text_size} pieces, joint vocab {vocab.size} ({vocab.fingerprint})"]
+    clean = sec.get("input", (str, type(None)), default=None) or str(ctx.path("text-clean"))
+    files = clean_shards(clean)
+    shares = cfg.get("text.sample.shares", dict, default=LLAMA_SHARES)
+    vocab_size = int(sec.number("vocab_size", default=32000, lo=300))
+    train_bytes = int(sec.number("train_bytes", default=200_000_000, lo=1))
+    threads = int(sec.number("threads", default=1, lo=1))
+    proto = train_sentencepiece(tokenizer_sample(files, shares, train_bytes), vocab_size, train_bytes, threads)
+    with output_dir(out):
+        vocab = write_tokenizer_dataset(out, proto, codes, sec.to_dict(),
+                                        {"origin": "trained", "train_bytes": train_bytes}, inputs=[clean])
+    return [f"trained BPE tokenizer: {vocab.text_size} pieces, joint vocab {vocab.size} ({vocab.fingerprint})"]
+
+
+def load_tokenizer(path: str, codes: int) -> TextTokenizer:
+    """A tokenizer file or dataset; a dataset's manifest must agree with the configured image codes."""
+    tok = TextTokenizer(path, codes)
+    if Path(path).is_dir() and (Path(path) / MANIFEST).exists():
+        fp = read_manifest(path)["vocab_fingerprint"]
+        if fp and fp != tok.vocab.fingerprint:
+            raise VocabMismatchError(
+                f"{path}/{MANIFEST} has vocab {fp} but {tok.path} with vqvae.codebook_size={codes} "
+                f"gives {tok.vocab.fingerprint}; re-run the tokenizer stage")
+    return tok
+
+
+# -- planner -------------------------------------------------------------------------------------
+def count_available(files: dict[str, list[str]], tok: TextTokenizer, mode: str, sample_bytes: int,
+                    batch: int = 256) -> dict[str, tuple[int, bool, float | None]]:
+    """Tokens per source: counted (tokenize everything) or estimated (text bytes from parquet
+    footers x tokens/byte measured on the first `sample_bytes` of the source)."""
+    out = {}
+    for source, paths in files.items():
+        tokens = nbytes = 0
+        complete = True
+        for path in paths:
+            for rg in range(row_groups(path)):
+                texts = read_texts(path, rg, ("text",)).column("text").to_pylist()
+                for i in range(0, len(texts), batch):
+                    chunk = texts[i:i + batch]
+                    tokens += int(tok.encode_documents(chunk)[1].sum())
+                    nbytes += sum(len(t.encode("utf-8")) for t in chunk)
+                if mode == "estimate" and nbytes >= sample_bytes:
+                    complete = False
+                    break
+            if not complete:
+                break
+        if complete:
+            out[source] = (tokens, False, tokens / nbytes if nbytes else None)
+        else:
+            tpb = tokens / nbytes
+            est = sum(text_bytes_estimate(p) for p in paths)
+            out[source] = (int(round(est * tpb)), True, tpb)
+    return out
+
+
+def make_plan(cfg: Config, run_dir: Path) -> tuple[list[sampling.SourcePlan], SampleSettings]:
+    s = sample_settings(cfg)
+    files = clean_shards(s.input or str(run_dir / "text-clean"))
+    tok = load_tokenizer(tokenizer_path(cfg, run_dir, s), n_image_codes(cfg))
+    avail = count_available(files, tok, s.count, s.estimate_sample_bytes, s.batch_docs)
+    return sampling.build_plan(s.budget, s.shares, s.max_epochs, avail), s
+
+
+def tokenizer_path(cfg: Config, run_dir: Path, s: SampleSettings) -> str:
+    return s.tokenizer or str(run_dir / "tokenizer")
+
+
+# -- Beam pieces ---------------------------------------------------------------------------------
+class TokenizeUnit(beam.DoFn):
+    """(source, parquet file, row group) -> (source, rank, id, token bytes) per document."""
+
+    def __init__(self, tokenizer: str, codes: int, seed: int, batch: int):
+        self.tokenizer, self.codes, self.seed, self.batch = tokenizer, codes, seed, batch
+
+    def setup(self):
+        self.tok = TextTokenizer(self.tokenizer, self.codes)
+
+    def process(self, unit):
+        source, path, rg = unit
+        table = read_texts(path, rg)
+        ids, texts = table.column("id").to_pylist(), table.column("text").to_pylist()
+        for i in range(0, len(texts), self.batch):
+            flat, lengths = self.tok.encode_documents(texts[i:i + self.batch])
+            data = flat.tobytes()
+            item = flat.dtype.itemsize
+            ends = np.cumsum(lengths) * item
+            start = 0
+            for doc_id, end in zip(ids[i:i + self.batch], ends.tolist()):
+                yield source, sampling.doc_rank(self.seed, source, doc_id), doc_id, data[start:end]
+                start = end
+
+
+class HistogramFn(beam.CombineFn):
+    def create_accumulator(self):
+        return np.zeros(sampling.N_BUCKETS, dtype=np.int64)
+
+    def add_input(self, acc, item):
+        rank, n = item
+        acc[sampling.bucket_of(rank)] += n
+        return acc
+
+    def merge_accumulators(self, accs):
+        accs = list(accs)
+        out = accs[0].copy()
+        for a in accs[1:]:
+            out += a
+        return out
+
+    def extract_output(self, acc):
+        return acc
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A source's sampling decision plus its partial-epoch cutoff (None: none of the boundary bucket)."""
+    d: SourceDecision
+    cutoff: tuple[int, str] | None
+    max_epochs: float
+    feasible: bool
+    message: str = ""
+
+
+class WriteTokenShard(beam.DoFn):
+    def __init__(self, out_dir: str, hf_dir: str | None, dtype: str, offsets: dict[str, int]):
+        self.out_dir, self.hf_dir, self.dtype, self.offsets = out_dir, hf_dir, np.dtype(dtype), offsets
+
+    def process(self, element):
+        from jamdata.formats.megatron import IndexedDatasetWriter
+
+        (source, bucket), records = element
+        records = sorted(records)  # (sort key, token bytes): total order even for duplicate ids
+        name = f"{source}/part-{bucket + self.offsets.get(source, 0):05d}"
+        Path(self.out_dir, source).mkdir(parents=True, exist_ok=True)
+        writer = IndexedDatasetWriter(f"{self.out_dir}/{name}", self.dtype)
+        epochs: dict[str, int] = {}
+        try:
+            for key, payload in records:
+                writer.add_document(np.frombuffer(payload, dtype=self.dtype))
+                epochs[str(int(key[:4]))] = epochs.get(str(int(key[:4])), 0) + 1
+        except BaseException:
+            writer.abort()
+            raise
+        docs, tokens = writer.finalize()
+        summary = {"documents": docs, "tokens": tokens, "epochs": dict(sorted(epochs.items()))}
+        yield {"_ds": "tokens", **describe_shard(self.out_dir, f"{name}.bin", group=source).to_dict()}
+        yield {"_ds": "tokens", **describe_shard(self.out_dir, f"{name}.idx", records=docs, tokens=tokens,
+                                                 group=source, summary=summary).to_dict()}
+        if self.hf_dir:
+            rows = {"id": [k.split(".", 2)[2] for k, _ in records], "source": [source] * len(records),
+                    "input_ids": [np.frombuffer(p, dtype=self.dtype).astype(np.int32) for _, p in records],
+                    "num_tokens": [len(p) // self.dtype.itemsize for _, p in records]}
+            table = pa.table({"id": pa.array(rows["id"], pa.string()),
+                              "source": pa.array(rows["source"], pa.string()),
+                              "input_ids": pa.array(rows["input_ids"], pa.list_(pa.int32())),
+                              "num_tokens": pa.array(rows["num_tokens"], pa.int32())}, schema=TOKENIZED_DOCUMENT)
+            rel = f"{name}.parquet"
+            with atomic_write(f"{self.hf_dir}/{rel}", "wb") as f:
+                pq.write_table(table, f, compression="zstd", row_group_size=1000)
+            yield {"_ds": "hf", **describe_shard(self.hf_dir, rel, records=docs, tokens=tokens, group=source).to_dict()}
+
+
+def _decide(kv, targets: dict[str, int], max_epochs: dict[str, float]):
+    source, hist = kv
+    try:
+        return source, sampling.decide(source, targets.get(source, 0), hist, max_epochs.get(source, 1.0))
+    except PlanError as e:
+        return source, str(e)
+
+
+def _cutoff(kv, decisions):
+    source, items = kv
+    d = decisions[source]
+    if isinstance(d, str) or d.boundary_bucket < 0:
+        return source, None
+    return source, sampling.partial_cutoff(items, d.boundary_remaining)
+
+
+def _in_boundary(doc, decisions) -> bool:
+    d = decisions.get(doc[0])
+    return not isinstance(d, str) and d is not None and d.boundary_bucket >= 0 \
+        and sampling.bucket_of(doc[1]) == d.boundary_bucket
+
+
+def _emit(doc, decisions, cutoffs, n_shards, seed):
+    source, rank, doc_id, payload = doc
+    d = decisions.get(source)
+    if d is None or isinstance(d, str):
+        return
+    for epoch in range(sampling.copies(d, cutoffs.get(source), rank, doc_id)):
+        key = sampling.sample_key(epoch, rank, doc_id)
+        yield (source, stable_hash(source, key, seed=seed) % n_shards[source]), (key, payload)
+
+
+def source_summary(shards: list[dict], decisions: dict, s: SampleSettings) -> dict:
+    per: dict[str, dict] = {}
+    for src in s.shares:
+        per[src] = {"target": s.targets[src], "tokens": 0, "documents": 0, "unique_documents": None,
+                    "available": 0, "max_epochs": s.max_epochs[src], "epochs_used": 0.0,
+                    "full_epochs": 0, "shards": 0}
+    for sh in shards:
+        if sh["path"].endswith(".idx"):
+            row = per.setdefault(sh["group"], {"target": 0, "tokens": 0, "documents": 0})
+            row["tokens"] += sh["tokens"]
+            row["documents"] += sh["records"]
+            row["shards"] = row.get("shards", 0) + 1
+    for src, d in decisions.items():
+        if isinstance(d, str) or src not in per:
+            continue
+        row = per[src]
+        row.update(available=d.available, full_epochs=d.full_epochs,
+                   epochs_used=round(row["tokens"] / d.available, 6) if d.available else 0.0)
+        row["error"] = row["tokens"] - row["target"]
+    return per
+
+
+# -- the stage -----------------------------------------------------------------------------------
+def run_stage(ctx) -> list[str]:
+    cfg: Config = ctx.config
+    s = sample_settings(cfg)
+    clean = s.input or str(ctx.path("text-clean"))
+    files = clean_shards(clean)
+    tok_path = tokenizer_path(cfg, ctx.run_dir, s)
+    tok = load_tokenizer(tok_path, n_image_codes(cfg))
+    vocab = tok.vocab
+    targets = s.targets
+    missing = {src: t for src, t in targets.items() if t > 0 and src not in files}
+    if missing:
+        sampling.check_plan([sampling.SourcePlan(src, 0, s.max_epochs[src], t, 0, False) for src, t in missing.items()])
+    out = str(ctx.path("text-tokens"))
+    hf_out = str(ctx.path(HF_DIR)) if s.export_hf else None
+    previous, offsets = [], {}
+    if s.append and (Path(out) / MANIFEST).exists():
+        old = read_manifest(out)
+        if old["vocab_fingerprint"] != vocab.fingerprint:
+            raise VocabMismatchError(
+                f"cannot append to {out}/{MANIFEST} (vocab {old['vocab_fingerprint']}) with tokenizer "
+                f"{tok.path} (vocab {vocab.fingerprint}); use the same tokenizer or a new output directory")
+        previous = old["shards"]
+        for sh in previous:
+            src = sh.get("group")
+            num = int(Path(sh["path"]).stem.split("-")[-1])
+            offsets[src] = max(offsets.get(src, 0), num + 1)
+
+    units = [(src, path, rg) for src, paths in files.items() for path in paths for rg in range(row_groups(path))]
+    n_shards = {src: s.shards_for(src) for src in s.shares}
+    for src in files:
+        n_shards.setdefault(src, 1)
+    with output_dir(out, clean=not s.append):
+        hf_ctx = output_dir(hf_out) if hf_out else None
+        if hf_ctx:
+            hf_ctx.__enter__()
+        try:
+            plan_path = f"{out}/{PLAN_FILE}"
+            with beam.Pipeline(options=pipeline_options(ctx.workers, ctx.beam_args)) as p:
+                docs = (p | "Units" >> beam.Create(units) | "Spread" >> beam.Reshuffle()
+                        | "Tokenize" >> beam.ParDo(TokenizeUnit(tok_path, vocab.n_image_codes, s.seed, s.batch_docs)))
+                hists = (docs | "RankTokens" >> beam.Map(lambda d: (d[0], (d[1], len(d[3]) // vocab.dtype.itemsize)))
+                         | "Histogram" >> beam.CombinePerKey(HistogramFn()))
+                decisions = hists | "Decide" >> beam.Map(_decide, targets, s.max_epochs)
+                dec_side = beam.pvalue.AsDict(decisions)
+                cutoffs = (docs | "Boundary" >> beam.Filter(_in_boundary, dec_side)
+                           | "BoundaryItems" >> beam.Map(lambda d: (d[0], (d[1], d[2], len(d[3]) // vocab.dtype.itemsize)))
+                           | "GroupBoundary" >> beam.GroupByKey()
+                           | "Cutoff" >> beam.Map(_cutoff, dec_side))
+                cut_side = beam.pvalue.AsDict(cutoffs)
+                shards = (docs | "Copies" >> beam.FlatMap(_emit, dec_side, cut_side, n_shards, s.seed)
+                          | "GroupShard" >> beam.GroupByKey()
+                          | "WriteShard" >> beam.ParDo(WriteTokenShard(out, hf_out, vocab.dtype.str, offsets)))
+                (shards | "CollectShards" >> beam.combiners.ToList()
+                 | "Finish" >> beam.Map(_finish, dec_side, cut_side, out, hf_out, plan_path, s, vocab, previous,
+                                        [clean, tok_path]))
+            with open(plan_path) as f:
+                result = json.load(f)
+            os.unlink(plan_path)
+        finally:
+            if hf_ctx:
+                hf_ctx.__exit__(None, None, None)
+    if result.get("errors"):
+        raise PlanError("impossible plan: " + "; ".join(result["errors"]))
+    lines = []
+    for src, row in result["sources"].items():
+        lines.append(f"{src}: {row['tokens']:,} tokens (target {row['target']:,}, {row['error']:+,}), "
+                     f"{row['documents']:,} docs, {row['epochs_used']:.3f} epochs of {row['available']:,}")
+    lines.append(f"wrote {out} ({result['total_tokens']:,} tokens, vocab {vocab.fingerprint})")
+    return lines
+
+
+def _finish(shards, decisions, cutoffs, out, hf_out, plan_path, s: SampleSettings, vocab: JointVocab,
+            previous, inputs):
+    errors = sorted(d.split("impossible plan: ", 1)[-1] for d in decisions.values() if isinstance(d, str))
+    tok_shards = [{k: v for k, v in sh.items() if k != "_ds"} for sh in shards if sh["_ds"] == "tokens"]
+    hf_shards = [{k: v for k, v in sh.items() if k != "_ds"} for sh in shards if sh["_ds"] == "hf"]
+    per = source_summary(tok_shards, decisions, s)
+    for src, row in per.items():
+        row.setdefault("error", row["tokens"] - row["target"])
+    if not errors:
+        summary = {"sources": per, "budget_tokens": s.budget, "seed": s.seed,
+                   "tokenizer": {"fingerprint": vocab.fingerprint, "model_sha256": vocab.text_model_sha256},
+                   "dtype": vocab.dtype.name,
+                   "decisions": {src: {**asdict(d), "cutoff": list(cutoffs.get(src) or []) or None}
+                                 for src, d in sorted(decisions.items()) if not isinstance(d, str)}}
+        if previous:
+            summary["appended_to"] = len(previous)
+        write_manifest(out, build_manifest("text_tokens", previous + tok_shards, s.config, vocab, summary, inputs))
+        if hf_out:
+            write_manifest(hf_out, build_manifest("text_tokens", hf_shards, {**s.config, "format": "hf-parquet"},
+                                                  vocab, {"sources": per, "format": "hf-parquet"}, inputs))
+    result = {"errors": errors, "sources": per, "total_tokens": sum(r["tokens"] for r in per.values())}
+    with atomic_write(plan_path, "w") as f:
+        json.dump(result, f, sort_keys=True)
+    return plan_path
