@@ -1,0 +1,110 @@
+"""JAM models: the decoder backbone and its Uniform / Width / Cross fusions.
+
+    model = build_model(cfg["train"]["model"], vocab.size)
+    logits = model(tokens, segment_ids)          # [B, L] -> [B, L, V]
+
+See docs/models.md for the keys of the model section.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from jamdata.config import Config, ConfigError
+from jamtrain.models.backbone import Backbone, count_parameters  # noqa: F401
+from jamtrain.models.checkpoint import (  # noqa: F401
+    CheckpointError, load_backbone, load_model, read_checkpoint, save_model,
+)
+from jamtrain.models.config import (  # noqa: F401
+    CROSS_EMBEDDINGS, FUSIONS, HEAD_INITS, KERNELS, MODEL_KEYS, PRESETS, BackboneConfig, CrossConfig,
+    backbone_config,
+)
+from jamtrain.models.fusion import FusionError, JamCross, fuse_cross, fuse_uniform, fuse_width  # noqa: F401
+
+log = logging.getLogger(__name__)
+
+
+def _parents(cfg: Config, arch: BackboneConfig) -> tuple[Backbone, Backbone]:
+    """The two parents from `text_checkpoint` / `image_checkpoint`, or fresh ones from the config."""
+    have = [cfg.has("text_checkpoint"), cfg.has("image_checkpoint")]
+    if any(have) and not all(have):
+        missing = "image_checkpoint" if have[0] else "text_checkpoint"
+        raise ConfigError(f"{cfg.prefix}.{missing}", "fusing from checkpoints needs both parents", source=cfg.source)
+    if not any(have):
+        log.warning("no parent checkpoints given: fusing two randomly initialised %d-layer backbones", arch.n_layers)
+        return Backbone(arch), Backbone(arch)
+    parents = []
+    for key in ("text_checkpoint", "image_checkpoint"):
+        model = load_backbone(cfg.get(key, str), arch)
+        if model.cfg.vocab_size != arch.vocab_size:
+            raise ConfigError(f"{cfg.prefix}.{key}", f"checkpoint vocabulary {model.cfg.vocab_size} != "
+                              f"data vocabulary {arch.vocab_size}", source=cfg.source)
+        parents.append(model)
+    return parents[0], parents[1]
+
+
+def default_text_rows(cfg: Config, vocab_size: int) -> int:
+    """Rows taken from the text model: text pieces + specials, i.e. everything below the image codes."""
+    if cfg.has("text_rows"):
+        return int(cfg.number("text_rows", lo=0, hi=vocab_size))
+    codes = int(cfg.number("n_image_codes", default=8192, lo=0))
+    if codes >= vocab_size:
+        raise ConfigError(f"{cfg.prefix}.text_rows", f"cannot infer it: n_image_codes {codes} >= vocab_size "
+                          f"{vocab_size}; set text_rows (the joint vocabulary's image_offset)", source=cfg.source)
+    return vocab_size - codes
+
+
+def build_model(model_cfg: dict | Config, vocab_size: int, prefix: str = "train.model") -> nn.Module:
+    """The model a config section describes; forward(tokens [B, L], segment_ids=None) -> logits [B, L, V].
+
+    `fusion: none` is a single backbone; uniform / width / cross fuse two parents (checkpoints or,
+    for tests and the demo, random initialisations). `checkpoint:` loads a saved model as is."""
+    cfg = model_cfg if isinstance(model_cfg, Config) else Config(dict(model_cfg or {}), prefix)
+    cfg.check_keys(MODEL_KEYS)
+    ac = cfg.get("activation_checkpointing", bool, default=False)
+    if cfg.has("checkpoint"):
+        model = load_model(cfg.get("checkpoint", str))
+        vs = model.cfg.backbone.vocab_size if isinstance(model, JamCross) else model.cfg.vocab_size
+        if vs != vocab_size:
+            raise ConfigError(f"{cfg.prefix}.checkpoint", f"checkpoint vocabulary {vs} != data vocabulary {vocab_size}",
+                              source=cfg.source)
+        _set_checkpointing(model, ac)
+        return model
+    arch = backbone_config(cfg, vocab_size)
+    fusion = cfg.choice("fusion", FUSIONS, default="none")
+    if fusion == "none":
+        model: nn.Module = Backbone(arch, ac)
+    elif fusion == "uniform":
+        model = fuse_uniform(*_parents(cfg, arch), weight=float(cfg.number("uniform_weight", default=0.5, lo=0, hi=1)))
+    elif fusion == "width":
+        model = fuse_width(*_parents(cfg, arch), head=cfg.choice("width_head", HEAD_INITS, default="average"))
+    else:
+        every = int(cfg.number("cross_every", default=1, lo=1))
+        if arch.n_layers % every:
+            raise ConfigError(f"{cfg.prefix}.cross_every", f"{every} must divide n_layers {arch.n_layers}", source=cfg.source)
+        heads = int(cfg.number("cross_heads", default=0, lo=0))
+        if heads and arch.d_model % heads:
+            raise ConfigError(f"{cfg.prefix}.cross_heads", f"{heads} must divide d_model {arch.d_model}", source=cfg.source)
+        model = fuse_cross(*_parents(cfg, arch), text_rows=default_text_rows(cfg, vocab_size), cross_every=every,
+                           cross_heads=heads, embedding=cfg.choice("cross_embedding", CROSS_EMBEDDINGS, default="shared"),
+                           head=cfg.choice("cross_head", HEAD_INITS, default="average"),
+                           kernel=cfg.choice("cross_kernel", KERNELS, default="auto"))
+    _set_checkpointing(model, ac)
+    return model
+
+
+def _set_checkpointing(model: nn.Module, on: bool) -> None:
+    for m in model.modules():
+        if isinstance(m, Backbone):
+            m.activation_checkpointing = on
+
+
+def parameter_count(model_cfg: dict, vocab_size: int) -> int:
+    """Parameters of the configured model without allocating them (meta device)."""
+    with torch.device("meta"):
+        cfg = dict(model_cfg)
+        for key in ("checkpoint", "text_checkpoint", "image_checkpoint"):
+            cfg.pop(key, None)
+        return count_parameters(build_model(cfg, vocab_size))

@@ -1,0 +1,194 @@
+"""The decoder backbone (CM3leon/OPT-like): pre-norm LayerNorm, bias-free linear layers, learned or
+rotary positions, GELU or SwiGLU FFN, tied or untied output head, document-aware attention."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from jamtrain.models.config import BackboneConfig
+
+
+class GroupedLayerNorm(nn.Module):
+    """LayerNorm over `groups` equal slices of the hidden dim (groups=1: plain LayerNorm).
+
+    JAM-Width uses groups=2 so that each half of the doubled width is normalised exactly as its
+    parent normalised it."""
+
+    def __init__(self, dim: int, groups: int = 1, eps: float = 1e-5, bias: bool = False):
+        super().__init__()
+        self.dim, self.groups, self.eps = dim, groups, eps
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.groups == 1:
+            return F.layer_norm(x, (self.dim,), self.weight, self.bias, self.eps)
+        g = x.unflatten(-1, (self.groups, self.dim // self.groups))
+        y = F.layer_norm(g, (self.dim // self.groups,), None, None, self.eps).flatten(-2)
+        y = y * self.weight
+        return y + self.bias if self.bias is not None else y
+
+
+def rotary_tables(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin [B, 1, L, head_dim/2] for integer positions [B, L]."""
+    inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim))
+    ang = positions.float()[..., None] * inv
+    return ang.cos()[:, None], ang.sin()[:, None]
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.float().chunk(2, dim=-1)
+    out = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    return out.to(x.dtype)
+
+
+def segment_positions(segment_ids: torch.Tensor) -> torch.Tensor:
+    """Position of each token within its document: restarts wherever the segment id changes."""
+    B, L = segment_ids.shape
+    idx = torch.arange(L, device=segment_ids.device).expand(B, L)
+    change = torch.ones_like(segment_ids, dtype=torch.bool)
+    change[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
+    start = torch.where(change, idx, torch.zeros_like(idx)).cummax(dim=1).values
+    return idx - start
+
+
+def self_attention_mask(segment_ids: torch.Tensor) -> torch.Tensor:
+    """Block-diagonal causal mask [B, 1, L, L]; the diagonal is always allowed (no empty rows)."""
+    L = segment_ids.shape[1]
+    causal = torch.ones(L, L, dtype=torch.bool, device=segment_ids.device).tril()
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]
+    return (same & causal)[:, None]
+
+
+class AttnContext:
+    """What every layer of one forward pass shares: positions, rotary tables, the mask."""
+
+    def __init__(self, cfg: BackboneConfig, tokens: torch.Tensor, segment_ids: torch.Tensor | None):
+        B, L = tokens.shape
+        if L > cfg.max_seq_len:
+            raise ValueError(f"sequence length {L} exceeds max_seq_len {cfg.max_seq_len}")
+        self.segment_ids = segment_ids
+        if segment_ids is not None and cfg.reset_positions:
+            self.positions = segment_positions(segment_ids)
+        else:
+            self.positions = torch.arange(L, device=tokens.device).expand(B, L)
+        self.mask = None if segment_ids is None else self_attention_mask(segment_ids)
+        self.rope = rotary_tables(self.positions, cfg.head_dim, cfg.rope_theta) if cfg.positions == "rotary" else None
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, cfg: BackboneConfig):
+        super().__init__()
+        d = cfg.d_model
+        self.n_heads, self.head_dim = cfg.n_heads, cfg.head_dim
+        self.q_proj = nn.Linear(d, d, bias=False)
+        self.k_proj = nn.Linear(d, d, bias=False)
+        self.v_proj = nn.Linear(d, d, bias=False)
+        self.o_proj = nn.Linear(d, d, bias=False)
+
+    def forward(self, x: torch.Tensor, ctx: AttnContext) -> torch.Tensor:
+        B, L, _ = x.shape
+        shape = (B, L, self.n_heads, self.head_dim)
+        q = self.q_proj(x).view(shape).transpose(1, 2)
+        k = self.k_proj(x).view(shape).transpose(1, 2)
+        v = self.v_proj(x).view(shape).transpose(1, 2)
+        if ctx.rope is not None:
+            q, k = apply_rotary(q, *ctx.rope), apply_rotary(k, *ctx.rope)
+        if ctx.mask is None:
+            o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.mask)
+        return self.o_proj(o.transpose(1, 2).reshape(B, L, -1))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg: BackboneConfig):
+        super().__init__()
+        self.swiglu = cfg.activation == "swiglu"
+        self.up = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
+        if self.swiglu:
+            self.gate = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
+        self.down = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.silu(self.gate(x)) * self.up(x) if self.swiglu else F.gelu(self.up(x))
+        return self.down(h)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: BackboneConfig):
+        super().__init__()
+        self.attn_norm = GroupedLayerNorm(cfg.d_model, cfg.norm_groups, cfg.norm_eps, cfg.norm_bias)
+        self.attn = SelfAttention(cfg)
+        self.ffn_norm = GroupedLayerNorm(cfg.d_model, cfg.norm_groups, cfg.norm_eps, cfg.norm_bias)
+        self.ffn = FeedForward(cfg)
+
+    def forward(self, x: torch.Tensor, ctx: AttnContext) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), ctx)
+        return x + self.ffn(self.ffn_norm(x))
+
+
+class Backbone(nn.Module):
+    """Decoder LM. forward(tokens [B, L], segment_ids [B, L] or None) -> logits [B, L, V].
+
+    With segment_ids, attention is block-diagonal causal (a token sees only earlier tokens of its
+    own document; padding, id -1, forms its own block) and positions restart per document."""
+
+    def __init__(self, cfg: BackboneConfig, activation_checkpointing: bool = False):
+        super().__init__()
+        self.cfg = cfg
+        self.activation_checkpointing = activation_checkpointing
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.pos_emb = nn.Embedding(cfg.max_seq_len, cfg.d_model) if cfg.positions == "learned" else None
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = GroupedLayerNorm(cfg.d_model, cfg.norm_groups, cfg.norm_eps, cfg.norm_bias)
+        self.head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        std = self.cfg.init_std
+        out_std = std / math.sqrt(2 * self.cfg.n_layers)  # GPT-2/OPT residual-projection scaling
+        for name, p in self.named_parameters():
+            if p.dim() == 1:
+                nn.init.zeros_(p) if name.endswith("bias") else nn.init.ones_(p)
+            elif name.endswith(("o_proj.weight", "down.weight")):
+                nn.init.normal_(p, 0.0, out_std)
+            else:
+                nn.init.normal_(p, 0.0, std)
+
+    # The pieces JAM-Cross drives layer by layer.
+    def context(self, tokens: torch.Tensor, segment_ids: torch.Tensor | None) -> AttnContext:
+        return AttnContext(self.cfg, tokens, segment_ids)
+
+    def embed(self, tokens: torch.Tensor, ctx: AttnContext, table: torch.Tensor | None = None) -> torch.Tensor:
+        x = F.embedding(tokens, self.tok_emb.weight if table is None else table)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(ctx.positions)
+        return x
+
+    def layer(self, i: int, x: torch.Tensor, ctx: AttnContext) -> torch.Tensor:
+        if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(self.layers[i], x, ctx, use_reentrant=False)
+        return self.layers[i](x, ctx)
+
+    def head_weight(self) -> torch.Tensor:
+        return self.tok_emb.weight if self.head is None else self.head.weight
+
+    def hidden_states(self, tokens: torch.Tensor, segment_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Final normalised hidden states [B, L, d_model] (the input of the output head)."""
+        ctx = self.context(tokens, segment_ids)
+        x = self.embed(tokens, ctx)
+        for i in range(len(self.layers)):
+            x = self.layer(i, x, ctx)
+        return self.norm(x)
+
+    def forward(self, tokens: torch.Tensor, segment_ids: torch.Tensor | None = None) -> torch.Tensor:
+        return F.linear(self.hidden_states(tokens, segment_ids), self.head_weight())
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

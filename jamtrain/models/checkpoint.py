@@ -1,0 +1,107 @@
+"""Model weights on disk: safetensors (`.safetensors`) or a torch pickle (anything else).
+
+Both carry the architecture, so `load_model(path)` rebuilds the right class:
+- safetensors: metadata key "jam_model" = JSON {"kind": "backbone" | "cross", "config": {...}}
+- torch: {"jam_model": {...same...}, "state_dict": {...}}
+A bare state dict (no "jam_model") loads when the caller passes the backbone config.
+"""
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from jamtrain.models.backbone import Backbone
+from jamtrain.models.config import BackboneConfig, CrossConfig
+from jamtrain.models.fusion import JamCross
+
+
+class CheckpointError(ValueError):
+    """A weights file that cannot be read as a jam model."""
+
+
+def describe(model: nn.Module) -> dict:
+    if isinstance(model, JamCross):
+        return {"kind": "cross", "config": model.cfg.to_dict()}
+    if isinstance(model, Backbone):
+        return {"kind": "backbone", "config": model.cfg.to_dict()}
+    raise TypeError(f"not a jam model: {type(model).__name__}")
+
+
+def save_model(model: nn.Module, path: str | Path) -> Path:
+    """Write weights + architecture atomically (local paths); the format follows the suffix."""
+    path = Path(path)
+    meta = describe(model)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:  # write beside the target and rename: a killed job never leaves a complete-looking file
+        if path.suffix == ".safetensors":
+            from safetensors.torch import save_file
+
+            save_file(state, str(tmp), metadata={"jam_model": json.dumps(meta)})
+        else:
+            torch.save({"jam_model": meta, "state_dict": state}, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict | None, dict[str, torch.Tensor]]:
+    """(description or None, state dict) from either format."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), "pt") as f:
+                meta = (f.metadata() or {}).get("jam_model")
+                state = {k: f.get_tensor(k) for k in f.keys()}
+            return (json.loads(meta) if meta else None), state
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt or foreign file: name it
+        raise CheckpointError(f"{path}: cannot read weights ({type(e).__name__}: {e})") from None
+    if isinstance(obj, dict) and "state_dict" in obj:
+        return obj.get("jam_model"), obj["state_dict"]
+    if isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return None, obj
+    raise CheckpointError(f"{path}: not a state dict or a jam checkpoint")
+
+
+def _load_into(model: nn.Module, state: dict, path) -> nn.Module:
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: weights do not fit the architecture "
+                              f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
+    return model
+
+
+def load_model(path: str | Path, backbone_cfg: BackboneConfig | None = None) -> nn.Module:
+    """A Backbone or JamCross rebuilt from a file written by `save_model` (or a bare backbone
+    state dict plus `backbone_cfg`)."""
+    meta, state = read_checkpoint(path)
+    if meta is None:
+        if backbone_cfg is None:
+            raise CheckpointError(f"{path}: bare state dict without architecture; give the model config")
+        return _load_into(Backbone(backbone_cfg), state, path)
+    kind = meta.get("kind")
+    if kind == "backbone":
+        return _load_into(Backbone(BackboneConfig.from_dict(meta["config"])), state, path)
+    if kind == "cross":
+        return _load_into(JamCross(CrossConfig.from_dict(meta["config"])), state, path)
+    raise CheckpointError(f"{path}: unknown model kind {kind!r}")
+
+
+def load_backbone(path: str | Path, backbone_cfg: BackboneConfig | None = None) -> Backbone:
+    model = load_model(path, backbone_cfg)
+    if not isinstance(model, Backbone):
+        raise CheckpointError(f"{path}: holds a {describe(model)['kind']} model, not a backbone")
+    return model

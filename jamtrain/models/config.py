@@ -1,0 +1,128 @@
+"""Backbone and fusion configuration, named size presets and parsing of the `train.model` section."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from jamdata.config import Config, ConfigError
+
+POSITIONS = ("learned", "rotary")
+ACTIVATIONS = ("gelu", "swiglu")
+FUSIONS = ("none", "uniform", "width", "cross")
+HEAD_INITS = ("text", "image", "average")
+CROSS_EMBEDDINGS = ("shared", "separate")
+KERNELS = ("auto", "triton", "reference")
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """A CM3leon/OPT-like decoder: pre-norm LayerNorm, no biases in linear layers."""
+    vocab_size: int
+    n_layers: int = 2
+    d_model: int = 64
+    n_heads: int = 4
+    d_ff: int = 256
+    max_seq_len: int = 512
+    positions: str = "learned"
+    activation: str = "gelu"
+    tie_embeddings: bool = False
+    norm_eps: float = 1e-5
+    norm_bias: bool = False
+    norm_groups: int = 1          # >1 only in JAM-Width: each half normalised on its own
+    rope_theta: float = 10000.0
+    init_std: float = 0.02
+    reset_positions: bool = True  # with segment_ids, positions restart at each document
+
+    def __post_init__(self) -> None:
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
+        if self.d_model % self.norm_groups:
+            raise ValueError(f"d_model {self.d_model} is not divisible by norm_groups {self.norm_groups}")
+        if self.positions not in POSITIONS:
+            raise ValueError(f"positions must be one of {POSITIONS}, got {self.positions!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+        if self.positions == "rotary" and self.head_dim % 2:
+            raise ValueError(f"rotary positions need an even head_dim, got {self.head_dim}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "BackboneConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass(frozen=True)
+class CrossConfig:
+    """JAM-Cross: two backbones joined by gated bidirectional causal cross-attention."""
+    backbone: BackboneConfig
+    cross_every: int = 1            # a cross block after every k-th layer
+    cross_heads: int = 0            # 0 = backbone n_heads
+    text_rows: int = 0              # embedding rows [0, text_rows) from the text model, the rest image
+    embedding: str = "shared"       # "shared" (paper) or "separate" (each backbone keeps its own)
+    head_init: str = "average"      # what the new head reproduces at gate 0
+    kernel: str = "auto"            # cross-attention implementation
+
+    @property
+    def n_cross(self) -> int:
+        return self.backbone.n_layers // self.cross_every
+
+    @property
+    def heads(self) -> int:
+        return self.cross_heads or self.backbone.n_heads
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["backbone"] = self.backbone.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CrossConfig":
+        d = dict(d)
+        d["backbone"] = BackboneConfig.from_dict(d["backbone"])
+        return cls(**d)
+
+
+PRESETS: dict[str, dict] = {
+    # tests and the CPU demo
+    "tiny": dict(n_layers=2, d_model=64, n_heads=4, d_ff=256, max_seq_len=512),
+    "small": dict(n_layers=12, d_model=768, n_heads=12, d_ff=3072, max_seq_len=2048),
+    "1b": dict(n_layers=24, d_model=2048, n_heads=16, d_ff=8192, max_seq_len=4096),
+    # the JAM parents (CM3leon-7B / LLM-7B): 32 layers, width 4096, 32 heads of 128
+    "7b": dict(n_layers=32, d_model=4096, n_heads=32, d_ff=16384, max_seq_len=4096),
+}
+
+BACKBONE_KEYS = ("n_layers", "d_model", "n_heads", "d_ff", "max_seq_len", "positions", "activation",
+                 "tie_embeddings", "norm_eps", "norm_bias", "rope_theta", "init_std", "reset_positions")
+MODEL_KEYS = ("preset", *BACKBONE_KEYS, "fusion", "checkpoint", "text_checkpoint", "image_checkpoint",
+              "uniform_weight", "width_head", "cross_every", "cross_heads", "cross_embedding",
+              "cross_head", "text_rows", "n_image_codes", "cross_kernel", "activation_checkpointing")
+
+
+def backbone_config(cfg: Config, vocab_size: int) -> BackboneConfig:
+    """The backbone described by a model section: a preset overridden by explicit keys."""
+    preset = cfg.choice("preset", sorted(PRESETS), default="tiny")
+    values = dict(PRESETS[preset])
+    ints = ("n_layers", "d_model", "n_heads", "d_ff", "max_seq_len")
+    for key in ints:
+        if cfg.has(key):
+            values[key] = int(cfg.number(key, lo=1))
+    if cfg.has("d_model") and not cfg.has("d_ff"):
+        values["d_ff"] = 4 * values["d_model"]
+    values["positions"] = cfg.choice("positions", POSITIONS, default="learned")
+    values["activation"] = cfg.choice("activation", ACTIVATIONS, default="gelu")
+    values["tie_embeddings"] = cfg.get("tie_embeddings", bool, default=False)
+    values["norm_bias"] = cfg.get("norm_bias", bool, default=False)
+    values["reset_positions"] = cfg.get("reset_positions", bool, default=True)
+    values["norm_eps"] = float(cfg.number("norm_eps", default=1e-5, lo=0))
+    values["rope_theta"] = float(cfg.number("rope_theta", default=10000.0, lo=1))
+    values["init_std"] = float(cfg.number("init_std", default=0.02, lo=0))
+    try:
+        return BackboneConfig(vocab_size=int(vocab_size), **values)
+    except ValueError as e:
+        raise ConfigError(cfg.prefix or "model", str(e), source=cfg.source) from None

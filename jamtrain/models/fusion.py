@@ -1,0 +1,202 @@
+"""The three JAM fusions of a text decoder and an image-text decoder of the same architecture.
+
+- `fuse_uniform`: one model, parameters w * text + (1 - w) * image.
+- `fuse_width`: one model of twice the width. Block-diagonal copies: hidden = [text half | image
+  half], heads 0..H-1 from the text model and H..2H-1 from the image model, FFN units side by side,
+  every cross block zero, LayerNorms normalising each half separately (norm_groups=2). At
+  initialisation the text half of every hidden state equals the text parent's and the image half
+  the image parent's. The head is [a * W_text | (1 - a) * W_image], so the logits are
+  a * text_logits + (1 - a) * image_logits (a = 1, 0, 0.5 for width_head text/image/average).
+- `JamCross`: both backbones kept; after every k-th layer a gated bidirectional causal
+  cross-attention block (see `CrossBlock`); tanh gates start at 0, so at initialisation each stream
+  equals its parent. The new head maps [h_text | h_image] (2d) to the vocabulary, initialised like
+  the width head, so at gate 0 the logits are a * text_logits + (1 - a) * image_logits.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from jamtrain.kernels.cross_attention import bidirectional_cross_attention
+from jamtrain.models.backbone import Backbone, GroupedLayerNorm
+from jamtrain.models.config import BackboneConfig, CrossConfig, HEAD_INITS
+
+
+class FusionError(ValueError):
+    """The two parents cannot be fused (different architectures, bad weights)."""
+
+
+def _check_parents(text: Backbone, image: Backbone) -> BackboneConfig:
+    if text.cfg != image.cfg:
+        diff = {k: (v, image.cfg.to_dict()[k]) for k, v in text.cfg.to_dict().items() if image.cfg.to_dict()[k] != v}
+        raise FusionError(f"parents differ in architecture (text, image): {diff}")
+    if text.cfg.norm_groups != 1:
+        raise FusionError("parents must be plain backbones (norm_groups=1), not width-fused models")
+    return text.cfg
+
+
+def head_mix(head: str) -> float:
+    if head not in HEAD_INITS:
+        raise FusionError(f"head init must be one of {HEAD_INITS}, got {head!r}")
+    return {"text": 1.0, "image": 0.0, "average": 0.5}[head]
+
+
+# --------------------------------------------------------------------------------------- uniform
+@torch.no_grad()
+def fuse_uniform(text: Backbone, image: Backbone, weight: float = 0.5) -> Backbone:
+    """w * text + (1 - w) * image, parameter by parameter."""
+    cfg = _check_parents(text, image)
+    if not 0.0 <= weight <= 1.0:
+        raise FusionError(f"uniform weight must be in [0, 1], got {weight}")
+    out = Backbone(cfg)
+    ti, im = text.state_dict(), image.state_dict()
+    out.load_state_dict({k: weight * ti[k].float() + (1.0 - weight) * im[k].float() for k in ti})
+    return out
+
+
+# ----------------------------------------------------------------------------------------- width
+def width_config(cfg: BackboneConfig) -> BackboneConfig:
+    d = cfg.to_dict()
+    d.update(d_model=2 * cfg.d_model, n_heads=2 * cfg.n_heads, d_ff=2 * cfg.d_ff, norm_groups=2,
+             tie_embeddings=False)
+    return BackboneConfig.from_dict(d)
+
+
+def _block_diag(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.block_diag(a.float(), b.float())
+
+
+@torch.no_grad()
+def fuse_width(text: Backbone, image: Backbone, head: str = "average") -> Backbone:
+    """Twice the width; each half computes its parent exactly at initialisation (module docstring)."""
+    cfg = _check_parents(text, image)
+    a = head_mix(head)
+    out = Backbone(width_config(cfg))
+    ti, im = text.state_dict(), image.state_dict()
+    new = {}
+    for key, target in out.state_dict().items():
+        if key == "head.weight":
+            new[key] = torch.cat([a * text.head_weight().float(), (1 - a) * image.head_weight().float()], 1)
+        elif key in ("tok_emb.weight", "pos_emb.weight"):
+            new[key] = torch.cat([ti[key].float(), im[key].float()], 1)
+        elif target.dim() == 1:  # norm weights/biases: halves side by side
+            new[key] = torch.cat([ti[key].float(), im[key].float()])
+        else:  # every projection: block-diagonal, cross blocks zero
+            new[key] = _block_diag(ti[key], im[key])
+        if new[key].shape != target.shape:
+            raise FusionError(f"{key}: built {tuple(new[key].shape)}, expected {tuple(target.shape)}")
+    out.load_state_dict(new)
+    return out
+
+
+# ----------------------------------------------------------------------------------------- cross
+class CrossBlock(nn.Module):
+    """Gated bidirectional causal cross-attention between the two streams at one depth.
+
+    x_t <- x_t + tanh(g_t) * Wo_t attn(q = Wq_t LN(x_t), k/v = Wk_t/Wv_t LN'(x_i))
+    x_i <- x_i + tanh(g_i) * Wo_i attn(q = Wq_i LN(x_i), k/v = Wk_i/Wv_i LN'(x_t))
+    Parameters suffixed _t belong to the text stream's reading (queries from text, keys/values
+    projected from image states), _i to the image stream's. Both directions read the inputs of this
+    block (not each other's update) and run in one fused kernel call. Causal: position p of one stream sees positions <= p of the other, within the same
+    document when segment ids are given."""
+
+    def __init__(self, d_model: int, n_heads: int, eps: float = 1e-5, bias: bool = False):
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"d_model {d_model} is not divisible by cross_heads {n_heads}")
+        self.n_heads, self.head_dim = n_heads, d_model // n_heads
+        for s in ("t", "i"):
+            setattr(self, f"q_norm_{s}", GroupedLayerNorm(d_model, 1, eps, bias))
+            setattr(self, f"kv_norm_{s}", GroupedLayerNorm(d_model, 1, eps, bias))
+            for p in ("q", "k", "v", "o"):
+                setattr(self, f"{p}_{s}", nn.Linear(d_model, d_model, bias=False))
+            setattr(self, f"gate_{s}", nn.Parameter(torch.zeros(())))
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        B, L, _ = x.shape
+        return x.view(B, L, self.n_heads, self.head_dim).transpose(1, 2)
+
+    def forward(self, x_t, x_i, seg=None, impl: str | None = None):
+        kv_t, kv_i = self.kv_norm_t(x_i), self.kv_norm_i(x_t)   # what each stream reads
+        q_t, q_i = self.q_norm_t(x_t), self.q_norm_i(x_i)
+        o_t, o_i = bidirectional_cross_attention(
+            self._heads(self.q_t(q_t)), self._heads(self.k_i(kv_i)), self._heads(self.v_i(kv_i)),
+            self._heads(self.q_i(q_i)), self._heads(self.k_t(kv_t)), self._heads(self.v_t(kv_t)),
+            seg, seg, causal=True, impl=impl)
+        B, L, _ = x_t.shape
+        o_t = self.o_t(o_t.transpose(1, 2).reshape(B, L, -1))
+        o_i = self.o_i(o_i.transpose(1, 2).reshape(B, L, -1))
+        return x_t + torch.tanh(self.gate_t) * o_t, x_i + torch.tanh(self.gate_i) * o_i
+
+
+class JamCross(nn.Module):
+    """JAM-Cross. forward(tokens, segment_ids=None) -> logits [B, L, V].
+
+    The backbones keep their layers, positions and final norms; their own output heads are dropped
+    (the new `head` replaces them) and, with a shared embedding, so are their token tables."""
+
+    def __init__(self, cfg: CrossConfig, activation_checkpointing: bool = False):
+        super().__init__()
+        b = cfg.backbone
+        if cfg.cross_every < 1 or b.n_layers % cfg.cross_every:
+            raise ValueError(f"cross_every {cfg.cross_every} must divide n_layers {b.n_layers}")
+        if not 0 <= cfg.text_rows <= b.vocab_size:
+            raise ValueError(f"text_rows {cfg.text_rows} outside [0, vocab_size {b.vocab_size}]")
+        self.cfg = cfg
+        self.text = Backbone(b, activation_checkpointing)
+        self.image = Backbone(b, activation_checkpointing)
+        self.cross = nn.ModuleList(CrossBlock(b.d_model, cfg.heads, b.norm_eps, b.norm_bias) for _ in range(cfg.n_cross))
+        # the shared input embedding; with embedding="separate" each backbone keeps its own table
+        self.embedding = nn.Embedding(b.vocab_size, b.d_model) if cfg.embedding == "shared" else None
+        self.head = nn.Linear(2 * b.d_model, b.vocab_size, bias=False)
+        for blk in self.cross:
+            for name, p in blk.named_parameters():
+                if p.dim() == 2:
+                    nn.init.normal_(p, 0.0, b.init_std)
+        if self.embedding is not None:
+            nn.init.normal_(self.embedding.weight, 0.0, b.init_std)
+        nn.init.normal_(self.head.weight, 0.0, b.init_std)
+        for m in (self.text, self.image):
+            m.head = None
+            if self.embedding is not None:
+                m.tok_emb = None
+        self.kernel = cfg.kernel
+
+    def streams(self, tokens: torch.Tensor, segment_ids: torch.Tensor | None = None):
+        """Final normalised hidden states of the text and image streams, each [B, L, d]."""
+        ctx_t = self.text.context(tokens, segment_ids)
+        ctx_i = self.image.context(tokens, segment_ids)
+        table = None if self.embedding is None else self.embedding.weight
+        x_t = self.text.embed(tokens, ctx_t, table)
+        x_i = self.image.embed(tokens, ctx_i, table)
+        k = self.cfg.cross_every
+        for layer in range(self.cfg.backbone.n_layers):
+            x_t = self.text.layer(layer, x_t, ctx_t)
+            x_i = self.image.layer(layer, x_i, ctx_i)
+            if (layer + 1) % k == 0:
+                x_t, x_i = self.cross[layer // k](x_t, x_i, segment_ids, self.kernel)
+        return self.text.norm(x_t), self.image.norm(x_i)
+
+    def forward(self, tokens: torch.Tensor, segment_ids: torch.Tensor | None = None) -> torch.Tensor:
+        h_t, h_i = self.streams(tokens, segment_ids)
+        return self.head(torch.cat([h_t, h_i], dim=-1))
+
+
+@torch.no_grad()
+def fuse_cross(text: Backbone, image: Backbone, text_rows: int, cross_every: int = 1,
+               cross_heads: int = 0, embedding: str = "shared", head: str = "average",
+               kernel: str = "auto") -> JamCross:
+    """JAM-Cross from two parents: backbones copied, cross blocks gated off, embedding rows
+    [0, text_rows) from the text model and the rest from the image model, head = mix of the
+    parents' heads (see the module docstring)."""
+    cfg = _check_parents(text, image)
+    a = head_mix(head)
+    model = JamCross(CrossConfig(cfg, cross_every, cross_heads, text_rows, embedding, head, kernel))
+    for mine, parent in ((model.text, text), (model.image, image)):
+        keep = mine.state_dict().keys()
+        mine.load_state_dict({k: v for k, v in parent.state_dict().items() if k in keep})
+    if model.embedding is not None:
+        model.embedding.weight.copy_(torch.cat([text.tok_emb.weight[:text_rows], image.tok_emb.weight[text_rows:]]))
+    model.head.weight.copy_(torch.cat([a * text.head_weight(), (1 - a) * image.head_weight()], 1))
+    return model
