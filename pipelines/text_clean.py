@@ -1,0 +1,321 @@
+"""Beam pipeline: raw text sources -> read -> clean -> filter -> dedup -> documents + rejects.
+
+    files (one element each) | Reshuffle | read + clean (per file) | filters | dedup
+        -> text-clean/<source>/part-NNNNN.parquet (DOCUMENT) + manifest (funnel in `summary`)
+        -> text-clean-rejects/<source>/part-NNNNN.parquet (REJECT) + manifest
+
+The funnel counts documents and UTF-8 bytes leaving each stage per source ("read" also counts the
+records and compressed file bytes that went in), so every dropped document is accounted for in
+the rejects under the stage that dropped it.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import apache_beam as beam
+
+from jamdata.config import Config, ConfigError
+from jamdata.io import expand_inputs, fs_and_path, is_local, stable_hash
+from jamdata.manifest import build_manifest, output_dir, read_manifest, write_manifest
+from jamdata.text.clean import CleanOptions, clean_records
+from jamdata.text.readers import READERS, ReadOptions, is_reject, read_file
+from pipelines.common import WriteShards, parquet_shard_writer
+from pipelines.options import pipeline_options
+from schemas.records import DOCUMENT, REJECT
+
+log = logging.getLogger(__name__)
+
+STAGES = ("read", "clean", "filter", "dedup")
+CLEAN_KEYS = ["shards", "reject_shards", "max_record_bytes", "pile_set_names", "line_dedup_min_docs",
+              "line_dedup_min_chars", "wiki_drop_sections", "filters", "dedup"]
+DOC_COLUMNS = ("language", "language_score", "quality_score")
+
+
+# -- configuration ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class InputFile:
+    source: str
+    fmt: str
+    path: str
+
+
+def plan_inputs(text_cfg: Config) -> list[InputFile]:
+    """`text.sources`: {source: {inputs: [{format, paths}, ...]}} (or {format, paths} directly)."""
+    sources = text_cfg.section("sources", required=True)
+    files: list[InputFile] = []
+    for name in sources.data:
+        src = sources.section(name)
+        src.check_keys(["inputs", "format", "paths"])
+        if src.has("inputs"):
+            entries = src.get("inputs", list)
+            cfgs = [Config(e, f"{src.prefix}.inputs[{i}]", src.source) for i, e in enumerate(entries)]
+        else:
+            cfgs = [src]
+        for c in cfgs:
+            if c is not src:
+                c.check_keys(["format", "paths"])
+            fmt = c.choice("format", list(READERS))
+            paths = c.get("paths", (str, list))
+            for pattern in [paths] if isinstance(paths, str) else paths:
+                for path in expand_inputs(str(pattern)):
+                    # a relative pattern keeps relative paths, so ids and outputs do not depend
+                    # on where the checkout lives
+                    if is_local(pattern) and not os.path.isabs(str(pattern)):
+                        path = os.path.relpath(path)
+                    files.append(InputFile(name, fmt, path))
+    if not files:
+        raise ConfigError(sources.prefix, "no input files configured")
+    return sorted(set(files), key=lambda f: (f.source, f.path, f.fmt))
+
+
+def clean_settings(text_cfg: Config) -> tuple[ReadOptions, CleanOptions, dict, dict, int, int]:
+    clean = text_cfg.section("clean")
+    clean.check_keys(CLEAN_KEYS)
+    ropts = ReadOptions(max_record_bytes=int(clean.number("max_record_bytes", default=16 << 20, lo=1024)),
+                        pile_set_names=tuple(clean.get("pile_set_names", list, default=["Books3"])))
+    copts = CleanOptions(
+        line_dedup_min_docs=int(clean.number("line_dedup_min_docs", default=3, lo=0)),
+        line_dedup_min_chars=int(clean.number("line_dedup_min_chars", default=0, lo=0)),
+        wiki_drop_sections=tuple(clean.get("wiki_drop_sections", list, default=list(CleanOptions.wiki_drop_sections))))
+    shards = int(clean.number("shards", default=1, lo=1))
+    reject_shards = int(clean.number("reject_shards", default=1, lo=1))
+    return ropts, copts, clean.section("filters").to_dict(), clean.section("dedup").to_dict(), shards, reject_shards
+
+
+# -- Beam steps ------------------------------------------------------------------------------------
+def _nbytes(text: str) -> int:
+    return len(text.encode("utf-8"))
+
+
+class ReadAndClean(beam.DoFn):
+    """One raw file -> cleaned documents, REJECTs (tag "rejects") and its funnel counts
+    (tag "counts": ((source, stage, measure), value))."""
+
+    def __init__(self, ropts: ReadOptions, copts: CleanOptions):
+        self.ropts, self.copts = ropts, copts
+
+    def process(self, f: InputFile):
+        n = {"records": 0, "read_docs": 0, "read_bytes": 0, "clean_docs": 0, "clean_bytes": 0}
+
+        def counted(records: Iterable[dict]):
+            for rec in records:
+                n["records"] += 1
+                if not is_reject(rec):
+                    n["read_docs"] += 1
+                    n["read_bytes"] += _nbytes(rec["text"])
+                yield rec
+
+        for rec in clean_records(counted(read_file(f.path, f.fmt, f.source, self.ropts)), f.fmt, self.copts):
+            if is_reject(rec):
+                yield beam.pvalue.TaggedOutput("rejects", rec)
+            else:
+                n["clean_docs"] += 1
+                n["clean_bytes"] += _nbytes(rec["text"])
+                yield rec
+        try:
+            fs, p = fs_and_path(f.path)
+            file_bytes = int(fs.size(p))
+        except Exception:  # the read already reported it
+            file_bytes = 0
+        s = f.source
+        for key, value in [(("read", "docs_in"), n["records"]), (("read", "bytes_in"), file_bytes),
+                           (("read", "docs_out"), n["read_docs"]), (("read", "bytes_out"), n["read_bytes"]),
+                           (("clean", "docs_out"), n["clean_docs"]), (("clean", "bytes_out"), n["clean_bytes"])]:
+            yield beam.pvalue.TaggedOutput("counts", ((s, *key), value))
+
+
+class ApplyFilters(beam.DoFn):
+    """The filter chain of each document's source (from `text.clean.filters`)."""
+
+    def __init__(self, filters_cfg: dict):
+        self.filters_cfg = filters_cfg
+
+    def setup(self):
+        self.chains: dict[str, Any] = {}
+
+    def _chain(self, source: str):
+        if source not in self.chains:
+            from jamdata.text.filters import build_filter_chain
+
+            cfg = Config(json.loads(json.dumps(self.filters_cfg)), "text.clean.filters")
+            self.chains[source] = build_filter_chain(cfg, source)
+        return self.chains[source]
+
+    def process(self, doc: dict):
+        from jamdata.text.filters import apply_chain
+        from jamdata.text.readers import make_reject
+
+        verdict, failed = apply_chain(doc["text"], self._chain(doc["source"]))
+        fields = dict(verdict.fields or {})
+        if not verdict.keep:
+            meta = json.loads(doc.get("metadata") or "{}")
+            yield beam.pvalue.TaggedOutput("rejects", make_reject(
+                doc["source"], "filter", f"{failed}: {verdict.reason}" if verdict.reason else str(failed),
+                doc["text"], meta.get("file"), meta.get("offset"), id=doc["id"]))
+            return
+        out = {**doc, "text": verdict.text}
+        extra = {}
+        for k, v in fields.items():
+            if k in DOC_COLUMNS:
+                out[k] = None if v is None else (str(v) if k == "language" else float(v))
+            else:
+                extra[k] = v
+        if extra:
+            meta = json.loads(out.get("metadata") or "{}")
+            meta.update(extra)
+            out["metadata"] = json.dumps(meta, sort_keys=True, ensure_ascii=False, default=str)
+        if not out["text"].strip():
+            yield beam.pvalue.TaggedOutput("rejects", make_reject(doc["source"], "filter", "empty after filters",
+                                                                  None, None, None, id=doc["id"]))
+            return
+        yield out
+
+
+class CountDocs(beam.PTransform):
+    def __init__(self, stage: str):
+        super().__init__()
+        self.stage = stage
+
+    def expand(self, docs):
+        stage = self.stage
+        return (docs
+                | "Measure" >> beam.FlatMap(lambda d: [((d["source"], stage, "docs_out"), 1),
+                                                       ((d["source"], stage, "bytes_out"), _nbytes(d["text"]))])
+                | "Sum" >> beam.CombinePerKey(sum))
+
+
+def apply_dedup(docs, dedup_cfg: dict):
+    """Exact + MinHash + book-overlap dedup (pipelines/text_dedup.py): (kept docs, REJECTs)."""
+    from pipelines.text_dedup import TextDedup
+
+    return docs | "Dedup" >> TextDedup(Config(json.loads(json.dumps(dedup_cfg)), "text.clean.dedup"))
+
+
+def doc_key(doc: dict) -> str:
+    # ids are unique per (file, record); the text hash keeps the order total even if a source
+    # repeats a native id, so shard bytes never depend on arrival order.
+    return f"{doc['id']}|{stable_hash(doc['text']):016x}"
+
+
+def reject_key(r: dict) -> str:
+    return f"{r['id']}|{r['stage']}|{r['offset']}|{r['reason']}"
+
+
+def funnel_from_counts(counts: list[tuple[tuple[str, str, str], int]]) -> dict:
+    """{source: {stage: {docs_in, docs_out, bytes_in, bytes_out}}}, each stage's input being the
+    previous stage's output (read: raw records and compressed file bytes)."""
+    raw: dict = {}
+    for (source, stage, measure), value in counts:
+        raw.setdefault(source, {}).setdefault(stage, {})[measure] = value
+    funnel: dict = {}
+    for source in sorted(raw):
+        prev = None
+        funnel[source] = {}
+        for stage in STAGES:
+            got = raw[source].get(stage, {})
+            row = {"docs_in": got.get("docs_in", prev["docs_out"] if prev else 0),
+                   "bytes_in": got.get("bytes_in", prev["bytes_out"] if prev else 0),
+                   "docs_out": got.get("docs_out", 0), "bytes_out": got.get("bytes_out", 0)}
+            funnel[source][stage] = row
+            prev = row
+    return funnel
+
+
+def format_funnel(funnel: dict) -> str:
+    lines = [f"{'source':<12} {'stage':<7} {'docs in':>9} {'docs out':>9} {'dropped':>8} {'MB in':>9} {'MB out':>9}"]
+    for source, stages in funnel.items():
+        for stage in STAGES:
+            r = stages[stage]
+            lines.append(f"{source:<12} {stage:<7} {r['docs_in']:>9} {r['docs_out']:>9} "
+                         f"{r['docs_in'] - r['docs_out']:>8} {r['bytes_in'] / 1e6:>9.3f} {r['bytes_out'] / 1e6:>9.3f}")
+    return "\n".join(lines)
+
+
+def build_pipeline(p: beam.Pipeline, files: list[InputFile], settings: tuple, docs_dir: str, rejects_dir: str,
+                   config: dict, seed: int = 0):
+    ropts, copts, filters_cfg, dedup_cfg, shards, reject_shards = settings
+    read = (p
+            | "Files" >> beam.Create(files)
+            | "SpreadFiles" >> beam.Reshuffle()
+            | "ReadClean" >> beam.ParDo(ReadAndClean(ropts, copts)).with_outputs("rejects", "counts", main="docs"))
+    filtered = read.docs | "Filter" >> beam.ParDo(ApplyFilters(filters_cfg)).with_outputs("rejects", main="docs")
+    kept, dedup_rejects = apply_dedup(filtered.docs, dedup_cfg)
+
+    doc_shards = (kept
+                  | "KeyDocs" >> beam.Map(lambda d: (doc_key(d), d))
+                  | "WriteDocs" >> WriteShards(docs_dir, parquet_shard_writer(DOCUMENT, "source"), shards,
+                                               group_of=lambda r: r["source"], seed=seed))
+    rejects = (read.rejects, filtered.rejects, dedup_rejects) | "AllRejects" >> beam.Flatten()
+    reject_shard_infos = (rejects
+                          | "KeyRejects" >> beam.Map(lambda r: (reject_key(r), r))
+                          | "WriteRejects" >> WriteShards(rejects_dir, parquet_shard_writer(REJECT, "source"),
+                                                          reject_shards, group_of=lambda r: r["source"], seed=seed))
+    reject_counts = (rejects
+                     | "RejectKey" >> beam.Map(lambda r: ((r["source"], r["stage"]), 1))
+                     | "CountRejects" >> beam.CombinePerKey(sum))
+    counts = ((read.counts, filtered.docs | "CountFiltered" >> CountDocs("filter"),
+               kept | "CountDeduped" >> CountDocs("dedup"))
+              | "AllCounts" >> beam.Flatten()
+              | "SumCounts" >> beam.CombinePerKey(sum)
+              | "CountList" >> beam.combiners.ToList())
+    inputs = [f.path for f in files]
+
+    def write_manifests(count_list, doc_infos, reject_infos, rejected):
+        funnel = funnel_from_counts(count_list)
+        by_stage: dict = {}
+        for (source, stage), n in sorted(rejected):
+            by_stage.setdefault(source, {})[stage] = n
+        write_manifest(rejects_dir, build_manifest("rejects", reject_infos, config, None,
+                                                   {"rejected": by_stage}, inputs))
+        write_manifest(docs_dir, build_manifest("documents", doc_infos, config, None,
+                                                {"funnel": funnel, "rejected": by_stage}, inputs))
+        return docs_dir
+
+    return counts | "WriteManifests" >> beam.Map(
+        write_manifests, beam.pvalue.AsList(doc_shards), beam.pvalue.AsList(reject_shard_infos),
+        beam.pvalue.AsList(reject_counts))
+
+
+def run(config: Config, docs_dir: str, rejects_dir: str, workers: int = 1, beam_args: list[str] | None = None,
+        log_fn=print) -> dict:
+    """Run the text-clean pipeline; returns the documents manifest."""
+    text_cfg = config.section("text")
+    files = plan_inputs(text_cfg)
+    settings = clean_settings(text_cfg)
+    seed = int(config.section("run").get("seed", int, default=0))
+    record = {"text": {"sources": text_cfg.section("sources").to_dict(), "clean": text_cfg.section("clean").to_dict()}}
+    docs_dir, rejects_dir = str(docs_dir), str(rejects_dir)
+
+    def go():
+        with beam.Pipeline(options=pipeline_options(workers, beam_args or [])) as p:
+            build_pipeline(p, files, settings, docs_dir, rejects_dir, record, seed)
+
+    if is_local(docs_dir) and is_local(rejects_dir):
+        with output_dir(docs_dir), output_dir(rejects_dir):
+            go()
+    else:
+        go()
+    manifest = read_manifest(docs_dir)
+    log_fn(format_funnel(manifest["summary"]["funnel"]))
+    return manifest
+
+
+def summary_lines(manifest: dict, docs_dir: str) -> list[str]:
+    lines = []
+    for source, stages in manifest["summary"]["funnel"].items():
+        first, last = stages["read"], stages[STAGES[-1]]
+        lines.append(f"{source}: {last['docs_out']} documents ({last['bytes_out'] / 1e3:,.1f} kB) kept of "
+                     f"{first['docs_in']} records read")
+    lines.append(f"documents in {docs_dir}")
+    return lines
+
+
+def run_stage(ctx) -> list[str]:
+    """Main-job stage `text-clean`."""
+    docs_dir, rejects_dir = str(ctx.path("text-clean")), str(ctx.path("text-clean-rejects"))
+    manifest = run(ctx.config, docs_dir, rejects_dir, ctx.workers, ctx.beam_args)
+    return summary_lines(manifest, docs_dir)
