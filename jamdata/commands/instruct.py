@@ -1,0 +1,60 @@
+"""`jamdata instruct build|show`: interleaved instruction-tuning samples (see docs/instruct.md)."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from jamdata.cli import command_group
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    group = command_group(sub, "instruct", "interleaved (text + image) instruction samples and the CM3 objective")
+    b = group.add_parser("build", help="sources -> interleaved token samples (webdataset tars) + rejects")
+    b.add_argument("--config", required=True, help="YAML with an `instruct` section")
+    b.add_argument("--out", help="output dataset (default: RUN_DIR/instruct, RUN_DIR = run.out_dir)")
+    b.add_argument("--rejects", help="rejects dataset (default: OUT-rejects)")
+    b.add_argument("--tokenizer", help="tokenizer dataset dir or .model (default: instruct.tokenizer or RUN_DIR/tokenizer)")
+    b.add_argument("--vqvae", help="VQ-VAE dir (default: instruct.vqvae or RUN_DIR/vqvae)")
+    b.add_argument("--workers", type=int, help="local Beam worker processes (default: run.workers)")
+    b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    b.add_argument("beam_args", nargs=argparse.REMAINDER, help="after `--`: raw Beam flags")
+    b.set_defaults(func=build)
+
+    s = group.add_parser("show", help="render a few samples as an HTML page")
+    s.add_argument("dir", metavar="DIR", help="an interleaved dataset (e.g. out/demo/instruct)")
+    s.add_argument("--out", required=True, help="HTML file to write")
+    s.add_argument("-n", type=int, default=8, help="how many samples (default 8)")
+    s.add_argument("--key", action="append", help="show this sample key (repeatable)")
+    s.add_argument("--tokenizer", help="default: the path recorded in the manifest")
+    s.add_argument("--vqvae", help="default: the path recorded in the manifest")
+    s.set_defaults(func=show)
+
+
+def build(args: argparse.Namespace) -> int:
+    from jamdata.config import Config
+    from pipelines.instruct_build import run_from_config
+
+    cfg = Config.load(args.config, overrides=args.set)
+    run = cfg.section("run")
+    run_dir = Path(run.get("out_dir", str, default="out/run"))
+    section = cfg.section("instruct")
+    out = args.out or str(run_dir / "instruct")
+    rejects = args.rejects or f"{out.rstrip('/')}-rejects"
+    tokenizer = args.tokenizer or section.get("tokenizer", str, str(run_dir / "tokenizer"))
+    vqvae = args.vqvae or section.get("vqvae", str, str(run_dir / "vqvae"))
+    beam_args = [a for a in args.beam_args if a != "--"] or run.get("beam_args", list, default=[])
+    for line in run_from_config(cfg, out, rejects, tokenizer, vqvae,
+                                args.workers or run.get("workers", int, default=1), beam_args):
+        print(line)
+    return 0
+
+
+def show(args: argparse.Namespace) -> int:
+    from jamdata.interleaved.render import render_dataset
+    from jamdata.io import atomic_write
+
+    page = render_dataset(args.dir, args.n, args.tokenizer, args.vqvae, args.key)
+    with atomic_write(args.out, "w") as f:
+        f.write(page)
+    print(f"wrote {args.out}")
+    return 0
