@@ -26,7 +26,7 @@ E.g. Feb. Fla. Ga. Gen. Gov. I.E. I.e. Ia. Id. Ill. Inc. Ind. Jan. Jr. Jul. Jun.
 Ltd. Mar. Mass. Md. Messrs. Mich. Minn. Miss. Mo. Mont. Mr. Mrs. Ms. Mt. N.C. N.D. N.H. N.J. N.M.
 N.Y. Neb. Nebr. Nev. Nov. Oct. Okla. Ore. Pa. Ph.D. Prof. Rep. Rev. S.C. Sen. Sep. Sept. St. Tenn.
 Va. Wash. Wis. a. a.m. b. c. co. d. e. e.g. f. g. h. i. i.e. j. k. l. m. n. o. p. p.m. q. r. s. t.
-u. v. v.s. vs. w. x. y. z. ä. ö. ü. and/or w/o C++
+u. v. v.s. vs. w. x. y. z. ä. ö. ü. and/or w/o C++ '' ’’ :) :( (: ): :D ;) :P :p :/ :-) :-( ;-) <3 =) xD XD ^_^ -_-
 """.split())
 
 _AUX_NT = frozenset("ai are ca could dare did does do had has have is might must need ought sha should was were wo would may".split())
@@ -37,7 +37,7 @@ _BARE = {}
 for _stem in ("ai", "are", "ca", "could", "dare", "did", "does", "do", "had", "has", "have", "is",
               "might", "must", "need", "ought", "sha", "should", "was", "were", "wo", "would", "may"):
     _BARE[_stem + "nt"] = (_stem, "nt")
-for _p, _tails in {"he": "d ll s", "how": "d ll re s ve", "i": "d m ve", "it": "d ll", "she": "s",
+for _p, _tails in {"he": "d s", "how": "d ll re s ve", "i": "d m ve", "it": "d ll", "she": "s",
                    "that": "d ll s", "there": "d ll re s ve", "these": "d ll re ve", "they": "d ll re ve",
                    "this": "d ll s", "those": "d ll re ve", "we": "d ve", "what": "d ll re s ve",
                    "when": "d ll re s ve", "where": "d ll re s ve", "who": "d ll s ve", "why": "d ll re s ve",
@@ -49,7 +49,10 @@ for _w, _parts in {"cannot": ("can", "not"), "gonna": ("gon", "na"), "gotta": ("
                    "mightve": ("might", "ve"), "mustve": ("must", "ve"), "yall": ("y", "all")}.items():
     _BARE[_w] = _parts
 
-_URL = re.compile(r"^(?:(?:https?|ftp)://|www\.)\S+$|^[\w.+-]+@[\w-]+\.[\w.-]+$|^[\w-]+(?:\.[\w-]+)+/\S*$", re.I)
+_URL = re.compile(r"^(?:(?:https?|ftp)://|www\.)\S+$|^[\w.+-]+@[\w-]+\.[\w.-]+$", re.I)
+_UNITS = ("km km² km³ m m² m³ dm dm² dm³ cm cm² cm³ mm mm² mm³ ha µm nm yd in ft kg g mg µg t lb oz "
+          "m/s km/h kmh mph hPa Pa mbar mb MB kb KB gb GB tb TB T G M K")
+_NUM_UNIT = re.compile(r"^([0-9]+(?:[.,][0-9]+)*)(" + "|".join(sorted(map(re.escape, _UNITS.split()), key=len, reverse=True)) + r")$")
 # Infixes: ellipses; hyphens between letters; comma between letters; :<>=/ after alnum before
 # a letter; a period between a lower-case letter and an upper-case one; arithmetic between digits.
 _INFIX = re.compile(r"(\.\.+|…|(?<=[^\W\d_])[-–—~](?=[^\W\d_])|(?<=[0-9])[-–—~](?=[^\W\d_])"
@@ -65,7 +68,7 @@ def _split_contraction(core: str, out: list[str]) -> bool:
         if low.endswith(cl) and low[: -len(cl)] in _PRON or (cl == "'s" and low == "let's"):
             out.append(core[: -len(cl)]); out.append(core[-len(cl):]); return True
     bare = _BARE.get(low)
-    if bare is not None:
+    if bare is not None and (core.islower() or core[1:].islower()):
         n = len(bare[0])
         out.append(core[:n]); out.append(core[n:]); return True
     return False
@@ -94,7 +97,7 @@ def _split_chunk(chunk: str, out: list[str]) -> None:
     tail: list[str] = []
     while j > i:
         core = chunk[i:j]
-        if core in ABBREVIATIONS or _URL.match(core):
+        if core in ABBREVIATIONS:
             break
         c = chunk[j - 1]
         if c == "." and j - 1 > i:
@@ -104,7 +107,7 @@ def _split_chunk(chunk: str, out: list[str]) -> None:
             if j - k >= 2:  # an ellipsis
                 tail.append(chunk[k:j]); j = k; continue
             p = chunk[j - 2]
-            if p.islower() or p.isdigit() or p in SUFFIX_CHARS or (p.isupper() and j - 3 >= i and chunk[j - 3].isupper()):
+            if not p.isupper() or (j - 3 >= i and chunk[j - 3].isupper()):
                 tail.append("."); j -= 1; continue
             break
         if c in SUFFIX_CHARS:
@@ -118,8 +121,12 @@ def _split_chunk(chunk: str, out: list[str]) -> None:
         break
     core = chunk[i:j]
     if core:
-        if core in ABBREVIATIONS or core.isalnum():
-            if not (core.isalpha() and _split_contraction(core, out)):
+        if core in ABBREVIATIONS:
+            out.append(core)
+        elif core.isalnum():
+            if core[0].isdigit() and not core.isdigit() and (m := _NUM_UNIT.match(core)):
+                out.extend(m.groups())
+            elif not (core.isalpha() and _split_contraction(core, out)):
                 out.append(core)
         elif _URL.match(core):
             out.append(core)
@@ -137,7 +144,7 @@ def split_words(text: str) -> list[str]:
     out: list[str] = []
     for chunk in text.split():
         if chunk.isalpha():
-            if chunk.lower() in _BARE:
+            if chunk.lower() in _BARE and (chunk.islower() or chunk[1:].islower()):
                 _split_contraction(chunk, out)
             else:
                 out.append(chunk)
