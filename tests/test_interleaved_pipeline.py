@@ -32,16 +32,15 @@ def vqvae_dir(tmp_path_factory):
     return str(d)
 
 
-def spec_for(sample_data: Path, **template) -> BuildSpec:
+def section_for(sample_data: Path) -> dict:
     root = sample_data / "instruct"
-    return BuildSpec.from_config(Config({
-        "sources": [{"format": "howto", "paths": [str(root / "howto")]},
-                    {"format": "conversation", "paths": str(root / "conversations")},
-                    {"format": "mmc4", "paths": str(root / "mmc4" / "docs.jsonl"),
-                     "image_store": str(root / "mmc4" / "image-store")}],
-        "template": {"max_len": 1024, **template},
-        "cm3": {"sources": ["mmc4"], "rate": 1.0},
-        "num_shards": 2, "image_min_size": 32}))
+    return {"sources": [{"format": "howto", "paths": [str(root / "howto")]},
+                        {"format": "conversation", "paths": str(root / "conversations")},
+                        {"format": "mmc4", "paths": str(root / "mmc4" / "docs.jsonl"),
+                         "image_store": str(root / "mmc4" / "image-store")}],
+            "template": {"max_len": 1024},
+            "cm3": {"sources": ["mmc4"], "rate": 1.0},
+            "num_shards": 2, "image_min_size": 32}
 
 
 def read_all(root: str) -> dict:
@@ -54,10 +53,17 @@ def read_all(root: str) -> dict:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, sample_data, sp_model_path, vqvae_dir):
+    """Through the main-job entry point, as `jamdata run` calls it."""
+    from pipelines.stages import StageContext
+    from pipelines.instruct_build import run_stage
+
     out = tmp_path_factory.mktemp("run")
-    spec = spec_for(sample_data)
-    build(spec, str(out / "instruct"), str(out / "instruct-rejects"), str(sp_model_path), vqvae_dir, N_CODES, 1)
-    return out, spec
+    section = dict(section_for(sample_data), tokenizer=str(sp_model_path), vqvae=vqvae_dir)
+    cfg = Config({"run": {"seed": 5}, "vqvae": {"codebook_size": N_CODES}, "instruct": section})
+    lines = run_stage(StageContext(cfg, out, workers=1))
+    assert lines[0].startswith("18 interleaved samples (conversation 5, howto 8, mmc4 5)")
+    assert lines[1].startswith("13 rejects")
+    return out, BuildSpec.from_config(Config(section), seed=5)
 
 
 def test_pipeline_outputs(built, sp_model_path, vqvae_dir):
