@@ -20,3 +20,10 @@ USER_ERRORS += (PlanError, TokenizerError)
 from jamdata.loader.sources import LoaderError  # noqa: E402
 
 USER_ERRORS += (LoaderError,)
+
+
+class ModelError(ValueError):
+    """Model weights or a fusion request that cannot be used (jamtrain.models)."""
+
+
+USER_ERRORS += (ModelError,)

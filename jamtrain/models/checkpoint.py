@@ -15,12 +15,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from jamdata.errors import ModelError
 from jamtrain.models.backbone import Backbone
 from jamtrain.models.config import BackboneConfig, CrossConfig
 from jamtrain.models.fusion import JamCross
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ModelError):
     """A weights file that cannot be read as a jam model."""
 
 

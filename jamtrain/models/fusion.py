@@ -18,12 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from jamdata.errors import ModelError
 from jamtrain.kernels.cross_attention import bidirectional_cross_attention
 from jamtrain.models.backbone import Backbone, GroupedLayerNorm
 from jamtrain.models.config import BackboneConfig, CrossConfig, HEAD_INITS
 
 
-class FusionError(ValueError):
+class FusionError(ModelError):
     """The two parents cannot be fused (different architectures, bad weights)."""
 
 
