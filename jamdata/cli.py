@@ -45,6 +45,10 @@ def run(argv: Sequence[str] | None, prog: str, package: str) -> int:
         args.beam_args = beam_args
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if not args.verbose:  # Beam's per-bundle INFO lines drown the progress lines
+        logging.getLogger("apache_beam").setLevel(logging.WARNING)
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(lambda r: "apitools" not in r.getMessage())
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
