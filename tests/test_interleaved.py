@@ -227,6 +227,9 @@ def test_howto_bad_input_rejected_with_reasons(tok, sample_data):
     no_steps = [r for r in rejects if r["reason"] == "article has no steps"]
     assert len(no_steps) == 1 and no_steps[0]["offset"] == len(lines[0]) + len(lines[1])
     assert no_steps[0]["snippet"] == "Do Nothing"
+    from jamdata.interleaved.images import load_pixels
+
+    assert "is not fetched" in load_pixels(ImageRef("u", path="https://example.org/a.png"), 64)
     with pytest.raises(RejectedDocument, match="no title"):
         howto_document({"steps": [{"text": "a"}]}, "f.json", 0, Template())
     with pytest.raises(RejectedDocument, match="not valid base64"):
@@ -334,3 +337,27 @@ def test_segment_validation():
     with pytest.raises(ValueError):
         Segment("image", "response", text="x")
     assert Segment.image_of("response", ImageRef("r", data=b"1")).image.data == b"1"
+
+
+@pytest.mark.slow
+def test_real_256px_vqvae_gives_1024_code_spans(tok, sample_data):
+    """The CM3leon geometry with the project's VQ-VAE (untrained weights are enough for layout)."""
+    import torch
+
+    from jamdata.image.vqvae import build_vqvae
+    from jamdata.interleaved.images import VQEncoder
+
+    torch.manual_seed(0)
+    enc = VQEncoder.__new__(VQEncoder)
+    enc.model, enc.n_codes, enc.resolution, enc.batch_size = build_vqvae("256px-f8").eval(), 8192, 256, 4
+    root = sample_data / "instruct" / "conversations"
+    spec = make_spec([{"format": "conversation", "paths": str(root)}], image_min_size=32)
+    b = SampleBuilder(spec, tok.vocab, tok.encode, enc, resolution=256)
+    rec = json.loads((root / "conversations.jsonl").read_text().splitlines()[0])
+    s, rejects = b.build(conversation_document(rec, str(root / "conversations.jsonl"), 0))
+    assert rejects == []
+    layout, t = s["fields"]["json"], s["fields"]["tokens.npy"]
+    check_layout(tok, t, s["fields"]["loss_mask.npy"], layout)
+    seg = layout["segments"][1]
+    assert (seg["h"], seg["w"]) == (32, 32) and seg["length"] == 1 + 1024 + 2  # <break> <boi> codes <eoi>
+    assert (tok.vocab.modality(t[seg["start"] + 2:seg["start"] + 2 + 1024]) == 2).all()

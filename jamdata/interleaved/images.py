@@ -56,6 +56,8 @@ def read_image_bytes(ref: ImageRef) -> bytes:
         return ref.data
     if ref.path is None:
         raise FileNotFoundError(f"image {ref.ref!r} has no location")
+    if ref.path.startswith(("http://", "https://", "ftp://")):
+        raise FileNotFoundError(f"web URL {ref.path} is not fetched; download it into a file or an image store")
     if ref.path.startswith("tar://"):
         member, _, tar_path = ref.path[len("tar://"):].partition("::")
         with fsspec.open(tar_path, "rb") as fh, tarfile.open(fileobj=fh, mode="r:") as tar:
