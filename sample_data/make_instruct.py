@@ -65,19 +65,19 @@ HOWTO = [
 ]
 
 CONVERSATIONS = [
-    ("shapes-1", [("user", ["What shape is shown here?", "IMG"]),
+    ("shapes-1", [("user", ["What shape is shown here?", "IMG:circle:0"]),
                   ("assistant", ["It is a red circle on a white background."])]),
     ("shapes-2", [("system", ["Answer briefly."]),
-                  ("user", ["IMG", "Which colour dominates this picture?"]),
+                  ("user", ["IMG:square:1", "Which colour dominates this picture?"]),
                   ("assistant", ["Blue."])]),
     ("draw-request", [("user", ["Draw me a green square."]),
-                      ("assistant", ["Here is a green square:", "IMG", "Would you like another colour?"])]),
-    ("compare", [("user", ["Compare these two pictures.", "IMG", "IMG"]),
+                      ("assistant", ["Here is a green square:", "IMG:square:2", "Would you like another colour?"])]),
+    ("compare", [("user", ["Compare these two pictures.", "IMG:triangle:3", "IMG:circle:3"]),
                  ("assistant", ["The first is a triangle and the second is a circle; both are yellow."])]),
     ("multi-turn", [("user", ["Show me a purple shape."]),
-                    ("assistant", ["IMG"]),
+                    ("assistant", ["IMG:star:4"]),
                     ("user", ["Now make it orange."]),
-                    ("assistant", ["Sure, here it is in orange:", "IMG"])]),
+                    ("assistant", ["Sure, here it is in orange:", "IMG:star:5"])]),
 ]
 
 MMC4 = [
@@ -103,9 +103,9 @@ MMC4 = [
 ]
 
 
-def picture(index: int, shape: str | None = None) -> bytes:
+def picture(index: int, shape: str | None = None, colour_index: int | None = None) -> bytes:
     """A small PNG: a coloured shape whose kind, colour and position depend on `index`."""
-    colour = PALETTE[index % len(PALETTE)]
+    colour = PALETTE[index % len(PALETTE) if colour_index is None else colour_index]
     kind = shape or ("circle", "square", "triangle", "star")[index % 4]
     im = Image.new("RGB", (SIZE, SIZE), (250, 250, 246))
     d = ImageDraw.Draw(im)
@@ -172,9 +172,10 @@ def write_conversations(out: Path) -> None:
         for role, parts in turns:
             content = []
             for part in parts:
-                if part == "IMG":
+                if part.startswith("IMG:"):
+                    _, shape, colour = part.split(":")
                     name = f"{cid}-{n}.png"
-                    (img_dir / name).write_bytes(picture(n))
+                    (img_dir / name).write_bytes(picture(n, shape, int(colour)))
                     n += 1
                     content.append({"image": f"images/{name}"})
                 else:
