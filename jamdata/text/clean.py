@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 from jamdata.io import stable_hash
-from jamdata.text.normalize import normalize_text
+from jamdata.text.normalize import normalize_text, normalize_whitespace
 from jamdata.text.readers import is_reject, make_reject
 
 
@@ -157,7 +157,7 @@ def clean_wikitext(wikitext: str, drop_sections: Iterable[str] = CleanOptions.wi
         if line and re.fullmatch(r"[|{}!\-\s]*", line):
             continue  # table residue
         lines.append(line)
-    return "\n".join(lines)
+    return normalize_whitespace("\n".join(lines))
 
 
 def looks_like_wikitext(text: str) -> bool:
