@@ -232,3 +232,10 @@ def test_unknown_format_is_an_error():
 def test_missing_file_is_a_reject_naming_it(tmp_path):
     _, rejects = split(read_file(str(tmp_path / "nope.json.gz"), "c4", "c4"))
     assert "FileNotFoundError" in rejects[0]["reason"] and rejects[0]["file"].endswith("nope.json.gz")
+
+
+def test_compression_is_sniffed_not_taken_from_the_name(tmp_path):
+    path = tmp_path / "c4-part.json"  # gzip content, no .gz
+    path.write_bytes(gzip.compress(json.dumps({"text": PROSE, "url": "u"}).encode() + b"\n"))
+    docs, rejects = split(read_file(str(path), "c4", "c4"))
+    assert [d["text"] for d in docs] == [PROSE] and not rejects
