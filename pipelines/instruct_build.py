@@ -109,8 +109,15 @@ def summarize_rejects(shards: list[dict]) -> dict:
 def build(spec: BuildSpec, out: str, rejects_out: str, tokenizer: str, vqvae: str, n_image_codes: int,
           workers: int = 1, beam_args: list[str] | None = None) -> dict:
     """Run the pipeline; returns the samples manifest."""
+    from jamdata.interleaved.images import VQEncoder
+    from jamdata.vocab import VocabMismatchError
+
     files = spec.input_files()
     vocab = load_vocab(tokenizer, n_image_codes)
+    codes = VQEncoder(vqvae).n_codes  # a missing or mismatched model fails here, in one clear line
+    if codes != vocab.n_image_codes:
+        raise VocabMismatchError(f"the VQ-VAE {vqvae} has {codes} codes but the joint vocabulary expects "
+                                 f"{vocab.n_image_codes} (config vqvae.codebook_size)")
     config = dict(spec.config, template=spec.template.to_dict(), tokenizer=str(tokenizer), vqvae=str(vqvae))
     with output_dir(out) as out_path, output_dir(rejects_out) as rej_path:
         with beam.Pipeline(options=pipeline_options(workers, beam_args or [])) as p:
