@@ -324,10 +324,11 @@ class WriteTokenShard(beam.DoFn):
         Path(self.out_dir, source).mkdir(parents=True, exist_ok=True)
         writer = IndexedDatasetWriter(f"{self.out_dir}/{name}", self.dtype)
         epochs: dict[str, int] = {}
+        for key, _ in records:
+            epochs[str(int(key[:4]))] = epochs.get(str(int(key[:4])), 0) + 1
         try:
-            for key, payload in records:
-                writer.add_document(np.frombuffer(payload, dtype=self.dtype))
-                epochs[str(int(key[:4]))] = epochs.get(str(int(key[:4])), 0) + 1
+            writer.add_documents(np.frombuffer(b"".join(p for _, p in records), dtype=self.dtype),
+                                 [len(p) // self.dtype.itemsize for _, p in records])
         except BaseException:
             writer.abort()
             raise

@@ -159,6 +159,7 @@ def test_round_trip_and_copies_match_reference_sampler(runs, clean, counts, sp_m
     assert set(seen["commoncrawl"].values()) == {2, 3}  # 2.6 epochs: two whole, then a partial epoch
 
 
+@pytest.mark.slow  # importing megatron-core (and torch) alone takes 10-30 s
 def test_megatron_core_reads_the_shards(runs):
     from megatron.core.datasets.indexed_dataset import IndexedDataset as MegatronIndexedDataset
 

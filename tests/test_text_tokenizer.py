@@ -95,3 +95,24 @@ def test_missing_or_bad_model_names_the_file(tmp_path):
     (tmp_path / "bad.model").write_bytes(b"not a model")
     with pytest.raises(TokenizerError, match="bad.model"):
         TextTokenizer(str(tmp_path / "bad.model"))
+
+
+def test_batch_shard_write_matches_per_document(tmp_path, sp_model_path):
+    from jamdata.formats.megatron import IndexedDatasetWriter
+
+    tok = TextTokenizer(str(sp_model_path), 8192)
+    flat, lengths = tok.encode_documents(["one doc", "", "third 123 doc"])
+    a = IndexedDatasetWriter(str(tmp_path / "a"), flat.dtype)
+    a.add_documents(flat, lengths)
+    b = IndexedDatasetWriter(str(tmp_path / "b"), flat.dtype)
+    for doc in np.split(flat, np.cumsum(lengths)[:-1]):
+        b.add_document(doc)
+    assert a.finalize() == b.finalize() == (3, int(lengths.sum()))
+    for ext in (".bin", ".idx"):
+        assert (tmp_path / f"a{ext}").read_bytes() == (tmp_path / f"b{ext}").read_bytes()
+    c = IndexedDatasetWriter(str(tmp_path / "c"), np.uint16)
+    with pytest.raises(ValueError, match="add up"):
+        c.add_documents(flat, [1])
+    with pytest.raises(ValueError, match="out of range"):
+        c.add_documents(np.array([70000]), [1])
+    c.abort()

@@ -84,6 +84,19 @@ class IndexedDatasetWriter:
         self._bin.write(arr.astype(self.dtype, copy=False).tobytes())
         self._lengths.append(int(arr.size))
 
+    def add_documents(self, flat: np.ndarray, lengths: np.ndarray | Iterable[int]) -> None:
+        """Many documents in one write: `flat` holds them back to back, `lengths` their sizes.
+        An array already in the shard dtype needs no range check."""
+        flat = np.asarray(flat)
+        lengths = np.asarray(lengths, dtype=np.int64)
+        if int(lengths.sum()) != flat.size:
+            raise ValueError(f"lengths add up to {int(lengths.sum())} but {flat.size} tokens were given")
+        if flat.dtype != self.dtype and flat.size and self._max is not None and (
+                flat.max() > self._max or flat.min() < 0 and self.dtype.kind == "u"):
+            raise ValueError(f"token id out of range for {self.dtype}")
+        self._bin.write(np.ascontiguousarray(flat, dtype=self.dtype).data)
+        self._lengths.extend(lengths.tolist())
+
     def finalize(self) -> tuple[int, int]:
         """Returns (documents, tokens)."""
         self._bin_cm.__exit__(None, None, None)

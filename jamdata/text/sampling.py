@@ -2,8 +2,7 @@
 
 Per source: target = budget x share (shares renormalised). With A tokens available the source is
 repeated T // A whole epochs, then a partial epoch takes documents in the order of a seeded stable
-hash of their id until the remaining tokens are met (the nearer of the two prefix sums around the
-target, so the error is below one document). Membership depends only on (seed, source, id) and
+hash of their id until the remaining tokens are met (overshooting by less than one document). Membership depends only on (seed, source, id) and
 on per-source token totals, never on input order or the number of workers.
 
 For large sources the partial epoch is found in two passes: a token histogram over the top bits of
@@ -170,18 +169,17 @@ def decide(source: str, target: int, hist: np.ndarray, max_epochs: float) -> Sou
 
 
 def partial_cutoff(items: Iterable[tuple[int, str, int]], remaining: int) -> tuple[int, str] | None:
-    """Boundary-bucket documents (rank, id, tokens): the largest (rank, id) to include so the
-    prefix sum is nearest to `remaining` (ties: the larger prefix). None = take none of them."""
+    """Boundary-bucket documents (rank, id, tokens): the (rank, id) of the document whose prefix
+    sum first reaches `remaining`, so the target is met and overshot by less than one document."""
+    if remaining <= 0:
+        return None
+    total = 0
     ordered = sorted(items)
-    best_k, best_err, total = 0, remaining, 0
-    for k, (_, _, n) in enumerate(ordered, 1):
+    for rank, doc_id, n in ordered:
         total += n
-        err = abs(total - remaining)
-        if err <= best_err:
-            best_k, best_err = k, err
         if total >= remaining:
-            break
-    return (ordered[best_k - 1][0], ordered[best_k - 1][1]) if best_k else None
+            return rank, doc_id
+    return (ordered[-1][0], ordered[-1][1]) if ordered else None
 
 
 def copies(decision: SourceDecision, cutoff: tuple[int, str] | None, rank: int, doc_id: str) -> int:
