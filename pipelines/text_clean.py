@@ -86,6 +86,15 @@ def clean_settings(text_cfg: Config) -> tuple[ReadOptions, CleanOptions, dict, d
     return ropts, copts, clean.section("filters").to_dict(), clean.section("dedup").to_dict(), shards, reject_shards
 
 
+def check_filters(filters_cfg: dict, sources: list[str]) -> None:
+    """Build every source's filter chain once here, so a config mistake fails before the job
+    starts, with the key named, instead of inside a worker."""
+    from jamdata.text.filters import build_filter_chain
+
+    for source in sources:
+        build_filter_chain(Config(json.loads(json.dumps(filters_cfg)), "text.clean.filters"), source)
+
+
 # -- Beam steps ------------------------------------------------------------------------------------
 def _nbytes(text: str) -> int:
     return len(text.encode("utf-8"))
@@ -286,6 +295,7 @@ def run(config: Config, docs_dir: str, rejects_dir: str, workers: int = 1, beam_
     text_cfg = config.section("text")
     files = plan_inputs(text_cfg)
     settings = clean_settings(text_cfg)
+    check_filters(settings[2], sorted({f.source for f in files}))
     seed = int(config.section("run").get("seed", int, default=0))
     record = {"text": {"sources": text_cfg.section("sources").to_dict(), "clean": text_cfg.section("clean").to_dict()}}
     docs_dir, rejects_dir = str(docs_dir), str(rejects_dir)

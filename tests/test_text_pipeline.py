@@ -176,3 +176,10 @@ def test_config_errors_name_the_key(tmp_path, capsys):
                                             "clean": {"shard": 2}}}))
     assert cli_main(["text", "clean", "--config", str(cfg), "--out", str(tmp_path / "o")]) == 1
     assert "no such file or directory" in capsys.readouterr().err
+
+
+def test_filter_and_dedup_config_mistakes_fail_before_the_job(config_path, tmp_path, capsys):
+    for override, key in (("text.clean.filters.c4.min_sentence=3", "text.clean.filters.c4.min_sentence"),
+                          ("text.clean.dedup.minhash.band=3", "text.clean.dedup.minhash.band")):
+        assert cli_main(["text", "clean", "--config", str(config_path), "--out", str(tmp_path), "--set", override]) == 1
+        assert f"config key '{key}': unknown key" in capsys.readouterr().err
