@@ -1,0 +1,163 @@
+"""Validation perplexity per dataset on held-out data (the paper's MS-COCO PPL-style metric).
+
+Each held-out sample is scored on its own (no packing, no context from other samples): a text
+document in windows of `seq_len` tokens, an image–caption sample as its joint token sequence
+(caption and image tokens), an interleaved sample on its loss-bearing tokens only. Perplexity is
+exp(total NLL / scored tokens), with text and image tokens also reported separately.
+
+Held-out data: with `holdout.fraction` f, a sample of a training dataset is held out when the
+stable hash of (dataset name, sample key) falls under f; the training loop masks those samples out
+of the loss (jamtrain.train.mask_heldout), so the model never learns from them. Datasets listed
+under `train.eval.datasets` are evaluated whole (a separate validation set).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from jamdata.formats.megatron import IndexedDataset
+from jamdata.formats.wds import iter_samples
+from jamdata.io import stable_hash
+from jamdata.manifest import read_manifest
+from jamdata.vocab import JointVocab
+
+HOLDOUT_SEED = 0x6A616D  # fixed: the held-out set must not move when the training seed changes
+
+
+@dataclass(frozen=True)
+class Holdout:
+    fraction: float | None = None  # None: the whole dataset is held out
+
+    def is_heldout(self, dataset: str, key: str) -> bool:
+        if self.fraction is None:
+            return True
+        return stable_hash(dataset, key, seed=HOLDOUT_SEED) % 1_000_000 < self.fraction * 1_000_000
+
+
+def _units(manifest: dict) -> list[str]:
+    """Shards in manifest order: `.idx`/`.bin` pairs count once (by prefix), tars by path."""
+    units: list[str] = []
+    for s in manifest["shards"]:
+        p = s["path"]
+        unit = p[:-4] if p.endswith((".bin", ".idx")) else p if p.endswith(".tar") else None
+        if unit is not None and unit not in units:
+            units.append(unit)
+    return units
+
+
+def heldout_sequences(name: str, root: str | Path, holdout: Holdout, seq_len: int,
+                      max_samples: int | None = None) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """(key, tokens int64, target mask bool) of held-out samples in manifest order. Keys are the
+    loader's sample keys (`<shard prefix>:<document>` for text tokens, the tar sample key)."""
+    root = str(root).rstrip("/")
+    manifest = read_manifest(root)
+    n = 0
+    for unit in _units(manifest):
+        for key, tokens, mask in _unit_samples(manifest["kind"], f"{root}/{unit}", unit, seq_len,
+                                               lambda k: holdout.is_heldout(name, k)):
+            yield key, tokens, mask
+            n += 1
+            if max_samples is not None and n >= max_samples:
+                return
+
+
+def _unit_samples(kind: str, path: str, unit: str, seq_len: int,
+                  keep: Callable[[str], bool]) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    if kind == "text_tokens":
+        ds = IndexedDataset(path)
+        for i in range(len(ds)):
+            key = f"{unit}:{i}"
+            if not keep(key):
+                continue
+            doc = np.asarray(ds[i], dtype=np.int64)
+            for start in range(0, len(doc), seq_len):
+                window = doc[start:start + seq_len]
+                if len(window) >= 2:
+                    yield key, window, np.ones(len(window), dtype=bool)
+        return
+    for sample in iter_samples(path, on_duplicate="skip"):
+        if "tokens.npy" not in sample.fields or not keep(sample.key):
+            continue
+        fields = sample.decoded()
+        tokens = np.asarray(fields["tokens.npy"], dtype=np.int64)[:seq_len]
+        if "loss_mask.npy" in fields:
+            mask = np.asarray(fields["loss_mask.npy"]).astype(bool)[:seq_len]
+        else:
+            mask = np.ones(len(tokens), dtype=bool)
+        if len(tokens) >= 2:
+            yield sample.key, tokens, mask
+
+
+def collate(seqs: list[tuple[np.ndarray, np.ndarray]], seq_len: int, pad_id: int) -> dict[str, torch.Tensor]:
+    """Pad to one length in the loader's batch layout (segment -1 and mask False on padding)."""
+    width = max(len(t) for t, _ in seqs)
+    tokens = torch.full((len(seqs), width), pad_id, dtype=torch.int64)
+    mask = torch.zeros((len(seqs), width), dtype=torch.bool)
+    seg = torch.full((len(seqs), width), -1, dtype=torch.int32)
+    for i, (t, m) in enumerate(seqs):
+        tokens[i, :len(t)] = torch.from_numpy(t)
+        mask[i, :len(t)] = torch.from_numpy(m)
+        seg[i, :len(t)] = 0
+    return {"tokens": tokens, "loss_mask": mask, "segment_ids": seg}
+
+
+@torch.no_grad()
+def score_batch(forward: Callable[..., torch.Tensor], batch: dict[str, torch.Tensor], vocab: JointVocab,
+                device: torch.device) -> torch.Tensor:
+    """[nll_text, n_text, nll_image, n_image] summed over the batch's target tokens."""
+    from jamtrain.train import token_nll
+
+    tokens = batch["tokens"].to(device)
+    logits = forward(tokens[:, :-1], segment_ids=batch["segment_ids"][:, :-1].to(device))
+    nll = token_nll(logits, tokens[:, 1:])
+    mask = batch["loss_mask"][:, 1:].to(device)
+    image = tokens[:, 1:] >= vocab.image_offset
+    out = torch.zeros(4, dtype=torch.float64, device=device)
+    for j, sel in enumerate((mask & ~image, mask & image)):
+        out[2 * j] = nll[sel].double().sum()
+        out[2 * j + 1] = sel.sum()
+    return out
+
+
+def summarize(sums: torch.Tensor) -> dict:
+    nll_t, n_t, nll_i, n_i = (float(x) for x in sums.cpu())
+    n = n_t + n_i
+
+    def ppl(total: float, count: float) -> float | None:
+        return math.exp(min(total / count, 700.0)) if count else None
+
+    return {"tokens": int(n), "loss": (nll_t + nll_i) / n if n else None, "ppl": ppl(nll_t + nll_i, n),
+            "text_tokens": int(n_t), "text_ppl": ppl(nll_t, n_t),
+            "image_tokens": int(n_i), "image_ppl": ppl(nll_i, n_i)}
+
+
+def evaluate(forward: Callable[..., torch.Tensor], datasets: dict[str, tuple[str, Holdout]], vocab: JointVocab,
+             seq_len: int, batch_size: int = 8, max_samples: int | None = 256,
+             device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1) -> dict[str, dict]:
+    """Perplexity per dataset. Collective when distributed: samples are split round-robin over
+    ranks and the sums all-reduced, so every rank returns the same figures."""
+    device = torch.device(device)
+    results = {}
+    for name, (root, holdout) in datasets.items():
+        sums = torch.zeros(4, dtype=torch.float64, device=device)
+        pending: list[tuple[np.ndarray, np.ndarray]] = []
+        samples = 0
+        for i, (_key, tokens, mask) in enumerate(heldout_sequences(name, root, holdout, seq_len, max_samples)):
+            samples += 1
+            if i % world_size != rank:
+                continue
+            pending.append((tokens, mask))
+            if len(pending) == batch_size:
+                sums += score_batch(forward, collate(pending, seq_len, vocab.pad_id), vocab, device)
+                pending = []
+        if pending:
+            sums += score_batch(forward, collate(pending, seq_len, vocab.pad_id), vocab, device)
+        if world_size > 1:
+            torch.distributed.all_reduce(sums)
+        results[name] = {"samples": samples, **summarize(sums)}
+    return results
