@@ -280,3 +280,47 @@ def test_trained_tokenizer_stage_and_append(clean, tmp_path):
     assert len(both["shards"]) == 2 * len(first["shards"])
     assert both["totals"]["tokens"] == 2 * first["totals"]["tokens"]
     assert validate_dataset(str(tmp_path / "text-tokens")) == []
+
+
+@pytest.mark.slow
+def test_real_corpus_through_the_cleaning_stage(corpus, tmp_path):
+    """Raw C4, Wikipedia and Gutenberg files -> text-clean -> tokenizer -> text-sample."""
+    import yaml
+
+    from pipelines.text_clean import run_stage as run_clean
+
+    books = sorted(str(p) for p in (corpus / "books" / "shakespeare").glob("*_gut.txt"))[:2]
+    cfg = Config({
+        "run": {"seed": 3}, "vqvae": {"codebook_size": 128},
+        "text": {"sources": {"c4": {"format": "c4", "paths": str(corpus / "c4" / "c4-sample.0*.json.gz")},
+                             "wikipedia": {"format": "wiki_xml",
+                                           "paths": str(corpus / "wikipedia" / "enwiki-pages-articles-shortened.xml.bz2")},
+                             "books": {"format": "text", "paths": books}},
+                 "tokenizer": {"vocab_size": 3000, "train_bytes": 400_000},
+                 "sample": {"budget_tokens": 60_000, "shares": {"c4": 40, "wikipedia": 40, "books": 20},
+                            "epochs": {"c4": 3, "wikipedia": 1, "books": 1}, "shard_tokens": 10_000}}})
+    yaml.safe_dump(cfg.to_dict())  # the config is plain YAML
+    ctx = StageContext(cfg, tmp_path)
+    run_clean(ctx)
+    run_tokenizer_stage(ctx)
+    lines = run_stage(ctx)
+    m = read_manifest(str(tmp_path / "text-tokens"))
+    assert validate_dataset(str(tmp_path / "text-tokens")) == []
+    clean_texts = {}
+    for p in (tmp_path / "text-clean").rglob("*.parquet"):
+        t = pq.read_table(p)
+        clean_texts.update(zip(t.column("id").to_pylist(), t.column("text").to_pylist()))
+    tok = TextTokenizer(str(tmp_path / "tokenizer"), 128)
+    longest = max(len(tok.encode(t)) + 1 for t in clean_texts.values())
+    rows = m["summary"]["sources"]
+    for src, row in rows.items():
+        assert 0 <= row["tokens"] - row["target"] <= max(0.001 * row["target"], longest)
+    assert rows["c4"]["full_epochs"] >= 1 and rows["c4"]["epochs_used"] > 1  # 20 short pages, repeated
+    # every sampled document decodes to a clean document
+    texts = set(clean_texts.values())
+    for sh in m["shards"]:
+        if sh["path"].endswith(".idx"):
+            ds = IndexedDataset(str(tmp_path / "text-tokens" / sh["path"][:-4]))
+            for i in range(len(ds)):
+                assert tok.decode(ds[i]) in texts
+    assert any(line.startswith("c4:") for line in lines)
