@@ -99,6 +99,8 @@ def bidirectional_cross_attention(qa, ka, va, qb, kb, vb, seg_a=None, seg_b=None
         raise ValueError("segment ids must be given for both streams or neither")
     if qa.shape[-1] != qb.shape[-1] or qa.shape[:2] != qb.shape[:2]:
         raise ValueError(f"streams disagree on batch/heads/head_dim: {tuple(qa.shape)} vs {tuple(qb.shape)}")
+    if len({t.dtype for t in (qa, ka, va, qb, kb, vb)}) != 1:
+        raise ValueError("q, k and v of both streams must share one dtype")
     which = resolve_impl(impl, qa.device, qa.dtype, qa.shape[-1])
     if which == "triton":
         from jamtrain.kernels.triton_cross_attention import triton_bidirectional_cross_attention
