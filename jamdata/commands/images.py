@@ -1,0 +1,91 @@
+"""`jamdata images tokenize|show` and `jamdata vqvae train`: the image tokenizer and its data."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from jamdata.cli import command_group
+
+    images = command_group(sub, "images", "image-caption data: VQ tokenization and inspection")
+    p = images.add_parser("tokenize", help="image-caption tars/jsonl/parquet -> VQ-tokenized webdataset tars + rejects")
+    p.add_argument("--config", required=True, help="YAML config (sections images, vqvae, run)")
+    p.add_argument("--vqvae", required=True, help="VQ-VAE directory (vqvae.ckpt + vqvae.yaml) or a taming .ckpt")
+    p.add_argument("--tokenizer", required=True, help="SentencePiece .model or tokenizer dataset directory")
+    p.add_argument("--out", required=True, help="output dataset directory")
+    p.add_argument("--rejects", help="rejects dataset directory (default: OUT-rejects)")
+    p.add_argument("--inputs", nargs="+", help="input files/globs (default: images.inputs)")
+    p.add_argument("--workers", type=int, help="local Beam worker processes (default: run.workers)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("beam_args", nargs=argparse.REMAINDER, help="after --: raw Beam flags")
+    p.set_defaults(func=tokenize)
+
+    p = images.add_parser("show", help="decode samples of an image-caption dataset into a PNG contact sheet")
+    p.add_argument("dir", help="image-caption dataset directory")
+    p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument("--vqvae", help="VQ-VAE directory (default: the one recorded in the manifest)")
+    p.add_argument("-n", type=int, default=12, help="samples to show")
+    p.add_argument("--columns", type=int, default=4)
+    p.add_argument("--originals", nargs="*", help="input files to place each original beside its decoding")
+    p.set_defaults(func=show)
+
+    vq = command_group(sub, "vqvae", "the VQ-VAE image tokenizer")
+    p = vq.add_parser("train", help="train a VQ-VAE (checkpoints in the taming/Chameleon layout)")
+    p.add_argument("--config", required=True, help="YAML config (section vqvae, vqvae.train)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--inputs", nargs="+", help="training images (tars/jsonl/parquet; default: vqvae.train.inputs)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.set_defaults(func=train)
+
+
+def _split_beam(rest: list[str]) -> list[str]:
+    return rest[1:] if rest and rest[0] == "--" else rest
+
+
+def tokenize(args: argparse.Namespace) -> int:
+    from jamdata.config import Config
+    from pipelines.image_tokenize import ImageSettings, tokenize_images
+
+    cfg = Config.load(args.config, overrides=args.set)
+    run = cfg.section("run")
+    settings = ImageSettings.from_config(cfg, int(run.get("seed", int, default=0)))
+    inputs = args.inputs or settings.inputs
+    if not inputs:
+        from jamdata.config import ConfigError
+
+        raise ConfigError("images.inputs", "missing (or pass --inputs)")
+    rejects = args.rejects or f"{str(args.out).rstrip('/')}-rejects"
+    s = tokenize_images(inputs, args.out, rejects, args.vqvae, args.tokenizer, settings,
+                        args.workers or int(run.get("workers", int, default=1)),
+                        _split_beam(args.beam_args) or run.get("beam_args", list, default=[]),
+                        cfg.section("images").to_dict())
+    print(f"{s['samples']} samples, {s['tokens']} tokens ({s['image_tokens']} image, {s['caption_tokens']} caption), "
+          f"{s['codes_used']} codes used -> {args.out}")
+    print(f"{s['rejects']['rejects']} rejected {s['rejects']['reasons']} -> {rejects}")
+    return 0
+
+
+def show(args: argparse.Namespace) -> int:
+    from jamdata.image.show import render_contact_sheet
+
+    path, n = render_contact_sheet(args.dir, args.out, args.vqvae, args.n, args.columns, args.originals)
+    print(f"{n} samples -> {path}")
+    return 0
+
+
+def train(args: argparse.Namespace) -> int:
+    from jamdata.config import Config
+    from pipelines.image_tokenize import train_config, train_to_dir
+
+    cfg = Config.load(args.config, overrides=args.set)
+    tc, inputs = train_config(cfg)
+    inputs = args.inputs or inputs
+    if not inputs:
+        from jamdata.config import ConfigError
+
+        raise ConfigError("vqvae.train.inputs", "missing (or pass --inputs)")
+    s = train_to_dir(tc, inputs, args.out, say=print, config=cfg.section("vqvae").to_dict())
+    print(f"mse {s['untrained_mse']} (untrained) -> {s['final_mse']}; {s['codes_used']}/{s['codebook_size']} codes "
+          f"used, perplexity {s['perplexity']}; checkpoint {Path(args.out) / 'vqvae.ckpt'}")
+    return 0
