@@ -18,6 +18,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
+from mwparserfromhell import nodes as N
+
 from jamdata.io import stable_hash
 from jamdata.text.normalize import normalize_text, normalize_whitespace
 from jamdata.text.readers import is_reject, make_reject
@@ -62,10 +64,8 @@ def _drop_sections(wikitext: str, names: Iterable[str]) -> str:
     return "".join(out)
 
 
-def _render(code, drop_ns: bool = True) -> str:
+def _render(code) -> str:
     """Wikicode -> text in one pass (removing nodes in place is quadratic on long articles)."""
-    from mwparserfromhell import nodes as N
-
     out: list[str] = []
     for node in code.nodes:
         if isinstance(node, N.Text):
