@@ -20,7 +20,6 @@ from typing import Iterable, Iterator
 
 from mwparserfromhell import nodes as N
 
-from jamdata.io import stable_hash
 from jamdata.text.normalize import normalize_text, normalize_whitespace
 from jamdata.text.readers import is_reject, make_reject
 
@@ -332,34 +331,54 @@ def strip_gutenberg(text: str) -> str:
 
 
 # -- Common Crawl: CCNet line dedup ----------------------------------------------------------------
-_DIGITS = re.compile(r"\d")
-_PUNCT = re.compile(r"[^\w\s]", re.UNICODE)
+_MARKS = re.compile(r"[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]")
+_DIGITS_TO_0 = bytes.maketrans(b"123456789", b"000000000")
+_ASCII_PUNCT = "".join(chr(c) for c in range(33, 127) if not chr(c).isalnum()).encode()
+
+
+def _normalized_lines(text: str) -> list[bytes]:
+    """CCNet's line normalisation, done on the whole document at once (per-line Python string
+    work is what makes line dedup slow): lower case, accents off, digits -> 0, ASCII punctuation off,
+    whitespace collapsed."""
+    s = text.lower()
+    if not s.isascii():
+        s = _MARKS.sub("", unicodedata.normalize("NFD", s))
+    b = s.encode("utf-8").translate(_DIGITS_TO_0, _ASCII_PUNCT)
+    return [b" ".join(line.split()) for line in b.split(b"\n")]
 
 
 def line_key(line: str) -> int:
-    """CCNet's normalisation before hashing: lower case, digits -> 0, punctuation and accents off."""
-    s = unicodedata.normalize("NFD", line.strip().lower())
-    s = "".join(c for c in s if unicodedata.category(c) != "Mn")
-    s = _PUNCT.sub("", _DIGITS.sub("0", s))
-    return stable_hash(" ".join(s.split()))
+    """The dedup key of one line. Python's hash: keys only compare within one process (a shard is
+    cleaned in one call), which is all line dedup needs."""
+    return hash(_normalized_lines(line.replace("\n", " "))[0])
+
+
+def _line_keys(text: str, min_chars: int) -> list[int | None]:
+    """One key per line of `text` (None: too short to count as boilerplate, or empty)."""
+    raw = text.split("\n")
+    norm = _normalized_lines(text)
+    if len(norm) != len(raw):  # a lower-cased character that became a line break; be exact instead
+        norm = [_normalized_lines(l.replace("\n", " "))[0] for l in raw]
+    return [hash(n) if n and len(l.strip()) > min_chars else None for l, n in zip(raw, norm)]
 
 
 def frequent_lines(texts: Iterable[str], min_docs: int, min_chars: int = 0) -> set[int]:
     """Hashes of the lines that occur in at least `min_docs` different documents."""
+    return _frequent([_line_keys(t, min_chars) for t in texts], min_docs)
+
+
+def _frequent(keys_per_doc: list[list[int | None]], min_docs: int) -> set[int]:
     counts: Counter[int] = Counter()
-    for text in texts:
-        counts.update({line_key(l) for l in text.split("\n") if len(l.strip()) > min_chars})
+    for keys in keys_per_doc:
+        counts.update({k for k in keys if k is not None})
     return {h for h, n in counts.items() if n >= min_docs}
 
 
-def remove_lines(text: str, boilerplate: set[int]) -> tuple[str, int]:
-    kept, removed = [], 0
-    for line in text.split("\n"):
-        if line.strip() and line_key(line) in boilerplate:
-            removed += 1
-        else:
-            kept.append(line)
-    return "\n".join(kept), removed
+def remove_lines(text: str, boilerplate: set[int], keys: list[int | None] | None = None) -> tuple[str, int]:
+    lines = text.split("\n")
+    keys = keys if keys is not None else _line_keys(text, 0)
+    kept = [l for l, k in zip(lines, keys) if k is None or k not in boilerplate]
+    return "\n".join(kept), len(lines) - len(kept)
 
 
 # -- per-format dispatch ---------------------------------------------------------------------------
@@ -405,14 +424,14 @@ def clean_records(records: Iterable[dict], fmt: str, opts: CleanOptions = CleanO
             yield doc if doc is not None else _clean_reject(rec, reason)
         return
     buffered = list(records)
-    docs = [r for r in buffered if not is_reject(r)]
-    boiler = frequent_lines((d["text"] for d in docs), opts.line_dedup_min_docs, opts.line_dedup_min_chars) \
-        if opts.line_dedup_min_docs > 1 else set()
-    for rec in buffered:
+    dedup = opts.line_dedup_min_docs > 1
+    keys = [_line_keys(r["text"], opts.line_dedup_min_chars) if dedup and not is_reject(r) else None for r in buffered]
+    boiler = _frequent([k for k in keys if k is not None], opts.line_dedup_min_docs) if dedup else set()
+    for rec, rec_keys in zip(buffered, keys):
         if is_reject(rec):
             yield rec
             continue
-        text, removed = remove_lines(rec["text"], boiler) if boiler else (rec["text"], 0)
+        text, removed = remove_lines(rec["text"], boiler, rec_keys) if boiler else (rec["text"], 0)
         doc, reason = _clean_one({**rec, "text": text}, "none")
         if doc is None:
             yield _clean_reject(rec, "only boilerplate lines" if removed else reason)
