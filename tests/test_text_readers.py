@@ -239,3 +239,38 @@ def test_compression_is_sniffed_not_taken_from_the_name(tmp_path):
     path.write_bytes(gzip.compress(json.dumps({"text": PROSE, "url": "u"}).encode() + b"\n"))
     docs, rejects = split(read_file(str(path), "c4", "c4"))
     assert [d["text"] for d in docs] == [PROSE] and not rejects
+
+
+def test_arxiv_bulk_tar_of_gzipped_papers(tmp_path):
+    def add(tar, name, data):
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+
+    inner = io.BytesIO()
+    with tarfile.open(fileobj=inner, mode="w") as t:
+        add(t, "ms.tex", b"\\documentclass{article}\\begin{document}\\section{A}Paper one.\\end{document}")
+    bulk = io.BytesIO()
+    with tarfile.open(fileobj=bulk, mode="w") as t:
+        add(t, "2101/2101.00001.gz", gzip.compress(inner.getvalue()))
+        add(t, "2101/2101.00002.gz", gzip.compress(b"\\documentclass{article}\\section{B}Paper two."))
+        add(t, "2101/2101.00003.gz", gzip.compress(b"%PDF-1.5 only a pdf"))
+    (tmp_path / "arXiv_src_2101_001.tar").write_bytes(bulk.getvalue())
+    docs, rejects = split(read_file(str(tmp_path / "arXiv_src_2101_001.tar"), "arxiv", "arxiv"))
+    assert [(meta(d)["arxiv_id"], meta(d)["member"]) for d in docs] == [("2101.00001", "2101/2101.00001.gz"),
+                                                                       ("2101.00002", "2101/2101.00002.gz")]
+    assert "Paper one." in docs[0]["text"] and "Paper two." in docs[1]["text"]
+    assert len(rejects) == 1 and rejects[0]["reason"].startswith("2101/2101.00003.gz: not a tar archive")
+
+
+def test_fsspec_paths(tmp_path):
+    import fsspec
+
+    from jamdata.io import expand_inputs
+
+    fs = fsspec.filesystem("memory")
+    with fs.open("/jamtest/c4/part-0.json.gz", "wb") as f:
+        f.write(gzip.compress(json.dumps({"text": PROSE, "url": "u"}).encode() + b"\n"))
+    (path,) = expand_inputs("memory://jamtest/c4/")
+    docs, _ = split(read_file(path, "c4", "c4"))
+    assert path.startswith("memory://") and [d["text"] for d in docs] == [PROSE] and meta(docs[0])["file"] == path

@@ -11,6 +11,7 @@ native id (WARC-Record-ID, page id, arXiv id...) or its index, so they are the s
 from __future__ import annotations
 
 import codecs
+import gzip
 import io
 import json
 import logging
@@ -519,46 +520,74 @@ def resolve_inputs(files: dict[str, str], main: str, max_depth: int = 8) -> str:
     return expand(main, 0, (main,))
 
 
-def read_arxiv(path: str, source: str, opts: ReadOptions, cur: _Cursor) -> Iterator[dict]:
-    """One paper per file: a (gzip'd) tar of sources or a single (gzip'd) .tex."""
-    name = PurePosixPath(path).name
-    arxiv_id = re.sub(r"(\.(tar|gz|tgz|tex|zip))+$", "", name)
-    with open_input(path) as f:
-        head = f.read(512)
-        if len(head) >= 262 and head[257:262] == b"ustar":
-            files: dict[str, str] = {}
-            with tarfile.open(fileobj=io.BufferedReader(_Prefixed(head, f)), mode="r|") as tar:
-                for member in tar:
-                    cur.offset = member.offset
-                    if not member.isfile() or not member.name.lower().endswith(_TEX_SUFFIXES):
-                        continue
-                    if member.size > opts.max_record_bytes:
-                        yield make_reject(source, "read", f"{member.name}: longer than {opts.max_record_bytes} bytes",
-                                          None, path, member.offset)
-                        continue
-                    files[member.name] = _decode_tex(tar.extractfile(member).read())
-        else:
-            rest = _read_bounded(f, max(0, opts.max_record_bytes - len(head)))
-            if rest is None:
-                yield make_reject(source, "read", f"file longer than {opts.max_record_bytes} bytes", None, path, 0)
-                return
-            data = head + rest
-            if b"\x00" in data[:8192]:
-                yield make_reject(source, "read", "not a tar archive or a .tex file (binary content)",
-                                  data[:200], path, 0)
-                return
-            files = {f"{arxiv_id}.tex": _decode_tex(data)}
+def _arxiv_id(name: str) -> str:
+    return re.sub(r"(\.(tar|gz|tgz|tex|zip))+$", "", PurePosixPath(name).name)
+
+
+def _read_paper(f: IO[bytes], path: str, source: str, opts: ReadOptions, cur: _Cursor, arxiv_id: str,
+                member: str | None = None) -> Iterator[dict]:
+    """One paper from a decompressed stream: a tar of sources or a single .tex. A tar holding
+    gzip'd papers instead of .tex files (arXiv's bulk source tars) yields each of those papers."""
+    where = f"{member}: " if member else ""
+    head = f.read(512)
+    nested: list[tuple[str, int, bytes]] = []
+    if len(head) >= 262 and head[257:262] == b"ustar":
+        files: dict[str, str] = {}
+        with tarfile.open(fileobj=io.BufferedReader(_Prefixed(head, f)), mode="r|") as tar:
+            for m in tar:
+                cur.offset = m.offset
+                low = m.name.lower()
+                if not m.isfile() or not (low.endswith(_TEX_SUFFIXES) or (member is None and low.endswith(".gz"))):
+                    continue
+                if m.size > opts.max_record_bytes:
+                    yield make_reject(source, "read", f"{where}{m.name}: longer than {opts.max_record_bytes} bytes",
+                                      None, path, m.offset)
+                    continue
+                data = tar.extractfile(m).read()
+                if low.endswith(".gz"):
+                    nested.append((m.name, m.offset, data))
+                else:
+                    files[m.name] = _decode_tex(data)
+        if not files and nested:
+            for name, offset, data in nested:
+                cur.offset = offset
+                try:
+                    with gzip.GzipFile(fileobj=io.BytesIO(data)) as g:
+                        yield from _read_paper(g, path, source, opts, cur, _arxiv_id(name), member=name)
+                except (OSError, EOFError, tarfile.TarError) as e:
+                    yield make_reject(source, "read", f"{name}: unreadable: {type(e).__name__}: {e}", None, path, offset)
+            return
+    else:
+        rest = _read_bounded(f, max(0, opts.max_record_bytes - len(head)))
+        if rest is None:
+            yield make_reject(source, "read", f"{where}file longer than {opts.max_record_bytes} bytes", None, path, cur.offset)
+            return
+        data = head + rest
+        if b"\x00" in data[:8192] or data.startswith(b"%PDF"):
+            yield make_reject(source, "read", f"{where}not a tar archive or a .tex file (binary content)",
+                              data[:200], path, cur.offset)
+            return
+        files = {f"{arxiv_id}.tex": _decode_tex(data)}
     if not files:
-        yield make_reject(source, "read", "archive has no .tex file", None, path, 0)
+        yield make_reject(source, "read", f"{where}archive has no .tex file", None, path, cur.offset if member else 0)
         return
     main = find_main_tex(files)
     if main is None:
-        yield make_reject(source, "read", f"no main .tex file (no \\documentclass in {sorted(files)[:5]})",
-                          None, path, 0)
+        yield make_reject(source, "read", f"{where}no main .tex file (no \\documentclass in {sorted(files)[:5]})",
+                          None, path, cur.offset if member else 0)
         return
     text = resolve_inputs(files, main)
-    yield make_doc(source, path, arxiv_id, text, f"https://arxiv.org/abs/{arxiv_id}",
-                   {"arxiv_id": arxiv_id, "main_file": main, "tex_files": len(files), "file": path})
+    meta = {"arxiv_id": arxiv_id, "main_file": main, "tex_files": len(files), "file": path}
+    if member:
+        meta.update(member=member, offset=cur.offset)
+    yield make_doc(source, path, arxiv_id, text, f"https://arxiv.org/abs/{arxiv_id}", meta)
+
+
+def read_arxiv(path: str, source: str, opts: ReadOptions, cur: _Cursor) -> Iterator[dict]:
+    """One paper per file (a gzip'd tar of sources or a single gzip'd .tex), or a bulk tar of
+    gzip'd papers."""
+    with open_input(path) as f:
+        yield from _read_paper(f, path, source, opts, cur, _arxiv_id(path))
 
 
 # -- entry point -----------------------------------------------------------------------------------
