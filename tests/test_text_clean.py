@@ -138,3 +138,10 @@ def test_empty_after_cleaning_is_a_clean_reject():
     doc = make_doc("wikipedia", "w.xml", 1, "{{Infobox only}}")
     (rej,) = clean_records([doc], "wiki_xml")
     assert rej["stage"] == "clean" and rej["reason"] == "empty after cleaning" and rej["id"] == doc["id"]
+
+
+def test_arxiv_preamble_sections_and_layout_redefinitions():
+    tex = ("\\documentclass{article}\\renewcommand{\\section}{\\oldsection}\\newcommand{\\ours}{OURS}\n"
+           "\\newcommand{\\mysec}{\\section{X}}\\begin{document}\\maketitle\n\\section{Real} We use \\ours.\n"
+           "\\bibliographystyle{plain}\\bibliography{refs}\n\\end{document}\ntrailing junk")
+    assert clean_arxiv(tex) == "\\section{Real} We use OURS."

@@ -170,6 +170,7 @@ _SECTION = re.compile(r"\\(part|chapter|section|subsection|subsubsection)\*?\s*[
 _BIB_ENV = re.compile(r"\\begin\{(thebibliography|references)\}.*?(\\end\{\1\}|$)", re.S | re.I)
 _BIB_CMDS = re.compile(r"\\(bibliography|bibliographystyle|printbibliography|addbibresource)\b\s*(\[[^\]]*\])?\s*(\{[^}]*\})?")
 _END_DOC = re.compile(r"\\end\{document\}")
+_BEGIN_DOCUMENT = re.compile(r"\\begin\{document\}")
 _NEWCMD = re.compile(r"\\(?:re)?newcommand\*?|\\providecommand\*?|\\DeclareRobustCommand\*?")
 _DEF = re.compile(r"\\(?:g|e|x)?def\s*(\\[A-Za-z@]+)((?:#\d)*)\s*\{")
 
@@ -248,7 +249,13 @@ def find_macros(tex: str) -> dict[str, tuple[int, str]]:
             continue
         params = m.group(2)
         macros[m.group(1)] = (len(params) // 2, body[0])
-    return macros
+    return {k: v for k, v in macros.items() if k not in _KEEP_COMMANDS}
+
+
+# Redefinitions of these change layout, not content; expanding them would destroy the structure.
+_KEEP_COMMANDS = {f"\\{c}" for c in ("part", "chapter", "section", "subsection", "subsubsection", "paragraph",
+                                      "subparagraph", "item", "begin", "end", "input", "include", "cite", "ref",
+                                      "label", "caption", "footnote", "emph", "textbf", "textit", "url", "href")}
 
 
 def expand_macros(tex: str, macros: dict[str, tuple[int, str]], passes: int = 4) -> str:
@@ -293,7 +300,8 @@ def clean_arxiv(tex: str) -> str | None:
     bibliography, with user macros expanded. None if the paper has no section at all."""
     tex = strip_tex_comments(tex)
     macros = find_macros(tex)
-    m = _SECTION.search(tex)
+    begin = _BEGIN_DOCUMENT.search(tex)
+    m = _SECTION.search(tex, begin.end() if begin else 0)
     if m is None:
         return None
     body = tex[m.start():]
