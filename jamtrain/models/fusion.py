@@ -37,6 +37,13 @@ def _check_parents(text: Backbone, image: Backbone) -> BackboneConfig:
     return text.cfg
 
 
+def _uninitialised(cfg: BackboneConfig, like: Backbone) -> Backbone:
+    """A backbone whose every parameter is about to be overwritten: skip the random init."""
+    with torch.device("meta"):
+        model = Backbone(cfg)
+    return model.to_empty(device=like.tok_emb.weight.device)
+
+
 def head_mix(head: str) -> float:
     if head not in HEAD_INITS:
         raise FusionError(f"head init must be one of {HEAD_INITS}, got {head!r}")
@@ -50,7 +57,7 @@ def fuse_uniform(text: Backbone, image: Backbone, weight: float = 0.5) -> Backbo
     cfg = _check_parents(text, image)
     if not 0.0 <= weight <= 1.0:
         raise FusionError(f"uniform weight must be in [0, 1], got {weight}")
-    out = Backbone(cfg)
+    out = _uninitialised(cfg, text)
     ti, im = text.state_dict(), image.state_dict()
     out.load_state_dict({k: weight * ti[k].float() + (1.0 - weight) * im[k].float() for k in ti})
     return out
@@ -73,7 +80,7 @@ def fuse_width(text: Backbone, image: Backbone, head: str = "average") -> Backbo
     """Twice the width; each half computes its parent exactly at initialisation (module docstring)."""
     cfg = _check_parents(text, image)
     a = head_mix(head)
-    out = Backbone(width_config(cfg))
+    out = _uninitialised(width_config(cfg), text)
     ti, im = text.state_dict(), image.state_dict()
     new = {}
     for key, target in out.state_dict().items():
@@ -112,7 +119,7 @@ class CrossBlock(nn.Module):
             setattr(self, f"kv_norm_{s}", GroupedLayerNorm(d_model, 1, eps, bias))
             for p in ("q", "k", "v", "o"):
                 setattr(self, f"{p}_{s}", nn.Linear(d_model, d_model, bias=False))
-            setattr(self, f"gate_{s}", nn.Parameter(torch.zeros(())))
+            setattr(self, f"gate_{s}", nn.Parameter(torch.zeros(1)))  # 1-d: ZeRO-friendly
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         B, L, _ = x.shape
