@@ -33,7 +33,7 @@ FAULT_ENV = "JAMTRAIN_FAULT"  # fault injection for the resume tests: kill-after
 
 TRAIN_KEYS = ("model", "deepspeed", "out_dir", "steps", "lr", "min_lr_ratio", "warmup_steps", "decay",
               "weight_decay", "betas", "eps", "precision", "seed", "log_every", "save_every", "keep_checkpoints",
-              "verify_checkpoints", "eval", "peak_tflops", "num_gpus", "cpu_shm_comm", "export")
+              "verify_checkpoints", "eval", "peak_tflops", "num_gpus", "cpu_shm_comm", "cpu_threads", "export")
 EVAL_KEYS = ("every", "holdout_fraction", "max_samples", "batch_size", "datasets")
 
 
@@ -68,6 +68,7 @@ class Settings:
     peak_tflops: float | None = None
     num_gpus: int = 1
     cpu_shm_comm: bool = False
+    cpu_threads: int = 0
     export: bool = True
 
     @property
@@ -173,6 +174,7 @@ def parse_settings(cfg: Config, out_dir: str | Path | None = None, run_dir: str 
         peak_tflops=t.get("peak_tflops", (int, float, type(None)), default=None),
         num_gpus=int(t.number("num_gpus", 1, lo=1)),
         cpu_shm_comm=t.get("cpu_shm_comm", bool, default=False),
+        cpu_threads=int(t.number("cpu_threads", 0, lo=0)),
         export=t.get("export", bool, default=True),
     )
 
@@ -284,6 +286,14 @@ def dataset_vocab(datasets: dict[str, str]) -> JointVocab:
     raise ConfigError("loader.mixture", "none of the datasets records its joint vocabulary")
 
 
+def model_for_vocab(model_cfg: dict, vocab: JointVocab) -> dict:
+    """JAM-Cross takes embedding rows below the image codes from the text parent: pin that split to
+    the data's joint vocabulary unless the config sets it."""
+    if model_cfg.get("fusion") == "cross" and "text_rows" not in model_cfg:
+        return {**model_cfg, "text_rows": vocab.image_offset}
+    return model_cfg
+
+
 def default_model_factory(model_cfg: dict, vocab_size: int) -> torch.nn.Module:
     from jamtrain.models import build_model
 
@@ -294,6 +304,22 @@ def default_loader_factory(s: Settings, rank: int, world: int):
     from jamdata.loader import build_loader
 
     return build_loader(s.loader_config(world), s.datasets, rank, world)
+
+
+SCALAR_ATTR = "_jam_was_scalar"
+
+
+def lift_scalar_params(model: torch.nn.Module) -> list[str]:
+    """Give 0-dim parameters (JAM-Cross tanh gates) shape [1]: DeepSpeed's initial broadcast views
+    every parameter as bytes, which 0-dim tensors do not allow. Broadcasting keeps the maths the
+    same; export restores the original shape."""
+    names = []
+    for name, p in model.named_parameters():
+        if p.dim() == 0:
+            p.data = p.data.reshape(1)
+            setattr(p, SCALAR_ATTR, True)
+            names.append(name)
+    return names
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -367,6 +393,8 @@ def train(s: Settings, resume: bool = False, model_factory: Callable | None = No
     from deepspeed.accelerator import get_accelerator
 
     cpu = get_accelerator().device_name() == "cpu"
+    if cpu and s.cpu_threads:
+        torch.set_num_threads(s.cpu_threads)
     device = torch.device(device_name())
     say = echo if rank == 0 else (lambda _m: None)
     vocab = dataset_vocab(s.datasets)
@@ -374,9 +402,11 @@ def train(s: Settings, resume: bool = False, model_factory: Callable | None = No
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
 
+    s.model = model_for_vocab(s.model, vocab)
     torch.manual_seed(s.seed)
     model = (model_factory or default_model_factory)(s.model, vocab.size)
     n_params = count_params(model)
+    lift_scalar_params(model)
     optimizer = torch.optim.AdamW(param_groups(model, s.weight_decay), lr=s.lr, betas=s.betas, eps=s.eps)
     scheduler = build_scheduler(optimizer, s.warmup_steps, s.steps, s.decay, s.min_lr_ratio)
     ds_cfg = resolved_ds_config(s, cpu)
@@ -563,7 +593,10 @@ def _export_tensors(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], di
     tensors: dict[str, torch.Tensor] = {}
     aliases: dict[str, str] = {}
     seen: dict[tuple, str] = {}
+    scalars = {n for n, p in model.named_parameters(remove_duplicate=False) if getattr(p, SCALAR_ATTR, False)}
     for name, t in model.state_dict().items():
+        if name in scalars:
+            t = t.reshape(())
         ident = (t.data_ptr(), tuple(t.shape), tuple(t.stride()), t.dtype)
         if t.numel() and ident in seen:
             aliases[name] = seen[ident]
@@ -619,6 +652,10 @@ def export_checkpoint(path: Path, out: Path, model_factory: Callable | None = No
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     state = get_fp32_state_dict_from_zero_checkpoint(str(path.parent), tag=path.name)
+    want = model.state_dict()
+    for name, t in state.items():  # lifted scalars (see lift_scalar_params) go back to shape ()
+        if name in want and t.shape != want[name].shape and t.numel() == want[name].numel():
+            state[name] = t.reshape(want[name].shape)
     model.load_state_dict(state, strict=True)
     write_export(model, meta["model"], vocab, out, marker["step"])
 
@@ -725,6 +762,10 @@ def run_stage(ctx) -> list[str]:
         mixture = s.loader.get("mixture")
         if isinstance(mixture, dict):
             s.loader["mixture"] = {n: w for n, w in mixture.items() if n in s.datasets}
+    g = s.loader.get("global_batch_size")
+    if isinstance(g, int) and g != s.micro_batch:  # one process: the loader's rows per step are the micro-batch
+        notes.append(f"micro-batch {g} (loader.global_batch_size) instead of {s.micro_batch} ({s.deepspeed_path})")
+        s.deepspeed["train_micro_batch_size_per_gpu"] = g
     s.save_every = s.save_every or s.steps
     out = ctx.path("train")
     with output_dir(out):

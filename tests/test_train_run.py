@@ -135,3 +135,42 @@ def _port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+STAGE_SCRIPT = """
+import json, sys, yaml
+from pathlib import Path
+from jamdata.config import Config
+from pipelines.stages import StageContext
+from jamtrain.train import run_stage
+cfg = yaml.safe_load(open(sys.argv[2]))
+for line in run_stage(StageContext(Config(cfg), Path(sys.argv[1]))):
+    print("SUMMARY", line)
+"""
+
+
+def test_main_job_stage_trains_on_the_run_directory_and_writes_a_manifest(data, tmp_path):
+    import yaml
+
+    from jamdata.manifest import read_manifest, validate_dataset
+
+    run_dir = Path(data["text"]).parent  # text-tokens/, image-caption/, instruct/ of a run
+    demo = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+    cfg = {"run": {"seed": 1}, "train": {**demo["train"], "steps": 3, "save_every": 0, "log_every": 1},
+           "loader": {"mixture": {"text-tokens": 0.4, "image-caption": 0.4, "instruct": 0.2, "missing-set": 0.1},
+                      "seq_len": 64, "global_batch_size": 2}}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    run = tmp_path / "run"
+    for name in ("text-tokens", "image-caption", "instruct"):
+        shutil.copytree(run_dir / name, run / name)
+    r = subprocess.run([sys.executable, "-c", STAGE_SCRIPT, str(run), str(tmp_path / "cfg.yaml")], env=ENV,
+                       capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    summary = [line[8:] for line in r.stdout.splitlines() if line.startswith("SUMMARY ")]
+    assert "mixture entry 'missing-set' left out" in summary[0]
+    assert "3 steps on text-tokens, image-caption, instruct: loss" in summary[1]
+    assert any(s.startswith("validation perplexity image-caption:") for s in summary)
+    m = read_manifest(str(run / "train"))
+    assert m["kind"] == "checkpoint" and m["summary"]["steps"] == 3
+    assert {"export/model.safetensors", "export/model.json", "log.jsonl", "eval.json"} <= {s["path"] for s in m["shards"]}
+    assert validate_dataset(str(run / "train")) == []
