@@ -168,6 +168,7 @@ CASES = [
     ("fp32-plain-lq>lk", "float32", 33, 17, 16, False, True),
     ("fp32-noncausal-lq<lk", "float32", 19, 35, 16, False, False),
     ("fp32-headdim24", "float32", 23, 23, 24, True, True),
+    ("fp32-length1", "float32", 1, 5, 16, False, True),
     ("fp16-seg-odd", "float16", 37, 21, 16, True, True),
     ("fp16-plain", "float16", 31, 31, 32, False, True),
 ]

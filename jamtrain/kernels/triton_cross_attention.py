@@ -35,7 +35,7 @@ def _select(d, a, b):
     return r
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["H", "LA", "LB"])  # L == 1 must not become a constexpr
 def _fwd_kernel(
     QA, KA, VA, QB, KB, VB, OA, OB, LSEA, LSEB, SEGA, SEGB,
     H, LA, LB, D, scale_log2,
@@ -118,7 +118,7 @@ def _fwd_kernel(
     tl.store(LSE + bh.to(tl.int64) * Lq + offs_m, lse, mask=m_valid)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["H", "LA", "LB"])  # L == 1 must not become a constexpr
 def _bwd_dkdv_kernel(
     QA, KA, VA, QB, KB, VB, DOA, DOB, LSEA, LSEB, DELTAA, DELTAB, SEGA, SEGB,
     DKA, DVA, DKB, DVB,
@@ -202,7 +202,7 @@ def _bwd_dkdv_kernel(
     tl.store(dv_base + offs_n[:, None] * D + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=kv_mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["H", "LA", "LB"])  # L == 1 must not become a constexpr
 def _bwd_dq_kernel(
     QA, KA, VA, QB, KB, VB, DOA, DOB, LSEA, LSEB, DELTAA, DELTAB, SEGA, SEGB,
     DQA, DQB,
