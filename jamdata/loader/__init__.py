@@ -13,7 +13,16 @@ from typing import Any
 
 from jamdata.config import Config
 from jamdata.loader.sources import DatasetSource, LoaderError
-from jamdata.loader.stream import JamLoader, LoaderSpec, PackedStream, merge_state_dicts
+
+_LAZY = {"JamLoader", "LoaderSpec", "PackedStream", "merge_state_dicts"}  # keep torch out of plain imports
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from jamdata.loader import stream
+
+        return getattr(stream, name)
+    raise AttributeError(name)
 
 __all__ = ["build_loader", "build_spec", "dataset_dirs", "JamLoader", "PackedStream", "LoaderSpec",
            "LoaderError", "merge_state_dicts", "hf_iterable_dataset", "KEYS"]
@@ -36,7 +45,8 @@ def dataset_dirs(cfg: Config, run_dir: str | Path | None = None) -> dict[str, st
     return {name: str(paths.get(name) or f"{run_dir.rstrip('/')}/{name}") for name in mixture}
 
 
-def build_spec(cfg_section: Config, datasets: dict[str, str]) -> tuple[LoaderSpec, list[DatasetSource]]:
+def build_spec(cfg_section: Config, datasets: dict[str, str]) -> tuple["LoaderSpec", list[DatasetSource]]:
+    from jamdata.loader.stream import LoaderSpec
     from jamdata.manifest import check_compatible
 
     sec = cfg_section
@@ -75,8 +85,10 @@ def build_spec(cfg_section: Config, datasets: dict[str, str]) -> tuple[LoaderSpe
 
 def build_loader(cfg_section: Config, datasets: dict[str, str], rank: int = 0, world_size: int = 1,
                  num_workers: int | None = None, persistent_workers: bool | None = None,
-                 pin_memory: bool = False) -> JamLoader:
+                 pin_memory: bool = False) -> "JamLoader":
     """The loader of this rank. Reads only the datasets' manifests; shards open lazily."""
+    from jamdata.loader.stream import JamLoader
+
     spec, sources = build_spec(cfg_section, datasets)
     sec = cfg_section
     nw = int(sec.number("num_workers", default=0, lo=0)) if num_workers is None else num_workers
@@ -85,10 +97,12 @@ def build_loader(cfg_section: Config, datasets: dict[str, str], rank: int = 0, w
                      int(sec.number("prefetch_factor", default=2, lo=1)), pin_memory)
 
 
-def hf_iterable_dataset(loader: JamLoader) -> Any:
+def hf_iterable_dataset(loader: "JamLoader") -> Any:
     """A `datasets.IterableDataset` of the same rows (one example per packed row, this rank,
     from the loader's current position to the end of its epoch)."""
     import datasets
+
+    from jamdata.loader.stream import JamLoader
 
     spec, sources, rank, world = loader.spec, loader.sources, loader.rank, loader.world_size
     state = loader.state_dict(gather=False)

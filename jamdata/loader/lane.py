@@ -159,6 +159,7 @@ class Packer:
         keys: list[str] = []
         fill = 0
         segment = 0
+        skipped = 0
         while fill < L:
             s = cur.current()
             if cur.splittable:
@@ -185,6 +186,10 @@ class Packer:
                 if cut <= 0:
                     self._count("skipped_oversize")
                     cur.advance()
+                    skipped += 1
+                    if skipped > 2 * cur.src.n_samples + 2:
+                        raise LoaderError(f"dataset {cur.src.name!r}: no sample of lane {cur.lane}'s part fits in "
+                                          f"seq_len {L} (oversize=skip); raise seq_len or use oversize=truncate")
                     continue
                 if fill and cut > L - fill:
                     break
