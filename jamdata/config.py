@@ -48,12 +48,26 @@ class Config:
         except yaml.YAMLError as e:
             raise ConfigError("(file)", f"{path} is not valid YAML: {e}") from None
         cfg = cls(data, source=str(path))
-        for item in overrides:
+        cfg.override(overrides)
+        return cfg
+
+    def override(self, items: Sequence[str]) -> None:
+        """Apply `key.path=value` overrides (values parsed as YAML)."""
+        for item in items:
             key, sep, value = item.partition("=")
             if not sep:
                 raise ConfigError(item, "override must look like key.path=value")
-            cfg.set(key, yaml.safe_load(value))
-        return cfg
+            self.set(key, yaml.safe_load(value))
+
+    def merge(self, overlay: dict) -> None:
+        """Deep-merge another tree over this one (mappings merge, anything else replaces)."""
+        def deep(base: dict, over: dict) -> None:
+            for k, v in over.items():
+                if isinstance(v, dict) and isinstance(base.get(k), dict):
+                    deep(base[k], v)
+                else:
+                    base[k] = copy.deepcopy(v)
+        deep(self.data, overlay)
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}.{key}" if self.prefix else key
