@@ -84,7 +84,7 @@ def run_stage(ctx) -> list[str]:
         loader_view = loader_mixture(ctx, n_batches)
     with output_dir(out):
         datasets = [str(ctx.path(n)) for n in sorted(p.name for p in ctx.run_dir.iterdir()
-                                                        if p.is_dir() and p.name not in ("report", "train"))]
+                                                        if p.is_dir() and not p.name.startswith(".") and p.name not in ("report", "train"))]
         stats = run_stats(datasets, str(out), fast=cfg.get("fast", bool, default=False), workers=ctx.workers,
                           beam_args=ctx.beam_args, vqvae=str(ctx.path("vqvae")), loader_view=loader_view)
         shards = [describe_shard(str(out), n) for n in ("stats.json", "report.html")]
