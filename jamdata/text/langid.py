@@ -46,7 +46,7 @@ class LanguageFilter:
         fields = {"language": lang, "language_score": round(score, 4)}
         if lang not in self.languages:
             want = ",".join(sorted(self.languages))
-            return Verdict(False, f"language: {lang} ({score:.2f}) not in [{want}]", text, fields)
+            return Verdict(False, f"{lang} ({score:.2f}) not in [{want}]", text, fields)
         if score < self.threshold:
-            return Verdict(False, f"language: {lang} score {score:.2f} < threshold {self.threshold}", text, fields)
+            return Verdict(False, f"{lang} score {score:.2f} < threshold {self.threshold}", text, fields)
         return Verdict(True, None, text, fields)

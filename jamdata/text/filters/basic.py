@@ -60,5 +60,5 @@ class QualityScoreFilter:
     def __call__(self, text: str) -> Verdict:
         s = quality_score(text)
         if self.min_score is not None and s < self.min_score:
-            return Verdict(False, f"quality_score {s:.3f} < min_score {self.min_score}", text, {"quality_score": s})
+            return Verdict(False, f"{s:.3f} < min_score {self.min_score}", text, {"quality_score": s})
         return Verdict(True, None, text, {"quality_score": s})

@@ -64,18 +64,18 @@ class C4Filter:
                 continue
             low = line.lower()
             if self.filter_lorem_ipsum and "lorem ipsum" in low:
-                return Verdict(False, "c4: contains 'lorem ipsum'", text)
+                return Verdict(False, "contains 'lorem ipsum'", text)
             if self.filter_javascript and "javascript" in low:
                 continue
             if self.filter_curly_bracket and "{" in line:
-                return Verdict(False, "c4: contains a curly bracket '{'", text)
+                return Verdict(False, "contains a curly bracket '{'", text)
             if self.filter_policy and any(p in low for p in POLICY_SUBSTRINGS):
                 continue
             if sentences < self.min_sentences:
                 sentences += count_sentences(line)
             kept.append(line)
         if sentences < self.min_sentences:
-            return Verdict(False, f"c4: {sentences} sentence(s) in {len(kept)} kept line(s) < min_sentences {self.min_sentences}", text)
+            return Verdict(False, f"{sentences} sentence(s) in {len(kept)} kept line(s) < min_sentences {self.min_sentences}", text)
         out = "\n".join(kept).strip()
         if self._single or self._phrases:
             low = out.lower()
@@ -84,5 +84,5 @@ class C4Filter:
                 m = self._phrases.search(low)
                 bad = m.group(0) if m else None
             if bad is not None:
-                return Verdict(False, f"c4: contains bad word {bad!r}", text)
+                return Verdict(False, f"contains bad word {bad!r}", text)
         return Verdict(True, None, out)

@@ -39,40 +39,40 @@ class GopherQualityFilter:
         lens = [len(w) for w in words if not SYMBOLS.issuperset(w)]
         nw = len(lens)
         if self.min_doc_words and nw < self.min_doc_words:
-            return Verdict(False, f"gopher_quality: {nw} words < {self.min_doc_words}", text)
+            return Verdict(False, f"{nw} words < {self.min_doc_words}", text)
         if self.max_doc_words and nw > self.max_doc_words:
-            return Verdict(False, f"gopher_quality: {nw} words > {self.max_doc_words}", text)
+            return Verdict(False, f"{nw} words > {self.max_doc_words}", text)
         if not n:
-            return Verdict(False, "gopher_quality: no words", text)
+            return Verdict(False, "no words", text)
         avg = sum(lens) / nw if nw else 0.0
         if self.min_avg and avg < self.min_avg:
-            return Verdict(False, f"gopher_quality: mean word length {avg:.2f} < {self.min_avg}", text)
+            return Verdict(False, f"mean word length {avg:.2f} < {self.min_avg}", text)
         if self.max_avg and avg > self.max_avg:
-            return Verdict(False, f"gopher_quality: mean word length {avg:.2f} > {self.max_avg}", text)
+            return Verdict(False, f"mean word length {avg:.2f} > {self.max_avg}", text)
         if self.max_symbol:
             r = text.count("#") / n
             if r > self.max_symbol:
-                return Verdict(False, f"gopher_quality: hash-to-word ratio {r:.3f} > {self.max_symbol}", text)
+                return Verdict(False, f"hash-to-word ratio {r:.3f} > {self.max_symbol}", text)
             r = (text.count("...") + text.count("…")) / n
             if r > self.max_symbol:
-                return Verdict(False, f"gopher_quality: ellipsis-to-word ratio {r:.3f} > {self.max_symbol}", text)
+                return Verdict(False, f"ellipsis-to-word ratio {r:.3f} > {self.max_symbol}", text)
         lines = text.splitlines() or [""]
         if self.max_bullet:
             r = sum(1 for s in lines if s.lstrip().startswith(("•", "-"))) / len(lines)
             if r > self.max_bullet:
-                return Verdict(False, f"gopher_quality: bullet lines {r:.2f} > {self.max_bullet}", text)
+                return Verdict(False, f"bullet lines {r:.2f} > {self.max_bullet}", text)
         if self.max_ellipsis:
             r = sum(1 for s in lines if s.rstrip().endswith(("...", "…"))) / len(lines)
             if r > self.max_ellipsis:
-                return Verdict(False, f"gopher_quality: lines ending in an ellipsis {r:.2f} > {self.max_ellipsis}", text)
+                return Verdict(False, f"lines ending in an ellipsis {r:.2f} > {self.max_ellipsis}", text)
         if self.min_alpha:
             r = sum(1 for w in words if w.isalpha() or any(c.isalpha() for c in w)) / n
             if r < self.min_alpha:
-                return Verdict(False, f"gopher_quality: words with a letter {r:.3f} < {self.min_alpha}", text)
+                return Verdict(False, f"words with a letter {r:.3f} < {self.min_alpha}", text)
         if self.min_stop:
             k = len(self.stop_words.intersection(words))
             if k < self.min_stop:
-                return Verdict(False, f"gopher_quality: {k} distinct stop word(s) < {self.min_stop}", text)
+                return Verdict(False, f"{k} distinct stop word(s) < {self.min_stop}", text)
         return Verdict(True, None, text)
 
 
@@ -149,20 +149,20 @@ class GopherRepetitionFilter:
 
     def __call__(self, text: str) -> Verdict:
         if not text:
-            return Verdict(False, "gopher_repetition: empty", text)
+            return Verdict(False, "empty", text)
         L = len(text)
         paras = _PARA.split(text.strip())
         d, c = _dup_count_chars(paras)
         if self.dup_para_frac and d / len(paras) > self.dup_para_frac:
-            return Verdict(False, f"gopher_repetition: duplicate paragraphs {d / len(paras):.2f} > {self.dup_para_frac}", text)
+            return Verdict(False, f"duplicate paragraphs {d / len(paras):.2f} > {self.dup_para_frac}", text)
         if self.dup_para_char_frac and c / L > self.dup_para_char_frac:
-            return Verdict(False, f"gopher_repetition: characters in duplicate paragraphs {c / L:.2f} > {self.dup_para_char_frac}", text)
+            return Verdict(False, f"characters in duplicate paragraphs {c / L:.2f} > {self.dup_para_char_frac}", text)
         lines = _LINES.split(text)
         d, c = _dup_count_chars(lines)
         if self.dup_line_frac and d / len(lines) > self.dup_line_frac:
-            return Verdict(False, f"gopher_repetition: duplicate lines {d / len(lines):.2f} > {self.dup_line_frac}", text)
+            return Verdict(False, f"duplicate lines {d / len(lines):.2f} > {self.dup_line_frac}", text)
         if self.dup_line_char_frac and c / L > self.dup_line_char_frac:
-            return Verdict(False, f"gopher_repetition: characters in duplicate lines {c / L:.2f} > {self.dup_line_char_frac}", text)
+            return Verdict(False, f"characters in duplicate lines {c / L:.2f} > {self.dup_line_char_frac}", text)
         words = split_words(text)
         if not words:
             return Verdict(True, None, text)
@@ -177,7 +177,7 @@ class GopherRepetitionFilter:
             glen = cum[n:] - cum[:-n] + (n - 1)
             r = top_ngram_chars(h, glen) / L
             if r > frac:
-                return Verdict(False, f"gopher_repetition: top {n}-gram covers {r:.3f} of characters > {frac}", text)
+                return Verdict(False, f"top {n}-gram covers {r:.3f} of characters > {frac}", text)
         for n, frac in self.dup:
             if len(words) < n:
                 continue
@@ -185,5 +185,5 @@ class GopherRepetitionFilter:
             glen = cum[n:] - cum[:-n]
             r = dup_ngram_chars(h, glen, n) / L
             if r > frac:
-                return Verdict(False, f"gopher_repetition: duplicated {n}-grams cover {r:.3f} of characters > {frac}", text)
+                return Verdict(False, f"duplicated {n}-grams cover {r:.3f} of characters > {frac}", text)
         return Verdict(True, None, text)
