@@ -420,7 +420,7 @@ def run_stage(ctx) -> list[str]:
         sampling.check_plan([sampling.SourcePlan(src, 0, s.max_epochs[src], t, 0, False) for src, t in missing.items()])
     out = str(ctx.path("text-tokens"))
     hf_out = str(ctx.path(HF_DIR)) if s.export_hf else None
-    previous, offsets = [], {}
+    previous, hf_previous, offsets = [], [], {}
     if s.append and (Path(out) / MANIFEST).exists():
         old = read_manifest(out)
         if old["vocab_fingerprint"] != vocab.fingerprint:
@@ -428,6 +428,8 @@ def run_stage(ctx) -> list[str]:
                 f"cannot append to {out}/{MANIFEST} (vocab {old['vocab_fingerprint']}) with tokenizer "
                 f"{tok.path} (vocab {vocab.fingerprint}); use the same tokenizer or a new output directory")
         previous = old["shards"]
+        if hf_out and (Path(hf_out) / MANIFEST).exists():
+            hf_previous = read_manifest(hf_out)["shards"]
         for sh in previous:
             src = sh.get("group")
             num = int(Path(sh["path"]).stem.split("-")[-1])
@@ -438,7 +440,7 @@ def run_stage(ctx) -> list[str]:
     for src in files:
         n_shards.setdefault(src, 1)
     with output_dir(out, clean=not s.append):
-        hf_ctx = output_dir(hf_out) if hf_out else None
+        hf_ctx = output_dir(hf_out, clean=not s.append) if hf_out else None
         if hf_ctx:
             hf_ctx.__enter__()
         try:
@@ -459,7 +461,7 @@ def run_stage(ctx) -> list[str]:
                           | "GroupShard" >> beam.GroupByKey()
                           | "WriteShard" >> beam.ParDo(WriteTokenShard(out, hf_out, vocab.dtype.str, offsets)))
                 (shards | "CollectShards" >> beam.combiners.ToList()
-                 | "Finish" >> beam.Map(_finish, dec_side, cut_side, out, hf_out, plan_path, s, vocab, previous,
+                 | "Finish" >> beam.Map(_finish, dec_side, cut_side, out, hf_out, plan_path, s, vocab, (previous, hf_previous),
                                         [clean, tok_path]))
             with open(plan_path) as f:
                 result = json.load(f)
@@ -478,7 +480,8 @@ def run_stage(ctx) -> list[str]:
 
 
 def _finish(shards, decisions, cutoffs, out, hf_out, plan_path, s: SampleSettings, vocab: JointVocab,
-            previous, inputs):
+            previous_shards, inputs):
+    previous, hf_previous = previous_shards
     errors = sorted(d.split("impossible plan: ", 1)[-1] for d in decisions.values() if isinstance(d, str))
     tok_shards = [{k: v for k, v in sh.items() if k != "_ds"} for sh in shards if sh["_ds"] == "tokens"]
     hf_shards = [{k: v for k, v in sh.items() if k != "_ds"} for sh in shards if sh["_ds"] == "hf"]
@@ -495,7 +498,7 @@ def _finish(shards, decisions, cutoffs, out, hf_out, plan_path, s: SampleSetting
             summary["appended_to"] = len(previous)
         write_manifest(out, build_manifest("text_tokens", previous + tok_shards, s.config, vocab, summary, inputs))
         if hf_out:
-            write_manifest(hf_out, build_manifest("text_tokens", hf_shards, {**s.config, "format": "hf-parquet"},
+            write_manifest(hf_out, build_manifest("text_tokens", hf_previous + hf_shards, {**s.config, "format": "hf-parquet"},
                                                   vocab, {"sources": per, "format": "hf-parquet"}, inputs))
     result = {"errors": errors, "sources": per, "total_tokens": sum(r["tokens"] for r in per.values())}
     with atomic_write(plan_path, "w") as f:
