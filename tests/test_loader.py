@@ -187,7 +187,7 @@ def test_oversize_truncated_before_image_or_skipped(dirs):
 
 
 def test_mixture_proportions_within_one_percent_over_1000_batches(dirs):
-    lo = build_loader(cfg(seq_len=16, global_batch_size=8, steps_per_epoch=1000), dirs)
+    lo = build_loader(cfg(seq_len=16, global_batch_size=4, steps_per_epoch=1000), dirs)
     counts = np.zeros(3)
     n = 0
     for b in lo:
