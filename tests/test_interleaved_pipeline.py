@@ -102,6 +102,14 @@ def test_pipeline_outputs(built, sp_model_path, vqvae_dir):
             codes = model.encode(torch.from_numpy(px[None]))[0].numpy().ravel()
             a = seg["start"] + int(seg["break"]) + 1
             np.testing.assert_array_equal(t[a:a + 256], vocab.image_ids(codes))
+    # every sample is a valid INTERLEAVED record
+    from jamdata.interleaved.build import interleaved_record
+    from schemas.records import INTERLEAVED, validate_record, to_table
+
+    rows = [interleaved_record(s) for s in samples.values()]
+    for r in rows:
+        validate_record(r, INTERLEAVED, where=r["key"])
+    assert to_table(rows, INTERLEAVED).num_rows == 18
     # mmc4 samples are CM3-masked and invert exactly; how-to samples are not
     assert all(s["json"]["cm3"] for k, s in samples.items() if k.startswith("mmc4-"))
     assert not any(s["json"]["cm3"] for k, s in samples.items() if not k.startswith("mmc4-"))

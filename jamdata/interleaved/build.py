@@ -229,3 +229,14 @@ class SampleBuilder:
                  "truncated": int(bool(enc.dropped)), "cm3": int(cm3)}
         fields = {"tokens.npy": tokens.astype(np.int32), "loss_mask.npy": mask.astype(np.uint8), "json": layout}
         return {"key": doc.key, "fields": fields, "stats": stats}, rejects
+
+
+def interleaved_record(fields: dict) -> dict:
+    """A decoded tar sample as a row of schema INTERLEAVED (schemas/records.py), e.g. for parquet
+    exports. Segment positions refer to the sequence before CM3 masking (see docs/instruct.md)."""
+    layout = fields["json"]
+    seg_fields = ("modality", "role", "text", "image_ref", "start", "length")
+    return {"key": layout["key"], "source": layout["source"],
+            "segments": [{k: s.get(k) for k in seg_fields} for s in layout["segments"]],
+            "tokens": np.asarray(fields["tokens.npy"]).astype(np.int32).tolist(),
+            "loss_mask": np.asarray(fields["loss_mask.npy"]).astype(np.uint8).tolist()}
