@@ -25,7 +25,8 @@ from typing import Callable, Mapping
 import numpy as np
 
 from jamdata.config import Config
-from jamdata.interleaved.document import IMAGE, RESPONSE, TEXT, Document, RejectedDocument
+from jamdata.interleaved.document import (IMAGE, INSTRUCTION, RESPONSE, TEXT, Document, RejectedDocument,
+                                          Segment)
 from jamdata.vocab import JointVocab
 
 LOSS_POLICIES = ("response", "all")
@@ -89,10 +90,8 @@ class Encoded:
                 "n_targets": int(self.loss_mask.sum())}
 
 
-def _with_prefixes(doc: Document, template: Template) -> list:
+def _with_prefixes(doc: Document, template: Template) -> list[Segment]:
     """Insert the configured role prefixes as text segments before each run of a role."""
-    from jamdata.interleaved.document import INSTRUCTION, Segment
-
     prefixes = {INSTRUCTION: template.instruction_prefix, RESPONSE: template.response_prefix}
     out, prev = [], None
     for seg in doc.segments:
