@@ -51,7 +51,14 @@ class _KeepSmallest(beam.CombineFn):
         return (key, doc["id"], doc.get("source") or "", snippet(doc.get("text") or ""))
 
     def add_input(self, acc, doc):
-        return self.merge_accumulators([acc, (self.key_fn(doc), doc, [])])
+        best_key, best_doc, losers = acc
+        k = self.key_fn(doc)
+        if best_key is None or k < best_key:
+            if best_key is not None:
+                losers.append(self._stub(best_key, best_doc))
+            return (k, doc, losers)
+        losers.append(self._stub(k, doc))
+        return acc
 
     def merge_accumulators(self, accs):
         best_key, best_doc, losers = None, None, []
