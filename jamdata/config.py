@@ -87,7 +87,9 @@ class Config:
         node = self.data
         parts = dotted.split(".")
         for part in parts[:-1]:
-            node = node.setdefault(part, {})
+            if not isinstance(node.get(part), dict):
+                node[part] = {}  # an empty YAML section is null
+            node = node[part]
         node[parts[-1]] = value
 
     def section(self, key: str, required: bool = False) -> "Config":

@@ -39,8 +39,8 @@ def test_stable_hash_and_expand(tmp_path):
 
 def test_config_errors_name_key_and_allowed(tmp_path):
     p = tmp_path / "c.yaml"
-    p.write_text("text:\n  clean:\n    dedup: fuzzy\n    min_words: many\n")
-    cfg = Config.load(p, overrides=["run.seed=7"])
+    p.write_text("run:\ntext:\n  clean:\n    dedup: fuzzy\n    min_words: many\n")
+    cfg = Config.load(p, overrides=["run.seed=7"])  # `run` is an empty (null) section
     assert cfg.get("run.seed", int) == 7
     clean = cfg.section("text.clean")
     with pytest.raises(ConfigError, match=r"text\.clean\.dedup.*allowed: none, exact, minhash"):
