@@ -5,7 +5,7 @@ Layout under the checkpoint directory:
     step-00000040/                  one complete checkpoint (DeepSpeed tag = directory name)
         mp_rank_00_model_states.pt, zero_pp_rank_*_optim_states.pt   (DeepSpeed)
         trainer_rank00000.pt ...    loader state_dict + RNG states of each rank
-        COMPLETE.json               written last: step, world size, size + sha256 of every file
+        COMPLETE.json               written last: step, world size, size (+ sha256) of every file
     latest                          name of the newest complete checkpoint (informational)
     .tmp-step-00000050/             a save in progress (or killed); never loaded, removed later
 
@@ -89,7 +89,7 @@ def verify(path: Path, deep: bool = True) -> list[str]:
             problems.append(f"{rel}: missing")
         elif p.stat().st_size != want["bytes"]:
             problems.append(f"{rel}: {p.stat().st_size} bytes, marker says {want['bytes']} (truncated or altered)")
-        elif deep and sha256_file(p) != want["sha256"]:
+        elif deep and want.get("sha256") and sha256_file(p) != want["sha256"]:
             problems.append(f"{rel}: sha256 differs from the marker (altered)")
     return problems
 
@@ -144,7 +144,8 @@ def _fsync_dir(path: Path) -> None:
 
 
 def save(engine, ckpt_dir: Path, step: int, rank: int, world_size: int, rank_state: dict,
-         meta: dict, keep: int = 2, before_seal: Callable[[], None] | None = None) -> Path:
+         meta: dict, keep: int = 2, hash_files: bool = True,
+         before_seal: Callable[[], None] | None = None) -> Path:
     """Collective: every rank calls it. Returns the sealed checkpoint directory."""
     ckpt_dir = Path(ckpt_dir)
     tag = tag_for(step)
@@ -163,7 +164,8 @@ def save(engine, ckpt_dir: Path, step: int, rank: int, world_size: int, rank_sta
     if before_seal is not None:
         before_seal()
     if rank == 0:
-        files = {rel: {"bytes": (tmp / rel).stat().st_size, "sha256": sha256_file(tmp / rel)} for rel in _files(tmp)}
+        files = {rel: {"bytes": (tmp / rel).stat().st_size, "sha256": sha256_file(tmp / rel) if hash_files else None}
+                 for rel in _files(tmp)}
         missing = [rank_file(r) for r in range(world_size) if rank_file(r) not in files]
         if missing:
             raise CheckpointError(f"{tmp}: ranks did not write {', '.join(missing)}")

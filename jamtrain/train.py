@@ -107,10 +107,10 @@ class Settings:
         return Config({**self.loader, "global_batch_size": want}, "loader")
 
 
-def _resolve(path: str, base: Path) -> str:
+def _resolve(path: str, base: str | Path) -> str:
     if "://" in path or Path(path).is_absolute():
         return path
-    return str(base / path)
+    return f"{str(base).rstrip('/')}/{path}"
 
 
 def load_deepspeed_config(path: str) -> dict:
@@ -138,19 +138,23 @@ def parse_settings(cfg: Config, out_dir: str | Path | None = None, run_dir: str 
 
     t = cfg.section("train")
     t.check_keys(TRAIN_KEYS)
-    run_dir = Path(run_dir or cfg.section("run").get("out_dir", str, default="out/run"))
+    run_dir = str(run_dir or cfg.section("run").get("out_dir", str, default="out/run"))
     ev = t.section("eval")
     ev.check_keys(EVAL_KEYS)
     betas = t.get("betas", list, default=[0.9, 0.95])
     if len(betas) != 2:
         raise ConfigError("train.betas", f"must be two numbers, got {betas!r}")
     ds_path = t.get("deepspeed", str, default="configs/deepspeed-cpu.json")
+    out = str(out_dir or _resolve(t.get("out_dir", str, default="train"), run_dir))
+    if "://" in out:
+        raise ConfigError("train.out_dir", f"{out}: checkpoints need a file system every rank shares (a local, "
+                          "NFS/Lustre or mounted-bucket path), not a URL")
     return Settings(
         model=t.get("model", dict, default={}),
         deepspeed=load_deepspeed_config(ds_path),
         deepspeed_path=ds_path,
         datasets=dataset_dirs(cfg, run_dir),
-        out_dir=Path(out_dir or _resolve(t.get("out_dir", str, default="train"), run_dir)),
+        out_dir=Path(out),
         loader=cfg.section("loader").to_dict(),
         steps=int(t.number("steps", 100, lo=1)),
         lr=float(t.number("lr", 3e-4, lo=0)),
@@ -403,6 +407,7 @@ def train(s: Settings, resume: bool = False, model_factory: Callable | None = No
         out_dir.mkdir(parents=True, exist_ok=True)
 
     s.model = model_for_vocab(s.model, vocab)
+    _check_lengths(s, vocab)
     torch.manual_seed(s.seed)
     model = (model_factory or default_model_factory)(s.model, vocab.size)
     n_params = count_params(model)
@@ -493,6 +498,18 @@ def train(s: Settings, resume: bool = False, model_factory: Callable | None = No
     return Result(losses, first, last, eval_results, export_dir, start, n_params, time.time() - t_start)
 
 
+def _check_lengths(s: Settings, vocab: JointVocab) -> None:
+    try:
+        from jamtrain.models import backbone_config
+
+        limit = backbone_config(Config(dict(s.model), "train.model"), vocab.size).max_seq_len
+    except Exception:  # checkpoint-based or foreign model sections: the model checks for itself
+        return
+    if s.seq_len - 1 > limit:
+        raise ConfigError("loader.seq_len", f"{s.seq_len} rows give inputs of {s.seq_len - 1} tokens, more than "
+                          f"train.model.max_seq_len {limit}; lower one or raise the other")
+
+
 def _batches(loader) -> Iterator[dict]:
     """The loader's batches across epochs (each `iter(loader)` is one epoch from where it stands)."""
     while True:
@@ -562,6 +579,7 @@ def _save(engine, loader, s: Settings, ckpt_dir: Path, step: int, rank: int, wor
             "datasets": s.datasets, "steps": s.steps}
     kill = _fault("kill-in-save", step)
     ckpt.save(engine, ckpt_dir, step, rank, world, state, meta, s.keep_checkpoints,
+              hash_files=s.verify_checkpoints == "sha256",
               before_seal=(lambda: os.kill(os.getpid(), signal.SIGKILL)) if kill else None)
 
 

@@ -174,3 +174,14 @@ def test_main_job_stage_trains_on_the_run_directory_and_writes_a_manifest(data, 
     assert m["kind"] == "checkpoint" and m["summary"]["steps"] == 3
     assert {"export/model.safetensors", "export/model.json", "log.jsonl", "eval.json"} <= {s["path"] for s in m["shards"]}
     assert validate_dataset(str(run / "train")) == []
+
+
+def test_export_of_a_checkpoint_equals_the_final_export(reference, tmp_path):
+    from jamtrain.train import export_checkpoint, load_exported
+
+    export_checkpoint(reference / "train" / "checkpoints" / "step-00000006", tmp_path)
+    a, info_a = load_exported(reference / "train" / "export")
+    b, info_b = load_exported(tmp_path)
+    assert info_a["step"] == info_b["step"] == 6
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)

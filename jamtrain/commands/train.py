@@ -1,7 +1,7 @@
 """`jamtrain train | eval | export`: the DeepSpeed training loop, held-out perplexity, weight export.
 
 Launch the same command as one plain process (CPU, gloo), under `torchrun -m jamtrain.cli train ...`
-or under `deepspeed --module jamtrain.cli train ...`.
+or under `deepspeed --no_local_rank --module jamtrain.cli train ...` (ranks come from the environment).
 """
 from __future__ import annotations
 
