@@ -35,7 +35,7 @@ IMAGES_KEYS = ["inputs", "resolution", "min_size", "max_aspect", "max_pixels", "
                "torch_threads", "channels_last"]
 VQVAE_KEYS = ["codebook_size", "model", "checkpoint", "train"]
 TRAIN_KEYS = ["inputs", "steps", "batch_size", "lr", "warmup_steps", "ema", "ema_decay", "beta",
-              "checkpoint_every", "flip", "max_images", "min_size", "max_aspect", "threads"]
+              "checkpoint_every", "flip", "max_images", "min_size", "max_aspect", "threads", "channels_last"]
 
 
 @dataclass
@@ -316,6 +316,7 @@ def train_config(cfg: Config) -> tuple["object", list[str]]:
         max_aspect=float(tr.number("max_aspect", d.max_aspect, lo=1)),
         seed=int(cfg.section("run").get("seed", int, default=0)),
         threads=int(tr.number("threads", d.threads, lo=0)),
+        channels_last=tr.get("channels_last", bool, default=d.channels_last),
         fields=cfg.section("images").get("fields", dict, default={}),
     )
     inputs = tr.get("inputs", (list, str), default=None) or cfg.section("images").get("inputs", (list, str), default=[])

@@ -73,6 +73,8 @@ def preprocess_image(data: bytes, resolution: int = 256, min_size: int = 64, max
             im = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise ImageRejected("undecodable", f"not a recognised image format (starts with {data[:8]!r})") from None
+    except Image.DecompressionBombError as e:
+        raise ImageRejected("too_large", str(e)) from None
     except (OSError, ValueError, SyntaxError) as e:
         raise ImageRejected("undecodable", f"header unreadable: {e}") from None
     w, h = im.size

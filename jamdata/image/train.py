@@ -47,6 +47,7 @@ class TrainConfig:
     max_aspect: float = 4.0
     seed: int = 0
     threads: int = 0               # torch threads (0: torch's default)
+    channels_last: bool = True     # NHWC convolutions: faster on CPU for small channel counts
     fields: dict = field(default_factory=dict)
 
 
@@ -134,6 +135,9 @@ def train_vqvae(images: np.ndarray, cfg: TrainConfig, out_dir: str | Path,
     q = model.quantize
     q.ema, q.decay, q.beta = cfg.ema, cfg.ema_decay, cfg.beta
     data = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        data = data.contiguous(memory_format=torch.channels_last)
     held = data[: min(len(data), 64)]
     untrained = evaluate(model, held)
     say(f"untrained: mse {untrained['mse']:.4f}, codes used {untrained['codes_used']}/{model.n_embed}")

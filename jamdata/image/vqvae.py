@@ -338,7 +338,7 @@ def save_checkpoint(model: VQModel, out_dir: str | Path, extra: dict | None = No
 
     out = str(out_dir).rstrip("/")
     ckpt, cfg = f"{out}/{CKPT_FILE}", f"{out}/{YAML_FILE}"
-    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     with atomic_write(ckpt, "wb") as f:
         torch.save({"state_dict": state, **(extra or {})}, f)
     with atomic_write(cfg, "w") as f:
