@@ -453,8 +453,6 @@ def train(s: Settings, resume: bool = False, model_factory: Callable | None = No
             for _ in range(s.grad_accum):
                 batch = next(data)
                 tokens = batch["tokens"].to(device)
-                if tokens.shape[1] - 1 > s.seq_len:
-                    raise ConfigError("train.seq_len", f"loader gave rows of {tokens.shape[1]} tokens, more than seq_len {s.seq_len}")
                 seg = batch.get("segment_ids")
                 logits = engine(tokens[:, :-1], segment_ids=None if seg is None else seg[:, :-1].to(device))
                 loss, part = masked_loss(logits, tokens, mask_heldout(batch, names, s.holdout), vocab.image_offset,
@@ -484,6 +482,8 @@ def train(s: Settings, resume: bool = False, model_factory: Callable | None = No
         export_dir = None
         if s.export:
             export_dir = out_dir / "export"
+            if s.zero_stage >= 3 and not (ckpt_dir / ckpt.tag_for(s.steps)).exists():
+                _save(engine, loader, s, ckpt_dir, s.steps, rank, world, n_params)  # weights are gathered from it
             export_engine(engine, s, vocab, export_dir, s.steps, rank, ckpt_dir)
             say(f"exported weights to {export_dir / 'model.safetensors'}")
         if rank == 0:
@@ -576,7 +576,7 @@ def _eval_line(step: int, results: dict) -> str:
 def _save(engine, loader, s: Settings, ckpt_dir: Path, step: int, rank: int, world: int, n_params: int) -> None:
     state = {"loader": loader.state_dict(), "rng": ckpt.rng_state()}
     meta = {"model": s.model, "params": n_params, "zero_stage": s.zero_stage, "seq_len": s.seq_len,
-            "datasets": s.datasets, "steps": s.steps}
+            "datasets": s.datasets, "steps": s.steps, "vocab": dataset_vocab(s.datasets).to_dict()}
     kill = _fault("kill-in-save", step)
     ckpt.save(engine, ckpt_dir, step, rank, world, state, meta, s.keep_checkpoints,
               hash_files=s.verify_checkpoints == "sha256",
@@ -597,7 +597,7 @@ def export_engine(engine, s: Settings, vocab: JointVocab, out: Path, step: int, 
     """One safetensors file + model.json; ZeRO-3 shards are gathered from the last checkpoint."""
     if s.zero_stage >= 3:
         if rank == 0:
-            export_checkpoint(ckpt.candidates(ckpt_dir)[0], out)
+            export_checkpoint(ckpt_dir / ckpt.tag_for(step), out)
         torch.distributed.barrier()
         return
     if rank == 0:
@@ -665,7 +665,7 @@ def export_checkpoint(path: Path, out: Path, model_factory: Callable | None = No
         raise ckpt.CheckpointError(f"refusing checkpoint {path}: {'; '.join(problems)}")
     marker = ckpt.read_marker(path)
     meta = marker["meta"]
-    vocab = dataset_vocab(meta["datasets"])
+    vocab = JointVocab.from_dict(meta["vocab"])
     model = (model_factory or default_model_factory)(meta["model"], vocab.size)
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 

@@ -174,6 +174,12 @@ def test_main_job_stage_trains_on_the_run_directory_and_writes_a_manifest(data, 
     assert m["kind"] == "checkpoint" and m["summary"]["steps"] == 3
     assert {"export/model.safetensors", "export/model.json", "log.jsonl", "eval.json"} <= {s["path"] for s in m["shards"]}
     assert validate_dataset(str(run / "train")) == []
+    from jamtrain.train import load_exported
+
+    model, info = load_exported(run / "train" / "export")  # the demo's JAM-Cross reloads from the export
+    assert info["model"]["fusion"] == "cross" and info["model"]["text_rows"] == info["vocab"]["image_offset"]
+    with torch.no_grad():
+        assert torch.isfinite(model(torch.tensor([[1, 2, 3]]))).all()
 
 
 def test_export_of_a_checkpoint_equals_the_final_export(reference, tmp_path):
