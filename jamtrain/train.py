@@ -632,7 +632,14 @@ def write_export(model: torch.nn.Module, model_cfg: dict, vocab: JointVocab, out
     out.mkdir(parents=True, exist_ok=True)
     tensors, aliases = _export_tensors(model)
     tmp = out / ".model.safetensors.tmp"
-    save_file(tensors, str(tmp), metadata={"format": EXPORT_FORMAT, "step": str(step), "aliases": json.dumps(aliases)})
+    metadata = {"format": EXPORT_FORMAT, "step": str(step), "aliases": json.dumps(aliases)}
+    try:  # the models' own header too, so `train.model.checkpoint: .../model.safetensors` continues from it
+        from jamtrain.models.checkpoint import describe
+
+        metadata["jam_model"] = json.dumps(describe(model))
+    except (ImportError, TypeError):
+        pass
+    save_file(tensors, str(tmp), metadata=metadata)
     os.replace(tmp, out / "model.safetensors")
     with atomic_write(out / "model.json", "w") as f:
         json.dump({"format": EXPORT_FORMAT, "model": model_cfg, "vocab_size": vocab.size, "vocab": vocab.to_dict(),

@@ -172,6 +172,13 @@ def test_export_reloads_to_identical_logits(tmp_path):
     tokens = torch.randint(0, VOCAB.size, (2, 10))
     with torch.no_grad():
         assert torch.equal(model(tokens), again(tokens))
+    # the export is also a model checkpoint the model section can start from (instruction tuning)
+    plain = {k: v for k, v in TINY_MODEL.items()}
+    write_export(build_model(plain, VOCAB.size).eval(), plain, VOCAB, tmp_path / "b", step=3)
+    cont = build_model({"checkpoint": str(tmp_path / "b" / "model.safetensors")}, VOCAB.size).eval()
+    ref, _ = load_exported(tmp_path / "b")
+    with torch.no_grad():
+        assert torch.equal(cont(tokens), ref(tokens))
 
 
 def test_dry_run_on_the_reference_config_sizes_the_run():
