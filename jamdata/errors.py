@@ -2,7 +2,7 @@
 from jamdata.config import ConfigError
 from jamdata.formats.megatron import IndexedDatasetError
 from jamdata.formats.wds import ShardError
-from jamdata.io import InputError
+from jamdata.io import InputError, OutputDirError
 from jamdata.manifest import ManifestError, OutputLockedError
 from jamdata.vocab import VocabMismatchError
 from schemas.records import SchemaError
@@ -27,3 +27,5 @@ class ModelError(ValueError):
 
 
 USER_ERRORS += (ModelError,)
+
+USER_ERRORS += (OutputDirError,)

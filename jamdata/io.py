@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import bz2
 import contextlib
+import errno
 import gzip
 import hashlib
 import io
@@ -23,6 +24,22 @@ MAGIC = {
     b"\x28\xb5\x2f\xfd": "zstd",
     b"\xfd7zXZ\x00": "xz",
 }
+
+
+class OutputDirError(OSError):
+    """An output directory that cannot be written (permission denied, read-only, disk full); the
+    message names the directory, so the command line prints one clear line."""
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def output_error(path: str | os.PathLike, e: OSError) -> OutputDirError:
+    where = Path(path)
+    what = "disk full" if e.errno in _DISK_FULL else "cannot write"
+    err = OutputDirError(f"{what}: output directory {where.parent} ({where.name}: {e.strerror or e})")
+    err.errno = e.errno
+    return err
 
 
 class InputError(Exception):
@@ -120,16 +137,26 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
             yield f
         return
     local = Path(path.removeprefix("file://"))
-    local.parent.mkdir(parents=True, exist_ok=True)
     tmp = local.with_name(f".{local.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
-        with open(tmp, mode) as f:
+        local.parent.mkdir(parents=True, exist_ok=True)
+        f = open(tmp, mode)
+    except OSError as e:  # read-only, immutable or full output directory: name it, once
+        raise output_error(local, e) from None
+    try:
+        with f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, local)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if e.errno in _DISK_FULL and not isinstance(e, OutputDirError):
+            raise output_error(local, e) from None
+        raise
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             tmp.unlink()
         raise
 

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable, Iterator
 import fsspec
 
 from jamdata import __version__
-from jamdata.io import atomic_write, sha256_file
+from jamdata.io import OutputDirError, atomic_write, sha256_file
 from jamdata.vocab import JointVocab, check_same_vocab
 from schemas import MANIFEST_VERSION, SCHEMA_VERSION, validate_manifest
 
@@ -93,7 +93,7 @@ def read_manifest(root: str) -> dict:
     try:
         with fsspec.open(path, "r") as f:
             manifest = json.load(f)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # NotADirectory: a file where the dataset dir should be
         raise ManifestError(f"{root}: no {MANIFEST} (not a dataset, or its job did not finish)") from None
     except json.JSONDecodeError as e:
         raise ManifestError(f"{path}: not valid JSON ({e})") from None
@@ -198,8 +198,10 @@ def output_dir(root: str | os.PathLike, clean: bool = True) -> Iterator[Path]:
         lock_f = open(root / LOCK, "a+")
     except PermissionError as e:
         raise PermissionError(f"cannot write to output directory {root}: permission denied ({e.strerror})") from None
-    except OSError as e:
-        raise OSError(e.errno, f"cannot write to output directory {root}: {e.strerror}") from None
+    except OSError as e:  # a file where a directory is expected, /proc, disk full, read-only mount
+        err = OutputDirError(f"cannot write to output directory {root}: {e.strerror or e}")
+        err.errno = e.errno
+        raise err from None
     try:
         fcntl.flock(lock_f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

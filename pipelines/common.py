@@ -6,6 +6,7 @@ of workers or the input order.
 """
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable, Iterable
 
 import apache_beam as beam
@@ -16,6 +17,18 @@ from jamdata.io import atomic_write, stable_hash
 from jamdata.manifest import build_manifest, describe_shard, write_manifest
 from jamdata.vocab import JointVocab
 from schemas.records import to_table
+
+def _not_a_user_error(record: logging.LogRecord) -> bool:
+    """Beam logs every exception raised in a DoFn with its traceback before re-raising it; for the
+    expected ones (disk full, unreadable input, ...) the command line already prints one clear line."""
+    if record.exc_info and record.exc_info[1] is not None:
+        from jamdata.errors import USER_ERRORS
+
+        return not isinstance(record.exc_info[1], USER_ERRORS)
+    return True
+
+
+logging.getLogger("apache_beam.runners.common").addFilter(_not_a_user_error)
 
 # (out_dir, shard_name without extension, records sorted by key) -> shard info dicts
 ShardWriteFn = Callable[[str, str, list[Any]], list[dict]]
