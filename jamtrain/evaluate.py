@@ -5,7 +5,7 @@ document in windows of `seq_len` tokens, an image–caption sample as its joint 
 (caption and image tokens), an interleaved sample on its loss-bearing tokens only. Perplexity is
 exp(total NLL / scored tokens), with text and image tokens also reported separately.
 
-Held-out data: with `holdout.fraction` f, a sample of a training dataset is held out when the
+Held-out data: with `train.eval.holdout_fraction` f, a sample of a training dataset is held out when the
 stable hash of (dataset name, sample key) falls under f; the training loop masks those samples out
 of the loss (jamtrain.train.mask_heldout), so the model never learns from them. Datasets listed
 under `train.eval.datasets` are evaluated whole (a separate validation set).

@@ -787,6 +787,9 @@ def run_stage(ctx) -> list[str]:
         mixture = s.loader.get("mixture")
         if isinstance(mixture, dict):
             s.loader["mixture"] = {n: w for n, w in mixture.items() if n in s.datasets}
+    if "seq_len" not in s.loader:  # the loader's 4096 default is far too long for a CPU smoke run
+        s.loader["seq_len"] = 512
+        notes.append("loader.seq_len not set: the smoke run packs 512-token rows")
     g = s.loader.get("global_batch_size")
     if isinstance(g, int) and g != s.micro_batch:  # one process: the loader's rows per step are the micro-batch
         notes.append(f"micro-batch {g} (loader.global_batch_size) instead of {s.micro_batch} ({s.deepspeed_path})")
