@@ -3,7 +3,6 @@ owned by exactly one (rank, worker), so it is read once, with no coordination, a
 position is three integers per dataset (epoch, position in its span, offset in the document)."""
 from __future__ import annotations
 
-import bisect
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,7 +51,9 @@ class Cursor:
         self.pool = pool
         self.epoch, self.pos, self.offset = state or (0, 0, 0)
         self._epoch_cache: tuple[int, list[int], list[int], tuple[int, int]] | None = None
-        self._block_cache: tuple[tuple[int, int], np.ndarray, dict[int, Sample | None]] | None = None
+        self._block_cache: tuple | None = None
+        self._last: tuple[int, Sample | None] | None = None
+        self._m = 0
         self.splittable = src.fmt == "megatron"
 
     def state(self) -> list[int]:
@@ -61,60 +62,57 @@ class Cursor:
     def _epoch(self):
         if self._epoch_cache is None or self._epoch_cache[0] != self.epoch:
             perm = order.shard_order(self.seed, self.src.name, self.epoch, len(self.src.shards))
-            counts = [self.src.shards[i].records for i in perm]
-            starts = list(np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(int))
+            counts = np.array([self.src.shards[i].records for i in perm], dtype=np.int64)
+            starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
             n = self.src.n_samples
             if n >= self.n_lanes:
                 span = order.lane_span(n, self.lane, self.n_lanes)
             else:  # fewer samples than lanes: each lane takes one sample (documented duplicates)
                 j = (self.lane + self.epoch * self.n_lanes) % n
                 span = (j, j + 1)
-            self._epoch_cache = (self.epoch, list(perm), starts, span)
+            self._epoch_cache = (self.epoch, np.asarray(perm, dtype=np.int64), starts, span)
+            self._m = span[1] - span[0]
+            self._block_cache = None
         return self._epoch_cache
 
-    def _locate(self, seq_pos: int) -> tuple[int, int]:
-        _, perm, starts, _ = self._epoch()
-        k = bisect.bisect_right(starts, seq_pos) - 1
-        while self.src.shards[perm[k]].records == 0:
-            k += 1
-        return perm[k], seq_pos - starts[k]
-
     def _span_len(self) -> int:
-        s = self._epoch()[3]
-        return s[1] - s[0]
+        self._epoch()
+        return self._m
+
+    def _enter_block(self, b: int) -> None:
+        """Resolve every position of block b to (shard, index in shard) at once."""
+        _, perm, starts, span = self._epoch()
+        size = min(self.block, self._m - b * self.block)
+        bp = order.block_permutation(self.seed, self.src.name, self.epoch, self.lane, b, size)
+        seq = span[0] + b * self.block + bp
+        k = np.searchsorted(starts, seq, side="right") - 1  # last shard starting at or before (skips empty ones)
+        self._block_cache = (self.epoch, b, b * self.block, perm[k].tolist(), (seq - starts[k]).tolist())
+        self._last = None
 
     def _sample_at(self, pos: int) -> Sample | None:
         """Sample at position `pos` of this lane's shuffled span (None: unreadable, skipped)."""
-        span = self._epoch()[3]
-        m = span[1] - span[0]
-        b = pos // self.block
-        key = (self.epoch, b)
-        if self._block_cache is None or self._block_cache[0] != key:
-            size = min(self.block, m - b * self.block)
-            perm = order.block_permutation(self.seed, self.src.name, self.epoch, self.lane, b, size)
-            self._block_cache = (key, perm, {})
-        _, perm, loaded = self._block_cache
-        i = int(perm[pos - b * self.block])
-        if i not in loaded:
-            if len(loaded) > 4 * self.block:
-                loaded.clear()
-            loaded[i] = self._read(span[0] + b * self.block + i)
-        return loaded[i]
+        bc = self._block_cache
+        if bc is None or bc[0] != self.epoch or not 0 <= pos - bc[2] < self.block:
+            self._enter_block(pos // self.block)
+            bc = self._block_cache
+        last = self._last
+        if last is not None and last[0] == pos:
+            return last[1]
+        i = pos - bc[2]
+        s = self._read(bc[3][i], bc[4][i])
+        self._last = (pos, s)
+        return s
 
-    def _read(self, seq_pos: int) -> Sample | None:
-        shard_i, local = self._locate(seq_pos)
+    def _read(self, shard_i: int, local: int) -> Sample | None:
         shard = self.pool.get(self.src, shard_i)
         if shard is None:
             return None
         try:
-            sample = shard.get(local)
+            return shard.get(local)
         except Exception as e:  # a damaged member: counted, logged, skipped (or raised: fail)
             self.pool.fail_or_log(f"{self.src.root}/{self.src.shards[shard_i].rel}: sample {local}: {e}",
                                   "corrupt_samples")
             return None
-        if sample is None:
-            return None
-        return sample
 
     def current(self) -> Sample:
         """The sample at the cursor, skipping unreadable ones (never loops forever)."""
@@ -122,13 +120,14 @@ class Cursor:
         while True:
             if self.pos >= self._span_len():
                 self.epoch, self.pos, self.offset = self.epoch + 1, 0, 0
+                continue
             s = self._sample_at(self.pos)
             if s is not None and len(s.tokens) > 0:
                 return s
             self.pos += 1
             self.offset = 0
             skipped += 1
-            if skipped > self._span_len() + 1 and skipped > 2 * self.src.n_samples + 2:
+            if skipped > 2 * self.src.n_samples + 2:
                 raise LoaderError(f"dataset {self.src.name!r} ({self.src.root}): no readable sample in "
                                   f"lane {self.lane}'s part of a whole epoch (all shards damaged?)")
 
@@ -151,31 +150,38 @@ class Packer:
     def _count(self, what: str) -> None:
         self.counters[what] = self.counters.get(what, 0) + 1
 
-    def row(self, cur: Cursor) -> Row:
+    def row(self, cur: Cursor, tokens: np.ndarray | None = None, mask: np.ndarray | None = None,
+            seg: np.ndarray | None = None) -> Row:
+        """Pack one row, into the given (uninitialised) arrays when passed."""
         L = self.L
-        tokens = np.full(L, self.pad, dtype=np.int64)
-        mask = np.zeros(L, dtype=bool)
-        seg = np.full(L, -1, dtype=np.int32)
+        if tokens is None:
+            tokens = np.empty(L, dtype=np.int64)
+            mask = np.empty(L, dtype=bool)
+            seg = np.empty(L, dtype=np.int32)
         keys: list[str] = []
         fill = 0
         segment = 0
         skipped = 0
-        while fill < L:
-            s = cur.current()
-            if cur.splittable:
-                n = len(s.tokens) - cur.offset
-                take = min(n, L - fill)
-                tokens[fill:fill + take] = s.tokens[cur.offset:cur.offset + take]
-                mask[fill:fill + take] = True if s.loss_mask is None else s.loss_mask[cur.offset:cur.offset + take].astype(bool)
-                seg[fill:fill + take] = segment
+        if cur.splittable:  # text: documents run on across rows, no padding
+            while fill < L:
+                s = cur.current()
+                off = cur.offset
+                n = len(s.tokens) - off
+                take = n if n < L - fill else L - fill
+                end = fill + take
+                tokens[fill:end] = s.tokens[off:off + take]
+                seg[fill:end] = segment
                 keys.append(s.key)
-                fill += take
+                fill = end
                 if take == n:
                     cur.advance()
                 else:
-                    cur.offset += take
+                    cur.offset = off + take
                 segment += 1
-                continue
+            mask[:] = True
+            return Row(tokens, mask, seg, keys)
+        while fill < L:
+            s = cur.current()
             toks, m = s.tokens, s.loss_mask
             if self.eos is not None and toks[-1] != self.eos:
                 toks = np.append(toks, self.eos)
@@ -198,10 +204,13 @@ class Packer:
             elif n > L - fill:
                 break
             tokens[fill:fill + n] = toks
-            mask[fill:fill + n] = True if m is None else m.astype(bool)
+            mask[fill:fill + n] = True if m is None else m
             seg[fill:fill + n] = segment
             keys.append(s.key)
             fill += n
             segment += 1
             cur.advance()
+        tokens[fill:] = self.pad
+        mask[fill:] = False
+        seg[fill:] = -1
         return Row(tokens, mask, seg, keys)

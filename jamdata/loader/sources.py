@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import logging
+import mmap
 import os
 import tarfile
 from dataclasses import dataclass, field
@@ -115,16 +116,82 @@ class MegatronShard:
         if len(self.ds) != ref.records:
             raise BadShard(f"{root}/{ref.rel}.idx: {len(self.ds)} documents, manifest says {ref.records}")
         self.lengths = self.ds.index.sequence_lengths
-
-    def length(self, i: int) -> int:
-        return int(self.lengths[i])
+        idx = self.ds.index
+        # plain ndarray views of the memory map: slicing a np.memmap costs more than the copy
+        self.tokens = np.asarray(self.ds._bin).view(np.ndarray).view(idx.dtype) if len(self.ds) else np.zeros(0, idx.dtype)
+        self.starts = (idx.sequence_pointers // idx.dtype.itemsize).tolist()
+        self.lens = idx.sequence_lengths.tolist()
 
     def get(self, i: int) -> Sample:
-        return Sample(f"{self.ref.rel}:{i}", self.ds.get(i), None)
+        start = self.starts[i]
+        return Sample(f"{self.ref.rel}:{i}", self.tokens[start:start + self.lens[i]], None)
 
 
-def _npy(data: bytes) -> np.ndarray:
-    return np.load(io.BytesIO(data), allow_pickle=False)
+_NPY_HEADERS: dict[bytes, tuple[np.dtype, tuple[int, ...], int]] = {}
+
+
+def _npy(buf, offset: int, size: int) -> np.ndarray:
+    """Decode a .npy member straight from the mapped shard (zero copy); headers are parsed once
+    per distinct header (np.load parses each one with literal_eval)."""
+    head = bytes(buf[offset:offset + min(size, 256)])
+    if head[:6] != b"\x93NUMPY":
+        raise ShardError("not a .npy member")
+    hl = int.from_bytes(head[8:10], "little") if head[6] == 1 else int.from_bytes(head[8:12], "little")
+    start = 10 if head[6] == 1 else 12
+    key = head[:start + hl] if start + hl <= len(head) else bytes(buf[offset:offset + start + hl])
+    info = _NPY_HEADERS.get(key)
+    if info is None:
+        arr = np.load(io.BytesIO(bytes(buf[offset:offset + size])), allow_pickle=False)
+        if arr.dtype.hasobject or arr.ndim != 1:
+            return arr
+        info = (arr.dtype, arr.shape, start + hl)
+        if len(_NPY_HEADERS) < 4096:
+            _NPY_HEADERS[key] = info
+    dtype, shape, data_at = info
+    count = shape[0] if shape else 1
+    if data_at + count * dtype.itemsize > size:
+        raise ShardError("truncated .npy member")
+    return np.frombuffer(buf, dtype=dtype, count=count, offset=offset + data_at)
+
+
+def _scan_ustar(buf, size: int) -> list[tuple[str, int, int]] | None:
+    """(name, data offset, data size) of every regular member, reading only headers; None when
+    the archive uses headers this fast path does not handle (tarfile then does it)."""
+    out = []
+    pos = 0
+    while pos + 512 <= size:
+        h = bytes(buf[pos:pos + 512])
+        if h == b"\0" * 512:
+            return out
+        chk = h[148:156].split(b"\0")[0].strip()
+        if not chk or int(chk, 8) != sum(h[:148]) + 256 + sum(h[156:]):
+            raise tarfile.ReadError(f"bad header checksum at offset {pos}")
+        kind = h[156:157]
+        if kind not in (b"0", b"\0") or h[257:262] != b"ustar":
+            return None
+        name = h[:100].split(b"\0")[0].decode()
+        prefix = h[345:500].split(b"\0")[0].decode()
+        if prefix:
+            name = f"{prefix}/{name}"
+        n = int(h[124:136].split(b"\0")[0].strip() or b"0", 8)
+        if pos + 512 + n > size:
+            raise tarfile.ReadError(f"member {name} runs past the end of the file")
+        out.append((name, pos + 512, n))
+        pos += 512 + (n + 511) // 512 * 512
+    if pos < size:
+        raise tarfile.ReadError(f"truncated header at offset {pos}")
+    return out
+
+
+def _scan_tarfile(f, size: int) -> list[tuple[str, int, int]]:
+    out = []
+    with tarfile.open(fileobj=f, mode="r:") as tar:
+        for member in tar:
+            if member.isfile():
+                if member.offset_data + member.size > size:
+                    raise tarfile.ReadError(f"member {member.name} runs past the end of the file")
+                out.append((member.name, member.offset_data, member.size))
+    return out
 
 
 class TarShard:
@@ -136,36 +203,42 @@ class TarShard:
         self.path = f"{root}/{ref.rel}"
         self.samples: list[tuple[str, dict[str, tuple[int, int]]]] = []
         self.damage: str | None = None
-        self._f = open(self.path, "rb") if is_local(self.path) else fsspec.open(self.path, "rb").open()
-        size = self._f.seek(0, os.SEEK_END)
-        self._f.seek(0)
+        if is_local(self.path):
+            with open(self.path.removeprefix("file://"), "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                self.buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+        else:
+            with fsspec.open(self.path, "rb") as f:
+                self.buf = f.read()
+            size = len(self.buf)
+        members: list[tuple[str, int, int]] = []
+        try:
+            members = _scan_ustar(self.buf, size)
+            if members is None:
+                members = _scan_tarfile(io.BytesIO(self.buf[:]), size)
+        except (tarfile.TarError, EOFError, OSError, ValueError) as e:
+            self.damage = f"{self.path}: corrupt or truncated tar: {e}"
+            members = _partial_members(self.buf, size)
         seen: set[str] = set()
         current: tuple[str, dict] | None = None
-        try:
-            with tarfile.open(fileobj=self._f, mode="r:") as tar:
-                for member in tar:
-                    if not member.isfile():
-                        continue
-                    if member.offset_data + member.size > size:
-                        raise tarfile.ReadError(f"member {member.name} runs past the end of the file")
-                    key, fld = split_member(member.name)
-                    if current is not None and key == current[0]:
-                        current[1][fld] = (member.offset_data, member.size)
-                        continue
-                    if current is not None:
-                        self.samples.append(current)
-                    current = None
-                    if key in seen:
-                        counters["duplicate_keys"] = counters.get("duplicate_keys", 0) + 1
-                        log.error("%s: duplicate sample key %r at offset %d skipped", self.path, key, member.offset)
-                        continue
-                    seen.add(key)
-                    current = (key, {fld: (member.offset_data, member.size)})
-        except (tarfile.TarError, EOFError, OSError) as e:
-            self.damage = f"{self.path}: corrupt or truncated tar after {len(self.samples)} samples: {e}"
-            current = None  # the sample at the damage may be incomplete
-        if current is not None:
+        for name, offset, n in members:
+            key, fld = split_member(name)
+            if current is not None and key == current[0]:
+                current[1][fld] = (offset, n)
+                continue
+            if current is not None:
+                self.samples.append(current)
+            current = None
+            if key in seen:
+                counters["duplicate_keys"] = counters.get("duplicate_keys", 0) + 1
+                log.error("%s: duplicate sample key %r at offset %d skipped", self.path, key, offset - 512)
+                continue
+            seen.add(key)
+            current = (key, {fld: (offset, n)})
+        if current is not None and not self.damage:  # at damage the last sample may be incomplete
             self.samples.append(current)
+        if self.damage:
+            self.damage += f" (kept the {len(self.samples)} samples before it)"
         if not self.samples and self.damage:
             raise BadShard(self.damage)
 
@@ -175,16 +248,26 @@ class TarShard:
         key, fields = self.samples[i]
         if "tokens.npy" not in fields:
             raise ShardError(f"{self.path}: sample {key!r} has no tokens.npy")
-        tokens = _npy(self._read(*fields["tokens.npy"]))
-        mask = _npy(self._read(*fields["loss_mask.npy"])) if "loss_mask.npy" in fields else None
+        tokens = _npy(self.buf, *fields["tokens.npy"])
+        mask = _npy(self.buf, *fields["loss_mask.npy"]) if "loss_mask.npy" in fields else None
         if tokens.ndim != 1 or (mask is not None and mask.shape != tokens.shape):
             raise ShardError(f"{self.path}: sample {key!r}: tokens {tokens.shape} / loss_mask "
                              f"{None if mask is None else mask.shape} are not matching 1-d arrays")
         return Sample(key, tokens, mask)
 
-    def _read(self, offset: int, size: int) -> bytes:
-        self._f.seek(offset)
-        return self._f.read(size)
+
+def _partial_members(buf, size: int) -> list[tuple[str, int, int]]:
+    """Members before the damage, for a tar that cannot be read to the end."""
+    out: list[tuple[str, int, int]] = []
+    try:
+        with tarfile.open(fileobj=io.BytesIO(buf[:size]), mode="r:") as tar:
+            for member in tar:
+                if not member.isfile() or member.offset_data + member.size > size:
+                    break
+                out.append((member.name, member.offset_data, member.size))
+    except (tarfile.TarError, EOFError, OSError, ValueError):
+        pass
+    return out
 
 
 class ShardPool:

@@ -9,6 +9,7 @@ divides P, W divides Q), so every lane lives in exactly one process and nothing 
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import logging
@@ -53,7 +54,7 @@ class LoaderSpec:
         return self.global_batch_size // self.slot_lanes
 
     def quotas(self) -> tuple[int, ...]:
-        return tuple(order.mixture_quotas(list(self.weights), self.mixture_period))
+        return _quotas(self.weights, self.mixture_period)
 
     def order_fingerprint(self, sources: list[DatasetSource]) -> str:
         d = asdict(self)
@@ -71,6 +72,11 @@ class LoaderSpec:
     def dataset_of(self, lane: int, lane_row: int) -> int:
         sched = order.mixture_schedule(self.quotas())
         return int(sched[(lane_row * self.n_lanes + lane) % len(sched)])
+
+
+@functools.lru_cache(maxsize=16)
+def _quotas(weights: tuple[float, ...], period: int) -> tuple[int, ...]:
+    return tuple(order.mixture_quotas(list(weights), period))
 
 
 def check_topology(spec: LoaderSpec, world_size: int, num_workers: int) -> None:
@@ -93,6 +99,7 @@ class LaneSet:
         self.states = states
         self.cursors: dict[int, list[Cursor]] = {}
         self.rows: dict[int, int] = {}
+        self.schedule = [int(x) for x in order.mixture_schedule(spec.quotas())]
         vocab = next((s.vocab for s in sources if s.vocab is not None), None)
         self.packer = Packer(spec.seq_len, vocab.pad_id if vocab else 0, spec.oversize,
                              vocab.boi_id if vocab else None, vocab.eoi_id if vocab else None,
@@ -107,12 +114,12 @@ class LaneSet:
             self.rows[lane] = int(st.get("row", 0))
         return self.cursors[lane]
 
-    def row(self, lane: int, lane_row: int, dataset: int):
+    def row(self, lane: int, lane_row: int, dataset: int, *out):
         cursors = self._lane(lane)
         if self.rows[lane] != lane_row:
             raise LoaderError(f"lane {lane} is at row {self.rows[lane]} but row {lane_row} was asked for "
                               "(state and step disagree)")
-        r = self.packer.row(cursors[dataset])
+        r = self.packer.row(cursors[dataset], *out)
         self.rows[lane] += 1
         return r
 
@@ -120,10 +127,21 @@ class LaneSet:
         cursors = self._lane(lane)
         return {"row": self.rows[lane], "ds": {c.src.name: c.state() for c in cursors}}
 
+    def compact(self, lane: int) -> tuple:
+        """The lane's state as sent with every batch (cheap; `expand` makes the saved form)."""
+        return (self.rows[lane], tuple((c.epoch, c.pos, c.offset) for c in self.cursors[lane]))
+
     def take_counters(self) -> dict[str, int]:
         out = dict(self.pool.counters)
         self.pool.counters.clear()
         return out
+
+
+def expand(spec: LoaderSpec, compact: tuple | dict) -> dict:
+    if isinstance(compact, dict):
+        return compact
+    row, cursors = compact
+    return {"row": row, "ds": {name: list(c) for name, c in zip(spec.names, cursors)}}
 
 
 def rank_lanes(spec: LoaderSpec, rank: int, world_size: int) -> list[int]:
@@ -186,22 +204,26 @@ class PackedStream(torch.utils.data.IterableDataset):
     def batch(self, n: int) -> dict[str, Any]:
         spec, ls = self.spec, self._set
         B = spec.global_batch_size // self.world_size
-        rows, ds, touched = [], [], []
-        for j in range(self.rank * B, (self.rank + 1) * B):
-            lane, lane_row = spec.lane_of(n, j)
-            d = spec.dataset_of(lane, lane_row)
-            rows.append(ls.row(lane, lane_row, d))
+        tokens = torch.empty((B, spec.seq_len), dtype=torch.int64)
+        mask = torch.empty((B, spec.seq_len), dtype=torch.bool)
+        seg = torch.empty((B, spec.seq_len), dtype=torch.int32)
+        t, m, sg = tokens.numpy(), mask.numpy(), seg.numpy()
+        keys, ds, touched = [], [], []
+        sched, period = ls.schedule, len(ls.schedule)
+        per, P, Q, C = spec.rows_per_lane, spec.step_lanes, spec.slot_lanes, spec.n_lanes
+        for b, j in enumerate(range(self.rank * B, (self.rank + 1) * B)):
+            lane, lane_row = (n % P) * Q + j // per, (n // P) * per + j % per  # = spec.lane_of(n, j)
+            d = sched[(lane_row * C + lane) % period]  # = spec.dataset_of(lane, lane_row)
+            keys.append(ls.row(lane, lane_row, d, t[b], m[b], sg[b]).keys)
             ds.append(d)
             if lane not in touched:
                 touched.append(lane)
         return {
-            "tokens": torch.from_numpy(np.stack([r.tokens for r in rows])),
-            "loss_mask": torch.from_numpy(np.stack([r.loss_mask for r in rows])),
-            "segment_ids": torch.from_numpy(np.stack([r.segment_ids for r in rows])),
+            "tokens": tokens, "loss_mask": mask, "segment_ids": seg,
             "dataset_index": torch.tensor(ds, dtype=torch.int64),
-            "keys": [r.keys for r in rows],
+            "keys": keys,
             "_step": n,
-            "_lanes": {l: ls.state(l) for l in touched},
+            "_lanes": {l: ls.compact(l) for l in touched},
             "_counters": ls.take_counters(),
         }
 
@@ -258,7 +280,7 @@ class JamLoader:
     def _stream(self) -> PackedStream:
         mine = set(rank_lanes(self.spec, self.rank, self.world_size))
         return PackedStream(self.spec, self.sources, self.rank, self.world_size, self.step,
-                            {l: s for l, s in self.lanes.items() if l in mine}, self.steps_per_epoch)
+                            {l: expand(self.spec, s) for l, s in self.lanes.items() if l in mine}, self.steps_per_epoch)
 
     def _iterable(self):
         if self.num_workers == 0:
@@ -298,7 +320,7 @@ class JamLoader:
         state = {
             "version": STATE_VERSION, "fingerprint": self.fingerprint, "step": self.step,
             "rank": self.rank, "world_size": self.world_size, "covered": mine,
-            "lanes": {str(l): copy.deepcopy(self.lanes[l]) for l in mine if l in self.lanes},
+            "lanes": {str(l): expand(self.spec, self.lanes[l]) for l in mine if l in self.lanes},
             "counters": dict(self.counters), "dataset_names": self.dataset_names,
         }
         dist = torch.distributed
