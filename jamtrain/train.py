@@ -672,7 +672,7 @@ def export_checkpoint(path: Path, out: Path, model_factory: Callable | None = No
         raise ckpt.CheckpointError(f"refusing checkpoint {path}: {'; '.join(problems)}")
     marker = ckpt.read_marker(path)
     meta = marker["meta"]
-    vocab = JointVocab.from_dict(meta["vocab"])
+    vocab = JointVocab.from_dict(meta["vocab"]) if meta.get("vocab") else dataset_vocab(meta["datasets"])
     model = (model_factory or default_model_factory)(meta["model"], vocab.size)
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 

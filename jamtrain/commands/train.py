@@ -75,6 +75,8 @@ def _pick_checkpoint(path: str):
     from jamtrain import checkpoint as ckpt
 
     p = Path(path)
+    if not p.is_dir():
+        raise FileNotFoundError(f"{p}: no such checkpoint directory")
     if ckpt.TAG_RE.match(p.name):
         return p
     choice = ckpt.find_resumable(p, warn=lambda m: print(m, file=sys.stderr))
