@@ -53,6 +53,7 @@ class Cursor:
         self._epoch_cache: tuple[int, list[int], list[int], tuple[int, int]] | None = None
         self._block_cache: tuple | None = None
         self._last: tuple[int, Sample | None] | None = None
+        self._shards: dict[int, object] = {}  # shard readers this cursor uses (False: unusable)
         self._m = 0
         self.splittable = src.fmt == "megatron"
 
@@ -99,23 +100,28 @@ class Cursor:
         if last is not None and last[0] == pos:
             return last[1]
         i = pos - bc[2]
-        s = self._read(bc[3][i], bc[4][i])
+        shard_i, local = bc[3][i], bc[4][i]
+        shard = self._shards.get(shard_i)
+        if shard is None:
+            shard = self._shards[shard_i] = self.pool.get(self.src, shard_i) or False
+            if len(self._shards) > 8:
+                self._shards.pop(next(iter(self._shards)))
+        s = None
+        if shard:
+            try:
+                s = shard.get(local)
+            except Exception as e:  # a damaged member: counted, logged, skipped (or raised: fail)
+                self.pool.fail_or_log(f"{self.src.root}/{self.src.shards[shard_i].rel}: sample {local}: {e}",
+                                      "corrupt_samples")
         self._last = (pos, s)
         return s
 
-    def _read(self, shard_i: int, local: int) -> Sample | None:
-        shard = self.pool.get(self.src, shard_i)
-        if shard is None:
-            return None
-        try:
-            return shard.get(local)
-        except Exception as e:  # a damaged member: counted, logged, skipped (or raised: fail)
-            self.pool.fail_or_log(f"{self.src.root}/{self.src.shards[shard_i].rel}: sample {local}: {e}",
-                                  "corrupt_samples")
-            return None
-
     def current(self) -> Sample:
         """The sample at the cursor, skipping unreadable ones (never loops forever)."""
+        if self._epoch_cache is not None and self._epoch_cache[0] == self.epoch and self.pos < self._m:
+            s = self._sample_at(self.pos)  # the common case
+            if s is not None and len(s.tokens):
+                return s
         skipped = 0
         while True:
             if self.pos >= self._span_len():
