@@ -29,3 +29,7 @@ class ModelError(ValueError):
 USER_ERRORS += (ModelError,)
 
 USER_ERRORS += (OutputDirError,)
+
+from jamdata.loader.sources import LoaderError  # noqa: E402
+
+USER_ERRORS += (LoaderError,)
