@@ -197,6 +197,8 @@ def test_mixture_proportions_within_one_percent_over_1000_batches(dirs):
     share = counts / counts.sum()
     assert np.abs(share - [0.5, 0.3, 0.2]).max() < 0.01, share
     assert lo.state_dict()["lanes"]["0"]["ds"]["img"][0] >= 1  # datasets repeat for more epochs
+    epochs = lo.dataset_epochs()
+    assert epochs["text"][0] >= 1 and epochs["img"][0] >= 1 and set(epochs) == {"text", "img", "inst"}
 
 
 def test_config_errors_name_the_key(dirs):

@@ -350,6 +350,15 @@ class JamLoader:
         self.counters = dict(state.get("counters", {}))
         self._clean = False
 
+    def dataset_epochs(self) -> dict[str, tuple[int, int]]:
+        """(lowest, highest) epoch that this rank's lanes have reached in each dataset: how often
+        each dataset has repeated at its weight so far."""
+        out: dict[str, tuple[int, int]] = {}
+        for name in self.dataset_names:
+            eps = [expand(self.spec, st)["ds"][name][0] for st in self.lanes.values()] or [0]
+            out[name] = (min(eps), max(eps))
+        return out
+
     def close(self) -> None:
         self._dl = None
 
