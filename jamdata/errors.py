@@ -29,7 +29,3 @@ class ModelError(ValueError):
 USER_ERRORS += (ModelError,)
 
 USER_ERRORS += (OutputDirError,)
-
-from jamdata.loader.sources import LoaderError  # noqa: E402
-
-USER_ERRORS += (LoaderError,)
