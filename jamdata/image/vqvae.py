@@ -217,7 +217,7 @@ class VectorQuantizer(nn.Module):
     codebook from collapsing; `ema=False` learns the codebook by gradient (codebook loss)."""
 
     def __init__(self, n_e: int, e_dim: int, beta: float = 0.25, decay: float = 0.99,
-                 dead_threshold: float = 0.03):
+                 dead_threshold: float = 1.0):
         super().__init__()
         self.n_e, self.e_dim, self.beta = n_e, e_dim, beta
         self.decay, self.dead_threshold = decay, dead_threshold
@@ -325,7 +325,7 @@ class VQModel(nn.Module):
 
 def build_vqvae(spec: str | dict, n_embed: int | None = None) -> VQModel:
     """From a preset name or taming `model.params`; `n_embed` overrides the codebook size."""
-    params = preset(spec) if isinstance(spec, str) else copy.deepcopy(spec)
+    params = preset(spec) if isinstance(spec, str) else copy.deepcopy(params_from_yaml(spec, "model config"))
     if n_embed is not None:
         params["n_embed"] = int(n_embed)
     return VQModel(params)
@@ -392,6 +392,8 @@ def load_vqvae(path: str | Path, config: str | dict | None = None, device: str =
     checkpoint. The model comes back in eval mode."""
     path = str(path)
     ckpt = f"{path.rstrip('/')}/{CKPT_FILE}" if Path(path).is_dir() else path
+    if "://" not in ckpt and not Path(ckpt).exists():
+        raise FileNotFoundError(f"VQ-VAE checkpoint {ckpt} does not exist")
     if config is None:
         yml = _find_yaml(ckpt)
         if yml is None:
