@@ -154,11 +154,11 @@ class PackedStream(torch.utils.data.IterableDataset):
     `Stateful` protocol (`state_dict` / `load_state_dict`) of torchdata's StatefulDataLoader."""
 
     def __init__(self, spec: LoaderSpec, sources: list[DatasetSource], rank: int = 0, world_size: int = 1,
-                 step: int = 0, lanes: dict[int, dict] | None = None, steps_per_epoch: int = 1):
+                 step: int = 0, lanes: dict[int, dict] | None = None, steps_per_epoch: int | None = None):
         self.spec, self.sources, self.rank, self.world_size = spec, sources, rank, world_size
         self.step = step
         self.lanes = dict(lanes or {})
-        self.steps_per_epoch = steps_per_epoch
+        self.steps_per_epoch = steps_per_epoch or spec.steps_per_epoch or default_steps_per_epoch(spec, sources)
         self.stride: int | None = None  # set when restored from a per-worker state
         self._set: LaneSet | None = None
 
