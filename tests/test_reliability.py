@@ -140,6 +140,21 @@ def one_line_error(r: subprocess.CompletedProcess, *needles: str) -> str:
     return errors[0]
 
 
+def jam_here(cmd: list[str], capsys) -> subprocess.CompletedProcess:
+    """The command line in this process (for errors raised before any pipeline starts: no start-up cost)."""
+    from jamdata.cli import main
+
+    assert cmd[1:3] == ["-m", "jamdata.cli"]
+    cwd = os.getcwd()
+    os.chdir(REPO)
+    try:
+        code = main(cmd[3:])
+    finally:
+        os.chdir(cwd)
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(cmd, code, out, err)
+
+
 def rejects(run: Path, name: str) -> list[dict]:
     d = run / name
     return [r for s in read_manifest(str(d))["shards"] for r in pq.read_table(d / s["path"]).to_pylist()]
@@ -173,6 +188,8 @@ def kill_then_rerun(run: Path, stages: list[str], outputs: list[str], log: Path)
         proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL, f"the job ended by itself ({proc.returncode}) before the kill"
     assert not all((run / o / MANIFEST).exists() for o in outputs), "killed too late: the stage had finished"
+    print(f"{stages}: killed {'after the first file was written' if was_writing else 'before any file was written'}: "
+          f"{sorted(str(p.relative_to(run)) for o in outputs for p in written(run / o))}")
     ok(cmd)
     return was_writing
 
@@ -207,15 +224,15 @@ def test_killed_shard_write_leaves_no_complete_looking_file(tmp_path):
 
 
 # -- 2. unwritable / full output directory ---------------------------------------------------------
-def test_output_dir_is_a_file(tmp_path):
+def test_output_dir_is_a_file(tmp_path, capsys):
     out = tmp_path / "not-a-dir"
     out.write_text("a file where the run directory should be\n")
-    one_line_error(jam(jam_cmd(out, ["text-clean"])), str(out / "text-clean"))
+    one_line_error(jam_here(jam_cmd(out, ["text-clean"]), capsys), str(out / "text-clean"))
 
 
-def test_output_dir_under_proc(tmp_path):
+def test_output_dir_under_proc(capsys):
     out = Path("/proc/jam-reliability-test")
-    one_line_error(jam(jam_cmd(out, ["text-clean"])), str(out))
+    one_line_error(jam_here(jam_cmd(out, ["text-clean"]), capsys), str(out))
 
 
 @pytest.fixture
@@ -239,16 +256,16 @@ def immutable(tmp_path):
         subprocess.run(["chattr", "-i", str(p)], check=False)
 
 
-def test_permission_denied_run_dir(immutable):
+def test_permission_denied_run_dir(immutable, capsys):
     d, make = immutable
     out = make(d)  # the run directory itself is read-only: text-clean/ cannot be created
-    one_line_error(jam(jam_cmd(out, ["text-clean"])), str(out / "text-clean"), "permission denied")
+    one_line_error(jam_here(jam_cmd(out, ["text-clean"]), capsys), str(out / "text-clean"), "permission denied")
 
 
-def test_permission_denied_dataset_dir(immutable):
+def test_permission_denied_dataset_dir(immutable, capsys):
     d, make = immutable
     make(d / "text-clean")  # the dataset directory exists but is read-only: no lock, no shards
-    one_line_error(jam(jam_cmd(d, ["text-clean"])), str(d / "text-clean"))
+    one_line_error(jam_here(jam_cmd(d, ["text-clean"]), capsys), str(d / "text-clean"))
     assert list((d / "text-clean").iterdir()) == []
 
 
@@ -322,9 +339,13 @@ def _jsonl(rows: list[dict]) -> bytes:
 
 
 def _doc(i: int, tag: str) -> dict:
-    words = " ".join(f"{tag}{i}word{j}" for j in range(40))
-    return {"url": f"https://example.org/{tag}/{i}", "text": f"The {tag} document {i} says this. {words}.",
-            "timestamp": "2019-04-25T12:57:54Z"}
+    text = (f"Document {i} of the {tag} set is about a small garden behind an old house. "
+            "Every morning the owner walks along the path and waters the tomatoes before breakfast. "
+            "In the afternoon the children come home from school and pick the ripe beans for dinner. "
+            "When it rains they stay inside and read books about plants, birds and the weather. "
+            "By the end of the summer there are more vegetables than the family can eat, "
+            "so they give the rest to their neighbours and friends in the village.")
+    return {"url": f"https://example.org/{tag}/{i}", "text": text, "timestamp": "2019-04-25T12:57:54Z"}
 
 
 def _tar(members: list[tuple[str, bytes]]) -> bytes:
@@ -337,8 +358,43 @@ def _tar(members: list[tuple[str, bytes]]) -> bytes:
     return buf.getvalue()
 
 
-def build_bad_inputs(root: Path, max_record: int) -> tuple[dict, dict[str, list[str]]]:
-    """Planted bad files for every reader; returns (config overlay, {rejects dataset: [file names]})."""
+# (rejects dataset, planted file or sample key, words the reason must contain)
+PLANTED = [
+    ("text-clean-rejects", "truncated.jsonl.gz", "unreadable from here on: EOFError"),
+    ("text-clean-rejects", "truncated.jsonl.bz2", "unreadable from here on: EOFError"),
+    ("text-clean-rejects", "truncated.jsonl.zst", "truncated"),
+    ("text-clean-rejects", "corrupt.jsonl.gz", "unreadable from here on"),
+    ("text-clean-rejects", "bad-json.jsonl", "malformed JSON"),
+    ("text-clean-rejects", "latin1.jsonl", "invalid UTF-8"),
+    ("text-clean-rejects", "enormous.jsonl", "longer than 100000 bytes"),
+    ("text-clean-rejects", "latin1-book.txt", "invalid UTF-8"),
+    ("text-clean-rejects", "empty-book.txt", "empty"),
+    ("text-clean-rejects", "enormous-book.txt", "longer than 100000 bytes"),
+    ("text-clean-rejects", "truncated-book.txt.gz", "unreadable from here on"),
+    ("text-clean-rejects", "wiki.xml.bz2", "unreadable from here on"),
+    ("text-clean-rejects", "2101.00001", "not a tar archive"),
+    ("image-caption-rejects", "truncimg", "undecodable"),
+    ("image-caption-rejects", "zeroimg", "empty_file"),
+    ("image-caption-rejects", "notimg", "undecodable"),
+    ("image-caption-rejects", "truncated.tar", "truncated_shard"),
+    ("instruct-rejects", "lost-picture", "missing"),
+    ("instruct-rejects", "chats.jsonl", "not valid JSON"),
+]
+# Planted inputs that currently vanish without a reject (bugs in the readers, see the reasons).
+KNOWN_GAPS = [
+    pytest.param("text-clean-rejects", "empty.jsonl.gz", "empty", marks=pytest.mark.xfail(
+        strict=True, reason="jamdata/text/readers.py: a zero-byte .gz input yields no record and no reject")),
+    pytest.param("text-clean-rejects", "truncated.warc.wet.gz", "unreadable", marks=pytest.mark.xfail(
+        strict=True, reason="jamdata/text/readers.py _warc_records: a truncated .warc.gz/.wet.gz yields nothing, "
+                            "not even its complete records, and no reject")),
+    pytest.param("image-caption-rejects", "truncated-in-header.tar", "truncated_shard", marks=pytest.mark.xfail(
+        strict=True, reason="jamdata/image/sources.py read_tar: a tar cut inside a member header ends silently "
+                            "(tarfile reads a short header as the end of the archive)")),
+]
+
+
+def build_bad_inputs(root: Path, max_record: int) -> dict:
+    """Planted bad files for every reader (PLANTED, KNOWN_GAPS); returns the config overlay."""
     import zstandard
 
     t = root / "text"
@@ -395,8 +451,11 @@ def build_bad_inputs(root: Path, max_record: int) -> tuple[dict, dict[str, list[
     img = root / "images"
     img.mkdir()
     (img / "bad-members.tar").write_bytes(_tar(bad_tar))
-    whole = _tar(members)
-    (img / "truncated.tar").write_bytes(whole[: len(whole) - 1500])
+    whole = _tar(members[6:])
+    first = len(members[6][1])
+    (img / "truncated.tar").write_bytes(whole[: 512 + first // 2])  # inside the first picture's bytes
+    second_header = 512 + -(-first // 512) * 512
+    (img / "truncated-in-header.tar").write_bytes(whole[: second_header + 100])  # inside a member header
 
     # instruct: a missing image (howto) and a line of bad JSON (conversation)
     how = root / "howto"
@@ -422,19 +481,12 @@ def build_bad_inputs(root: Path, max_record: int) -> tuple[dict, dict[str, list[
             "arxiv": {"inputs": [{"format": "arxiv", "paths": [str(arxiv)]}]},
             "commoncrawl": {"inputs": [{"format": "wet", "paths": [str(wet)]}]},
         }, "clean": {"max_record_bytes": max_record}},
-        "images": {"inputs": [str(img / "bad-members.tar"), str(img / "truncated.tar")]},
+        "images": {"inputs": [str(img / "bad-members.tar"), str(img / "truncated.tar"),
+                              str(img / "truncated-in-header.tar")]},
         "instruct": {"sources": [{"format": "howto", "paths": [str(how)]},
                                  {"format": "conversation", "paths": [str(conv)]}]},
     }
-    planted = {
-        "text-clean-rejects": ["truncated.jsonl.gz", "truncated.jsonl.bz2", "truncated.jsonl.zst", "corrupt.jsonl.gz",
-                               "bad-json.jsonl", "latin1.jsonl", "empty.jsonl.gz", "enormous.jsonl",
-                               "latin1-book.txt", "empty-book.txt", "enormous-book.txt", "truncated-book.txt.gz",
-                               "wiki.xml.bz2", "2101.00001", "truncated.warc.wet.gz"],
-        "image-caption-rejects": ["truncimg", "zeroimg", "notimg", "truncated.tar"],
-        "instruct-rejects": ["lost-picture", "chats.jsonl"],
-    }
-    return overlay, planted
+    return overlay
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -443,29 +495,51 @@ def _merge(base: dict, over: dict) -> dict:
     return base
 
 
-@pytest.mark.slow
-def test_bad_input_matrix(ref, tmp_path):
-    overlay, planted = build_bad_inputs(tmp_path / "bad", max_record=100_000)
-    cfg = _merge(yaml.safe_load(DEMO.read_text()), overlay)
-    config = tmp_path / "bad.yaml"
+@pytest.fixture(scope="module")
+def bad_run(ref, tmp_path_factory) -> Path:
+    """text-clean, images and instruct over the planted bad inputs (tokenizer/vqvae from `ref`)."""
+    root = tmp_path_factory.mktemp("bad-inputs")
+    cfg = _merge(yaml.safe_load(DEMO.read_text()), build_bad_inputs(root / "inputs", max_record=100_000))
+    config = root / "bad.yaml"
     config.write_text(yaml.safe_dump(cfg))
-    run = tmp_path / "run"
+    run = root / "run"
     copy_inputs(ref, run, ["tokenizer", "vqvae"])
-    r = ok(jam_cmd(run, ["text-clean", "images", "instruct"], config=config), timeout=600)
+    ok(jam_cmd(run, ["text-clean", "images", "instruct"], config=config), timeout=600)
+    return run
+
+
+def planted_reject(run: Path, name: str, needle: str, reason: str) -> None:
+    found = rejects(run, name)
+    hits = [x for x in found if needle in Path(x.get("file") or "").name or (x.get("id") or "").startswith(needle)
+            or f"-{needle}" in (x.get("id") or "")]
+    listing = "\n".join(f"  {Path(x['file'] or '').name} | {x['id']} | {x['reason'][:90]}" for x in found)
+    assert hits, f"{name}: no reject for planted {needle!r}; rejects are:\n{listing}"
+    assert any(reason in (x["reason"] or "") for x in hits), f"{name}: {needle!r} rejected without {reason!r}:\n{listing}"
+
+
+@pytest.mark.slow
+def test_bad_input_matrix(bad_run):
+    """Every planted bad input is in its rejects dataset with a reason; the run still finishes."""
     problems = []
-    for name, wanted in planted.items():
-        found = rejects(run, name)
-        assert read_manifest(str(run / name))["totals"]["records"] == len(found)
-        for bad in wanted:
-            hits = [x for x in found if bad in (x.get("file") or "") or bad in (x.get("id") or "")]
-            if not hits:
-                problems.append(f"{name}: no reject for planted {bad!r}")
-            elif not all(x.get("reason") for x in hits):
-                problems.append(f"{name}: reject for {bad!r} has no reason")
-    assert not problems, "\n".join(problems) + "\n" + "\n".join(
-        f"  {x['file']} | {x['id']} | {x['reason'][:100]}" for n in planted for x in rejects(run, n))
+    for name, needle, reason in PLANTED:
+        try:
+            planted_reject(bad_run, name, needle, reason)
+        except AssertionError as e:
+            problems.append(str(e).splitlines()[0])
+    assert not problems, "\n".join(problems)
+    for name in ("text-clean-rejects", "image-caption-rejects", "instruct-rejects"):
+        manifest = read_manifest(str(bad_run / name))
+        assert manifest["totals"]["records"] == len(rejects(bad_run, name)) > 0
+    validate(bad_run, TEXT_OUT + IMAGE_OUT + ["instruct", "instruct-rejects"])
     # the good records next to the bad ones still made it through
-    docs = read_manifest(str(run / "text-clean"))
-    assert docs["totals"]["records"] >= 3, r.stdout
-    assert read_manifest(str(run / "image-caption"))["totals"]["records"] >= 6
-    assert read_manifest(str(run / "instruct"))["totals"]["records"] >= 2
+    texts = [r["text"] for s in read_manifest(str(bad_run / "text-clean"))["shards"]
+             for r in pq.read_table(bad_run / "text-clean" / s["path"]).to_pylist()]
+    assert any("of the good set" in t for t in texts), texts
+    assert read_manifest(str(bad_run / "image-caption"))["totals"]["records"] >= 2  # the 2 good samples
+    assert read_manifest(str(bad_run / "instruct"))["totals"]["records"] >= 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,needle,reason", KNOWN_GAPS)
+def test_bad_input_known_gaps(bad_run, name, needle, reason):
+    planted_reject(bad_run, name, needle, reason)
