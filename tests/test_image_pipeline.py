@@ -205,3 +205,19 @@ def test_jsonl_and_parquet_inputs(tmp_path, vqvae_dir, sp_model_path):
     assert set(got) == {"j0", "j1", "j2", "q0", "q1"}
     assert got["q1"]["json"]["caption"] == "parquet caption 1"
     assert s["rejects"]["reasons"] == {"bad_row": 1, "missing_image": 1}
+
+
+def test_this_packages_loader_reads_shards(run1, sp_model_path):
+    from jamdata.config import Config
+    from jamdata.loader import build_loader
+
+    out, summary = run1
+    v = TextTokenizer(str(sp_model_path), 64).vocab
+    sec = Config({"loader": {"mixture": {"img": 1.0}, "seq_len": 128, "global_batch_size": 2, "shuffle_block": 4,
+                             "steps_per_epoch": 2, "seed": 1}}).section("loader")
+    loader = build_loader(sec, {"img": str(out / "ic")})
+    batch = next(iter(loader))
+    toks = batch["tokens"]
+    assert toks.shape == (2, 128) and toks.dtype == torch.int64
+    assert (toks == v.boi_id).sum() >= 1 and int(toks.max()) < v.size
+    assert any(k in samples(out / "ic") for row in batch["keys"] for k in row)
