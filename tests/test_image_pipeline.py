@@ -221,3 +221,30 @@ def test_this_packages_loader_reads_shards(run1, sp_model_path):
     assert toks.shape == (2, 128) and toks.dtype == torch.int64
     assert (toks == v.boi_id).sum() >= 1 and int(toks.max()) < v.size
     assert any(k in samples(out / "ic") for row in batch["keys"] for k in row)
+
+
+def test_main_job_stages_on_sample_data(tmp_path, vqvae_dir, sp_model_path, sample_data):
+    """The two stage functions of the main job, with an imported checkpoint (no training here)."""
+    import shutil
+
+    from jamdata.config import Config
+    from pipelines.image_tokenize import run_stage, run_vqvae_stage
+    from pipelines.stages import StageContext
+
+    (tmp_path / "tokenizer").mkdir()
+    shutil.copy(sp_model_path, tmp_path / "tokenizer" / "tokenizer.model")
+    cfg = Config({"run": {"seed": 5},
+                  "images": {"inputs": [str(sample_data / "images" / "shapes-00000.tar")], "min_size": 32,
+                             "batch_size": 16, "encode_groups": 2, "num_shards": 2},
+                  "vqvae": {"codebook_size": 64, "model": "tiny-64px-f4", "checkpoint": str(vqvae_dir)}})
+    ctx = StageContext(cfg, tmp_path)
+    assert "imported" in run_vqvae_stage(ctx)[0]
+    assert read_manifest(str(tmp_path / "vqvae"))["kind"] == "vqvae"
+    lines = run_stage(ctx)
+    assert lines[0].startswith("64 samples") and "too_small" in lines[1] and "empty_caption" in lines[1]
+    got = samples(tmp_path / "image-caption")
+    assert got["000000003"]["image_codes.npy"].shape == (16, 16)
+    assert "triangle" in got["000000003"]["json"]["caption"]
+    bad = Config({"vqvae": {"codebook_size": 8192, "checkpoint": str(vqvae_dir)}})
+    with pytest.raises(ValueError, match="vqvae.codebook_size"):
+        run_vqvae_stage(StageContext(bad, tmp_path / "other"))
