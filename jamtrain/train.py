@@ -777,6 +777,10 @@ def run_stage(ctx) -> list[str]:
     from jamdata.manifest import build_manifest, describe_shard, is_complete, output_dir, write_manifest
 
     cfg = ctx.config
+    head = str(ctx.run_dir).split("/", 1)[0]
+    if head.endswith(":"):  # gs://, s3:// (pathlib folds the double slash)
+        return [f"skipped: the CPU smoke run needs a local run directory, not {str(ctx.run_dir).replace(':/', '://', 1)}; "
+                "train on GPUs with `jamtrain train --config ...` (docs/training.md)"]
     s = parse_settings(cfg, out_dir=ctx.path("train"), run_dir=ctx.run_dir)
     notes = []
     missing = [n for n, d in s.datasets.items() if not is_complete(d)]
