@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from jamdata.config import Config
+from jamdata.config import Config, ConfigError
 from jamdata.io import atomic_write
 from jamdata.manifest import MANIFEST, is_complete
 
@@ -91,7 +91,7 @@ def run_all(ctx: StageContext, only: list[str] | None = None, log: Callable[[str
     names = [s.name for s in STAGES]
     for name in only or []:
         if name not in names:
-            raise ValueError(f"unknown stage {name!r} (stages: {', '.join(names)})")
+            raise ConfigError("--stage", f"unknown stage {name!r}", names)  # one clear line, not a traceback
     for i, stage in enumerate(STAGES, 1):
         if only and stage.name not in only:
             continue

@@ -242,6 +242,11 @@ def test_output_dir_under_proc(capsys):
     one_line_error(jam_here(jam_cmd(out, ["text-clean"]), capsys), str(out))
 
 
+def test_unknown_stage_is_one_line(tmp_path, capsys):
+    one_line_error(jam_here(jam_cmd(tmp_path / "run", ["text-clean", "imges"]), capsys), "'imges'", "images")
+    assert not (tmp_path / "run").exists()  # refused before anything ran
+
+
 @pytest.fixture
 def immutable(tmp_path):
     """A directory nobody (root included) may write into, via `chattr +i`."""
