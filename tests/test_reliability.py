@@ -302,6 +302,14 @@ def test_disk_full(tiny_fs):
     no_temp_files(tiny_fs)
 
 
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="jamdata/cli.py: with --workers 2 Beam's multi-process runner re-raises a "
+                                       "worker's OutputDirError as RuntimeError(traceback text): traceback soup, no "
+                                       "'jamdata: error:' line")
+def test_disk_full_two_workers(tiny_fs):
+    one_line_error(jam(jam_cmd(tiny_fs, ["text-clean"], "--workers", "2")), "disk full", str(tiny_fs))
+
+
 def test_disk_full_atomic_write(tiny_fs):
     from jamdata.io import OutputDirError, atomic_write
 
