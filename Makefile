@@ -30,8 +30,9 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q $(ARGS)
 
 bench: $(STAMP)
-	$(BIN)/pip install -q -r requirements-bench.txt
-	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	$(BIN)/pip install -q -c requirements.txt -r requirements-bench.txt
+	$(BIN)/pip install -q --no-deps --upgrade --target .bench-deps -r requirements-bench-isolated.txt
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; PYTHONPATH=.bench-deps $(BIN)/python $$b || exit 1; done
 
 clean:
 	rm -rf out .pytest_cache
