@@ -15,6 +15,7 @@ from jamdata.stats.shards import shard_stats
 from jamdata.vocab import JointVocab
 
 STATS_VERSION = "1"
+RECORD_KINDS = {"documents", "rejects", "text_tokens", "image_caption", "interleaved"}
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ def inspect_datasets(datasets: dict[str, str], deep_validate: bool = False) -> d
         entry["problems"] = validate_dataset(path, deep=deep_validate)
         if entry["problems"]:
             entry["status"] = "problems"
-        elif m["totals"]["records"] == 0:
+        elif m["totals"]["records"] == 0 and m["kind"] in RECORD_KINDS:
             entry["status"] = "empty"
         else:
             entry["status"] = "ok"

@@ -118,16 +118,20 @@ def _summary_tables(summary: dict) -> str:
 
 
 def _contact_sheet(ds: dict, vqvae: str | None, out: Path, name: str):
-    """Decode a few image-caption samples with the VQ-VAE that made them."""
-    if not vqvae or not Path(vqvae, "manifest.json").exists():
+    """Decode a few image-caption samples with the VQ-VAE that made them (named in the manifest,
+    or `vqvae`)."""
+    from jamdata.image.show import render_contact_sheet
+
+    vq = vqvae if vqvae and Path(vqvae, "manifest.json").exists() else None
+    if not vq and not ((ds.get("manifest") or {}).get("summary") or {}).get("vqvae"):
         return None
+    out.mkdir(parents=True, exist_ok=True)
     try:
-        from jamdata.image.contact_sheet import contact_sheet_png
-    except ImportError:
+        path, _ = render_contact_sheet(ds["path"], str(out / f"{name}.png"), vqvae=vq, n=8)
+    except (FileNotFoundError, ValueError) as e:  # e.g. the VQ-VAE was moved: say so, keep the report
+        ds["problems"].append(f"contact sheet not drawn: {e}")
         return None
-    png = contact_sheet_png(ds["path"], vqvae, n=8)
-    (out / f"{name}.png").write_bytes(png)
-    return name, base64.b64encode(png).decode()
+    return name, base64.b64encode(Path(path).read_bytes()).decode()
 
 
 def write_report(stats: dict, out: str | Path, vqvae: str | None = None) -> Path:
