@@ -59,6 +59,23 @@ def run(argv: Sequence[str] | None, prog: str, package: str) -> int:
     except USER_ERRORS as e:  # expected failures: one clear line, no traceback
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 1
+    except RuntimeError as e:
+        # Beam worker processes send exceptions back as text inside a RuntimeError.
+        line = user_error_line(str(e), USER_ERRORS)
+        if line is None:
+            raise
+        print(f"{prog}: error: {line}", file=sys.stderr)
+        return 1
+
+
+def user_error_line(text: str, kinds: tuple[type[BaseException], ...]) -> str | None:
+    """The last `SomeUserError: message` line in a remote traceback, if its type is a user error."""
+    names = {k.__name__ for k in kinds} | {"OSError"}
+    for raw in reversed(text.splitlines()):
+        name, sep, message = raw.strip().partition(": ")
+        if sep and name.rsplit(".", 1)[-1] in names:
+            return message
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -109,6 +109,25 @@ class Sample:
         return {name: decode_field(name, data) for name, data in self.fields.items()}
 
 
+def tar_tail_problem(f, data_end: int) -> str | None:
+    """A tar cut inside a header block reads like a normal end of archive to tarfile; a complete
+    one ends with at least two zero blocks after the last member's data. `data_end` is where the
+    last member's (512-byte padded) data ends."""
+    try:
+        size = f.seek(0, 2)
+        f.seek(data_end)
+        tail = f.read(1024)
+    except (OSError, ValueError):
+        return None  # not seekable: nothing more to check
+    if size - data_end < 1024 or tail.count(0) != len(tail):
+        return f"no end-of-archive marker after offset {data_end} (truncated or corrupt tar)"
+    return None
+
+
+def member_data_end(member: tarfile.TarInfo) -> int:
+    return member.offset_data + -(-member.size // 512) * 512
+
+
 def split_member(name: str) -> tuple[str, str]:
     """`dir/abc.image_codes.npy` -> (`dir/abc`, `image_codes.npy`), webdataset's rule."""
     slash = name.rfind("/")
@@ -124,10 +143,12 @@ def iter_samples(path: str, on_duplicate: str = "error") -> Iterator[Sample]:
     (`on_duplicate="error"`) or are skipped (`"skip"`), never silently merged."""
     seen: set[str] = set()
     current: Sample | None = None
+    data_end = 0
     with fsspec.open(path, "rb") as f:
         try:
             tar = tarfile.open(fileobj=f, mode="r|")
             for member in tar:
+                data_end = member_data_end(member)
                 if not member.isfile():
                     continue
                 key, field = split_member(member.name)
@@ -152,6 +173,9 @@ def iter_samples(path: str, on_duplicate: str = "error") -> Iterator[Sample]:
         except (tarfile.TarError, EOFError, OSError) as e:
             offset = f.tell() if hasattr(f, "tell") else "?"
             raise ShardError(f"{path}: corrupt or truncated tar near offset {offset}: {e}") from None
+        problem = tar_tail_problem(f, data_end)
+    if problem:
+        raise ShardError(f"{path}: {problem}")
     if current is not None:
         yield current
 

@@ -15,7 +15,7 @@ from typing import Any, Iterator
 
 import fsspec
 
-from jamdata.formats.wds import split_member
+from jamdata.formats.wds import member_data_end, split_member, tar_tail_problem
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
 TABLE_IMAGE_FIELDS = ("image", "jpg", "png", "webp", "image_bytes", "img")
@@ -73,12 +73,13 @@ def read_tar(path: str) -> Iterator[RawRecord]:
     """img2dataset shards: members `{key}.jpg`, `{key}.txt`, `{key}.json` next to each other.
     A key seen again (in or out of sequence) is yielded again; the caller rejects duplicates."""
     current: tuple[str, int, dict[str, bytes]] | None = None
-    offset = 0
+    offset = data_end = 0
     with fsspec.open(path, "rb") as f:
         try:
             tar = tarfile.open(fileobj=f, mode="r|")
             for member in tar:
                 offset = member.offset
+                data_end = member_data_end(member)
                 if not member.isfile():
                     continue
                 key, fld = split_member(member.name)
@@ -99,8 +100,13 @@ def read_tar(path: str) -> Iterator[RawRecord]:
                 current = None
             yield RawRecord(f"{_file_stem(path)}-truncated-{offset}", "", path, offset,
                             error=("truncated_shard", f"corrupt or truncated tar after offset {offset}: {e}"))
+            return
+        problem = tar_tail_problem(f, data_end)
     if current is not None:
         yield _from_fields(path, *current)
+    if problem:
+        yield RawRecord(f"{_file_stem(path)}-truncated-{data_end}", "", path, data_end,
+                        error=("truncated_shard", problem))
 
 
 def _pick(row: dict, wanted: str | None, candidates: tuple[str, ...]) -> tuple[str | None, Any]:

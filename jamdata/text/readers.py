@@ -265,14 +265,34 @@ def extract_main_text(html: str, url: str | None = None) -> str | None:
                                deduplicate=False, favor_precision=False)
 
 
+class _OneReadAtATime:
+    """Hands warcio at most one decompressed chunk per read and remembers a failure.
+
+    warcio reads large blocks and treats EOFError as the end of the archive, so a truncated
+    .warc.gz would otherwise lose the complete records in the last block and end silently."""
+
+    def __init__(self, f: IO[bytes]):
+        self.f, self.error = f, None
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            return self.f.read1(n) if n and n > 0 and hasattr(self.f, "read1") else self.f.read(n)
+        except (EOFError, OSError, ValueError) as e:
+            self.error = e
+            raise EOFError(str(e)) from None
+
+
 def _warc_records(path: str, cur: _Cursor):
     from warcio.archiveiterator import ArchiveIterator
 
     with open_input(path) as f:
-        it = ArchiveIterator(f, check_digests=False)
+        reader = _OneReadAtATime(f)
+        it = ArchiveIterator(reader, check_digests=False)
         for record in it:
             cur.offset = it.offset
             yield record
+        if reader.error is not None:
+            raise EOFError(f"truncated or corrupt compressed data ({reader.error})")
 
 
 def read_wet(path: str, source: str, opts: ReadOptions, cur: _Cursor) -> Iterator[dict]:
@@ -604,6 +624,10 @@ def read_file(path: str, fmt: str, source: str, opts: ReadOptions = ReadOptions(
         raise ValueError(f"unknown text format {fmt!r} (formats: {', '.join(READERS)})")
     cur = _Cursor()
     try:
+        fs, p = fsspec.core.url_to_fs(path)
+        if fs.size(p) == 0:
+            yield make_reject(source, "read", "empty file (0 bytes)", None, path, 0)
+            return
         for rec in READERS[fmt](path, source, opts, cur):
             if not is_reject(rec) and not rec["text"].strip():
                 yield make_reject(source, "read", "empty document", None, path,
