@@ -25,7 +25,7 @@ def trained(corpus, sp_model_path, tmp_path_factory):
     cfg = {"run": {"seed": 3, "workers": 1},
            "images": {"resolution": 32, "min_size": 32, "batch_size": 16, "encode_groups": 2, "num_shards": 2},
            "vqvae": {"codebook_size": 64, "model": {"model": {"params": params}},
-                     "train": {"steps": 60, "batch_size": 12, "lr": 0.003, "checkpoint_every": 30, "threads": 2}}}
+                     "train": {"steps": 60, "batch_size": 12, "lr": 0.003, "checkpoint_every": 30, "threads": 1}}}
     (d / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     shard = str(corpus / "images" / "cc12m-train-0000.tar")
     assert main(["vqvae", "train", "--config", str(d / "cfg.yaml"), "--out", str(d / "vqvae"), "--inputs", shard]) == 0
