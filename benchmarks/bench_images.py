@@ -106,8 +106,8 @@ def main() -> int:
                 cp, wp = timed(pipeline, args.repeat)
                 overhead = cp / cb - 1
                 results.append((bs, mode, layout, n / cb, n / cp, overhead))
-                print(f"{bs:5d} {mode:>14} {layout:>13} | {n / cb:13.1f} {n / cp:14.1f} {overhead:8.1%}"
-                      f"   (wall {n / wb:.1f} / {n / wp:.1f})")
+                print(f"{bs:5d} {mode:>14} {layout:>13} | {n / cb:13.2f} {n / cp:14.2f} {overhead:8.1%}"
+                      f"   (wall {n / wb:.2f} / {n / wp:.2f})")
     best = max(results, key=lambda r: r[4])
     print(f"best pipeline setting: batch {best[0]}, {best[1]}, {best[2]}: {best[4]:.1f} images/s per core, "
           f"{best[3]:.1f} bare forward; pipeline overhead {best[5]:.1%} (target < 15%)")
