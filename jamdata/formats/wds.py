@@ -137,45 +137,59 @@ def split_member(name: str) -> tuple[str, str]:
     return name[:dot], name[dot + 1:]
 
 
+class TarDamageError(ShardError):
+    """A tar that is truncated or corrupt at `offset` (every member before it was read)."""
+
+    def __init__(self, path: str, offset: int, problem: str):
+        super().__init__(f"{path}: {problem}")
+        self.offset = offset
+        self.problem = problem
+
+
+def iter_members(path: str) -> Iterator[tuple[int, str, str, bytes]]:
+    """(offset, key, field, data) of every file member in order; raises TarDamageError where
+    the tar is damaged, after yielding every complete member before it."""
+    offset = data_end = 0
+    with fsspec.open(path, "rb") as f:
+        try:
+            tar = tarfile.open(fileobj=f, mode="r|")
+            for member in tar:
+                offset, data_end = member.offset, member_data_end(member)
+                if not member.isfile():
+                    continue
+                extracted = tar.extractfile(member)
+                data = extracted.read() if extracted else b""
+                if len(data) != member.size:
+                    raise tarfile.ReadError(f"member {member.name} truncated ({len(data)} of {member.size} bytes)")
+                yield (member.offset, *split_member(member.name), data)
+        except (tarfile.TarError, EOFError, OSError) as e:
+            raise TarDamageError(path, offset, f"corrupt or truncated tar after offset {offset}: {e}") from None
+        problem = tar_tail_problem(f, data_end)
+    if problem:
+        raise TarDamageError(path, data_end, problem)
+
+
 def iter_samples(path: str, on_duplicate: str = "error") -> Iterator[Sample]:
     """Stream samples (consecutive members sharing a key). A truncated or corrupt tar raises
     ShardError after yielding every complete sample before the damage. Duplicate keys raise
     (`on_duplicate="error"`) or are skipped (`"skip"`), never silently merged."""
     seen: set[str] = set()
     current: Sample | None = None
-    data_end = 0
-    with fsspec.open(path, "rb") as f:
-        try:
-            tar = tarfile.open(fileobj=f, mode="r|")
-            for member in tar:
-                data_end = member_data_end(member)
-                if not member.isfile():
-                    continue
-                key, field = split_member(member.name)
-                extracted = tar.extractfile(member)
-                data = extracted.read() if extracted else b""
-                if len(data) != member.size:
-                    raise tarfile.ReadError(f"member {member.name} truncated")
-                if current is not None and key == current.key:
-                    if field in current.fields:
-                        raise ShardError(f"{path}: field {field!r} repeated for key {key!r}")
-                    current.fields[field] = data
-                    continue
-                if current is not None:
-                    yield current
-                if key in seen:
-                    if on_duplicate == "error":
-                        raise ShardError(f"{path}: duplicate sample key {key!r} at offset {member.offset}")
-                    current = None
-                    continue
-                seen.add(key)
-                current = Sample(key, {field: data}, str(path))
-        except (tarfile.TarError, EOFError, OSError) as e:
-            offset = f.tell() if hasattr(f, "tell") else "?"
-            raise ShardError(f"{path}: corrupt or truncated tar near offset {offset}: {e}") from None
-        problem = tar_tail_problem(f, data_end)
-    if problem:
-        raise ShardError(f"{path}: {problem}")
+    for offset, key, field, data in iter_members(path):
+        if current is not None and key == current.key:
+            if field in current.fields:
+                raise ShardError(f"{path}: field {field!r} repeated for key {key!r}")
+            current.fields[field] = data
+            continue
+        if current is not None:
+            yield current
+        if key in seen:
+            if on_duplicate == "error":
+                raise ShardError(f"{path}: duplicate sample key {key!r} at offset {offset}")
+            current = None
+            continue
+        seen.add(key)
+        current = Sample(key, {field: data}, str(path))
     if current is not None:
         yield current
 

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import json
 import re
-import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 import fsspec
 
-from jamdata.formats.wds import member_data_end, split_member, tar_tail_problem
+from jamdata.formats.wds import TarDamageError, iter_members
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
 TABLE_IMAGE_FIELDS = ("image", "jpg", "png", "webp", "image_bytes", "img")
@@ -73,40 +72,23 @@ def read_tar(path: str) -> Iterator[RawRecord]:
     """img2dataset shards: members `{key}.jpg`, `{key}.txt`, `{key}.json` next to each other.
     A key seen again (in or out of sequence) is yielded again; the caller rejects duplicates."""
     current: tuple[str, int, dict[str, bytes]] | None = None
-    offset = data_end = 0
-    with fsspec.open(path, "rb") as f:
-        try:
-            tar = tarfile.open(fileobj=f, mode="r|")
-            for member in tar:
-                offset = member.offset
-                data_end = member_data_end(member)
-                if not member.isfile():
-                    continue
-                key, fld = split_member(member.name)
-                ex = tar.extractfile(member)
-                data = ex.read() if ex else b""
-                if len(data) != member.size:
-                    raise tarfile.ReadError(f"member {member.name} truncated ({len(data)} of {member.size} bytes)")
-                fld = fld.lower()
-                if current is not None and key == current[0] and fld not in current[2]:
-                    current[2][fld] = data
-                    continue
-                if current is not None:
-                    yield _from_fields(path, *current)
-                current = (key, member.offset, {fld: data})
-        except (tarfile.TarError, EOFError, OSError) as e:
+    try:
+        for offset, key, fld, data in iter_members(path):
+            fld = fld.lower()
+            if current is not None and key == current[0] and fld not in current[2]:
+                current[2][fld] = data
+                continue
             if current is not None:
                 yield _from_fields(path, *current)
-                current = None
-            yield RawRecord(f"{_file_stem(path)}-truncated-{offset}", "", path, offset,
-                            error=("truncated_shard", f"corrupt or truncated tar after offset {offset}: {e}"))
-            return
-        problem = tar_tail_problem(f, data_end)
+            current = (key, offset, {fld: data})
+    except TarDamageError as e:
+        if current is not None:
+            yield _from_fields(path, *current)
+        yield RawRecord(f"{_file_stem(path)}-truncated-{e.offset}", "", path, e.offset,
+                        error=("truncated_shard", e.problem))
+        return
     if current is not None:
         yield _from_fields(path, *current)
-    if problem:
-        yield RawRecord(f"{_file_stem(path)}-truncated-{data_end}", "", path, data_end,
-                        error=("truncated_shard", problem))
 
 
 def _pick(row: dict, wanted: str | None, candidates: tuple[str, ...]) -> tuple[str | None, Any]:
