@@ -13,10 +13,9 @@ import functools
 import hashlib
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Iterator
 
-import numpy as np
 import torch
 
 from jamdata.loader import order

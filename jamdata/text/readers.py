@@ -18,7 +18,7 @@ import logging
 import re
 import tarfile
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import IO, Any, Callable, Iterable, Iterator
 

@@ -8,7 +8,6 @@ style citation marks are removed. Page level: drop pages with "lorem ipsum", a c
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Iterable
 
 from jamdata.text.filters.base import Verdict

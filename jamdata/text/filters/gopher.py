@@ -7,7 +7,6 @@ are computed on integer word ids with numpy instead of joined strings.
 from __future__ import annotations
 
 import re
-from collections import Counter
 
 import numpy as np
 
