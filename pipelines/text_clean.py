@@ -41,6 +41,21 @@ class InputFile:
     source: str
     fmt: str
     path: str
+    id_path: str = ""  # the path relative to its configured input directory (see input_id_path)
+
+
+def input_id_path(pattern: str, path: str) -> str:
+    """`path` relative to the directory its pattern names (the pattern itself, the directory part
+    before the first wildcard, or a file's own name), so document ids do not depend on where the
+    inputs live."""
+    pattern, path = str(pattern).rstrip("/"), str(path)
+    wild = min((i for i in (pattern.find(c) for c in "*?[") if i >= 0), default=-1)
+    base = pattern[:wild].rsplit("/", 1)[0] if wild >= 0 else pattern
+    if is_local(pattern):
+        base, path = os.path.abspath(base.removeprefix("file://")), os.path.abspath(path.removeprefix("file://"))
+    if path.startswith(base + "/"):
+        return path[len(base) + 1:]
+    return path.rsplit("/", 1)[-1]
 
 
 def plan_inputs(text_cfg: Config) -> list[InputFile]:
@@ -64,12 +79,18 @@ def plan_inputs(text_cfg: Config) -> list[InputFile]:
                 for path in expand_inputs(str(pattern)):
                     # a relative pattern keeps relative paths, so ids and outputs do not depend
                     # on where the checkout lives
+                    id_path = input_id_path(str(pattern), path)
                     if is_local(pattern) and not os.path.isabs(str(pattern)):
                         path = os.path.relpath(path)
-                    files.append(InputFile(name, fmt, path))
+                    files.append(InputFile(name, fmt, path, id_path))
     if not files:
         raise ConfigError(sources.prefix, "no input files configured")
-    return sorted(set(files), key=lambda f: (f.source, f.path, f.fmt))
+    files = sorted(set(files), key=lambda f: (f.source, f.path, f.fmt))
+    seen: dict[tuple[str, str], int] = {}
+    for f in files:
+        seen[(f.source, f.id_path)] = seen.get((f.source, f.id_path), 0) + 1
+    # two inputs of one source with the same relative name: identify those by their full path
+    return [f if seen[(f.source, f.id_path)] == 1 else InputFile(f.source, f.fmt, f.path, f.path) for f in files]
 
 
 def clean_settings(text_cfg: Config) -> tuple[ReadOptions, CleanOptions, dict, dict, int, int]:
@@ -118,7 +139,7 @@ class ReadAndClean(beam.DoFn):
                     n["read_bytes"] += _nbytes(rec["text"])
                 yield rec
 
-        for rec in clean_records(counted(read_file(f.path, f.fmt, f.source, self.ropts)), f.fmt, self.copts):
+        for rec in clean_records(counted(read_file(f.path, f.fmt, f.source, self.ropts, f.id_path)), f.fmt, self.copts):
             if is_reject(rec):
                 yield beam.pvalue.TaggedOutput("rejects", rec)
             else:

@@ -48,9 +48,11 @@ class ReadOptions:
 
 @dataclass
 class _Cursor:
-    """Where the reader is, so a failure can be reported at the right offset."""
+    """Where the reader is, so a failure can be reported at the right offset; `id_path` is the
+    file's name as it enters document ids (stable wherever the inputs live)."""
     offset: int = 0
     records: int = 0
+    id_path: str = ""
 
 
 def doc_id(source: str, path: str, native: Any) -> str:
@@ -162,7 +164,7 @@ def read_c4(path: str, source: str, opts: ReadOptions, cur: _Cursor) -> Iterator
             meta["timestamp"] = ts
         meta.pop("date", None)
         meta.update(file=path, offset=off)
-        yield make_doc(source, path, obj.get("id", idx), text, url, meta)
+        yield make_doc(source, cur.id_path, obj.get("id", idx), text, url, meta)
 
 
 def read_pile(path: str, source: str, opts: ReadOptions, cur: _Cursor) -> Iterator[dict]:
@@ -180,7 +182,7 @@ def read_pile(path: str, source: str, opts: ReadOptions, cur: _Cursor) -> Iterat
         if isinstance(text, dict):
             yield text
             continue
-        yield make_doc(source, path, idx, text, None, {**meta, "file": path, "offset": off})
+        yield make_doc(source, cur.id_path, idx, text, None, {**meta, "file": path, "offset": off})
 
 
 def read_arxiv_jsonl(path: str, source: str, opts: ReadOptions, cur: _Cursor) -> Iterator[dict]:
@@ -195,7 +197,7 @@ def read_arxiv_jsonl(path: str, source: str, opts: ReadOptions, cur: _Cursor) ->
             continue
         meta = obj.get("meta") if isinstance(obj.get("meta"), dict) else {}
         native = meta.get("arxiv_id") or obj.get("id") or idx
-        yield make_doc(source, path, native, text, meta.get("url"),
+        yield make_doc(source, cur.id_path, native, text, meta.get("url"),
                        {**{k: v for k, v in meta.items() if k != "url"}, "file": path, "offset": off})
 
 
@@ -311,7 +313,7 @@ def read_wet(path: str, source: str, opts: ReadOptions, cur: _Cursor) -> Iterato
                 "languages": h.get_header("WARC-Identified-Content-Language"), "file": path, "offset": cur.offset}
         if bad:
             meta["invalid_utf8_replaced"] = True
-        yield make_doc(source, path, rid or cur.offset, text, url, meta)
+        yield make_doc(source, cur.id_path, rid or cur.offset, text, url, meta)
 
 
 def read_warc(path: str, source: str, opts: ReadOptions, cur: _Cursor) -> Iterator[dict]:
@@ -340,7 +342,7 @@ def read_warc(path: str, source: str, opts: ReadOptions, cur: _Cursor) -> Iterat
             continue
         meta = {"warc_record_id": rid, "warc_date": h.get_header("WARC-Date"), "charset": charset,
                 "declared_content_type": ctype, "file": path, "offset": cur.offset}
-        yield make_doc(source, path, rid or cur.offset, text, url, meta)
+        yield make_doc(source, cur.id_path, rid or cur.offset, text, url, meta)
 
 
 # -- Wikipedia -----------------------------------------------------------------------------------
@@ -396,18 +398,18 @@ def read_wiki_xml(path: str, source: str, opts: ReadOptions, cur: _Cursor) -> It
             root.clear()
             if redirect:
                 yield make_reject(source, "read", "wikipedia redirect", title, path, cur.offset,
-                                  id=doc_id(source, path, page_id or title))
+                                  id=doc_id(source, cur.id_path, page_id or title))
                 continue
             if ns != "0":
                 yield make_reject(source, "read", f"wikipedia namespace {ns} (not an article)", title, path,
-                                  cur.offset, id=doc_id(source, path, page_id or title))
+                                  cur.offset, id=doc_id(source, cur.id_path, page_id or title))
                 continue
             if len(text.encode("utf-8")) > opts.max_record_bytes:
                 yield make_reject(source, "read", f"record longer than {opts.max_record_bytes} bytes", title,
                                   path, cur.offset)
                 continue
             url = f"{base_url}{title.replace(' ', '_')}" if base_url else None
-            yield make_doc(source, path, page_id or title, text, url,
+            yield make_doc(source, cur.id_path, page_id or title, text, url,
                            {"title": title, "page_id": page_id, "markup": "wikitext", "file": path})
 
 
@@ -433,7 +435,7 @@ def read_wiki_parquet(path: str, source: str, opts: ReadOptions, cur: _Cursor) -
                                       str(rec.get("title")), path, row)
                 else:
                     native = rec.get("id") if rec.get("id") is not None else row
-                    yield make_doc(source, path, native, text, rec.get("url"),
+                    yield make_doc(source, cur.id_path, native, text, rec.get("url"),
                                    {"title": rec.get("title"), "page_id": rec.get("id"), "row": row, "file": path})
                 row += 1
 
@@ -458,7 +460,7 @@ def read_text(path: str, source: str, opts: ReadOptions, cur: _Cursor) -> Iterat
     text = data.decode("utf-8").removeprefix("\ufeff")
     name = PurePosixPath(path).name
     title = re.sub(r"(\.[A-Za-z0-9]{1,4})+$", "", name)
-    yield make_doc(source, path, 0, text, None, {"title": title, "file": path})
+    yield make_doc(source, cur.id_path, 0, text, None, {"title": title, "file": path})
 
 
 # -- arXiv ---------------------------------------------------------------------------------------
@@ -600,7 +602,7 @@ def _read_paper(f: IO[bytes], path: str, source: str, opts: ReadOptions, cur: _C
     meta = {"arxiv_id": arxiv_id, "main_file": main, "tex_files": len(files), "file": path}
     if member:
         meta.update(member=member, offset=cur.offset)
-    yield make_doc(source, path, arxiv_id, text, f"https://arxiv.org/abs/{arxiv_id}", meta)
+    yield make_doc(source, cur.id_path, arxiv_id, text, f"https://arxiv.org/abs/{arxiv_id}", meta)
 
 
 def read_arxiv(path: str, source: str, opts: ReadOptions, cur: _Cursor) -> Iterator[dict]:
@@ -618,11 +620,21 @@ READERS: dict[str, Callable[[str, str, ReadOptions, _Cursor], Iterator[dict]]] =
 }
 
 
-def read_file(path: str, fmt: str, source: str, opts: ReadOptions = ReadOptions()) -> Iterator[dict]:
-    """Documents and REJECTs of one raw file; never raises for bad content (see module doc)."""
+def read_file(path: str, fmt: str, source: str, opts: ReadOptions = ReadOptions(),
+              id_path: str | None = None) -> Iterator[dict]:
+    """Documents and REJECTs of one raw file; never raises for bad content (see module doc).
+    `id_path`: the name the file's records are identified by (default: `path`); giving the path
+    relative to the configured input directory keeps ids the same wherever the inputs live."""
     if fmt not in READERS:
         raise ValueError(f"unknown text format {fmt!r} (formats: {', '.join(READERS)})")
-    cur = _Cursor()
+    for rec in _read_file(path, fmt, source, opts, _Cursor(id_path=id_path or path)):
+        if is_reject(rec) and id_path and rec["id"] == make_reject(
+                source, rec["stage"], rec["reason"], None, path, rec["offset"])["id"]:
+            rec["id"] = make_reject(source, rec["stage"], rec["reason"], None, id_path, rec["offset"])["id"]
+        yield rec
+
+
+def _read_file(path: str, fmt: str, source: str, opts: ReadOptions, cur: _Cursor) -> Iterator[dict]:
     try:
         fs, p = fsspec.core.url_to_fs(path)
         if fs.size(p) == 0:
