@@ -145,16 +145,26 @@ def _text_field(obj: dict, source: str, path: str, off: int, line_hint: str = "t
     return text
 
 
-def read_c4(path: str, source: str, opts: ReadOptions, cur: _Cursor) -> Iterator[dict]:
+def _json_texts(path: str, source: str, opts: ReadOptions, cur: _Cursor,
+                keep: Callable[[dict], bool] = lambda obj: True) -> Iterator[tuple[int, int, dict, str] | dict]:
+    """(index, offset, object, text) per kept JSON line with a string `text`; REJECT dicts otherwise."""
     for item in _json_lines(path, source, opts, cur):
         if isinstance(item, dict):
             yield item
             continue
         idx, off, obj = item
-        text = _text_field(obj, source, path, off)
-        if isinstance(text, dict):
-            yield text
+        if not keep(obj):
             continue
+        text = _text_field(obj, source, path, off)
+        yield text if isinstance(text, dict) else (idx, off, obj, text)
+
+
+def read_c4(path: str, source: str, opts: ReadOptions, cur: _Cursor) -> Iterator[dict]:
+    for item in _json_texts(path, source, opts, cur):
+        if isinstance(item, dict):
+            yield item
+            continue
+        idx, off, obj, text = item
         inner = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
         url = obj.get("url") or inner.get("url")
         meta = {k: v for k, v in obj.items() if k not in ("text", "url", "metadata")}
@@ -167,35 +177,29 @@ def read_c4(path: str, source: str, opts: ReadOptions, cur: _Cursor) -> Iterator
         yield make_doc(source, cur.id_path, obj.get("id", idx), text, url, meta)
 
 
+def _meta(obj: dict) -> dict:
+    return obj.get("meta") if isinstance(obj.get("meta"), dict) else {}
+
+
 def read_pile(path: str, source: str, opts: ReadOptions, cur: _Cursor) -> Iterator[dict]:
     """Only the Pile subsets in opts.pile_set_names; the other subsets are not this source's
     documents and are passed over without a reject."""
-    for item in _json_lines(path, source, opts, cur):
+    wanted = lambda obj: _meta(obj).get("pile_set_name") in opts.pile_set_names  # noqa: E731
+    for item in _json_texts(path, source, opts, cur, keep=wanted):
         if isinstance(item, dict):
             yield item
             continue
-        idx, off, obj = item
-        meta = obj.get("meta") if isinstance(obj.get("meta"), dict) else {}
-        if meta.get("pile_set_name") not in opts.pile_set_names:
-            continue
-        text = _text_field(obj, source, path, off)
-        if isinstance(text, dict):
-            yield text
-            continue
-        yield make_doc(source, cur.id_path, idx, text, None, {**meta, "file": path, "offset": off})
+        idx, off, obj, text = item
+        yield make_doc(source, cur.id_path, idx, text, None, {**_meta(obj), "file": path, "offset": off})
 
 
 def read_arxiv_jsonl(path: str, source: str, opts: ReadOptions, cur: _Cursor) -> Iterator[dict]:
-    for item in _json_lines(path, source, opts, cur):
+    for item in _json_texts(path, source, opts, cur):
         if isinstance(item, dict):
             yield item
             continue
-        idx, off, obj = item
-        text = _text_field(obj, source, path, off)
-        if isinstance(text, dict):
-            yield text
-            continue
-        meta = obj.get("meta") if isinstance(obj.get("meta"), dict) else {}
+        idx, off, obj, text = item
+        meta = _meta(obj)
         native = meta.get("arxiv_id") or obj.get("id") or idx
         yield make_doc(source, cur.id_path, native, text, meta.get("url"),
                        {**{k: v for k, v in meta.items() if k != "url"}, "file": path, "offset": off})
