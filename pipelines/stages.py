@@ -69,7 +69,7 @@ STAGES: list[Stage] = [
 
 def stamp(stage: Stage, ctx: StageContext) -> str:
     """What a stage's outputs depend on: its config sections and its input manifests."""
-    parts: dict = {"config": {k: ctx.config._lookup(k) for k in stage.sections}, "inputs": {}}
+    parts: dict = {"config": {k: ctx.config.get(k, object, None) for k in stage.sections}, "inputs": {}}
     for name in stage.inputs:
         m = ctx.path(name) / MANIFEST
         parts["inputs"][name] = hashlib.sha256(m.read_bytes()).hexdigest() if m.exists() else None
