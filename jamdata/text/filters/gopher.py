@@ -77,7 +77,7 @@ class GopherQualityFilter:
 
 _PARA = re.compile(r"\n{2,}")
 _LINES = re.compile(r"\n+")
-_M1, _M2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9)
+_M1 = np.uint64(0x9E3779B97F4A7C15)
 
 
 def _dup_count_chars(parts: list[str]) -> tuple[int, int]:
