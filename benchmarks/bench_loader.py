@@ -112,29 +112,34 @@ def write_litdata(root: Path, tokens: np.ndarray) -> str:
 
 
 # -- readers (each delivers every sample once; returns tokens delivered) -----------------------------
-def read_memmap(path: str, seq_len: int, n: int):
-    mm = np.memmap(path, dtype=np.uint16, mode="r")
+def read_memmap(paths: list[str], seq_len: int):
+    """The limit: copy every sample out of np.memmap views of the same .bin files, nothing else."""
+    mms = [np.memmap(p, dtype=np.uint16, mode="r") for p in paths]
     yield None
     total = 0
-    for i in range(n):
-        total += np.array(mm[i * seq_len:(i + 1) * seq_len]).size
+    for mm in mms:
+        for i in range(len(mm) // seq_len):
+            total += np.array(mm[i * seq_len:(i + 1) * seq_len]).size
     yield total
 
 
-def read_memmap_batches(path: str, seq_len: int, n: int):
-    """The same copy into the batch contract's tensors (int64 tokens, bool mask, int32 segment ids)."""
+def read_memmap_batches(paths: list[str], seq_len: int, dtype: str = "int32"):
+    """The same copy into the batch contract's tensors (tokens, bool mask, int32 segment ids),
+    8 rows per batch, with none of the loader's order, mixture, packing or state."""
     import torch
 
-    mm = np.memmap(path, dtype=np.uint16, mode="r").view(np.ndarray)
+    mms = [np.memmap(p, dtype=np.uint16, mode="r").view(np.ndarray) for p in paths]
+    rows = [(mm, i) for mm in mms for i in range(len(mm) // seq_len)]
     yield None
     total = 0
-    for s in range(0, n, 8):
-        t = torch.empty((8, seq_len), dtype=torch.int64)
+    for s in range(0, len(rows) - 7, 8):
+        t = torch.empty((8, seq_len), dtype=getattr(torch, dtype))
         m = torch.empty((8, seq_len), dtype=torch.bool)
         g = torch.empty((8, seq_len), dtype=torch.int32)
         tn, mn, gn = t.numpy(), m.numpy(), g.numpy()
         for r in range(8):
-            tn[r] = mm[(s + r) * seq_len:(s + r + 1) * seq_len]
+            mm, i = rows[s + r]
+            tn[r] = mm[i * seq_len:(i + 1) * seq_len]
             mn[r] = True
             gn[r] = 0
         total += t.numel()
@@ -146,7 +151,7 @@ def read_jam(dirs: dict, name: str, seq_len: int, n: int, verify: str):
     from jamdata.loader import build_loader
 
     cfg = Config({"loader": {"mixture": {name: 1}, "seq_len": seq_len, "global_batch_size": 8, "step_lanes": 1,
-                             "steps_per_epoch": n // 8, "verify": verify, "shuffle_block": 64}}).section("loader")
+                             "steps_per_epoch": n // 8, "verify": verify}}).section("loader")
     lo = build_loader(cfg, {name: dirs[name]})
     it = iter(lo)
     next(it)
@@ -223,10 +228,10 @@ def main() -> None:
         tokens = rng.integers(0, 32000, (n, L), dtype=np.uint16)
         print(f"{n} samples x {L} tokens = {n * L / 1e6:.1f} M tokens ({tokens.nbytes / 1e6:.0f} MB uint16) under {work}")
         jam = write_jam(work, tokens)
+        bins = sorted(str(p) for p in Path(jam["text"]).glob("bench/*.bin"))
         readers = {
-            "raw numpy.memmap copy": lambda: read_memmap(f"{jam['text']}/bench/part-00000.bin", L, min(n, 512)),
-            "raw memmap -> int64 batch tensors": lambda: read_memmap_batches(
-                f"{jam['text']}/bench/part-00000.bin", L, min(n, 512)),
+            "raw numpy.memmap copy": lambda: read_memmap(bins, L),
+            "raw memmap -> batch tensors (int32)": lambda: read_memmap_batches(bins, L, "int32"),
             "jam loader (.bin/.idx, verify=size)": lambda: read_jam(jam, "text", L, n, "size"),
             "jam loader (.bin/.idx, verify=sha256)": lambda: read_jam(jam, "text", L, n, "sha256"),
             "jam loader (tar, verify=size)": lambda: read_jam(jam, "tar", L, n, "size"),
@@ -250,9 +255,14 @@ def main() -> None:
         print(f"\n{'reader (1 process = 1 worker)':40s} {'start-up s':>10s} {'M tokens/s':>11s} {'jam/this':>9s} {'this/raw':>9s}")
         for name, (start, tps, total) in results.items():
             print(f"{name:40s} {start:10.3f} {tps / 1e6:11.1f} {ours / tps:9.2f} {tps / raw:9.2f}")
-        batch = results["raw memmap -> int64 batch tensors"][1]
-        print(f"\njam loader vs raw memmap copy: {raw / ours:.2f}x slower; vs raw memmap into the batch "
-              f"contract's tensors: {batch / ours:.2f}x slower (target <= 2x)")
+        batch = results["raw memmap -> batch tensors (int32)"][1]
+        anchors = {k: v[1] for k, v in results.items() if k.split(" ")[0] in ("webdataset", "mosaicml-streaming", "litdata")}
+        best = max(anchors, key=anchors.get) if anchors else None
+        print(f"\njam loader (.bin/.idx) vs raw numpy.memmap copy: {raw / ours:.2f}x slower (target <= 2x: "
+              f"{'met' if raw / ours <= 2 else 'MISSED'}); vs raw memmap into the batch tensors: {batch / ours:.2f}x slower")
+        if best:
+            print(f"jam loader vs the fastest anchor ({best}): {ours / anchors[best]:.2f}x "
+                  f"(target > 1: {'met' if ours > anchors[best] else 'MISSED'})")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -112,7 +112,7 @@ def score_batch(forward: Callable[..., torch.Tensor], batch: dict[str, torch.Ten
     """[nll_text, n_text, nll_image, n_image] summed over the batch's target tokens."""
     from jamtrain.train import token_nll
 
-    tokens = batch["tokens"].to(device)
+    tokens = batch["tokens"].to(device).long()
     logits = forward(tokens[:, :-1], segment_ids=batch["segment_ids"][:, :-1].to(device))
     nll = token_nll(logits, tokens[:, 1:])
     mask = batch["loss_mask"][:, 1:].to(device)

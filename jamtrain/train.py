@@ -452,7 +452,7 @@ def train(s: Settings, resume: bool = False, model_factory: Callable | None = No
             stats = torch.zeros(4 + 2 * len(names), dtype=torch.float64, device=device)
             for _ in range(s.grad_accum):
                 batch = next(data)
-                tokens = batch["tokens"].to(device)
+                tokens = batch["tokens"].to(device).long()  # the loader sends int32 (half the bytes)
                 seg = batch.get("segment_ids")
                 logits = engine(tokens[:, :-1], segment_ids=None if seg is None else seg[:, :-1].to(device))
                 loss, part = masked_loss(logits, tokens, mask_heldout(batch, names, s.holdout), vocab.image_offset,

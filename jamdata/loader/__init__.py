@@ -28,7 +28,7 @@ __all__ = ["build_loader", "build_spec", "dataset_dirs", "JamLoader", "PackedStr
            "LoaderError", "merge_state_dicts", "hf_iterable_dataset", "KEYS"]
 
 KEYS = ["mixture", "paths", "seq_len", "global_batch_size", "step_lanes", "slot_lanes", "shuffle_block",
-        "seed", "mixture_period", "steps_per_epoch", "oversize", "on_corrupt", "verify", "num_workers",
+        "seed", "mixture_period", "steps_per_epoch", "oversize", "on_corrupt", "verify", "token_dtype", "num_workers",
         "persistent_workers", "prefetch_factor"]
 DEFAULT_MIXTURE = {"text-tokens": 0.5, "image-caption": 0.5}
 
@@ -79,6 +79,7 @@ def build_spec(cfg_section: Config, datasets: dict[str, str]) -> tuple["LoaderSp
         oversize=sec.choice("oversize", ["truncate", "skip"], default="truncate"),
         on_corrupt=sec.choice("on_corrupt", ["skip", "fail"], default="skip"),
         verify=sec.choice("verify", ["sha256", "size", "none"], default="sha256"),
+        token_dtype=sec.choice("token_dtype", ["int32", "int64"], default="int32"),
     )
     return spec, sources
 

@@ -3,20 +3,10 @@ owned by exactly one (rank, worker), so it is read once, with no coordination, a
 position is three integers per dataset (epoch, position in its span, offset in the document)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from jamdata.loader import order
 from jamdata.loader.sources import DatasetSource, LoaderError, Sample, ShardPool
-
-
-@dataclass
-class Row:
-    tokens: np.ndarray  # int64 [L]
-    loss_mask: np.ndarray  # bool [L]
-    segment_ids: np.ndarray  # int32 [L]
-    keys: list[str]
 
 
 def image_spans(tokens: np.ndarray, boi: int, eoi: int) -> list[tuple[int, int]]:
@@ -56,6 +46,8 @@ class Cursor:
         self._shards: dict[int, object] = {}  # shard readers this cursor uses (False: unusable)
         self._m = 0
         self.splittable = src.fmt == "megatron"
+        self._text: tuple | None = None  # (epoch, first position, size, arrays, starts, lengths, shards, locals)
+        self._rels = [r.rel for r in src.shards]
 
     def state(self) -> list[int]:
         return [self.epoch, self.pos, self.offset]
@@ -87,8 +79,36 @@ class Cursor:
         bp = order.block_permutation(self.seed, self.src.name, self.epoch, self.lane, b, size)
         seq = span[0] + b * self.block + bp
         k = np.searchsorted(starts, seq, side="right") - 1  # last shard starting at or before (skips empty ones)
-        self._block_cache = (self.epoch, b, b * self.block, perm[k].tolist(), (seq - starts[k]).tolist())
+        shard_ids, local = perm[k], seq - starts[k]
+        self._block_cache = (self.epoch, b, b * self.block, shard_ids.tolist(), local.tolist())
         self._last = None
+        if self.splittable:
+            self._text_block(b * self.block, size, shard_ids, local)
+
+    def _text_block(self, b0: int, size: int, shard_ids: np.ndarray, local: np.ndarray) -> None:
+        """Token spans of the block's documents, looked up once per block so that packing a row
+        costs one slice copy per document; an unusable shard's documents get length 0 (skipped)."""
+        start = np.zeros(size, dtype=np.int64)
+        length = np.zeros(size, dtype=np.int64)
+        arrays: list = [None] * size
+        for u in np.unique(shard_ids).tolist():
+            sel = np.flatnonzero(shard_ids == u)
+            shard = self._shard(u)
+            if shard:
+                start[sel] = shard.start_arr[local[sel]]
+                length[sel] = shard.len_arr[local[sel]]
+                for i in sel.tolist():
+                    arrays[i] = shard.tokens
+        self._text = (self.epoch, b0, size, arrays, start.tolist(), length.tolist(), shard_ids.tolist(), local.tolist())
+
+    def _shard(self, shard_i: int):
+        """The open reader of one shard (False: unusable, already logged and counted)."""
+        shard = self._shards.get(shard_i)
+        if shard is None:
+            shard = self._shards[shard_i] = self.pool.get(self.src, shard_i) or False
+            if len(self._shards) > 8:
+                self._shards.pop(next(iter(self._shards)))
+        return shard
 
     def _sample_at(self, pos: int) -> Sample | None:
         """Sample at position `pos` of this lane's shuffled span (None: unreadable, skipped)."""
@@ -101,11 +121,7 @@ class Cursor:
             return last[1]
         i = pos - bc[2]
         shard_i, local = bc[3][i], bc[4][i]
-        shard = self._shards.get(shard_i)
-        if shard is None:
-            shard = self._shards[shard_i] = self.pool.get(self.src, shard_i) or False
-            if len(self._shards) > 8:
-                self._shards.pop(next(iter(self._shards)))
+        shard = self._shard(shard_i)
         s = None
         if shard:
             try:
@@ -141,6 +157,55 @@ class Cursor:
         self.pos += 1
         self.offset = 0
 
+    def pack_text(self, tokens: np.ndarray, seg: np.ndarray) -> list[str]:
+        """Fill `tokens` with the next len(tokens) tokens of this lane's document stream
+        (documents run on across rows) and `seg` with the document index in the row; `seg` must
+        arrive zeroed (only documents after the first are written). Returns the keys of the
+        documents (or pieces of them) in the row. Skips unreadable and empty documents the way
+        `current` does, and raises when a whole epoch of the lane has none."""
+        L = len(tokens)
+        keys: list[str] = []
+        fill = segment = skipped = 0
+        rels = self._rels
+        while True:
+            tb = self._text
+            if tb is None or tb[0] != self.epoch or not 0 <= self.pos - tb[1] < tb[2]:
+                if self.pos >= self._span_len():
+                    self.epoch, self.pos, self.offset = self.epoch + 1, 0, 0
+                    continue
+                self._enter_block(self.pos // self.block)
+                tb = self._text
+            _, b0, size, arrays, starts, lengths, shards, locs = tb
+            i, off = self.pos - b0, self.offset
+            while i < size:
+                n = lengths[i] - off
+                if n <= 0:  # unreadable or empty document
+                    i, off = i + 1, 0
+                    skipped += 1
+                    continue
+                skipped = 0
+                take = n if n < L - fill else L - fill
+                st = starts[i] + off
+                end = fill + take
+                tokens[fill:end] = arrays[i][st:st + take]
+                if segment:
+                    seg[fill:end] = segment
+                keys.append(f"{rels[shards[i]]}:{locs[i]}")
+                segment += 1
+                fill = end
+                if take == n:
+                    i, off = i + 1, 0
+                else:
+                    off += take
+                if fill == L:
+                    break
+            self.pos, self.offset = b0 + i, off
+            if fill == L:
+                return keys
+            if skipped > 2 * self.src.n_samples + 2:
+                raise LoaderError(f"dataset {self.src.name!r} ({self.src.root}): no readable sample in "
+                                  f"lane {self.lane}'s part of a whole epoch (all shards damaged?)")
+
 
 class Packer:
     """Fills rows of `seq_len` from one cursor. Text documents (Megatron) run on across rows;
@@ -156,36 +221,17 @@ class Packer:
     def _count(self, what: str) -> None:
         self.counters[what] = self.counters.get(what, 0) + 1
 
-    def row(self, cur: Cursor, tokens: np.ndarray | None = None, mask: np.ndarray | None = None,
-            seg: np.ndarray | None = None) -> Row:
-        """Pack one row, into the given (uninitialised) arrays when passed."""
+    def row(self, cur: Cursor, tokens: np.ndarray, mask: np.ndarray, seg: np.ndarray) -> list[str]:
+        """Pack one row of `seq_len` into the given (uninitialised) arrays; returns its keys."""
+        if cur.splittable:  # text: documents run on across rows, no padding
+            mask[:] = True
+            seg[:] = 0
+            return cur.pack_text(tokens, seg)
         L = self.L
-        if tokens is None:
-            tokens = np.empty(L, dtype=np.int64)
-            mask = np.empty(L, dtype=bool)
-            seg = np.empty(L, dtype=np.int32)
         keys: list[str] = []
         fill = 0
         segment = 0
         skipped = 0
-        if cur.splittable:  # text: documents run on across rows, no padding
-            while fill < L:
-                s = cur.current()
-                off = cur.offset
-                n = len(s.tokens) - off
-                take = n if n < L - fill else L - fill
-                end = fill + take
-                tokens[fill:end] = s.tokens[off:off + take]
-                seg[fill:end] = segment
-                keys.append(s.key)
-                fill = end
-                if take == n:
-                    cur.advance()
-                else:
-                    cur.offset = off + take
-                segment += 1
-            mask[:] = True
-            return Row(tokens, mask, seg, keys)
         while fill < L:
             s = cur.current()
             toks, m = s.tokens, s.loss_mask
@@ -219,4 +265,4 @@ class Packer:
         tokens[fill:] = self.pad
         mask[fill:] = False
         seg[fill:] = -1
-        return Row(tokens, mask, seg, keys)
+        return keys

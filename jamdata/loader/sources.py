@@ -119,8 +119,14 @@ class MegatronShard:
         idx = self.ds.index
         # plain ndarray views of the memory map: slicing a np.memmap costs more than the copy
         self.tokens = np.asarray(self.ds._bin).view(np.ndarray).view(idx.dtype) if len(self.ds) else np.zeros(0, idx.dtype)
-        self.starts = (idx.sequence_pointers // idx.dtype.itemsize).tolist()
-        self.lens = idx.sequence_lengths.tolist()
+        self.start_arr = (idx.sequence_pointers // idx.dtype.itemsize).astype(np.int64)
+        self.len_arr = idx.sequence_lengths.astype(np.int64)
+        bad = np.flatnonzero((self.start_arr < 0) | (self.start_arr + self.len_arr > len(self.tokens)))
+        if bad.size:
+            raise BadShard(f"{root}/{ref.rel}.idx: document {int(bad[0])} points past the end of the .bin "
+                           f"({bad.size} such documents; corrupt index)")
+        self.starts = self.start_arr.tolist()
+        self.lens = self.len_arr.tolist()
 
     def get(self, i: int) -> Sample:
         start = self.starts[i]

@@ -43,6 +43,7 @@ class LoaderSpec:
     oversize: str = "truncate"
     on_corrupt: str = "skip"
     verify: str = "sha256"
+    token_dtype: str = "int32"
 
     @property
     def n_lanes(self) -> int:
@@ -57,7 +58,7 @@ class LoaderSpec:
 
     def order_fingerprint(self, sources: list[DatasetSource]) -> str:
         d = asdict(self)
-        for k in ("roots", "on_corrupt", "verify"):
+        for k in ("roots", "on_corrupt", "verify", "token_dtype"):
             d.pop(k)
         d["shards"] = [[s.name, [(r.rel, r.records, [f[2] for f in r.files]) for r in s.shards]] for s in sources]
         return "ord1-" + hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:20]
@@ -113,22 +114,13 @@ class LaneSet:
             self.rows[lane] = int(st.get("row", 0))
         return self.cursors[lane]
 
-    def row(self, lane: int, lane_row: int, dataset: int, *out):
-        cursors = self._lane(lane)
-        if self.rows[lane] != lane_row:
-            raise LoaderError(f"lane {lane} is at row {self.rows[lane]} but row {lane_row} was asked for "
-                              "(state and step disagree)")
-        r = self.packer.row(cursors[dataset], *out)
-        self.rows[lane] += 1
-        return r
-
     def state(self, lane: int) -> dict:
         cursors = self._lane(lane)
         return {"row": self.rows[lane], "ds": {c.src.name: c.state() for c in cursors}}
 
     def compact(self, lane: int) -> tuple:
         """The lane's state as sent with every batch (cheap; `expand` makes the saved form)."""
-        return (self.rows[lane], tuple((c.epoch, c.pos, c.offset) for c in self.cursors[lane]))
+        return (self.rows[lane], tuple([(c.epoch, c.pos, c.offset) for c in self.cursors[lane]]))
 
     def take_counters(self) -> dict[str, int]:
         out = dict(self.pool.counters)
@@ -160,6 +152,7 @@ class PackedStream(torch.utils.data.IterableDataset):
         self.steps_per_epoch = steps_per_epoch or spec.steps_per_epoch or default_steps_per_epoch(spec, sources)
         self.stride: int | None = None  # set when restored from a per-worker state
         self._set: LaneSet | None = None
+        self.ship_state = False  # send lane states and counters with every batch (set in workers)
 
     def __getstate__(self):
         d = self.__dict__.copy()
@@ -193,6 +186,7 @@ class PackedStream(torch.utils.data.IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         if self._set is None:
             self._set = LaneSet(self.spec, self.sources, self.lanes)
+        self.ship_state = torch.utils.data.get_worker_info() is not None
         steps = self.steps()
         for n in steps:
             batch = self.batch(n)
@@ -202,29 +196,31 @@ class PackedStream(torch.utils.data.IterableDataset):
 
     def batch(self, n: int) -> dict[str, Any]:
         spec, ls = self.spec, self._set
-        B = spec.global_batch_size // self.world_size
-        tokens = torch.empty((B, spec.seq_len), dtype=torch.int64)
-        mask = torch.empty((B, spec.seq_len), dtype=torch.bool)
-        seg = torch.empty((B, spec.seq_len), dtype=torch.int32)
+        B, L = spec.global_batch_size // self.world_size, spec.seq_len
+        tokens = torch.empty((B, L), dtype=getattr(torch, spec.token_dtype))
+        mask = torch.ones((B, L), dtype=torch.bool)  # text rows keep these; packed samples overwrite
+        seg = torch.zeros((B, L), dtype=torch.int32)  # pack_text writes only segments after the first
         t, m, sg = tokens.numpy(), mask.numpy(), seg.numpy()
-        keys, ds, touched = [], [], []
-        sched, period = ls.schedule, len(ls.schedule)
+        keys, ds, lanes = [], [], []
+        sched, period, cursors, rows, packer = ls.schedule, len(ls.schedule), ls.cursors, ls.rows, ls.packer
         per, P, Q, C = spec.rows_per_lane, spec.step_lanes, spec.slot_lanes, spec.n_lanes
         for b, j in enumerate(range(self.rank * B, (self.rank + 1) * B)):
             lane, lane_row = (n % P) * Q + j // per, (n // P) * per + j % per  # = spec.lane_of(n, j)
             d = sched[(lane_row * C + lane) % period]  # = spec.dataset_of(lane, lane_row)
-            keys.append(ls.row(lane, lane_row, d, t[b], m[b], sg[b]).keys)
+            cur = (cursors.get(lane) or ls._lane(lane))[d]
+            if rows[lane] != lane_row:
+                raise LoaderError(f"lane {lane} is at row {rows[lane]} but row {lane_row} was asked for "
+                                  "(state and step disagree)")
+            keys.append(cur.pack_text(t[b], sg[b]) if cur.splittable else packer.row(cur, t[b], m[b], sg[b]))
+            rows[lane] = lane_row + 1
             ds.append(d)
-            if lane not in touched:
-                touched.append(lane)
-        return {
-            "tokens": tokens, "loss_mask": mask, "segment_ids": seg,
-            "dataset_index": torch.tensor(ds, dtype=torch.int64),
-            "keys": keys,
-            "_step": n,
-            "_lanes": {l: ls.compact(l) for l in touched},
-            "_counters": ls.take_counters(),
-        }
+            lanes.append(lane)
+        out = {"tokens": tokens, "loss_mask": mask, "segment_ids": seg,
+               "dataset_index": torch.tensor(ds, dtype=torch.int64), "keys": keys, "_step": n}
+        if self.ship_state:  # a worker process: the main process keeps the lanes' state
+            out["_lanes"] = {l: ls.compact(l) for l in dict.fromkeys(lanes)}
+            out["_counters"] = ls.take_counters()
+        return out
 
 
 PRIVATE = ("_step", "_lanes", "_counters")
@@ -264,13 +260,20 @@ class JamLoader:
         self.steps_per_epoch = spec.steps_per_epoch or default_steps_per_epoch(spec, sources)
         self.step = 0
         self.lanes: dict[int, dict] = {}
-        self.counters: dict[str, int] = {}
+        self._counts: dict[str, int] = {}
         self._dl = None
         self._dl_start: int | None = None
         self._clean = False
+        self._local: PackedStream | None = None  # the in-process stream (num_workers=0)
 
     def __len__(self) -> int:
         return self.steps_per_epoch
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """Skipped shards, damaged samples, duplicate keys, truncated and skipped over-long samples."""
+        self._sync()
+        return self._counts
 
     @property
     def epoch(self) -> int:
@@ -281,9 +284,22 @@ class JamLoader:
         return PackedStream(self.spec, self.sources, self.rank, self.world_size, self.step,
                             {l: expand(self.spec, s) for l, s in self.lanes.items() if l in mine}, self.steps_per_epoch)
 
+    def _sync(self) -> None:
+        """Take lane states and counters from the in-process stream (workers send theirs with
+        every batch instead)."""
+        st = self._local
+        if st is not None and st._set is not None:
+            ls = st._set
+            self.lanes.update({l: ls.compact(l) for l in ls.cursors})
+            for k, v in ls.take_counters().items():
+                self._counts[k] = self._counts.get(k, 0) + v
+
     def _iterable(self):
+        self._sync()
+        self._local = None
         if self.num_workers == 0:
-            return self._stream()
+            self._local = self._stream()
+            return self._local
         reuse = (self.persistent_workers and self._dl is not None and self._clean
                  and (self.step - self._dl_start) % self.num_workers == 0)
         if not reuse:
@@ -302,11 +318,12 @@ class JamLoader:
             n = batch.pop("_step")
             if n != self.step:
                 raise LoaderError(f"rank {self.rank}: got step {n}, expected {self.step} (worker order broken)")
-            self.lanes.update(batch.pop("_lanes"))
-            for k, v in batch.pop("_counters").items():
-                self.counters[k] = self.counters.get(k, 0) + v
+            self.lanes.update(batch.pop("_lanes", ()))
+            for k, v in batch.pop("_counters", {}).items():
+                self._counts[k] = self._counts.get(k, 0) + v
             self.step += 1
             yield batch
+        self._sync()
         if self.step != end:
             raise LoaderError(f"rank {self.rank}: epoch ended at step {self.step}, expected {end}")
         self._clean = True
@@ -315,12 +332,13 @@ class JamLoader:
     def state_dict(self, gather: bool | None = None) -> dict:
         """Position after the last batch handed out. With torch.distributed initialised (or
         gather=True) every rank's lanes are gathered, so any rank's state resumes any world size."""
+        self._sync()
         mine = rank_lanes(self.spec, self.rank, self.world_size)
         state = {
             "version": STATE_VERSION, "fingerprint": self.fingerprint, "step": self.step,
             "rank": self.rank, "world_size": self.world_size, "covered": mine,
             "lanes": {str(l): expand(self.spec, self.lanes[l]) for l in mine if l in self.lanes},
-            "counters": dict(self.counters), "dataset_names": self.dataset_names,
+            "counters": dict(self._counts), "dataset_names": self.dataset_names,
         }
         dist = torch.distributed
         if gather is None:
@@ -346,12 +364,14 @@ class JamLoader:
                               "(merge_state_dicts, or state_dict() with torch.distributed initialised)")
         self.step = int(state["step"])
         self.lanes = {int(k): copy.deepcopy(v) for k, v in state["lanes"].items()}
-        self.counters = dict(state.get("counters", {}))
+        self._counts = dict(state.get("counters", {}))
         self._clean = False
+        self._local = None
 
     def dataset_epochs(self) -> dict[str, tuple[int, int]]:
         """(lowest, highest) epoch that this rank's lanes have reached in each dataset: how often
         each dataset has repeated at its weight so far."""
+        self._sync()
         out: dict[str, tuple[int, int]] = {}
         for name in self.dataset_names:
             eps = [expand(self.spec, st)["ds"][name][0] for st in self.lanes.values()] or [0]
