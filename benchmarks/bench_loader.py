@@ -1,7 +1,7 @@
 """Loader throughput per worker and start-up time, side by side on the same tokens:
 jam's loader, mosaicml-streaming (MDS), litdata (TokensLoader), webdataset, and raw numpy.memmap.
 
-    python benchmarks/bench_loader.py [--samples 2048] [--seq-len 4096] [--repeat 2]
+    python benchmarks/bench_loader.py [--samples 2048] [--seq-len 4096] [--repeat 5]
 
 The same random uint16 tokens (samples of seq_len, as 4096-token training rows) are written once in
 each tool's own format; each reader then delivers every sample once in one process (what one
@@ -133,16 +133,16 @@ def read_memmap_batches(paths: list[str], seq_len: int, dtype: str = "int32"):
     yield None
     total = 0
     for s in range(0, len(rows) - 7, 8):
-        t = torch.empty((8, seq_len), dtype=getattr(torch, dtype))
-        m = torch.empty((8, seq_len), dtype=torch.bool)
-        g = torch.empty((8, seq_len), dtype=torch.int32)
-        tn, mn, gn = t.numpy(), m.numpy(), g.numpy()
+        tn = np.empty((8, seq_len), dtype=dtype)
+        mn = np.empty((8, seq_len), dtype=bool)
+        gn = np.empty((8, seq_len), dtype=np.int32)
+        mn.fill(True)
+        gn.fill(0)
         for r in range(8):
             mm, i = rows[s + r]
             tn[r] = mm[i * seq_len:(i + 1) * seq_len]
-            mn[r] = True
-            gn[r] = 0
-        total += t.numel()
+        batch = (torch.from_numpy(tn), torch.from_numpy(mn), torch.from_numpy(gn))
+        total += batch[0].numel()
     yield total
 
 
@@ -217,7 +217,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--samples", type=int, default=2048)
     ap.add_argument("--seq-len", type=int, default=4096)
-    ap.add_argument("--repeat", type=int, default=2, help="runs per reader; the best is reported")
+    ap.add_argument("--repeat", type=int, default=5,
+                    help="rounds; each round runs every reader once, the median round is reported per reader")
     ap.add_argument("--skip", action="append", default=[], help="reader to leave out (mosaic, litdata, webdataset)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="jam-bench-loader-"))
@@ -243,13 +244,14 @@ def main() -> None:
         if "litdata" not in args.skip:
             lit = write_litdata(work, tokens)
             readers["litdata (TokensLoader)"] = lambda: read_litdata(lit, L, n)
+        runs: dict[str, list] = {name: [] for name in readers}
+        for _ in range(args.repeat):  # round-robin, so that a noisy moment hits every reader alike
+            for name, make in readers.items():
+                runs[name].append(measure(make()))
         results = {}
-        for name, make in readers.items():
-            best = None
-            for _ in range(args.repeat):
-                r = measure(make())
-                best = r if best is None or r[1] > best[1] else best
-            results[name] = best
+        for name, rs in runs.items():
+            mid = len(rs) // 2
+            results[name] = (sorted(r[0] for r in rs)[mid], sorted(r[1] for r in rs)[mid], rs[0][2])
         raw = results["raw numpy.memmap copy"][1]
         ours = results["jam loader (.bin/.idx, verify=size)"][1]
         print(f"\n{'reader (1 process = 1 worker)':40s} {'start-up s':>10s} {'M tokens/s':>11s} {'jam/this':>9s} {'this/raw':>9s}")

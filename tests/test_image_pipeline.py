@@ -218,7 +218,7 @@ def test_this_packages_loader_reads_shards(run1, sp_model_path):
     loader = build_loader(sec, {"img": str(out / "ic")})
     batch = next(iter(loader))
     toks = batch["tokens"]
-    assert toks.shape == (2, 128) and toks.dtype == torch.int64
+    assert toks.shape == (2, 128) and toks.dtype == torch.int32
     assert (toks == v.boi_id).sum() >= 1 and int(toks.max()) < v.size
     assert any(k in samples(out / "ic") for row in batch["keys"] for k in row)
 
