@@ -291,3 +291,23 @@ def test_resume_cost_does_not_grow_with_step(dirs):
     lo2 = build_loader(cfg(steps_per_epoch=200), dirs)
     lo2.load_state_dict(state)
     assert_same([next(iter(lo2))], [nxt])
+
+
+def test_token_dtype_int32_default_int64_same_values_and_order(dirs, reference):
+    assert reference[0]["tokens"].dtype == torch.int32
+    lo64 = build_loader(cfg(token_dtype="int64"), dirs)
+    wide = run(lo64, 5)
+    assert wide[0]["tokens"].dtype == torch.int64
+    assert all(torch.equal(a["tokens"].long(), b["tokens"]) for a, b in zip(reference, wide))
+    # the dtype is not part of the order: a state saved by one resumes the other
+    lo32 = build_loader(cfg(), dirs)
+    lo32.load_state_dict(lo64.state_dict())
+    assert torch.equal(next(iter(lo32))["tokens"].long(), reference[5]["tokens"].long())
+
+
+def test_leaving_and_reentering_an_epoch_in_process_continues_exactly(dirs, reference):
+    lo = build_loader(cfg(), dirs)
+    first = run(lo, 3)  # leaves the loop after 3 of 12 steps
+    assert lo.step == 3
+    rest = run(lo)
+    assert_same(first + rest, reference[:12])

@@ -133,3 +133,19 @@ def test_duplicate_keys_detected_and_skipped(tmp_path):
     seen = keys_of(lo)
     assert sorted(seen) == ["a", "b", "c", "d"]
     assert lo.counters["duplicate_keys"] == 1
+
+
+def test_text_index_pointing_past_the_bin_is_skipped(tmp_path, caplog):
+    root = make_text_tokens(tmp_path / "text", {"a": [20, 20]}, seed=2)
+    idx = root / "a" / "part-00000.idx"
+    data = bytearray(idx.read_bytes())
+    count = int.from_bytes(data[18:26], "little")  # magic 9, version 8, dtype 1, then the count
+    at = 34 + 4 * count  # pointers (int64) follow the int32 lengths
+    data[at:at + 8] = (10**9).to_bytes(8, "little")  # document 0 starts a gigabyte in
+    idx.write_bytes(bytes(data))
+    with caplog.at_level(logging.ERROR, logger="jamdata.loader"):
+        lo = build_loader(cfg(mixture={"text": 1}, seq_len=32, verify="none"), {"text": str(root)})
+        seen = keys_of(lo)
+    assert seen and all(k.startswith("a/part-00001:") for k in seen)
+    assert lo.counters["skipped_shards"] >= 1
+    assert "part-00000.idx: document 0 points past the end" in caplog.text
