@@ -1,12 +1,16 @@
 """Loader throughput per worker and start-up time, side by side on the same tokens:
 jam's loader, mosaicml-streaming (MDS), litdata (TokensLoader), webdataset, and raw numpy.memmap.
 
-    python benchmarks/bench_loader.py [--samples 2048] [--seq-len 4096] [--repeat 5]
+    python benchmarks/bench_loader.py [--tokens 8388608] [--seq-len 4096] [--scenario rows|docs] [--repeat 5]
 
-The same random uint16 tokens (samples of seq_len, as 4096-token training rows) are written once in
-each tool's own format; each reader then delivers every sample once in one process (what one
-dataloader worker does), files in the page cache. tokens/s = tokens delivered / seconds; start-up =
-constructor to first sample. Anchors are pinned in requirements-bench.txt. mosaicml-streaming 0.13
+The same random uint16 tokens are written once in each tool's own format, in two scenarios: `rows`
+(samples of exactly seq_len, pre-packed training rows) and `docs` (documents of web-page-like
+lengths that a loader must pack). Each reader then delivers every token once in one process (what
+one dataloader worker does), files in the page cache: jam as packed batches of 8 rows (int32
+tokens, loss mask, segment ids), litdata's TokensLoader as seq_len blocks, webdataset and mosaic as
+one sample per document, the raw references as seq_len blocks of the .bin files. tokens/s = tokens
+delivered (padding not counted) / seconds; start-up = constructor to first sample; each figure is the
+median of --repeat round-robin rounds. Anchors are pinned in requirements-bench.txt. mosaicml-streaming 0.13
 imports transformers and torchvision at import time only for isinstance checks and example datasets;
 when they are not installed this script puts tiny placeholders on sys.path so that it can run in the
 project's environment without them (install the anchors with `pip install --no-deps` into a separate
@@ -50,8 +54,16 @@ def placeholders(root: Path) -> None:
     sys.path.append(str(root))
 
 
-# -- writers ---------------------------------------------------------------------------------------
-def write_jam(root: Path, tokens: np.ndarray) -> dict[str, str]:
+# -- writers (each stores the same documents) --------------------------------------------------------
+SHARDS = 4
+
+
+def _split(docs: list[np.ndarray]) -> list[list[np.ndarray]]:
+    per = -(-len(docs) // SHARDS)
+    return [docs[i:i + per] for i in range(0, len(docs), per)]
+
+
+def write_jam(root: Path, docs: list[np.ndarray]) -> dict[str, str]:
     from jamdata.formats.megatron import IndexedDatasetWriter
     from jamdata.formats.wds import TarShardWriter
     from jamdata.loader.testing import VOCAB
@@ -60,53 +72,54 @@ def write_jam(root: Path, tokens: np.ndarray) -> dict[str, str]:
     text = root / "jam-text"
     (text / "bench").mkdir(parents=True)
     shards = []
-    per = 512
-    for s in range(0, len(tokens), per):
-        rel = f"bench/part-{s // per:05d}"
+    for k, part in enumerate(_split(docs)):
+        rel = f"bench/part-{k:05d}"
         w = IndexedDatasetWriter(str(text / rel), np.uint16)
-        for row in tokens[s:s + per]:
-            w.add_document(row)
-        docs, toks = w.finalize()
-        shards += [describe_shard(str(text), rel + ".idx", docs, toks, "bench"), describe_shard(str(text), rel + ".bin")]
+        for doc in part:
+            w.add_document(doc)
+        n_docs, toks = w.finalize()
+        shards += [describe_shard(str(text), rel + ".idx", n_docs, toks, "bench"), describe_shard(str(text), rel + ".bin")]
     write_manifest(str(text), build_manifest("text_tokens", shards, {}, VOCAB))
     tars = root / "jam-tar"
     shards = []
-    for s in range(0, len(tokens), per):
-        rel = f"part-{s // per:05d}.tar"
+    i = 0
+    for k, part in enumerate(_split(docs)):
+        rel = f"part-{k:05d}.tar"
         with TarShardWriter(str(tars / rel)) as w:
-            for i, row in enumerate(tokens[s:s + per]):
-                w.write(f"k{s + i:07d}", {"tokens.npy": row})
-        shards.append(describe_shard(str(tars), rel, min(per, len(tokens) - s), int(tokens[s:s + per].size)))
+            for doc in part:
+                w.write(f"k{i:07d}", {"tokens.npy": doc})
+                i += 1
+        shards.append(describe_shard(str(tars), rel, len(part), int(sum(d.size for d in part))))
     write_manifest(str(tars), build_manifest("image_caption", shards, {}, VOCAB))
     return {"text": str(text), "tar": str(tars)}
 
 
-def write_mds(root: Path, tokens: np.ndarray) -> str:
+def write_mds(root: Path, docs: list[np.ndarray]) -> str:
     from streaming import MDSWriter
 
     out = root / "mds"
     with MDSWriter(out=str(out), columns={"tokens": "bytes"}, size_limit=1 << 26) as w:
-        for row in tokens:
-            w.write({"tokens": row.tobytes()})
+        for doc in docs:
+            w.write({"tokens": doc.tobytes()})
     return str(out)
 
 
-_TOKENS: np.ndarray | None = None
+_DOCS: list[np.ndarray] = []
 
 
 def _lit_item(i: int):
     import torch
 
-    return torch.from_numpy(_TOKENS[i].astype(np.int64)).to(torch.int16) if False else torch.from_numpy(_TOKENS[i].view(np.int16).copy())
+    return torch.from_numpy(_DOCS[i].view(np.int16).copy())
 
 
-def write_litdata(root: Path, tokens: np.ndarray) -> str:
-    global _TOKENS
+def write_litdata(root: Path, docs: list[np.ndarray], seq_len: int) -> str:
+    global _DOCS
     from litdata import TokensLoader, optimize
 
-    _TOKENS = tokens
+    _DOCS = docs
     out = root / "litdata"
-    optimize(fn=_lit_item, inputs=list(range(len(tokens))), output_dir=str(out), chunk_size=len(tokens[0]) * 512,
+    optimize(fn=_lit_item, inputs=list(range(len(docs))), output_dir=str(out), chunk_size=seq_len * 512,
              item_loader=TokensLoader(), num_workers=1, mode="overwrite", start_method="fork")
     return str(out)
 
@@ -146,23 +159,21 @@ def read_memmap_batches(paths: list[str], seq_len: int, dtype: str = "int32"):
     yield total
 
 
-def read_jam(dirs: dict, name: str, seq_len: int, n: int, verify: str):
+def read_jam(dirs: dict, name: str, seq_len: int, verify: str):
     from jamdata.config import Config
     from jamdata.loader import build_loader
 
     cfg = Config({"loader": {"mixture": {name: 1}, "seq_len": seq_len, "global_batch_size": 8, "step_lanes": 1,
-                             "steps_per_epoch": n // 8, "verify": verify}}).section("loader")
-    lo = build_loader(cfg, {name: dirs[name]})
+                             "verify": verify}}).section("loader")
+    lo = build_loader(cfg, {name: dirs[name]})  # one pass over the tokens (steps_per_epoch: 0)
     it = iter(lo)
     next(it)
     yield None
-    total = 0
-    for b in it:
-        total += b["tokens"].numel()
-    yield total
+    segments = [b["segment_ids"] for b in it]
+    yield segments  # measure() counts the tokens (not padding) after the clock stops
 
 
-def read_mds(path: str, seq_len: int, n: int):
+def read_mds(path: str, seq_len: int):
     from streaming import StreamingDataset
     from streaming.base.util import clean_stale_shared_memory
 
@@ -177,7 +188,7 @@ def read_mds(path: str, seq_len: int, n: int):
     yield total
 
 
-def read_litdata(path: str, seq_len: int, n: int):
+def read_litdata(path: str, seq_len: int):
     from litdata import StreamingDataset, TokensLoader
 
     ds = StreamingDataset(input_dir=path, item_loader=TokensLoader(block_size=seq_len), shuffle=False)
@@ -190,7 +201,7 @@ def read_litdata(path: str, seq_len: int, n: int):
     yield total
 
 
-def read_wds(path: str, seq_len: int, n: int):
+def read_wds(path: str, seq_len: int):
     import webdataset as wds
 
     urls = sorted(str(p) for p in Path(path).glob("*.tar"))
@@ -210,13 +221,76 @@ def measure(gen) -> tuple[float, float, int]:
     t1 = time.perf_counter()
     total = next(g)
     t2 = time.perf_counter()
+    if not isinstance(total, int):
+        total = sum(int((seg >= 0).sum()) for seg in total)
     return t1 - t0, total / (t2 - t1), total
+
+
+def documents(kind: str, n_tokens: int, seq_len: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """`rows`: samples of exactly seq_len (pre-packed rows); `docs`: documents of web-page-like
+    lengths (log-normal, median ~500 tokens, 16..4*seq_len), which the loader packs into rows."""
+    if kind == "rows":
+        return list(rng.integers(0, 32000, (n_tokens // seq_len, seq_len), dtype=np.uint16))
+    lengths = np.clip(rng.lognormal(np.log(500), 1.0, n_tokens // 100), 16, 4 * seq_len).astype(np.int64)
+    lengths = lengths[:np.searchsorted(np.cumsum(lengths), n_tokens) + 1]
+    flat = rng.integers(0, 32000, int(lengths.sum()), dtype=np.uint16)
+    return np.split(flat, np.cumsum(lengths)[:-1])
+
+
+def scenario(kind: str, args, work: Path) -> None:
+    L = args.seq_len
+    docs = documents(kind, args.tokens, L, np.random.default_rng(0))
+    n_tok = sum(d.size for d in docs)
+    root = work / kind
+    root.mkdir()
+    print(f"\n== {kind}: {len(docs)} documents, {n_tok / 1e6:.1f} M tokens "
+          f"(mean {n_tok / len(docs):.0f} per document), rows of {L} tokens, 8 rows per batch")
+    jam = write_jam(root, docs)
+    bins = sorted(str(p) for p in Path(jam["text"]).glob("bench/*.bin"))
+    readers = {
+        "raw numpy.memmap copy": lambda: read_memmap(bins, L),
+        "raw memmap -> batch tensors (int32)": lambda: read_memmap_batches(bins, L, "int32"),
+        "jam loader (.bin/.idx, verify=size)": lambda: read_jam(jam, "text", L, "size"),
+        "jam loader (.bin/.idx, verify=sha256)": lambda: read_jam(jam, "text", L, "sha256"),
+        "jam loader (tar, verify=size)": lambda: read_jam(jam, "tar", L, "size"),
+    }
+    if "webdataset" not in args.skip:
+        readers["webdataset (same tars)"] = lambda: read_wds(jam["tar"], L)
+    if "mosaic" not in args.skip:
+        mds = write_mds(root, docs)
+        readers["mosaicml-streaming (MDS)"] = lambda: read_mds(mds, L)
+    if "litdata" not in args.skip:
+        lit = write_litdata(root, docs, L)
+        readers["litdata (TokensLoader)"] = lambda: read_litdata(lit, L)
+    runs: dict[str, list] = {name: [] for name in readers}
+    for _ in range(args.repeat):  # round-robin, so that a noisy moment hits every reader alike
+        for name, make in readers.items():
+            runs[name].append(measure(make()))
+    results = {}
+    for name, rs in runs.items():
+        mid = len(rs) // 2
+        results[name] = (sorted(r[0] for r in rs)[mid], sorted(r[1] for r in rs)[mid])
+    raw = results["raw numpy.memmap copy"][1]
+    ours = results["jam loader (.bin/.idx, verify=size)"][1]
+    print(f"{'reader (1 process = 1 worker)':40s} {'start-up s':>10s} {'M tokens/s':>11s} {'jam/this':>9s} {'this/raw':>9s}")
+    for name, (start, tps) in results.items():
+        print(f"{name:40s} {start:10.3f} {tps / 1e6:11.1f} {ours / tps:9.2f} {tps / raw:9.2f}")
+    batch = results["raw memmap -> batch tensors (int32)"][1]
+    anchors = {k: v[1] for k, v in results.items() if k.split(" ")[0] in ("webdataset", "mosaicml-streaming", "litdata")}
+    best = max(anchors, key=anchors.get) if anchors else None
+    print(f"jam loader (.bin/.idx) vs raw numpy.memmap copy: {raw / ours:.2f}x slower (target <= 2x: "
+          f"{'met' if raw / ours <= 2 else 'MISSED'}); vs raw memmap into the batch tensors: {batch / ours:.2f}x slower")
+    if best:
+        print(f"jam loader vs the fastest anchor ({best}): {ours / anchors[best]:.2f}x "
+              f"(target > 1: {'met' if ours > anchors[best] else 'MISSED'})")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--samples", type=int, default=2048)
+    ap.add_argument("--tokens", type=int, default=2048 * 4096, help="tokens per scenario")
     ap.add_argument("--seq-len", type=int, default=4096)
+    ap.add_argument("--scenario", choices=["rows", "docs"], action="append",
+                    help="rows: seq_len samples; docs: variable-length documents (default: both)")
     ap.add_argument("--repeat", type=int, default=5,
                     help="rounds; each round runs every reader once, the median round is reported per reader")
     ap.add_argument("--skip", action="append", default=[], help="reader to leave out (mosaic, litdata, webdataset)")
@@ -224,47 +298,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="jam-bench-loader-"))
     placeholders(work / "placeholders")
     try:
-        rng = np.random.default_rng(0)
-        n, L = args.samples, args.seq_len
-        tokens = rng.integers(0, 32000, (n, L), dtype=np.uint16)
-        print(f"{n} samples x {L} tokens = {n * L / 1e6:.1f} M tokens ({tokens.nbytes / 1e6:.0f} MB uint16) under {work}")
-        jam = write_jam(work, tokens)
-        bins = sorted(str(p) for p in Path(jam["text"]).glob("bench/*.bin"))
-        readers = {
-            "raw numpy.memmap copy": lambda: read_memmap(bins, L),
-            "raw memmap -> batch tensors (int32)": lambda: read_memmap_batches(bins, L, "int32"),
-            "jam loader (.bin/.idx, verify=size)": lambda: read_jam(jam, "text", L, n, "size"),
-            "jam loader (.bin/.idx, verify=sha256)": lambda: read_jam(jam, "text", L, n, "sha256"),
-            "jam loader (tar, verify=size)": lambda: read_jam(jam, "tar", L, n, "size"),
-            "webdataset (same tars)": lambda: read_wds(jam["tar"], L, n),
-        }
-        if "mosaic" not in args.skip:
-            mds = write_mds(work, tokens)
-            readers["mosaicml-streaming (MDS)"] = lambda: read_mds(mds, L, n)
-        if "litdata" not in args.skip:
-            lit = write_litdata(work, tokens)
-            readers["litdata (TokensLoader)"] = lambda: read_litdata(lit, L, n)
-        runs: dict[str, list] = {name: [] for name in readers}
-        for _ in range(args.repeat):  # round-robin, so that a noisy moment hits every reader alike
-            for name, make in readers.items():
-                runs[name].append(measure(make()))
-        results = {}
-        for name, rs in runs.items():
-            mid = len(rs) // 2
-            results[name] = (sorted(r[0] for r in rs)[mid], sorted(r[1] for r in rs)[mid], rs[0][2])
-        raw = results["raw numpy.memmap copy"][1]
-        ours = results["jam loader (.bin/.idx, verify=size)"][1]
-        print(f"\n{'reader (1 process = 1 worker)':40s} {'start-up s':>10s} {'M tokens/s':>11s} {'jam/this':>9s} {'this/raw':>9s}")
-        for name, (start, tps, total) in results.items():
-            print(f"{name:40s} {start:10.3f} {tps / 1e6:11.1f} {ours / tps:9.2f} {tps / raw:9.2f}")
-        batch = results["raw memmap -> batch tensors (int32)"][1]
-        anchors = {k: v[1] for k, v in results.items() if k.split(" ")[0] in ("webdataset", "mosaicml-streaming", "litdata")}
-        best = max(anchors, key=anchors.get) if anchors else None
-        print(f"\njam loader (.bin/.idx) vs raw numpy.memmap copy: {raw / ours:.2f}x slower (target <= 2x: "
-              f"{'met' if raw / ours <= 2 else 'MISSED'}); vs raw memmap into the batch tensors: {batch / ours:.2f}x slower")
-        if best:
-            print(f"jam loader vs the fastest anchor ({best}): {ours / anchors[best]:.2f}x "
-                  f"(target > 1: {'met' if ours > anchors[best] else 'MISSED'})")
+        for kind in args.scenario or ["rows", "docs"]:
+            scenario(kind, args, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

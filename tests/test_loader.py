@@ -123,7 +123,10 @@ def test_ranks_simulated_match_single_process_mixture(dirs, reference):
 
 
 # -- packing content -----------------------------------------------------------------------------
-def test_rows_hold_exactly_their_documents(dirs, reference):
+@pytest.mark.parametrize("run_rows", [8, 0])
+def test_rows_hold_exactly_their_documents(dirs, reference, run_rows):
+    if run_rows != 8:  # 8 is the default the reference uses; 0 shuffles text document by document
+        reference = run(build_loader(cfg(text_run_rows=run_rows), dirs))
     text = {}
     for src, n in (("wiki", 2), ("web", 1)):
         for i in range(n):
@@ -311,3 +314,35 @@ def test_leaving_and_reentering_an_epoch_in_process_continues_exactly(dirs, refe
     assert lo.step == 3
     rest = run(lo)
     assert_same(first + rest, reference[:12])
+
+
+def test_text_runs_stay_inside_back_to_back_stretches_and_keep_their_order():
+    # shard 0: docs back to back; shard 1 unreadable (length 0); a gap before position 8
+    shards = np.array([0, 0, 0, 0, 0, 1, 1, 0, 0, 0])
+    length = np.array([30, 30, 30, 30, 30, 0, 0, 30, 30, 30])
+    start = np.array([0, 30, 60, 90, 120, 0, 0, 150, 500, 530])
+    firsts = order.text_runs(shards, start, length, 64)
+    assert firsts.tolist() == [0, 3, 5, 7, 8]  # windows of 64 tokens, shard change, gap
+    runs = np.split(np.arange(10), firsts[1:])
+    for run in runs:
+        assert len(set(shards[run])) == 1
+        assert (start[run][1:] == start[run][:-1] + length[run][:-1]).all()
+    idx, run_at = order.run_order(order.rng(0, "t"), firsts, 10)
+    assert sorted(idx.tolist()) == list(range(10))
+    assert {tuple(idx[a:b]) for a, b in zip(run_at, list(run_at[1:]) + [10])} == {tuple(r) for r in runs}
+    # merging the unreadable shard's positions into one run moves no other run
+    alone = order.text_runs(shards, start, length, 64)
+    split = np.array([0, 3, 5, 6, 7, 8])
+    a, _ = order.run_order(order.rng(0, "t"), alone, 10)
+    b, _ = order.run_order(order.rng(0, "t"), split, 10)
+    assert [i for i in a if i not in (5, 6)] == [i for i in b if i not in (5, 6)]
+
+
+def test_text_run_rows_is_part_of_the_order(dirs):
+    lo = build_loader(cfg(mixture={"text": 1}, text_run_rows=1, steps_per_epoch=20), dirs)
+    first = [k for b in run(lo) for row in b["keys"] for k in row]
+    lo0 = build_loader(cfg(mixture={"text": 1}, text_run_rows=0, steps_per_epoch=20), dirs)
+    per_doc = [k for b in run(lo0) for row in b["keys"] for k in row]
+    assert first != per_doc  # the run length is part of the order
+    with pytest.raises(LoaderError, match="different data order"):
+        lo0.load_state_dict(lo.state_dict())

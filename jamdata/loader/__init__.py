@@ -27,7 +27,7 @@ def __getattr__(name: str) -> Any:
 __all__ = ["build_loader", "build_spec", "dataset_dirs", "JamLoader", "PackedStream", "LoaderSpec",
            "LoaderError", "merge_state_dicts", "hf_iterable_dataset", "KEYS"]
 
-KEYS = ["mixture", "paths", "seq_len", "global_batch_size", "step_lanes", "slot_lanes", "shuffle_block",
+KEYS = ["mixture", "paths", "seq_len", "global_batch_size", "step_lanes", "slot_lanes", "shuffle_block", "text_run_rows",
         "seed", "mixture_period", "steps_per_epoch", "oversize", "on_corrupt", "verify", "token_dtype", "num_workers",
         "persistent_workers", "prefetch_factor"]
 DEFAULT_MIXTURE = {"text-tokens": 0.5, "image-caption": 0.5}
@@ -73,6 +73,7 @@ def build_spec(cfg_section: Config, datasets: dict[str, str]) -> tuple["LoaderSp
         step_lanes=int(sec.number("step_lanes", default=2, lo=1)),
         slot_lanes=int(sec.get("slot_lanes", (int, type(None)), default=None) or G),
         shuffle_block=int(sec.number("shuffle_block", default=1024, lo=1)),
+        text_run_rows=int(sec.number("text_run_rows", default=8, lo=0)),
         seed=int(sec.number("seed", default=0)),
         mixture_period=int(sec.number("mixture_period", default=10000, lo=1)),
         steps_per_epoch=int(sec.number("steps_per_epoch", default=0, lo=0)),

@@ -3,6 +3,9 @@ owned by exactly one (rank, worker), so it is read once, with no coordination, a
 position is three integers per dataset (epoch, position in its span, offset in the document)."""
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
+from typing import Any
+
 import numpy as np
 
 from jamdata.loader import order
@@ -36,8 +39,9 @@ class Cursor:
     each block in `order.block_permutation(...)` order; the last epoch is followed by the next."""
 
     def __init__(self, src: DatasetSource, lane: int, n_lanes: int, seed: int, block: int,
-                 pool: ShardPool, state: list[int] | None = None):
+                 pool: ShardPool, state: list[int] | None = None, run_tokens: int = 0):
         self.src, self.lane, self.n_lanes, self.seed, self.block = src, lane, n_lanes, seed, block
+        self.run_tokens = run_tokens  # Megatron blocks are shuffled in runs of this many tokens
         self.pool = pool
         self.epoch, self.pos, self.offset = state or (0, 0, 0)
         self._epoch_cache: tuple[int, list[int], list[int], tuple[int, int]] | None = None
@@ -46,7 +50,7 @@ class Cursor:
         self._shards: dict[int, object] = {}  # shard readers this cursor uses (False: unusable)
         self._m = 0
         self.splittable = src.fmt == "megatron"
-        self._text: tuple | None = None  # (epoch, first position, size, arrays, starts, lengths, shards, locals)
+        self._text: TextBlock | None = None
         self._rels = [r.rel for r in src.shards]
 
     def state(self) -> list[int]:
@@ -76,30 +80,41 @@ class Cursor:
         """Resolve every position of block b to (shard, index in shard) at once."""
         _, perm, starts, span = self._epoch()
         size = min(self.block, self._m - b * self.block)
-        bp = order.block_permutation(self.seed, self.src.name, self.epoch, self.lane, b, size)
-        seq = span[0] + b * self.block + bp
+        if self.splittable:
+            seq = span[0] + b * self.block + np.arange(size)
+        else:
+            seq = span[0] + b * self.block + order.block_permutation(self.seed, self.src.name, self.epoch, self.lane, b, size)
         k = np.searchsorted(starts, seq, side="right") - 1  # last shard starting at or before (skips empty ones)
         shard_ids, local = perm[k], seq - starts[k]
+        if self.splittable:
+            shard_ids, local = self._text_block(b, size, shard_ids, local)
         self._block_cache = (self.epoch, b, b * self.block, shard_ids.tolist(), local.tolist())
         self._last = None
-        if self.splittable:
-            self._text_block(b * self.block, size, shard_ids, local)
 
-    def _text_block(self, b0: int, size: int, shard_ids: np.ndarray, local: np.ndarray) -> None:
-        """Token spans of the block's documents, looked up once per block so that packing a row
-        costs one slice copy per document; an unusable shard's documents get length 0 (skipped)."""
+    def _text_block(self, b: int, size: int, shard_ids: np.ndarray, local: np.ndarray):
+        """Shuffle block b of a Megatron dataset in runs: consecutive documents of one shard are
+        grouped until a group holds `run_tokens` tokens, and the runs are emitted in an order
+        drawn from (seed, dataset, epoch, lane, block). A row then takes one or two slice copies
+        however short its documents are. Returns the block's (shards, local ids) in that order."""
         start = np.zeros(size, dtype=np.int64)
         length = np.zeros(size, dtype=np.int64)
-        arrays: list = [None] * size
+        usable: dict[int, object] = {}
         for u in np.unique(shard_ids).tolist():
             sel = np.flatnonzero(shard_ids == u)
-            shard = self._shard(u)
-            if shard:
+            shard = usable[u] = self._shard(u)
+            if shard:  # an unusable shard's documents keep length 0 and are skipped
                 start[sel] = shard.start_arr[local[sel]]
                 length[sel] = shard.len_arr[local[sel]]
-                for i in sel.tolist():
-                    arrays[i] = shard.tokens
-        self._text = (self.epoch, b0, size, arrays, start.tolist(), length.tolist(), shard_ids.tolist(), local.tolist())
+        first = order.text_runs(shard_ids, start, length, self.run_tokens)
+        idx, run_at = order.run_order(order.rng(self.seed, "runs", self.src.name, self.epoch, self.lane, b), first, size)
+        shard_ids, local, start, length = shard_ids[idx], local[idx], start[idx], length[idx]
+        run_id = np.zeros(size, dtype=np.int64)
+        run_id[run_at[1:]] = 1
+        np.cumsum(run_id, out=run_id)
+        self._text = TextBlock(self.epoch, b * self.block, size, shard_ids, local, start, length, run_id,
+                               {u: sh and sh.tokens for u, sh in usable.items()},
+                               {u: self._rels[u] + ":" for u in usable})
+        return shard_ids, local
 
     def _shard(self, shard_i: int):
         """The open reader of one shard (False: unusable, already logged and counted)."""
@@ -160,51 +175,111 @@ class Cursor:
     def pack_text(self, tokens: np.ndarray, seg: np.ndarray) -> list[str]:
         """Fill `tokens` with the next len(tokens) tokens of this lane's document stream
         (documents run on across rows) and `seg` with the document index in the row; `seg` must
-        arrive zeroed (only documents after the first are written). Returns the keys of the
-        documents (or pieces of them) in the row. Skips unreadable and empty documents the way
-        `current` does, and raises when a whole epoch of the lane has none."""
+        arrive zeroed. Returns the keys of the documents (or pieces of them) in the row. Skips
+        unreadable and empty documents, and raises when a whole epoch of the lane has none."""
         L = len(tokens)
+        tb = self._text
+        if tb is not None and tb.epoch == self.epoch and 0 <= self.pos - tb.b0 < tb.size:
+            d = tb.first_at[self.pos - tb.b0]  # the common case: the row ends inside this document
+            if d < len(tb.nz) and tb.length[d] - self.offset >= L:
+                s = tb.start[d] + self.offset
+                tokens[:] = tb.arrays[d][s:s + L]
+                if tb.length[d] - self.offset > L:
+                    self.pos, self.offset = tb.b0 + tb.nz[d], self.offset + L
+                elif d + 1 < len(tb.nz):
+                    self.pos, self.offset = tb.b0 + tb.nz[d + 1], 0
+                else:
+                    self.pos, self.offset = tb.b0 + tb.size, 0
+                return [tb.keys[d]]
         keys: list[str] = []
-        fill = segment = skipped = 0
-        rels = self._rels
+        fill = base = 0
+        empty = 0
         while True:
             tb = self._text
-            if tb is None or tb[0] != self.epoch or not 0 <= self.pos - tb[1] < tb[2]:
+            if tb is None or tb.epoch != self.epoch or not 0 <= self.pos - tb.b0 < tb.size:
                 if self.pos >= self._span_len():
                     self.epoch, self.pos, self.offset = self.epoch + 1, 0, 0
                     continue
                 self._enter_block(self.pos // self.block)
                 tb = self._text
-            _, b0, size, arrays, starts, lengths, shards, locs = tb
-            i, off = self.pos - b0, self.offset
-            while i < size:
-                n = lengths[i] - off
-                if n <= 0:  # unreadable or empty document
-                    i, off = i + 1, 0
-                    skipped += 1
-                    continue
-                skipped = 0
-                take = n if n < L - fill else L - fill
-                st = starts[i] + off
-                end = fill + take
-                tokens[fill:end] = arrays[i][st:st + take]
-                if segment:
-                    seg[fill:end] = segment
-                keys.append(f"{rels[shards[i]]}:{locs[i]}")
-                segment += 1
-                fill = end
-                if take == n:
-                    i, off = i + 1, 0
-                else:
-                    off += take
-                if fill == L:
-                    break
-            self.pos, self.offset = b0 + i, off
+            j = tb.first_at[self.pos - tb.b0]  # first readable document at or after pos
+            if j == len(tb.nz):  # nothing readable in the rest of the block
+                self.pos, self.offset = tb.b0 + tb.size, 0
+                empty += tb.size
+                if empty > 2 * self.src.n_samples + 2:
+                    raise LoaderError(f"dataset {self.src.name!r} ({self.src.root}): no readable sample in "
+                                      f"lane {self.lane}'s part of a whole epoch (all shards damaged?)")
+                continue
+            empty = 0
+            t = tb.cum[j] + self.offset  # position in the block's token stream
+            take, n_docs = tb.copy(t, L - fill, tokens[fill:], seg[fill:], base, keys)
+            fill += take
+            base += n_docs
+            t += take
+            if t == tb.total:
+                self.pos, self.offset = tb.b0 + tb.size, 0
+            else:
+                d = bisect_right(tb.cum, t) - 1  # the readable document holding token t
+                self.pos, self.offset = tb.b0 + tb.nz[d], t - tb.cum[d]
             if fill == L:
                 return keys
-            if skipped > 2 * self.src.n_samples + 2:
-                raise LoaderError(f"dataset {self.src.name!r} ({self.src.root}): no readable sample in "
-                                  f"lane {self.lane}'s part of a whole epoch (all shards damaged?)")
+
+
+class TextBlock:
+    """One shuffle block of a Megatron dataset as a token stream: its readable documents in
+    block order, cut into windows of documents that lie back to back in one shard's memory."""
+
+    def __init__(self, epoch: int, b0: int, size: int, shard_ids: np.ndarray, local: np.ndarray,
+                 start: np.ndarray, length: np.ndarray, run_id: np.ndarray, tokens: dict[int, Any],
+                 prefixes: dict[int, str]):
+        self.epoch, self.b0, self.size = epoch, b0, size
+        nz = np.flatnonzero(length > 0)
+        self.nz = nz.tolist()
+        cum = np.zeros(len(nz) + 1, dtype=np.int64)
+        np.cumsum(length[nz], out=cum[1:])
+        self.cum_np, self.cum, self.total = cum, cum.tolist(), int(cum[-1])
+        st, sh, ln = start[nz], shard_ids[nz], length[nz]
+        ids = sh.tolist()
+        self.arrays = list(map(tokens.__getitem__, ids))  # map: per-document work stays in C
+        self.start = st.tolist()
+        self.length = ln.tolist()
+        self.first_at = np.searchsorted(nz, np.arange(size)).tolist()  # position -> first readable at or after
+        self.keys = list(map(str.__add__, map(prefixes.__getitem__, ids), map(str, local[nz].tolist())))
+        rid = run_id[nz]
+        joined = (st[1:] == st[:-1] + ln[:-1]) & (sh[1:] == sh[:-1]) & (rid[1:] == rid[:-1])
+        self.wstart = [0] + (np.flatnonzero(~joined) + 1).tolist() + [len(self.nz)]
+        self._wseg: tuple[int, np.ndarray] | None = None  # (window, document index of each of its tokens)
+
+    def window_segments(self, w: int) -> np.ndarray:
+        """Document index (within window w) of every token of the window, kept for the window
+        the lane is reading: a row's segment ids are then one subtraction."""
+        if self._wseg is None or self._wseg[0] != w:
+            w0, w1 = self.wstart[w], self.wstart[w + 1]
+            self._wseg = (w, np.repeat(np.arange(w1 - w0, dtype=np.int32), np.diff(self.cum_np[w0:w1 + 1])))
+        return self._wseg[1]
+
+    def copy(self, t: int, room: int, tokens: np.ndarray, seg: np.ndarray, base: int,
+             keys: list[str]) -> tuple[int, int]:
+        """Copy up to `room` tokens from stream position t (stopping where the window of
+        back-to-back documents ends) and their document indices (from `base`, into a zeroed
+        `seg`); appends the keys. Returns (tokens copied, documents touched)."""
+        cum = self.cum
+        d = bisect_right(cum, t) - 1
+        w = bisect_right(self.wstart, d) - 1
+        take = min(room, cum[self.wstart[w + 1]] - t)
+        s = self.start[d] + t - cum[d]
+        tokens[:take] = self.arrays[d][s:s + take]
+        last = bisect_left(cum, t + take, d + 1)  # documents d .. last-1 are in the piece
+        if last - d == 1:
+            if base:
+                seg[:take] = base
+            keys.append(self.keys[d])
+            return take, 1
+        w0 = self.wstart[w]
+        a = t - cum[w0]
+        np.subtract(self.window_segments(w)[a:a + take], d - w0 - base, out=seg[:take])
+        keys.extend(self.keys[d:last])
+        return take, last - d
 
 
 class Packer:

@@ -35,6 +35,37 @@ def block_permutation(seed: int, name: str, epoch: int, lane: int, block: int, s
     return rng(seed, "block", name, epoch, lane, block).permutation(size)
 
 
+def text_runs(shard_ids: np.ndarray, start: np.ndarray, length: np.ndarray, run_tokens: int) -> np.ndarray:
+    """First position of each run of a text block (positions in shard order). A stretch is
+    consecutive documents of one shard lying back to back in its .bin; a document starts a new
+    run when it starts a stretch or when its first token falls in a later `run_tokens`-token
+    window of its stretch than the previous document's. Documents of an unreadable shard
+    (length 0) form stretches of their own, so they never move the other runs."""
+    n = len(shard_ids)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    brk = np.ones(n, dtype=bool)
+    brk[1:] = (shard_ids[1:] != shard_ids[:-1]) | (start[1:] != start[:-1] + length[:-1]) \
+        | ((length[1:] == 0) != (length[:-1] == 0))
+    before = np.cumsum(length) - length  # tokens before each document in the block
+    stretch_at = np.maximum.accumulate(np.where(brk, before, 0))
+    window = (before - stretch_at) // max(run_tokens, 1)
+    brk[1:] |= window[1:] != window[:-1]
+    return np.flatnonzero(brk)
+
+
+def run_order(gen: np.random.Generator, firsts: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of a block in emitted order, and the emitted positions where runs begin: runs
+    sorted by a random key drawn for their first position (keys are drawn for every position, so
+    a run's place does not depend on how the other positions are grouped)."""
+    key = gen.random(size)[firsts]
+    ends = np.append(firsts[1:], size)
+    runs = np.argsort(key, kind="stable")
+    lens = (ends - firsts)[runs]
+    out_start = np.cumsum(lens) - lens
+    return np.repeat(firsts[runs] - out_start, lens) + np.arange(size), out_start
+
+
 def mixture_quotas(weights: list[float], period: int) -> list[int]:
     """Rows per dataset in one mixture period: weights rounded by largest remainder, sum = period."""
     w = np.asarray(weights, dtype=np.float64)

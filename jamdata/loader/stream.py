@@ -38,6 +38,7 @@ class LoaderSpec:
     step_lanes: int = 2
     slot_lanes: int = 8
     shuffle_block: int = 1024
+    text_run_rows: int = 8
     seed: int = 0
     mixture_period: int = 10000
     steps_per_epoch: int = 0  # 0: one pass over the mixture's tokens
@@ -111,7 +112,8 @@ class LaneSet:
             st = self.states.get(lane, {})
             ds_state = st.get("ds", {})
             self.cursors[lane] = [Cursor(src, lane, self.spec.n_lanes, self.spec.seed, self.spec.shuffle_block,
-                                         self.pool, ds_state.get(src.name)) for src in self.sources]
+                                         self.pool, ds_state.get(src.name),
+                                         self.spec.seq_len * self.spec.text_run_rows) for src in self.sources]
             self.rows[lane] = int(st.get("row", 0))
         return self.cursors[lane]
 
