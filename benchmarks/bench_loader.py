@@ -113,15 +113,27 @@ def _lit_item(i: int):
     return torch.from_numpy(_DOCS[i].view(np.int16).copy())
 
 
-def write_litdata(root: Path, docs: list[np.ndarray], seq_len: int) -> str:
+def _optimize_litdata(out: str, docs: list[np.ndarray], seq_len: int) -> None:
     global _DOCS
     from litdata import TokensLoader, optimize
 
     _DOCS = docs
-    out = root / "litdata"
-    optimize(fn=_lit_item, inputs=list(range(len(docs))), output_dir=str(out), chunk_size=seq_len * 512,
+    optimize(fn=_lit_item, inputs=list(range(len(docs))), output_dir=out, chunk_size=seq_len * 512,
              item_loader=TokensLoader(), num_workers=1, mode="overwrite", start_method="fork")
-    return str(out)
+
+
+def write_litdata(root: Path, docs: list[np.ndarray], seq_len: int) -> str:
+    """litdata's optimize() leaves queue-feeder and tqdm-monitor threads running in its process,
+    which slow every reader measured after it, so it runs in a child process."""
+    import multiprocessing
+
+    out = str(root / "litdata")
+    p = multiprocessing.get_context("fork").Process(target=_optimize_litdata, args=(out, docs, seq_len))
+    p.start()
+    p.join()
+    if p.exitcode != 0:
+        raise RuntimeError(f"litdata optimize failed (exit code {p.exitcode})")
+    return out
 
 
 # -- readers (each delivers every sample once; returns tokens delivered) -----------------------------
@@ -169,8 +181,17 @@ def read_jam(dirs: dict, name: str, seq_len: int, verify: str):
     it = iter(lo)
     next(it)
     yield None
-    segments = [b["segment_ids"] for b in it]
-    yield segments  # measure() counts the tokens (not padding) after the clock stops
+    for _ in it:  # keeps no batch alive, as a training loop does
+        pass
+
+    def delivered() -> int:
+        """Tokens of the timed pass, padding not counted: the order is deterministic, so a
+        second, untimed pass counts them."""
+        again = iter(build_loader(cfg, {name: dirs[name]}))
+        next(again)
+        return sum(int((b["segment_ids"] >= 0).sum()) for b in again)
+
+    yield delivered
 
 
 def read_mds(path: str, seq_len: int):
@@ -221,8 +242,8 @@ def measure(gen) -> tuple[float, float, int]:
     t1 = time.perf_counter()
     total = next(g)
     t2 = time.perf_counter()
-    if not isinstance(total, int):
-        total = sum(int((seg >= 0).sum()) for seg in total)
+    if callable(total):  # counted after the clock stopped
+        total = total()
     return t1 - t0, total / (t2 - t1), total
 
 
