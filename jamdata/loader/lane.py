@@ -51,7 +51,6 @@ class Cursor:
         self._m = 0
         self.splittable = src.fmt == "megatron"
         self._text: TextBlock | None = None
-        self._rels = [r.rel for r in src.shards]
 
     def state(self) -> list[int]:
         return [self.epoch, self.pos, self.offset]
@@ -86,10 +85,10 @@ class Cursor:
             seq = span[0] + b * self.block + order.block_permutation(self.seed, self.src.name, self.epoch, self.lane, b, size)
         k = np.searchsorted(starts, seq, side="right") - 1  # last shard starting at or before (skips empty ones)
         shard_ids, local = perm[k], seq - starts[k]
-        if self.splittable:
+        self._last = None
+        if self.splittable:  # text rows are cut by pack_text from the block's TextBlock
             shard_ids, local = self._text_block(b, size, shard_ids, local)
         self._block_cache = (self.epoch, b, b * self.block, shard_ids.tolist(), local.tolist())
-        self._last = None
 
     def _text_block(self, b: int, size: int, shard_ids: np.ndarray, local: np.ndarray):
         """Shuffle block b of a Megatron dataset in runs: consecutive documents of one shard are
@@ -113,7 +112,7 @@ class Cursor:
         np.cumsum(run_id, out=run_id)
         self._text = TextBlock(self.epoch, b * self.block, size, shard_ids, local, start, length, run_id,
                                {u: sh and sh.tokens for u, sh in usable.items()},
-                               {u: self._rels[u] + ":" for u in usable})
+                               {u: sh.keys if sh else None for u, sh in usable.items()})
         return shard_ids, local
 
     def _shard(self, shard_i: int):
@@ -231,7 +230,7 @@ class TextBlock:
 
     def __init__(self, epoch: int, b0: int, size: int, shard_ids: np.ndarray, local: np.ndarray,
                  start: np.ndarray, length: np.ndarray, run_id: np.ndarray, tokens: dict[int, Any],
-                 prefixes: dict[int, str]):
+                 shard_keys: dict[int, list[str] | None]):
         self.epoch, self.b0, self.size = epoch, b0, size
         nz = np.flatnonzero(length > 0)
         self.nz = nz.tolist()
@@ -244,7 +243,7 @@ class TextBlock:
         self.start = st.tolist()
         self.length = ln.tolist()
         self.first_at = np.searchsorted(nz, np.arange(size)).tolist()  # position -> first readable at or after
-        self.keys = list(map(str.__add__, map(prefixes.__getitem__, ids), map(str, local[nz].tolist())))
+        self.keys = [shard_keys[u][i] for u, i in zip(ids, local[nz].tolist())]  # type: ignore[index]
         rid = run_id[nz]
         joined = (st[1:] == st[:-1] + ln[:-1]) & (sh[1:] == sh[:-1]) & (rid[1:] == rid[:-1])
         self.wstart = [0] + (np.flatnonzero(~joined) + 1).tolist() + [len(self.nz)]

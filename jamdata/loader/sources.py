@@ -127,10 +127,18 @@ class MegatronShard:
                            f"({bad.size} such documents; corrupt index)")
         self.starts = self.start_arr.tolist()
         self.lens = self.len_arr.tolist()
+        self._keys: list[str] | None = None
+
+    @property
+    def keys(self) -> list[str]:
+        """Every document's sample key, built once per process (each epoch reuses them)."""
+        if self._keys is None:
+            self._keys = [f"{self.ref.rel}:{i}" for i in range(len(self.lens))]
+        return self._keys
 
     def get(self, i: int) -> Sample:
         start = self.starts[i]
-        return Sample(f"{self.ref.rel}:{i}", self.tokens[start:start + self.lens[i]], None)
+        return Sample(self.keys[i], self.tokens[start:start + self.lens[i]], None)
 
 
 _NPY_HEADERS: dict[bytes, tuple[np.dtype, tuple[int, ...], int]] = {}
