@@ -10,7 +10,8 @@ one dataloader worker does), files in the page cache: jam as packed batches of 8
 tokens, loss mask, segment ids), litdata's TokensLoader as seq_len blocks, webdataset and mosaic as
 one sample per document, the raw references as seq_len blocks of the .bin files. tokens/s = tokens
 delivered (padding not counted) / seconds; start-up = constructor to first sample; each figure is the
-median of --repeat round-robin rounds. Anchors are pinned in requirements-bench.txt. mosaicml-streaming 0.13
+median of --repeat round-robin rounds. "jam loader, 1 worker process" reads the same .bin through one torch
+DataLoader worker, so it includes the transport of every batch to the main process. Anchors are pinned in requirements-bench.txt. mosaicml-streaming 0.13
 imports transformers and torchvision at import time only for isinstance checks and example datasets;
 when they are not installed this script puts tiny placeholders on sys.path so that it can run in the
 project's environment without them (install the anchors with `pip install --no-deps` into a separate
@@ -171,12 +172,12 @@ def read_memmap_batches(paths: list[str], seq_len: int, dtype: str = "int32"):
     yield total
 
 
-def read_jam(dirs: dict, name: str, seq_len: int, verify: str):
+def read_jam(dirs: dict, name: str, seq_len: int, verify: str, workers: int = 0):
     from jamdata.config import Config
     from jamdata.loader import build_loader
 
     cfg = Config({"loader": {"mixture": {name: 1}, "seq_len": seq_len, "global_batch_size": 8, "step_lanes": 1,
-                             "verify": verify}}).section("loader")
+                             "verify": verify, "num_workers": workers}}).section("loader")
     lo = build_loader(cfg, {name: dirs[name]})  # one pass over the tokens (steps_per_epoch: 0)
     it = iter(lo)
     next(it)
@@ -274,6 +275,7 @@ def scenario(kind: str, args, work: Path) -> None:
         "jam loader (.bin/.idx, verify=size)": lambda: read_jam(jam, "text", L, "size"),
         "jam loader (.bin/.idx, verify=sha256)": lambda: read_jam(jam, "text", L, "sha256"),
         "jam loader (tar, verify=size)": lambda: read_jam(jam, "tar", L, "size"),
+        "jam loader, 1 worker process": lambda: read_jam(jam, "text", L, "size", workers=1),
     }
     if "webdataset" not in args.skip:
         readers["webdataset (same tars)"] = lambda: read_wds(jam["tar"], L)

@@ -220,12 +220,32 @@ class PackedStream(torch.utils.data.IterableDataset):
             rows[lane] = lane_row + 1
             ds.append(d)
             lanes.append(lane)
-        out = {"tokens": torch.from_numpy(t), "loss_mask": torch.from_numpy(m), "segment_ids": torch.from_numpy(sg),
-               "dataset_index": torch.tensor(ds, dtype=torch.int64), "keys": keys, "_step": n}
+        out = {"tokens": t, "loss_mask": m, "segment_ids": sg, "dataset_index": np.array(ds, dtype=np.int64),
+               "keys": keys, "_step": n}
         if self.ship_state:  # a worker process: the main process keeps the lanes' state
             out["_lanes"] = {l: ls.compact(l) for l in dict.fromkeys(lanes)}
             out["_counters"] = ls.take_counters()
-        return out
+            return out  # numpy: pickled through the worker's pipe (see as_tensors)
+        return as_tensors(out)
+
+
+TENSORS = ("tokens", "loss_mask", "segment_ids", "dataset_index")
+
+
+def as_tensors(batch: dict) -> dict:
+    """The batch with its arrays as tensors sharing their memory. Worker processes send numpy
+    arrays and the main process wraps them: torch sends a tensor through a new shared-memory
+    segment per tensor, which costs milliseconds per batch, against about 0.2 ms for pickling
+    the arrays through the pipe (2-core machine, 8 x 4096-token batches)."""
+    for k in TENSORS:
+        if isinstance(batch.get(k), np.ndarray):
+            batch[k] = torch.from_numpy(batch[k])
+    return batch
+
+
+def _as_is(batch):
+    """collate_fn of the loader's DataLoader: batches are already built (and stay numpy)."""
+    return batch
 
 
 PRIVATE = ("_step", "_lanes", "_counters")
@@ -309,9 +329,8 @@ class JamLoader:
                  and (self.step - self._dl_start) % self.num_workers == 0)
         if not reuse:
             self._dl = torch.utils.data.DataLoader(
-                self._stream(), batch_size=None, num_workers=self.num_workers,
-                persistent_workers=self.persistent_workers, prefetch_factor=self.prefetch_factor,
-                pin_memory=self.pin_memory)
+                self._stream(), batch_size=None, num_workers=self.num_workers, collate_fn=_as_is,
+                persistent_workers=self.persistent_workers, prefetch_factor=self.prefetch_factor)
             self._dl_start = self.step
         return self._dl
 
@@ -327,6 +346,10 @@ class JamLoader:
             for k, v in batch.pop("_counters", {}).items():
                 self._counts[k] = self._counts.get(k, 0) + v
             self.step += 1
+            batch = as_tensors(batch)
+            if self.pin_memory:
+                for k in TENSORS:
+                    batch[k] = batch[k].pin_memory()
             yield batch
         self._sync()
         if self.step != end:
