@@ -36,7 +36,8 @@ def truncation_point(tokens: np.ndarray, limit: int, boi: int | None, eoi: int |
 class Cursor:
     """The lane's position in one dataset: (epoch, pos, offset). Epoch e reads the lane's span of
     the shards concatenated in `order.shard_order(seed, name, e)`, in blocks of `block` samples,
-    each block in `order.block_permutation(...)` order; the last epoch is followed by the next."""
+    each block in `order.block_permutation(...)` order (text blocks: runs of documents in
+    `order.run_order(...)` order); the last epoch is followed by the next."""
 
     def __init__(self, src: DatasetSource, lane: int, n_lanes: int, seed: int, block: int,
                  pool: ShardPool, state: list[int] | None = None, run_tokens: int = 0):
@@ -91,10 +92,10 @@ class Cursor:
         self._block_cache = (self.epoch, b, b * self.block, shard_ids.tolist(), local.tolist())
 
     def _text_block(self, b: int, size: int, shard_ids: np.ndarray, local: np.ndarray):
-        """Shuffle block b of a Megatron dataset in runs: consecutive documents of one shard are
-        grouped until a group holds `run_tokens` tokens, and the runs are emitted in an order
-        drawn from (seed, dataset, epoch, lane, block). A row then takes one or two slice copies
-        however short its documents are. Returns the block's (shards, local ids) in that order."""
+        """Shuffle block b of a Megatron dataset in runs (`order.text_runs`: back-to-back
+        documents of one shard, about `run_tokens` tokens each), emitted in an order drawn from
+        (seed, dataset, epoch, lane, block). A row then takes one or two slice copies however
+        short its documents are. Returns the block's (shards, local ids) in that order."""
         start = np.zeros(size, dtype=np.int64)
         length = np.zeros(size, dtype=np.int64)
         usable: dict[int, object] = {}
