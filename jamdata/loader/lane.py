@@ -88,14 +88,15 @@ class Cursor:
         shard_ids, local = perm[k], seq - starts[k]
         self._last = None
         if self.splittable:  # text rows are cut by pack_text from the block's TextBlock
-            shard_ids, local = self._text_block(b, size, shard_ids, local)
-        self._block_cache = (self.epoch, b, b * self.block, shard_ids.tolist(), local.tolist())
+            self._text_block(b, size, shard_ids, local)
+        else:
+            self._block_cache = (self.epoch, b, b * self.block, shard_ids.tolist(), local.tolist())
 
     def _text_block(self, b: int, size: int, shard_ids: np.ndarray, local: np.ndarray):
         """Shuffle block b of a Megatron dataset in runs (`order.text_runs`: back-to-back
         documents of one shard, about `run_tokens` tokens each), emitted in an order drawn from
         (seed, dataset, epoch, lane, block). A row then takes one or two slice copies however
-        short its documents are. Returns the block's (shards, local ids) in that order."""
+        short its documents are."""
         start = np.zeros(size, dtype=np.int64)
         length = np.zeros(size, dtype=np.int64)
         usable: dict[int, object] = {}
@@ -114,7 +115,6 @@ class Cursor:
         self._text = TextBlock(self.epoch, b * self.block, size, shard_ids, local, start, length, run_id,
                                {u: sh and sh.tokens for u, sh in usable.items()},
                                {u: sh.keys if sh else None for u, sh in usable.items()})
-        return shard_ids, local
 
     def _shard(self, shard_i: int):
         """The open reader of one shard (False: unusable, already logged and counted)."""
@@ -283,9 +283,10 @@ class TextBlock:
 
 
 class Packer:
-    """Fills rows of `seq_len` from one cursor. Text documents (Megatron) run on across rows;
-    webdataset samples are atomic: one that does not fit starts the next row, one longer than a
-    row is truncated before an image (`oversize=truncate`) or skipped (`skip`), and counted."""
+    """Fills rows of `seq_len` with webdataset samples from one cursor (text rows come from
+    `Cursor.pack_text`). Samples are atomic: one that does not fit starts the next row, one
+    longer than a row is truncated before an image (`oversize=truncate`) or skipped (`skip`),
+    and counted."""
 
     def __init__(self, seq_len: int, pad_id: int, oversize: str, boi: int | None, eoi: int | None,
                  eos: int | None, counters: dict[str, int]):
@@ -298,10 +299,6 @@ class Packer:
 
     def row(self, cur: Cursor, tokens: np.ndarray, mask: np.ndarray, seg: np.ndarray) -> list[str]:
         """Pack one row of `seq_len` into the given (uninitialised) arrays; returns its keys."""
-        if cur.splittable:  # text: documents run on across rows, no padding
-            mask[:] = True
-            seg[:] = 0
-            return cur.pack_text(tokens, seg)
         L = self.L
         keys: list[str] = []
         fill = 0

@@ -115,7 +115,6 @@ class MegatronShard:
             raise BadShard(str(e)) from None
         if len(self.ds) != ref.records:
             raise BadShard(f"{root}/{ref.rel}.idx: {len(self.ds)} documents, manifest says {ref.records}")
-        self.lengths = self.ds.index.sequence_lengths
         idx = self.ds.index
         # plain ndarray views of the memory map: slicing a np.memmap costs more than the copy
         self.tokens = np.asarray(self.ds._bin).view(np.ndarray).view(idx.dtype) if len(self.ds) else np.zeros(0, idx.dtype)
@@ -125,20 +124,15 @@ class MegatronShard:
         if bad.size:
             raise BadShard(f"{root}/{ref.rel}.idx: document {int(bad[0])} points past the end of the .bin "
                            f"({bad.size} such documents; corrupt index)")
-        self.starts = self.start_arr.tolist()
-        self.lens = self.len_arr.tolist()
         self._keys: list[str] | None = None
 
     @property
     def keys(self) -> list[str]:
         """Every document's sample key, built once per process (each epoch reuses them)."""
         if self._keys is None:
-            self._keys = [f"{self.ref.rel}:{i}" for i in range(len(self.lens))]
+            self._keys = [f"{self.ref.rel}:{i}" for i in range(len(self.len_arr))]
         return self._keys
 
-    def get(self, i: int) -> Sample:
-        start = self.starts[i]
-        return Sample(self.keys[i], self.tokens[start:start + self.lens[i]], None)
 
 
 _NPY_HEADERS: dict[bytes, tuple[np.dtype, tuple[int, ...], int]] = {}
