@@ -12,7 +12,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: setup demo test corpus-demo bench clean
 
-$(STAMP): requirements.txt setup.cfg
+$(STAMP): requirements.txt setup.cfg setup.py jamdata/loader/_textfill.c
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q -r requirements.txt
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e .

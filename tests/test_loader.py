@@ -123,10 +123,11 @@ def test_ranks_simulated_match_single_process_mixture(dirs, reference):
 
 
 # -- packing content -----------------------------------------------------------------------------
-@pytest.mark.parametrize("run_rows", [8, 0])
-def test_rows_hold_exactly_their_documents(dirs, reference, run_rows):
-    if run_rows != 8:  # 8 is the default the reference uses; 0 shuffles text document by document
-        reference = run(build_loader(cfg(text_run_rows=run_rows), dirs))
+@pytest.mark.parametrize("run_rows,slot_lanes", [(8, None), (0, None), (8, 2)])
+def test_rows_hold_exactly_their_documents(dirs, reference, run_rows, slot_lanes):
+    """run_rows 0 shuffles text document by document; slot_lanes 2 packs two rows of a lane at once."""
+    if (run_rows, slot_lanes) != (8, None):  # the reference's defaults
+        reference = run(build_loader(cfg(text_run_rows=run_rows, slot_lanes=slot_lanes), dirs))
     text = {}
     for src, n in (("wiki", 2), ("web", 1)):
         for i in range(n):

@@ -3,13 +3,13 @@ owned by exactly one (rank, worker), so it is read once, with no coordination, a
 position is three integers per dataset (epoch, position in its span, offset in the document)."""
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right
 from typing import Any
 
 import numpy as np
 
 from jamdata.loader import order
 from jamdata.loader.sources import DatasetSource, LoaderError, Sample, ShardPool
+from jamdata.loader.textfill import Block
 
 
 def image_spans(tokens: np.ndarray, boi: int, eoi: int) -> list[tuple[int, int]]:
@@ -100,12 +100,13 @@ class Cursor:
         start = np.zeros(size, dtype=np.int64)
         length = np.zeros(size, dtype=np.int64)
         usable: dict[int, object] = {}
-        for u in np.unique(shard_ids).tolist():
-            sel = np.flatnonzero(shard_ids == u)
+        cuts = np.flatnonzero(shard_ids[1:] != shard_ids[:-1]) + 1  # positions come in shard order
+        for a, e in zip([0] + cuts.tolist(), cuts.tolist() + [size]):
+            u = int(shard_ids[a])
             shard = usable[u] = self._shard(u)
             if shard:  # an unusable shard's documents keep length 0 and are skipped
-                start[sel] = shard.start_arr[local[sel]]
-                length[sel] = shard.len_arr[local[sel]]
+                start[a:e] = shard.start_arr[local[a:e]]
+                length[a:e] = shard.len_arr[local[a:e]]
         first = order.text_runs(shard_ids, start, length, self.run_tokens)
         idx, run_at = order.run_order(order.rng(self.seed, "runs", self.src.name, self.epoch, self.lane, b), first, size)
         shard_ids, local, start, length = shard_ids[idx], local[idx], start[idx], length[idx]
@@ -172,29 +173,20 @@ class Cursor:
         self.pos += 1
         self.offset = 0
 
-    def pack_text(self, tokens: np.ndarray, seg: np.ndarray) -> list[str]:
-        """Fill `tokens` with the next len(tokens) tokens of this lane's document stream
-        (documents run on across rows) and `seg` with the document index in the row; `seg` must
-        arrive zeroed. Returns the keys of the documents (or pieces of them) in the row. Skips
-        unreadable and empty documents, and raises when a whole epoch of the lane has none."""
-        L = len(tokens)
-        tb = self._text
-        if tb is not None and tb.epoch == self.epoch and 0 <= self.pos - tb.b0 < tb.size:
-            d = tb.first_at[self.pos - tb.b0]  # the common case: the row ends inside this document
-            if d < len(tb.nz) and tb.length[d] - self.offset >= L:
-                s = tb.start[d] + self.offset
-                tokens[:] = tb.arrays[d][s:s + L]
-                if tb.length[d] - self.offset > L:
-                    self.pos, self.offset = tb.b0 + tb.nz[d], self.offset + L
-                elif d + 1 < len(tb.nz):
-                    self.pos, self.offset = tb.b0 + tb.nz[d + 1], 0
-                else:
-                    self.pos, self.offset = tb.b0 + tb.size, 0
-                return [tb.keys[d]]
-        keys: list[str] = []
-        fill = base = 0
-        empty = 0
-        while True:
+    def pack_text(self, tokens: np.ndarray, seg: np.ndarray) -> list[list[str]]:
+        """Fill the k rows of `tokens` (k x seq_len, C-contiguous, or one row) with the next
+        k * seq_len tokens of this lane's document stream (documents run on across rows) and
+        `seg` with each token's document index within its row. Returns the keys of the
+        documents (or pieces of them) in each row. Skips unreadable and empty documents, and
+        raises when a whole epoch of the lane has none. The rows are one flat stretch: one
+        `textfill` call per shuffle block it touches, however many rows or documents."""
+        if tokens.ndim == 1:  # one row
+            k, n, tf, sf = 1, len(tokens), tokens, seg
+        else:
+            k, n, tf, sf = len(tokens), tokens.size, tokens.reshape(-1), seg.reshape(-1)
+        keys: list[str] = []  # one key per document touched, in stream order; `sf` holds indices into it
+        done = empty = 0
+        while done < n:
             tb = self._text
             if tb is None or tb.epoch != self.epoch or not 0 <= self.pos - tb.b0 < tb.size:
                 if self.pos >= self._span_len():
@@ -202,84 +194,49 @@ class Cursor:
                     continue
                 self._enter_block(self.pos // self.block)
                 tb = self._text
-            j = tb.first_at[self.pos - tb.b0]  # first readable document at or after pos
-            if j == len(tb.nz):  # nothing readable in the rest of the block
-                self.pos, self.offset = tb.b0 + tb.size, 0
+            take, d0, d1, self.pos, self.offset = tb.stream.fill(tf, sf, done, n, self.pos, self.offset, len(keys))
+            if not take:  # nothing readable in the rest of the block
                 empty += tb.size
                 if empty > 2 * self.src.n_samples + 2:
                     raise LoaderError(f"dataset {self.src.name!r} ({self.src.root}): no readable sample in "
                                       f"lane {self.lane}'s part of a whole epoch (all shards damaged?)")
                 continue
             empty = 0
-            t = tb.cum[j] + self.offset  # position in the block's token stream
-            take, n_docs = tb.copy(t, L - fill, tokens[fill:], seg[fill:], base, keys)
-            fill += take
-            base += n_docs
-            t += take
-            if t == tb.total:
-                self.pos, self.offset = tb.b0 + tb.size, 0
-            else:
-                d = bisect_right(tb.cum, t) - 1  # the readable document holding token t
-                self.pos, self.offset = tb.b0 + tb.nz[d], t - tb.cum[d]
-            if fill == L:
-                return keys
+            done += take
+            keys += tb.keys[d0:d1]
+        if k == 1:  # indices into `keys` are the row's document indices
+            return [keys]
+        firsts = seg[:, 0].copy()
+        lasts = seg[:, -1].tolist()
+        np.subtract(seg, firsts[:, None], out=seg)
+        return [keys[a:b + 1] for a, b in zip(firsts.tolist(), lasts)]
 
 
 class TextBlock:
     """One shuffle block of a Megatron dataset as a token stream: its readable documents in
-    block order, cut into windows of documents that lie back to back in one shard's memory."""
+    block order, cut into windows of documents that lie back to back in one shard's memory with
+    consecutive indices (so a window's tokens are one slice and its keys one list slice).
+    `stream` copies tokens out of it (`textfill.Block`)."""
 
     def __init__(self, epoch: int, b0: int, size: int, shard_ids: np.ndarray, local: np.ndarray,
                  start: np.ndarray, length: np.ndarray, run_id: np.ndarray, tokens: dict[int, Any],
-                 shard_keys: dict[int, list[str] | None]):
+                 shard_keys: dict[int, Any]):
         self.epoch, self.b0, self.size = epoch, b0, size
         nz = np.flatnonzero(length > 0)
-        self.nz = nz.tolist()
         cum = np.zeros(len(nz) + 1, dtype=np.int64)
         np.cumsum(length[nz], out=cum[1:])
-        self.cum_np, self.cum, self.total = cum, cum.tolist(), int(cum[-1])
-        st, sh, ln = start[nz], shard_ids[nz], length[nz]
-        ids = sh.tolist()
-        self.arrays = list(map(tokens.__getitem__, ids))  # map: per-document work stays in C
-        self.start = st.tolist()
-        self.length = ln.tolist()
-        self.first_at = np.searchsorted(nz, np.arange(size)).tolist()  # position -> first readable at or after
-        self.keys = [shard_keys[u][i] for u, i in zip(ids, local[nz].tolist())]  # type: ignore[index]
-        rid = run_id[nz]
-        joined = (st[1:] == st[:-1] + ln[:-1]) & (sh[1:] == sh[:-1]) & (rid[1:] == rid[:-1])
-        self.wstart = [0] + (np.flatnonzero(~joined) + 1).tolist() + [len(self.nz)]
-        self._wseg: tuple[int, np.ndarray] | None = None  # (window, document index of each of its tokens)
-
-    def window_segments(self, w: int) -> np.ndarray:
-        """Document index (within window w) of every token of the window, kept for the window
-        the lane is reading: a row's segment ids are then one subtraction."""
-        if self._wseg is None or self._wseg[0] != w:
-            w0, w1 = self.wstart[w], self.wstart[w + 1]
-            self._wseg = (w, np.repeat(np.arange(w1 - w0, dtype=np.int32), np.diff(self.cum_np[w0:w1 + 1])))
-        return self._wseg[1]
-
-    def copy(self, t: int, room: int, tokens: np.ndarray, seg: np.ndarray, base: int,
-             keys: list[str]) -> tuple[int, int]:
-        """Copy up to `room` tokens from stream position t (stopping where the window of
-        back-to-back documents ends) and their document indices (from `base`, into a zeroed
-        `seg`); appends the keys. Returns (tokens copied, documents touched)."""
-        cum = self.cum
-        d = bisect_right(cum, t) - 1
-        w = bisect_right(self.wstart, d) - 1
-        take = min(room, cum[self.wstart[w + 1]] - t)
-        s = self.start[d] + t - cum[d]
-        tokens[:take] = self.arrays[d][s:s + take]
-        last = bisect_left(cum, t + take, d + 1)  # documents d .. last-1 are in the piece
-        if last - d == 1:
-            if base:
-                seg[:take] = base
-            keys.append(self.keys[d])
-            return take, 1
-        w0 = self.wstart[w]
-        a = t - cum[w0]
-        np.subtract(self.window_segments(w)[a:a + take], d - w0 - base, out=seg[:take])
-        keys.extend(self.keys[d:last])
-        return take, last - d
+        st, sh, ln, lo, rid = start[nz], shard_ids[nz], length[nz], local[nz], run_id[nz]
+        joined = (st[1:] == st[:-1] + ln[:-1]) & (sh[1:] == sh[:-1]) & (rid[1:] == rid[:-1]) & (lo[1:] == lo[:-1] + 1)
+        ws = np.concatenate([[0], np.flatnonzero(~joined) + 1]).astype(np.int64) if len(nz) else np.zeros(0, np.int64)
+        wstart = np.append(ws, len(nz))
+        wsh, wlo, wn = sh[ws].tolist(), lo[ws].tolist(), np.diff(wstart).tolist()
+        index: dict[int, int] = {}
+        wshard = np.array([index.setdefault(u, len(index)) for u in wsh], dtype=np.int64)
+        self.stream = Block(cum, nz.astype(np.int64), wstart, st[ws] - cum[ws], wshard,
+                            tuple(tokens[u] for u in index), b0, size)
+        self.keys: list[str] = []  # every readable document's key, one list slice per window
+        for u, l0, m in zip(wsh, wlo, wn):
+            self.keys += shard_keys[u][l0:l0 + m]
 
 
 class Packer:

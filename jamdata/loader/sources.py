@@ -130,7 +130,7 @@ class MegatronShard:
     def keys(self) -> list[str]:
         """Every document's sample key, built once per process (each epoch reuses them)."""
         if self._keys is None:
-            self._keys = [f"{self.ref.rel}:{i}" for i in range(len(self.len_arr))]
+            self._keys = list(map(f"{self.ref.rel}:".__add__, map(str, range(len(self.len_arr)))))
         return self._keys
 
 
