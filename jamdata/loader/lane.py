@@ -109,12 +109,9 @@ class Cursor:
                 length[a:e] = shard.len_arr[local[a:e]]
         first = order.text_runs(shard_ids, start, length, self.run_tokens)
         idx, run_at = order.run_order(order.rng(self.seed, "runs", self.src.name, self.epoch, self.lane, b), first, size)
-        shard_ids, local, start, length = shard_ids[idx], local[idx], start[idx], length[idx]
-        run_id = np.zeros(size, dtype=np.int64)
-        run_id[run_at[1:]] = 1
-        np.cumsum(run_id, out=run_id)
-        self._text = TextBlock(self.epoch, b * self.block, size, shard_ids, local, start, length, run_id,
-                               {u: sh and sh.tokens for u, sh in usable.items()},
+        head = idx[run_at]  # each run's first position, in emitted order
+        self._text = TextBlock(self.epoch, b * self.block, size, length[idx], run_at, shard_ids[head], local[head],
+                               start[head], {u: sh and sh.tokens for u, sh in usable.items()},
                                {u: sh.keys if sh else None for u, sh in usable.items()})
 
     def _shard(self, shard_i: int):
@@ -173,20 +170,21 @@ class Cursor:
         self.pos += 1
         self.offset = 0
 
-    def pack_text(self, tokens: np.ndarray, seg: np.ndarray) -> list[list[str]]:
-        """Fill the k rows of `tokens` (k x seq_len, C-contiguous, or one row) with the next
-        k * seq_len tokens of this lane's document stream (documents run on across rows) and
-        `seg` with each token's document index within its row. Returns the keys of the
-        documents (or pieces of them) in each row. Skips unreadable and empty documents, and
-        raises when a whole epoch of the lane has none. The rows are one flat stretch: one
-        `textfill` call per shuffle block it touches, however many rows or documents."""
-        if tokens.ndim == 1:  # one row
-            k, n, tf, sf = 1, len(tokens), tokens, seg
-        else:
-            k, n, tf, sf = len(tokens), tokens.size, tokens.reshape(-1), seg.reshape(-1)
-        keys: list[str] = []  # one key per document touched, in stream order; `sf` holds indices into it
-        done = empty = 0
-        while done < n:
+    def pack_text(self, tokens: np.ndarray, seg: np.ndarray, a: int, e: int) -> list[str]:
+        """Fill tokens[a:e] with this lane's next e - a tokens (documents run on across rows) and
+        seg[a:e] with each token's index in the returned list of the keys of the documents (or
+        pieces of them) it holds. Skips unreadable and empty documents, and raises when a whole
+        epoch of the lane has none. One `textfill` call per shuffle block touched, however many
+        documents: the arrays are a batch's flat views, so no row view is made per call."""
+        tb = self._text
+        keys: list[str] = []  # one key per document touched, in stream order
+        done, empty = a, 0
+        if tb is not None and tb.epoch == self.epoch and 0 <= self.pos - tb.b0 < tb.size:  # the common case
+            take, d0, d1, self.pos, self.offset = tb.stream.fill(tokens, seg, a, e, self.pos, self.offset, 0)
+            if take == e - a:
+                return tb.keys[d0:d1]
+            keys, done, empty = tb.keys[d0:d1], a + take, 0 if take else tb.size
+        while done < e:
             tb = self._text
             if tb is None or tb.epoch != self.epoch or not 0 <= self.pos - tb.b0 < tb.size:
                 if self.pos >= self._span_len():
@@ -194,7 +192,7 @@ class Cursor:
                     continue
                 self._enter_block(self.pos // self.block)
                 tb = self._text
-            take, d0, d1, self.pos, self.offset = tb.stream.fill(tf, sf, done, n, self.pos, self.offset, len(keys))
+            take, d0, d1, self.pos, self.offset = tb.stream.fill(tokens, seg, done, e, self.pos, self.offset, len(keys))
             if not take:  # nothing readable in the rest of the block
                 empty += tb.size
                 if empty > 2 * self.src.n_samples + 2:
@@ -204,38 +202,52 @@ class Cursor:
             empty = 0
             done += take
             keys += tb.keys[d0:d1]
-        if k == 1:  # indices into `keys` are the row's document indices
-            return [keys]
-        firsts = seg[:, 0].copy()
-        lasts = seg[:, -1].tolist()
-        np.subtract(seg, firsts[:, None], out=seg)
-        return [keys[a:b + 1] for a, b in zip(firsts.tolist(), lasts)]
+        return keys
+
+    def pack_text_rows(self, tokens: np.ndarray, seg: np.ndarray, b: int, e: int) -> list[list[str]]:
+        """`pack_text` for rows b .. e-1 of a batch (2-D arrays) as one stretch of this lane;
+        returns each row's keys."""
+        L = tokens.shape[1]
+        keys = self.pack_text(tokens.reshape(-1), seg.reshape(-1), b * L, e * L)  # seg: indices into keys
+        rows = seg[b:e]
+        firsts = rows[:, 0].copy()
+        lasts = rows[:, -1].tolist()
+        np.subtract(rows, firsts[:, None], out=rows)
+        return [keys[i:j + 1] for i, j in zip(firsts.tolist(), lasts)]
 
 
 class TextBlock:
     """One shuffle block of a Megatron dataset as a token stream: its readable documents in
-    block order, cut into windows of documents that lie back to back in one shard's memory with
-    consecutive indices (so a window's tokens are one slice and its keys one list slice).
+    emitted order. Each run (`order.text_runs`) is documents lying back to back in one shard
+    with consecutive indices, all readable or all not, so a readable run is one window of the
+    stream: its tokens one slice of the shard and its keys one slice of the shard's keys.
     `stream` copies tokens out of it (`textfill.Block`)."""
 
-    def __init__(self, epoch: int, b0: int, size: int, shard_ids: np.ndarray, local: np.ndarray,
-                 start: np.ndarray, length: np.ndarray, run_id: np.ndarray, tokens: dict[int, Any],
-                 shard_keys: dict[int, Any]):
+    def __init__(self, epoch: int, b0: int, size: int, length: np.ndarray, run_at: np.ndarray,
+                 run_shard: np.ndarray, run_local: np.ndarray, run_start: np.ndarray,
+                 tokens: dict[int, Any], shard_keys: dict[int, Any]):
+        """`length`: document lengths in emitted order (0: unreadable); `run_at`: where each
+        run starts in it; `run_shard`, `run_local`, `run_start`: shard, index in the shard and
+        first token of each run's first document."""
         self.epoch, self.b0, self.size = epoch, b0, size
-        nz = np.flatnonzero(length > 0)
+        readable = length > 0
+        if readable.all():
+            nz, ln, ws = np.arange(size, dtype=np.int64), length, run_at
+        else:
+            nz = np.flatnonzero(readable).astype(np.int64)
+            ln = length[nz]
+            keep = readable[run_at]
+            run_shard, run_local, run_start = run_shard[keep], run_local[keep], run_start[keep]
+            ws = np.searchsorted(nz, run_at[keep])  # the run's first document among the readable ones
         cum = np.zeros(len(nz) + 1, dtype=np.int64)
-        np.cumsum(length[nz], out=cum[1:])
-        st, sh, ln, lo, rid = start[nz], shard_ids[nz], length[nz], local[nz], run_id[nz]
-        joined = (st[1:] == st[:-1] + ln[:-1]) & (sh[1:] == sh[:-1]) & (rid[1:] == rid[:-1]) & (lo[1:] == lo[:-1] + 1)
-        ws = np.concatenate([[0], np.flatnonzero(~joined) + 1]).astype(np.int64) if len(nz) else np.zeros(0, np.int64)
-        wstart = np.append(ws, len(nz))
-        wsh, wlo, wn = sh[ws].tolist(), lo[ws].tolist(), np.diff(wstart).tolist()
+        np.cumsum(ln, out=cum[1:])
+        wstart = np.append(ws, len(nz)).astype(np.int64)
+        wsh = run_shard.tolist()
         index: dict[int, int] = {}
         wshard = np.array([index.setdefault(u, len(index)) for u in wsh], dtype=np.int64)
-        self.stream = Block(cum, nz.astype(np.int64), wstart, st[ws] - cum[ws], wshard,
-                            tuple(tokens[u] for u in index), b0, size)
+        self.stream = Block(cum, nz, wstart, run_start - cum[ws], wshard, tuple(tokens[u] for u in index), b0, size)
         self.keys: list[str] = []  # every readable document's key, one list slice per window
-        for u, l0, m in zip(wsh, wlo, wn):
+        for u, l0, m in zip(wsh, run_local.tolist(), np.diff(wstart).tolist()):
             self.keys += shard_keys[u][l0:l0 + m]
 
 

@@ -207,33 +207,48 @@ class PackedStream(torch.utils.data.IterableDataset):
         sg = np.empty((B, L), dtype=np.int32)  # every row writes all of its segment ids
         keys: list[list[str]] = []
         ds: list[int] = []
-        lanes: list[int] = []
         sched, period, cursors, rows, packer = ls.schedule, len(ls.schedule), ls.cursors, ls.rows, ls.packer
         per, P, Q, C = spec.rows_per_lane, spec.step_lanes, spec.slot_lanes, spec.n_lanes
         j0 = self.rank * B
-        b = 0
-        while b < B:
-            j = j0 + b
-            lane, lane_row = (n % P) * Q + j // per, (n // P) * per + j % per  # = spec.lane_of(n, j)
-            d = sched[(lane_row * C + lane) % period]  # = spec.dataset_of(lane, lane_row)
-            cur = (cursors.get(lane) or ls._lane(lane))[d]
-            if rows[lane] != lane_row:
-                raise LoaderError(f"lane {lane} is at row {rows[lane]} but row {lane_row} was asked for "
-                                  "(state and step disagree)")
-            e = b + 1
-            if not cur.splittable:
-                keys.append(packer.row(cur, t[b], m[b], sg[b]))
-            elif per == 1:
-                keys += cur.pack_text(t[b], sg[b])
-            else:  # the lane's next rows of the same text dataset are packed in one go
-                lane_end = min(B, b + per - j % per)
-                while e < lane_end and sched[((lane_row + e - b) * C + lane) % period] == d:
-                    e += 1
-                keys += cur.pack_text(t[b:e] if e > b + 1 else t[b], sg[b:e] if e > b + 1 else sg[b])
-            rows[lane] = lane_row + e - b
-            ds += [d] * (e - b)
-            lanes.append(lane)
-            b = e
+        if per == 1:  # one row per lane and step (slot_lanes = global_batch_size, the default)
+            lane_row, first = n // P, (n % P) * Q + j0  # = spec.lane_of(n, j0 + b): lane first + b
+            at = lane_row * C
+            tf, sf = t.reshape(-1), sg.reshape(-1)
+            for b in range(B):
+                lane = first + b
+                d = sched[(at + lane) % period]  # = spec.dataset_of(lane, lane_row)
+                cur = (cursors.get(lane) or ls._lane(lane))[d]
+                if rows[lane] != lane_row:
+                    raise LoaderError(f"lane {lane} is at row {rows[lane]} but row {lane_row} was asked for "
+                                      "(state and step disagree)")
+                keys.append(cur.pack_text(tf, sf, b * L, b * L + L) if cur.splittable
+                            else packer.row(cur, t[b], m[b], sg[b]))
+                rows[lane] = lane_row + 1
+                ds.append(d)
+            lanes: Any = range(first, first + B)
+        else:
+            lanes = []
+            b = 0
+            while b < B:
+                j = j0 + b
+                lane, lane_row = (n % P) * Q + j // per, (n // P) * per + j % per  # = spec.lane_of(n, j)
+                d = sched[(lane_row * C + lane) % period]  # = spec.dataset_of(lane, lane_row)
+                cur = (cursors.get(lane) or ls._lane(lane))[d]
+                if rows[lane] != lane_row:
+                    raise LoaderError(f"lane {lane} is at row {rows[lane]} but row {lane_row} was asked for "
+                                      "(state and step disagree)")
+                e = b + 1
+                if not cur.splittable:
+                    keys.append(packer.row(cur, t[b], m[b], sg[b]))
+                else:  # the lane's next rows of the same text dataset are packed as one stretch
+                    lane_end = min(B, b + per - j % per)
+                    while e < lane_end and sched[((lane_row + e - b) * C + lane) % period] == d:
+                        e += 1
+                    keys += cur.pack_text_rows(t, sg, b, e)
+                rows[lane] = lane_row + e - b
+                ds += [d] * (e - b)
+                lanes.append(lane)
+                b = e
         out = {"tokens": t, "loss_mask": m, "segment_ids": sg, "dataset_index": np.array(ds, dtype=np.int64),
                "keys": keys, "_step": n}
         if self.ship_state:  # a worker process: the main process keeps the lanes' state
