@@ -1,9 +1,11 @@
 /* The text packer's inner loop: copy a stretch of a shuffle block's token stream into a row
  * (converting the token dtype) and write each token's document index, across as many windows
  * of back-to-back documents as the stretch covers. The same in Python is
- * jamdata.loader.textfill.BlockPy; both are tested against each other. */
+ * jamdata.loader.textfill (BlockPy, fill_rows_py); both are tested against each other. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -82,13 +84,15 @@ static __attribute__((noinline)) void copy_tokens(char *restrict dst, int dsize,
  * the token offset of each readable document (`cum`, with the total last), their positions in
  * the block (`nz`), and the windows of back-to-back documents: first document (`wstart`, with
  * the document count last), shard offset of stream position 0 (`wtok`), shard (`wshard`, an
- * index into `shards`). The buffers are held for the block's life. */
+ * index into `shards`); `keys`, the readable documents' keys. The buffers are held for the
+ * block's life. `pos` and `offset` are the reading lane's position (its Cursor reads them). */
 typedef struct {
     PyObject_HEAD
     Buf cum, nz, wstart, wtok, wshard;
     Buf *shards;
+    PyObject *keys;
     Py_ssize_t n_shards, n_docs, n_win;
-    int64_t b0, size;
+    long long b0, size, pos, offset;
 } Block;
 
 static void Block_dealloc(Block *self) {
@@ -97,6 +101,7 @@ static void Block_dealloc(Block *self) {
         for (Py_ssize_t i = 0; i < self->n_shards; i++) release(&self->shards[i]);
         PyMem_Free(self->shards);
     }
+    Py_XDECREF(self->keys);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -111,9 +116,10 @@ static int int64_buf(PyObject *obj, Buf *b, const char *what) {
 }
 
 static int Block_init(Block *self, PyObject *args, PyObject *kw) {
-    PyObject *cum, *nz, *wstart, *wtok, *wshard, *shards;
+    PyObject *cum, *nz, *wstart, *wtok, *wshard, *shards, *keys;
     long long b0, size;
-    if (!PyArg_ParseTuple(args, "OOOOOOLL", &cum, &nz, &wstart, &wtok, &wshard, &shards, &b0, &size)) return -1;
+    if (!PyArg_ParseTuple(args, "OOOOOOLLO!", &cum, &nz, &wstart, &wtok, &wshard, &shards, &b0, &size,
+                          &PyList_Type, &keys)) return -1;
     if (self->cum.held) {
         PyErr_SetString(PyExc_RuntimeError, "Block: already initialised");
         return -1;
@@ -125,8 +131,13 @@ static int Block_init(Block *self, PyObject *args, PyObject *kw) {
     self->n_win = self->wstart.view.len / 8 - 1;
     self->b0 = b0;
     self->size = size;
+    self->pos = b0;
+    self->offset = 0;
+    Py_INCREF(keys);
+    self->keys = keys;
     if (self->n_docs < 0 || self->n_win < 0 || self->nz.view.len / 8 != self->n_docs ||
-        self->wtok.view.len / 8 != self->n_win || self->wshard.view.len / 8 != self->n_win) {
+        self->wtok.view.len / 8 != self->n_win || self->wshard.view.len / 8 != self->n_win ||
+        PyList_GET_SIZE(keys) != self->n_docs) {
         PyErr_SetString(PyExc_ValueError, "Block: array lengths disagree");
         return -1;
     }
@@ -174,57 +185,37 @@ static Py_ssize_t upper(const int64_t *a, Py_ssize_t n, int64_t x) {
     return lo;
 }
 
-/* Block.fill(tokens, seg, done, n, pos, offset, c0) -> (copied, d0, d1, pos, offset)
- * From the lane's position (pos in the block's positions, offset in that document; an
- * unreadable position means the next readable document), copy up to n - done tokens into
- * tokens[done:] (stopping at the block's end) and write c0 + (document - d0) into seg[done:].
- * Documents d0 .. d1-1 were touched; (pos, offset) is the position after the copy. */
-static PyObject *Block_fill(Block *self, PyObject *const *args, Py_ssize_t nargs) {
-    Buf out = {0}, seg = {0};
-    PyObject *result = NULL;
-    if (nargs != 7) {
-        PyErr_SetString(PyExc_TypeError, "fill takes 7 arguments");
-        return NULL;
-    }
-    int64_t done = PyLong_AsLongLong(args[2]), n = PyLong_AsLongLong(args[3]);
-    int64_t pos = PyLong_AsLongLong(args[4]), offset = PyLong_AsLongLong(args[5]), c0 = PyLong_AsLongLong(args[6]);
-    if (PyErr_Occurred()) return NULL;
-    if (get_buf(args[0], &out, PyBUF_WRITABLE | PyBUF_FORMAT, "tokens") < 0) goto done;
-    if (get_buf(args[1], &seg, PyBUF_WRITABLE | PyBUF_FORMAT, "seg") < 0) goto done;
-    int osgn, ssgn;
-    int osize = int_kind(&out.view, &osgn);
-    if (!((osize == 4 || osize == 8) && osgn) || int_kind(&seg.view, &ssgn) != 4 || !ssgn) {
-        PyErr_SetString(PyExc_TypeError, "fill: tokens must be int32 or int64 and seg int32");
-        goto done;
-    }
-    Py_ssize_t cap = out.view.len / osize < seg.view.len / 4 ? out.view.len / osize : seg.view.len / 4;
-    if (done < 0 || n > cap || done > n || offset < 0) {
-        PyErr_SetString(PyExc_ValueError, "fill: done/n/offset out of range");
-        goto done;
-    }
+/* The core. From the block's (pos, offset) (an unreadable position means the next readable
+ * document), copy up to n - done tokens into out[done:], stopping at the block's end, and write
+ * c0 + (document - d0) into seg[done:]; advance (pos, offset). Documents *d0 .. *d1-1 were
+ * touched. Returns the number copied; -1 with an exception set; -2, touching nothing, when
+ * `whole` is set and the block holds fewer than n - done tokens from the position on. */
+static int64_t block_fill(Block *self, char *obuf, int osize, int32_t *sbuf, int64_t done, int64_t n, int64_t c0,
+                          int whole, Py_ssize_t *d0p, Py_ssize_t *d1p) {
     const int64_t *cum = (const int64_t *)self->cum.view.buf, *nz = (const int64_t *)self->nz.view.buf;
     const int64_t *wstart = (const int64_t *)self->wstart.view.buf, *wtok = (const int64_t *)self->wtok.view.buf;
     const int64_t *wshard = (const int64_t *)self->wshard.view.buf;
     Py_ssize_t nd = self->n_docs;
-    /* first readable document at or after pos */
     Py_ssize_t lo = 0, hi = nd;
-    while (lo < hi) {
+    while (lo < hi) {  /* first readable document at or after pos */
         Py_ssize_t mid = (lo + hi) / 2;
-        if (nz[mid] < pos - self->b0) lo = mid + 1; else hi = mid;
+        if (nz[mid] < self->pos - self->b0) lo = mid + 1; else hi = mid;
     }
-    Py_ssize_t d = lo, d0 = lo;
+    Py_ssize_t d = lo;
+    *d0p = *d1p = lo;
     if (d == nd) {
-        result = Py_BuildValue("(LnnLL)", 0LL, nd, nd, (long long)(self->b0 + self->size), 0LL);
-        goto done;
+        if (whole && n > done) return -2;
+        self->pos = self->b0 + self->size;
+        self->offset = 0;
+        return 0;
     }
-    int64_t t = cum[d] + offset, total = cum[nd];
-    if (t >= cum[d + 1]) {
-        PyErr_SetString(PyExc_ValueError, "fill: offset past the end of its document");
-        goto done;
+    if (self->offset < 0 || cum[d] + self->offset >= cum[d + 1]) {
+        PyErr_SetString(PyExc_ValueError, "fill: offset outside its document");
+        return -1;
     }
-    Py_ssize_t w = upper(wstart, self->n_win + 1, d) - 1;
-    char *obuf = (char *)out.view.buf;
-    int32_t *sbuf = (int32_t *)seg.view.buf;
+    int64_t t = cum[d] + self->offset, total = cum[nd];
+    if (whole && total - t < n - done) return -2;
+    Py_ssize_t w = upper(wstart, self->n_win + 1, d) - 1, d0 = d;
     int64_t filled = done;
     while (filled < n && t < total) {
         int64_t take = n - filled < cum[wstart[w + 1]] - t ? n - filled : cum[wstart[w + 1]] - t;
@@ -244,20 +235,118 @@ static PyObject *Block_fill(Block *self, PyObject *const *args, Py_ssize_t nargs
         t = end;
         w++;
     }
-    /* d: the document holding t (nd at the block's end) */
-    if (d < nd)
-        result = Py_BuildValue("(LnnLL)", (long long)(filled - done), d0, t > cum[d] ? d + 1 : d,
-                               (long long)(self->b0 + nz[d]), (long long)(t - cum[d]));
-    else
-        result = Py_BuildValue("(LnnLL)", (long long)(filled - done), d0, nd, (long long)(self->b0 + self->size), 0LL);
+    if (d < nd) {  /* d: the document holding t */
+        *d1p = t > cum[d] ? d + 1 : d;
+        self->pos = self->b0 + nz[d];
+        self->offset = t - cum[d];
+    } else {
+        *d1p = nd;
+        self->pos = self->b0 + self->size;
+        self->offset = 0;
+    }
+    return filled - done;
+}
+
+/* tokens (int32/int64) and seg (int32) buffers of at least n items */
+static int out_bufs(PyObject *tok, PyObject *seg, Buf *ob, Buf *sb, int *osize, int64_t n) {
+    int osgn, ssgn;
+    if (get_buf(tok, ob, PyBUF_WRITABLE | PyBUF_FORMAT, "tokens") < 0) return -1;
+    if (get_buf(seg, sb, PyBUF_WRITABLE | PyBUF_FORMAT, "seg") < 0) return -1;
+    *osize = int_kind(&ob->view, &osgn);
+    if (!((*osize == 4 || *osize == 8) && osgn) || int_kind(&sb->view, &ssgn) != 4 || !ssgn) {
+        PyErr_SetString(PyExc_TypeError, "fill: tokens must be int32 or int64 and seg int32");
+        return -1;
+    }
+    if (n > ob->view.len / *osize || n > sb->view.len / 4) {
+        PyErr_SetString(PyExc_ValueError, "fill: done/n out of range");
+        return -1;
+    }
+    return 0;
+}
+
+/* Block.fill(tokens, seg, done, n, c0) -> (copied, d0, d1); see block_fill */
+static PyObject *Block_fill(Block *self, PyObject *const *args, Py_ssize_t nargs) {
+    Buf out = {0}, seg = {0};
+    PyObject *result = NULL;
+    int osize;
+    Py_ssize_t d0, d1;
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "fill takes 5 arguments");
+        return NULL;
+    }
+    int64_t done = PyLong_AsLongLong(args[2]), n = PyLong_AsLongLong(args[3]), c0 = PyLong_AsLongLong(args[4]);
+    if (PyErr_Occurred()) return NULL;
+    if (done < 0 || done > n) {
+        PyErr_SetString(PyExc_ValueError, "fill: done/n out of range");
+        return NULL;
+    }
+    if (out_bufs(args[0], args[1], &out, &seg, &osize, n) == 0) {
+        int64_t got = block_fill(self, (char *)out.view.buf, osize, (int32_t *)seg.view.buf, done, n, c0, 0, &d0, &d1);
+        if (got >= 0) result = Py_BuildValue("(Lnn)", (long long)got, d0, d1);
+    }
+    release(&out);
+    release(&seg);
+    return result;
+}
+
+static PyTypeObject BlockType;
+
+/* fill_rows(tokens, seg, L, blocks) -> list: for each b whose blocks[b] is a Block holding at
+ * least L more tokens, fill row b (items b*L .. b*L+L-1) from it and put the list of its keys
+ * (its segment ids index into it) at b; None elsewhere, leaving the row untouched. */
+static PyObject *fill_rows(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    Buf out = {0}, seg = {0};
+    PyObject *result = NULL;
+    int osize;
+    if (nargs != 4 || !PyList_Check(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "fill_rows(tokens, seg, L, blocks: list)");
+        return NULL;
+    }
+    int64_t L = PyLong_AsLongLong(args[2]);
+    if (PyErr_Occurred()) return NULL;
+    PyObject *blocks = args[3];
+    Py_ssize_t B = PyList_GET_SIZE(blocks);
+    if (L <= 0 || out_bufs(args[0], args[1], &out, &seg, &osize, B * L) < 0) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "fill_rows: L must be positive");
+        goto done;
+    }
+    result = PyList_New(B);
+    if (!result) goto done;
+    for (Py_ssize_t b = 0; b < B; b++) {
+        PyObject *item = PyList_GET_ITEM(blocks, b), *keys = Py_None;
+        if (Py_TYPE(item) == &BlockType) {
+            Block *blk = (Block *)item;
+            Py_ssize_t d0, d1;
+            int64_t got = block_fill(blk, (char *)out.view.buf, osize, (int32_t *)seg.view.buf, b * L, b * L + L, 0, 1,
+                                     &d0, &d1);
+            if (got == -1) { Py_CLEAR(result); goto done; }
+            if (got >= 0) {  /* the row's segment ids are its documents' indices in `keys` */
+                keys = PyList_GetSlice(blk->keys, d0, d1);
+                if (!keys) { Py_CLEAR(result); goto done; }
+                PyList_SET_ITEM(result, b, keys);
+                continue;
+            }
+        }
+        Py_INCREF(Py_None);
+        PyList_SET_ITEM(result, b, Py_None);
+    }
 done:
     release(&out);
     release(&seg);
     return result;
 }
 
+static PyMemberDef Block_members[] = {
+    {"pos", T_LONGLONG, offsetof(Block, pos), 0, "the reading lane's position in its span"},
+    {"offset", T_LONGLONG, offsetof(Block, offset), 0, "tokens of the document at pos already read"},
+    {"b0", T_LONGLONG, offsetof(Block, b0), READONLY, "the block's first position in the lane's span"},
+    {"size", T_LONGLONG, offsetof(Block, size), READONLY, "positions in the block"},
+    {"keys", T_OBJECT_EX, offsetof(Block, keys), READONLY, "the readable documents' keys"},
+    {NULL, 0, 0, 0, NULL},
+};
+
 static PyMethodDef Block_methods[] = {
-    {"fill", (PyCFunction)(void (*)(void))Block_fill, METH_FASTCALL, "Copy the lane's next tokens of this block into a row."},
+    {"fill", (PyCFunction)(void (*)(void))Block_fill, METH_FASTCALL, "Copy the lane's next tokens of this block."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -269,15 +358,17 @@ static PyTypeObject BlockType = {
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "A text shuffle block's token stream (see jamdata.loader.textfill.BlockPy).",
     .tp_methods = Block_methods,
+    .tp_members = Block_members,
     .tp_init = (initproc)Block_init,
     .tp_new = PyType_GenericNew,
 };
 
 static PyMethodDef methods[] = {
+    {"fill_rows", (PyCFunction)(void (*)(void))fill_rows, METH_FASTCALL, "Fill whole rows from their lanes' blocks."},
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_textfill", NULL, -1, methods};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_textfill", NULL, -1, methods, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__textfill(void) {
     if (PyType_Ready(&BlockType) < 0) return NULL;

@@ -44,6 +44,7 @@ class Cursor:
         self.src, self.lane, self.n_lanes, self.seed, self.block = src, lane, n_lanes, seed, block
         self.run_tokens = run_tokens  # Megatron blocks are shuffled in runs of this many tokens
         self.pool = pool
+        self.stream: Any = None  # a text cursor's current block (textfill.Block): it holds pos and offset
         self.epoch, self.pos, self.offset = state or (0, 0, 0)
         self._epoch_cache: tuple[int, list[int], list[int], tuple[int, int]] | None = None
         self._block_cache: tuple | None = None
@@ -52,6 +53,28 @@ class Cursor:
         self._m = 0
         self.splittable = src.fmt == "megatron"
         self._text: TextBlock | None = None
+
+    @property
+    def pos(self) -> int:
+        return self._pos if self.stream is None else self.stream.pos
+
+    @pos.setter
+    def pos(self, v: int) -> None:
+        if self.stream is None:
+            self._pos = v
+        else:
+            self.stream.pos = v
+
+    @property
+    def offset(self) -> int:
+        return self._offset if self.stream is None else self.stream.offset
+
+    @offset.setter
+    def offset(self, v: int) -> None:
+        if self.stream is None:
+            self._offset = v
+        else:
+            self.stream.offset = v
 
     def state(self) -> list[int]:
         return [self.epoch, self.pos, self.offset]
@@ -110,9 +133,12 @@ class Cursor:
         first = order.text_runs(shard_ids, start, length, self.run_tokens)
         idx, run_at = order.run_order(order.rng(self.seed, "runs", self.src.name, self.epoch, self.lane, b), first, size)
         head = idx[run_at]  # each run's first position, in emitted order
+        pos, offset = self.pos, self.offset
         self._text = TextBlock(self.epoch, b * self.block, size, length[idx], run_at, shard_ids[head], local[head],
                                start[head], {u: sh and sh.tokens for u, sh in usable.items()},
                                {u: sh.keys if sh else None for u, sh in usable.items()})
+        self.stream = self._text.stream  # the block holds the position from here on
+        self.stream.pos, self.stream.offset = pos, offset
 
     def _shard(self, shard_i: int):
         """The open reader of one shard (False: unusable, already logged and counted)."""
@@ -175,15 +201,10 @@ class Cursor:
         seg[a:e] with each token's index in the returned list of the keys of the documents (or
         pieces of them) it holds. Skips unreadable and empty documents, and raises when a whole
         epoch of the lane has none. One `textfill` call per shuffle block touched, however many
-        documents: the arrays are a batch's flat views, so no row view is made per call."""
-        tb = self._text
+        documents. (A whole batch's rows that fit in their lanes' current blocks are filled at
+        once by `textfill.fill_rows`; this is the general case.)"""
         keys: list[str] = []  # one key per document touched, in stream order
         done, empty = a, 0
-        if tb is not None and tb.epoch == self.epoch and 0 <= self.pos - tb.b0 < tb.size:  # the common case
-            take, d0, d1, self.pos, self.offset = tb.stream.fill(tokens, seg, a, e, self.pos, self.offset, 0)
-            if take == e - a:
-                return tb.keys[d0:d1]
-            keys, done, empty = tb.keys[d0:d1], a + take, 0 if take else tb.size
         while done < e:
             tb = self._text
             if tb is None or tb.epoch != self.epoch or not 0 <= self.pos - tb.b0 < tb.size:
@@ -192,7 +213,7 @@ class Cursor:
                     continue
                 self._enter_block(self.pos // self.block)
                 tb = self._text
-            take, d0, d1, self.pos, self.offset = tb.stream.fill(tokens, seg, done, e, self.pos, self.offset, len(keys))
+            take, d0, d1 = tb.stream.fill(tokens, seg, done, e, len(keys))
             if not take:  # nothing readable in the rest of the block
                 empty += tb.size
                 if empty > 2 * self.src.n_samples + 2:
@@ -245,10 +266,11 @@ class TextBlock:
         wsh = run_shard.tolist()
         index: dict[int, int] = {}
         wshard = np.array([index.setdefault(u, len(index)) for u in wsh], dtype=np.int64)
-        self.stream = Block(cum, nz, wstart, run_start - cum[ws], wshard, tuple(tokens[u] for u in index), b0, size)
         self.keys: list[str] = []  # every readable document's key, one list slice per window
         for u, l0, m in zip(wsh, run_local.tolist(), np.diff(wstart).tolist()):
             self.keys += shard_keys[u][l0:l0 + m]
+        self.stream = Block(cum, nz, wstart, run_start - cum[ws], wshard, tuple(tokens[u] for u in index), b0, size,
+                            self.keys)
 
 
 class Packer:

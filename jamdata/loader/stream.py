@@ -22,6 +22,7 @@ import torch
 from jamdata.loader import order
 from jamdata.loader.lane import Cursor, Packer
 from jamdata.loader.sources import DatasetSource, LoaderError, ShardPool
+from jamdata.loader.textfill import fill_rows
 
 log = logging.getLogger("jamdata.loader")
 STATE_VERSION = 1
@@ -213,19 +214,21 @@ class PackedStream(torch.utils.data.IterableDataset):
         if per == 1:  # one row per lane and step (slot_lanes = global_batch_size, the default)
             lane_row, first = n // P, (n % P) * Q + j0  # = spec.lane_of(n, j0 + b): lane first + b
             at = lane_row * C
-            tf, sf = t.reshape(-1), sg.reshape(-1)
-            for b in range(B):
-                lane = first + b
-                d = sched[(at + lane) % period]  # = spec.dataset_of(lane, lane_row)
-                cur = (cursors.get(lane) or ls._lane(lane))[d]
-                if rows[lane] != lane_row:
-                    raise LoaderError(f"lane {lane} is at row {rows[lane]} but row {lane_row} was asked for "
-                                      "(state and step disagree)")
-                keys.append(cur.pack_text(tf, sf, b * L, b * L + L) if cur.splittable
-                            else packer.row(cur, t[b], m[b], sg[b]))
-                rows[lane] = lane_row + 1
-                ds.append(d)
             lanes: Any = range(first, first + B)
+            ds = [sched[(at + lane) % period] for lane in lanes]  # = spec.dataset_of(lane, lane_row)
+            curs = [(cursors.get(lane) or ls._lane(lane))[d] for lane, d in zip(lanes, ds)]
+            if any(rows[lane] != lane_row for lane in lanes):
+                lane = next(lane for lane in lanes if rows[lane] != lane_row)
+                raise LoaderError(f"lane {lane} is at row {rows[lane]} but row {lane_row} was asked for "
+                                  "(state and step disagree)")
+            tf, sf = t.reshape(-1), sg.reshape(-1)
+            keys = fill_rows(tf, sf, L, [c.stream for c in curs])  # text rows inside their lanes' blocks
+            if None in keys:
+                for b, cur in enumerate(curs):
+                    if keys[b] is None:
+                        keys[b] = (cur.pack_text(tf, sf, b * L, b * L + L) if cur.splittable
+                                   else packer.row(cur, t[b], m[b], sg[b]))
+            rows.update(dict.fromkeys(lanes, lane_row + 1))
         else:
             lanes = []
             b = 0
