@@ -103,33 +103,42 @@ class Cursor:
         """Resolve every position of block b to (shard, index in shard) at once."""
         _, perm, starts, span = self._epoch()
         size = min(self.block, self._m - b * self.block)
-        if self.splittable:
-            seq = span[0] + b * self.block + np.arange(size)
-        else:
-            seq = span[0] + b * self.block + order.block_permutation(self.seed, self.src.name, self.epoch, self.lane, b, size)
-        k = np.searchsorted(starts, seq, side="right") - 1  # last shard starting at or before (skips empty ones)
-        shard_ids, local = perm[k], seq - starts[k]
         self._last = None
         if self.splittable:  # text rows are cut by pack_text from the block's TextBlock
-            self._text_block(b, size, shard_ids, local)
-        else:
-            self._block_cache = (self.epoch, b, b * self.block, shard_ids.tolist(), local.tolist())
+            self._text_block(b, size, span[0] + b * self.block, perm, starts)
+            return
+        seq = span[0] + b * self.block + order.block_permutation(self.seed, self.src.name, self.epoch, self.lane, b, size)
+        k = np.searchsorted(starts, seq, side="right") - 1  # last shard starting at or before (skips empty ones)
+        shard_ids, local = perm[k], seq - starts[k]
+        self._block_cache = (self.epoch, b, b * self.block, shard_ids.tolist(), local.tolist())
 
-    def _text_block(self, b: int, size: int, shard_ids: np.ndarray, local: np.ndarray):
-        """Shuffle block b of a Megatron dataset in runs (`order.text_runs`: back-to-back
-        documents of one shard, about `run_tokens` tokens each), emitted in an order drawn from
-        (seed, dataset, epoch, lane, block). A row then takes one or two slice copies however
-        short its documents are."""
-        start = np.zeros(size, dtype=np.int64)
-        length = np.zeros(size, dtype=np.int64)
+    def _text_block(self, b: int, size: int, first_seq: int, perm: np.ndarray, starts: np.ndarray):
+        """Shuffle block b of a Megatron dataset (sequence positions first_seq .. +size, in
+        shard order) in runs (`order.text_runs`: back-to-back documents of one shard, about
+        `run_tokens` tokens each), emitted in an order drawn from (seed, dataset, epoch, lane,
+        block). A row then takes one or two slice copies however short its documents are."""
+        k0, k1 = (np.searchsorted(starts, [first_seq, first_seq + size - 1], side="right") - 1).tolist()
+        ids, locs, starts_, lens = [], [], [], []
         usable: dict[int, object] = {}
-        cuts = np.flatnonzero(shard_ids[1:] != shard_ids[:-1]) + 1  # positions come in shard order
-        for a, e in zip([0] + cuts.tolist(), cuts.tolist() + [size]):
-            u = int(shard_ids[a])
+        for k in range(k0, k1 + 1):  # the shards the block covers (empty ones add nothing)
+            u = int(perm[k])
+            l0 = max(first_seq - int(starts[k]), 0)
+            l1 = min(first_seq + size - int(starts[k]), self.src.shards[u].records)
+            if l1 <= l0:
+                continue
             shard = usable[u] = self._shard(u)
-            if shard:  # an unusable shard's documents keep length 0 and are skipped
-                start[a:e] = shard.start_arr[local[a:e]]
-                length[a:e] = shard.len_arr[local[a:e]]
+            ids.append(np.full(l1 - l0, u, dtype=np.int64))
+            locs.append(np.arange(l0, l1, dtype=np.int64))
+            if shard:
+                starts_.append(shard.start_arr[l0:l1])
+                lens.append(shard.len_arr[l0:l1])
+            else:  # an unusable shard's documents have length 0 and are skipped
+                starts_.append(np.zeros(l1 - l0, dtype=np.int64))
+                lens.append(starts_[-1])
+        if len(ids) == 1:
+            shard_ids, local, start, length = ids[0], locs[0], starts_[0], lens[0]
+        else:
+            shard_ids, local, start, length = map(np.concatenate, (ids, locs, starts_, lens))
         first = order.text_runs(shard_ids, start, length, self.run_tokens)
         idx, run_at = order.run_order(order.rng(self.seed, "runs", self.src.name, self.epoch, self.lane, b), first, size)
         head = idx[run_at]  # each run's first position, in emitted order

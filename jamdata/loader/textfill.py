@@ -25,7 +25,7 @@ class BlockPy:
                  wshard: np.ndarray, shards: Sequence[np.ndarray], b0: int, size: int, keys: list[str]):
         if len(keys) != len(nz) or len(cum) != len(nz) + 1:
             raise ValueError("Block: array lengths disagree")
-        self.cum_np, self.cum, self.nz = cum, cum.tolist(), nz.tolist()
+        self.cum, self.lens, self.nz = cum.tolist(), np.diff(cum).tolist(), nz.tolist()
         self.wstart, self.wtok, self.wshard = wstart.tolist(), wtok.tolist(), wshard.tolist()
         self.shards, self.b0, self.size, self.keys = tuple(shards), b0, size, keys
         self.pos, self.offset = b0, 0
@@ -57,8 +57,11 @@ class BlockPy:
             tokens[filled:filled + take] = self.shards[self.wshard[w]][s:s + take]
             last = bisect_right(cum, t + take - 1)  # documents d .. last-1 are in the piece
             c = c0 + d - d0
-            idx = _INDEX[c:c + last - d] if c + last - d <= len(_INDEX) else np.arange(c, c + last - d, dtype=np.int32)
-            seg[filled:filled + take] = idx.repeat(np.diff(np.clip(self.cum_np[d:last + 1], t, t + take)))
+            if last - d == 1:
+                seg[filled:filled + take] = c
+            else:
+                idx = _INDEX[c:c + last - d] if c + last - d <= len(_INDEX) else np.arange(c, c + last - d, dtype=np.int32)
+                seg[filled:filled + take] = idx.repeat([cum[d + 1] - t] + self.lens[d + 1:last - 1] + [t + take - cum[last - 1]])
             filled += take
             t += take
             d = bisect_right(cum, t) - 1 if t < cum[-1] else nd
