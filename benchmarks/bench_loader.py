@@ -11,12 +11,15 @@ tokens, loss mask, segment ids), litdata's TokensLoader as seq_len blocks, webda
 one sample per document, the raw references as seq_len blocks of the .bin files. tokens/s = tokens
 delivered (padding not counted) / seconds; start-up = constructor to first sample; each figure is the
 median of --repeat round-robin rounds, and each ratio the median of the ratios within a round (the
-machine's speed drifts between rounds; readers timed seconds apart share its state). "jam loader, 1 worker process" reads the same .bin through one torch
-DataLoader worker, so it includes the transport of every batch to the main process. Anchors are pinned in requirements-bench.txt. mosaicml-streaming 0.13
-imports transformers and torchvision at import time only for isinstance checks and example datasets;
-when they are not installed this script puts tiny placeholders on sys.path so that it can run in the
-project's environment without them (install the anchors with `pip install --no-deps` into a separate
-`--target` directory and put it on PYTHONPATH, so they cannot change the project's pins).
+machine's speed drifts between rounds; readers timed seconds apart share its state). "jam loader, 1
+worker process" reads the same .bin through one torch DataLoader worker, so it includes the
+transport of every batch to the main process; "litdata, 1 worker process" does the same through
+litdata's StreamingDataLoader (batches of 8 blocks). Anchors are pinned in requirements-bench.txt.
+mosaicml-streaming 0.13 imports transformers and torchvision at import time only for isinstance
+checks and example datasets; when they are not installed this script puts tiny placeholders on
+sys.path so that it can run in the project's environment without them (install the anchors with
+`pip install --no-deps` into a separate `--target` directory and put it on PYTHONPATH, so they
+cannot change the project's pins).
 """
 from __future__ import annotations
 
@@ -225,6 +228,21 @@ def read_litdata(path: str, seq_len: int):
     yield total
 
 
+def read_litdata_worker(path: str, seq_len: int):
+    """litdata's own dataloader with one worker process, batches of 8 blocks: the counterpart of
+    "jam loader, 1 worker process"."""
+    from litdata import StreamingDataLoader, StreamingDataset, TokensLoader
+
+    ds = StreamingDataset(input_dir=path, item_loader=TokensLoader(block_size=seq_len), shuffle=False)
+    it = iter(StreamingDataLoader(ds, batch_size=8, num_workers=1))
+    next(it)
+    yield None
+    total = 0
+    for t in it:
+        total += t.numel()
+    yield total
+
+
 def read_wds(path: str, seq_len: int):
     import webdataset as wds
 
@@ -287,6 +305,7 @@ def scenario(kind: str, args, work: Path) -> None:
     if "litdata" not in args.skip:
         lit = write_litdata(root, docs, L)
         readers["litdata (TokensLoader)"] = lambda: read_litdata(lit, L)
+        readers["litdata, 1 worker process"] = lambda: read_litdata_worker(lit, L)
     runs: dict[str, list] = {name: [] for name in readers}
     for _ in range(args.repeat):  # round-robin, so that a noisy moment hits every reader alike
         for name, make in readers.items():
@@ -312,6 +331,8 @@ def scenario(kind: str, args, work: Path) -> None:
         best = max(anchors, key=lambda k: results[k][1])
         ahead = ratio(jam, best)
         print(f"jam loader vs the fastest anchor ({best}): {ahead:.2f}x (target > 1: {'met' if ahead > 1 else 'MISSED'})")
+    if "litdata, 1 worker process" in results:
+        print(f"through one DataLoader worker process each: jam loader vs litdata {ratio('jam loader, 1 worker process', 'litdata, 1 worker process'):.2f}x")
 
 
 def main() -> None:
