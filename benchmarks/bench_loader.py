@@ -215,26 +215,13 @@ def read_mds(path: str, seq_len: int):
     yield total
 
 
-def read_litdata(path: str, seq_len: int):
-    from litdata import StreamingDataset, TokensLoader
-
-    ds = StreamingDataset(input_dir=path, item_loader=TokensLoader(block_size=seq_len), shuffle=False)
-    it = iter(ds)
-    next(it)
-    yield None
-    total = 0
-    for t in it:
-        total += t.numel()
-    yield total
-
-
-def read_litdata_worker(path: str, seq_len: int):
-    """litdata's own dataloader with one worker process, batches of 8 blocks: the counterpart of
-    "jam loader, 1 worker process"."""
+def read_litdata(path: str, seq_len: int, workers: int = 0):
+    """litdata's TokensLoader in this process, or (workers=1) through litdata's own dataloader
+    with one worker process, batches of 8 blocks: the counterpart of "jam loader, 1 worker process"."""
     from litdata import StreamingDataLoader, StreamingDataset, TokensLoader
 
     ds = StreamingDataset(input_dir=path, item_loader=TokensLoader(block_size=seq_len), shuffle=False)
-    it = iter(StreamingDataLoader(ds, batch_size=8, num_workers=1))
+    it = iter(StreamingDataLoader(ds, batch_size=8, num_workers=workers) if workers else ds)
     next(it)
     yield None
     total = 0
@@ -305,7 +292,7 @@ def scenario(kind: str, args, work: Path) -> None:
     if "litdata" not in args.skip:
         lit = write_litdata(root, docs, L)
         readers["litdata (TokensLoader)"] = lambda: read_litdata(lit, L)
-        readers["litdata, 1 worker process"] = lambda: read_litdata_worker(lit, L)
+        readers["litdata, 1 worker process"] = lambda: read_litdata(lit, L, workers=1)
     runs: dict[str, list] = {name: [] for name in readers}
     for _ in range(args.repeat):  # round-robin, so that a noisy moment hits every reader alike
         for name, make in readers.items():
