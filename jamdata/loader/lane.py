@@ -197,9 +197,14 @@ class Cursor:
             self.pos += 1
             self.offset = 0
             skipped += 1
-            if skipped > 2 * self.src.n_samples + 2:
-                raise LoaderError(f"dataset {self.src.name!r} ({self.src.root}): no readable sample in "
-                                  f"lane {self.lane}'s part of a whole epoch (all shards damaged?)")
+            self._check_readable(skipped)
+
+    def _check_readable(self, skipped: int) -> None:
+        """Raise once `skipped` unreadable positions in a row exceed a whole epoch of the lane
+        (all its shards damaged), instead of looping forever."""
+        if skipped > 2 * self.src.n_samples + 2:
+            raise LoaderError(f"dataset {self.src.name!r} ({self.src.root}): no readable sample in "
+                              f"lane {self.lane}'s part of a whole epoch (all shards damaged?)")
 
     def advance(self) -> None:
         self.pos += 1
@@ -225,9 +230,7 @@ class Cursor:
             take, d0, d1 = tb.stream.fill(tokens, seg, done, e, len(keys))
             if not take:  # nothing readable in the rest of the block
                 empty += tb.size
-                if empty > 2 * self.src.n_samples + 2:
-                    raise LoaderError(f"dataset {self.src.name!r} ({self.src.root}): no readable sample in "
-                                      f"lane {self.lane}'s part of a whole epoch (all shards damaged?)")
+                self._check_readable(empty)
                 continue
             empty = 0
             done += take
