@@ -14,7 +14,9 @@ median of --repeat round-robin rounds, and each ratio the median of the ratios w
 machine's speed drifts between rounds; readers timed seconds apart share its state). "jam loader, 1
 worker process" reads the same .bin through one torch DataLoader worker, so it includes the
 transport of every batch to the main process; "litdata, 1 worker process" does the same through
-litdata's StreamingDataLoader (batches of 8 blocks). Anchors are pinned in requirements-bench.txt.
+litdata's StreamingDataLoader (batches of 8 blocks). "Python packer" is the jam loader as installed
+without a C compiler (jamdata.loader.textfill's Python twin). Anchors are pinned in
+requirements-bench.txt.
 mosaicml-streaming 0.13 imports transformers and torchvision at import time only for isinstance
 checks and example datasets; when they are not installed this script puts tiny placeholders on
 sys.path so that it can run in the project's environment without them (install the anchors with
@@ -24,6 +26,7 @@ cannot change the project's pins).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import shutil
 import statistics
@@ -177,18 +180,32 @@ def read_memmap_batches(paths: list[str], seq_len: int, dtype: str = "int32"):
     yield total
 
 
-def read_jam(dirs: dict, name: str, seq_len: int, verify: str, workers: int = 0):
+@contextlib.contextmanager
+def python_packer():
+    """The loader as installed without a C compiler: the text packer's Python twin."""
+    from jamdata.loader import lane, stream, textfill
+
+    saved = lane.Block, stream.fill_rows
+    lane.Block, stream.fill_rows = textfill.BlockPy, textfill.fill_rows_py
+    try:
+        yield
+    finally:
+        lane.Block, stream.fill_rows = saved
+
+
+def read_jam(dirs: dict, name: str, seq_len: int, verify: str, workers: int = 0, compiled: bool = True):
     from jamdata.config import Config
     from jamdata.loader import build_loader
 
     cfg = Config({"loader": {"mixture": {name: 1}, "seq_len": seq_len, "global_batch_size": 8, "step_lanes": 1,
                              "verify": verify, "num_workers": workers}}).section("loader")
-    lo = build_loader(cfg, {name: dirs[name]})  # one pass over the tokens (steps_per_epoch: 0)
-    it = iter(lo)
-    next(it)
-    yield None
-    for _ in it:  # keeps no batch alive, as a training loop does
-        pass
+    with contextlib.nullcontext() if compiled else python_packer():
+        lo = build_loader(cfg, {name: dirs[name]})  # one pass over the tokens (steps_per_epoch: 0)
+        it = iter(lo)
+        next(it)
+        yield None
+        for _ in it:  # keeps no batch alive, as a training loop does
+            pass
 
     def delivered() -> int:
         """Tokens of the timed pass, padding not counted: the order is deterministic, so a
@@ -282,6 +299,7 @@ def scenario(kind: str, args, work: Path) -> None:
         "jam loader (.bin/.idx, verify=size)": lambda: read_jam(jam, "text", L, "size"),
         "jam loader (.bin/.idx, verify=sha256)": lambda: read_jam(jam, "text", L, "sha256"),
         "jam loader (tar, verify=size)": lambda: read_jam(jam, "tar", L, "size"),
+        "jam loader, Python packer (no C ext.)": lambda: read_jam(jam, "text", L, "size", compiled=False),
         "jam loader, 1 worker process": lambda: read_jam(jam, "text", L, "size", workers=1),
     }
     if "webdataset" not in args.skip:
