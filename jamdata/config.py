@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any, Sequence, TypeVar
 
@@ -26,6 +27,22 @@ class ConfigError(ValueError):
             msg = f"{source}: {msg}"
         super().__init__(msg)
         self.key = key
+
+
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def parse_value(key: str, text: str) -> Any:
+    """A `--set` value: YAML, except that every number is a number (YAML 1.1 reads `1e-3` as a
+    string because it has no dot)."""
+    if _NUMBER.fullmatch(text.strip()):
+        number = float(text)
+        return int(text) if re.fullmatch(r"[-+]?\d+", text.strip()) else number
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        problem = str(e).splitlines()[0]
+        raise ConfigError(key, f"--set value {text!r} is not valid YAML ({problem})") from None
 
 
 class Config:
@@ -47,17 +64,20 @@ class Config:
             raise ConfigError("(file)", f"config file {path} does not exist") from None
         except yaml.YAMLError as e:
             raise ConfigError("(file)", f"{path} is not valid YAML: {e}") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError("(file)", f"{path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})") from None
         cfg = cls(data, source=str(path))
         cfg.override(overrides)
         return cfg
 
     def override(self, items: Sequence[str]) -> None:
-        """Apply `key.path=value` overrides (values parsed as YAML)."""
+        """Apply `key.path=value` overrides (values parsed as YAML, numbers as numbers)."""
         for item in items:
             key, sep, value = item.partition("=")
-            if not sep:
+            key = key.strip()
+            if not sep or not key or any(not part for part in key.split(".")):
                 raise ConfigError(item, "override must look like key.path=value")
-            self.set(key, yaml.safe_load(value))
+            self.set(key, parse_value(key, value))
 
     def merge(self, overlay: dict) -> None:
         """Deep-merge another tree over this one (mappings merge, anything else replaces)."""
@@ -135,3 +155,15 @@ class Config:
 
     def to_dict(self) -> dict:
         return copy.deepcopy(self.data)
+
+
+def workers_setting(cli_value: int | None, run: Config) -> int:
+    """Local Beam worker processes: `--workers` when given, else `run.workers`; at least 1."""
+    if cli_value is not None:
+        if cli_value < 1:
+            raise ConfigError("--workers", f"must be at least 1, got {cli_value}")
+        return cli_value
+    value = run.get("workers", int, default=1)
+    if isinstance(value, bool) or value < 1:
+        raise ConfigError(run._key("workers"), f"must be an integer of at least 1, got {value!r}", source=run.source)
+    return value

@@ -31,5 +31,11 @@ def runner_args(workers: int = 1, beam_args: Sequence[str] = ()) -> list[str]:
 
 
 def pipeline_options(workers: int = 1, beam_args: Sequence[str] = ()) -> PipelineOptions:
-    """`workers`: local worker processes (1 = in-process). `beam_args`: raw Beam flags."""
-    return PipelineOptions(runner_args(workers, beam_args))
+    """`workers`: local worker processes (1 = in-process). `beam_args`: raw Beam flags.
+    Local worker processes are watched so that they end with their job, even a killed one."""
+    args = runner_args(workers, beam_args)
+    if "--direct_running_mode=multi_processing" in args:
+        from pipelines.worker_guard import guard
+
+        guard()
+    return PipelineOptions(args)

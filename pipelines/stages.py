@@ -1,9 +1,13 @@
 """The main job: every stage in order, each a function `run_stage(ctx) -> list[str]` (summary lines).
 
 A stage writes its dataset(s) under `ctx.path(<stage name>)` and reads earlier stages' outputs
-the same way. A stage is reused (not redone) when all its outputs have a manifest and its stamp matches: the
-stamp hashes the config sections the stage reads and the manifests of the datasets it reads, so a
-config change or a redone upstream stage redoes it. `--force` redoes everything asked for.
+the same way. A stage is reused (not redone) only when
+- each of its outputs has a manifest and every shard the manifest lists is there with its size
+  (`run.reuse_verify: sha256` also compares every shard's sha256: exact, but it reads everything);
+- its stamp matches: the stamp hashes the config sections the stage reads, the manifests of the
+  datasets it reads, and the size and modification time of every raw input file its sections name,
+  so a config change, a redone upstream stage or a changed raw file redoes it.
+`--force` redoes everything asked for.
 """
 from __future__ import annotations
 
@@ -16,10 +20,11 @@ from pathlib import Path
 from typing import Callable
 
 from jamdata.config import Config, ConfigError
-from jamdata.io import atomic_write
-from jamdata.manifest import MANIFEST, is_complete
+from jamdata.io import atomic_write, fs_and_path
+from jamdata.manifest import MANIFEST, validate_dataset
 
 STAMPS = ".jam-stages"
+REUSE_VERIFY = ("size", "sha256")
 
 
 @dataclass
@@ -67,9 +72,45 @@ STAGES: list[Stage] = [
 ]
 
 
+def _strings(value) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, (list, tuple)):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+def raw_input_files(values) -> dict[str, list]:
+    """Size and modification time of every file named by a string in `values` that is a path or
+    URL (directories and globs expanded). Other strings (`cosine`, `en`) name no file and add nothing."""
+    found: dict[str, list] = {}
+    for text in sorted(set(_strings(values))):
+        if "://" not in text and not Path(text).exists() and not any(c in text for c in "*?["):
+            continue
+        try:
+            fs, p = fs_and_path(text)
+            if fs.isdir(p):
+                paths = fs.find(p)
+            elif any(c in p for c in "*?["):
+                paths = fs.glob(p)
+            else:
+                paths = [p] if fs.exists(p) else []
+            for path in sorted(paths):
+                info = fs.info(path)
+                when = info.get("mtime") or info.get("LastModified") or info.get("updated") or info.get("etag")
+                found[path] = [info.get("size"), str(when)]
+        except (OSError, ValueError) as e:  # unreachable: the stamp differs, so the stage is redone
+            found[text] = ["unreadable", str(e)]
+    return found
+
+
 def stamp(stage: Stage, ctx: StageContext) -> str:
-    """What a stage's outputs depend on: its config sections and its input manifests."""
-    parts: dict = {"config": {k: ctx.config.get(k, object, None) for k in stage.sections}, "inputs": {}}
+    """What a stage's outputs depend on: its config sections, its input manifests and the raw files
+    its sections name."""
+    config = {k: ctx.config.get(k, object, None) for k in stage.sections}
+    parts: dict = {"config": config, "inputs": {}, "raw": raw_input_files(config)}
     for name in stage.inputs:
         m = ctx.path(name) / MANIFEST
         parts["inputs"][name] = hashlib.sha256(m.read_bytes()).hexdigest() if m.exists() else None
@@ -80,10 +121,15 @@ def _stamp_path(ctx: StageContext, stage: Stage) -> Path:
     return ctx.run_dir / STAMPS / f"{stage.name}.stamp"
 
 
+def outputs_intact(stage: Stage, ctx: StageContext) -> bool:
+    """Every output has its manifest and every shard it lists (size, or sha256 on request)."""
+    deep = ctx.config.choice("run.reuse_verify", REUSE_VERIFY, default="size") == "sha256"
+    return all(not validate_dataset(str(ctx.path(o)), deep=deep) for o in stage.outputs)
+
+
 def is_fresh(stage: Stage, ctx: StageContext) -> bool:
     p = _stamp_path(ctx, stage)
-    return (all(is_complete(str(ctx.path(o))) for o in stage.outputs)
-            and p.exists() and p.read_text() == stamp(stage, ctx))
+    return p.exists() and p.read_text() == stamp(stage, ctx) and outputs_intact(stage, ctx)
 
 
 def run_all(ctx: StageContext, only: list[str] | None = None, log: Callable[[str], None] = print) -> list[str]:

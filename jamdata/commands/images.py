@@ -44,7 +44,7 @@ def _split_beam(rest: list[str]) -> list[str]:
 
 
 def tokenize(args: argparse.Namespace) -> int:
-    from jamdata.config import Config
+    from jamdata.config import Config, workers_setting
     from pipelines.image_tokenize import ImageSettings, tokenize_images
 
     cfg = Config.load(args.config, overrides=args.set)
@@ -57,7 +57,7 @@ def tokenize(args: argparse.Namespace) -> int:
         raise ConfigError("images.inputs", "missing (or pass --inputs)")
     rejects = args.rejects or f"{str(args.out).rstrip('/')}-rejects"
     s = tokenize_images(inputs, args.out, rejects, args.vqvae, args.tokenizer, settings,
-                        args.workers or int(run.get("workers", int, default=1)),
+                        workers_setting(args.workers, run),
                         _split_beam(args.beam_args) or run.get("beam_args", list, default=[]),
                         cfg.section("images").to_dict())
     print(f"{s['samples']} samples, {s['tokens']} tokens ({s['image_tokens']} image, {s['caption_tokens']} caption), "

@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def build(args: argparse.Namespace) -> int:
-    from jamdata.config import Config
+    from jamdata.config import Config, workers_setting
     from pipelines.instruct_build import run_from_config
 
     cfg = Config.load(args.config, overrides=args.set)
@@ -44,7 +44,7 @@ def build(args: argparse.Namespace) -> int:
     vqvae = args.vqvae or section.get("vqvae", str, str(run_dir / "vqvae"))
     beam_args = [a for a in args.beam_args if a != "--"] or run.get("beam_args", list, default=[])
     for line in run_from_config(cfg, out, rejects, tokenizer, vqvae,
-                                args.workers or run.get("workers", int, default=1), beam_args):
+                                workers_setting(args.workers, run), beam_args):
         print(line)
     return 0
 

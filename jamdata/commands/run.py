@@ -32,7 +32,7 @@ def corpus_overlay(corpus: str) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from jamdata.config import Config
+    from jamdata.config import Config, workers_setting
     from pipelines.stages import StageContext, run_all
 
     cfg = Config.load(args.config)
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     cfg.override(args.set)
     run_cfg = cfg.section("run")
     out = Path(args.out or run_cfg.get("out_dir", str, default="out/run"))
-    ctx = StageContext(cfg, out, workers=args.workers or run_cfg.get("workers", int, default=1),
+    ctx = StageContext(cfg, out, workers=workers_setting(args.workers, run_cfg),
                        beam_args=run_cfg.get("beam_args", list, default=[]) + args.beam_args, force=args.force)
     summary = run_all(ctx, only=args.stage)
     print("\n== summary")

@@ -14,7 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="compare two runs/reports side by side (report dirs with stats.json, or dataset/run dirs)")
     p.add_argument("--fast", action="store_true", help="read manifests only (no shard is opened)")
     p.add_argument("--vqvae", help="VQ-VAE dataset dir used to decode a contact sheet of image-caption samples")
-    p.add_argument("--workers", type=int, default=1, help="local Beam worker processes")
+    p.add_argument("--workers", type=int, help="local Beam worker processes (default 1)")
     p.set_defaults(func=run)
 
 
@@ -27,9 +27,11 @@ def _load_or_compute(path: str, out: Path, fast: bool, workers: int, beam_args) 
 
 
 def run(args: argparse.Namespace) -> int:
+    from jamdata.config import Config, ConfigError, workers_setting
     from jamdata.stats.report import write_compare
     from pipelines.stats import run_stats
 
+    args.workers = workers_setting(args.workers, Config({}))
     beam_args = args.beam_args
     out = Path(args.out)
     if args.compare:
@@ -41,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{len(result['rows'])} figures compared, {len(changed)} differ; see {out / 'compare.html'}")
         return 0
     if not args.dirs:
-        raise ValueError("give at least one dataset directory (or --compare A B)")
+        raise ConfigError("DIR", "give at least one dataset directory (or --compare A B)")
     stats = run_stats(args.dirs, str(out), fast=args.fast, workers=args.workers, beam_args=beam_args, vqvae=args.vqvae)
     for name, ds in stats["datasets"].items():
         t = (ds.get("manifest") or {}).get("totals", {})

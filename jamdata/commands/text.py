@@ -21,13 +21,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_clean(args: argparse.Namespace) -> int:
-    from jamdata.config import Config
+    from jamdata.config import Config, workers_setting
     from pipelines.text_clean import run, summary_lines
 
     cfg = Config.load(args.config, overrides=args.set)
     run_cfg = cfg.section("run")
     out = Path(args.out or run_cfg.get("out_dir", str, default="out/run"))
-    workers = args.workers or run_cfg.get("workers", int, default=1)
+    workers = workers_setting(args.workers, run_cfg)
     beam_args = run_cfg.get("beam_args", list, default=[]) + list(args.beam_args)
     docs, rejects = out / "text-clean", out / "text-clean-rejects"
     manifest = run(cfg, str(docs), str(rejects), workers, beam_args)

@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _load(args):
-    from jamdata.config import Config
+    from jamdata.config import Config, workers_setting
 
     cfg = Config.load(args.config, overrides=args.set)
     for key in ("input", "tokenizer", "count"):
@@ -60,7 +60,7 @@ def sample(args: argparse.Namespace) -> int:
 
     cfg, out = _load(args)
     beam_args = [a for a in (args.beam_args or []) if a != "--"] or cfg.get("run.beam_args", list, default=[])
-    ctx = StageContext(cfg, out, workers=args.workers or cfg.get("run.workers", int, default=1), beam_args=beam_args)
+    ctx = StageContext(cfg, out, workers=workers_setting(args.workers, cfg.section("run")), beam_args=beam_args)
     for line in run_stage(ctx):
         print(line)
     return 0
