@@ -41,8 +41,7 @@ def run(argv: Sequence[str] | None, prog: str, package: str) -> int:
     beam_args = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[:argv.index("--")] if "--" in argv else argv
     args = parser.parse_args(argv)
-    if not hasattr(args, "beam_args"):
-        args.beam_args = beam_args
+    args.beam_args = beam_args
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if not args.verbose:  # Beam's per-bundle INFO lines drown the progress lines
@@ -55,6 +54,10 @@ def run(argv: Sequence[str] | None, prog: str, package: str) -> int:
     from jamdata.errors import USER_ERRORS
 
     try:
+        if args.beam_args:  # a runner Beam does not know fails now, before any work
+            from pipelines.options import runner_args
+
+            runner_args(1, args.beam_args)
         return int(args.func(args) or 0)
     except USER_ERRORS as e:  # expected failures: one clear line, no traceback
         print(f"{prog}: error: {e}", file=sys.stderr)

@@ -167,3 +167,13 @@ def workers_setting(cli_value: int | None, run: Config) -> int:
     if isinstance(value, bool) or value < 1:
         raise ConfigError(run._key("workers"), f"must be an integer of at least 1, got {value!r}", source=run.source)
     return value
+
+
+def beam_args_setting(cli_args: Sequence[str], run: Config) -> list[str]:
+    """Raw Beam flags for a pipeline: `run.beam_args` from the config, then those after `--` on
+    the command line (a later flag wins in Beam's parser)."""
+    configured = run.get("beam_args", list, default=[])
+    bad = [a for a in configured if not isinstance(a, str)]
+    if bad:
+        raise ConfigError(run._key("beam_args"), f"must be a list of strings, got {bad[0]!r}", source=run.source)
+    return [*configured, *cli_args]

@@ -12,14 +12,35 @@ from typing import Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from jamdata.config import ConfigError
+
 SETUP_FILE = Path(__file__).resolve().parent.parent / "setup.py"
 LOCAL_RUNNERS = {"FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner"}
 
 
+def check_runner(name: str) -> None:
+    """A runner name Beam does not know fails here with one line, not deep inside Beam."""
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    known = sorted(p.rsplit(".", 1)[-1] for p in StandardOptions.ALL_KNOWN_RUNNERS)
+    lowered = {k.lower() for k in known}
+    if "." in name or name.lower() in lowered or f"{name.lower()}runner" in lowered:
+        return
+    raise ConfigError("--runner", f"Beam does not know the runner {name!r}", allowed=known)
+
+
 def runner_args(workers: int = 1, beam_args: Sequence[str] = ()) -> list[str]:
     args = list(beam_args)
-    runner = next((a.split("=", 1)[1] for a in args if a.startswith("--runner=")), None)
-    if runner is None:
+    if "--runner" in args:  # `--runner X`: one spelling from here on
+        i = args.index("--runner")
+        if i + 1 >= len(args):
+            raise ConfigError("--runner", "needs a runner name")
+        args[i:i + 2] = [f"--runner={args[i + 1]}"]
+    runners = [a.split("=", 1)[1] for a in args if a.startswith("--runner=")]
+    runner = runners[-1] if runners else None
+    if runner is not None:
+        check_runner(runner)
+    else:
         runner = "FnApiRunner"
         args.insert(0, "--runner=FnApiRunner")
     if runner in LOCAL_RUNNERS:

@@ -190,3 +190,24 @@ def test_killing_the_job_ends_its_worker_processes(tmp_path):
             except OSError:
                 pass
         log.close()
+
+
+# -- Beam flags after `--` reach the pipeline of every stage command -----------------------------
+@pytest.mark.parametrize("command", [
+    ["run", "--config", str(DEMO), "--out", "/nonexistent/never"],
+    ["text", "clean", "--config", str(DEMO), "--out", "/nonexistent/never"],
+    ["text", "sample", "--config", str(DEMO), "--out", "/nonexistent/never"],
+    ["images", "tokenize", "--config", str(DEMO), "--vqvae", "v", "--tokenizer", "t", "--out", "/nonexistent/never"],
+    ["instruct", "build", "--config", str(DEMO), "--out", "/nonexistent/never"],
+    ["stats", "/nonexistent/never", "--out", "/nonexistent/never"],
+])
+def test_unknown_runner_fails_naming_it(command):
+    r = jam(*command, "--", "--runner=NoSuchRunner")
+    one_line_error(r, "NoSuchRunner")
+
+
+def test_config_beam_args_reach_the_pipeline(tmp_path):
+    config = text_only_config(tmp_path)
+    r = jam("text", "clean", "--config", str(config), "--out", str(tmp_path / "x"),
+            "--set", "run.beam_args=[--runner=NoSuchRunner]")
+    one_line_error(r, "NoSuchRunner")

@@ -18,7 +18,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--inputs", nargs="+", help="input files/globs (default: images.inputs)")
     p.add_argument("--workers", type=int, help="local Beam worker processes (default: run.workers)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    p.add_argument("beam_args", nargs=argparse.REMAINDER, help="after --: raw Beam flags")
     p.set_defaults(func=tokenize)
 
     p = images.add_parser("show", help="decode samples of an image-caption dataset into a PNG contact sheet")
@@ -39,12 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=train)
 
 
-def _split_beam(rest: list[str]) -> list[str]:
-    return rest[1:] if rest and rest[0] == "--" else rest
-
-
 def tokenize(args: argparse.Namespace) -> int:
-    from jamdata.config import Config, workers_setting
+    from jamdata.config import Config, beam_args_setting, workers_setting
     from pipelines.image_tokenize import ImageSettings, tokenize_images
 
     cfg = Config.load(args.config, overrides=args.set)
@@ -58,7 +53,7 @@ def tokenize(args: argparse.Namespace) -> int:
     rejects = args.rejects or f"{str(args.out).rstrip('/')}-rejects"
     s = tokenize_images(inputs, args.out, rejects, args.vqvae, args.tokenizer, settings,
                         workers_setting(args.workers, run),
-                        _split_beam(args.beam_args) or run.get("beam_args", list, default=[]),
+                        beam_args_setting(args.beam_args, run),
                         cfg.section("images").to_dict())
     print(f"{s['samples']} samples, {s['tokens']} tokens ({s['image_tokens']} image, {s['caption_tokens']} caption), "
           f"{s['codes_used']} codes used -> {args.out}")

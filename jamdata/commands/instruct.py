@@ -17,7 +17,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--vqvae", help="VQ-VAE dir (default: instruct.vqvae or RUN_DIR/vqvae)")
     b.add_argument("--workers", type=int, help="local Beam worker processes (default: run.workers)")
     b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    b.add_argument("beam_args", nargs=argparse.REMAINDER, help="after `--`: raw Beam flags")
     b.set_defaults(func=build)
 
     s = group.add_parser("show", help="render a few samples as an HTML page")
@@ -31,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def build(args: argparse.Namespace) -> int:
-    from jamdata.config import Config, workers_setting
+    from jamdata.config import Config, beam_args_setting, workers_setting
     from pipelines.instruct_build import run_from_config
 
     cfg = Config.load(args.config, overrides=args.set)
@@ -42,7 +41,7 @@ def build(args: argparse.Namespace) -> int:
     rejects = args.rejects or f"{out.rstrip('/')}-rejects"
     tokenizer = args.tokenizer or section.get("tokenizer", str, str(run_dir / "tokenizer"))
     vqvae = args.vqvae or section.get("vqvae", str, str(run_dir / "vqvae"))
-    beam_args = [a for a in args.beam_args if a != "--"] or run.get("beam_args", list, default=[])
+    beam_args = beam_args_setting(args.beam_args, run)
     for line in run_from_config(cfg, out, rejects, tokenizer, vqvae,
                                 workers_setting(args.workers, run), beam_args):
         print(line)

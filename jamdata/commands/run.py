@@ -32,7 +32,7 @@ def corpus_overlay(corpus: str) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from jamdata.config import Config, workers_setting
+    from jamdata.config import Config, beam_args_setting, workers_setting
     from pipelines.stages import StageContext, run_all
 
     cfg = Config.load(args.config)
@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     run_cfg = cfg.section("run")
     out = Path(args.out or run_cfg.get("out_dir", str, default="out/run"))
     ctx = StageContext(cfg, out, workers=workers_setting(args.workers, run_cfg),
-                       beam_args=run_cfg.get("beam_args", list, default=[]) + args.beam_args, force=args.force)
+                       beam_args=beam_args_setting(args.beam_args, run_cfg), force=args.force)
     summary = run_all(ctx, only=args.stage)
     print("\n== summary")
     for line in summary:

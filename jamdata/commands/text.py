@@ -16,19 +16,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="run directory (default: run.out_dir from the config)")
     p.add_argument("--workers", type=int, help="local Beam worker processes (default: run.workers)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    p.add_argument("beam_args", nargs="*", metavar="-- BEAM_FLAGS", help="raw Beam pipeline flags")
     p.set_defaults(func=run_clean)
 
 
 def run_clean(args: argparse.Namespace) -> int:
-    from jamdata.config import Config, workers_setting
+    from jamdata.config import Config, beam_args_setting, workers_setting
     from pipelines.text_clean import run, summary_lines
 
     cfg = Config.load(args.config, overrides=args.set)
     run_cfg = cfg.section("run")
     out = Path(args.out or run_cfg.get("out_dir", str, default="out/run"))
     workers = workers_setting(args.workers, run_cfg)
-    beam_args = run_cfg.get("beam_args", list, default=[]) + list(args.beam_args)
+    beam_args = beam_args_setting(args.beam_args, run_cfg)
     docs, rejects = out / "text-clean", out / "text-clean-rejects"
     manifest = run(cfg, str(docs), str(rejects), workers, beam_args)
     for line in summary_lines(manifest, str(docs)):

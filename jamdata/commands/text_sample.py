@@ -24,12 +24,11 @@ def register(sub: argparse._SubParsersAction) -> None:
             p.add_argument("--workers", type=int, help="local Beam worker processes (default: run.workers)")
             p.add_argument("--export-hf", action="store_true", help="also write RUN/text-tokens-hf (HF datasets parquet)")
             p.add_argument("--append", action="store_true", help="add to an existing text-tokens dataset (same tokenizer)")
-            p.add_argument("beam_args", nargs=argparse.REMAINDER, help="-- then raw Beam flags")
         p.set_defaults(func=func)
 
 
 def _load(args):
-    from jamdata.config import Config, workers_setting
+    from jamdata.config import Config, beam_args_setting, workers_setting
 
     cfg = Config.load(args.config, overrides=args.set)
     for key in ("input", "tokenizer", "count"):
@@ -59,7 +58,7 @@ def sample(args: argparse.Namespace) -> int:
     from pipelines.text_sample import run_stage
 
     cfg, out = _load(args)
-    beam_args = [a for a in (args.beam_args or []) if a != "--"] or cfg.get("run.beam_args", list, default=[])
+    beam_args = beam_args_setting(args.beam_args, cfg.section("run"))
     ctx = StageContext(cfg, out, workers=workers_setting(args.workers, cfg.section("run")), beam_args=beam_args)
     for line in run_stage(ctx):
         print(line)
