@@ -16,6 +16,9 @@ import yaml
 
 T = TypeVar("T")
 _MISSING = object()
+# The sections a config may have (a misspelled one would otherwise be ignored and defaults used).
+SECTIONS = ("run", "text", "images", "vqvae", "instruct", "loader", "train", "stats")
+TEXT_SECTIONS = ("sources", "clean", "tokenizer", "sample")
 
 
 class ConfigError(ValueError):
@@ -68,7 +71,14 @@ class Config:
             raise ConfigError("(file)", f"{path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})") from None
         cfg = cls(data, source=str(path))
         cfg.override(overrides)
+        cfg.check_sections()
         return cfg
+
+    def check_sections(self) -> None:
+        """Refuse a misspelled section (`txt:`, `text.cleen:`) at the top of a config."""
+        self.check_keys(SECTIONS)
+        if isinstance(self.data.get("text"), dict):
+            self.section("text").check_keys(TEXT_SECTIONS)
 
     def override(self, items: Sequence[str]) -> None:
         """Apply `key.path=value` overrides (values parsed as YAML, numbers as numbers)."""
@@ -78,6 +88,8 @@ class Config:
             if not sep or not key or any(not part for part in key.split(".")):
                 raise ConfigError(item, "override must look like key.path=value")
             self.set(key, parse_value(key, value))
+        if items and not self.prefix:
+            self.check_sections()
 
     def merge(self, overlay: dict) -> None:
         """Deep-merge another tree over this one (mappings merge, anything else replaces)."""

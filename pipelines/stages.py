@@ -134,6 +134,7 @@ def is_fresh(stage: Stage, ctx: StageContext) -> bool:
 
 def run_all(ctx: StageContext, only: list[str] | None = None, log: Callable[[str], None] = print) -> list[str]:
     summary: list[str] = []
+    ctx.config.choice("run.reuse_verify", REUSE_VERIFY, default="size")  # a typo fails before any work
     names = [s.name for s in STAGES]
     for name in only or []:
         if name not in names:

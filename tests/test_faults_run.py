@@ -119,12 +119,12 @@ def test_malformed_set_is_one_line(item, needle):
 
 def test_set_parses_numbers_as_numbers():
     cfg = Config({})
-    cfg.override(["train.lr=1e-3", "train.min_lr_ratio=5E-2", "train.steps=20", "run.name=1e3x", "a.b=.inf"])
+    cfg.override(["train.lr=1e-3", "train.min_lr_ratio=5E-2", "train.steps=20", "run.name=1e3x", "stats.b=.inf"])
     assert cfg.get("train.lr") == 1e-3 and isinstance(cfg.get("train.lr"), float)
     assert cfg.get("train.min_lr_ratio") == 0.05
     assert cfg.get("train.steps") == 20
     assert cfg.get("run.name") == "1e3x"  # not a number: stays a string
-    assert cfg.get("a.b") == float("inf")
+    assert cfg.get("stats.b") == float("inf")
 
 
 @pytest.mark.parametrize("workers", ["0", "-2"])
@@ -211,3 +211,43 @@ def test_config_beam_args_reach_the_pipeline(tmp_path):
     r = jam("text", "clean", "--config", str(config), "--out", str(tmp_path / "x"),
             "--set", "run.beam_args=[--runner=NoSuchRunner]")
     one_line_error(r, "NoSuchRunner")
+
+
+# -- config mistakes: each one line naming the key, before any data is read -------------------------
+F = "text.clean.filters"
+CONFIG_MISTAKES = [  # (--set items or a raw file body, what the one line must name)
+    (["txt.sources={}"], "txt"),
+    (["text.cleen.shards=2"], "text.cleen"),
+    ([f"{F}.language.languages=en"], f"{F}.language.languages"),
+    ([f"{F}.language.threshold=high"], f"{F}.language.threshold"),
+    ([f"{F}.min_length.min_words=many"], f"{F}.min_length.min_words"),
+    ([f"{F}.min_length.min_word=3"], f"{F}.min_length.min_word"),
+    ([f"{F}.chains.c4=min_length"], f"{F}.chains.c4"),
+    ([f"{F}.chains.c4=[min_length, no_such_filter]"], "no_such_filter"),
+    ([f"{F}.per_source.c4={{langauge: {{}}}}"], "langauge"),
+    ([f"{F}.gopher_quality.stop_words=the"], f"{F}.gopher_quality.stop_words"),
+    ([f"{F}.c4.bad_words=/nonexistent/words.txt"], "/nonexistent/words.txt"),
+    (["text.clean.shards=0"], "text.clean.shards"),
+    (["text.clean.max_record_bytes=big"], "text.clean.max_record_bytes"),
+    (["run.beam_args=--runner=DirectRunner"], "run.beam_args"),
+    (["run.beam_args=[1, 2]"], "run.beam_args"),
+    (["run.reuse_verify=md5"], "run.reuse_verify"),
+    (["run.workers=two"], "run.workers"),
+    ("text: [unclosed\n", "not valid YAML"),
+    (b"run: {out_dir: \xff}\n", "not UTF-8"),
+    ("- just\n- a list\n", "mapping"),
+]
+
+
+@pytest.mark.parametrize("mistake, needle", CONFIG_MISTAKES, ids=[str(n) for _, n in CONFIG_MISTAKES])
+def test_config_mistake_is_one_line(tmp_path, mistake, needle):
+    config = text_only_config(tmp_path)
+    sets: list[str] = []
+    if isinstance(mistake, list):
+        for item in mistake:
+            sets += ["--set", item]
+    else:
+        config.write_bytes(mistake if isinstance(mistake, bytes) else mistake.encode())
+    r = jam("run", "--config", str(config), "--out", str(tmp_path / "run"), "--stage", "text-clean", *sets)
+    one_line_error(r, needle)
+    assert not (tmp_path / "run" / "text-clean" / "manifest.json").exists()

@@ -7,10 +7,10 @@ source from the `text.clean.filters` config section; `apply_chain` runs it.
 """
 from __future__ import annotations
 
-import inspect
 from typing import Callable
 
 from jamdata.config import Config, ConfigError
+from jamdata.settings import check_kwargs
 from jamdata.text.filters.base import Filter, Verdict, apply_chain
 from jamdata.text.filters.basic import MinLengthFilter, QualityScoreFilter, quality_score
 from jamdata.text.filters.c4 import C4Filter
@@ -35,20 +35,15 @@ DEFAULT_CHAINS: dict[str, list[str]] = {
 SECTION_KEYS = ["chains", "per_source", *FILTERS]
 
 
-def _params(cls: type) -> list[str]:
-    return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-
-
 def _make(name: str, params: dict, where: str) -> Callable[[str], Verdict]:
     cls = FILTERS[name]
-    allowed = _params(cls)
-    for k in params:
-        if k not in allowed:
-            raise ConfigError(f"{where}.{k}", "unknown key", allowed=allowed)
+    params = check_kwargs(cls, params, where)  # unknown keys and wrong types: one line
     try:
         return cls(**params)
     except (TypeError, ValueError) as e:
         raise ConfigError(where, str(e)) from None
+    except OSError as e:  # a word list or model file named by the config
+        raise ConfigError(where, f"cannot read {e.filename or 'a file it names'}: {e.strerror or e}") from None
 
 
 def chain_names(cfg: Config, source: str) -> list[str]:
