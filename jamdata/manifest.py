@@ -7,6 +7,7 @@ import fcntl
 import json
 import os
 import shutil
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -48,10 +49,37 @@ def describe_shard(root: str, rel: str, records: int | None = None, tokens: int 
     return ShardInfo(rel, int(fs.size(p)), sha256_file(full), records, tokens, group, summary or {})
 
 
+SIZE_DIFFERS = "truncated or altered"
+HASH_DIFFERS = "sha256 differs from the manifest (altered)"
+
+
+def shard_path_problem(rel: object) -> str | None:
+    """Why a manifest's shard path may not be read, or None. A shard must lie inside its dataset
+    directory: a relative path without `..`, not absolute, not a URL (a manifest naming an
+    outside file would make validation and readers vouch for, and read, that file)."""
+    if not isinstance(rel, str) or not rel.strip():
+        return "is empty"
+    if rel.startswith("/") or "://" in rel or "::" in rel or "\x00" in rel:
+        return "is absolute or a URL"
+    if ".." in rel.split("/"):
+        return "climbs out with '..'"
+    return None
+
+
+def check_shard_paths(shards: Iterable[dict], where: str) -> None:
+    """ManifestError (one line) for the first shard path that leaves the dataset directory."""
+    for shard in shards:
+        why = shard_path_problem(shard.get("path") if isinstance(shard, dict) else None)
+        if why:
+            raise ManifestError(f"{where}: shard path {shard.get('path')!r} {why}; "
+                                "shards must lie inside the dataset directory")
+
+
 def build_manifest(kind: str, shards: Iterable[ShardInfo | dict], config: dict,
                    vocab: JointVocab | None = None, summary: dict | None = None,
                    inputs: list[str] | None = None) -> dict:
     rows = sorted((s.to_dict() if isinstance(s, ShardInfo) else dict(s) for s in shards), key=lambda s: s["path"])
+    check_shard_paths(rows, f"{kind} manifest")
     tokens = [s.get("tokens") for s in rows]
     manifest = {
         "manifest_version": MANIFEST_VERSION,
@@ -97,10 +125,13 @@ def read_manifest(root: str) -> dict:
         raise ManifestError(f"{root}: no {MANIFEST} (not a dataset, or its job did not finish)") from None
     except json.JSONDecodeError as e:
         raise ManifestError(f"{path}: not valid JSON ({e})") from None
+    except UnicodeDecodeError as e:
+        raise ManifestError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})") from None
     try:
         validate_manifest(manifest, where=path)
     except ValueError as e:
         raise ManifestError(str(e)) from None
+    check_shard_paths(manifest["shards"], path)
     return manifest
 
 
@@ -139,28 +170,49 @@ RECORD_COUNTERS: dict[str, Callable[[str], int]] = {
 }
 
 
-def validate_dataset(root: str, deep: bool = True) -> list[str]:
-    """Every problem found (empty list = valid): missing, truncated or altered shards, count
-    mismatches."""
+def _local_shard_problem(root: str, rel: str) -> str | None:
+    """A local shard that is a symlink out of the dataset directory, or not a regular file (a
+    FIFO would block the hash forever)."""
+    if "://" in root and not root.startswith("file://"):
+        return None
+    base = os.path.realpath(root.removeprefix("file://"))
+    full = os.path.realpath(os.path.join(base, rel))
+    if full != base and not full.startswith(base.rstrip("/") + "/"):
+        return f"{rel}: resolves outside the dataset directory (symlink to {full})"
+    try:
+        mode = os.stat(full).st_mode
+    except OSError:
+        return None  # reported as missing below
+    return None if stat.S_ISREG(mode) else f"{rel}: not a regular file"
+
+
+def validate_dataset(root: str, deep: bool = True, hashes: bool | None = None) -> list[str]:
+    """Every problem found (empty list = valid): shard paths outside the dataset, missing,
+    truncated or altered shards, count mismatches. Sizes are always compared with the manifest;
+    sha256 when `hashes` (default: `deep`); records are counted when `deep`."""
     try:
         manifest = read_manifest(root)
     except ManifestError as e:
         return [str(e)]
+    hashes = deep if hashes is None else hashes
     problems: list[str] = []
     root = str(root).rstrip("/")
     fs, base = fsspec.core.url_to_fs(root)
     for shard in manifest["shards"]:
         full = f"{root}/{shard['path']}"
         _, p = fsspec.core.url_to_fs(full)
+        if outside := _local_shard_problem(root, shard["path"]):
+            problems.append(outside)
+            continue
         if not fs.exists(p):
             problems.append(f"{shard['path']}: missing")
             continue
         size = fs.size(p)
         if size != shard["bytes"]:
-            problems.append(f"{shard['path']}: {size} bytes, manifest says {shard['bytes']} (truncated or altered)")
+            problems.append(f"{shard['path']}: {size} bytes, manifest says {shard['bytes']} ({SIZE_DIFFERS})")
             continue
-        if deep and sha256_file(full) != shard["sha256"]:
-            problems.append(f"{shard['path']}: sha256 differs from the manifest (altered)")
+        if hashes and sha256_file(full) != shard["sha256"]:
+            problems.append(f"{shard['path']}: {HASH_DIFFERS}")
             continue
         counter = RECORD_COUNTERS.get(Path(shard["path"]).suffix)
         if deep and counter and shard.get("records") is not None:

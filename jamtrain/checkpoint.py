@@ -8,11 +8,15 @@ Layout under the checkpoint directory:
         COMPLETE.json               written last: step, world size, size (+ sha256) of every file
     latest                          name of the newest complete checkpoint (informational)
     .tmp-step-00000050/             a save in progress (or killed); never loaded, removed later
+    .latest.tmp-<pid>-<hex>         `latest` being replaced (or killed); removed later
 
 A checkpoint is written under a temporary name, sealed with COMPLETE.json and renamed, so a crash
 mid-save never leaves a directory that looks complete. On resume every candidate is verified
 against its marker (newest first); a partial or altered one is refused with the reason and the
-previous good one is used.
+previous good one is used. Before DeepSpeed (which unpickles without restrictions) reads a
+checkpoint, every `.pt` file in it is loaded weights-only with an allow-list of DeepSpeed's own
+types (`check_safe`), so a file holding pickled code is refused before any of it runs; rank files
+hold plain types and tensors only and are read weights-only.
 """
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ import numpy as np
 import torch
 
 from jamdata.io import atomic_write, sha256_file
+from jamdata.safe_load import RefusedCheckpoint, load_weights_only
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +58,12 @@ def rank_file(rank: int) -> str:
 
 # -- RNG state -------------------------------------------------------------------------------------
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every generator's state in plain types and tensors, so the rank file loads weights-only."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(),
+             "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
@@ -61,7 +71,11 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    npy = state["numpy"]
+    if isinstance(npy, dict):
+        npy = (npy["name"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
+               npy["cached_gaussian"])
+    np.random.set_state(npy)  # a tuple with an ndarray: written before the plain form
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
@@ -173,27 +187,56 @@ def save(engine, ckpt_dir: Path, step: int, rank: int, world_size: int, rank_sta
         with atomic_write(tmp / MARKER, "w") as f:
             json.dump(marker, f, indent=1, sort_keys=True)
         if final.exists():
+            if run_of(final) not in (meta.get("run_id"), None):
+                raise CheckpointError(f"{final} belongs to another run ({run_of(final)}); not replacing it")
             shutil.rmtree(final)
         os.replace(tmp, final)
         _fsync_dir(ckpt_dir)
         with atomic_write(ckpt_dir / LATEST, "w") as f:
             f.write(tag + "\n")
-        prune(ckpt_dir, keep)
+        prune(ckpt_dir, keep, meta.get("run_id"))
     _barrier()
     return final
 
 
-def prune(ckpt_dir: Path, keep: int) -> None:
-    """Keep the newest `keep` checkpoints that pass the size check; remove checkpoints older than
-    those and abandoned temporary directories (refused newer ones stay for inspection)."""
-    good = [p for p in candidates(ckpt_dir) if not verify(p, deep=False)][:max(1, keep)]
+def run_of(path: Path) -> str | None:
+    """The id of the run that wrote this checkpoint (None: unreadable marker or written before
+    checkpoints carried one)."""
+    try:
+        return read_marker(path).get("meta", {}).get("run_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def prune(ckpt_dir: Path, keep: int, run_id: str | None = None) -> None:
+    """Keep the newest `keep` checkpoints of this run that pass the size check; remove this run's
+    checkpoints older than those and abandoned temporaries (refused newer ones stay for
+    inspection). Checkpoints another run wrote (a different run id) are neither counted nor
+    deleted, so one run never removes another's."""
+    mine = [p for p in candidates(ckpt_dir) if run_id is None or run_of(p) in (run_id, None)]
+    good = [p for p in mine if not verify(p, deep=False)][:max(1, keep)]
     if good:
-        for old in candidates(ckpt_dir):
+        for old in mine:
             if old.name < good[-1].name:
                 shutil.rmtree(old, ignore_errors=True)
-    for p in ckpt_dir.iterdir():
-        if p.is_dir() and p.name.startswith(TMP_PREFIX):
-            shutil.rmtree(p, ignore_errors=True)
+    remove_leftovers(ckpt_dir)
+
+
+# `.tmp-step-*` (an unsealed save) and `.<name>.tmp-<pid>-<hex>` (jamdata.io.atomic_write, e.g. of `latest`)
+_LEFTOVER = re.compile(r"^(\.tmp-step-\d+|\..+\.tmp-\d+-[0-9a-f]+)$")
+
+
+def remove_leftovers(ckpt_dir: Path) -> list[Path]:
+    """Delete temporaries that a killed save left in the checkpoint directory. Only safe while no
+    other save is writing there (the training directory's lock guarantees it)."""
+    removed = []
+    if not Path(ckpt_dir).is_dir():
+        return removed
+    for p in Path(ckpt_dir).iterdir():
+        if _LEFTOVER.match(p.name):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 def load(engine, path: Path, rank: int, world_size: int) -> dict:
@@ -204,8 +247,56 @@ def load(engine, path: Path, rank: int, world_size: int) -> dict:
         raise CheckpointError(
             f"{path} was written by {marker['world_size']} ranks, this run has {world_size}; an exact resume "
             "needs the same number of ranks (export the weights and start a new run to change it)")
+    check_safe(path)
     load_path, _ = engine.load_checkpoint(str(path.parent), tag=path.name, load_module_strict=True,
                                           load_optimizer_states=True, load_lr_scheduler_states=True)
     if load_path is None:
         raise CheckpointError(f"{path}: DeepSpeed could not load it")
-    return torch.load(path / rank_file(rank), map_location="cpu", weights_only=False)
+    return read_rank_state(path, rank)
+
+
+def read_rank_state(path: Path, rank: int) -> dict:
+    """This rank's trainer state (loader state, RNG states, step), read weights-only."""
+    return _load_file(Path(path) / rank_file(rank), _trainer_globals())
+
+
+# -- safe loading ----------------------------------------------------------------------------------
+def _trainer_globals() -> list:
+    """What a rank file may need besides tensors and plain containers: nothing for files written
+    now; files written before the RNG states were saved in plain form hold numpy's state as an
+    ndarray (rebuilt by numpy's array reconstructor from raw bytes)."""
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy 1.x
+        from numpy.core.multiarray import _reconstruct
+    return [np.ndarray, np.dtype, type(np.dtype(np.uint32)), (_reconstruct, "numpy.core.multiarray._reconstruct"),
+            (_reconstruct, "numpy._core.multiarray._reconstruct")]
+
+
+def _deepspeed_globals() -> list:
+    """The classes DeepSpeed pickles into its own checkpoint files (ZeRO optimizer states hold the
+    loss scaler, the ZeRO stage enum and the fragment addresses of parameters)."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+def _load_file(path: Path, allow: list, mmap: bool = False) -> Any:
+    try:
+        return load_weights_only(str(path), allow, mmap=mmap)
+    except RefusedCheckpoint as e:
+        raise CheckpointError(f"{path}: refusing to load: {e}") from None
+    except Exception as e:  # torch raises many types for a damaged file
+        raise CheckpointError(f"{path}: cannot read it ({str(e).strip().splitlines()[0]})") from None
+
+
+def check_safe(path: Path) -> None:
+    """Load every `.pt` file of a checkpoint weights-only before DeepSpeed, which unpickles its
+    files with weights_only=False, reads them: a file that needs anything but DeepSpeed's own
+    types (or, for rank files, plain state) is refused before any of it runs. The marker's hashes
+    do not protect against this: anyone who can write the files can also re-seal the marker."""
+    rank_re = re.compile(r"^trainer_rank\d+\.pt$")
+    for f in sorted(Path(path).rglob("*.pt")):
+        _load_file(f, _trainer_globals() if rank_re.match(f.name) else _deepspeed_globals(), mmap=True)

@@ -9,9 +9,15 @@ Held-out data: with `train.eval.holdout_fraction` f, a sample of a training data
 stable hash of (dataset name, sample key) falls under f; the training loop masks those samples out
 of the loss (jamtrain.train.mask_heldout), so the model never learns from them. Datasets listed
 under `train.eval.datasets` are evaluated whole (a separate validation set).
+
+Damaged shards follow the loader's policy (`loader.verify`, `loader.on_corrupt`): each shard is
+checked against its manifest as the loader checks it, and with `on_corrupt: skip` a shard that
+fails the check (or cannot be read to the end) is logged and left out, as training left it out;
+with `fail` evaluation stops naming it.
 """
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,13 +26,27 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from jamdata.formats.megatron import IndexedDataset
-from jamdata.formats.wds import iter_samples
+from jamdata.formats.megatron import IndexedDataset, IndexedDatasetError
+from jamdata.formats.wds import ShardError, iter_samples
 from jamdata.io import stable_hash
+from jamdata.loader.sources import BadShard, ShardRef, _verify
 from jamdata.manifest import read_manifest
 from jamdata.vocab import JointVocab
 
+log = logging.getLogger(__name__)
 HOLDOUT_SEED = 0x6A616D  # fixed: the held-out set must not move when the training seed changes
+# what reading a damaged shard raises (a memory-mapped .bin cut short raises ValueError)
+READ_ERRORS = (BadShard, ShardError, IndexedDatasetError, OSError, EOFError, ValueError)
+
+
+@dataclass(frozen=True)
+class ShardPolicy:
+    """The loader's handling of damaged shards (`loader.verify`, `loader.on_corrupt`)."""
+    verify: str = "sha256"  # sha256 | size | none
+    on_corrupt: str = "skip"  # skip | fail
+
+
+_checked: dict[tuple, str | None] = {}  # (root, unit, files, mode) -> reason it failed; verified once per process
 
 
 @dataclass(frozen=True)
@@ -51,19 +71,53 @@ def _units(manifest: dict) -> list[str]:
 
 
 def heldout_sequences(name: str, root: str | Path, holdout: Holdout, seq_len: int,
-                      max_samples: int | None = None) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+                      max_samples: int | None = None, policy: ShardPolicy = ShardPolicy(),
+                      skipped: list[str] | None = None) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
     """(key, tokens int64, target mask bool) of held-out samples in manifest order. Keys are the
-    loader's sample keys (`<shard prefix>:<document>` for text tokens, the tar sample key)."""
+    loader's sample keys (`<shard prefix>:<document>` for text tokens, the tar sample key).
+    Damaged shards are handled by `policy`; the ones skipped are appended to `skipped`."""
     root = str(root).rstrip("/")
     manifest = read_manifest(root)
     n = 0
     for unit in _units(manifest):
-        for key, tokens, mask in _unit_samples(manifest["kind"], f"{root}/{unit}", unit, seq_len,
-                                               lambda k: holdout.is_heldout(name, k)):
+        samples = _unit_samples(manifest["kind"], f"{root}/{unit}", unit, seq_len,
+                                lambda k: holdout.is_heldout(name, k))
+        for key, tokens, mask in _guarded(samples, root, unit, manifest, policy, skipped):
             yield key, tokens, mask
             n += 1
             if max_samples is not None and n >= max_samples:
                 return
+
+
+def _shard_ref(manifest: dict, unit: str) -> ShardRef:
+    files = tuple((s["path"], s["bytes"], s["sha256"]) for s in manifest["shards"]
+                  if s["path"] in (unit, unit + ".idx", unit + ".bin"))
+    return ShardRef(unit, 0, files)
+
+
+def _guarded(samples: Iterator, root: str, unit: str, manifest: dict, policy: ShardPolicy,
+             skipped: list[str] | None) -> Iterator:
+    """The unit's samples after the loader's manifest check; a damaged unit is skipped (with the
+    samples before the damage, as the loader keeps them) or fails, as the policy says."""
+    try:
+        if policy.verify != "none":
+            ref = _shard_ref(manifest, unit)
+            key = (root, unit, ref.files, policy.verify)
+            if key not in _checked:
+                try:
+                    _verify(root, ref, policy.verify)
+                    _checked[key] = None
+                except BadShard as e:
+                    _checked[key] = str(e)
+            if _checked[key] is not None:
+                raise BadShard(_checked[key])
+        yield from samples
+    except READ_ERRORS as e:
+        if policy.on_corrupt == "fail":
+            raise ShardError(f"{e} (evaluation; loader.on_corrupt=fail)") from None
+        log.error("%s (left out of evaluation; loader.on_corrupt=skip)", e)
+        if skipped is not None:
+            skipped.append(f"{root}/{unit}")
 
 
 def _unit_samples(kind: str, path: str, unit: str, seq_len: int,
@@ -138,16 +192,20 @@ def summarize(sums: torch.Tensor) -> dict:
 
 def evaluate(forward: Callable[..., torch.Tensor], datasets: dict[str, tuple[str, Holdout]], vocab: JointVocab,
              seq_len: int, batch_size: int = 8, max_samples: int | None = 256,
-             device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1) -> dict[str, dict]:
+             device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1,
+             policy: ShardPolicy = ShardPolicy()) -> dict[str, dict]:
     """Perplexity per dataset. Collective when distributed: samples are split round-robin over
-    ranks and the sums all-reduced, so every rank returns the same figures."""
+    ranks and the sums all-reduced, so every rank returns the same figures. Damaged shards are
+    handled as `policy` (the loader's settings) says; `skipped_shards` counts those left out."""
     device = torch.device(device)
     results = {}
     for name, (root, holdout) in datasets.items():
         sums = torch.zeros(4, dtype=torch.float64, device=device)
         pending: list[tuple[np.ndarray, np.ndarray]] = []
         samples = 0
-        for i, (_key, tokens, mask) in enumerate(heldout_sequences(name, root, holdout, seq_len, max_samples)):
+        skipped: list[str] = []
+        for i, (_key, tokens, mask) in enumerate(heldout_sequences(name, root, holdout, seq_len, max_samples,
+                                                                   policy, skipped)):
             samples += 1
             if i % world_size != rank:
                 continue
@@ -159,5 +217,5 @@ def evaluate(forward: Callable[..., torch.Tensor], datasets: dict[str, tuple[str
             sums += score_batch(forward, collate(pending, seq_len, vocab.pad_id), vocab, device)
         if world_size > 1:
             torch.distributed.all_reduce(sums)
-        results[name] = {"samples": samples, **summarize(sums)}
+        results[name] = {"samples": samples, **summarize(sums), "skipped_shards": len(skipped)}
     return results

@@ -6,6 +6,7 @@ JSON (ZeRO stage, micro-batch, gradient accumulation, clipping). See docs/traini
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -23,7 +24,8 @@ import torch.nn.functional as F
 from jamdata.config import Config, ConfigError
 from jamdata.vocab import JointVocab
 from jamtrain import checkpoint as ckpt
-from jamtrain.evaluate import Holdout, evaluate
+from jamtrain import rundir
+from jamtrain.evaluate import Holdout, ShardPolicy, evaluate
 from jamtrain.schedule import DECAYS, build_scheduler
 
 log = logging.getLogger(__name__)
@@ -90,6 +92,14 @@ class Settings:
     @property
     def holdout(self) -> Holdout | None:
         return Holdout(self.holdout_fraction) if self.holdout_fraction > 0 else None
+
+    @property
+    def shard_policy(self) -> ShardPolicy:
+        """The loader's handling of damaged shards; evaluation follows it too, so a shard that
+        training skipped does not stop the run at its final evaluation."""
+        sec = Config(self.loader, "loader")
+        return ShardPolicy(sec.choice("verify", ["sha256", "size", "none"], "sha256"),
+                           sec.choice("on_corrupt", ["skip", "fail"], "skip"))
 
     def eval_sets(self) -> dict[str, tuple[str, Holdout]]:
         sets = {n: (d, self.holdout) for n, d in self.datasets.items() if self.holdout is not None}
@@ -389,10 +399,41 @@ class Result:
 
 
 def train(s: Settings, resume: bool = False, model_factory: Callable | None = None,
-          loader_factory: Callable | None = None, echo: Callable[[str], None] = print) -> Result:
-    """Run (or continue) training as configured; collective over all ranks."""
+          loader_factory: Callable | None = None, echo: Callable[[str], None] = print,
+          overwrite: bool = False) -> Result:
+    """Run (or continue) training as configured; collective over all ranks. The output directory
+    is locked for the run and must hold no other run's outputs unless `resume` continues that run
+    or `overwrite` deletes it first (jamtrain.rundir)."""
     t_start = time.time()
     rank, world, _ = setup_distributed(s.cpu_shm_comm)
+    with contextlib.ExitStack() as owned:
+        run_id = _claim(owned, s.out_dir, resume, overwrite, rank, echo)
+        return _run(s, resume, run_id, model_factory, loader_factory, echo, rank, world, t_start)
+
+
+def _claim(owned: contextlib.ExitStack, out_dir: Path, resume: bool, overwrite: bool, rank: int,
+           echo: Callable[[str], None]) -> str:
+    """Rank 0 locks and claims the output directory; every rank gets the run id or the same error."""
+    got: list[Any] = [None]
+    if rank == 0:
+        try:
+            owned.enter_context(rundir.locked(out_dir))
+            claim = rundir.claim(out_dir, resume, overwrite)
+            if claim.cleared:
+                echo(f"--overwrite: deleted the previous run's {', '.join(claim.cleared)} in {out_dir}")
+            got[0] = claim.run_id
+        except Exception as e:  # sent to the other ranks, so all of them stop with the same message
+            got[0] = e
+    torch.distributed.broadcast_object_list(got, src=0)
+    if isinstance(got[0], Exception):
+        raise got[0]
+    return got[0]
+
+
+def _run(s: Settings, resume: bool, run_id: str, model_factory: Callable | None,
+         loader_factory: Callable | None, echo: Callable[[str], None], rank: int, world: int,
+         t_start: float) -> Result:
+    """The run itself, in a directory this process group owns."""
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 
@@ -402,9 +443,7 @@ def train(s: Settings, resume: bool = False, model_factory: Callable | None = No
     device = torch.device(device_name())
     say = echo if rank == 0 else (lambda _m: None)
     vocab = dataset_vocab(s.datasets)
-    out_dir, ckpt_dir = s.out_dir, s.out_dir / "checkpoints"
-    if rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir, ckpt_dir = s.out_dir, s.out_dir / rundir.CKPT_DIR
 
     s.model = model_for_vocab(s.model, vocab)
     _check_lengths(s, vocab)
@@ -433,6 +472,8 @@ def train(s: Settings, resume: bool = False, model_factory: Callable | None = No
             ckpt.set_rng_state(state["rng"])
             start = int(state["step"])
             say(f"resumed from {picked[0]} (step {start})")
+        if rank == 0:  # the steps after the checkpoint run again: log each of them once
+            rundir.truncate_log(out_dir / rundir.LOG, start)
 
     tokens_per_step = s.micro_batch * s.seq_len * s.grad_accum * world
     fpt = flops_per_token(n_params, s.model, vocab.size, s.seq_len)
@@ -440,7 +481,7 @@ def train(s: Settings, resume: bool = False, model_factory: Callable | None = No
     say(f"model {n_params:,} parameters | {world} rank(s) on {device.type} | ZeRO-{s.zero_stage} | "
         f"micro-batch {s.micro_batch} x accumulation {s.grad_accum} x {world} = {tokens_per_step:,} tokens/step | "
         f"steps {start + 1}..{s.steps}")
-    jlog = JsonLog(out_dir / "log.jsonl" if rank == 0 else None)
+    jlog = JsonLog(out_dir / rundir.LOG if rank == 0 else None)
     losses: dict[int, float] = {}
     eval_results: dict = {}
     data = _batches(loader)
@@ -468,24 +509,24 @@ def train(s: Settings, resume: bool = False, model_factory: Callable | None = No
             if step % s.log_every == 0 or step == s.steps or step == start + 1:
                 say(_progress(rec, s.steps))
             if s.save_every and (step % s.save_every == 0 or step == s.steps):
-                _save(engine, loader, s, ckpt_dir, step, rank, world, n_params)
+                _save(engine, loader, s, ckpt_dir, step, rank, world, n_params, run_id)
             if s.eval_every and step % s.eval_every == 0 and step != s.steps:
                 eval_results = _evaluate(engine, s, vocab, device, rank, world)
                 jlog.write({"step": step, "eval": eval_results})
                 say(_eval_line(step, eval_results))
             if _fault("kill-after-step", step):
                 os.kill(os.getpid(), signal.SIGKILL)
+        export_dir = None
+        if s.export:  # before the final evaluation: the trained weights are kept whatever it meets
+            export_dir = out_dir / "export"
+            if s.zero_stage >= 3 and not (ckpt_dir / ckpt.tag_for(s.steps)).exists():  # weights are gathered from it
+                _save(engine, loader, s, ckpt_dir, s.steps, rank, world, n_params, run_id)
+            export_engine(engine, s, vocab, export_dir, s.steps, rank, ckpt_dir)
+            say(f"exported weights to {export_dir / 'model.safetensors'}")
         if start < s.steps or not eval_results:
             eval_results = _evaluate(engine, s, vocab, device, rank, world)
             jlog.write({"step": s.steps, "eval": eval_results})
             say(_eval_line(s.steps, eval_results))
-        export_dir = None
-        if s.export:
-            export_dir = out_dir / "export"
-            if s.zero_stage >= 3 and not (ckpt_dir / ckpt.tag_for(s.steps)).exists():
-                _save(engine, loader, s, ckpt_dir, s.steps, rank, world, n_params)  # weights are gathered from it
-            export_engine(engine, s, vocab, export_dir, s.steps, rank, ckpt_dir)
-            say(f"exported weights to {export_dir / 'model.safetensors'}")
         if rank == 0:
             from jamdata.io import atomic_write
 
@@ -573,10 +614,12 @@ def _eval_line(step: int, results: dict) -> str:
     return f"validation at step {step}: " + ", ".join(parts)
 
 
-def _save(engine, loader, s: Settings, ckpt_dir: Path, step: int, rank: int, world: int, n_params: int) -> None:
+def _save(engine, loader, s: Settings, ckpt_dir: Path, step: int, rank: int, world: int, n_params: int,
+          run_id: str | None = None) -> None:
     state = {"loader": loader.state_dict(), "rng": ckpt.rng_state()}
     meta = {"model": s.model, "params": n_params, "zero_stage": s.zero_stage, "seq_len": s.seq_len,
-            "datasets": s.datasets, "steps": s.steps, "vocab": dataset_vocab(s.datasets).to_dict()}
+            "datasets": s.datasets, "steps": s.steps, "vocab": dataset_vocab(s.datasets).to_dict(),
+            "run_id": run_id}
     kill = _fault("kill-in-save", step)
     ckpt.save(engine, ckpt_dir, step, rank, world, state, meta, s.keep_checkpoints,
               hash_files=s.verify_checkpoints == "sha256",
@@ -587,7 +630,7 @@ def _evaluate(engine, s: Settings, vocab: JointVocab, device, rank: int, world: 
     engine.eval()
     try:
         return evaluate(engine.module, s.eval_sets(), vocab, s.seq_len, s.eval_batch_size, s.eval_max_samples,
-                        device, rank, world)
+                        device, rank, world, s.shard_policy)
     finally:
         engine.train()
 
@@ -670,6 +713,7 @@ def export_checkpoint(path: Path, out: Path, model_factory: Callable | None = No
     problems = ckpt.verify(path)
     if problems:
         raise ckpt.CheckpointError(f"refusing checkpoint {path}: {'; '.join(problems)}")
+    ckpt.check_safe(path)  # DeepSpeed's reader below unpickles with weights_only=False
     marker = ckpt.read_marker(path)
     meta = marker["meta"]
     vocab = JointVocab.from_dict(meta["vocab"]) if meta.get("vocab") else dataset_vocab(meta["datasets"])

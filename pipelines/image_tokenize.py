@@ -3,14 +3,17 @@
 Beam graph:
     files -> Reshuffle -> read samples (tar / jsonl / parquet) -> [unreadable -> rejects]
           -> (stable_hash(key) % encode_groups, raw) -> GroupByKey
-          -> per group, sorted by key: drop duplicate keys, decode + preprocess, encode in batches
-             with the VQ-VAE (loaded once per worker in setup), tokenize captions
+          -> per group, sorted by key: drop duplicate keys of one file (a key that several input
+             files use is kept once per file, prefixed by a stable id of the file), decode +
+             preprocess, encode in batches with the VQ-VAE (loaded once per worker in setup),
+             tokenize captions
           -> WriteShards (tars) -> WriteManifest
 Batches are formed from a group sorted by key, so the same images always share a batch and the
 codes are identical for any worker count.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -21,7 +24,7 @@ import apache_beam as beam
 import numpy as np
 
 from jamdata.config import Config, ConfigError
-from jamdata.io import expand_inputs, sha256_file, stable_hash
+from jamdata.io import DEFAULT_MAX_INPUT_BYTES, InputPolicy, expand_inputs, sha256_file, stable_hash
 from jamdata.manifest import describe_shard, output_dir, read_manifest, ManifestError
 from jamdata.vocab import VocabMismatchError
 from pipelines.common import WriteManifest, WriteShards, parquet_shard_writer
@@ -32,7 +35,9 @@ log = logging.getLogger(__name__)
 STAGE = "images"
 IMAGES_KEYS = ["inputs", "resolution", "min_size", "max_aspect", "max_pixels", "jpeg_draft",
                "image_first_ratio", "batch_size", "encode_groups", "num_shards", "fields",
-               "torch_threads", "channels_last"]
+               "torch_threads", "channels_last", "input_roots", "allow_schemes", "max_image_bytes",
+               "max_caption_chars", "verify"]
+DEFAULT_MAX_CAPTION_CHARS = 4096
 VQVAE_KEYS = ["codebook_size", "model", "checkpoint", "train"]
 TRAIN_KEYS = ["inputs", "steps", "batch_size", "lr", "warmup_steps", "ema", "ema_decay", "beta",
               "checkpoint_every", "flip", "max_images", "min_size", "max_aspect", "threads", "channels_last"]
@@ -53,7 +58,18 @@ class ImageSettings:
     fields: dict = field(default_factory=dict)
     torch_threads: int = 1
     channels_last: bool = False
+    input_roots: list[str] = field(default_factory=list)    # where table rows may name image files
+    allow_schemes: list[str] = field(default_factory=list)  # URL schemes rows may fetch (none)
+    max_image_bytes: int = DEFAULT_MAX_INPUT_BYTES
+    max_caption_chars: int = DEFAULT_MAX_CAPTION_CHARS
+    verify: str = "sha256"  # how the VQ-VAE is checked against its dataset's manifest: sha256 | size
     seed: int = 0
+
+    def input_policy(self) -> InputPolicy:
+        """What image files the rows of a jsonl/parquet input may name (its own directory is
+        added per file by the reader)."""
+        return InputPolicy(tuple(self.input_roots), tuple(s.lower() for s in self.allow_schemes),
+                           self.max_image_bytes)
 
     @classmethod
     def from_config(cls, cfg: Config, seed: int = 0) -> "ImageSettings":
@@ -65,6 +81,8 @@ class ImageSettings:
             if k not in ("image_field", "caption_field", "key_field"):
                 raise ConfigError(f"images.fields.{k}", "unknown key", ["image_field", "caption_field", "key_field"])
         res = sec.get("resolution", (int, type(None)), default=None)
+        roots = sec.get("input_roots", (list, str), default=[])
+        schemes = sec.get("allow_schemes", (list, str), default=[])
         return cls(
             inputs=[inputs] if isinstance(inputs, str) else list(inputs),
             resolution=res,
@@ -79,6 +97,11 @@ class ImageSettings:
             fields=fields_,
             torch_threads=int(sec.number("torch_threads", 1, lo=1)),
             channels_last=sec.get("channels_last", bool, default=False),
+            input_roots=[roots] if isinstance(roots, str) else [str(r) for r in roots],
+            allow_schemes=[schemes] if isinstance(schemes, str) else [str(x) for x in schemes],
+            max_image_bytes=int(sec.number("max_image_bytes", DEFAULT_MAX_INPUT_BYTES, lo=1)),
+            max_caption_chars=int(sec.number("max_caption_chars", DEFAULT_MAX_CAPTION_CHARS, lo=1)),
+            verify=sec.choice("verify", ["sha256", "size"], default="sha256"),
             seed=seed,
         )
 
@@ -89,18 +112,50 @@ def _reject(rec, reason: str, detail: str) -> tuple[str, dict]:
                  "snippet": detail[:300], "file": rec.file, "offset": int(rec.offset)}
 
 
+def _caption_too_long(rec, max_chars: int) -> str | None:
+    """A caption far beyond any sequence length is a broken record (e.g. a whole web page pasted
+    into the caption field), not a sample to tokenize."""
+    n = len(rec.caption or "")
+    return f"caption has {n} characters, more than images.max_caption_chars {max_chars}" if n > max_chars else None
+
+
 class _ReadSource(beam.DoFn):
-    def __init__(self, fields: dict):
-        self.fields = fields
+    def __init__(self, fields: dict, policy: InputPolicy, max_caption_chars: int = DEFAULT_MAX_CAPTION_CHARS):
+        self.fields, self.policy, self.max_caption_chars = fields, policy, max_caption_chars
 
     def process(self, path: str):
         from jamdata.image.sources import read_source
 
-        for rec in read_source(path, self.fields):
+        for rec in read_source(path, self.fields, self.policy):
             if rec.error:
                 yield beam.pvalue.TaggedOutput("rejects", _reject(rec, *rec.error))
+            elif too_long := _caption_too_long(rec, self.max_caption_chars):
+                yield beam.pvalue.TaggedOutput("rejects", _reject(rec, "caption_too_long", too_long))
             else:
                 yield rec
+
+
+def collection_id(file: str) -> str:
+    """A short id of an input file that is the same on every run and machine for the same path."""
+    return f"{stable_hash('collection', file):016x}"[:10]
+
+
+def assign_keys(records):
+    """(record with its output key, first holder or None) in key order. A key seen again in the
+    same file is a true duplicate (second value: the record that holds it). A key that another
+    input file already holds (two img2dataset collections both numbered from 000000000) is kept,
+    prefixed with the collection id of its file; the first file in path order keeps the plain
+    key, so a single collection's keys never change."""
+    holders: dict[str, dict[str, object]] = {}
+    for rec in sorted(records, key=lambda r: (r.key, r.file, r.offset)):
+        files = holders.setdefault(rec.key, {})
+        if rec.file in files:
+            yield rec, files[rec.file]
+            continue
+        files[rec.file] = rec
+        if len(files) > 1:
+            rec = dataclasses.replace(rec, key=f"{collection_id(rec.file)}_{rec.key}")
+        yield rec, None
 
 
 class _EncodeGroup(beam.DoFn):
@@ -116,7 +171,7 @@ class _EncodeGroup(beam.DoFn):
         from jamdata.text.tokenizer import TextTokenizer
 
         torch.set_num_threads(self.s.torch_threads)
-        self.model = load_vqvae(self.vqvae_dir)
+        self.model = load_vqvae(self.vqvae_dir, verify=self.s.verify)
         if self.s.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.tok = TextTokenizer(self.tokenizer, self.model.n_embed)
@@ -130,13 +185,12 @@ class _EncodeGroup(beam.DoFn):
 
         s = self.s
         _, records = element
-        ready, previous = [], None
-        for rec in sorted(records, key=lambda r: (r.key, r.file, r.offset)):
-            if previous is not None and rec.key == previous.key:
+        ready = []
+        for rec, holder in assign_keys(records):
+            if holder is not None:
                 yield beam.pvalue.TaggedOutput("rejects", _reject(
-                    rec, "duplicate_key", f"key {rec.key!r} already taken by {previous.file} offset {previous.offset}"))
+                    rec, "duplicate_key", f"key {rec.key!r} already taken by {holder.file} offset {holder.offset}"))
                 continue
-            previous = rec
             caption = (rec.caption or "").strip()
             if not caption:
                 yield beam.pvalue.TaggedOutput("rejects", _reject(rec, "empty_caption", "no caption text"))
@@ -250,7 +304,7 @@ def tokenize_images(inputs: Iterable[str], out: str, rejects_out: str, vqvae_dir
     from jamdata.text.tokenizer import TextTokenizer
 
     files = expand_inputs(list(inputs))
-    model = load_vqvae(vqvae_dir)  # fail here, not in a worker, if the checkpoint is bad
+    model = load_vqvae(vqvae_dir, verify=settings.verify)  # fail here, not in a worker, if the checkpoint is bad
     vocab = TextTokenizer(tokenizer, model.n_embed).vocab
     check_vocab_against(tokenizer, vocab)
     resolution = settings.resolution or model.resolution
@@ -268,7 +322,9 @@ def tokenize_images(inputs: Iterable[str], out: str, rejects_out: str, vqvae_dir
     with output_dir(out) as out_p, output_dir(rejects_out) as rej_p:
         with beam.Pipeline(options=pipeline_options(workers, list(beam_args))) as p:
             read = (p | "Files" >> beam.Create(files) | "SpreadFiles" >> beam.Reshuffle()
-                    | "Read" >> beam.ParDo(_ReadSource(settings.fields)).with_outputs("rejects", main="records"))
+                    | "Read" >> beam.ParDo(_ReadSource(settings.fields, settings.input_policy(),
+                                                       settings.max_caption_chars))
+                    .with_outputs("rejects", main="records"))
             encoded = (read.records
                        | "Group" >> beam.Map(lambda r: (stable_hash("encode-group", r.key, seed=seed) % groups, r))
                        | "GroupForBatches" >> beam.GroupByKey()

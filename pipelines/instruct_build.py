@@ -64,7 +64,7 @@ class _Build(beam.DoFn):
 
         tok = TextTokenizer(self.tokenizer, self.n_image_codes)
         vocab = load_vocab(self.tokenizer, self.n_image_codes)
-        enc = VQEncoder(self.vqvae)
+        enc = VQEncoder(self.vqvae, verify=self.spec.verify)
         self.builder = SampleBuilder(self.spec, vocab, tok.encode, enc,
                                      self.spec.image_resolution or enc.resolution)
 
@@ -114,7 +114,7 @@ def build(spec: BuildSpec, out: str, rejects_out: str, tokenizer: str, vqvae: st
 
     files = spec.input_files()
     vocab = load_vocab(tokenizer, n_image_codes)
-    codes = VQEncoder(vqvae).n_codes  # a missing or mismatched model fails here, in one clear line
+    codes = VQEncoder(vqvae, verify=spec.verify).n_codes  # a missing, damaged or mismatched model fails here
     if codes != vocab.n_image_codes:
         raise VocabMismatchError(f"the VQ-VAE {vqvae} has {codes} codes but the joint vocabulary expects "
                                  f"{vocab.n_image_codes} (config vqvae.codebook_size)")

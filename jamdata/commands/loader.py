@@ -1,10 +1,17 @@
-"""`jamdata loader inspect --config C --step N`: the sample keys of every row of global step N."""
+"""`jamdata loader inspect --config C --step N`: the sample keys of every row of global step N.
+
+A row's samples depend on the packing of every earlier row of its lanes, so step N is found by
+replaying the loader from step 0 (or from a saved `--state`) to N, which takes time in proportion
+to the distance. Distances beyond `--max-replay` steps are refused up front instead of running
+for hours (or, for a mistyped step, for ever)."""
 from __future__ import annotations
 
 import argparse
 import json
 
 from jamdata.cli import command_group
+
+MAX_REPLAY = 100_000  # about a minute at the ~0.5 ms a small step takes to pack
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -14,6 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--step", type=int, required=True, help="global step (0-based)")
     p.add_argument("--out", help="run directory holding the datasets (default: run.out_dir)")
     p.add_argument("--state", help="a saved loader state (JSON) at or before --step, to start from instead of step 0")
+    p.add_argument("--max-replay", type=int, default=MAX_REPLAY, metavar="STEPS",
+                   help=f"refuse a --step more than this many steps after the start (default {MAX_REPLAY:,})")
     p.add_argument("--tokens", type=int, default=0, metavar="K", help="also print the first K tokens of each row")
     p.add_argument("--json", action="store_true", help="one JSON object per row")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
@@ -34,8 +43,14 @@ def inspect(args: argparse.Namespace) -> int:
             loader.load_state_dict(json.load(f))
         if loader.step > args.step:
             raise LoaderError(f"--state is at step {loader.step}, after --step {args.step}")
+    distance = args.step - loader.step
+    if distance > args.max_replay:
+        raise LoaderError(f"--step {args.step} is {distance:,} steps after the start (step {loader.step}; "
+                          f"{len(loader):,} steps per epoch) and would be replayed one by one; the limit is "
+                          f"--max-replay {args.max_replay:,}: start nearer with --state (a loader state saved at "
+                          "or before the step) or raise --max-replay")
     spec = loader.spec
-    while True:  # positions come from packing every earlier row of the same lanes
+    while True:  # positions come from packing every earlier row of the same lanes (bounded above)
         for batch in loader:
             step = loader.step - 1
             if step == args.step:

@@ -3,6 +3,11 @@
 Each yields `RawRecord`s in file order. A problem with one sample (no image, unreadable path) or
 with the file itself (truncated tar) becomes a record with `error` set, never an exception, so
 the caller can write it to the rejects dataset with the file and offset.
+
+Image paths inside jsonl/parquet rows are data, not configuration: they are read through an
+`InputPolicy` (jamdata.io.read_confined), so a row can only name regular files under the table's
+own directory or a configured root, never a system file, a FIFO or a device, and no URL is
+fetched unless its scheme is allowed.
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from typing import Any, Iterator
 import fsspec
 
 from jamdata.formats.wds import TarDamageError, iter_members
+from jamdata.io import InputPolicy, InputRefused, parent_dir, read_confined
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
 TABLE_IMAGE_FIELDS = ("image", "jpg", "png", "webp", "image_bytes", "img")
@@ -100,7 +106,19 @@ def _pick(row: dict, wanted: str | None, candidates: tuple[str, ...]) -> tuple[s
     return None, None
 
 
-def _table_record(path: str, index: int, row: dict, fields: dict[str, str | None]) -> RawRecord:
+def _read_named_image(rec: RawRecord, table: str, ref: str, policy: InputPolicy) -> None:
+    """Fill `rec.image` from a path named in a row of `table`, or set `rec.error`: the detail
+    names the path and why, never any of the file's bytes."""
+    try:
+        rec.image = read_confined(ref, parent_dir(table), policy)
+    except InputRefused as e:
+        rec.error = (e.reason, f"image path {ref!r} refused: {e.why}")
+    except OSError as e:
+        rec.error = ("missing_image", f"image file {ref!r} unreadable: {e.strerror or e}")
+
+
+def _table_record(path: str, index: int, row: dict, fields: dict[str, str | None],
+                  policy: InputPolicy) -> RawRecord:
     _, key = _pick(row, fields.get("key_field"), TABLE_KEY_FIELDS)
     original = str(key) if key is not None else f"{_file_stem(path)}-{index:08d}"
     rec = RawRecord(sanitize_key(original), original, path, index)
@@ -114,18 +132,13 @@ def _table_record(path: str, index: int, row: dict, fields: dict[str, str | None
     if isinstance(img, (bytes, bytearray)):
         rec.image = bytes(img)
     elif isinstance(img, str) and img:
-        full = img if ("://" in img or img.startswith("/")) else str(Path(path).parent / img)
-        try:
-            with fsspec.open(full, "rb") as f:
-                rec.image = f.read()
-        except (FileNotFoundError, IsADirectoryError, PermissionError, OSError) as e:
-            rec.error = ("missing_image", f"image file {full} unreadable: {e}")
+        _read_named_image(rec, path, img, policy)
     else:
         rec.error = ("missing_image", "row has no image bytes or image path")
     return rec
 
 
-def read_jsonl(path: str, fields: dict[str, str | None]) -> Iterator[RawRecord]:
+def read_jsonl(path: str, fields: dict[str, str | None], policy: InputPolicy) -> Iterator[RawRecord]:
     from jamdata.io import open_input
 
     with open_input(path) as f:
@@ -139,10 +152,10 @@ def read_jsonl(path: str, fields: dict[str, str | None]) -> Iterator[RawRecord]:
             except (ValueError, UnicodeDecodeError) as e:
                 yield RawRecord(f"{_file_stem(path)}-{i:08d}", "", path, i, error=("bad_row", f"line {i + 1}: {e}"))
                 continue
-            yield _table_record(path, i, row, fields)
+            yield _table_record(path, i, row, fields, policy)
 
 
-def read_parquet(path: str, fields: dict[str, str | None]) -> Iterator[RawRecord]:
+def read_parquet(path: str, fields: dict[str, str | None], policy: InputPolicy) -> Iterator[RawRecord]:
     import pyarrow.parquet as pq
 
     with fsspec.open(path, "rb") as f:
@@ -150,20 +163,36 @@ def read_parquet(path: str, fields: dict[str, str | None]) -> Iterator[RawRecord
         index = 0
         for batch in pf.iter_batches(batch_size=256):
             for row in batch.to_pylist():
-                yield _table_record(path, index, row, fields)
+                yield _table_record(path, index, row, fields, policy)
                 index += 1
 
 
-def read_source(path: str, fields: dict[str, str | None] | None = None) -> Iterator[RawRecord]:
-    """Dispatch by extension: .tar, .jsonl/.json(.gz/.zst), .parquet."""
-    fields = fields or {}
+def _within_size(rec: RawRecord, max_bytes: int) -> RawRecord:
+    """Image bytes carried inline (tar member, table cell) obey the same size limit as files."""
+    if rec.error is None and rec.image is not None and len(rec.image) > max_bytes:
+        rec.error = ("file_too_large", f"image of {len(rec.image)} bytes, more than the limit of {max_bytes}")
+        rec.image = None
+    return rec
+
+
+def _records(path: str, fields: dict[str, str | None], policy: InputPolicy) -> Iterator[RawRecord]:
     name = Path(path).name.lower()
     if name.endswith(".tar"):
         yield from read_tar(path)
     elif name.endswith(".parquet"):
-        yield from read_parquet(path, fields)
+        yield from read_parquet(path, fields, policy)
     elif re.search(r"\.jsonl?(\.(gz|zst|bz2|xz))?$", name):
-        yield from read_jsonl(path, fields)
+        yield from read_jsonl(path, fields, policy)
     else:
         yield RawRecord(f"{_file_stem(path)}-unsupported", "", path, 0,
                         error=("unsupported_file", "not a .tar, .jsonl or .parquet image-caption file"))
+
+
+def read_source(path: str, fields: dict[str, str | None] | None = None,
+                policy: InputPolicy | None = None) -> Iterator[RawRecord]:
+    """Dispatch by extension: .tar, .jsonl/.json(.gz/.zst), .parquet. Image paths named by table
+    rows are read under `policy` (default: no extra roots, no remote schemes, 32 MiB), with the
+    table's own directory always one of its roots."""
+    policy = (policy or InputPolicy()).with_root(parent_dir(path))
+    for rec in _records(path, fields or {}, policy):
+        yield _within_size(rec, policy.max_bytes)

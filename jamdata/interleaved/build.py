@@ -14,18 +14,19 @@ import numpy as np
 
 from jamdata.config import Config, ConfigError
 from jamdata.interleaved.cm3 import MAX_SPANS, CM3Config, cm3_transform
-from jamdata.interleaved.document import IMAGE, Document, RejectedDocument
+from jamdata.interleaved.document import IMAGE, TEXT, Document, RejectedDocument
 from jamdata.interleaved.images import ImageEncoder, load_pixels
 from jamdata.interleaved.sources import (FORMATS, ImageStore, conversation_document, howto_document,
                                          iter_raw, mmc4_document)
 from jamdata.interleaved.template import LOSS_POLICIES, Template, encode_document
-from jamdata.io import expand_inputs, stable_hash
+from jamdata.io import DEFAULT_MAX_INPUT_BYTES, InputPolicy, expand_inputs, parent_dir, stable_hash
 from jamdata.vocab import JointVocab
 
 STAGE = "instruct"
-SECTION_KEYS = ("sources", "template", "cm3", "image_resolution", "image_min_size", "num_shards",
-                "tokenizer", "vqvae", "seed")
-SOURCE_KEYS = ("format", "paths", "loss", "image_store", "min_images", "on_bad_image")
+SECTION_KEYS = ("sources", "template", "cm3", "image_resolution", "image_min_size", "image_max_bytes",
+                "max_text_chars", "num_shards", "tokenizer", "vqvae", "seed", "verify")
+SOURCE_KEYS = ("format", "paths", "loss", "image_store", "min_images", "on_bad_image", "input_roots")
+DEFAULT_MAX_TEXT_CHARS = 100_000
 CM3_KEYS = ("sources", "rate", "lambda", "max_spans", "max_span_len", "seed")
 RECORD_SUFFIXES = (".json", ".jsonl")
 COMPRESSION_SUFFIXES = ("", ".gz", ".zst", ".bz2", ".xz")
@@ -45,6 +46,13 @@ class SourceSpec:
     image_store: str | None = None
     min_images: int = 1
     on_bad_image: str = "reject"
+    input_roots: tuple[str, ...] = ()  # besides the record file's directory and the image store
+
+    def input_policy(self, record_file: str, max_bytes: int) -> InputPolicy:
+        """Where the image files named by a record of `record_file` may be read from: that file's
+        directory, the configured roots and the image store; never a web URL."""
+        store = (self.image_store,) if self.image_store else ()
+        return InputPolicy((parent_dir(record_file),) + tuple(self.input_roots) + store, (), max_bytes)
 
 
 @dataclass(frozen=True)
@@ -56,9 +64,12 @@ class BuildSpec:
     cm3_rate: float = 1.0
     image_resolution: int | None = None  # None: the VQ-VAE's own resolution
     image_min_size: int = 16
+    image_max_bytes: int = DEFAULT_MAX_INPUT_BYTES
+    max_text_chars: int = DEFAULT_MAX_TEXT_CHARS
     num_shards: int = 1
     seed: int = 0
     config: dict = field(default_factory=dict, compare=False)
+    verify: str = "sha256"  # how the VQ-VAE is checked against its dataset's manifest: sha256 | size
 
     @classmethod
     def from_config(cls, cfg: Config, seed: int = 0) -> "BuildSpec":
@@ -72,12 +83,14 @@ class BuildSpec:
             s.check_keys(SOURCE_KEYS)
             fmt = s.choice("format", list(FORMATS))
             paths = s.get("paths", (str, list))
+            roots = s.get("input_roots", (str, list), [])
             sources.append(SourceSpec(
                 fmt, tuple([paths] if isinstance(paths, str) else paths),
                 s.choice("loss", list(LOSS_POLICIES)) if s.has("loss") else ("all" if fmt == "mmc4" else None),
                 s.get("image_store", str, None),
                 int(s.number("min_images", 1 if fmt == "mmc4" else 0, lo=0)),
-                s.choice("on_bad_image", ["reject", "drop"], "drop" if fmt == "mmc4" else "reject")))
+                s.choice("on_bad_image", ["reject", "drop"], "drop" if fmt == "mmc4" else "reject"),
+                tuple([roots] if isinstance(roots, str) else [str(r) for r in roots])))
         template = Template.from_config(cfg.section("template"))
         c = cfg.section("cm3")
         c.check_keys(CM3_KEYS)
@@ -92,8 +105,11 @@ class BuildSpec:
         res = cfg.get("image_resolution", int, None)
         return cls(tuple(sources), template, cm3 if cm3_sources else None, cm3_sources,
                    float(c.number("rate", 1.0, lo=0.0, hi=1.0)), res,
-                   int(cfg.number("image_min_size", 16, lo=1)), int(cfg.number("num_shards", 1, lo=1)),
-                   int(cfg.number("seed", seed)), cfg.to_dict())
+                   int(cfg.number("image_min_size", 16, lo=1)),
+                   int(cfg.number("image_max_bytes", DEFAULT_MAX_INPUT_BYTES, lo=1)),
+                   int(cfg.number("max_text_chars", DEFAULT_MAX_TEXT_CHARS, lo=1)),
+                   int(cfg.number("num_shards", 1, lo=1)), int(cfg.number("seed", seed)), cfg.to_dict(),
+                   verify=cfg.choice("verify", ["sha256", "size"], "sha256"))
 
     def input_files(self) -> list[tuple[int, str]]:
         out = []
@@ -122,6 +138,17 @@ def image_store(path: str | None) -> ImageStore | None:
     return _STORES[path]
 
 
+def text_too_long(doc: Document, max_chars: int) -> str | None:
+    """Why a document holds a text segment beyond any sequence length (e.g. a whole book pasted
+    into one step), or None. Such a segment is never tokenized: it would cost millions of tokens
+    only to be cut to `max_len`."""
+    for i, seg in enumerate(doc.segments):
+        if seg.modality == TEXT and len(seg.text) > max_chars:
+            return (f"text_too_long: segment {i} has {len(seg.text)} characters, more than "
+                    f"instruct.max_text_chars {max_chars}")
+    return None
+
+
 def read_records(spec: BuildSpec, source_index: int, path: str) -> Iterator[tuple[str, Any]]:
     """('doc', Document) and ('reject', reject row) for every record of one file."""
     src = spec.sources[source_index]
@@ -141,6 +168,9 @@ def read_records(spec: BuildSpec, source_index: int, path: str) -> Iterator[tupl
                 doc = mmc4_document(record, path, offset, store, src.min_images)
         except RejectedDocument as e:
             yield "reject", reject(rid, src.format, e.reason, e.snippet, path, offset)
+            continue
+        if too_long := text_too_long(doc, spec.max_text_chars):
+            yield "reject", reject(rid, src.format, too_long, file=path, offset=offset)
             continue
         if src.loss:
             doc.loss = src.loss
@@ -180,9 +210,10 @@ class SampleBuilder:
 
         pixels: dict[int, np.ndarray] = {}
         keep = []
+        policy = src.input_policy(doc.file, self.spec.image_max_bytes)
         for i, seg in enumerate(doc.segments):
             if seg.modality == IMAGE:
-                px = load_pixels(seg.image, self.resolution, self.spec.image_min_size)
+                px = load_pixels(seg.image, self.resolution, self.spec.image_min_size, policy)
                 if isinstance(px, str):
                     if src.on_bad_image == "reject":
                         return None, [rej(px)]

@@ -9,7 +9,11 @@ How-to articles (`format: howto`), a `.json` file holding one article or a list 
                {"text": "Steep the leaves.", "image_base64": "iVBORw0..."},
                {"text": "A step without a picture."}]}
 
-`image` is a path relative to the article file (or absolute, or any fsspec URL).
+`image` is a path relative to the article file (or an absolute path or URL). Such paths come from
+the data, so they are read confined (jamdata.io.read_confined, policy from
+`SourceSpec.input_policy`): only regular files under the article file's directory, the source's
+`input_roots` or its image store; `..` or a symlink leading elsewhere, FIFOs, devices and files
+over `instruct.image_max_bytes` are refused, and web URLs are never fetched.
 
 mmc4 (`format: mmc4`): JSON lines with `text_list`, `image_info` (`raw_url`, `image_name`,
 `matched_text_index`) and `url`. Each image goes right after its matched sentence (images matched to
@@ -81,6 +85,8 @@ def iter_raw(path: str) -> Iterator[tuple[int, Any, str | None]]:
 
 
 def _resolve(base_file: str, ref: str) -> str:
+    """Where `ref` points, as written (relative to the record file); whether it may be read is
+    decided when the image is loaded, under the source's input policy."""
     if "://" in ref or ref.startswith("/"):
         return ref
     return posixpath.join(posixpath.dirname(base_file), ref)

@@ -3,19 +3,25 @@
 `plan_shards` lists the work (one entry per shard, from the manifests only); the per-shard
 statistics are merged by a Beam combiner (pipelines/stats.py) or in-process (`compute_local`);
 `finalize` turns merged aggregates plus the manifests into the documented stats.json layout.
+
+A shard whose bytes differ from its manifest is reported as damaged, never counted as ok: sizes are
+compared with the manifest in every mode, and each shard read in a full run is first hashed and
+compared with the manifest's sha256 (a damaged shard is reported, not read).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-from jamdata.manifest import MANIFEST, ManifestError, read_manifest, validate_dataset
+from jamdata.io import sha256_file
+from jamdata.manifest import HASH_DIFFERS, MANIFEST, SIZE_DIFFERS, ManifestError, read_manifest, validate_dataset
 from jamdata.stats import aggregate as agg
 from jamdata.stats.shards import shard_stats
 from jamdata.vocab import JointVocab
 
 STATS_VERSION = "1"
 RECORD_KINDS = {"documents", "rejects", "text_tokens", "image_caption", "interleaved"}
+DAMAGED_METRIC = "all/damaged_shards"
 
 
 @dataclass(frozen=True)
@@ -25,8 +31,12 @@ class ShardTask:
     path: str
     group: str | None
     vocab: dict | None
+    sha256: str | None = None  # from the manifest; checked before the shard is read
+    rel: str = ""
 
     def run(self) -> dict:
+        if self.sha256 and sha256_file(self.path) != self.sha256:
+            return {DAMAGED_METRIC: agg.counter([f"{self.rel or Path(self.path).name}: {HASH_DIFFERS}"])}
         vocab = JointVocab.from_dict(self.vocab) if self.vocab else None
         return shard_stats(self.kind, self.path, self.group, vocab)
 
@@ -64,13 +74,17 @@ def inspect_datasets(datasets: dict[str, str], deep_validate: bool = False) -> d
         entry["manifest"] = m
         entry["problems"] = validate_dataset(path, deep=deep_validate)
         if entry["problems"]:
-            entry["status"] = "problems"
+            entry["status"] = "damaged" if any(_is_damage(p) for p in entry["problems"]) else "problems"
         elif m["totals"]["records"] == 0 and m["kind"] in RECORD_KINDS:
             entry["status"] = "empty"
         else:
             entry["status"] = "ok"
         info[name] = entry
     return info
+
+
+def _is_damage(problem: str) -> bool:
+    return SIZE_DIFFERS in problem or HASH_DIFFERS in problem
 
 
 def plan_shards(info: dict[str, dict]) -> list[ShardTask]:
@@ -83,7 +97,8 @@ def plan_shards(info: dict[str, dict]) -> list[ShardTask]:
         for s in m["shards"]:
             if s["path"] in broken:
                 continue  # reported as a problem, not read
-            tasks.append(ShardTask(name, m["kind"], f"{entry['path']}/{s['path']}", s.get("group"), m.get("vocab")))
+            tasks.append(ShardTask(name, m["kind"], f"{entry['path']}/{s['path']}", s.get("group"), m.get("vocab"),
+                                   s.get("sha256"), s["path"]))
     return tasks
 
 
@@ -117,12 +132,23 @@ def _metric_summary(a: dict) -> dict:
     raise ValueError(t)
 
 
+def _with_damage(entry: dict, aggregates: dict) -> tuple[str, list[str], dict]:
+    """Status and problems of a dataset once the shard reads are in: a shard whose sha256
+    differed from the manifest makes the dataset `damaged`. The marker is not a figure."""
+    aggregates = dict(aggregates)
+    damaged = aggregates.pop(DAMAGED_METRIC, None)
+    if not damaged:
+        return entry["status"], entry["problems"], aggregates
+    return "damaged", list(entry["problems"]) + sorted(damaged["counts"]), aggregates
+
+
 def finalize(info: dict[str, dict], merged: dict[str, dict], fast: bool = False) -> dict:
     datasets = {}
     overall = {"records": 0, "bytes": 0, "tokens": 0}
     for name, entry in info.items():
         m = entry.get("manifest")
-        out = {"path": entry["path"], "kind": entry["kind"], "status": entry["status"], "problems": entry["problems"]}
+        status, problems, aggregates = _with_damage(entry, merged.get(name, {}))
+        out = {"path": entry["path"], "kind": entry["kind"], "status": status, "problems": problems}
         if m:
             out["manifest"] = {"totals": m["totals"], "vocab_fingerprint": m["vocab_fingerprint"],
                                "summary": m.get("summary", {}), "shards": len(m["shards"]),
@@ -138,7 +164,7 @@ def finalize(info: dict[str, dict], merged: dict[str, dict], fast: bool = False)
             for k in overall:
                 overall[k] += m["totals"].get(k) or 0
         metrics: dict[str, dict] = {}
-        for key, a in sorted(merged.get(name, {}).items()):
+        for key, a in sorted(aggregates.items()):
             group, _, metric = key.partition("/")
             metrics.setdefault(group, {})[metric] = _metric_summary(a)
         out["groups"] = metrics

@@ -14,7 +14,12 @@ from pathlib import Path
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train (or --resume) a JAM model with DeepSpeed; --dry-run sizes the run")
     p.add_argument("--config", required=True, help="YAML with run, loader and train sections")
-    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    own = p.add_mutually_exclusive_group()
+    own.add_argument("--resume", action="store_true",
+                     help="continue the run in the output directory from its newest complete checkpoint")
+    own.add_argument("--overwrite", action="store_true",
+                     help="delete the previous run's checkpoints, log, evaluation and export in the output "
+                          "directory, then start afresh (without it, a directory holding a run is refused)")
     p.add_argument("--dry-run", action="store_true",
                    help="print parameters, memory per GPU, tokens per step and total steps; train nothing")
     p.add_argument("--out", help="training output directory (default: train.out_dir)")
@@ -45,13 +50,21 @@ def _settings(args: argparse.Namespace, out: str | None = None):
     return parse_settings(Config.load(args.config, overrides=args.set), out_dir=out)
 
 
-def _fail(e: Exception) -> int:
+def _fail(e: Exception, rank0_only: bool = False) -> int:
+    """One line on stderr. `rank0_only`: an error every rank holds alike (rank 0 decided it and
+    sent it to the others), printed once rather than once per rank."""
+    if rank0_only:
+        import torch
+
+        if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+            return 1
     print(f"jamtrain: error: {e}", file=sys.stderr)
     return 1
 
 
 def _train(args: argparse.Namespace) -> int:
     from jamtrain.checkpoint import CheckpointError
+    from jamtrain.rundir import TrainDirError, TrainDirLocked
     from jamtrain.train import dry_run, train
 
     s = _settings(args, args.out)
@@ -59,7 +72,9 @@ def _train(args: argparse.Namespace) -> int:
         dry_run(s)
         return 0
     try:
-        result = train(s, resume=args.resume)
+        result = train(s, resume=args.resume, overwrite=args.overwrite)
+    except (TrainDirError, TrainDirLocked) as e:  # the output directory's claim, decided by rank 0
+        return _fail(e, rank0_only=True)
     except CheckpointError as e:
         return _fail(e)
     if result.first_loss is not None:
@@ -109,7 +124,8 @@ def _eval(args: argparse.Namespace) -> int:
     vocab = dataset_vocab({n: d for n, (d, _) in sets.items()})
     if vocab.size != info["vocab_size"]:
         return _fail(ValueError(f"model vocabulary {info['vocab_size']} != datasets' joint vocabulary {vocab.size}"))
-    results = evaluate(model, sets, vocab, s.seq_len, s.eval_batch_size, args.max_samples or s.eval_max_samples)
+    results = evaluate(model, sets, vocab, s.seq_len, s.eval_batch_size, args.max_samples or s.eval_max_samples,
+                       policy=s.shard_policy)
     print(f"{'dataset':<16}{'samples':>9}{'tokens':>10}{'ppl':>11}{'text ppl':>11}{'image ppl':>11}")
     fmt = lambda x: f"{x:11.2f}" if x is not None else f"{'-':>11}"  # noqa: E731
     for name, r in results.items():
