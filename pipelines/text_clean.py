@@ -30,6 +30,7 @@ from schemas.records import DOCUMENT, REJECT
 log = logging.getLogger(__name__)
 
 STAGES = ("read", "clean", "filter", "dedup")
+PASSED_OVER = "passed_over"  # counts of raw records that are neither documents nor rejects, by kind
 CLEAN_KEYS = ["shards", "reject_shards", "max_record_bytes", "pile_set_names", "line_dedup_min_docs",
               "line_dedup_min_chars", "wiki_drop_sections", "filters", "dedup"]
 DOC_COLUMNS = ("language", "language_score", "quality_score")
@@ -58,6 +59,17 @@ def input_id_path(pattern: str, path: str) -> str:
     return path.rsplit("/", 1)[-1]
 
 
+def _paths(c: Config) -> list[str]:
+    """An input's `paths` (a string or a list); an empty one is a mistake, not a source with no
+    files, so it fails here with the key named instead of silently dropping the source."""
+    paths = c.get("paths", (str, list))
+    paths = [paths] if isinstance(paths, str) else paths
+    if not paths or any(not str(p).strip() for p in paths):
+        raise ConfigError(f"{c.prefix}.paths", "empty: give at least one file, directory or glob "
+                          "(or remove the input)", source=c.source)
+    return paths
+
+
 def plan_inputs(text_cfg: Config) -> list[InputFile]:
     """`text.sources`: {source: {inputs: [{format, paths}, ...]}} (or {format, paths} directly)."""
     sources = text_cfg.section("sources", required=True)
@@ -67,6 +79,9 @@ def plan_inputs(text_cfg: Config) -> list[InputFile]:
         src.check_keys(["inputs", "format", "paths"])
         if src.has("inputs"):
             entries = src.get("inputs", list)
+            if not entries:
+                raise ConfigError(f"{src.prefix}.inputs", "empty: list at least one {format, paths} input "
+                                  "(or remove the source)", source=src.source)
             cfgs = [Config(e, f"{src.prefix}.inputs[{i}]", src.source) for i, e in enumerate(entries)]
         else:
             cfgs = [src]
@@ -74,8 +89,7 @@ def plan_inputs(text_cfg: Config) -> list[InputFile]:
             if c is not src:
                 c.check_keys(["format", "paths"])
             fmt = c.choice("format", list(READERS))
-            paths = c.get("paths", (str, list))
-            for pattern in [paths] if isinstance(paths, str) else paths:
+            for pattern in _paths(c):
                 for path in expand_inputs(str(pattern)):
                     # a relative pattern keeps relative paths, so ids and outputs do not depend
                     # on where the checkout lives
@@ -96,9 +110,11 @@ def plan_inputs(text_cfg: Config) -> list[InputFile]:
 def clean_settings(text_cfg: Config) -> tuple[ReadOptions, CleanOptions, dict, dict, int, int]:
     clean = text_cfg.section("clean")
     clean.check_keys(CLEAN_KEYS)
-    ropts = ReadOptions(max_record_bytes=int(clean.number("max_record_bytes", default=16 << 20, lo=1024)),
+    max_record = int(clean.number("max_record_bytes", default=16 << 20, lo=1024))
+    ropts = ReadOptions(max_record_bytes=max_record,
                         pile_set_names=tuple(clean.get("pile_set_names", list, default=["Books3"])))
     copts = CleanOptions(
+        max_expanded_chars=max_record,
         line_dedup_min_docs=int(clean.number("line_dedup_min_docs", default=3, lo=0)),
         line_dedup_min_chars=int(clean.number("line_dedup_min_chars", default=0, lo=0)),
         wiki_drop_sections=tuple(clean.get("wiki_drop_sections", list, default=list(CleanOptions.wiki_drop_sections))))
@@ -130,6 +146,7 @@ class ReadAndClean(beam.DoFn):
 
     def process(self, f: InputFile):
         n = {"records": 0, "read_docs": 0, "read_bytes": 0, "clean_docs": 0, "clean_bytes": 0}
+        passed_over: dict[str, int] = {}
 
         def counted(records: Iterable[dict]):
             for rec in records:
@@ -139,7 +156,8 @@ class ReadAndClean(beam.DoFn):
                     n["read_bytes"] += _nbytes(rec["text"])
                 yield rec
 
-        for rec in clean_records(counted(read_file(f.path, f.fmt, f.source, self.ropts, f.id_path)), f.fmt, self.copts):
+        records = read_file(f.path, f.fmt, f.source, self.ropts, f.id_path, passed_over)
+        for rec in clean_records(counted(records), f.fmt, self.copts):
             if is_reject(rec):
                 yield beam.pvalue.TaggedOutput("rejects", rec)
             else:
@@ -156,6 +174,8 @@ class ReadAndClean(beam.DoFn):
                            (("read", "docs_out"), n["read_docs"]), (("read", "bytes_out"), n["read_bytes"]),
                            (("clean", "docs_out"), n["clean_docs"]), (("clean", "bytes_out"), n["clean_bytes"])]:
             yield beam.pvalue.TaggedOutput("counts", ((s, *key), value))
+        for kind, value in sorted(passed_over.items()):
+            yield beam.pvalue.TaggedOutput("counts", ((s, PASSED_OVER, kind), value))
 
 
 class ApplyFilters(beam.DoFn):
@@ -255,6 +275,16 @@ def funnel_from_counts(counts: list[tuple[tuple[str, str, str], int]]) -> dict:
     return funnel
 
 
+def passed_over_from_counts(counts: list[tuple[tuple[str, str, str], int]]) -> dict:
+    """{source: {kind: records}} for the raw records that are neither documents nor rejects
+    (WARC request/metadata records, other Pile subsets...), so they are counted, not lost."""
+    out: dict = {}
+    for (source, stage, kind), value in sorted(counts):
+        if stage == PASSED_OVER:
+            out.setdefault(source, {})[kind] = value
+    return out
+
+
 def format_funnel(funnel: dict) -> str:
     lines = [f"{'source':<12} {'stage':<7} {'docs in':>9} {'docs out':>9} {'dropped':>8} {'MB in':>9} {'MB out':>9}"]
     for source, stages in funnel.items():
@@ -295,14 +325,17 @@ def build_pipeline(p: beam.Pipeline, files: list[InputFile], settings: tuple, do
     inputs = [f.path for f in files]
 
     def write_manifests(count_list, doc_infos, reject_infos, rejected):
-        funnel = funnel_from_counts(count_list)
+        funnel = funnel_from_counts([c for c in count_list if c[0][1] != PASSED_OVER])
         by_stage: dict = {}
         for (source, stage), n in sorted(rejected):
             by_stage.setdefault(source, {})[stage] = n
+        summary = {"funnel": funnel, "rejected": by_stage}
+        passed = passed_over_from_counts(count_list)
+        if passed:
+            summary[PASSED_OVER] = passed
         write_manifest(rejects_dir, build_manifest("rejects", reject_infos, config, None,
                                                    {"rejected": by_stage}, inputs))
-        write_manifest(docs_dir, build_manifest("documents", doc_infos, config, None,
-                                                {"funnel": funnel, "rejected": by_stage}, inputs))
+        write_manifest(docs_dir, build_manifest("documents", doc_infos, config, None, summary, inputs))
         return docs_dir
 
     return counts | "WriteManifests" >> beam.Map(

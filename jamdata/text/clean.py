@@ -21,13 +21,14 @@ from typing import Iterable, Iterator
 from mwparserfromhell import nodes as N
 
 from jamdata.text.normalize import normalize_text, normalize_whitespace
-from jamdata.text.readers import is_reject, make_reject
+from jamdata.text.readers import ExpansionLimit, is_reject, make_reject
 
 
 @dataclass(frozen=True)
 class CleanOptions:
     line_dedup_min_docs: int = 3   # Common Crawl: a line in >= this many documents of a shard is boilerplate
     line_dedup_min_chars: int = 0  # shorter lines are never counted as boilerplate (0: all lines)
+    max_expanded_chars: int = 16 << 20  # arXiv: macro expansion past this is a bomb (a reject)
     wiki_drop_sections: tuple[str, ...] = ("see also", "references", "external links", "further reading",
                                            "notes", "bibliography", "sources", "citations", "footnotes")
 
@@ -258,15 +259,19 @@ _KEEP_COMMANDS = {f"\\{c}" for c in ("part", "chapter", "section", "subsection",
                                       "label", "caption", "footnote", "emph", "textbf", "textit", "url", "href")}
 
 
-def expand_macros(tex: str, macros: dict[str, tuple[int, str]], passes: int = 4) -> str:
+def expand_macros(tex: str, macros: dict[str, tuple[int, str]], passes: int = 4,
+                  max_chars: int = 16 << 20) -> str:
     """Inline-expand macros (nested ones over a few passes). A macro with arguments is expanded only
-    where all its arguments are {braced} groups."""
+    where all its arguments are {braced} groups.
+
+    Raises ExpansionLimit once the text grows past `max_chars`: macros whose bodies repeat other
+    macros multiply the text with every pass (a few hundred bytes can ask for gigabytes)."""
     if not macros:
         return tex
     names = sorted(macros, key=len, reverse=True)
     pattern = re.compile(r"(" + "|".join(re.escape(n) for n in names) + r")(?![A-Za-z@])")
     for _ in range(passes):
-        out, pos, changed = [], 0, False
+        out, pos, changed, size = [], 0, False, 0
         for m in pattern.finditer(tex):
             if m.start() < pos:
                 continue
@@ -288,6 +293,9 @@ def expand_macros(tex: str, macros: dict[str, tuple[int, str]], passes: int = 4)
             out.append(tex[pos:m.start()])
             out.append(rep)
             pos, changed = end, True
+            size += len(out[-2]) + len(rep)
+            if size > max_chars:
+                raise ExpansionLimit(f"macro expansion over {max_chars} characters")
         out.append(tex[pos:])
         tex = "".join(out)
         if not changed:
@@ -295,9 +303,10 @@ def expand_macros(tex: str, macros: dict[str, tuple[int, str]], passes: int = 4)
     return tex
 
 
-def clean_arxiv(tex: str) -> str | None:
+def clean_arxiv(tex: str, max_chars: int = 16 << 20) -> str | None:
     """LaTeX source -> the body from the first section to the end, without comments and the
-    bibliography, with user macros expanded. None if the paper has no section at all."""
+    bibliography, with user macros expanded. None if the paper has no section at all;
+    ExpansionLimit if macro expansion grows it past `max_chars`."""
     tex = strip_tex_comments(tex)
     macros = find_macros(tex)
     begin = _BEGIN_DOCUMENT.search(tex)
@@ -310,7 +319,7 @@ def clean_arxiv(tex: str) -> str | None:
         body = body[:end.start()]
     body = _BIB_ENV.sub("", body)
     body = _BIB_CMDS.sub("", body)
-    body = expand_macros(body, macros).replace("\\xspace", "")
+    body = expand_macros(body, macros, max_chars=max_chars).replace("\\xspace", "")
     return re.sub(r"\n{3,}", "\n\n", body).strip()
 
 
@@ -396,22 +405,28 @@ CLEANER_OF_FORMAT = {
 }
 
 
-def _clean_one(doc: dict, cleaner: str) -> tuple[dict | None, str | None]:
+def _clean_one(doc: dict, cleaner: str, opts: CleanOptions = CleanOptions()) -> tuple[dict | None, str | None]:
+    """(the cleaned document, None) or (None, why it was dropped). A document that a cleaner
+    cannot handle is dropped with the reason; it never stops the others."""
     text = doc["text"]
     try:
         if cleaner in ("wikitext", "wikitext_auto"):
             if cleaner == "wikitext" or looks_like_wikitext(text):
                 text = clean_wikitext(text)
         elif cleaner == "arxiv":
-            cleaned = clean_arxiv(text)
+            cleaned = clean_arxiv(text, opts.max_expanded_chars)
             if cleaned is None:
                 return None, "arxiv: no \\section in the source"
             text = cleaned
         elif cleaner == "gutenberg":
             text = strip_gutenberg(text)
+        text = normalize_text(text)
     except RecursionError:
         return None, f"{cleaner}: markup nested too deeply"
-    text = normalize_text(text)
+    except ExpansionLimit as e:
+        return None, f"expansion_limit: {e}"
+    except Exception as e:  # one document the cleaner chokes on is one reject
+        return None, f"{cleaner}: cleaning failed: {type(e).__name__}: {e}"[:500]
     if not text:
         return None, "empty after cleaning"
     return {**doc, "text": text}, None
@@ -428,7 +443,7 @@ def clean_records(records: Iterable[dict], fmt: str, opts: CleanOptions = CleanO
             if is_reject(rec):
                 yield rec
                 continue
-            doc, reason = _clean_one(rec, cleaner)
+            doc, reason = _clean_one(rec, cleaner, opts)
             yield doc if doc is not None else _clean_reject(rec, reason)
         return
     buffered = list(records)
@@ -440,7 +455,7 @@ def clean_records(records: Iterable[dict], fmt: str, opts: CleanOptions = CleanO
             yield rec
             continue
         text, removed = remove_lines(rec["text"], boiler, rec_keys) if boiler else (rec["text"], 0)
-        doc, reason = _clean_one({**rec, "text": text}, "none")
+        doc, reason = _clean_one({**rec, "text": text}, "none", opts)
         if doc is None:
             yield _clean_reject(rec, "only boilerplate lines" if removed else reason)
             continue

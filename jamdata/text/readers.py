@@ -2,8 +2,19 @@
 
 `read_file(path, fmt, source)` is the entry point. Bad input never raises out of it: a broken record
 becomes a REJECT (stage "read") with the file and the byte offset in the decompressed stream (WARC:
-the record offset; parquet: the row), and a file that breaks part-way (truncated gzip/bz2/zstd,
-malformed XML) yields a REJECT at the point where reading stopped, after everything read before it.
+the record offset; Wikipedia: the page's offset; parquet: the row), and reading goes on with the next
+record. A compressed stream that breaks part-way (truncated or corrupt gzip/bz2/zstd) keeps every
+record decoded before the damage and adds one REJECT at the damage's offset.
+
+Text is always valid Unicode: lone surrogates (legal in JSON as "\\ud800" escapes, e.g. half of an
+emoji cut by a truncating writer) are replaced with U+FFFD in every document field and marked with
+`metadata.lone_surrogates_replaced`, so that everything downstream can encode the text as UTF-8.
+
+Records are framed so that damage stays local: WARC records are checked against their
+Content-Length and the next record's start (resynchronising at the next `WARC/1.x` line),
+Wikipedia pages are cut out of the stream and parsed one at a time, parquet is read per row group,
+tar headers are resynchronised, and arXiv sources expand within size and depth limits
+(`ExpansionLimit`: decompression and `\\input` bombs).
 
 Document ids are `<source>/<16 hex digits>` from a stable hash of the file path and the record's
 native id (WARC-Record-ID, page id, arXiv id...) or its index, so they are the same on every run.
@@ -11,6 +22,7 @@ native id (WARC-Record-ID, page id, arXiv id...) or its index, so they are the s
 from __future__ import annotations
 
 import codecs
+import contextlib
 import gzip
 import io
 import json
@@ -18,7 +30,7 @@ import logging
 import re
 import tarfile
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import IO, Any, Callable, Iterable, Iterator
 
@@ -44,28 +56,71 @@ class ReadOptions:
     max_record_bytes: int = 16 << 20  # longer records (a 50 MB line, a huge page) are rejected
     pile_set_names: tuple[str, ...] = ("Books3",)
     snippet_chars: int = 200
+    max_input_depth: int = 8  # arXiv: \input nesting deeper than this is an expansion bomb
+    max_archive_factor: int = 64  # arXiv: a tar may unpack to this many times max_record_bytes
+
+    @property
+    def max_archive_bytes(self) -> int:
+        """Decompressed bytes one arXiv tar may hold (figures included): past this it is a bomb."""
+        return self.max_archive_factor * self.max_record_bytes
 
 
 @dataclass
 class _Cursor:
     """Where the reader is, so a failure can be reported at the right offset; `id_path` is the
-    file's name as it enters document ids (stable wherever the inputs live)."""
+    file's name as it enters document ids (stable wherever the inputs live); `stream` is the
+    guarded input stream (see `_open`), which knows whether and where the file is damaged."""
     offset: int = 0
     records: int = 0
     id_path: str = ""
+    stream: "_Guarded | None" = None
+    passed_over: dict[str, int] = field(default_factory=dict)  # records that are no documents, by kind
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def scrub_surrogates(text: str) -> str:
+    """`text` with lone surrogates (not encodable as UTF-8) replaced by U+FFFD."""
+    return text if text.isascii() else _SURROGATE.sub("\ufffd", text)
 
 
 def doc_id(source: str, path: str, native: Any) -> str:
-    return f"{source}/{stable_hash(str(path), str(native)):016x}"
+    return f"{source}/{stable_hash(scrub_surrogates(str(path)), scrub_surrogates(str(native))):016x}"
 
 
-def make_doc(source: str, path: str, native: Any, text: str, url: str | None = None,
+def make_doc(source: str, path: str, native: Any, text: str, url: Any = None,
              meta: dict | None = None) -> dict:
+    """A DOCUMENT record. A `url` that is not a non-empty string (a number, an object) is dropped;
+    lone surrogates are replaced (see the module doc)."""
+    url = url if isinstance(url, str) and url else None
+    metadata = _dump_meta(meta or {})
+    clean = [scrub_surrogates(x) for x in (text, url or "", metadata)]
+    if clean != [text, url or "", metadata]:
+        text, url = clean[0], clean[1] or None
+        metadata = json.dumps({**json.loads(clean[2]), "lone_surrogates_replaced": True},
+                              sort_keys=True, ensure_ascii=False)
     return {
-        "id": doc_id(source, path, native), "source": source, "text": text, "url": url or None,
-        "metadata": json.dumps(meta or {}, sort_keys=True, ensure_ascii=False, default=str),
-        "language": None, "language_score": None, "quality_score": None,
+        "id": doc_id(source, path, native), "source": source, "text": text, "url": url,
+        "metadata": metadata, "language": None, "language_score": None, "quality_score": None,
     }
+
+
+def _dump_meta(meta: dict) -> str:
+    """`meta` as JSON; a value nested too deeply to write (JSON metadata that the parser just
+    accepted can exceed the writer's stack in a deeper call) is replaced by a note, not fatal."""
+    dump = lambda v: json.dumps(v, sort_keys=True, ensure_ascii=False, default=str)  # noqa: E731
+    try:
+        return dump(meta)
+    except (RecursionError, ValueError):
+        safe = {}
+        for k, v in meta.items():
+            try:
+                dump(v)
+                safe[k] = v
+            except (RecursionError, ValueError):
+                safe[k] = "<nested too deeply to keep>"
+        return dump(safe)
 
 
 def make_reject(source: str, stage: str, reason: str, snippet: str | bytes | None = None,
@@ -73,6 +128,7 @@ def make_reject(source: str, stage: str, reason: str, snippet: str | bytes | Non
                 snippet_chars: int = 200) -> dict:
     if isinstance(snippet, bytes):
         snippet = snippet[: snippet_chars * 4].decode("utf-8", "replace")
+    reason, snippet = scrub_surrogates(reason), scrub_surrogates(snippet) if snippet else snippet
     rid = id or f"{source}/{stable_hash(str(file), str(offset), stage, reason):016x}"
     return {"id": rid, "source": source, "stage": stage, "reason": reason,
             "snippet": snippet[:snippet_chars] if snippet else None, "file": file, "offset": offset}
@@ -90,14 +146,69 @@ def _bad_utf8(data: bytes, base: int) -> tuple[str, int] | None:
         return f"invalid UTF-8 (byte 0x{data[e.start]:02x})", base + e.start
 
 
+# -- input streams -------------------------------------------------------------------------------
+class _Damaged(Exception):
+    """The decompressed stream of a file broke at `offset` (truncated or corrupt compressed data,
+    an I/O error); everything before it has been read."""
+
+    def __init__(self, offset: int, cause: BaseException):
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.offset, self.cause = offset, cause
+
+
+class _Guarded(io.RawIOBase):
+    """A file's decompressed stream, read one decoder chunk at a time, that ends where the data
+    breaks instead of raising, and remembers the failure and its offset.
+
+    Reading one chunk at a time matters: a buffered read that spans the damage would lose the
+    intact bytes decoded in the same call, and with them the last good records."""
+
+    def __init__(self, f: IO[bytes]):
+        self.f, self.pos, self.error = f, 0, None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        if self.error is not None:
+            return 0
+        try:
+            data = self.f.read1(len(b)) if hasattr(self.f, "read1") else self.f.read(len(b))
+        except Exception as e:  # any decoder or I/O failure is damage at this offset
+            self.error = e
+            return 0
+        b[: len(data)] = data
+        self.pos += len(data)
+        return len(data)
+
+
+def _damaged(stream: IO[bytes]) -> bool:
+    raw = getattr(stream, "raw", stream)
+    return isinstance(raw, _Guarded) and raw.error is not None
+
+
+@contextlib.contextmanager
+def _open(path: str, cur: _Cursor) -> Iterator[IO[bytes]]:
+    """The decompressed, guarded stream of `path`; raises `_Damaged` at the end of a reader's use
+    if the stream broke, so records read before the damage are yielded first and nothing built
+    from a cut stream (a half book) is."""
+    with open_input(path) as f:
+        guard = _Guarded(f)
+        cur.stream = guard
+        yield io.BufferedReader(guard, 1 << 16)
+        if guard.error is not None:
+            raise _Damaged(guard.pos, guard.error)
+
+
 # -- lines ---------------------------------------------------------------------------------------
 def iter_lines(stream: IO[bytes], max_bytes: int) -> Iterator[tuple[int, bytes | None]]:
     """(offset, line) pairs; a line longer than max_bytes is skipped in bounded memory and
-    yielded as (offset, None)."""
+    yielded as (offset, None). On a damaged stream the last, unfinished line is part of the
+    damage and is not yielded."""
     off = 0
     while True:
         line = stream.readline(max_bytes + 1)
-        if not line:
+        if not line or (not line.endswith(b"\n") and len(line) <= max_bytes and _damaged(stream)):
             return
         start = off
         off += len(line)
@@ -114,7 +225,7 @@ def iter_lines(stream: IO[bytes], max_bytes: int) -> Iterator[tuple[int, bytes |
 
 def _json_lines(path: str, source: str, opts: ReadOptions, cur: _Cursor) -> Iterator[tuple[int, int, dict] | dict]:
     """(index, offset, object) per line, or a REJECT dict for a line that is not a JSON object."""
-    with open_input(path) as f:
+    with _open(path, cur) as f:
         for idx, (off, line) in enumerate(iter_lines(f, opts.max_record_bytes)):
             cur.offset, cur.records = off, idx
             if line is None:
@@ -131,6 +242,9 @@ def _json_lines(path: str, source: str, opts: ReadOptions, cur: _Cursor) -> Iter
                 obj = json.loads(line)
             except ValueError as e:
                 yield make_reject(source, "read", f"malformed JSON: {e}", line, path, off)
+                continue
+            except RecursionError:  # valid-looking JSON nested deeper than the parser's stack
+                yield make_reject(source, "read", "malformed JSON: nested too deeply", line, path, off)
                 continue
             if not isinstance(obj, dict):
                 yield make_reject(source, "read", "JSON line is not an object", line, path, off)
@@ -154,6 +268,7 @@ def _json_texts(path: str, source: str, opts: ReadOptions, cur: _Cursor,
             continue
         idx, off, obj = item
         if not keep(obj):
+            cur.passed_over["pile other subsets"] = cur.passed_over.get("pile other subsets", 0) + 1
             continue
         text = _text_field(obj, source, path, off)
         yield text if isinstance(text, dict) else (idx, off, obj, text)
@@ -271,46 +386,259 @@ def extract_main_text(html: str, url: str | None = None) -> str | None:
                                deduplicate=False, favor_precision=False)
 
 
-class _OneReadAtATime:
-    """Hands warcio at most one decompressed chunk per read and remembers a failure.
+class _Lookahead:
+    """A byte stream with look-ahead, push-back and scanning, counting the offset of the next byte
+    (what the WARC and Wikipedia framers need to find record boundaries in a damaged stream)."""
 
-    warcio reads large blocks and treats EOFError as the end of the archive, so a truncated
-    .warc.gz would otherwise lose the complete records in the last block and end silently."""
+    def __init__(self, f: IO[bytes], chunk: int = 1 << 16):
+        self.f, self.chunk = f, chunk
+        self.buf, self.i, self.offset, self.eof = b"", 0, 0, False
 
-    def __init__(self, f: IO[bytes]):
-        self.f, self.error = f, None
+    def _fill(self, n: int) -> None:
+        """At least n bytes buffered, unless the stream ends first."""
+        if len(self.buf) - self.i >= n or self.eof:
+            return
+        parts, have = [self.buf[self.i:]], len(self.buf) - self.i
+        while have < n:
+            data = self.f.read(max(self.chunk, n - have))
+            if not data:
+                self.eof = True
+                break
+            parts.append(data)
+            have += len(data)
+        self.buf, self.i = b"".join(parts), 0
 
-    def read(self, n: int = -1) -> bytes:
-        try:
-            return self.f.read1(n) if n and n > 0 and hasattr(self.f, "read1") else self.f.read(n)
-        except (EOFError, OSError, ValueError) as e:
-            self.error = e
-            raise EOFError(str(e)) from None
+    def peek(self, n: int) -> bytes:
+        self._fill(n)
+        return self.buf[self.i: self.i + n]
+
+    def read(self, n: int) -> bytes:
+        self._fill(n)
+        out = self.buf[self.i: self.i + n]
+        self.i += len(out)
+        self.offset += len(out)
+        return out
+
+    def readline(self, limit: int) -> bytes:
+        """One line (with its b"\\n"), or at most `limit` bytes of it."""
+        while True:
+            end = self.buf.find(b"\n", self.i, self.i + limit)
+            if end >= 0:
+                return self.read(end + 1 - self.i)
+            if len(self.buf) - self.i >= limit or self.eof:
+                return self.read(limit)
+            self._fill(len(self.buf) - self.i + self.chunk)
+
+    def skip(self, n: int) -> int:
+        """Drop n bytes without holding them; the number dropped (fewer at the end)."""
+        done = 0
+        while done < n:
+            got = len(self.read(min(n - done, 1 << 20)))
+            if not got:
+                break
+            done += got
+        return done
+
+    def unread(self, data: bytes) -> None:
+        self.buf, self.i = data + self.buf[self.i:], 0
+        self.offset -= len(data)
+
+    def scan(self, pattern: re.Pattern, overlap: int, keep: int = 0) -> tuple[bytes, re.Match | None]:
+        """Move to the next match of `pattern` (at most `overlap` bytes long); returns (the first
+        `keep` bytes passed over, the match) or (..., None) at the end of the stream."""
+        kept: list[bytes] = []
+        need = keep
+        while True:
+            m = pattern.search(self.buf, self.i)
+            if m is not None:
+                passed = m.start() - self.i
+            else:
+                passed = max(0, len(self.buf) - self.i - (0 if self.eof else overlap))
+            if need > 0:
+                kept.append(self.buf[self.i: self.i + min(need, passed)])
+                need -= len(kept[-1])
+            self.i += passed
+            self.offset += passed
+            if m is not None:
+                return b"".join(kept), pattern.match(self.buf, self.i)
+            if self.eof:
+                return b"".join(kept), None
+            self._fill(len(self.buf) - self.i + self.chunk)
 
 
-def _warc_records(path: str, cur: _Cursor):
-    from warcio.archiveiterator import ArchiveIterator
+# -- Common Crawl: WARC framing -------------------------------------------------------------------
+_WARC_HEADER_MAX = 1 << 16
+_WARC_LINE = re.compile(rb"\nWARC/1\.[01]\r?\n")
+_CONTENT_LENGTH = re.compile(rb"^content-length:[ \t]*(\S*)[ \t]*\r?$", re.I | re.M)
+_WARC_TYPE = re.compile(rb"^WARC-Type:[ \t]*(\S+)", re.I | re.M)
+_WARC_TYPES = {"warcinfo", "response", "resource", "request", "metadata", "revisit", "conversion", "continuation"}
+_RECORD_INSIDE = re.compile(rb"\r\n\r\nWARC/1\.[01]\r\n[A-Za-z-]+:")
 
-    with open_input(path) as f:
-        reader = _OneReadAtATime(f)
-        it = ArchiveIterator(reader, check_digests=False)
-        for record in it:
-            cur.offset = it.offset
-            yield record
-        if reader.error is not None:
-            raise EOFError(f"truncated or corrupt compressed data ({reader.error})")
+
+@dataclass
+class _WarcFrame:
+    offset: int
+    header: bytes
+    content: bytes | None  # None: longer than the record limit, passed over unread
+
+
+@dataclass
+class _WarcDamage:
+    offset: int
+    problem: str
+    end: int = 0  # where reading resumed (the next record, or the end of the file)
+
+
+def _skip_blank_lines(src: _Lookahead) -> None:
+    while src.peek(2) == b"\r\n" or src.peek(1) == b"\n":
+        src.read(2 if src.peek(1) == b"\r" else 1)
+
+
+def _warc_header(src: _Lookahead) -> tuple[bytes, int | str]:
+    """The header block of the record starting here (the bytes consumed) and its Content-Length,
+    or what is wrong with it."""
+    first = src.readline(_WARC_HEADER_MAX)
+    if not first.startswith(b"WARC/"):
+        return first, f"no WARC/ version line (found {first[:40]!r})"
+    lines = [first]
+    while True:
+        line = src.readline(_WARC_HEADER_MAX)
+        lines.append(line)
+        if line in (b"\r\n", b"\n"):
+            break
+        if not line.endswith(b"\n") or sum(map(len, lines)) > _WARC_HEADER_MAX:
+            return b"".join(lines), "header block not terminated by a blank line"
+        if line.startswith(b"WARC/"):
+            return b"".join(lines), "header cut short by the next record"
+    header = b"".join(lines)
+    m = _CONTENT_LENGTH.search(header)
+    if m is None or not m.group(1).isdigit():
+        return header, f"invalid Content-Length {m.group(1)[:20]!r}" if m else "no Content-Length"
+    return header, int(m.group(1))
+
+
+def _record_ends_here(src: _Lookahead) -> bool:
+    """Whether a record can end at the current offset: the `\\r\\n\\r\\n` separator follows, or (from
+    a lax writer) a shorter run of line breaks and then the next record's `WARC/` line, or the end
+    of the file. Looks ahead, consumes nothing."""
+    window = src.peek(512)
+    rest = window.lstrip(b"\r\n")
+    if window.startswith(b"\r\n\r\n") or (not rest and len(window) < 512):
+        return True
+    return len(rest) < len(window) and rest.startswith(b"WARC/")
+
+
+def _warc_frame(src: _Lookahead, max_bytes: int) -> _WarcFrame | str:
+    """The record starting at the current offset, or what is wrong with it: its Content-Length
+    must end where a record can end, and its content must not hold the start of another record
+    (a Content-Length too large swallows what follows). On failure the stream is left just after
+    the record's first line, so that the damaged record's own bytes are scanned for the next
+    record."""
+    start = src.offset
+    header, length = _warc_header(src)
+    if isinstance(length, str):
+        src.unread(header[header.find(b"\n") + 1:] if b"\n" in header else b"")
+        return length
+    if length > max_bytes + _WARC_HEADER_MAX:  # too long to hold: passed over, not rescanned
+        if src.skip(length) < length:
+            return f"Content-Length {length} runs past the end of the file"
+        return _WarcFrame(start, header, None) if _record_ends_here(src) else \
+            f"Content-Length {length} does not end at a record boundary"
+    content = src.read(length)
+    if len(content) == length and _record_ends_here(src) and not _RECORD_INSIDE.search(content):
+        return _WarcFrame(start, header, content)
+    src.unread(header[header.index(b"\n") + 1:] + content)
+    if len(content) < length:
+        return f"Content-Length {length} runs past the end of the file"
+    return f"Content-Length {length} does not end at a record boundary"
+
+
+def _warc_frames(f: IO[bytes], max_bytes: int) -> Iterator[_WarcFrame | _WarcDamage]:
+    """Records of a (decompressed) WARC stream, framed by their Content-Length and checked: each
+    must be followed by the `\\r\\n\\r\\n` separator, and the next one must start with `WARC/`.
+    Where that fails, the damaged record or stretch (up to the next `WARC/1.x` line at the start
+    of a line) becomes one `_WarcDamage` and reading resumes at that line. A stretch that runs
+    into the end of a damaged stream (cut compressed data) is left to `_open` to report."""
+    src = _Lookahead(f)
+    damage: _WarcDamage | None = None
+    while True:
+        _skip_blank_lines(src)
+        if not src.peek(1):
+            break
+        start = src.offset
+        frame = _warc_frame(src, max_bytes)
+        if isinstance(frame, _WarcFrame):
+            if damage is not None:
+                damage.end = start
+                yield damage
+                damage = None
+            yield frame
+            continue
+        damage = damage or _WarcDamage(start, frame)
+        _, m = src.scan(_WARC_LINE, overlap=16)
+        if m is None:
+            break
+        src.read(1)  # the line break before `WARC/`
+    if damage is not None and not _damaged(f):
+        damage.end = src.offset
+        yield damage
+
+
+def _warc_records(path: str, source: str, opts: ReadOptions, cur: _Cursor, wanted: str
+                  ) -> Iterator[tuple[_WarcFrame, Any, bytes | None] | dict]:
+    """(frame, warcio record, payload) for each record of type `wanted` (record and payload None:
+    over the record limit), and a `bad_warc_record` REJECT for each damaged record. Records of
+    other types (request, metadata, revisit, warcinfo...) are not documents; they are counted in
+    `cur.passed_over` by type."""
+    from warcio.recordloader import ArcWarcRecordLoader
+
+    loader = ArcWarcRecordLoader()
+    with _open(path, cur) as f:
+        for frame in _warc_frames(f, opts.max_record_bytes):
+            cur.offset = frame.offset
+            if isinstance(frame, _WarcDamage):
+                yield make_reject(source, "read", f"bad_warc_record: {frame.problem} ({frame.end - frame.offset} "
+                                  "bytes skipped to the next record)", None, path, frame.offset)
+                continue
+            m = _WARC_TYPE.search(frame.header)
+            rtype = m.group(1).decode("ascii", "replace").lower() if m else "unknown"
+            if rtype != wanted:
+                kind = f"warc {rtype if rtype in _WARC_TYPES else 'other'}"
+                cur.passed_over[kind] = cur.passed_over.get(kind, 0) + 1
+                continue
+            if frame.content is None:
+                yield frame, None, None
+                continue
+            try:
+                record = loader.parse_record_stream(io.BytesIO(frame.header + frame.content), known_format="warc")
+                payload = record.content_stream().read(opts.max_record_bytes + 1)
+            except Exception as e:  # a record warcio cannot parse is one bad record
+                yield make_reject(source, "read", f"bad_warc_record: {type(e).__name__}: {e}",
+                                  frame.content[:200], path, frame.offset)
+                continue
+            yield frame, record, payload
+
+
+def _too_long(source: str, path: str, cur: _Cursor, opts: ReadOptions, snippet: str | None) -> dict:
+    return make_reject(source, "read", f"record longer than {opts.max_record_bytes} bytes", snippet, path, cur.offset)
+
+
+def _header_uri(header: bytes) -> str | None:
+    m = re.search(rb"^WARC-Target-URI:[ \t]*(\S+)", header, re.I | re.M)
+    return m.group(1).decode("utf-8", "replace") if m else None
 
 
 def read_wet(path: str, source: str, opts: ReadOptions, cur: _Cursor) -> Iterator[dict]:
-    for record in _warc_records(path, cur):
-        if record.rec_type != "conversion":
+    for item in _warc_records(path, source, opts, cur, "conversion"):
+        if isinstance(item, dict):
+            yield item
+            continue
+        frame, record, data = item
+        if data is None or len(data) > opts.max_record_bytes:
+            yield _too_long(source, path, cur, opts, _header_uri(frame.header))
             continue
         h = record.rec_headers
         url, rid = h.get_header("WARC-Target-URI"), h.get_header("WARC-Record-ID")
-        data = record.content_stream().read(opts.max_record_bytes + 1)
-        if len(data) > opts.max_record_bytes:
-            yield make_reject(source, "read", f"record longer than {opts.max_record_bytes} bytes", url, path, cur.offset)
-            continue
         bad = _bad_utf8(data, 0)
         text = data.decode("utf-8", errors="replace")
         meta = {"warc_record_id": rid, "warc_date": h.get_header("WARC-Date"),
@@ -320,20 +648,40 @@ def read_wet(path: str, source: str, opts: ReadOptions, cur: _Cursor) -> Iterato
         yield make_doc(source, cur.id_path, rid or cur.offset, text, url, meta)
 
 
+def _http_status(record) -> tuple[int, str] | None:
+    """(code, status line) of a response record, or None when it has no parsable status."""
+    line = (record.http_headers.get_statuscode() or "") if record.http_headers else ""
+    status = record.http_headers.statusline if record.http_headers else ""
+    return (int(line), status) if line.isdigit() else None
+
+
 def read_warc(path: str, source: str, opts: ReadOptions, cur: _Cursor) -> Iterator[dict]:
-    for record in _warc_records(path, cur):
-        if record.rec_type != "response":
+    """HTML responses with a 2xx status (206 Partial Content excluded: a part of a page); other
+    statuses (redirects, errors) are `http_status` rejects."""
+    for item in _warc_records(path, source, opts, cur, "response"):
+        if isinstance(item, dict):
+            yield item
+            continue
+        frame, record, payload = item
+        if payload is None:
+            yield _too_long(source, path, cur, opts, _header_uri(frame.header))
             continue
         h = record.rec_headers
         url, rid = h.get_header("WARC-Target-URI"), h.get_header("WARC-Record-ID")
-        ctype = record.http_headers.get_header("Content-Type") if record.http_headers else None
+        status = _http_status(record)
+        if status is None:
+            yield make_reject(source, "read", "bad_warc_record: response without an HTTP status line", url, path, cur.offset)
+            continue
+        if not 200 <= status[0] < 300 or status[0] == 206:
+            yield make_reject(source, "read", f"http_status: {status[1]}", url, path, cur.offset)
+            continue
+        ctype = record.http_headers.get_header("Content-Type")
         mime = (ctype or "").split(";")[0].strip().lower()
         if mime not in ("text/html", "application/xhtml+xml"):
             yield make_reject(source, "read", f"not an HTML response ({mime or 'no content-type'})", url, path, cur.offset)
             continue
-        payload = record.content_stream().read(opts.max_record_bytes + 1)
         if len(payload) > opts.max_record_bytes:
-            yield make_reject(source, "read", f"record longer than {opts.max_record_bytes} bytes", url, path, cur.offset)
+            yield _too_long(source, path, cur, opts, url)
             continue
         html, charset = decode_html(payload, ctype)
         try:
@@ -350,74 +698,99 @@ def read_warc(path: str, source: str, opts: ReadOptions, cur: _Cursor) -> Iterat
 
 
 # -- Wikipedia -----------------------------------------------------------------------------------
-class _CountingReader(io.RawIOBase):
-    def __init__(self, f: IO[bytes]):
-        self.f, self.pos = f, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b) -> int:
-        data = self.f.read(len(b))
-        b[: len(data)] = data
-        self.pos += len(data)
-        return len(data)
+_PAGE_OPEN = re.compile(rb"<page[\s>]")
+_PAGE_CLOSE = re.compile(rb"</page\s*>")
+_BASE = re.compile(rb"<base>\s*([^<]*?)\s*</base>")
 
 
 def _local(tag: str) -> str:
     return tag.rsplit("}", 1)[-1]
 
 
-def _child(elem: ET.Element, name: str) -> ET.Element | None:
-    for c in elem:
+def _child(elem: ET.Element | None, name: str) -> ET.Element | None:
+    for c in elem if elem is not None else ():
         if _local(c.tag) == name:
             return c
     return None
 
 
+def _child_text(elem: ET.Element | None, name: str, default: str = "") -> str:
+    c = _child(elem, name)
+    return (c.text or default) if c is not None else default
+
+
+def _wiki_pages(f: IO[bytes], max_bytes: int) -> Iterator[tuple[int, bytes | str]]:
+    """(offset, the bytes of one `<page>...</page>` element) for each page of a dump, or
+    (offset, problem) for a page that cannot be cut out (over the record limit, or not closed
+    before the end of the file). Pages are cut out of the byte stream and parsed one by one, so
+    malformed XML in one page costs that page only. The siteinfo before the first page comes
+    first, as (-1, its first 64 KiB)."""
+    src = _Lookahead(f)
+    head, m = src.scan(_PAGE_OPEN, overlap=8, keep=1 << 16)
+    yield -1, head
+    while m is not None:
+        start = src.offset
+        page, closed = src.scan(_PAGE_CLOSE, overlap=16, keep=max_bytes + 1)
+        if closed is None:
+            if not _damaged(f):
+                yield start, "malformed XML: page not closed before the end of the file"
+            return
+        src.read(closed.end() - closed.start())
+        inner = _PAGE_OPEN.search(page, 1)
+        if inner is not None:  # this page was never closed: the next one starts inside it
+            src.unread(page[inner.start():] + closed.group(0))
+            yield start, "malformed XML: page not closed before the next page"
+        elif len(page) > max_bytes:
+            yield start, f"record longer than {max_bytes} bytes"
+        else:
+            yield start, page + closed.group(0)
+        _, m = src.scan(_PAGE_OPEN, overlap=8)
+
+
 def read_wiki_xml(path: str, source: str, opts: ReadOptions, cur: _Cursor) -> Iterator[dict]:
     base_url = None
-    with open_input(path) as f:
-        counting = _CountingReader(f)
-        root = None
-        for event, elem in ET.iterparse(counting, events=("start", "end")):
-            if root is None:
-                root = elem
-            if event != "end":
+    with _open(path, cur) as f:
+        for offset, page in _wiki_pages(f, opts.max_record_bytes):
+            if offset < 0:
+                m = _BASE.search(page)
+                base_url = m.group(1).decode("utf-8", "replace").rsplit("/", 1)[0] + "/" if m else None
                 continue
-            tag = _local(elem.tag)
-            if tag == "base" and base_url is None:
-                base_url = (elem.text or "").rsplit("/", 1)[0] + "/"
+            cur.offset = offset
+            if isinstance(page, str):
+                yield make_reject(source, "read", page, None, path, offset)
                 continue
-            if tag != "page":
+            try:
+                elem = ET.fromstring(page)
+            except ET.ParseError as e:
+                yield make_reject(source, "read", f"malformed XML: {e}", page, path, offset)
                 continue
-            cur.offset = counting.pos  # decompressed bytes read so far (a block after the page)
-            title = (_child(elem, "title").text or "") if _child(elem, "title") is not None else ""
-            ns = (_child(elem, "ns").text or "0").strip() if _child(elem, "ns") is not None else "0"
-            page_id = (_child(elem, "id").text or "").strip() if _child(elem, "id") is not None else ""
-            rev = _child(elem, "revision")
-            text_el = _child(rev, "text") if rev is not None else None
-            text = (text_el.text or "") if text_el is not None else ""
-            redirect = _child(elem, "redirect") is not None
-            root.clear()
-            if redirect:
-                yield make_reject(source, "read", "wikipedia redirect", title, path, cur.offset,
-                                  id=doc_id(source, cur.id_path, page_id or title))
-                continue
-            if ns != "0":
-                yield make_reject(source, "read", f"wikipedia namespace {ns} (not an article)", title, path,
-                                  cur.offset, id=doc_id(source, cur.id_path, page_id or title))
-                continue
-            if len(text.encode("utf-8")) > opts.max_record_bytes:
-                yield make_reject(source, "read", f"record longer than {opts.max_record_bytes} bytes", title,
-                                  path, cur.offset)
-                continue
-            url = f"{base_url}{title.replace(' ', '_')}" if base_url else None
-            yield make_doc(source, cur.id_path, page_id or title, text, url,
-                           {"title": title, "page_id": page_id, "markup": "wikitext", "file": path})
+            yield _wiki_record(elem, source, path, opts, cur, base_url)
+
+
+def _wiki_record(elem: ET.Element, source: str, path: str, opts: ReadOptions, cur: _Cursor,
+                 base_url: str | None) -> dict:
+    """The DOCUMENT of one parsed <page>, or its REJECT (redirect, not an article, too long)."""
+    title = _child_text(elem, "title")
+    ns = _child_text(elem, "ns", "0").strip()
+    page_id = _child_text(elem, "id").strip()
+    text = _child_text(_child(elem, "revision"), "text")
+    if _child(elem, "redirect") is not None:
+        return make_reject(source, "read", "wikipedia redirect", title, path, cur.offset,
+                           id=doc_id(source, cur.id_path, page_id or title))
+    if ns != "0":
+        return make_reject(source, "read", f"wikipedia namespace {ns} (not an article)", title, path,
+                           cur.offset, id=doc_id(source, cur.id_path, page_id or title))
+    if len(text.encode("utf-8")) > opts.max_record_bytes:
+        return make_reject(source, "read", f"record longer than {opts.max_record_bytes} bytes", title,
+                           path, cur.offset)
+    url = f"{base_url}{title.replace(' ', '_')}" if base_url else None
+    return make_doc(source, cur.id_path, page_id or title, text, url,
+                    {"title": title, "page_id": page_id, "markup": "wikitext", "file": path})
 
 
 def read_wiki_parquet(path: str, source: str, opts: ReadOptions, cur: _Cursor) -> Iterator[dict]:
+    """Row by row, one row group at a time: a row group that cannot be decoded is one REJECT (at
+    its first row) and the others are still read."""
     import pyarrow.parquet as pq
 
     with fsspec.open(path, "rb") as f:
@@ -427,21 +800,32 @@ def read_wiki_parquet(path: str, source: str, opts: ReadOptions, cur: _Cursor) -
             yield make_reject(source, "read", f"parquet file has no 'text' column (columns: {pf.schema_arrow.names})",
                               None, path, 0)
             return
-        row = 0
-        for batch in pf.iter_batches(batch_size=256, columns=cols):
-            for rec in batch.to_pylist():
-                cur.offset = row
-                text = rec.get("text")
-                if not isinstance(text, str):
-                    yield make_reject(source, "read", "null text", str(rec.get("title")), path, row)
-                elif len(text) > opts.max_record_bytes:
-                    yield make_reject(source, "read", f"record longer than {opts.max_record_bytes} bytes",
-                                      str(rec.get("title")), path, row)
-                else:
-                    native = rec.get("id") if rec.get("id") is not None else row
-                    yield make_doc(source, cur.id_path, native, text, rec.get("url"),
-                                   {"title": rec.get("title"), "page_id": rec.get("id"), "row": row, "file": path})
-                row += 1
+        first = 0
+        for group in range(pf.num_row_groups):
+            rows = pf.metadata.row_group(group).num_rows
+            row = first
+            try:
+                for batch in pf.iter_batches(batch_size=256, columns=cols, row_groups=[group]):
+                    for rec in batch.to_pylist():
+                        cur.offset = row
+                        yield _parquet_record(rec, row, source, path, opts, cur)
+                        row += 1
+            except Exception as e:  # a corrupt page or column chunk
+                yield make_reject(source, "read", f"unreadable row group {group} (rows {row}-{first + rows - 1}): "
+                                  f"{type(e).__name__}: {e}"[:500], None, path, row)
+            first += rows
+
+
+def _parquet_record(rec: dict, row: int, source: str, path: str, opts: ReadOptions, cur: _Cursor) -> dict:
+    text = rec.get("text")
+    if not isinstance(text, str):
+        return make_reject(source, "read", "null text", str(rec.get("title")), path, row)
+    if len(text) > opts.max_record_bytes:
+        return make_reject(source, "read", f"record longer than {opts.max_record_bytes} bytes",
+                           str(rec.get("title")), path, row)
+    native = rec.get("id") if rec.get("id") is not None else row
+    return make_doc(source, cur.id_path, native, text, rec.get("url"),
+                    {"title": rec.get("title"), "page_id": rec.get("id"), "row": row, "file": path})
 
 
 # -- books ---------------------------------------------------------------------------------------
@@ -451,8 +835,8 @@ def _read_bounded(f: IO[bytes], limit: int) -> bytes | None:
 
 
 def read_text(path: str, source: str, opts: ReadOptions, cur: _Cursor) -> Iterator[dict]:
-    """One document per file (UTF-8, BOM allowed)."""
-    with open_input(path) as f:
+    """One document per file (UTF-8, BOM allowed); a file cut short is a REJECT, not half a book."""
+    with _open(path, cur) as f:
         data = _read_bounded(f, opts.max_record_bytes)
     if data is None:
         yield make_reject(source, "read", f"file longer than {opts.max_record_bytes} bytes", None, path, 0)
@@ -468,9 +852,20 @@ def read_text(path: str, source: str, opts: ReadOptions, cur: _Cursor) -> Iterat
 
 
 # -- arXiv ---------------------------------------------------------------------------------------
+class ExpansionLimit(ValueError):
+    """A paper that expands past a limit: a tar that unpacks to too much, .tex files too large
+    together, or `\\input`s that fan out or nest too deep (decompression and inclusion bombs)."""
+
+
+_MAX_INPUTS = 10_000  # \input inclusions in one paper (real papers have tens)
+
+
 class _Prefixed(io.RawIOBase):
-    def __init__(self, head: bytes, f: IO[bytes]):
-        self.head, self.f = head, f
+    """`head` then the rest of `f`, raising ExpansionLimit once more than `limit` bytes are read
+    (tar members skipped unread must still be decompressed to get past them)."""
+
+    def __init__(self, head: bytes, f: IO[bytes], limit: int):
+        self.head, self.f, self.limit, self.read_bytes = head, f, limit, 0
 
     def readable(self) -> bool:
         return True
@@ -480,10 +875,14 @@ class _Prefixed(io.RawIOBase):
             n = min(len(b), len(self.head))
             b[:n] = self.head[:n]
             self.head = self.head[n:]
-            return n
-        data = self.f.read(len(b))
-        b[: len(data)] = data
-        return len(data)
+        else:
+            data = self.f.read(len(b))
+            n = len(data)
+            b[:n] = data
+        self.read_bytes += n
+        if self.read_bytes > self.limit:
+            raise ExpansionLimit(f"the archive unpacks to more than {self.limit} bytes")
+        return n
 
 
 _TEX_SUFFIXES = (".tex", ".ltx", ".latex")
@@ -514,10 +913,16 @@ def find_main_tex(files: dict[str, str]) -> str | None:
     return sorted(cands, key=rank)[0]
 
 
-def resolve_inputs(files: dict[str, str], main: str, max_depth: int = 8) -> str:
+def resolve_inputs(files: dict[str, str], main: str, max_depth: int = 8, max_chars: int = 16 << 20) -> str:
     """Inline \\input / \\include / \\subfile targets (relative to the archive root or the including
-    file, `.tex` optional); missing targets are left out, cycles cut."""
+    file, `.tex` optional); missing targets are left out, cycles cut.
+
+    Raises ExpansionLimit when the inlined text would exceed `max_chars`, inputs nest deeper than
+    `max_depth`, or more than _MAX_INPUTS inclusions are made: a few hundred bytes of `\\input`s
+    that fan out can otherwise expand to gigabytes. The budget is charged before each file is
+    inlined, so a bomb stops after at most `max_chars` of work."""
     names = {PurePosixPath(n).as_posix().removeprefix("./"): n for n in files}
+    spent = {"chars": 0, "inputs": 0}
 
     def lookup(target: str, here: str) -> str | None:
         target = target.strip().strip('"')
@@ -528,7 +933,16 @@ def resolve_inputs(files: dict[str, str], main: str, max_depth: int = 8) -> str:
                 return names[key]
         return None
 
+    def charge(name: str) -> None:
+        spent["chars"] += len(files[name])
+        spent["inputs"] += 1
+        if spent["chars"] > max_chars:
+            raise ExpansionLimit(f"\\input expansion over {max_chars} characters")
+        if spent["inputs"] > _MAX_INPUTS:
+            raise ExpansionLimit(f"more than {_MAX_INPUTS} \\input inclusions")
+
     def expand(name: str, depth: int, stack: tuple[str, ...]) -> str:
+        charge(name)
         text = files[name]
 
         def sub(m: re.Match) -> str:
@@ -537,8 +951,10 @@ def resolve_inputs(files: dict[str, str], main: str, max_depth: int = 8) -> str:
                 return m.group(0)  # commented out
             target = m.group(2) or m.group(3)
             found = lookup(target, name)
-            if found is None or found in stack or depth >= max_depth:
+            if found is None or found in stack:
                 return ""
+            if depth >= max_depth:
+                raise ExpansionLimit(f"\\input nested deeper than {max_depth} levels")
             return expand(found, depth + 1, stack + (found,))
 
         return _INPUT.sub(sub, text)
@@ -550,38 +966,73 @@ def _arxiv_id(name: str) -> str:
     return re.sub(r"(\.(tar|gz|tgz|tex|zip))+$", "", PurePosixPath(name).name)
 
 
+@dataclass
+class _Sources:
+    """What one arXiv tar holds: .tex files, gzip'd papers (a bulk tar) and rejects of members."""
+    files: dict[str, str] = field(default_factory=dict)
+    nested: list[tuple[str, int, bytes]] = field(default_factory=list)
+    rejects: list[dict] = field(default_factory=list)
+
+
+def _tar_sources(f: IO[bytes], head: bytes, path: str, source: str, opts: ReadOptions, cur: _Cursor,
+                 member: str | None) -> _Sources:
+    """The .tex files (and, at the top level, gzip'd papers) of a tar stream, within the limits:
+    each member at most max_record_bytes, the .tex files together at most max_record_bytes, the
+    whole tar at most max_archive_bytes unpacked (else ExpansionLimit)."""
+    where = f"{member}: " if member else ""
+    out, tex_bytes, expected = _Sources(), 0, 0
+    stream = io.BufferedReader(_Prefixed(head, f, opts.max_archive_bytes))
+    # ignore_zeros: past a damaged member header, go on block by block to the next good header
+    # (tarfile would otherwise end the archive there without a word)
+    with tarfile.open(fileobj=stream, mode="r|", ignore_zeros=True) as tar:
+        for m in tar:
+            if member is None:
+                cur.offset = m.offset
+            if m.offset > expected:
+                out.rejects.append(make_reject(
+                    source, "read", f"bad_tar_header: {where}{m.offset - expected} bytes at offset {expected} "
+                    "skipped to the next member header (a damaged header and its member)", None, path, expected))
+            expected = m.offset_data + -(-m.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+            low = m.name.lower()
+            if not m.isfile() or not (low.endswith(_TEX_SUFFIXES) or (member is None and low.endswith(".gz"))):
+                continue
+            if m.size > opts.max_record_bytes:
+                out.rejects.append(make_reject(source, "read", f"{where}{m.name}: longer than {opts.max_record_bytes} bytes",
+                                               None, path, cur.offset))
+                continue
+            data = tar.extractfile(m).read()
+            if low.endswith(".gz"):
+                out.nested.append((m.name, m.offset, data))
+                continue
+            tex_bytes += len(data)
+            if tex_bytes > opts.max_record_bytes:
+                raise ExpansionLimit(f"the .tex files hold more than {opts.max_record_bytes} bytes")
+            out.files[m.name] = _decode_tex(data)
+    return out
+
+
 def _read_paper(f: IO[bytes], path: str, source: str, opts: ReadOptions, cur: _Cursor, arxiv_id: str,
                 member: str | None = None) -> Iterator[dict]:
     """One paper from a decompressed stream: a tar of sources or a single .tex. A tar holding
-    gzip'd papers instead of .tex files (arXiv's bulk source tars) yields each of those papers."""
+    gzip'd papers instead of .tex files (arXiv's bulk source tars) yields each of those papers.
+    A paper past a limit (see ExpansionLimit) is one `expansion_limit` REJECT."""
+    try:
+        yield from _paper(f, path, source, opts, cur, arxiv_id, member)
+    except ExpansionLimit as e:
+        where = f"{member}: " if member else ""
+        yield make_reject(source, "read", f"expansion_limit: {where}{e}", None, path, cur.offset if member else 0)
+
+
+def _paper(f: IO[bytes], path: str, source: str, opts: ReadOptions, cur: _Cursor, arxiv_id: str,
+           member: str | None) -> Iterator[dict]:
     where = f"{member}: " if member else ""
     head = f.read(512)
-    nested: list[tuple[str, int, bytes]] = []
     if len(head) >= 262 and head[257:262] == b"ustar":
-        files: dict[str, str] = {}
-        with tarfile.open(fileobj=io.BufferedReader(_Prefixed(head, f)), mode="r|") as tar:
-            for m in tar:
-                cur.offset = m.offset
-                low = m.name.lower()
-                if not m.isfile() or not (low.endswith(_TEX_SUFFIXES) or (member is None and low.endswith(".gz"))):
-                    continue
-                if m.size > opts.max_record_bytes:
-                    yield make_reject(source, "read", f"{where}{m.name}: longer than {opts.max_record_bytes} bytes",
-                                      None, path, m.offset)
-                    continue
-                data = tar.extractfile(m).read()
-                if low.endswith(".gz"):
-                    nested.append((m.name, m.offset, data))
-                else:
-                    files[m.name] = _decode_tex(data)
-        if not files and nested:
-            for name, offset, data in nested:
-                cur.offset = offset
-                try:
-                    with gzip.GzipFile(fileobj=io.BytesIO(data)) as g:
-                        yield from _read_paper(g, path, source, opts, cur, _arxiv_id(name), member=name)
-                except (OSError, EOFError, tarfile.TarError) as e:
-                    yield make_reject(source, "read", f"{name}: unreadable: {type(e).__name__}: {e}", None, path, offset)
+        got = _tar_sources(f, head, path, source, opts, cur, member)
+        yield from got.rejects
+        files = got.files
+        if not files and got.nested:
+            yield from _nested_papers(got.nested, path, source, opts, cur)
             return
     else:
         rest = _read_bounded(f, max(0, opts.max_record_bytes - len(head)))
@@ -602,17 +1053,29 @@ def _read_paper(f: IO[bytes], path: str, source: str, opts: ReadOptions, cur: _C
         yield make_reject(source, "read", f"{where}no main .tex file (no \\documentclass in {sorted(files)[:5]})",
                           None, path, cur.offset if member else 0)
         return
-    text = resolve_inputs(files, main)
+    text = resolve_inputs(files, main, opts.max_input_depth, opts.max_record_bytes)
     meta = {"arxiv_id": arxiv_id, "main_file": main, "tex_files": len(files), "file": path}
     if member:
         meta.update(member=member, offset=cur.offset)
     yield make_doc(source, cur.id_path, arxiv_id, text, f"https://arxiv.org/abs/{arxiv_id}", meta)
 
 
+def _nested_papers(nested: list[tuple[str, int, bytes]], path: str, source: str, opts: ReadOptions,
+                   cur: _Cursor) -> Iterator[dict]:
+    """The gzip'd papers of a bulk tar, each on its own: one that cannot be read is one REJECT."""
+    for name, offset, data in nested:
+        cur.offset = offset
+        try:
+            with gzip.GzipFile(fileobj=io.BytesIO(data)) as g:
+                yield from _read_paper(g, path, source, opts, cur, _arxiv_id(name), member=name)
+        except Exception as e:  # corrupt gzip (zlib.error, OSError), broken tar...
+            yield make_reject(source, "read", f"{name}: unreadable: {type(e).__name__}: {e}"[:500], None, path, offset)
+
+
 def read_arxiv(path: str, source: str, opts: ReadOptions, cur: _Cursor) -> Iterator[dict]:
     """One paper per file (a gzip'd tar of sources or a single gzip'd .tex), or a bulk tar of
     gzip'd papers."""
-    with open_input(path) as f:
+    with _open(path, cur) as f:
         yield from _read_paper(f, path, source, opts, cur, _arxiv_id(path))
 
 
@@ -625,17 +1088,23 @@ READERS: dict[str, Callable[[str, str, ReadOptions, _Cursor], Iterator[dict]]] =
 
 
 def read_file(path: str, fmt: str, source: str, opts: ReadOptions = ReadOptions(),
-              id_path: str | None = None) -> Iterator[dict]:
+              id_path: str | None = None, passed_over: dict[str, int] | None = None) -> Iterator[dict]:
     """Documents and REJECTs of one raw file; never raises for bad content (see module doc).
     `id_path`: the name the file's records are identified by (default: `path`); giving the path
-    relative to the configured input directory keeps ids the same wherever the inputs live."""
+    relative to the configured input directory keeps ids the same wherever the inputs live.
+    `passed_over`: if given, receives the counts of records that are neither documents nor
+    rejects, by kind ("warc request", "warc metadata", "pile other subsets"...)."""
     if fmt not in READERS:
         raise ValueError(f"unknown text format {fmt!r} (formats: {', '.join(READERS)})")
-    for rec in _read_file(path, fmt, source, opts, _Cursor(id_path=id_path or path)):
+    cur = _Cursor(id_path=id_path or path)
+    for rec in _read_file(path, fmt, source, opts, cur):
         if is_reject(rec) and id_path and rec["id"] == make_reject(
                 source, rec["stage"], rec["reason"], None, path, rec["offset"])["id"]:
             rec["id"] = make_reject(source, rec["stage"], rec["reason"], None, id_path, rec["offset"])["id"]
         yield rec
+    if passed_over is not None:
+        for kind, n in cur.passed_over.items():
+            passed_over[kind] = passed_over.get(kind, 0) + n
 
 
 def _read_file(path: str, fmt: str, source: str, opts: ReadOptions, cur: _Cursor) -> Iterator[dict]:
@@ -651,8 +1120,14 @@ def _read_file(path: str, fmt: str, source: str, opts: ReadOptions, cur: _Cursor
                 continue
             yield rec
     except Exception as e:  # a file that breaks part-way: keep what was read, record where it broke
+        offset = cur.offset
+        if isinstance(e, _Damaged):
+            offset, e = e.offset, e.cause
+        elif cur.stream is not None and cur.stream.error is not None:
+            # the reader stumbled over the end of a damaged stream: report the damage itself
+            offset, e = cur.stream.pos, cur.stream.error
         reason = f"unreadable from here on: {type(e).__name__}: {e}"
-        yield make_reject(source, "read", reason[:500], None, path, cur.offset)
+        yield make_reject(source, "read", reason[:500], None, path, offset)
 
 
 def read_files(paths: Iterable[str], fmt: str, source: str, opts: ReadOptions = ReadOptions()) -> Iterator[dict]:

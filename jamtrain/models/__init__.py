@@ -22,6 +22,7 @@ from jamtrain.models.config import (  # noqa: F401
     backbone_config,
 )
 from jamtrain.models.fusion import FusionError, JamCross, fuse_cross, fuse_uniform, fuse_width  # noqa: F401
+from jamtrain.models.resize import NOISE, extend_vocab  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +37,27 @@ def _parents(cfg: Config, arch: BackboneConfig) -> tuple[Backbone, Backbone]:
         log.warning("no parent checkpoints given: fusing two randomly initialised %d-layer backbones", arch.n_layers)
         return Backbone(arch), Backbone(arch)
     parents = []
-    for key in ("text_checkpoint", "image_checkpoint"):
-        model = load_backbone(cfg.get(key, str), arch)
-        if model.cfg.vocab_size != arch.vocab_size:
-            raise ConfigError(f"{cfg.prefix}.{key}", f"checkpoint vocabulary {model.cfg.vocab_size} != "
-                              f"data vocabulary {arch.vocab_size}", source=cfg.source)
+    for n, key in enumerate(("text_checkpoint", "image_checkpoint")):
+        model = _fit_vocab(cfg, key, load_backbone(cfg.get(key, str), arch), arch.vocab_size, n)
         parents.append(model)
     return parents[0], parents[1]
+
+
+def _fit_vocab(cfg: Config, key: str, model: nn.Module, vocab_size: int, offset: int = 0) -> nn.Module:
+    """A loaded model whose vocabulary matches the data's: with `extend_vocab: true` a smaller
+    backbone (e.g. an imported LLaMA, text pieces only) gets the missing rows (resize.py; seed
+    `extend_vocab_seed` + 0 for the text parent, + 1 for the image parent)."""
+    vs = model.cfg.backbone.vocab_size if isinstance(model, JamCross) else model.cfg.vocab_size
+    if vs < vocab_size and isinstance(model, Backbone) and cfg.get("extend_vocab", bool, default=False):
+        seed = int(cfg.number("extend_vocab_seed", default=0, lo=0))
+        noise = float(cfg.number("extend_vocab_noise", default=NOISE, lo=0))
+        log.info("%s: extending the vocabulary from %d to %d rows", cfg.get(key, str), vs, vocab_size)
+        return extend_vocab(model, vocab_size, seed + offset, noise)
+    if vs != vocab_size:
+        hint = " (set extend_vocab: true to add the missing rows)" if vs < vocab_size else ""
+        raise ConfigError(f"{cfg.prefix}.{key}", f"checkpoint vocabulary {vs} != data vocabulary {vocab_size}{hint}",
+                          source=cfg.source)
+    return model
 
 
 def default_text_rows(cfg: Config, vocab_size: int) -> int:
@@ -65,11 +80,7 @@ def build_model(model_cfg: dict | Config, vocab_size: int, prefix: str = "train.
     cfg.check_keys(MODEL_KEYS)
     ac = cfg.get("activation_checkpointing", bool, default=False)
     if cfg.has("checkpoint"):
-        model = load_model(cfg.get("checkpoint", str))
-        vs = model.cfg.backbone.vocab_size if isinstance(model, JamCross) else model.cfg.vocab_size
-        if vs != vocab_size:
-            raise ConfigError(f"{cfg.prefix}.checkpoint", f"checkpoint vocabulary {vs} != data vocabulary {vocab_size}",
-                              source=cfg.source)
+        model = _fit_vocab(cfg, "checkpoint", load_model(cfg.get("checkpoint", str)), vocab_size)
         _set_checkpointing(model, ac)
         return model
     arch = backbone_config(cfg, vocab_size)

@@ -1,5 +1,8 @@
-"""The decoder backbone (CM3leon/OPT-like): pre-norm LayerNorm, bias-free linear layers, learned or
-rotary positions, GELU or SwiGLU FFN, tied or untied output head, document-aware attention."""
+"""The decoder backbone: pre-norm, bias-free linear layers, document-aware causal attention.
+
+Two families share one implementation: CM3leon/OPT-like (LayerNorm, GELU, learned positions) and
+LLaMA-like (RMSNorm, SwiGLU, rotary positions in the Hugging Face rotate-half layout, grouped-query
+attention); tied or untied output head in both. The config keys pick the pieces (config.py)."""
 from __future__ import annotations
 
 import math
@@ -13,24 +16,35 @@ from jamtrain.models.config import BackboneConfig
 
 
 class GroupedLayerNorm(nn.Module):
-    """LayerNorm over `groups` equal slices of the hidden dim (groups=1: plain LayerNorm).
+    """LayerNorm or RMSNorm over `groups` equal slices of the hidden dim (groups=1: the plain norm).
 
     JAM-Width uses groups=2 so that each half of the doubled width is normalised exactly as its
-    parent normalised it."""
+    parent normalised it. RMSNorm follows LLaMA / Hugging Face `LlamaRMSNorm`: statistics in fp32,
+    `weight * (x / rms(x))` cast back to the input dtype, no bias."""
 
-    def __init__(self, dim: int, groups: int = 1, eps: float = 1e-5, bias: bool = False):
+    def __init__(self, dim: int, groups: int = 1, eps: float = 1e-5, bias: bool = False, kind: str = "layernorm"):
         super().__init__()
-        self.dim, self.groups, self.eps = dim, groups, eps
+        if kind == "rmsnorm" and bias:
+            raise ValueError("RMSNorm has no bias")
+        self.dim, self.groups, self.eps, self.kind = dim, groups, eps, kind
         self.weight = nn.Parameter(torch.ones(dim))
         self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "rmsnorm":
+            h = x.float().unflatten(-1, (self.groups, self.dim // self.groups))
+            h = (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)).flatten(-2)
+            return self.weight * h.to(x.dtype)
         if self.groups == 1:
             return F.layer_norm(x, (self.dim,), self.weight, self.bias, self.eps)
         g = x.unflatten(-1, (self.groups, self.dim // self.groups))
         y = F.layer_norm(g, (self.dim // self.groups,), None, None, self.eps).flatten(-2)
         y = y * self.weight
         return y + self.bias if self.bias is not None else y
+
+
+def make_norm(cfg: BackboneConfig) -> GroupedLayerNorm:
+    return GroupedLayerNorm(cfg.d_model, cfg.norm_groups, cfg.norm_eps, cfg.norm_bias, cfg.norm)
 
 
 def rotary_tables(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,6 +55,9 @@ def rotary_tables(positions: torch.Tensor, head_dim: int, theta: float) -> tuple
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate channel i with channel i + head_dim/2 (the "rotate-half" layout of Hugging Face
+    LLaMA checkpoints, whose q/k projections are permuted to it; Meta's original interleaved
+    layout would pair channels 2i and 2i+1)."""
     x1, x2 = x.float().chunk(2, dim=-1)
     out = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
     return out.to(x.dtype)
@@ -81,26 +98,32 @@ class AttnContext:
 
 
 class SelfAttention(nn.Module):
+    """Causal self-attention; with n_kv_heads < n_heads, grouped-query attention: query head h
+    reads key/value head h // (n_heads / n_kv_heads), as Hugging Face's `repeat_kv` does."""
+
     def __init__(self, cfg: BackboneConfig):
         super().__init__()
-        d = cfg.d_model
-        self.n_heads, self.head_dim = cfg.n_heads, cfg.head_dim
+        d, kv = cfg.d_model, cfg.kv_heads * cfg.head_dim
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_dim
         self.q_proj = nn.Linear(d, d, bias=False)
-        self.k_proj = nn.Linear(d, d, bias=False)
-        self.v_proj = nn.Linear(d, d, bias=False)
+        self.k_proj = nn.Linear(d, kv, bias=False)
+        self.v_proj = nn.Linear(d, kv, bias=False)
         self.o_proj = nn.Linear(d, d, bias=False)
 
     def forward(self, x: torch.Tensor, ctx: AttnContext) -> torch.Tensor:
         B, L, _ = x.shape
-        shape = (B, L, self.n_heads, self.head_dim)
-        q = self.q_proj(x).view(shape).transpose(1, 2)
-        k = self.k_proj(x).view(shape).transpose(1, 2)
-        v = self.v_proj(x).view(shape).transpose(1, 2)
+        q = self.q_proj(x).view(B, L, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
         if ctx.rope is not None:
             q, k = apply_rotary(q, *ctx.rope), apply_rotary(k, *ctx.rope)
+        gqa = self.n_kv_heads != self.n_heads
         if ctx.mask is None:
-            o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
         else:
+            if gqa:  # the memory-efficient (masked) SDPA backend has no GQA: expand k/v instead
+                rep = self.n_heads // self.n_kv_heads
+                k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.mask)
         return self.o_proj(o.transpose(1, 2).reshape(B, L, -1))
 
@@ -122,9 +145,9 @@ class FeedForward(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg: BackboneConfig):
         super().__init__()
-        self.attn_norm = GroupedLayerNorm(cfg.d_model, cfg.norm_groups, cfg.norm_eps, cfg.norm_bias)
+        self.attn_norm = make_norm(cfg)
         self.attn = SelfAttention(cfg)
-        self.ffn_norm = GroupedLayerNorm(cfg.d_model, cfg.norm_groups, cfg.norm_eps, cfg.norm_bias)
+        self.ffn_norm = make_norm(cfg)
         self.ffn = FeedForward(cfg)
 
     def forward(self, x: torch.Tensor, ctx: AttnContext) -> torch.Tensor:
@@ -145,7 +168,7 @@ class Backbone(nn.Module):
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.pos_emb = nn.Embedding(cfg.max_seq_len, cfg.d_model) if cfg.positions == "learned" else None
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
-        self.norm = GroupedLayerNorm(cfg.d_model, cfg.norm_groups, cfg.norm_eps, cfg.norm_bias)
+        self.norm = make_norm(cfg)
         self.head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.reset_parameters()
 

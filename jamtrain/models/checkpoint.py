@@ -33,11 +33,16 @@ def describe(model: nn.Module) -> dict:
     raise TypeError(f"not a jam model: {type(model).__name__}")
 
 
-def save_model(model: nn.Module, path: str | Path) -> Path:
-    """Write weights + architecture atomically (local paths); the format follows the suffix."""
-    path = Path(path)
-    meta = describe(model)
+def save_model(model: nn.Module, path: str | Path, info: dict | None = None) -> Path:
+    """Write weights + architecture atomically (local paths); the format follows the suffix.
+    `info` adds keys to the description (e.g. "hf_config", where an imported model came from)."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    return save_state(state, {**describe(model), **(info or {})}, path)
+
+
+def save_state(state: dict[str, torch.Tensor], meta: dict, path: str | Path) -> Path:
+    """Write a state dict with its description ({"kind", "config", ...}) without building the model."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:  # write beside the target and rename: a killed job never leaves a complete-looking file
@@ -75,6 +80,21 @@ def read_checkpoint(path: str | Path) -> tuple[dict | None, dict[str, torch.Tens
     if isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return None, obj
     raise CheckpointError(f"{path}: not a state dict or a jam checkpoint")
+
+
+def read_description(path: str | Path) -> dict | None:
+    """The description alone; for safetensors only the header is read (no tensors)."""
+    path = Path(path)
+    if path.suffix != ".safetensors" or not path.exists():
+        return read_checkpoint(path)[0]
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = (f.metadata() or {}).get("jam_model")
+    except Exception as e:
+        raise CheckpointError(f"{path}: cannot read weights ({type(e).__name__}: {e})") from None
+    return json.loads(meta) if meta else None
 
 
 def _load_into(model: nn.Module, state: dict, path) -> nn.Module:

@@ -7,6 +7,7 @@ from jamdata.config import Config, ConfigError
 
 POSITIONS = ("learned", "rotary")
 ACTIVATIONS = ("gelu", "swiglu")
+NORMS = ("layernorm", "rmsnorm")
 FUSIONS = ("none", "uniform", "width", "cross")
 HEAD_INITS = ("text", "image", "average")
 CROSS_EMBEDDINGS = ("shared", "separate")
@@ -15,16 +16,23 @@ KERNELS = ("auto", "triton", "reference")
 
 @dataclass(frozen=True)
 class BackboneConfig:
-    """A CM3leon/OPT-like decoder: pre-norm LayerNorm, no biases in linear layers."""
+    """A pre-norm decoder with bias-free linear layers.
+
+    The defaults describe the CM3leon/OPT-like backbone (LayerNorm, GELU, learned positions, one
+    key/value head per query head). `norm="rmsnorm"`, `activation="swiglu"`, `positions="rotary"`
+    and `n_kv_heads < n_heads` (grouped-query attention) describe the LLaMA family, which is what
+    `jamtrain model import` produces from a Hugging Face `LlamaForCausalLM` checkpoint."""
     vocab_size: int
     n_layers: int = 2
     d_model: int = 64
     n_heads: int = 4
+    n_kv_heads: int = 0           # key/value heads (grouped-query attention); 0 = n_heads
     d_ff: int = 256
     max_seq_len: int = 512
     positions: str = "learned"
     activation: str = "gelu"
     tie_embeddings: bool = False
+    norm: str = "layernorm"       # "layernorm" or "rmsnorm" (LLaMA)
     norm_eps: float = 1e-5
     norm_bias: bool = False
     norm_groups: int = 1          # >1 only in JAM-Width: each half normalised on its own
@@ -41,12 +49,23 @@ class BackboneConfig:
             raise ValueError(f"positions must be one of {POSITIONS}, got {self.positions!r}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+        if self.n_kv_heads < 0 or self.n_heads % self.kv_heads:
+            raise ValueError(f"n_kv_heads {self.n_kv_heads} must divide n_heads {self.n_heads}")
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
+        if self.norm == "rmsnorm" and self.norm_bias:
+            raise ValueError("norm_bias is a LayerNorm option; rmsnorm has a weight only")
         if self.positions == "rotary" and self.head_dim % 2:
             raise ValueError(f"rotary positions need an even head_dim, got {self.head_dim}")
 
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads: `n_kv_heads`, or one per query head when it is 0."""
+        return self.n_kv_heads or self.n_heads
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -97,11 +116,13 @@ PRESETS: dict[str, dict] = {
     "7b": dict(n_layers=32, d_model=4096, n_heads=32, d_ff=16384, max_seq_len=4096),
 }
 
-BACKBONE_KEYS = ("n_layers", "d_model", "n_heads", "d_ff", "max_seq_len", "positions", "activation",
-                 "tie_embeddings", "norm_eps", "norm_bias", "rope_theta", "init_std", "reset_positions")
+BACKBONE_KEYS = ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_ff", "max_seq_len", "positions",
+                 "activation", "norm", "tie_embeddings", "norm_eps", "norm_bias", "rope_theta", "init_std",
+                 "reset_positions")
 MODEL_KEYS = ("preset", *BACKBONE_KEYS, "fusion", "checkpoint", "text_checkpoint", "image_checkpoint",
               "uniform_weight", "width_head", "cross_every", "cross_heads", "cross_embedding",
-              "cross_head", "text_rows", "n_image_codes", "cross_kernel", "activation_checkpointing")
+              "cross_head", "text_rows", "n_image_codes", "cross_kernel", "activation_checkpointing",
+              "extend_vocab", "extend_vocab_seed", "extend_vocab_noise")
 
 
 def backbone_config(cfg: Config, vocab_size: int) -> BackboneConfig:
@@ -114,6 +135,11 @@ def backbone_config(cfg: Config, vocab_size: int) -> BackboneConfig:
             values[key] = int(cfg.number(key, lo=1))
     if cfg.has("d_model") and not cfg.has("d_ff"):
         values["d_ff"] = 4 * values["d_model"]
+    kv = cfg.number("n_kv_heads", default=0, lo=0)
+    if kv != int(kv):
+        raise ConfigError(cfg._key("n_kv_heads"), f"must be a whole number, got {kv!r}", source=cfg.source)
+    values["n_kv_heads"] = int(kv)
+    values["norm"] = cfg.choice("norm", NORMS, default="layernorm")
     values["positions"] = cfg.choice("positions", POSITIONS, default="learned")
     values["activation"] = cfg.choice("activation", ACTIVATIONS, default="gelu")
     values["tie_embeddings"] = cfg.get("tie_embeddings", bool, default=False)

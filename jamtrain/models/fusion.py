@@ -2,8 +2,10 @@
 
 - `fuse_uniform`: one model, parameters w * text + (1 - w) * image.
 - `fuse_width`: one model of twice the width. Block-diagonal copies: hidden = [text half | image
-  half], heads 0..H-1 from the text model and H..2H-1 from the image model, FFN units side by side,
-  every cross block zero, LayerNorms normalising each half separately (norm_groups=2). At
+  half], heads 0..H-1 from the text model and H..2H-1 from the image model (with grouped-query
+  attention likewise key/value heads 0..G-1 and G..2G-1, so every query head keeps its parent's
+  key/value head), FFN units side by side, every cross block zero, norms (LayerNorm or RMSNorm)
+  normalising each half separately (norm_groups=2). At
   initialisation the text half of every hidden state equals the text parent's and the image half
   the image parent's. The head is [a * W_text | (1 - a) * W_image], so the logits are
   a * text_logits + (1 - a) * image_logits (a = 1, 0, 0.5 for width_head text/image/average).
@@ -65,8 +67,8 @@ def fuse_uniform(text: Backbone, image: Backbone, weight: float = 0.5) -> Backbo
 # ----------------------------------------------------------------------------------------- width
 def width_config(cfg: BackboneConfig) -> BackboneConfig:
     d = cfg.to_dict()
-    d.update(d_model=2 * cfg.d_model, n_heads=2 * cfg.n_heads, d_ff=2 * cfg.d_ff, norm_groups=2,
-             tie_embeddings=False)
+    d.update(d_model=2 * cfg.d_model, n_heads=2 * cfg.n_heads, n_kv_heads=2 * cfg.n_kv_heads, d_ff=2 * cfg.d_ff,
+             norm_groups=2, tie_embeddings=False)
     return BackboneConfig.from_dict(d)
 
 
@@ -108,14 +110,14 @@ class CrossBlock(nn.Module):
     block (not each other's update) and run in one fused kernel call. Causal: position p of one stream sees positions <= p of the other, within the same
     document when segment ids are given."""
 
-    def __init__(self, d_model: int, n_heads: int, eps: float = 1e-5, bias: bool = False):
+    def __init__(self, d_model: int, n_heads: int, eps: float = 1e-5, bias: bool = False, norm: str = "layernorm"):
         super().__init__()
         if d_model % n_heads:
             raise ValueError(f"d_model {d_model} is not divisible by cross_heads {n_heads}")
         self.n_heads, self.head_dim = n_heads, d_model // n_heads
         for s in ("t", "i"):
-            setattr(self, f"q_norm_{s}", GroupedLayerNorm(d_model, 1, eps, bias))
-            setattr(self, f"kv_norm_{s}", GroupedLayerNorm(d_model, 1, eps, bias))
+            setattr(self, f"q_norm_{s}", GroupedLayerNorm(d_model, 1, eps, bias, norm))
+            setattr(self, f"kv_norm_{s}", GroupedLayerNorm(d_model, 1, eps, bias, norm))
             for p in ("q", "k", "v", "o"):
                 setattr(self, f"{p}_{s}", nn.Linear(d_model, d_model, bias=False))
             setattr(self, f"gate_{s}", nn.Parameter(torch.zeros(1)))  # 1-d: ZeRO-friendly
@@ -153,7 +155,8 @@ class JamCross(nn.Module):
         self.cfg = cfg
         self.text = Backbone(b, activation_checkpointing)
         self.image = Backbone(b, activation_checkpointing)
-        self.cross = nn.ModuleList(CrossBlock(b.d_model, cfg.heads, b.norm_eps, b.norm_bias) for _ in range(cfg.n_cross))
+        self.cross = nn.ModuleList(CrossBlock(b.d_model, cfg.heads, b.norm_eps, b.norm_bias, b.norm)
+                                   for _ in range(cfg.n_cross))
         # the shared input embedding; with embedding="separate" each backbone keeps its own table
         self.embedding = nn.Embedding(b.vocab_size, b.d_model) if cfg.embedding == "shared" else None
         self.head = nn.Linear(2 * b.d_model, b.vocab_size, bias=False)
