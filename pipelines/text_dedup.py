@@ -2,30 +2,34 @@
 
     kept, rejects = docs | TextDedup(cfg.section("text.clean.dedup"))
 
-- `ExactDedup`: documents with the same normalised-text hash; a combiner keeps the smallest key
-  per hash (only the winner's text travels, losers shrink to reject stubs).
-- `NearDedup`: MinHash signatures (batched) -> one bucket key per LSH band -> GroupByKey ->
-  verified pairs -> connected components by iterated Hash-to-Min rounds (each a GroupByKey) ->
+- `ExactDedup`: a combiner keeps the smallest key and the count per normalised-text hash; every
+  other key is told the winner's id, and documents are joined back by key.
+- `NearDedup`: MinHash signatures (batched) -> one bucket key per LSH band -> a combiner keeps
+  each bucket's `max_compare` smallest members -> every member verified against them (at most one
+  pair per member) -> connected components by large-star/small-star rounds until settled ->
   every non-minimal member is joined back to its document and rejected, naming the kept key.
-  No step holds more than one bucket / one node's neighbours / one batch in memory.
 - Book-level overlap is `NearDedup` with measure "containment" on the `books` source.
-The kept document of a cluster is always the one with the smallest key (default: the id), so
-results do not depend on input order, bundling or the number of workers.
+No step holds a whole bucket, hash group or neighbourhood: keys with more than `max_group`
+values are sliced (`pipelines/dedup_graph.py`). The kept document of a cluster is always the one
+with the smallest key (default: the id), so results do not depend on input order, bundling or
+the number of workers.
 """
 from __future__ import annotations
 
 from typing import Callable
 
 import apache_beam as beam
-import numpy as np
 
 from jamdata.config import Config
-from jamdata.text.dedup import LSHParams, band_keys, bucket_edges, exact_hash, reject, snippet, star_to_min
+from jamdata.text.dedup import LSHParams, Refs, band_keys, exact_hash, reject, smallest_refs
+from pipelines.dedup_graph import ConnectedComponents, Min, Op, WithSummary
 
 STAGE_EXACT = "dedup_exact"
 STAGE_MINHASH = "dedup_minhash"
 STAGE_BOOKS = "dedup_book_overlap"
 SOURCES = ("commoncrawl", "c4", "wikipedia", "books", "arxiv")
+CC_ROUNDS = 12       # settles a path of 4,096 near-duplicates with ids in path order, 50,000 shuffled
+MAX_GROUP = 10_000   # values of one key handled in one place before the key is sliced
 
 
 def doc_key(doc: dict) -> str:
@@ -38,70 +42,52 @@ def _scope_prefix(doc: dict, scope: str) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # exact
-class _KeepSmallest(beam.CombineFn):
-    """Accumulator: (best_key, best_doc, [(key, id, source, snippet) of the others])."""
+class _ExactLosers(Op):
+    """summary: the smallest (key, id) of a text hash; every other key yields its reject reason."""
 
-    def __init__(self, key_fn: Callable[[dict], str]):
-        self.key_fn = key_fn
+    min_count = 2
 
-    def create_accumulator(self):
-        return (None, None, [])
-
-    def _stub(self, key, doc):
-        return (key, doc["id"], doc.get("source") or "", snippet(doc.get("text") or ""))
-
-    def add_input(self, acc, doc):
-        best_key, best_doc, losers = acc
-        k = self.key_fn(doc)
-        if best_key is None or k < best_key:
-            if best_key is not None:
-                losers.append(self._stub(best_key, best_doc))
-            return (k, doc, losers)
-        losers.append(self._stub(k, doc))
-        return acc
-
-    def merge_accumulators(self, accs):
-        best_key, best_doc, losers = None, None, []
-        for k, d, ls in accs:
-            losers.extend(ls)
-            if k is None:
-                continue
-            if best_key is None or k < best_key:
-                if best_key is not None:
-                    losers.append(self._stub(best_key, best_doc))
-                best_key, best_doc = k, d
-            else:
-                losers.append(self._stub(k, d))
-        return (best_key, best_doc, losers)
-
-    def extract_output(self, acc):
-        best_key, best_doc, losers = acc
-        rejects = [{"id": i, "source": s, "stage": STAGE_EXACT,
-                    "reason": f"exact duplicate of {best_doc['id']}", "snippet": snip, "file": None, "offset": None}
-                   for _, i, s, snip in sorted(losers)]
-        return best_doc, rejects
+    def per_value(self, hash_key, winner, value):
+        key, _ = value
+        if key != winner[0]:
+            yield key, (hash_key, f"exact duplicate of {winner[1]}")
 
 
 class ExactDedup(beam.PTransform):
-    """docs -> (kept docs, reject dicts). `scope`: "source" (within each source) or "global"."""
+    """docs -> (kept docs, reject dicts). `scope`: "source" (within each source) or "global".
 
-    def __init__(self, scope: str = "source", key_fn: Callable[[dict], str] = doc_key):
+    Only (text hash, key, id) triples are grouped: a combiner keeps the smallest key and the count
+    per hash, every other key learns the winner's id, and documents are joined back by key."""
+
+    def __init__(self, scope: str = "source", key_fn: Callable[[dict], str] = doc_key, max_group: int = MAX_GROUP):
         super().__init__()
-        self.scope, self.key_fn = scope, key_fn
+        self.scope, self.key_fn, self.max_group = scope, key_fn, max_group
 
     def expand(self, docs):
-        scope = self.scope
+        scope, key_fn = self.scope, self.key_fn
+        hashed = docs | "HashText" >> beam.Map(
+            lambda d: (key_fn(d), f"{_scope_prefix(d, scope)}|{exact_hash(d['text'])}", d))
+        losers = (hashed
+                  | "HashKeyId" >> beam.Map(lambda t: (t[1], (t[0], t[2]["id"])))
+                  | "SmallestPerHash" >> WithSummary(Min(), _ExactLosers(), self.max_group))
 
-        def emit(kv):
-            doc, rejects = kv[1]
-            yield doc
-            for r in rejects:
-                yield beam.pvalue.TaggedOutput("rejects", r)
+        def decide(kv):
+            _, grouped = kv
+            lost = dict(grouped["lost"])
+            kept_hashes = set()
+            for hash_key, doc in sorted(grouped["doc"], key=lambda hd: (hd[0], hd[1]["text"])):
+                if hash_key in lost:
+                    yield beam.pvalue.TaggedOutput("rejects", reject(doc, STAGE_EXACT, lost[hash_key]))
+                elif hash_key in kept_hashes:  # the same key twice with the same text
+                    yield beam.pvalue.TaggedOutput(
+                        "rejects", reject(doc, STAGE_EXACT, f"exact duplicate of {doc['id']}"))
+                else:
+                    kept_hashes.add(hash_key)
+                    yield doc
 
-        out = (docs
-               | "HashText" >> beam.Map(lambda d: (f"{_scope_prefix(d, scope)}|{exact_hash(d['text'])}", d))
-               | "KeepSmallest" >> beam.CombinePerKey(_KeepSmallest(self.key_fn))
-               | "Split" >> beam.FlatMap(emit).with_outputs("rejects", main="kept"))
+        out = ({"doc": hashed | "KeyDocs" >> beam.Map(lambda t: (t[0], (t[1], t[2]))), "lost": losers}
+               | "JoinDocs" >> beam.CoGroupByKey()
+               | "Decide" >> beam.FlatMap(decide).with_outputs("rejects", main="kept"))
         return out.kept, out.rejects
 
 
@@ -122,64 +108,71 @@ class _Signatures(beam.DoFn):
         p = self.params
         sigs, sizes = self.hasher.signatures([d["text"] for d in batch])
         for d, s, n in zip(batch, sigs, sizes):
-            key = self.key_fn(d)
-            payload = (key, s.tobytes(), int(n))
+            payload = (self.key_fn(d), s.tobytes(), int(n))
             for b in band_keys(s, p.bands, p.rows, _scope_prefix(d, self.scope)):
                 yield b, payload
 
 
-def _edges_in_bucket(kv, params: LSHParams):
-    _, members = kv
-    ms = [(k, np.frombuffer(sig, dtype=np.uint32), n) for k, sig, n in members]
-    for a, b, _ in bucket_edges(ms, params):
-        yield (a, b) if a < b else (b, a)
+class _SmallestRefs(beam.CombineFn):
+    """The `k` smallest-keyed members of a bucket with their signatures (a bounded accumulator)."""
+
+    def __init__(self, k: int):
+        self.k = k
+
+    def create_accumulator(self):
+        return []
+
+    def add_input(self, acc, member):
+        if len(acc) < self.k or member < acc[-1]:
+            return smallest_refs(acc + [member], self.k)
+        return acc
+
+    def merge_accumulators(self, accs):
+        return smallest_refs([m for a in accs for m in a], self.k)
+
+    def extract_output(self, acc):
+        return acc
 
 
-def _both_ways(edge):
-    a, b = edge
-    yield a, b
-    yield b, a
+class _VerifyMember(Op):
+    """Each bucket member against the bucket's smallest members: at most one edge per member."""
 
+    min_count = 2
 
-def _star(kv):
-    node, nbrs = kv
-    yield from star_to_min(node, nbrs)
+    def __init__(self, params: LSHParams):
+        self.params = params
 
+    def prepare(self, refs):
+        return Refs(refs)
 
-def _representative(kv):
-    node, nbrs = kv
-    m = min(nbrs)
-    if m < node:
-        yield node, m
+    def per_value(self, bucket, refs, member):
+        hit = refs.first_similar(member, self.params)
+        if hit is not None:
+            yield hit, member[0]
 
 
 class NearDedup(beam.PTransform):
-    """docs -> (kept docs, reject dicts) by MinHash LSH + connected components."""
+    """docs -> (kept docs, reject dicts) by MinHash LSH + connected components.
 
-    def __init__(self, params: LSHParams = LSHParams(), scope: str = "source", cc_rounds: int = 5,
-                 key_fn: Callable[[dict], str] = doc_key, stage: str = STAGE_MINHASH, batch_size: int = 256):
+    `cc_rounds` is the most large-star/small-star rounds run; components not settled by then
+    fail the job (`on_unconverged="error"`) or are logged and resolved as far as they got."""
+
+    def __init__(self, params: LSHParams = LSHParams(), scope: str = "source", cc_rounds: int = CC_ROUNDS,
+                 key_fn: Callable[[dict], str] = doc_key, stage: str = STAGE_MINHASH, batch_size: int = 256,
+                 max_group: int = MAX_GROUP, on_unconverged: str = "error"):
         super().__init__()
         self.params, self.scope, self.cc_rounds = params, scope, cc_rounds
         self.key_fn, self.stage, self.batch_size = key_fn, stage, batch_size
+        self.max_group, self.on_unconverged = max_group, on_unconverged
 
     def expand(self, docs):
         p, key_fn, stage = self.params, self.key_fn, self.stage
         edges = (docs
                  | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.batch_size)
                  | "Signatures" >> beam.ParDo(_Signatures(p, self.scope, key_fn))
-                 | "GroupBuckets" >> beam.GroupByKey()
-                 | "VerifyPairs" >> beam.FlatMap(_edges_in_bucket, p)
+                 | "VerifyBuckets" >> WithSummary(_SmallestRefs(p.max_compare), _VerifyMember(p), self.max_group)
                  | "DistinctPairs" >> beam.Distinct())
-        for r in range(self.cc_rounds):
-            edges = (edges
-                     | f"Undirected{r}" >> beam.FlatMap(_both_ways)
-                     | f"GroupNode{r}" >> beam.GroupByKey()
-                     | f"HashToMin{r}" >> beam.FlatMap(_star)
-                     | f"Distinct{r}" >> beam.Distinct())
-        reps = (edges
-                | "UndirectedFinal" >> beam.FlatMap(_both_ways)
-                | "GroupNodeFinal" >> beam.GroupByKey()
-                | "Representative" >> beam.FlatMap(_representative))
+        reps = edges | "Components" >> ConnectedComponents(self.cc_rounds, self.max_group, self.on_unconverged)
 
         desc = (f"MinHash LSH {p.bands}x{p.rows}, "
                 + (f"jaccard >= {p.threshold}" if p.measure == "jaccard" else f"containment >= {p.threshold}"))
@@ -213,10 +206,12 @@ DEFAULTS = {
 
 def dedup_settings(cfg: Config) -> dict:
     """Validated `text.clean.dedup` settings (see docs/text-filters.md)."""
-    cfg.check_keys(["exact", "scope", "cc_rounds", "minhash", "book_overlap"])
+    cfg.check_keys(["exact", "scope", "cc_rounds", "cc_unconverged", "max_group", "minhash", "book_overlap"])
     out = {"exact": cfg.get("exact", bool, True),
            "scope": cfg.choice("scope", ["source", "global"], "source"),
-           "cc_rounds": int(cfg.number("cc_rounds", 5, lo=1, hi=50))}
+           "cc_rounds": int(cfg.number("cc_rounds", CC_ROUNDS, lo=1, hi=64)),
+           "cc_unconverged": cfg.choice("cc_unconverged", ["error", "warn"], "error"),
+           "max_group": int(cfg.number("max_group", MAX_GROUP, lo=2))}
     for name, measure in (("minhash", "jaccard"), ("book_overlap", "containment")):
         sec = cfg.section(name)
         sec.check_keys(LSH_KEYS)
@@ -259,7 +254,7 @@ class TextDedup(beam.PTransform):
         s = self.settings
         rejects = []
         if s["exact"]:
-            docs, rej = docs | "Exact" >> ExactDedup(s["scope"], self.key_fn)
+            docs, rej = docs | "Exact" >> ExactDedup(s["scope"], self.key_fn, s["max_group"])
             rejects.append(rej)
         for name, stage in (("minhash", STAGE_MINHASH), ("book_overlap", STAGE_BOOKS)):
             conf = s[name]
@@ -267,7 +262,9 @@ class TextDedup(beam.PTransform):
                 continue
             srcs = frozenset(conf["sources"])
             parts = docs | f"Split_{name}" >> beam.Partition(lambda d, n, srcs=srcs: 0 if d.get("source") in srcs else 1, 2)
-            kept, rej = parts[0] | f"Near_{name}" >> NearDedup(conf["params"], s["scope"], s["cc_rounds"], self.key_fn, stage)
+            near = NearDedup(conf["params"], s["scope"], s["cc_rounds"], self.key_fn, stage,
+                             max_group=s["max_group"], on_unconverged=s["cc_unconverged"])
+            kept, rej = parts[0] | f"Near_{name}" >> near
             rejects.append(rej)
             docs = (kept, parts[1]) | f"Merge_{name}" >> beam.Flatten()
         all_rejects = tuple(rejects) | "AllRejects" >> beam.Flatten() if rejects else \

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from jamdata.config import Config, ConfigError
-from jamdata.text.dedup import LSHParams, band_keys, components, exact_hash, near_dedup_in_memory, star_to_min
+from jamdata.text.dedup import LSHParams, band_keys, components, exact_hash, near_dedup_in_memory, star_components
 from jamdata.text.minhash import MinHasher, candidate_probability, exact_jaccard, normalize_words
 from pipelines.common import WriteShards, parquet_shard_writer
 from pipelines.options import pipeline_options
@@ -150,25 +150,14 @@ def test_chain_of_near_duplicates_is_one_component(tmp_path):
     assert {r["id"]: r["reason"].split()[2] for r in rejects} == {"B": "A", "C": "A"}
 
 
-def test_hash_to_min_rounds_match_union_find():
+def test_star_rounds_match_union_find():
     rng = random.Random(2)
     nodes = [f"n{i:03d}" for i in range(200)]
     edges = {tuple(sorted(rng.sample(nodes, 2))) for _ in range(150)}
     edges |= {(nodes[i], nodes[i + 1]) for i in range(100, 140)}  # a long chain
-    expect = components(edges)
-    cur = set(edges)
-    for _ in range(12):
-        adj: dict[str, set] = {}
-        for a, b in cur:
-            adj.setdefault(a, set()).add(b)
-            adj.setdefault(b, set()).add(a)
-        cur = {tuple(sorted(e)) for n, nb in adj.items() for e in star_to_min(n, nb)}
-    adj = {}
-    for a, b in cur:
-        adj.setdefault(a, set()).add(b)
-        adj.setdefault(b, set()).add(a)
-    got = {n: min(nb | {n}) for n, nb in adj.items()}
-    assert got == expect
+    expect = {n: r for n, r in components(edges).items() if n != r}
+    got, rounds = star_components(edges, max_rounds=12)
+    assert got == expect and rounds <= 12
 
 
 def test_lsh_parameters_and_config_errors():

@@ -2,13 +2,16 @@
 
 - exact: a hash of the normalised text (NFKC, lower case, whitespace collapsed);
 - near: MinHash LSH over word n-grams. A signature of `bands * rows` values is cut into bands;
-  documents sharing a band value are candidates, verified on the whole signature (estimated
-  Jaccard >= threshold, or for books estimated containment of the shorter in the longer);
-- clusters: connected components of verified pairs, each resolved to its smallest key, so the
-  kept document does not depend on input order or on how work is split between workers.
+  documents sharing a band value are candidates, each verified on the whole signature (estimated
+  Jaccard >= threshold, or for books estimated containment of the shorter in the longer) against
+  the bucket's `max_compare` smallest members only, so a bucket needs a bounded summary, not a list;
+- clusters: connected components of verified pairs by large-star/small-star steps, each resolved
+  to its smallest key, so the kept document does not depend on input order or on how work is
+  split between workers. `components` (union-find) and `star_components` are in-memory references.
 """
 from __future__ import annotations
 
+import bisect
 import hashlib
 import unicodedata
 from dataclasses import dataclass
@@ -68,40 +71,118 @@ def similarity(sig_a: np.ndarray, sig_b: np.ndarray, size_a: int, size_b: int, m
     return min(1.0, j * (size_a + size_b) / ((1.0 + j) * small))
 
 
-def bucket_edges(members: Iterable[tuple[str, np.ndarray, int]], params: LSHParams) -> list[tuple[str, str, float]]:
-    """Verified pairs in one LSH bucket: each member is linked to the smallest-keyed of (up to
-    `max_compare`) smaller members it is similar to. Returns (key, smaller_key, similarity)."""
-    ms = sorted(members, key=lambda m: m[0])
-    if len(ms) < 2:
-        return []
-    keys = [m[0] for m in ms]
-    sigs = np.stack([np.asarray(m[1], dtype=np.uint32) for m in ms])
-    sizes = np.array([m[2] for m in ms], dtype=np.float64)
-    out = []
-    for i in range(1, len(ms)):
-        if keys[i] == keys[i - 1]:
-            continue
-        k = min(i, params.max_compare)
-        j = (sigs[:k] == sigs[i]).mean(axis=1)
-        if params.measure == "containment":
-            small = np.minimum(sizes[:k], sizes[i])
-            with np.errstate(divide="ignore", invalid="ignore"):
-                sim = np.where(small > 0, np.minimum(1.0, j * (sizes[:k] + sizes[i]) / ((1.0 + j) * small)), 0.0)
-        else:
-            sim = j
-        hit = np.nonzero(sim >= params.threshold)[0]
-        if len(hit):
-            out.append((keys[i], keys[hit[0]], round(float(sim[hit[0]]), 4)))
+Member = tuple  # (key, signature as uint32 bytes, distinct shingle count)
+
+
+def smallest_refs(members: Iterable[Member], k: int) -> list[Member]:
+    """The `k` smallest-keyed members (distinct keys) of a bucket, sorted: the bounded summary
+    every member of the bucket is verified against. Merging partial results in any order gives
+    the same list, so it can be computed by a combiner."""
+    out: list = []
+    for m in sorted(members):
+        if not out or out[-1][0] != m[0]:
+            out.append(m)
+            if len(out) == k:
+                break
     return out
 
 
-def star_to_min(node: str, neighbours: Iterable[str]) -> list[tuple[str, str]]:
-    """One Hash-to-Min round for one node: link every member of {node} + neighbours to their
-    minimum. Iterated, every component becomes a star around its smallest key."""
-    group = set(neighbours)
-    group.add(node)
-    m = min(group)
-    return [(m, u) for u in sorted(group) if u != m]
+class Refs:
+    """`smallest_refs` as arrays, built once per bucket (or bucket slice) and shared by its members."""
+
+    def __init__(self, refs: Sequence[Member]):
+        self.keys = [r[0] for r in refs]
+        self.sigs = np.stack([np.frombuffer(r[1], dtype=np.uint32) for r in refs]) if refs else None
+        self.sizes = np.array([r[2] for r in refs], dtype=np.float64)
+
+    def first_similar(self, member: Member, params: LSHParams) -> str | None:
+        """The smallest ref key that is smaller than the member's and similar to it (estimated
+        Jaccard or containment >= threshold), or None: at most len(refs) comparisons."""
+        key, sig, size = member
+        n = bisect.bisect_left(self.keys, key)
+        if n == 0:
+            return None
+        j = (self.sigs[:n] == np.frombuffer(sig, dtype=np.uint32)).mean(axis=1)
+        if params.measure == "containment":
+            sizes = self.sizes[:n]
+            small = np.minimum(sizes, size)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                j = np.where(small > 0, np.minimum(1.0, j * (sizes + size) / ((1.0 + j) * small)), 0.0)
+        hit = np.nonzero(j >= params.threshold)[0]
+        return self.keys[int(hit[0])] if len(hit) else None
+
+
+def bucket_edges(members: Iterable[Member], params: LSHParams) -> list[tuple[str, str]]:
+    """Verified pairs in one LSH bucket (in-memory reference): each member is linked to the
+    smallest-keyed similar member among the bucket's `max_compare` smallest that are smaller than
+    it. Returns (smaller_key, key). The pipeline computes the same pairs without holding a bucket."""
+    members = list(members)
+    refs = Refs(smallest_refs(members, params.max_compare))
+    return sorted({(hit, m[0]) for m in members if (hit := refs.first_similar(m, params)) is not None})
+
+
+def large_star(node: str, least: str, neighbour: str) -> tuple[str, str] | None:
+    """Large-star step for one edge seen from `node` (Kiveris et al. 2014): a larger neighbour
+    is re-linked to the least of node and all its neighbours (`least`)."""
+    m = min(least, node)
+    return (m, neighbour) if neighbour > node else None
+
+
+def small_star(node: str, least: str, smaller: str) -> tuple[str, str] | None:
+    """Small-star step for one edge seen from its larger end `node`: the smaller neighbour is
+    re-linked to the least of the node's smaller neighbours (`least`); `node` itself too, once."""
+    return (least, smaller) if smaller != least else None
+
+
+def star_components(edges: Iterable[tuple[str, str]], max_rounds: int = 64) -> tuple[dict[str, str], int]:
+    """In-memory reference of the pipeline's connected components: alternate large-star and
+    small-star until every component is a star around its smallest key. Returns (node -> smallest key of its component
+    for non-minimal nodes, rounds run); raises if `max_rounds` is reached first."""
+    cur = {(min(a, b), max(a, b)) for a, b in edges if a != b}
+    for r in range(max_rounds + 1):
+        state = star_state(cur)
+        if not any(unsettled(s) for s in state.values()):
+            return {n: s[1][0] for n, s in state.items() if s[1]}, r
+        if r == max_rounds:
+            break
+        adj: dict[str, set] = {}
+        for a, b in cur:
+            adj.setdefault(a, set()).add(b)
+            adj.setdefault(b, set()).add(a)
+        large = {e for u, nb in adj.items() for v in nb if (e := large_star(u, min(nb), v))}
+        below: dict[str, set] = {}
+        for a, b in large:
+            below.setdefault(b, set()).add(a)
+        cur = {e for u, nb in below.items() for v in nb if (e := small_star(u, min(nb), v))}
+        cur |= {(min(nb), u) for u, nb in below.items()}
+    raise RuntimeError(f"connected components did not converge in {max_rounds} rounds")
+
+
+def star_state(edges: Iterable[tuple[str, str]]) -> dict[str, tuple[bool, tuple[str, ...]]]:
+    """node -> (has a larger neighbour, its up to two smallest smaller neighbours)."""
+    out: dict = {}
+    for a, b in edges:
+        out[a] = merge_star_state([out.get(a, EMPTY_STATE), (True, ())])
+        out[b] = merge_star_state([out.get(b, EMPTY_STATE), (False, (a,))])
+    return out
+
+
+EMPTY_STATE: tuple[bool, tuple[str, ...]] = (False, ())
+
+
+def merge_star_state(states: Iterable[tuple[bool, tuple[str, ...]]]) -> tuple[bool, tuple[str, ...]]:
+    larger, smaller = False, set()
+    for has_larger, sm in states:
+        larger = larger or has_larger
+        smaller.update(sm)
+    return larger, tuple(sorted(smaller)[:2])
+
+
+def unsettled(state: tuple[bool, tuple[str, ...]]) -> bool:
+    """True unless the node is a component's minimum (no smaller neighbour) or a leaf attached
+    to exactly one smaller node and to nothing larger: the edge set is then a star per component."""
+    has_larger, smaller = state
+    return bool(smaller) and (has_larger or len(smaller) > 1)
 
 
 def components(edges: Iterable[tuple[str, str]]) -> dict[str, str]:
@@ -144,8 +225,8 @@ def near_dedup_in_memory(docs: Sequence[dict], params: LSHParams, key=lambda d: 
     buckets: dict[str, list] = {}
     for d, s, n in zip(docs, sigs, sizes):
         for b in band_keys(s, params.bands, params.rows):
-            buckets.setdefault(b, []).append((key(d), s, int(n)))
-    edges = [(a, b) for ms in buckets.values() for a, b, _ in bucket_edges(ms, params)]
+            buckets.setdefault(b, []).append((key(d), s.tobytes(), int(n)))
+    edges = [e for ms in buckets.values() for e in bucket_edges(ms, params)]
     rep = components(edges)
     dropped = {k: r for k, r in rep.items() if k != r}
     return [d for d in docs if key(d) not in dropped], dropped
