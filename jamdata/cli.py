@@ -11,6 +11,8 @@ from typing import Sequence
 
 from jamdata import __version__
 
+QUIET_HELP = "no progress lines while Beam runs, and only warnings in the log"
+
 
 def command_group(sub: argparse._SubParsersAction, name: str, help: str) -> argparse._SubParsersAction:
     """A sub-command group that several modules can extend (`jamdata text clean`, `jamdata text sample`)."""
@@ -42,38 +44,47 @@ def run(argv: Sequence[str] | None, prog: str, package: str) -> int:
     argv = argv[:argv.index("--")] if "--" in argv else argv
     args = parser.parse_args(argv)
     args.beam_args = beam_args
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+    quiet = getattr(args, "quiet", False)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING if quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if not args.verbose:  # Beam's per-bundle INFO lines drown the progress lines
         logging.getLogger("apache_beam").setLevel(logging.WARNING)
+        for name in ("aiobotocore", "botocore", "s3fs", "gcsfs"):  # object-storage clients' INFO lines
+            logging.getLogger(name).setLevel(logging.WARNING)
         for handler in logging.getLogger().handlers:
             handler.addFilter(lambda r: "apitools" not in r.getMessage())
+    if quiet:
+        from pipelines.progress import set_quiet
+
+        set_quiet(True)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from jamdata.errors import USER_ERRORS
+    from jamdata.errors import USER_ERRORS, user_error_names
 
     try:
         if args.beam_args:  # a runner Beam does not know fails now, before any work
-            from pipelines.options import runner_args
+            from pipelines.options import check_runner_installed, runner_args
 
-            runner_args(1, args.beam_args)
+            check_runner_installed(runner_args(1, args.beam_args))
         return int(args.func(args) or 0)
-    except USER_ERRORS as e:  # expected failures: one clear line, no traceback
+    except USER_ERRORS as e:  # expected failures: one clear line, a traceback only with -v
+        if args.verbose:
+            raise
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 1
     except RuntimeError as e:
         # Beam worker processes send exceptions back as text inside a RuntimeError.
-        line = user_error_line(str(e), USER_ERRORS)
-        if line is None:
+        line = user_error_line(str(e), user_error_names())
+        if line is None or args.verbose:
             raise
         print(f"{prog}: error: {line}", file=sys.stderr)
         return 1
 
 
-def user_error_line(text: str, kinds: tuple[type[BaseException], ...]) -> str | None:
+def user_error_line(text: str, names: set[str]) -> str | None:
     """The last `SomeUserError: message` line in a remote traceback, if its type is a user error."""
-    names = {k.__name__ for k in kinds} | {"OSError"}
+    names = set(names) | {"OSError"}
     for raw in reversed(text.splitlines()):
         name, sep, message = raw.strip().partition(": ")
         if sep and name.rsplit(".", 1)[-1] in names:

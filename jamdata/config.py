@@ -13,15 +13,20 @@ from pathlib import Path
 from typing import Any, Sequence, TypeVar
 
 import yaml
+from jamdata.errors import UserError
 
 T = TypeVar("T")
 _MISSING = object()
+# The bundled configs: jamdata/configs in an installed package (setup.py maps configs/ there),
+# configs/ beside the package in a checkout.
+BUNDLED_CONFIG_DIRS = (Path(__file__).resolve().parent / "configs",
+                       Path(__file__).resolve().parent.parent / "configs")
 # The sections a config may have (a misspelled one would otherwise be ignored and defaults used).
 SECTIONS = ("run", "text", "images", "vqvae", "instruct", "loader", "train", "stats")
 TEXT_SECTIONS = ("sources", "clean", "tokenizer", "sample")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     def __init__(self, key: str, problem: str, allowed: Sequence[Any] | None = None, source: str = ""):
         msg = f"config key '{key}': {problem}"
         if allowed is not None:
@@ -48,8 +53,29 @@ def parse_value(key: str, text: str) -> Any:
         raise ConfigError(key, f"--set value {text!r} is not valid YAML ({problem})") from None
 
 
+def bundled_configs() -> dict[str, Path]:
+    """Name -> file of every config that ships with the package (`demo`, `reference-30b`, ...)."""
+    for folder in BUNDLED_CONFIG_DIRS:
+        if folder.is_dir():
+            return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
+    return {}
+
+
+def find_config(path: str | Path) -> str | Path:
+    """`path` itself when it exists or names a directory; else the bundled config of that name."""
+    text = str(path)
+    if Path(text).exists() or "/" in text or "://" in text:
+        return path
+    return bundled_configs().get(text.removesuffix(".yaml"), path)
+
+
 class Config:
-    """A view on one mapping of the YAML tree, remembering its dotted path for error messages."""
+    """A view on one mapping of the YAML tree, remembering its dotted path for error messages.
+
+    `fill_defaults` (set by `jamdata config show --defaults`): a default that `get` returns for a
+    missing key is also written into the tree, so the tree shows every value the code used."""
+
+    fill_defaults = False
 
     def __init__(self, data: dict, prefix: str = "", source: str = ""):
         if not isinstance(data, dict):
@@ -60,11 +86,15 @@ class Config:
 
     @classmethod
     def load(cls, path: str | Path, overrides: Sequence[str] = ()) -> "Config":
-        """Load YAML and apply `key.path=value` overrides (values parsed as YAML)."""
+        """Load YAML and apply `key.path=value` overrides (values parsed as YAML). A bare name that
+        is no file (`demo`, `reference-30b.yaml`) is a bundled config (`bundled_configs()`)."""
+        path = find_config(path)
         try:
             data = yaml.safe_load(Path(path).read_text()) or {}
         except FileNotFoundError:
-            raise ConfigError("(file)", f"config file {path} does not exist") from None
+            bare = "/" not in str(path)
+            problem = f"config file {path} does not exist" + (" (nor a bundled config)" if bare else "")
+            raise ConfigError("(file)", problem, allowed=list(bundled_configs()) if bare else None) from None
         except yaml.YAMLError as e:
             raise ConfigError("(file)", f"{path} is not valid YAML: {e}") from None
         except UnicodeDecodeError as e:
@@ -138,6 +168,8 @@ class Config:
         if value is _MISSING:
             if default is _MISSING:
                 raise ConfigError(self._key(key), "missing (required)", source=self.source)
+            if Config.fill_defaults:
+                self.set(key, copy.deepcopy(default))
             return default
         if type_ is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
@@ -189,3 +221,35 @@ def beam_args_setting(cli_args: Sequence[str], run: Config) -> list[str]:
     if bad:
         raise ConfigError(run._key("beam_args"), f"must be a list of strings, got {bad[0]!r}", source=run.source)
     return [*configured, *cli_args]
+
+
+def run_dir_setting(cli_out: str | None, run: Config) -> str:
+    """The run directory: `--out` when given, else `run.out_dir`; a local path made absolute here
+    or a URL kept as it is (s3://bucket/run, gs://bucket/run; never through pathlib, which folds
+    the `//` and would write a local folder named `gs:`)."""
+    from jamdata.io import absolute
+
+    value = cli_out or run.get("out_dir", str, default="out/run")
+    if not str(value).strip():
+        raise ConfigError(run._key("out_dir"), "must not be empty", source=run.source)
+    return absolute(value)
+
+
+def storage_setting(run: Config) -> dict:
+    """`run.storage_options`: fsspec arguments by URL prefix, e.g. {"s3://bucket": {"endpoint_url":
+    "http://host:9000", "key": ..., "secret": ...}} or {"gs://": {"project": ...}}, merged over
+    JAM_STORAGE_OPTIONS from the environment (the config wins per prefix) and applied to every
+    remote path from here on, in Beam worker processes too (see jamdata/io.py)."""
+    from jamdata import io
+
+    configured = run.get("storage_options", (dict, type(None)), default=None) or {}
+    for prefix, options in configured.items():
+        if not isinstance(prefix, str) or not io.url_scheme(prefix):
+            raise ConfigError(run._key(f"storage_options.{prefix}"), "must be a URL prefix such as "
+                              "s3://bucket or gs://", source=run.source)
+        if not isinstance(options, dict):
+            raise ConfigError(run._key(f"storage_options.{prefix}"),
+                              f"must be a mapping of fsspec arguments, got {options!r}", source=run.source)
+    merged = {**io.environment_storage_options(), **configured}
+    io.set_storage_options(merged)
+    return merged

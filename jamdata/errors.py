@@ -1,31 +1,31 @@
-"""Exceptions that mean 'the user's input or config is wrong' (printed without a traceback)."""
-from jamdata.config import ConfigError
-from jamdata.formats.megatron import IndexedDatasetError
-from jamdata.formats.wds import ShardError
-from jamdata.io import InputError, OutputDirError
-from jamdata.manifest import ManifestError, OutputLockedError
-from jamdata.vocab import VocabMismatchError
-from schemas.records import SchemaError
+"""The ground floor of user errors: `UserError` means 'the user's input, config or command is
+wrong', and the command line prints it as one line (a traceback only with `-v`).
 
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    ConfigError, InputError, ManifestError, OutputLockedError, VocabMismatchError, SchemaError,
-    ShardError, IndexedDatasetError, FileNotFoundError, PermissionError,
-)
-
-from jamdata.text.sampling import PlanError  # noqa: E402
-from jamdata.text.tokenizer import TokenizerError  # noqa: E402
-
-USER_ERRORS += (PlanError, TokenizerError)
-
-from jamdata.loader.sources import LoaderError  # noqa: E402
-
-USER_ERRORS += (LoaderError,)
+Every module raises its own subclass (`ConfigError`, `InputError`, `ManifestError`, ...), defined
+next to the code that raises it; this module imports nothing, so any layer may use it.
+"""
+from __future__ import annotations
 
 
-class ModelError(ValueError):
+class UserError(Exception):
+    """A mistake the user can fix: the message names the key, file or record and what to do."""
+
+
+class ModelError(UserError, ValueError):
     """Model weights or a fusion request that cannot be used (jamtrain.models)."""
 
 
-USER_ERRORS += (ModelError,)
+# What the command line answers in one line: every UserError, and the operating system's own
+# answers to a path the user gave.
+USER_ERRORS: tuple[type[BaseException], ...] = (UserError, FileNotFoundError, PermissionError)
 
-USER_ERRORS += (OutputDirError,)
+
+def user_error_names() -> set[str]:
+    """Class names of every UserError subclass defined so far (to recognise one in the text of
+    an exception that a Beam worker process sent back)."""
+    names, todo = set(), [UserError]
+    while todo:
+        cls = todo.pop()
+        names.add(cls.__name__)
+        todo.extend(cls.__subclasses__())
+    return names | {k.__name__ for k in USER_ERRORS}

@@ -13,14 +13,17 @@ import io
 import lzma
 import os
 import posixpath
-import re
 import stat
 import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Iterator
 
-import fsspec
+from jamdata.errors import UserError
+from jamdata.storage import (STORAGE_ENV, TMP_MARK, StorageError, absolute, environment_storage_options,  # noqa: F401
+                             exists, fs_and_path, is_local, join, list_dirs, open_url, read_bytes,
+                             remote_atomic_write, set_storage_options, storage_error, storage_options,
+                             url_scheme)
 
 MAGIC = {
     b"\x1f\x8b": "gzip",
@@ -30,7 +33,7 @@ MAGIC = {
 }
 
 
-class OutputDirError(OSError):
+class OutputDirError(UserError, OSError):
     """An output directory that cannot be written (permission denied, read-only, disk full); the
     message names the directory, so the command line prints one clear line."""
 
@@ -46,7 +49,7 @@ def output_error(path: str | os.PathLike, e: OSError) -> OutputDirError:
     return err
 
 
-class InputError(Exception):
+class InputError(UserError):
     """A raw input that cannot be read; the message names the file (and offset when known)."""
 
     def __init__(self, path: str, message: str, offset: int | None = None):
@@ -115,7 +118,7 @@ class _ZstdStream(io.RawIOBase):
 def open_input(path: str | os.PathLike) -> Iterator[IO[bytes]]:
     """Open any local or remote file as a decompressed binary stream (compression sniffed)."""
     path = str(path)
-    with fsspec.open(path, "rb") as raw:
+    with open_url(path, "rb") as raw:
         buffered = raw if hasattr(raw, "peek") else io.BufferedReader(raw)
         head = buffered.peek(8)[:8]
         stream = _decompressor(buffered, sniff_compression(head))
@@ -126,19 +129,15 @@ def open_input(path: str | os.PathLike) -> Iterator[IO[bytes]]:
                 stream.close()
 
 
-def is_local(path: str | os.PathLike) -> bool:
-    return "://" not in str(path) or str(path).startswith("file://")
-
-
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     """Write to a temporary sibling and rename on success, so a killed job never leaves a
-    file that looks complete. Object stores (gs://, s3://) only publish an object on close,
-    which gives the same guarantee."""
+    file that looks complete. On object storage the same: the object is written under an
+    attempt-unique temporary name and moved to its name only when whole (a writer that raises
+    mid-file publishes nothing; some stores, e.g. memory://, show an object from its open)."""
     path = str(path)
     if not is_local(path):
-        with fsspec.open(path, mode) as f:
-            yield f
+        yield from remote_atomic_write(path, mode)
         return
     local = Path(path.removeprefix("file://"))
     tmp = local.with_name(f".{local.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
@@ -167,7 +166,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
-    with fsspec.open(str(path), "rb") as f:
+    with open_url(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
@@ -182,13 +181,22 @@ def stable_hash(*parts: str | bytes, seed: int = 0) -> int:
     return int.from_bytes(h.digest(), "little")
 
 
-def fs_and_path(path: str | os.PathLike) -> tuple[fsspec.AbstractFileSystem, str]:
-    fs, p = fsspec.core.url_to_fs(str(path))
-    return fs, p
-
-
 def expand_inputs(patterns: str | list[str]) -> list[str]:
-    """Expand globs/directories into a sorted list of files (sorted so runs are reproducible)."""
+    """Expand globs/directories into a sorted list of files (sorted so runs are reproducible).
+    Remote storage that cannot be listed (unreachable endpoint, refused credentials) is one
+    StorageError naming the pattern, not the client library's own exception."""
+    out: set[str] = set()
+    for pat in [patterns] if isinstance(patterns, str) else patterns:
+        try:
+            out.update(_expand_inputs([pat]))
+        except (InputError, OSError):
+            raise
+        except Exception as e:
+            raise storage_error(str(pat), e) from None
+    return sorted(out)
+
+
+def _expand_inputs(patterns: str | list[str]) -> list[str]:
     if isinstance(patterns, str):
         patterns = [patterns]
     out: list[str] = []
@@ -199,7 +207,9 @@ def expand_inputs(patterns: str | list[str]) -> list[str]:
         if fs.isdir(p):
             found = [f for f in fs.find(p) if not Path(f).name.startswith(".")]
         elif any(c in p for c in "*?["):
-            found = fs.glob(p)
+            found = [f for f in fs.glob(p) if not Path(f).name.startswith("._")]  # macOS AppleDouble junk
+            if not found:
+                raise InputError(str(pat), "the pattern matches no file")
         elif fs.exists(p):
             found = [p]
         else:
@@ -214,7 +224,6 @@ def expand_inputs(patterns: str | list[str]) -> list[str]:
 # the configured roots, no remote fetch unless its scheme is allowed, and a size limit checked
 # before anything is read.
 DEFAULT_MAX_INPUT_BYTES = 32 << 20
-_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
 class InputRefused(Exception):
@@ -239,12 +248,6 @@ class InputPolicy:
     def with_root(self, root: str) -> "InputPolicy":
         """The same policy with one more root (e.g. the directory of the table naming the files)."""
         return replace(self, roots=(str(root),) + tuple(self.roots))
-
-
-def url_scheme(path: str) -> str | None:
-    """`gs` for `gs://b/x`; None for a plain path (`file://` counts as a plain path)."""
-    m = _URL.match(path)
-    return None if m is None or m.group(1).lower() == "file" else m.group(1).lower()
 
 
 def parent_dir(path: str | os.PathLike) -> str:
@@ -337,7 +340,7 @@ def _confine_remote(url: str, policy: InputPolicy) -> None:
 def _read_remote(url: str, policy: InputPolicy) -> bytes:
     _confine_remote(url, policy)
     try:
-        fs, p = fsspec.core.url_to_fs(url)
+        fs, p = fs_and_path(url)
         info = fs.info(p)
         if info.get("type") not in (None, "file"):
             raise InputRefused(url, "not_regular_file", f"is a {info.get('type')}, only files are read")

@@ -8,16 +8,17 @@ import json
 import os
 import shutil
 import stat
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-import fsspec
-
 from jamdata import __version__
-from jamdata.io import OutputDirError, atomic_write, sha256_file
+from jamdata.io import (TMP_MARK, OutputDirError, absolute, atomic_write, fs_and_path, is_local, join, open_url,
+                        sha256_file, storage_error)
 from jamdata.vocab import JointVocab, check_same_vocab
 from schemas import MANIFEST_VERSION, SCHEMA_VERSION, validate_manifest
+from jamdata.errors import UserError
 
 MANIFEST = "manifest.json"
 LOCK = ".jam.lock"
@@ -45,7 +46,7 @@ def describe_shard(root: str, rel: str, records: int | None = None, tokens: int 
                    group: str | None = None, summary: dict | None = None) -> ShardInfo:
     """Hash and size a finished shard file for the manifest."""
     full = f"{str(root).rstrip('/')}/{rel}"
-    fs, p = fsspec.core.url_to_fs(full)
+    fs, p = fs_and_path(full)
     return ShardInfo(rel, int(fs.size(p)), sha256_file(full), records, tokens, group, summary or {})
 
 
@@ -112,14 +113,14 @@ def write_manifest(root: str, manifest: dict) -> str:
     return path
 
 
-class ManifestError(Exception):
+class ManifestError(UserError):
     pass
 
 
 def read_manifest(root: str) -> dict:
     path = f"{str(root).rstrip('/')}/{MANIFEST}"
     try:
-        with fsspec.open(path, "r") as f:
+        with open_url(path, "r") as f:
             manifest = json.load(f)
     except (FileNotFoundError, NotADirectoryError):  # NotADirectory: a file where the dataset dir should be
         raise ManifestError(f"{root}: no {MANIFEST} (not a dataset, or its job did not finish)") from None
@@ -127,6 +128,10 @@ def read_manifest(root: str) -> dict:
         raise ManifestError(f"{path}: not valid JSON ({e})") from None
     except UnicodeDecodeError as e:
         raise ManifestError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})") from None
+    except OSError:
+        raise
+    except Exception as e:  # remote storage that cannot be reached: one line naming the URL
+        raise storage_error(path, e) from None
     try:
         validate_manifest(manifest, where=path)
     except ValueError as e:
@@ -147,7 +152,7 @@ def is_complete(root: str) -> bool:
 def _count_parquet(path: str) -> int:
     import pyarrow.parquet as pq
 
-    with fsspec.open(path, "rb") as f:
+    with open_url(path, "rb") as f:
         return pq.ParquetFile(f).metadata.num_rows
 
 
@@ -197,10 +202,10 @@ def validate_dataset(root: str, deep: bool = True, hashes: bool | None = None) -
     hashes = deep if hashes is None else hashes
     problems: list[str] = []
     root = str(root).rstrip("/")
-    fs, base = fsspec.core.url_to_fs(root)
+    fs, base = fs_and_path(root)
     for shard in manifest["shards"]:
         full = f"{root}/{shard['path']}"
-        _, p = fsspec.core.url_to_fs(full)
+        _, p = fs_and_path(full)
         if outside := _local_shard_problem(root, shard["path"]):
             problems.append(outside)
             continue
@@ -235,16 +240,20 @@ def check_compatible(roots: Iterable[str]) -> str:
 
 
 # -- output directories --------------------------------------------------------------------------
-class OutputLockedError(RuntimeError):
+class OutputLockedError(UserError, RuntimeError):
     pass
 
 
 @contextlib.contextmanager
-def output_dir(root: str | os.PathLike, clean: bool = True) -> Iterator[Path]:
-    """Claim a local output directory for one job: refuse a second job writing into it (the lock
-    dies with its process, so a killed job never blocks the next), and remove the old manifest
-    first so a half-redone dataset never looks complete."""
-    root = Path(root)
+def output_dir(root: str | os.PathLike, clean: bool = True) -> Iterator[Path | str]:
+    """Claim an output directory for one job and remove the old manifest first, so a half-redone
+    dataset never looks complete. A local directory is locked (refusing a second job writing into
+    it; the lock dies with its process, so a killed job never blocks the next) and yields a Path;
+    a remote prefix (s3://, gs://) yields its URL (see remote_output_dir)."""
+    if not is_local(str(root)):
+        yield from remote_output_dir(str(root), clean)
+        return
+    root = Path(str(root).removeprefix("file://"))
     try:
         root.mkdir(parents=True, exist_ok=True)
         lock_f = open(root / LOCK, "a+")
@@ -271,3 +280,40 @@ def output_dir(root: str | os.PathLike, clean: bool = True) -> Iterator[Path]:
     finally:
         fcntl.flock(lock_f, fcntl.LOCK_UN)
         lock_f.close()
+
+
+def remote_output_dir(url: str, clean: bool = True) -> Iterator[str]:
+    """A dataset prefix on object storage, which has no lock: one job per output prefix is the
+    operator's responsibility (docs/ARCHITECTURE.md). Before anything is written the old manifest
+    is deleted, then (with `clean`) every other object under the prefix, so no shard of an earlier
+    attempt survives; without `clean` (appending) only temporaries a killed attempt left. If the
+    job fails, the temporaries of this attempt are removed and the dataset stays without manifest."""
+    url = absolute(url)
+    fs, p = fs_and_path(url)
+
+    def remove(which) -> None:
+        try:
+            names = [f for f in fs.find(p) if which(f)] if fs.exists(p) else []
+            if names:
+                fs.rm(names)
+            fs.invalidate_cache()
+        except FileNotFoundError:
+            pass
+        except Exception as e:  # unreachable endpoint, missing bucket, refused credentials
+            raise storage_error(url, e) from None
+
+    probe = join(p, f".jam-write-check{TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:  # endpoint, bucket, credentials and write permission, before the old dataset is touched
+        fs.pipe_file(probe, b"")
+        fs.rm(probe)
+    except Exception as e:  # else a worker would fail at its first shard, naming no URL
+        raise storage_error(url, e) from None
+    manifest = join(p, MANIFEST)
+    remove(lambda f: f == manifest)
+    remove((lambda f: True) if clean else (lambda f: TMP_MARK in f.rsplit("/", 1)[-1]))
+    try:
+        yield url
+    except BaseException:
+        with contextlib.suppress(Exception):
+            remove(lambda f: TMP_MARK in f.rsplit("/", 1)[-1])
+        raise

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 import numpy as np
+from jamdata.errors import UserError
 
 SPECIAL_TOKENS: tuple[str, ...] = (
     "<pad>", "<s>", "</s>", "<break>", "<boi>", "<eoi>",
@@ -24,7 +25,7 @@ SPECIAL_TOKENS: tuple[str, ...] = (
 TEXT, SPECIAL, IMAGE = "text", "special", "image"
 
 
-class VocabMismatchError(ValueError):
+class VocabMismatchError(UserError, ValueError):
     """Two datasets (or a dataset and a tokenizer) disagree on the joint vocabulary."""
 
 
@@ -47,7 +48,9 @@ class JointVocab:
         import fsspec
         import sentencepiece as spm
 
-        with fsspec.open(model_path, "rb") as f:
+        from jamdata.io import open_url
+
+        with open_url(model_path, "rb") as f:
             proto = f.read()
         sp = spm.SentencePieceProcessor(model_proto=proto)
         return cls(sp.get_piece_size(), hashlib.sha256(proto).hexdigest(), n_image_codes)
@@ -173,6 +176,18 @@ class JointVocab:
         if modality == SPECIAL:
             return self.specials[local]
         return f"<img:{local}>" if modality == IMAGE else f"<text:{local}>"
+
+
+DEFAULT_IMAGE_CODES = 8192  # image codes assumed when a config has no `vqvae` section
+
+
+def rebuild_advice(tokenizer: str, built_codes: int | None, vqvae_codes: int) -> str:
+    """What to do when a tokenizer dataset and the VQ-VAE disagree on the number of image codes:
+    the joint vocabulary lives in the tokenizer dataset, so it is the one to rebuild."""
+    built = f"was built for {built_codes} image codes" if built_codes else "was built for other image codes"
+    return (f"the tokenizer dataset {tokenizer} {built} but the VQ-VAE has {vqvae_codes}; rebuild the tokenizer "
+            f"dataset with `vqvae: {{codebook_size: {vqvae_codes}}}` in the config (`jamdata run --stage tokenizer "
+            f"--force`), then re-run the stages that tokenize with it (text-sample, images, instruct)")
 
 
 def check_same_vocab(named: dict[str, str | None]) -> str:

@@ -33,6 +33,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from jamdata.errors import UserError
 from jamdata.io import atomic_write, sha256_file
 from jamdata.safe_load import RefusedCheckpoint, load_weights_only
 
@@ -44,7 +45,7 @@ TMP_PREFIX = ".tmp-"
 TAG_RE = re.compile(r"^step-(\d{8})$")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """No usable checkpoint where one was required, or one that cannot be resumed here."""
 
 

@@ -7,7 +7,7 @@ exp(total NLL / scored tokens), with text and image tokens also reported separat
 
 Held-out data: with `train.eval.holdout_fraction` f, a sample of a training dataset is held out when the
 stable hash of (dataset name, sample key) falls under f; the training loop masks those samples out
-of the loss (jamtrain.train.mask_heldout), so the model never learns from them. Datasets listed
+of the loss (jamtrain.loss.mask_heldout), so the model never learns from them. Datasets listed
 under `train.eval.datasets` are evaluated whole (a separate validation set).
 
 Damaged shards follow the loader's policy (`loader.verify`, `loader.on_corrupt`): each shard is
@@ -164,7 +164,7 @@ def collate(seqs: list[tuple[np.ndarray, np.ndarray]], seq_len: int, pad_id: int
 def score_batch(forward: Callable[..., torch.Tensor], batch: dict[str, torch.Tensor], vocab: JointVocab,
                 device: torch.device) -> torch.Tensor:
     """[nll_text, n_text, nll_image, n_image] summed over the batch's target tokens."""
-    from jamtrain.train import token_nll
+    from jamtrain.loss import token_nll
 
     tokens = batch["tokens"].to(device).long()
     logits = forward(tokens[:, :-1], segment_ids=batch["segment_ids"][:, :-1].to(device))

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Iterator
 
+from jamdata.errors import UserError
 from jamdata.io import atomic_write
 from jamdata.manifest import MANIFEST, OutputLockedError
 from jamtrain import checkpoint as ckpt
@@ -42,7 +43,7 @@ OUTPUTS = (CKPT_DIR, LOG, "eval.json", "export", RUN_FILE, MANIFEST)
 _TMP_FILE = re.compile(r"^\..+\.tmp(-\d+-[0-9a-f]+)?$")
 
 
-class TrainDirError(ValueError):
+class TrainDirError(UserError, ValueError):
     """The training output directory holds another run (or cannot be claimed as asked)."""
 
 

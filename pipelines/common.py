@@ -64,26 +64,47 @@ class WriteShards(beam.PTransform):
     """PCollection of (sort_key, record) -> PCollection of shard info dicts.
 
     `group_of(record)` optionally puts records in a sub-directory (e.g. one per text source);
-    `num_shards` buckets per group. Keys must be unique (they define the order in a shard)."""
+    `num_shards` buckets per group, or `shards_of`: a PCollection of (group, buckets) computed in
+    the pipeline (e.g. from the data's size), which then decides per group (missing: one bucket).
+    Keys must be unique (they define the order in a shard)."""
 
     def __init__(self, out_dir: str, write_fn: ShardWriteFn, num_shards: int = 1,
-                 group_of: Callable[[Any], str] | None = None, seed: int = 0):
+                 group_of: Callable[[Any], str] | None = None, seed: int = 0, shards_of=None):
         super().__init__()
         self.out_dir, self.write_fn, self.num_shards = str(out_dir), write_fn, num_shards
-        self.group_of, self.seed = group_of, seed
+        self.group_of, self.seed, self.shards_of = group_of, seed, shards_of
 
     def expand(self, pcoll):
         n, seed, group_of = self.num_shards, self.seed, self.group_of
 
-        def assign(kv):
+        def assign(kv, counts=None):
             key, record = kv
             group = group_of(record) if group_of else ""
-            return (group, stable_hash(key, seed=seed) % n), (key, record)
+            buckets = n if counts is None else max(1, int(counts.get(group, 1)))
+            return (group, stable_hash(key, seed=seed) % buckets), (key, record)
 
+        side = () if self.shards_of is None else (beam.pvalue.AsDict(self.shards_of),)
         return (pcoll
-                | "AssignShard" >> beam.Map(assign)
+                | "AssignShard" >> beam.Map(assign, *side)
                 | "GroupShard" >> beam.GroupByKey()
                 | "WriteShard" >> beam.ParDo(_WriteGroup(self.out_dir, self.write_fn)))
+
+
+class ShardsFromBytes(beam.PTransform):
+    """Records -> (group, shard count): ceil(the group's bytes / shard_bytes), at least 1, counted
+    in the pipeline, so that a shard (sorted and written by one worker) holds about shard_bytes
+    whatever the data's size. Feed it to WriteShards(shards_of=...)."""
+
+    def __init__(self, shard_bytes: int, size_of: Callable[[Any], int], group_of: Callable[[Any], str]):
+        super().__init__()
+        self.shard_bytes, self.size_of, self.group_of = shard_bytes, size_of, group_of
+
+    def expand(self, records):
+        per, size_of, group_of = self.shard_bytes, self.size_of, self.group_of
+        return (records
+                | "Size" >> beam.Map(lambda r: (group_of(r), size_of(r)))
+                | "SumSize" >> beam.CombinePerKey(sum)
+                | "Count" >> beam.Map(lambda kv: (kv[0], max(1, -(-kv[1] // per)))))
 
 
 class WriteManifest(beam.PTransform):

@@ -24,10 +24,12 @@ import apache_beam as beam
 import numpy as np
 
 from jamdata.config import Config, ConfigError
-from jamdata.io import DEFAULT_MAX_INPUT_BYTES, InputPolicy, expand_inputs, sha256_file, stable_hash
+from jamdata.io import (DEFAULT_MAX_INPUT_BYTES, InputPolicy, absolute, expand_inputs, fs_and_path, join, sha256_file,
+                        stable_hash)
 from jamdata.manifest import describe_shard, output_dir, read_manifest, ManifestError
 from jamdata.vocab import VocabMismatchError
 from pipelines.common import WriteManifest, WriteShards, parquet_shard_writer
+from pipelines import progress
 from pipelines.options import pipeline_options
 from schemas.records import REJECT
 
@@ -208,6 +210,7 @@ class _EncodeGroup(beam.DoFn):
             if s.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             codes = self.model.encode(x).numpy()
+            progress.count("images", len(chunk))
             ids = self.tok.encode_batch([c[1] for c in chunk])
             for (rec, caption, _, info), c, cid in zip(chunk, codes, ids):
                 order = choose_order(rec.key, s.seed, s.image_first_ratio)
@@ -284,16 +287,20 @@ def _summarize_rejects(shards: list[dict]) -> dict:
 
 def check_vocab_against(tokenizer: str, vocab) -> None:
     """In the main job the tokenizer dataset records the joint vocabulary; ours must agree."""
-    if not Path(tokenizer).is_dir():
+    fs, p = fs_and_path(tokenizer)
+    if not fs.isdir(p):
         return
     try:
         fp = read_manifest(tokenizer).get("vocab_fingerprint")
     except ManifestError:
         return
     if fp and fp != vocab.fingerprint:
-        raise VocabMismatchError(
-            f"{tokenizer} has joint vocabulary {fp} but text tokenizer + {vocab.n_image_codes} image codes "
-            f"give {vocab.fingerprint}; set vqvae.codebook_size to the VQ-VAE's codebook size")
+        from jamdata.vocab import rebuild_advice
+
+        built = (read_manifest(tokenizer).get("vocab") or {}).get("n_image_codes")
+        raise VocabMismatchError(f"{tokenizer} has joint vocabulary {fp} but text tokenizer + {vocab.n_image_codes} "
+                                 f"image codes give {vocab.fingerprint}: "
+                                 + rebuild_advice(tokenizer, built, vocab.n_image_codes))
 
 
 def tokenize_images(inputs: Iterable[str], out: str, rejects_out: str, vqvae_dir: str, tokenizer: str,
@@ -304,6 +311,7 @@ def tokenize_images(inputs: Iterable[str], out: str, rejects_out: str, vqvae_dir
     from jamdata.text.tokenizer import TextTokenizer
 
     files = expand_inputs(list(inputs))
+    vqvae_dir, tokenizer = absolute(vqvae_dir), absolute(tokenizer)  # workers resolve relative paths elsewhere
     model = load_vqvae(vqvae_dir, verify=settings.verify)  # fail here, not in a worker, if the checkpoint is bad
     vocab = TextTokenizer(tokenizer, model.n_embed).vocab
     check_vocab_against(tokenizer, vocab)
@@ -311,8 +319,9 @@ def tokenize_images(inputs: Iterable[str], out: str, rejects_out: str, vqvae_dir
     if resolution % model.downsample_factor:
         raise ConfigError("images.resolution", f"{resolution} is not a multiple of the VQ-VAE's "
                           f"downsampling factor {model.downsample_factor}")
-    ckpt = str(Path(vqvae_dir) / "vqvae.ckpt") if Path(vqvae_dir).is_dir() else str(vqvae_dir)
-    extra = {"vqvae": str(Path(vqvae_dir).resolve()), "vqvae_sha256": sha256_file(ckpt),
+    fs, p = fs_and_path(vqvae_dir)
+    ckpt = join(vqvae_dir, "vqvae.ckpt") if fs.isdir(p) else vqvae_dir
+    extra = {"vqvae": vqvae_dir, "vqvae_sha256": sha256_file(ckpt),
              "vqvae_params": model.params, "resolution": resolution,
              "grid": list(model.grid(resolution)), "tokenizer": str(tokenizer)}
     cfg = {"images": dict(config or {}), "settings": {**settings.__dict__, "inputs": files}}
@@ -320,7 +329,7 @@ def tokenize_images(inputs: Iterable[str], out: str, rejects_out: str, vqvae_dir
     n_codes = vocab.n_image_codes
     groups, seed = settings.encode_groups, settings.seed
     with output_dir(out) as out_p, output_dir(rejects_out) as rej_p:
-        with beam.Pipeline(options=pipeline_options(workers, list(beam_args))) as p:
+        with progress.Pipeline("images", options=pipeline_options(workers, list(beam_args))) as p:
             read = (p | "Files" >> beam.Create(files) | "SpreadFiles" >> beam.Reshuffle()
                     | "Read" >> beam.ParDo(_ReadSource(settings.fields, settings.input_policy(),
                                                        settings.max_caption_chars))
@@ -402,7 +411,8 @@ def import_checkpoint(src: str, out: str, model_cfg: str | dict | None, n_codes:
     from jamdata.image.vqvae import load_vqvae, save_checkpoint
     from jamdata.manifest import build_manifest, write_manifest
 
-    model = load_vqvae(src, None if Path(src).is_dir() or model_cfg is None else model_cfg)
+    src_fs, src_p = fs_and_path(src)
+    model = load_vqvae(src, None if src_fs.isdir(src_p) or model_cfg is None else model_cfg)
     if model.n_embed != n_codes:
         raise ConfigError("vqvae.codebook_size", f"is {n_codes} but checkpoint {src} has {model.n_embed} codes")
     with output_dir(out) as out_p:

@@ -13,10 +13,12 @@ import apache_beam as beam
 
 from jamdata.config import Config
 from jamdata.formats.wds import TarShardWriter
+from jamdata.io import absolute, exists, join
 from jamdata.interleaved.build import BuildSpec, SampleBuilder, read_records, reject
 from jamdata.manifest import describe_shard, output_dir, read_manifest
 from jamdata.vocab import JointVocab
 from pipelines.common import WriteManifest, WriteShards, parquet_shard_writer
+from pipelines import progress
 from pipelines.options import pipeline_options
 from schemas.records import REJECT
 
@@ -26,7 +28,7 @@ def load_vocab(tokenizer: str, n_image_codes: int) -> JointVocab:
     from jamdata.text.tokenizer import TextTokenizer
 
     tok = TextTokenizer(tokenizer, n_image_codes)
-    if Path(tokenizer).is_dir() and (Path(tokenizer) / "manifest.json").exists():
+    if exists(join(tokenizer, "manifest.json")):
         vocab = read_manifest(tokenizer).get("vocab")
         if vocab:
             return JointVocab.from_dict(vocab)
@@ -70,6 +72,7 @@ class _Build(beam.DoFn):
 
     def process(self, doc):
         sample, rejects = self.builder.build(doc)
+        progress.count("samples")
         for r in rejects:
             yield beam.pvalue.TaggedOutput("reject", r)
         if sample is not None:
@@ -113,14 +116,17 @@ def build(spec: BuildSpec, out: str, rejects_out: str, tokenizer: str, vqvae: st
     from jamdata.vocab import VocabMismatchError
 
     files = spec.input_files()
+    tokenizer, vqvae = absolute(tokenizer), absolute(vqvae)  # in the driver: workers resolve relative paths elsewhere
     vocab = load_vocab(tokenizer, n_image_codes)
     codes = VQEncoder(vqvae, verify=spec.verify).n_codes  # a missing, damaged or mismatched model fails here
     if codes != vocab.n_image_codes:
+        from jamdata.vocab import rebuild_advice
+
         raise VocabMismatchError(f"the VQ-VAE {vqvae} has {codes} codes but the joint vocabulary expects "
-                                 f"{vocab.n_image_codes} (config vqvae.codebook_size)")
+                                 f"{vocab.n_image_codes}: " + rebuild_advice(str(tokenizer), vocab.n_image_codes, codes))
     config = dict(spec.config, template=spec.template.to_dict(), tokenizer=str(tokenizer), vqvae=str(vqvae))
     with output_dir(out) as out_path, output_dir(rejects_out) as rej_path:
-        with beam.Pipeline(options=pipeline_options(workers, beam_args or [])) as p:
+        with progress.Pipeline("instruct", options=pipeline_options(workers, beam_args or [])) as p:
             read = (p | "Files" >> beam.Create(files) | "SpreadFiles" >> beam.Reshuffle()
                     | "Read" >> beam.ParDo(_Read(spec)).with_outputs("doc", "reject"))
             dedup = (read.doc | "KeyDocs" >> beam.Map(lambda d: (d.key, d)) | "GroupKeys" >> beam.GroupByKey()

@@ -8,6 +8,9 @@ the same way. A stage is reused (not redone) only when
   datasets it reads, and the size and modification time of every raw input file its sections name,
   so a config change, a redone upstream stage or a changed raw file redoes it.
 `--force` redoes everything asked for.
+
+The run directory may be a local path or a URL (s3://, gs://); it is kept as a string (pathlib would
+fold the `//`), local paths made absolute in the driver, and stamps live under `<run>/.jam-stages/`.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from jamdata.config import Config, ConfigError
-from jamdata.io import atomic_write, fs_and_path
+from jamdata.io import absolute, atomic_write, exists, fs_and_path, join, read_bytes
 from jamdata.manifest import MANIFEST, validate_dataset
 
 STAMPS = ".jam-stages"
@@ -29,14 +32,19 @@ REUSE_VERIFY = ("size", "sha256")
 
 @dataclass
 class StageContext:
+    """`run_dir`: a local path or a URL (s3://, gs://), kept as a string (pathlib would fold the
+    `//` of a URL) and made absolute here, in the driver, so Beam workers read the same files."""
     config: Config
-    run_dir: Path
+    run_dir: str
     workers: int = 1
     beam_args: list[str] = field(default_factory=list)
     force: bool = False
 
-    def path(self, name: str) -> Path:
-        return self.run_dir / name
+    def __post_init__(self) -> None:
+        self.run_dir = absolute(self.run_dir)
+
+    def path(self, name: str) -> str:
+        return join(self.run_dir, name)
 
 
 @dataclass(frozen=True)
@@ -91,14 +99,14 @@ def raw_input_files(values) -> dict[str, list]:
             continue
         try:
             fs, p = fs_and_path(text)
-            if fs.isdir(p):
-                paths = fs.find(p)
+            if fs.isdir(p):  # one listing with sizes, not one request per file (buckets hold many)
+                infos = fs.find(p, detail=True)
             elif any(c in p for c in "*?["):
-                paths = fs.glob(p)
+                infos = fs.glob(p, detail=True)
             else:
-                paths = [p] if fs.exists(p) else []
-            for path in sorted(paths):
-                info = fs.info(path)
+                infos = {p: fs.info(p)} if fs.exists(p) else {}
+            for path in sorted(infos):
+                info = infos[path]
                 when = info.get("mtime") or info.get("LastModified") or info.get("updated") or info.get("etag")
                 found[path] = [info.get("size"), str(when)]
         except (OSError, ValueError) as e:  # unreachable: the stamp differs, so the stage is redone
@@ -112,13 +120,13 @@ def stamp(stage: Stage, ctx: StageContext) -> str:
     config = {k: ctx.config.get(k, object, None) for k in stage.sections}
     parts: dict = {"config": config, "inputs": {}, "raw": raw_input_files(config)}
     for name in stage.inputs:
-        m = ctx.path(name) / MANIFEST
-        parts["inputs"][name] = hashlib.sha256(m.read_bytes()).hexdigest() if m.exists() else None
+        m = join(ctx.path(name), MANIFEST)
+        parts["inputs"][name] = hashlib.sha256(read_bytes(m)).hexdigest() if exists(m) else None
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _stamp_path(ctx: StageContext, stage: Stage) -> Path:
-    return ctx.run_dir / STAMPS / f"{stage.name}.stamp"
+def _stamp_path(ctx: StageContext, stage: Stage) -> str:
+    return join(ctx.run_dir, STAMPS, f"{stage.name}.stamp")
 
 
 def outputs_intact(stage: Stage, ctx: StageContext) -> bool:
@@ -129,7 +137,7 @@ def outputs_intact(stage: Stage, ctx: StageContext) -> bool:
 
 def is_fresh(stage: Stage, ctx: StageContext) -> bool:
     p = _stamp_path(ctx, stage)
-    return p.exists() and p.read_text() == stamp(stage, ctx) and outputs_intact(stage, ctx)
+    return exists(p) and read_bytes(p).decode() == stamp(stage, ctx) and outputs_intact(stage, ctx)
 
 
 def run_all(ctx: StageContext, only: list[str] | None = None, log: Callable[[str], None] = print) -> list[str]:

@@ -3,13 +3,13 @@ same code scales from the demo to the full run on Dataflow. `fast=True` reads ma
 from __future__ import annotations
 
 import json
-from pathlib import Path
-
 import apache_beam as beam
 
-from jamdata.io import atomic_write
+from jamdata.config import ConfigError
+from jamdata.io import absolute, atomic_write, exists, join, list_dirs, open_url
 from jamdata.stats import aggregate as agg
-from jamdata.stats.collect import expand_dirs, finalize, inspect_datasets, plan_shards, run_task
+from jamdata.stats.collect import expand_dirs_noting, finalize, inspect_datasets, plan_shards, run_task
+from jamdata.stats.warnings import format_warnings, run_warnings
 from jamdata.stats.report import write_report
 from pipelines.options import pipeline_options
 
@@ -49,20 +49,23 @@ def compute_beam(tasks, agg_path: str, workers: int = 1, beam_args=()) -> dict[s
          | "Merge" >> beam.CombinePerKey(MergeStats())
          | "All" >> beam.combiners.ToList()
          | "Write" >> beam.Map(write))
-    import fsspec
-
-    with fsspec.open(agg_path, "r") as f:
+    with open_url(agg_path, "r") as f:
         return json.load(f)
 
 
 def run_stats(dirs: list[str], out: str, fast: bool = False, workers: int = 1, beam_args=(),
-              vqvae: str | None = None, loader_view: dict | None = None, deep_validate: bool = False) -> dict:
+              vqvae: str | None = None, loader_view: dict | None = None, deep_validate: bool = False,
+              loader_problem: str | None = None) -> dict:
     """Compute stats.json + plots + report.html for datasets (or whole runs) into `out`."""
-    datasets = expand_dirs(dirs)
+    datasets, shadowed = expand_dirs_noting(dirs)
     info = inspect_datasets(datasets, deep_validate=deep_validate)
-    Path(out).mkdir(parents=True, exist_ok=True)
+    out = absolute(out)
     merged = {} if fast else compute_beam(plan_shards(info), f"{out}/aggregates.json", workers, beam_args)
     stats = finalize(info, merged, fast=fast)
+    stats["warnings"] = run_warnings(info, shadowed)
+    if loader_problem:
+        stats["warnings"].append({"code": "loader_view_skipped", "dataset": "loader", "source": None,
+                                  "message": f"the loader's realised mixture is not shown: {loader_problem}"})
     if loader_view:
         stats["loader"] = loader_view
     with atomic_write(f"{out}/stats.json", "w") as f:
@@ -80,25 +83,33 @@ def run_stage(ctx) -> list[str]:
     cfg.check_keys(["fast", "loader_batches"])
     loader_view = None
     n_batches = cfg.get("loader_batches", int, default=20)
+    from jamdata.loader import LoaderError
+
+    loader_problem = None
     if n_batches and ctx.config.has("loader"):
-        loader_view = loader_mixture(ctx, n_batches)
+        try:  # the report of the datasets is worth having even when the loader cannot be built
+            loader_view = loader_mixture(ctx, n_batches)
+        except (ConfigError, FileNotFoundError, LoaderError) as e:
+            loader_problem = str(e)
     with output_dir(out):
-        datasets = [str(ctx.path(n)) for n in sorted(p.name for p in ctx.run_dir.iterdir()
-                                                        if p.is_dir() and not p.name.startswith(".") and p.name not in ("report", "train"))]
+        datasets = [ctx.path(n) for n in list_dirs(ctx.run_dir)
+                    if not n.startswith(".") and n not in ("report", "train")]
         stats = run_stats(datasets, str(out), fast=cfg.get("fast", bool, default=False), workers=ctx.workers,
-                          beam_args=ctx.beam_args, vqvae=str(ctx.path("vqvae")), loader_view=loader_view)
+                          beam_args=ctx.beam_args, vqvae=str(ctx.path("vqvae")), loader_view=loader_view,
+                          loader_problem=loader_problem)
         shards = [describe_shard(str(out), n) for n in ("stats.json", "report.html")]
-        write_manifest(str(out), build_manifest("stats", shards, cfg.to_dict(), inputs=datasets))
+        write_manifest(str(out), build_manifest("stats", shards, cfg.to_dict(), inputs=datasets,
+                                                summary={"warnings": stats["warnings"]}))
     o = stats["overall"]
-    return [f"{len(stats['datasets'])} datasets, {o['records']} records, {o['tokens']} tokens",
-            f"report: {Path(out, 'report.html').resolve()}"]
+    return [f"{len(stats['datasets'])} datasets, {o['records'] or 0:,} records, {o['tokens'] or 0:,} tokens",
+            *format_warnings(stats["warnings"]), f"report: {join(out, 'report.html')}"]
 
 
 def loader_mixture(ctx, n_batches: int) -> dict | None:
     """Realised dataset mixture over the first N batches of the configured loader."""
     from jamdata.loader import build_loader
 
-    datasets = {n: str(ctx.path(n)) for n in ("text-tokens", "image-caption", "instruct") if ctx.path(n).exists()}
+    datasets = {n: ctx.path(n) for n in ("text-tokens", "image-caption", "instruct") if exists(ctx.path(n))}
     loader = build_loader(ctx.config.section("loader"), datasets, rank=0, world_size=1)
     counts: dict[str, int] = {}
     tokens: dict[str, int] = {}

@@ -13,17 +13,19 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterable
 
 import apache_beam as beam
 
 from jamdata.config import Config, ConfigError
-from jamdata.io import expand_inputs, fs_and_path, is_local, stable_hash
+from jamdata.io import absolute, expand_inputs, fs_and_path, is_local, stable_hash
 from jamdata.manifest import build_manifest, output_dir, read_manifest, write_manifest
 from jamdata.text.clean import CleanOptions, clean_records
 from jamdata.text.readers import READERS, ReadOptions, is_reject, read_file
-from pipelines.common import WriteShards, parquet_shard_writer
+from pipelines.common import ShardsFromBytes, WriteShards, parquet_shard_writer
+from pipelines.line_dedup import GroupLineDedup, assign_groups
+from pipelines import progress
 from pipelines.options import pipeline_options
 from schemas.records import DOCUMENT, REJECT
 
@@ -31,8 +33,13 @@ log = logging.getLogger(__name__)
 
 STAGES = ("read", "clean", "filter", "dedup")
 PASSED_OVER = "passed_over"  # counts of raw records that are neither documents nor rejects, by kind
+FILTER_COUNTS = "filters"  # per filter: documents it dropped, and what it counted (PII masked)
+COUNTED_FIELDS = {"pii_emails": "pii emails masked", "pii_ips": "pii ips masked"}
 CLEAN_KEYS = ["shards", "reject_shards", "max_record_bytes", "pile_set_names", "line_dedup_min_docs",
-              "line_dedup_min_chars", "wiki_drop_sections", "filters", "dedup"]
+              "line_dedup_min_chars", "wiki_drop_sections", "filters", "dedup", "extract_timeout_s",
+              "line_dedup_group_files", "shard_bytes"]
+SHARD_BYTES = 512 << 20  # default text bytes per parquet shard when `shards` is not set
+EXTRACT_TIMEOUT_S = 60.0  # default per-page HTML extraction limit (text.clean.extract_timeout_s)
 DOC_COLUMNS = ("language", "language_score", "quality_score")
 
 
@@ -91,11 +98,12 @@ def plan_inputs(text_cfg: Config) -> list[InputFile]:
             fmt = c.choice("format", list(READERS))
             for pattern in _paths(c):
                 for path in expand_inputs(str(pattern)):
-                    # a relative pattern keeps relative paths, so ids and outputs do not depend
-                    # on where the checkout lives
+                    # ids use the path relative to the pattern, so they do not depend on where the
+                    # inputs live; the path itself is absolute (made so here, in the driver: Beam
+                    # workers resolve a relative path against their own working directory)
                     id_path = input_id_path(str(pattern), path)
-                    if is_local(pattern) and not os.path.isabs(str(pattern)):
-                        path = os.path.relpath(path)
+                    if is_local(path):
+                        path = absolute(path)
                     files.append(InputFile(name, fmt, path, id_path))
     if not files:
         raise ConfigError(sources.prefix, "no input files configured")
@@ -107,20 +115,39 @@ def plan_inputs(text_cfg: Config) -> list[InputFile]:
     return [f if seen[(f.source, f.id_path)] == 1 else InputFile(f.source, f.fmt, f.path, f.path) for f in files]
 
 
-def clean_settings(text_cfg: Config) -> tuple[ReadOptions, CleanOptions, dict, dict, int, int]:
+def clean_settings(text_cfg: Config) -> tuple[ReadOptions, CleanOptions, dict, dict, int, int, int]:
+    """(read options, clean options, filters, dedup, shards, reject shards, shard bytes); a shard
+    count of 0 means "from the data": ceil(UTF-8 text bytes of the source / shard_bytes)."""
     clean = text_cfg.section("clean")
     clean.check_keys(CLEAN_KEYS)
     max_record = int(clean.number("max_record_bytes", default=16 << 20, lo=1024))
     ropts = ReadOptions(max_record_bytes=max_record,
-                        pile_set_names=tuple(clean.get("pile_set_names", list, default=["Books3"])))
+                        pile_set_names=tuple(clean.get("pile_set_names", list, default=["Books3"])),
+                        extract_timeout_s=float(clean.number("extract_timeout_s", default=EXTRACT_TIMEOUT_S, lo=0)))
     copts = CleanOptions(
         max_expanded_chars=max_record,
         line_dedup_min_docs=int(clean.number("line_dedup_min_docs", default=3, lo=0)),
         line_dedup_min_chars=int(clean.number("line_dedup_min_chars", default=0, lo=0)),
+        line_dedup_group_files=int(clean.number("line_dedup_group_files", default=0, lo=0)),
         wiki_drop_sections=tuple(clean.get("wiki_drop_sections", list, default=list(CleanOptions.wiki_drop_sections))))
-    shards = int(clean.number("shards", default=1, lo=1))
-    reject_shards = int(clean.number("reject_shards", default=1, lo=1))
-    return ropts, copts, clean.section("filters").to_dict(), clean.section("dedup").to_dict(), shards, reject_shards
+    # explicit counts win (older configs, and the demo's byte-identical outputs); else from the data
+    shards = int(clean.number("shards", lo=1)) if clean.has("shards") else 0
+    reject_shards = int(clean.number("reject_shards", lo=1)) if clean.has("reject_shards") else 0
+    shard_bytes = int(clean.number("shard_bytes", default=SHARD_BYTES, lo=1))
+    return (ropts, copts, clean.section("filters").to_dict(), clean.section("dedup").to_dict(), shards,
+            reject_shards, shard_bytes)
+
+
+def _source(r: dict) -> str:
+    return r["source"]
+
+
+def _text_bytes(d: dict) -> int:
+    return _nbytes(d["text"])
+
+
+def _reject_bytes(r: dict) -> int:
+    return 64 + sum(len(str(r.get(k) or "").encode("utf-8")) for k in ("id", "reason", "snippet", "file"))
 
 
 def check_filters(filters_cfg: dict, sources: list[str]) -> None:
@@ -139,10 +166,25 @@ def _nbytes(text: str) -> int:
 
 class ReadAndClean(beam.DoFn):
     """One raw file -> cleaned documents, REJECTs (tag "rejects") and its funnel counts
-    (tag "counts": ((source, stage, measure), value))."""
+    (tag "counts": ((source, stage, measure), value)). A file in `groups` (Common Crawl line dedup
+    over groups of files) is cleaned without its own line dedup and its documents go out as
+    (group, doc) (tag "grouped"), to be counted as cleaned after the group's line dedup."""
 
-    def __init__(self, ropts: ReadOptions, copts: CleanOptions):
-        self.ropts, self.copts = ropts, copts
+    def __init__(self, ropts: ReadOptions, copts: CleanOptions, groups: dict[str, str] | None = None):
+        self.ropts, self.copts, self.groups = ropts, copts, groups or {}
+
+    def _site(self, f: InputFile):
+        """A Wikipedia dump's own namespace names (its siteinfo), so that `Kategorie:` and
+        `Файл:` links go as `Category:` ones do; None for other formats or an unreadable head
+        (the reader reports the file; pages then use their URL's language)."""
+        if f.fmt != "wiki_xml":
+            return None
+        from jamdata.text.wikisite import read_siteinfo
+
+        try:
+            return read_siteinfo(f.path, self.copts.wiki_drop_sections)
+        except Exception:
+            return None
 
     def process(self, f: InputFile):
         n = {"records": 0, "read_docs": 0, "read_bytes": 0, "clean_docs": 0, "clean_bytes": 0}
@@ -153,13 +195,20 @@ class ReadAndClean(beam.DoFn):
                 n["records"] += 1
                 if not is_reject(rec):
                     n["read_docs"] += 1
-                    n["read_bytes"] += _nbytes(rec["text"])
+                    size = _nbytes(rec["text"])
+                    n["read_bytes"] += size
+                    progress.count("documents")
+                    progress.count("bytes", size)
                 yield rec
 
         records = read_file(f.path, f.fmt, f.source, self.ropts, f.id_path, passed_over)
-        for rec in clean_records(counted(records), f.fmt, self.copts):
+        group = self.groups.get(f.path)
+        copts = replace(self.copts, line_dedup_min_docs=0) if group else self.copts
+        for rec in clean_records(counted(records), f.fmt, copts, self._site(f)):
             if is_reject(rec):
                 yield beam.pvalue.TaggedOutput("rejects", rec)
+            elif group:
+                yield beam.pvalue.TaggedOutput("grouped", (group, rec))
             else:
                 n["clean_docs"] += 1
                 n["clean_bytes"] += _nbytes(rec["text"])
@@ -179,7 +228,8 @@ class ReadAndClean(beam.DoFn):
 
 
 class ApplyFilters(beam.DoFn):
-    """The filter chain of each document's source (from `text.clean.filters`)."""
+    """The filter chain of each document's source (from `text.clean.filters`). Also counts, per
+    source (tag "counts"), the documents each filter dropped and the PII each masked."""
 
     def __init__(self, filters_cfg: dict):
         self.filters_cfg = filters_cfg
@@ -201,7 +251,11 @@ class ApplyFilters(beam.DoFn):
 
         verdict, failed = apply_chain(doc["text"], self._chain(doc["source"]))
         fields = dict(verdict.fields or {})
+        for key, label in COUNTED_FIELDS.items():
+            if fields.get(key):
+                yield beam.pvalue.TaggedOutput("counts", ((doc["source"], FILTER_COUNTS, label), int(fields[key])))
         if not verdict.keep:
+            yield beam.pvalue.TaggedOutput("counts", ((doc["source"], FILTER_COUNTS, f"{failed} dropped"), 1))
             meta = json.loads(doc.get("metadata") or "{}")
             yield beam.pvalue.TaggedOutput("rejects", make_reject(
                 doc["source"], "filter", f"{failed}: {verdict.reason}" if verdict.reason else str(failed),
@@ -275,12 +329,13 @@ def funnel_from_counts(counts: list[tuple[tuple[str, str, str], int]]) -> dict:
     return funnel
 
 
-def passed_over_from_counts(counts: list[tuple[tuple[str, str, str], int]]) -> dict:
+def passed_over_from_counts(counts: list[tuple[tuple[str, str, str], int]], stage_name: str = PASSED_OVER) -> dict:
     """{source: {kind: records}} for the raw records that are neither documents nor rejects
-    (WARC request/metadata records, other Pile subsets...), so they are counted, not lost."""
+    (WARC request/metadata records, other Pile subsets...), so they are counted, not lost.
+    With `stage_name` FILTER_COUNTS: {source: {"<filter> dropped" / "pii ... masked": n}}."""
     out: dict = {}
     for (source, stage, kind), value in sorted(counts):
-        if stage == PASSED_OVER:
+        if stage == stage_name:
             out.setdefault(source, {})[kind] = value
     return out
 
@@ -297,27 +352,42 @@ def format_funnel(funnel: dict) -> str:
 
 def build_pipeline(p: beam.Pipeline, files: list[InputFile], settings: tuple, docs_dir: str, rejects_dir: str,
                    config: dict, seed: int = 0):
-    ropts, copts, filters_cfg, dedup_cfg, shards, reject_shards = settings
+    ropts, copts, filters_cfg, dedup_cfg, shards, reject_shards, shard_bytes = settings
+    # line dedup over groups of files (pipelines/line_dedup.py); `line_dedup_min_docs` 0 or 1 turns it off
+    grouping = copts.line_dedup_group_files and copts.line_dedup_min_docs > 1
+    groups = assign_groups(files, copts.line_dedup_group_files) if grouping else {}
     read = (p
             | "Files" >> beam.Create(files)
             | "SpreadFiles" >> beam.Reshuffle()
-            | "ReadClean" >> beam.ParDo(ReadAndClean(ropts, copts)).with_outputs("rejects", "counts", main="docs"))
-    filtered = read.docs | "Filter" >> beam.ParDo(ApplyFilters(filters_cfg)).with_outputs("rejects", main="docs")
+            | "ReadClean" >> beam.ParDo(ReadAndClean(ropts, copts, groups)).with_outputs(
+                "rejects", "counts", "grouped", main="docs"))
+    cleaned, clean_rejects, clean_counts = read.docs, [read.rejects], [read.counts]
+    if groups:
+        grouped_docs, group_rejects = read.grouped | "GroupLineDedup" >> GroupLineDedup(copts)
+        cleaned = (read.docs, grouped_docs) | "AllCleaned" >> beam.Flatten()
+        clean_rejects.append(group_rejects)
+        clean_counts.append(grouped_docs | "CountGroupCleaned" >> CountDocs("clean"))
+    filtered = cleaned | "Filter" >> beam.ParDo(ApplyFilters(filters_cfg)).with_outputs("rejects", "counts", main="docs")
     kept, dedup_rejects = apply_dedup(filtered.docs, dedup_cfg)
 
+    # explicit shard counts, or counts from the data's size (pipelines/common.ShardsFromBytes)
+    doc_counts = None if shards else kept | "DocShardCounts" >> ShardsFromBytes(shard_bytes, _text_bytes, _source)
     doc_shards = (kept
                   | "KeyDocs" >> beam.Map(lambda d: (doc_key(d), d))
-                  | "WriteDocs" >> WriteShards(docs_dir, parquet_shard_writer(DOCUMENT, "source"), shards,
-                                               group_of=lambda r: r["source"], seed=seed))
-    rejects = (read.rejects, filtered.rejects, dedup_rejects) | "AllRejects" >> beam.Flatten()
+                  | "WriteDocs" >> WriteShards(docs_dir, parquet_shard_writer(DOCUMENT, "source"), shards or 1,
+                                               group_of=lambda r: r["source"], seed=seed, shards_of=doc_counts))
+    rejects = (*clean_rejects, filtered.rejects, dedup_rejects) | "AllRejects" >> beam.Flatten()
+    reject_counts_of = (None if reject_shards else
+                        rejects | "RejectShardCounts" >> ShardsFromBytes(shard_bytes, _reject_bytes, _source))
     reject_shard_infos = (rejects
                           | "KeyRejects" >> beam.Map(lambda r: (reject_key(r), r))
                           | "WriteRejects" >> WriteShards(rejects_dir, parquet_shard_writer(REJECT, "source"),
-                                                          reject_shards, group_of=lambda r: r["source"], seed=seed))
+                                                          reject_shards or 1, group_of=lambda r: r["source"],
+                                                          seed=seed, shards_of=reject_counts_of))
     reject_counts = (rejects
                      | "RejectKey" >> beam.Map(lambda r: ((r["source"], r["stage"]), 1))
                      | "CountRejects" >> beam.CombinePerKey(sum))
-    counts = ((read.counts, filtered.docs | "CountFiltered" >> CountDocs("filter"),
+    counts = ((*clean_counts, filtered.counts, filtered.docs | "CountFiltered" >> CountDocs("filter"),
                kept | "CountDeduped" >> CountDocs("dedup"))
               | "AllCounts" >> beam.Flatten()
               | "SumCounts" >> beam.CombinePerKey(sum)
@@ -325,7 +395,7 @@ def build_pipeline(p: beam.Pipeline, files: list[InputFile], settings: tuple, do
     inputs = [f.path for f in files]
 
     def write_manifests(count_list, doc_infos, reject_infos, rejected):
-        funnel = funnel_from_counts([c for c in count_list if c[0][1] != PASSED_OVER])
+        funnel = funnel_from_counts([c for c in count_list if c[0][1] not in (PASSED_OVER, FILTER_COUNTS)])
         by_stage: dict = {}
         for (source, stage), n in sorted(rejected):
             by_stage.setdefault(source, {})[stage] = n
@@ -333,6 +403,9 @@ def build_pipeline(p: beam.Pipeline, files: list[InputFile], settings: tuple, do
         passed = passed_over_from_counts(count_list)
         if passed:
             summary[PASSED_OVER] = passed
+        by_filter = passed_over_from_counts(count_list, FILTER_COUNTS)
+        if by_filter:
+            summary[FILTER_COUNTS] = by_filter
         write_manifest(rejects_dir, build_manifest("rejects", reject_infos, config, None,
                                                    {"rejected": by_stage}, inputs))
         write_manifest(docs_dir, build_manifest("documents", doc_infos, config, None, summary, inputs))
@@ -355,16 +428,16 @@ def run(config: Config, docs_dir: str, rejects_dir: str, workers: int = 1, beam_
     docs_dir, rejects_dir = str(docs_dir), str(rejects_dir)
 
     def go():
-        with beam.Pipeline(options=pipeline_options(workers, beam_args or [])) as p:
+        with progress.Pipeline("text-clean", options=pipeline_options(workers, beam_args or [])) as p:
             build_pipeline(p, files, settings, docs_dir, rejects_dir, record, seed)
 
-    if is_local(docs_dir) and is_local(rejects_dir):
-        with output_dir(docs_dir), output_dir(rejects_dir):
-            go()
-    else:
+    docs_dir, rejects_dir = absolute(docs_dir), absolute(rejects_dir)
+    with output_dir(docs_dir), output_dir(rejects_dir):  # old manifests go first, local or remote
         go()
     manifest = read_manifest(docs_dir)
     log_fn(format_funnel(manifest["summary"]["funnel"]))
+    for source, counts in sorted(manifest["summary"].get(FILTER_COUNTS, {}).items()):
+        log_fn(f"{source:<12} filters: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     return manifest
 
 
@@ -375,7 +448,9 @@ def summary_lines(manifest: dict, docs_dir: str) -> list[str]:
         lines.append(f"{source}: {last['docs_out']} documents ({last['bytes_out'] / 1e3:,.1f} kB) kept of "
                      f"{first['docs_in']} records read")
     lines.append(f"documents in {docs_dir}")
-    return lines
+    from jamdata.stats.warnings import documents_warnings, format_warnings
+
+    return lines + format_warnings(documents_warnings("text-clean", manifest))  # e.g. a source that read nothing
 
 
 def run_stage(ctx) -> list[str]:

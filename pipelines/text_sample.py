@@ -13,25 +13,24 @@ from __future__ import annotations
 
 import json
 import math
-import os
+import posixpath
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Iterator
 
 import apache_beam as beam
-import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jamdata.config import Config, ConfigError
-from jamdata.io import atomic_write, stable_hash
+from jamdata.io import absolute, atomic_write, exists, fs_and_path, join, open_url, read_bytes, stable_hash
 from jamdata.manifest import (MANIFEST, ManifestError, build_manifest, describe_shard, output_dir,
                               read_manifest, write_manifest)
 from jamdata.text import sampling
 from jamdata.text.sampling import PlanError, SourceDecision
 from jamdata.text.tokenizer import TextTokenizer, train_sentencepiece, write_tokenizer_dataset
 from jamdata.vocab import JointVocab, VocabMismatchError
+from pipelines import progress
 from pipelines.options import pipeline_options
 from schemas.records import DOCUMENT, TOKENIZED_DOCUMENT, SchemaError, validate_batch
 
@@ -118,7 +117,7 @@ def clean_shards(clean_dir: str) -> dict[str, list[str]]:
         if not shard["path"].endswith(".parquet"):
             continue
         path = f"{str(clean_dir).rstrip('/')}/{shard['path']}"
-        source = shard.get("group") or Path(shard["path"]).parent.name
+        source = shard.get("group") or posixpath.basename(posixpath.dirname(shard["path"]))
         check_document_schema(path)
         out.setdefault(source, []).append(path)
     return {s: sorted(v) for s, v in sorted(out.items())}
@@ -126,7 +125,7 @@ def clean_shards(clean_dir: str) -> dict[str, list[str]]:
 
 def check_document_schema(path: str) -> None:
     try:
-        with fsspec.open(path, "rb") as f:
+        with open_url(path, "rb") as f:
             schema = pq.read_schema(f)
     except FileNotFoundError:
         raise FileNotFoundError(f"clean shard {path} listed in the manifest does not exist") from None
@@ -136,19 +135,19 @@ def check_document_schema(path: str) -> None:
 
 
 def row_groups(path: str) -> int:
-    with fsspec.open(path, "rb") as f:
+    with open_url(path, "rb") as f:
         return pq.ParquetFile(f).metadata.num_row_groups
 
 
 def read_texts(path: str, row_group: int | None = None, columns=("id", "text")) -> pa.Table:
-    with fsspec.open(path, "rb") as f:
+    with open_url(path, "rb") as f:
         pf = pq.ParquetFile(f)
         return pf.read(columns=list(columns)) if row_group is None else pf.read_row_group(row_group, columns=list(columns))
 
 
 def text_bytes_estimate(path: str) -> int:
     """UTF-8 bytes of the `text` column from the parquet footer alone (no data read)."""
-    with fsspec.open(path, "rb") as f:
+    with open_url(path, "rb") as f:
         meta = pq.ParquetFile(f).metadata
     col = meta.schema.names.index("text")
     total = 0
@@ -180,15 +179,19 @@ def run_tokenizer_stage(ctx) -> list[str]:
     cfg: Config = ctx.config
     sec = cfg.section("text.tokenizer")
     sec.check_keys(TOKENIZER_KEYS)
+    # without a vqvae section the joint vocabulary assumes DEFAULT_IMAGE_CODES: said, not silent
+    assumed = {} if cfg.has("vqvae.codebook_size") else {"image_codes_assumed": True}
     codes = n_image_codes(cfg)
     out = str(ctx.path("tokenizer"))
     model = sec.get("model", (str, type(None)), default=None)
     if model:
         tok = TextTokenizer(model, codes)  # fails naming the file when it is missing or not a model
+        check = tokenizer_check(tok.sp, sec.get("input", (str, type(None)), default=None) or str(ctx.path("text-clean")))
         with output_dir(out):
-            vocab = write_tokenizer_dataset(out, tok.proto, codes, sec.to_dict(), {"origin": "loaded", "model": model},
-                                            inputs=[model])
-        return [f"loaded {model}: {vocab.text_size} pieces, joint vocab {vocab.size} ({vocab.fingerprint})"]
+            vocab = write_tokenizer_dataset(out, tok.proto, codes, sec.to_dict(),
+                                            {"origin": "loaded", "model": model, **check, **assumed}, inputs=[model])
+        return [f"loaded {model}: {vocab.text_size} pieces, joint vocab {vocab.size} ({vocab.fingerprint})",
+                *tokenizer_check_lines(read_manifest(out))]
     clean = sec.get("input", (str, type(None)), default=None) or str(ctx.path("text-clean"))
     files = clean_shards(clean)
     shares = cfg.get("text.sample.shares", dict, default=LLAMA_SHARES)
@@ -198,14 +201,35 @@ def run_tokenizer_stage(ctx) -> list[str]:
     proto = train_sentencepiece(tokenizer_sample(files, shares, train_bytes), vocab_size, train_bytes, threads)
     with output_dir(out):
         vocab = write_tokenizer_dataset(out, proto, codes, sec.to_dict(),
-                                        {"origin": "trained", "train_bytes": train_bytes}, inputs=[clean])
-    return [f"trained BPE tokenizer: {vocab.text_size} pieces, joint vocab {vocab.size} ({vocab.fingerprint})"]
+                                        {"origin": "trained", "train_bytes": train_bytes, **assumed}, inputs=[clean])
+    return [f"trained BPE tokenizer: {vocab.text_size} pieces, joint vocab {vocab.size} ({vocab.fingerprint})",
+            *tokenizer_check_lines(read_manifest(out))]
+
+
+def tokenizer_check(sp, clean: str, max_bytes: int = 2_000_000) -> dict:
+    """`unk_share`: the share of `<unk>` tokens on the first clean documents of every source (up
+    to `max_bytes` of text); {} when there is no clean dataset to measure on."""
+    from jamdata.text.tokenizer import unk_share
+
+    if not exists(join(clean, MANIFEST)):
+        return {}
+    files = clean_shards(clean)
+    sample = list(tokenizer_sample(files, {s: 1.0 for s in files}, max_bytes))
+    share = unk_share(sp, sample)
+    return {} if share is None else {"unk_share": round(share, 6), "unk_sample_documents": len(sample)}
+
+
+def tokenizer_check_lines(manifest: dict) -> list[str]:
+    """Console warnings for a tokenizer that loses text (see jamdata.stats.warnings)."""
+    from jamdata.stats.warnings import format_warnings, tokenizer_warnings
+
+    return format_warnings(tokenizer_warnings("tokenizer", manifest))
 
 
 def load_tokenizer(path: str, codes: int) -> TextTokenizer:
     """A tokenizer file or dataset; a dataset's manifest must agree with the configured image codes."""
     tok = TextTokenizer(path, codes)
-    if Path(path).is_dir() and (Path(path) / MANIFEST).exists():
+    if exists(join(path, MANIFEST)):
         fp = read_manifest(path)["vocab_fingerprint"]
         if fp and fp != tok.vocab.fingerprint:
             raise VocabMismatchError(
@@ -244,16 +268,16 @@ def count_available(files: dict[str, list[str]], tok: TextTokenizer, mode: str, 
     return out
 
 
-def make_plan(cfg: Config, run_dir: Path) -> tuple[list[sampling.SourcePlan], SampleSettings]:
+def make_plan(cfg: Config, run_dir: str) -> tuple[list[sampling.SourcePlan], SampleSettings]:
     s = sample_settings(cfg)
-    files = clean_shards(s.input or str(run_dir / "text-clean"))
+    files = clean_shards(s.input or join(run_dir, "text-clean"))
     tok = load_tokenizer(tokenizer_path(cfg, run_dir, s), n_image_codes(cfg))
     avail = count_available(files, tok, s.count, s.estimate_sample_bytes, s.batch_docs)
     return sampling.build_plan(s.budget, s.shares, s.max_epochs, avail), s
 
 
-def tokenizer_path(cfg: Config, run_dir: Path, s: SampleSettings) -> str:
-    return s.tokenizer or str(run_dir / "tokenizer")
+def tokenizer_path(cfg: Config, run_dir: str, s: SampleSettings) -> str:
+    return s.tokenizer or join(str(run_dir), "tokenizer")
 
 
 # -- Beam pieces ---------------------------------------------------------------------------------
@@ -272,6 +296,8 @@ class TokenizeUnit(beam.DoFn):
         ids, texts = table.column("id").to_pylist(), table.column("text").to_pylist()
         for i in range(0, len(texts), self.batch):
             flat, lengths = self.tok.encode_documents(texts[i:i + self.batch])
+            progress.count("documents", len(lengths))
+            progress.count("tokens", int(sum(lengths)))
             data = flat.tobytes()
             item = flat.dtype.itemsize
             ends = np.cumsum(lengths) * item
@@ -321,7 +347,6 @@ class WriteTokenShard(beam.DoFn):
         (source, bucket), records = element
         records = sorted(records)  # (sort key, token bytes): total order even for duplicate ids
         name = f"{source}/part-{bucket + self.offsets.get(source, 0):05d}"
-        Path(self.out_dir, source).mkdir(parents=True, exist_ok=True)
         writer = IndexedDatasetWriter(f"{self.out_dir}/{name}", self.dtype)
         epochs: dict[str, int] = {}
         for key, _ in records:
@@ -409,9 +434,9 @@ def source_summary(shards: list[dict], decisions: dict, s: SampleSettings) -> di
 def run_stage(ctx) -> list[str]:
     cfg: Config = ctx.config
     s = sample_settings(cfg)
-    clean = s.input or str(ctx.path("text-clean"))
+    clean = absolute(s.input or ctx.path("text-clean"))  # absolute in the driver: workers run elsewhere
     files = clean_shards(clean)
-    tok_path = tokenizer_path(cfg, ctx.run_dir, s)
+    tok_path = absolute(tokenizer_path(cfg, ctx.run_dir, s))
     tok = load_tokenizer(tok_path, n_image_codes(cfg))
     vocab = tok.vocab
     targets = s.targets
@@ -421,18 +446,18 @@ def run_stage(ctx) -> list[str]:
     out = str(ctx.path("text-tokens"))
     hf_out = str(ctx.path(HF_DIR)) if s.export_hf else None
     previous, hf_previous, offsets = [], [], {}
-    if s.append and (Path(out) / MANIFEST).exists():
+    if s.append and exists(join(out, MANIFEST)):
         old = read_manifest(out)
         if old["vocab_fingerprint"] != vocab.fingerprint:
             raise VocabMismatchError(
                 f"cannot append to {out}/{MANIFEST} (vocab {old['vocab_fingerprint']}) with tokenizer "
                 f"{tok.path} (vocab {vocab.fingerprint}); use the same tokenizer or a new output directory")
         previous = old["shards"]
-        if hf_out and (Path(hf_out) / MANIFEST).exists():
+        if hf_out and exists(join(hf_out, MANIFEST)):
             hf_previous = read_manifest(hf_out)["shards"]
         for sh in previous:
             src = sh.get("group")
-            num = int(Path(sh["path"]).stem.split("-")[-1])
+            num = int(sh["path"].rsplit("/", 1)[-1].split(".")[0].split("-")[-1])
             offsets[src] = max(offsets.get(src, 0), num + 1)
 
     units = [(src, path, rg) for src, paths in files.items() for path in paths for rg in range(row_groups(path))]
@@ -445,7 +470,7 @@ def run_stage(ctx) -> list[str]:
             hf_ctx.__enter__()
         try:
             plan_path = f"{out}/{PLAN_FILE}"
-            with beam.Pipeline(options=pipeline_options(ctx.workers, ctx.beam_args)) as p:
+            with progress.Pipeline("text-sample", options=pipeline_options(ctx.workers, ctx.beam_args)) as p:
                 docs = (p | "Units" >> beam.Create(units) | "Spread" >> beam.Reshuffle()
                         | "Tokenize" >> beam.ParDo(TokenizeUnit(tok_path, vocab.n_image_codes, s.seed, s.batch_docs)))
                 hists = (docs | "RankTokens" >> beam.Map(lambda d: (d[0], (d[1], len(d[3]) // vocab.dtype.itemsize)))
@@ -463,9 +488,9 @@ def run_stage(ctx) -> list[str]:
                 (shards | "CollectShards" >> beam.combiners.ToList()
                  | "Finish" >> beam.Map(_finish, dec_side, cut_side, out, hf_out, plan_path, s, vocab, (previous, hf_previous),
                                         [clean, tok_path]))
-            with open(plan_path) as f:
-                result = json.load(f)
-            os.unlink(plan_path)
+            result = json.loads(read_bytes(plan_path))
+            fs, p = fs_and_path(plan_path)
+            fs.rm(p)
         finally:
             if hf_ctx:
                 hf_ctx.__exit__(None, None, None)
@@ -476,7 +501,10 @@ def run_stage(ctx) -> list[str]:
         lines.append(f"{src}: {row['tokens']:,} tokens (target {row['target']:,}, {row['error']:+,}), "
                      f"{row['documents']:,} docs, {row['epochs_used']:.3f} epochs of {row['available']:,}")
     lines.append(f"wrote {out} ({result['total_tokens']:,} tokens, vocab {vocab.fingerprint})")
-    return lines
+    from jamdata.stats.warnings import format_warnings, sample_warnings
+
+    clean_manifest = read_manifest(clean) if exists(join(clean, MANIFEST)) else None
+    return lines + format_warnings(sample_warnings("text-tokens", read_manifest(out), clean_manifest))
 
 
 def _finish(shards, decisions, cutoffs, out, hf_out, plan_path, s: SampleSettings, vocab: JointVocab,

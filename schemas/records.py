@@ -1,9 +1,11 @@
 """Record schemas. Bump SCHEMA_VERSION when a field changes meaning or type."""
 from __future__ import annotations
 
+import re
 from typing import Any, Mapping
 
 import pyarrow as pa
+from jamdata.errors import UserError
 
 SCHEMA_VERSION = "1.0"
 
@@ -35,6 +37,41 @@ REJECT = _schema("reject", [
     pa.field("file", pa.string()),
     pa.field("offset", pa.int64()),
 ])
+
+# How reject reasons are written: `<code>: <detail>`, the code short, lower-case and stable (the
+# report groups by it), the detail free text (numbers, ids, URLs). `reject_record` builds one.
+_CODE = re.compile(r"^([a-z][a-z0-9_]{0,39})(?:: |:$|$)(.*)$", re.S)
+_IMAGE_CODE = re.compile(r"^image .* (?:refused|unusable) \(([a-z][a-z0-9_]{0,39})\): ?(.*)$", re.S)
+_VARYING = re.compile(r"[a-z][a-z0-9+.-]*://\S+|'[^']*'|\"[^\"]*\"")
+
+
+def reject_reason(code: str, detail: str = "") -> str:
+    """The `reason` of a REJECT: the stable code, then the free-text detail."""
+    if not _CODE.match(code) or ":" in code or " " in code:
+        raise ValueError(f"reject code {code!r} must be lower_snake_case, at most 40 characters")
+    return f"{code}: {detail}" if detail else code
+
+
+def reject_record(id: str, source: str, stage: str, code: str, detail: str = "", snippet: str | None = None,
+                  file: str | None = None, offset: int | None = None) -> dict:
+    """One REJECT dict, its reason written `code: detail` (see reject_reason)."""
+    return {"id": id, "source": source, "stage": stage, "reason": reject_reason(code, detail),
+            "snippet": snippet, "file": file, "offset": offset}
+
+
+def split_reason(reason: str) -> tuple[str, str]:
+    """(code, detail) of a reject reason. `code: detail` and `image '<ref>' refused (<code>): ...`
+    give their code; an older free-text reason gets a code made from its words with the varying
+    parts (numbers, ids, quoted names, URLs) left out, so equal causes share one code."""
+    reason = (reason or "").strip()
+    for pattern in (_CODE, _IMAGE_CODE):
+        m = pattern.match(reason)
+        if m:
+            return m.group(1), m.group(2).strip()
+    head = re.split(r"[:(\[;]", _VARYING.sub(" ", reason.lower().replace("(s)", "s")), maxsplit=1)[0]
+    words = [w.strip(".,").replace("-", "_") for w in head.split() if re.fullmatch(r"[a-z][a-z-]*(?:-\d+)?[.,]?", w)]
+    return ("_".join(words)[:40].rstrip("_") or "other"), reason
+
 
 # A tokenized text document (the Hugging Face parquet export of text token shards).
 TOKENIZED_DOCUMENT = _schema("tokenized_document", [
@@ -85,7 +122,7 @@ SCHEMAS: dict[str, pa.Schema] = {
 }
 
 
-class SchemaError(ValueError):
+class SchemaError(UserError, ValueError):
     """A record batch that does not match its schema; the message names the field."""
 
     def __init__(self, schema_name: str, field: str, problem: str, where: str = ""):

@@ -263,7 +263,7 @@ import json, sys
 from pathlib import Path
 import torch
 from jamtrain import checkpoint as ckpt
-from jamtrain.train import setup_distributed
+from jamtrain.distributed import setup_distributed
 
 setup_distributed()
 import deepspeed

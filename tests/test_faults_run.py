@@ -251,3 +251,30 @@ def test_config_mistake_is_one_line(tmp_path, mistake, needle):
     r = jam("run", "--config", str(config), "--out", str(tmp_path / "run"), "--stage", "text-clean", *sets)
     one_line_error(r, needle)
     assert not (tmp_path / "run" / "text-clean" / "manifest.json").exists()
+
+
+def test_user_error_is_one_line_and_a_traceback_only_with_verbose(tmp_path):
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    (ds / "manifest.json").write_text("{not json")
+    r = jam("stats", str(ds), "--out", str(tmp_path / "rep"), "--workers", "0")
+    one_line_error(r, "--workers")
+    r = jam("-v", "stats", str(ds), "--out", str(tmp_path / "rep"), "--workers", "0")
+    assert r.returncode != 0 and "Traceback" in r.stderr and "ConfigError" in r.stderr
+
+
+def test_every_error_class_is_a_user_error():
+    """Each module raises its own subclass of the one ground-floor UserError."""
+    import importlib
+
+    from jamdata.errors import UserError
+
+    for module, name in [("jamdata.config", "ConfigError"), ("jamdata.io", "InputError"),
+                         ("jamdata.io", "OutputDirError"), ("jamdata.manifest", "ManifestError"),
+                         ("jamdata.manifest", "OutputLockedError"), ("jamdata.vocab", "VocabMismatchError"),
+                         ("schemas.records", "SchemaError"), ("jamdata.formats.wds", "ShardError"),
+                         ("jamdata.formats.megatron", "IndexedDatasetError"), ("jamdata.text.sampling", "PlanError"),
+                         ("jamdata.text.tokenizer", "TokenizerError"), ("jamdata.loader.sources", "LoaderError"),
+                         ("jamdata.storage", "StorageError"), ("jamtrain.checkpoint", "CheckpointError"),
+                         ("jamtrain.rundir", "TrainDirError"), ("jamdata.errors", "ModelError")]:
+        assert issubclass(getattr(importlib.import_module(module), name), UserError), name

@@ -14,8 +14,10 @@ from jamtrain import checkpoint as ckpt
 from jamtrain.evaluate import Holdout, evaluate, heldout_sequences
 from jamtrain.models import build_model
 from jamtrain.schedule import WarmupDecay
-from jamtrain.train import (dry_run, load_exported, mask_heldout, masked_loss, memory_estimate, parse_settings,
-                            write_export)
+from jamtrain.export import load_exported, write_export
+from jamtrain.loss import mask_heldout, masked_loss
+from jamtrain.settings import parse_settings
+from jamtrain.sizing import dry_run, memory_estimate
 from test_train_data import REPO, TINY_MODEL, VOCAB, write_config, write_datasets
 
 

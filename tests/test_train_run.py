@@ -174,7 +174,7 @@ def test_main_job_stage_trains_on_the_run_directory_and_writes_a_manifest(data, 
     assert m["kind"] == "checkpoint" and m["summary"]["steps"] == 3
     assert {"export/model.safetensors", "export/model.json", "log.jsonl", "eval.json"} <= {s["path"] for s in m["shards"]}
     assert validate_dataset(str(run / "train")) == []
-    from jamtrain.train import load_exported
+    from jamtrain.export import load_exported
 
     model, info = load_exported(run / "train" / "export")  # the demo's JAM-Cross reloads from the export
     assert info["model"]["fusion"] == "cross" and info["model"]["text_rows"] == info["vocab"]["image_offset"]
@@ -183,7 +183,7 @@ def test_main_job_stage_trains_on_the_run_directory_and_writes_a_manifest(data, 
 
 
 def test_export_of_a_checkpoint_equals_the_final_export(reference, tmp_path):
-    from jamtrain.train import export_checkpoint, load_exported
+    from jamtrain.export import export_checkpoint, load_exported
 
     export_checkpoint(reference / "train" / "checkpoints" / "step-00000006", tmp_path)
     a, info_a = load_exported(reference / "train" / "export")

@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from jamdata.cli import command_group
+    from jamdata.cli import QUIET_HELP, command_group
 
     images = command_group(sub, "images", "image-caption data: VQ tokenization and inspection")
     p = images.add_parser("tokenize", help="image-caption tars/jsonl/parquet -> VQ-tokenized webdataset tars + rejects")
@@ -18,6 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--inputs", nargs="+", help="input files/globs (default: images.inputs)")
     p.add_argument("--workers", type=int, help="local Beam worker processes (default: run.workers)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     p.set_defaults(func=tokenize)
 
     p = images.add_parser("show", help="decode samples of an image-caption dataset into a PNG contact sheet")
@@ -39,11 +39,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def tokenize(args: argparse.Namespace) -> int:
-    from jamdata.config import Config, beam_args_setting, workers_setting
+    from jamdata.config import Config, beam_args_setting, storage_setting, workers_setting
     from pipelines.image_tokenize import ImageSettings, tokenize_images
 
     cfg = Config.load(args.config, overrides=args.set)
     run = cfg.section("run")
+    storage_setting(run)
     settings = ImageSettings.from_config(cfg, int(run.get("seed", int, default=0)))
     inputs = args.inputs or settings.inputs
     if not inputs:
@@ -70,10 +71,11 @@ def show(args: argparse.Namespace) -> int:
 
 
 def train(args: argparse.Namespace) -> int:
-    from jamdata.config import Config
+    from jamdata.config import Config, storage_setting
     from pipelines.image_tokenize import train_config, train_to_dir
 
     cfg = Config.load(args.config, overrides=args.set)
+    storage_setting(cfg.section("run"))
     tc, inputs = train_config(cfg)
     inputs = args.inputs or inputs
     if not inputs:
@@ -82,5 +84,5 @@ def train(args: argparse.Namespace) -> int:
         raise ConfigError("vqvae.train.inputs", "missing (or pass --inputs)")
     s = train_to_dir(tc, inputs, args.out, say=print, config=cfg.section("vqvae").to_dict())
     print(f"mse {s['untrained_mse']} (untrained) -> {s['final_mse']}; {s['codes_used']}/{s['codebook_size']} codes "
-          f"used, perplexity {s['perplexity']}; checkpoint {Path(args.out) / 'vqvae.ckpt'}")
+          f"used, perplexity {s['perplexity']}; checkpoint {str(args.out).rstrip('/')}/vqvae.ckpt")
     return 0

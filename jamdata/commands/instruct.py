@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from jamdata.cli import command_group
+from jamdata.cli import QUIET_HELP, command_group
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,6 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--vqvae", help="VQ-VAE dir (default: instruct.vqvae or RUN_DIR/vqvae)")
     b.add_argument("--workers", type=int, help="local Beam worker processes (default: run.workers)")
     b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    b.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     b.set_defaults(func=build)
 
     s = group.add_parser("show", help="render a few samples as an HTML page")
@@ -30,17 +30,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def build(args: argparse.Namespace) -> int:
-    from jamdata.config import Config, beam_args_setting, workers_setting
+    from jamdata.config import Config, beam_args_setting, run_dir_setting, storage_setting, workers_setting
+    from jamdata.io import join
     from pipelines.instruct_build import run_from_config
 
     cfg = Config.load(args.config, overrides=args.set)
     run = cfg.section("run")
-    run_dir = Path(run.get("out_dir", str, default="out/run"))
+    storage_setting(run)
+    run_dir = run_dir_setting(None, run)
     section = cfg.section("instruct")
-    out = args.out or str(run_dir / "instruct")
+    out = args.out or join(run_dir, "instruct")
     rejects = args.rejects or f"{out.rstrip('/')}-rejects"
-    tokenizer = args.tokenizer or section.get("tokenizer", str, str(run_dir / "tokenizer"))
-    vqvae = args.vqvae or section.get("vqvae", str, str(run_dir / "vqvae"))
+    tokenizer = args.tokenizer or section.get("tokenizer", str, join(run_dir, "tokenizer"))
+    vqvae = args.vqvae or section.get("vqvae", str, join(run_dir, "vqvae"))
     beam_args = beam_args_setting(args.beam_args, run)
     for line in run_from_config(cfg, out, rejects, tokenizer, vqvae,
                                 workers_setting(args.workers, run), beam_args):

@@ -30,16 +30,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def inspect(args: argparse.Namespace) -> int:
-    from jamdata.config import Config
+    from jamdata.config import Config, storage_setting
     from jamdata.loader import build_loader, dataset_dirs
     from jamdata.loader.sources import LoaderError
 
     cfg = Config.load(args.config, overrides=args.set)
+    storage_setting(cfg.section("run"))
     loader = build_loader(cfg.section("loader"), dataset_dirs(cfg, args.out), num_workers=0)
     if args.step < 0:
         raise LoaderError("--step must be >= 0")
     if args.state:
-        with open(args.state) as f:
+        from jamdata.io import open_url
+
+        with open_url(args.state, "r") as f:  # a local path or a URL
             loader.load_state_dict(json.load(f))
         if loader.step > args.step:
             raise LoaderError(f"--state is at step {loader.step}, after --step {args.step}")

@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from jamdata.cli import command_group
+    from jamdata.cli import QUIET_HELP, command_group
 
     group = command_group(sub, "text", "text corpus: clean, plan and sample the token budget")
     for name, helptext, func in (
@@ -24,11 +22,12 @@ def register(sub: argparse._SubParsersAction) -> None:
             p.add_argument("--workers", type=int, help="local Beam worker processes (default: run.workers)")
             p.add_argument("--export-hf", action="store_true", help="also write RUN/text-tokens-hf (HF datasets parquet)")
             p.add_argument("--append", action="store_true", help="add to an existing text-tokens dataset (same tokenizer)")
+            p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
         p.set_defaults(func=func)
 
 
 def _load(args):
-    from jamdata.config import Config, beam_args_setting, workers_setting
+    from jamdata.config import Config, run_dir_setting, storage_setting
 
     cfg = Config.load(args.config, overrides=args.set)
     for key in ("input", "tokenizer", "count"):
@@ -37,23 +36,47 @@ def _load(args):
     for key in ("export_hf", "append"):
         if getattr(args, key, False):
             cfg.set(f"text.sample.{key}", True)
-    out = Path(args.out or cfg.get("run.out_dir", str, default="out/run"))
-    return cfg, out
+    storage_setting(cfg.section("run"))
+    return cfg, run_dir_setting(args.out, cfg.section("run"))
 
 
 def plan(args: argparse.Namespace) -> int:
     from jamdata.text.sampling import check_plan, format_plan
     from pipelines.text_sample import make_plan
 
+    from jamdata.io import join
+    from jamdata.manifest import read_manifest
+    from jamdata.text.sampling import plan_warnings
+
     cfg, out = _load(args)
     table, s = make_plan(cfg, out)
     print(format_plan(table, s.budget))
     check_plan(table)
-    print("plan OK")
+    documents: dict[str, int] = {}
+    clean_manifest = read_manifest(s.input or join(str(out), "text-clean"))
+    for shard in clean_manifest["shards"]:
+        documents[shard.get("group")] = documents.get(shard.get("group"), 0) + (shard.get("records") or 0)
+    warnings = plan_warnings(table, documents)
+    for line in warnings:
+        print(f"warning: {line}")
+    print("\n".join(compute_estimate(clean_manifest, table)))
+    print(f"plan OK ({len(warnings)} warnings)" if warnings else "plan OK")
     return 0
 
 
+def compute_estimate(clean_manifest: dict, table) -> list[str]:
+    """Core-hours, Dataflow worker-hours and cost of text-clean (the text bytes it read, from its
+    funnel) and text-sample (the plan's targets in bytes), from measured throughput (jamdata/scale.py)."""
+    from jamdata.scale import BYTES_PER_TOKEN, estimate_lines
+
+    funnel = (clean_manifest.get("summary") or {}).get("funnel") or {}
+    read_mb = sum(st.get("read", {}).get("bytes_out", 0) for st in funnel.values()) / 1e6
+    sample_mb = sum(p.target / (p.tokens_per_byte or 1 / BYTES_PER_TOKEN) for p in table) / 1e6
+    return estimate_lines(read_mb, sample_mb)
+
+
 def sample(args: argparse.Namespace) -> int:
+    from jamdata.config import beam_args_setting, workers_setting
     from pipelines.stages import StageContext
     from pipelines.text_sample import run_stage
 

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     from jamdata.cli import command_group
@@ -25,7 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def train(args: argparse.Namespace) -> int:
-    from jamdata.config import Config
+    from jamdata.config import Config, run_dir_setting, storage_setting
+    from jamdata.io import join
     from pipelines.stages import StageContext
     from pipelines.text_sample import run_tokenizer_stage
 
@@ -33,10 +32,11 @@ def train(args: argparse.Namespace) -> int:
     for key, value in (("input", args.input), ("model", args.model), ("vocab_size", args.vocab_size)):
         if value is not None:
             cfg.set(f"text.tokenizer.{key}", value)
-    out = Path(args.out or cfg.get("run.out_dir", str, default="out/run"))
+    storage_setting(cfg.section("run"))
+    out = run_dir_setting(args.out, cfg.section("run"))
     for line in run_tokenizer_stage(StageContext(cfg, out)):
         print(line)
-    print(f"tokenizer dataset: {out / 'tokenizer'}")
+    print(f"tokenizer dataset: {join(out, 'tokenizer')}")
     return 0
 
 

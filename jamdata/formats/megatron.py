@@ -12,10 +12,10 @@ import struct
 from dataclasses import dataclass
 from typing import Iterable
 
-import fsspec
 import numpy as np
 
-from jamdata.io import atomic_write
+from jamdata.io import atomic_write, open_url
+from jamdata.errors import UserError
 
 MAGIC = b"MMIDIDX\x00\x00"
 VERSION = 1
@@ -24,7 +24,7 @@ DTYPE_CODES = {1: np.uint8, 2: np.int8, 3: np.int16, 4: np.int32, 5: np.int64, 6
 CODE_OF = {np.dtype(v): k for k, v in DTYPE_CODES.items()}
 
 
-class IndexedDatasetError(ValueError):
+class IndexedDatasetError(UserError, ValueError):
     pass
 
 
@@ -41,7 +41,7 @@ class Index:
 
 
 def read_index(idx_path: str) -> Index:
-    with fsspec.open(idx_path, "rb") as f:
+    with open_url(idx_path, "rb") as f:
         data = f.read()
     if data[:9] != MAGIC:
         raise IndexedDatasetError(f"{idx_path}: not a Megatron MMIDIDX index (bad magic)")
@@ -134,7 +134,7 @@ class IndexedDataset:
                 raise IndexedDatasetError(f"{self.prefix}.bin: {size} bytes, index expects {expected} (truncated?)")
             self._bin = np.memmap(self.prefix + ".bin", dtype=np.uint8, mode="r") if size else np.zeros(0, np.uint8)
         else:
-            with fsspec.open(self.prefix + ".bin", "rb") as f:
+            with open_url(self.prefix + ".bin", "rb") as f:
                 self._bin = np.frombuffer(f.read(), dtype=np.uint8)
             if self._bin.size != expected:
                 raise IndexedDatasetError(f"{self.prefix}.bin: {self._bin.size} bytes, index expects {expected}")

@@ -13,13 +13,13 @@ import tarfile
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 
-import fsspec
 import numpy as np
 
-from jamdata.io import atomic_write
+from jamdata.io import atomic_write, open_url
+from jamdata.errors import UserError
 
 
-class ShardError(ValueError):
+class ShardError(UserError, ValueError):
     """A tar shard that cannot be read to the end; names the file and the offset."""
 
 
@@ -150,7 +150,7 @@ def iter_members(path: str) -> Iterator[tuple[int, str, str, bytes]]:
     """(offset, key, field, data) of every file member in order; raises TarDamageError where
     the tar is damaged, after yielding every complete member before it."""
     offset = data_end = 0
-    with fsspec.open(path, "rb") as f:
+    with open_url(path, "rb") as f:
         try:
             tar = tarfile.open(fileobj=f, mode="r|")
             for member in tar:

@@ -17,10 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-import fsspec
 
 from jamdata.formats.wds import TarDamageError, iter_members
-from jamdata.io import InputPolicy, InputRefused, parent_dir, read_confined
+from jamdata.io import InputPolicy, InputRefused, open_url, parent_dir, read_confined
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
 TABLE_IMAGE_FIELDS = ("image", "jpg", "png", "webp", "image_bytes", "img")
@@ -158,7 +157,7 @@ def read_jsonl(path: str, fields: dict[str, str | None], policy: InputPolicy) ->
 def read_parquet(path: str, fields: dict[str, str | None], policy: InputPolicy) -> Iterator[RawRecord]:
     import pyarrow.parquet as pq
 
-    with fsspec.open(path, "rb") as f:
+    with open_url(path, "rb") as f:
         pf = pq.ParquetFile(f)
         index = 0
         for batch in pf.iter_batches(batch_size=256):

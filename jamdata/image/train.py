@@ -126,7 +126,7 @@ def usage_figure(hist: torch.Tensor, path: str, title: str) -> str:
 def train_vqvae(images: np.ndarray, cfg: TrainConfig, out_dir: str | Path,
                 say: Callable[[str], None] = log.info) -> dict[str, Any]:
     """Train on preprocessed images [N,3,R,R]; write checkpoints and figures into out_dir."""
-    out = Path(out_dir)
+    out = str(out_dir).rstrip("/")  # a local directory or a URL (never pathlib: it folds s3://)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -173,13 +173,13 @@ def train_vqvae(images: np.ndarray, cfg: TrainConfig, out_dir: str | Path,
             say(f"step {step}/{cfg.steps}: recon {rloss.item():.4f} vq {qloss.item():.4f} "
                 f"codes in batch {used} ({time.time() - t0:.0f}s)")
         if step == cfg.steps or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
-            sub = out if step == cfg.steps else out / "checkpoints" / f"step-{step:06d}"
+            sub = out if step == cfg.steps else f"{out}/checkpoints/step-{step:06d}"
             save_checkpoint(model, sub, {"global_step": step})
-            save_png(recon_grid(model, held), str(out / f"recon-step-{step:06d}.png"))
+            save_png(recon_grid(model, held), f"{out}/recon-step-{step:06d}.png")
             ckpts.append(str(sub))
     final = evaluate(model, held)
     full = evaluate(model, data) if len(data) > len(held) else final
-    usage_figure(full["histogram"], str(out / "codebook-usage.png"),
+    usage_figure(full["histogram"], f"{out}/codebook-usage.png",
                  f"{full['codes_used']}/{model.n_embed} codes used, perplexity {full['perplexity']:.1f}")
     summary = {
         "config": model.params, "train": {k: v for k, v in asdict(cfg).items() if k != "fields"},
@@ -188,7 +188,7 @@ def train_vqvae(images: np.ndarray, cfg: TrainConfig, out_dir: str | Path,
         "codes_used": full["codes_used"], "codebook_size": model.n_embed,
         "perplexity": round(full["perplexity"], 2), "checkpoints": ckpts, "history": history,
     }
-    with atomic_write(str(out / "train_log.json"), "w") as f:
+    with atomic_write(f"{out}/train_log.json", "w") as f:
         json.dump(summary, f, indent=2, default=str)
     say(f"trained: mse {untrained['mse']:.4f} -> {final['mse']:.4f}, "
         f"{full['codes_used']}/{model.n_embed} codes used, perplexity {full['perplexity']:.1f}")

@@ -18,14 +18,13 @@ import posixpath
 from pathlib import Path
 from typing import Any
 
-import fsspec
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import yaml
 
-from jamdata.io import InputError
+from jamdata.io import InputError, fs_and_path, open_url
 from jamdata.safe_load import RefusedCheckpoint, inert, load_weights_only
 
 try:
@@ -423,10 +422,14 @@ def load_state(model: VQModel, state: dict, where: str) -> None:
 
 
 def _find_yaml(ckpt: str) -> str | None:
-    p = Path(ckpt)
-    for cand in (p.with_suffix(".yaml"), p.parent / YAML_FILE, p.parent / "vqgan.yaml"):
-        if cand.exists():
-            return str(cand)
+    from jamdata.io import exists
+
+    root, name = posixpath.split(ckpt)
+    stem = name.rsplit(".", 1)[0] if "." in name else name
+    for cand in (posixpath.join(root, stem + ".yaml"), posixpath.join(root, YAML_FILE),
+                 posixpath.join(root, "vqgan.yaml")):
+        if exists(cand):
+            return cand
     return None
 
 
@@ -442,13 +445,13 @@ def check_manifest(files: list[str], verify: str = "sha256") -> None:
         raise ValueError(f"verify must be one of {', '.join(VERIFY_MODES)}, not {verify!r}")
     for path in files:
         root = posixpath.dirname(path) or "."
-        fs, manifest = fsspec.core.url_to_fs(f"{root}/{MANIFEST}")
+        fs, manifest = fs_and_path(f"{root}/{MANIFEST}")
         if not fs.exists(manifest):
             continue
         row = {r["path"]: r for r in read_manifest(root)["shards"]}.get(posixpath.basename(path))
         if row is None:
             raise CheckpointError(path, f"not listed in {root}/{MANIFEST}; refusing an unverified model file")
-        size = int(fs.size(fsspec.core.url_to_fs(path)[1]))
+        size = int(fs.size(fs_and_path(path)[1]))
         if size != row["bytes"]:
             raise CheckpointError(path, f"{size} bytes but {MANIFEST} says {row['bytes']} (truncated or altered)")
         if verify == "sha256" and sha256_file(path) != row["sha256"]:
@@ -458,7 +461,7 @@ def check_manifest(files: list[str], verify: str = "sha256") -> None:
 def read_state_dict(ckpt: str) -> dict:
     """The `state_dict` of a checkpoint file, read weights-only (see `_SAFE_GLOBALS`)."""
     try:
-        with fsspec.open(ckpt, "rb") as f:
+        with open_url(ckpt, "rb") as f:
             blob = load_weights_only(f, _SAFE_GLOBALS)
     except FileNotFoundError:
         raise FileNotFoundError(f"VQ-VAE checkpoint {ckpt} does not exist") from None
@@ -479,16 +482,19 @@ def load_vqvae(path: str | Path, config: str | dict | None = None, device: str =
     `config`: a preset name or params used instead of (or when there is no) yaml beside the
     checkpoint. Files in a dataset directory are first checked against its manifest (`verify`:
     "sha256" or "size", see `check_manifest`). The model comes back in eval mode."""
+    from jamdata.io import exists
+
     path = str(path)
-    ckpt = f"{path.rstrip('/')}/{CKPT_FILE}" if Path(path).is_dir() else path
-    if "://" not in ckpt and not Path(ckpt).exists():
+    fs, p = fs_and_path(path)
+    ckpt = f"{path.rstrip('/')}/{CKPT_FILE}" if fs.isdir(p) else path  # a path or a URL, never pathlib
+    if not exists(ckpt):
         raise FileNotFoundError(f"VQ-VAE checkpoint {ckpt} does not exist")
     yml = _find_yaml(ckpt) if config is None else None
     if config is None and yml is None:
         raise CheckpointError(ckpt, f"no {YAML_FILE} (or vqgan.yaml) beside the checkpoint; pass a config")
     check_manifest([ckpt] + ([yml] if yml else []), verify)
     if yml is not None:
-        with open(yml) as f:
+        with open_url(yml, "r") as f:
             params = params_from_yaml(yaml.safe_load(f), yml)
     else:
         params = preset(config) if isinstance(config, str) else params_from_yaml(config, "config")

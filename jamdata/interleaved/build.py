@@ -19,7 +19,7 @@ from jamdata.interleaved.images import ImageEncoder, load_pixels
 from jamdata.interleaved.sources import (FORMATS, ImageStore, conversation_document, howto_document,
                                          iter_raw, mmc4_document)
 from jamdata.interleaved.template import LOSS_POLICIES, Template, encode_document
-from jamdata.io import DEFAULT_MAX_INPUT_BYTES, InputPolicy, expand_inputs, parent_dir, stable_hash
+from jamdata.io import DEFAULT_MAX_INPUT_BYTES, InputPolicy, absolute, expand_inputs, parent_dir, stable_hash
 from jamdata.vocab import JointVocab
 
 STAGE = "instruct"
@@ -84,13 +84,16 @@ class BuildSpec:
             fmt = s.choice("format", list(FORMATS))
             paths = s.get("paths", (str, list))
             roots = s.get("input_roots", (str, list), [])
-            sources.append(SourceSpec(
+            store = s.get("image_store", str, None)
+            if store:
+                check_image_store(s._key("image_store"), store, s.source)
+            sources.append(SourceSpec(  # local paths absolute here, in the driver (workers run elsewhere)
                 fmt, tuple([paths] if isinstance(paths, str) else paths),
                 s.choice("loss", list(LOSS_POLICIES)) if s.has("loss") else ("all" if fmt == "mmc4" else None),
-                s.get("image_store", str, None),
+                absolute(store) if store else None,
                 int(s.number("min_images", 1 if fmt == "mmc4" else 0, lo=0)),
                 s.choice("on_bad_image", ["reject", "drop"], "drop" if fmt == "mmc4" else "reject"),
-                tuple([roots] if isinstance(roots, str) else [str(r) for r in roots])))
+                tuple(absolute(r) for r in ([roots] if isinstance(roots, str) else [str(r) for r in roots]))))
         template = Template.from_config(cfg.section("template"))
         c = cfg.section("cm3")
         c.check_keys(CM3_KEYS)
@@ -127,6 +130,19 @@ def is_record_file(path: str) -> bool:
 
 
 _STORES: dict[str, ImageStore] = {}
+
+
+def check_image_store(key: str, store: str, source: str = "") -> None:
+    """In the driver, before any worker starts: the configured image store must be a directory
+    or a .tar file (a worker would otherwise fail on every document, deep inside the pipeline)."""
+    from jamdata.io import fs_and_path
+
+    fs, p = fs_and_path(store)
+    if fs.isdir(p) or (store.endswith(".tar") and fs.isfile(p)):
+        return
+    what = "does not exist" if not fs.exists(p) else "is neither a directory nor a .tar file"
+    raise ConfigError(key, f"image store {store} {what}: give the directory (or .tar) holding the "
+                           "downloaded images, or remove image_store", source=source)
 
 
 def image_store(path: str | None) -> ImageStore | None:
@@ -189,8 +205,11 @@ class SampleBuilder:
         if encoder.n_codes != vocab.n_image_codes:
             from jamdata.vocab import VocabMismatchError
 
-            raise VocabMismatchError(f"the VQ-VAE has {encoder.n_codes} codes but the joint vocabulary "
-                                     f"expects {vocab.n_image_codes} (config vqvae.codebook_size)")
+            from jamdata.vocab import rebuild_advice
+
+            raise VocabMismatchError(f"the VQ-VAE has {encoder.n_codes} codes but the joint vocabulary expects "
+                                     f"{vocab.n_image_codes}: "
+                                     + rebuild_advice("in use", vocab.n_image_codes, encoder.n_codes))
         self.spec, self.vocab, self.encode_text, self.encoder = spec, vocab, encode_text, encoder
         self.resolution = resolution
 

@@ -9,11 +9,10 @@ from __future__ import annotations
 import tarfile
 from typing import Protocol, Sequence
 
-import fsspec
 import numpy as np
 
 from jamdata.interleaved.document import ImageRef
-from jamdata.io import InputPolicy, InputRefused, confined_path, parent_dir, read_confined
+from jamdata.io import InputPolicy, InputRefused, confined_path, open_url, parent_dir, read_confined
 
 
 class ImageEncoder(Protocol):
@@ -59,7 +58,7 @@ def _tar_member(ref: ImageRef, policy: InputPolicy | None) -> bytes:
     if policy is not None:
         tar_path = confined_path(tar_path, parent_dir(tar_path), policy)
     max_bytes = (policy or InputPolicy()).max_bytes
-    with fsspec.open(tar_path, "rb") as fh, tarfile.open(fileobj=fh, mode="r:") as tar:
+    with open_url(tar_path, "rb") as fh, tarfile.open(fileobj=fh, mode="r:") as tar:
         info = tar.getmember(member) if member in tar.getnames() else None
         f = tar.extractfile(info) if info is not None and info.isfile() else None
         if f is None:

@@ -40,7 +40,7 @@ from typing import Any, Iterator
 from jamdata.interleaved.document import (CONTEXT, INSTRUCTION, RESPONSE, Document, ImageRef,
                                           RejectedDocument, Segment, safe_key)
 from jamdata.interleaved.template import Template
-from jamdata.io import open_input
+from jamdata.io import fs_and_path, open_input, open_url
 
 FORMATS = ("howto", "mmc4", "conversation")
 CONVERSATION_ROLES = {"user": INSTRUCTION, "human": INSTRUCTION, "assistant": RESPONSE,
@@ -195,14 +195,15 @@ def mmc4_document(record: Any, file: str, offset: int, store: "ImageStore | None
         img_url = str(info.get("raw_url") or "")
         found = store.lookup(img_url, info.get("image_name")) if store is not None else None
         if found is None:
-            why = "no image store configured" if store is None else "not in the image store"
-            dropped.append((f"img{k}", f"image {img_url or info.get('image_name')!r} {why} (never fetched)"))
+            code, why = ("no_image_store", "no image store configured") if store is None else \
+                ("not_in_image_store", "not in the image store")
+            dropped.append((f"img{k}", f"{code}: image {img_url or info.get('image_name')!r} {why} (never fetched)"))
             continue
         after.setdefault(idx, []).append(found)
     n_images = sum(len(v) for v in after.values())
     if n_images < min_images:
         reasons = "; ".join(r for _, r in dropped[:3])
-        raise RejectedDocument(f"{n_images} image(s) resolved, need {min_images}"
+        raise RejectedDocument(f"too_few_images: {n_images} image(s) resolved, need {min_images}"
                                + (f" ({reasons})" if reasons else ""), url)
     segs: list[Segment] = []
     for i, sentence in enumerate(texts):
@@ -224,7 +225,7 @@ class ImageStore:
         import fsspec
 
         self.path = str(path)
-        fs, p = fsspec.core.url_to_fs(self.path)
+        fs, p = fs_and_path(self.path)
         self._index: dict[str, str] = {}
         if fs.isdir(p):
             proto = fs.protocol[0] if isinstance(fs.protocol, (tuple, list)) else fs.protocol
@@ -235,7 +236,7 @@ class ImageStore:
         elif fs.exists(p) and self.path.endswith(".tar"):
             import tarfile
 
-            with fsspec.open(self.path, "rb") as fh, tarfile.open(fileobj=fh, mode="r:") as tar:
+            with open_url(self.path, "rb") as fh, tarfile.open(fileobj=fh, mode="r:") as tar:
                 for m in tar.getmembers():
                     if m.isfile():
                         self._add(posixpath.basename(m.name), f"tar://{m.name}::{self.path}")

@@ -29,7 +29,7 @@ __all__ = ["build_loader", "build_spec", "dataset_dirs", "JamLoader", "PackedStr
 
 KEYS = ["mixture", "paths", "seq_len", "global_batch_size", "step_lanes", "slot_lanes", "shuffle_block", "text_run_rows",
         "seed", "mixture_period", "steps_per_epoch", "oversize", "on_corrupt", "verify", "token_dtype", "num_workers",
-        "persistent_workers", "prefetch_factor"]
+        "persistent_workers", "prefetch_factor", "cache_dir"]
 DEFAULT_MIXTURE = {"text-tokens": 0.5, "image-caption": 0.5}
 
 
@@ -81,6 +81,7 @@ def build_spec(cfg_section: Config, datasets: dict[str, str]) -> tuple["LoaderSp
         on_corrupt=sec.choice("on_corrupt", ["skip", "fail"], default="skip"),
         verify=sec.choice("verify", ["sha256", "size", "none"], default="sha256"),
         token_dtype=sec.choice("token_dtype", ["int32", "int64"], default="int32"),
+        cache_dir=str(sec.get("cache_dir", (str, type(None)), default=None) or ""),
     )
     return spec, sources
 

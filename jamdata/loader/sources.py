@@ -11,21 +11,21 @@ import tarfile
 from dataclasses import dataclass, field
 from typing import Any
 
-import fsspec
 import numpy as np
 
 from jamdata.formats.megatron import IndexedDataset, IndexedDatasetError
 from jamdata.formats.wds import ShardError, split_member
-from jamdata.io import is_local, sha256_file
+from jamdata.io import fs_and_path, is_local, open_url, sha256_file
 from jamdata.manifest import read_manifest
 from jamdata.vocab import JointVocab
+from jamdata.errors import UserError
 
 log = logging.getLogger("jamdata.loader")
 
 KINDS = {"text_tokens": "megatron", "image_caption": "tar", "interleaved": "tar"}
 
 
-class LoaderError(ValueError):
+class LoaderError(UserError, ValueError):
     """The loader's inputs or state cannot be used (message names the dataset, shard or key)."""
 
 
@@ -95,7 +95,7 @@ class BadShard(Exception):
 def _verify(root: str, ref: ShardRef, mode: str) -> None:
     for rel, size, sha in ref.files:
         full = f"{root}/{rel}"
-        fs, p = fsspec.core.url_to_fs(full)
+        fs, p = fs_and_path(full)
         try:
             actual = fs.size(p)
         except FileNotFoundError:
@@ -216,7 +216,7 @@ class TarShard:
                 size = os.fstat(f.fileno()).st_size
                 self.buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
         else:
-            with fsspec.open(self.path, "rb") as f:
+            with open_url(self.path, "rb") as f:
                 self.buf = f.read()
             size = len(self.buf)
         members: list[tuple[str, int, int]] = []
@@ -282,9 +282,10 @@ class ShardPool:
     """Opened shards of one process (a worker), verified once each; bad shards are remembered so
     each is logged and counted once per process."""
 
-    def __init__(self, verify: str, on_corrupt: str, max_open: int = 64):
+    def __init__(self, verify: str, on_corrupt: str, max_open: int = 64, cache_dir: str | None = None):
         self.verify = verify
         self.on_corrupt = on_corrupt
+        self.cache_dir = cache_dir or None  # remote shards are read from local copies (loader/cache.py)
         self.max_open = max_open
         self.open: dict[tuple[str, str], Any] = {}
         self.bad: set[tuple[str, str]] = set()
@@ -308,10 +309,18 @@ class ShardPool:
         if k in self.open:
             return self.open[k]
         try:
+            root = src.root
+            if not is_local(root):  # streamed to the local disk cache (checked on the way), never into memory
+                from jamdata.loader.cache import CacheError, local_root
+
+                try:
+                    root = local_root(src.root, ref.files, self.cache_dir)
+                except CacheError as e:
+                    raise BadShard(str(e)) from None
             if k not in self.verified and self.verify != "none":
-                _verify(src.root, ref, self.verify)
+                _verify(root, ref, self.verify)
             self.verified.add(k)
-            shard = MegatronShard(src.root, ref) if src.fmt == "megatron" else TarShard(src.root, ref, self.counters)
+            shard = MegatronShard(root, ref) if src.fmt == "megatron" else TarShard(root, ref, self.counters)
         except BadShard as e:
             self.bad.add(k)
             self.fail_or_log(str(e), "skipped_shards")

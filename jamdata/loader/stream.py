@@ -47,6 +47,7 @@ class LoaderSpec:
     on_corrupt: str = "skip"
     verify: str = "sha256"
     token_dtype: str = "int32"
+    cache_dir: str = ""  # local copies of remote shards ("" = $JAM_CACHE_DIR or ~/.cache/jam/shards)
 
     @property
     def n_lanes(self) -> int:
@@ -61,7 +62,7 @@ class LoaderSpec:
 
     def order_fingerprint(self, sources: list[DatasetSource]) -> str:
         d = asdict(self)
-        for k in ("roots", "on_corrupt", "verify", "token_dtype"):
+        for k in ("roots", "on_corrupt", "verify", "token_dtype", "cache_dir"):
             d.pop(k)
         d["shards"] = [[s.name, [(r.rel, r.records, [f[2] for f in r.files]) for r in s.shards]] for s in sources]
         return "ord1-" + hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:20]
@@ -98,7 +99,7 @@ class LaneSet:
 
     def __init__(self, spec: LoaderSpec, sources: list[DatasetSource], states: dict[int, dict]):
         self.spec, self.sources = spec, sources
-        self.pool = ShardPool(spec.verify, spec.on_corrupt)
+        self.pool = ShardPool(spec.verify, spec.on_corrupt, cache_dir=spec.cache_dir)
         self.states = states
         self.cursors: dict[int, list[Cursor]] = {}
         self.rows: dict[int, int] = {}

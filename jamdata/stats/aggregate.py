@@ -3,7 +3,10 @@ same code runs in one process or as a Beam combiner over a 30B-token run.
 
 An aggregate is a small JSON-able dict with a `type`:
 - `dist`: a numeric distribution: count/sum/min/max, a log-binned histogram (BINS_PER_DECADE bins per
-  decade) and, while there are at most EXACT_CAP values, the exact values (exact percentiles).
+  decade, below 1 as well as above: a quality score in [0, 1] spreads over its own bins) and, while
+  there are at most EXACT_CAP values, the exact values (exact percentiles). Values <= 0 share the
+  bin ZERO_BIN. A score in [0, 1] (quality, language confidence) is better seen on a linear axis:
+  `dist(values, unit=True)` bins it in UNIT_BINS equal bins instead (`"scale": "unit"`).
 - `count`: category -> count.
 - `codes`: a bincount over a fixed range (codebook usage).
 - `examples`: up to K examples, chosen by smallest stable hash (same picks for any shard order).
@@ -20,26 +23,39 @@ from jamdata.io import stable_hash
 BINS_PER_DECADE = 20
 EXACT_CAP = 200_000
 EXAMPLES_K = 3
+# The bin of values <= 0. Negative bin numbers are real bins (values below 1), so the zero bin
+# is a number no positive float64 reaches (log10 of the smallest subnormal is about -324).
+ZERO_BIN = -1_000_000
 
 
 def _bin(v: float) -> int:
-    """Bin index of a value >= 0 (bin -1 holds zeros)."""
-    return -1 if v <= 0 else int(math.floor(math.log10(v) * BINS_PER_DECADE))
+    """Bin index of a value (ZERO_BIN holds zeros and negatives)."""
+    return ZERO_BIN if v <= 0 else int(math.floor(math.log10(v) * BINS_PER_DECADE))
 
 
-def bin_edges(b: int) -> tuple[float, float]:
-    if b < 0:
+UNIT_BINS = 100  # linear bins of a `unit` distribution: [0, 0.01), [0.01, 0.02) ... [0.99, 1]
+
+
+def bin_edges(b: int, scale: str = "log") -> tuple[float, float]:
+    if scale == "unit":
+        return b / UNIT_BINS, (b + 1) / UNIT_BINS
+    if b == ZERO_BIN:
         return 0.0, 0.0
     return 10 ** (b / BINS_PER_DECADE), 10 ** ((b + 1) / BINS_PER_DECADE)
 
 
-def dist(values: Iterable[float] | np.ndarray) -> dict:
+def dist(values: Iterable[float] | np.ndarray, unit: bool = False) -> dict:
     arr = np.asarray(list(values) if not isinstance(values, np.ndarray) else values, dtype=np.float64)
+    scale = {"scale": "unit"} if unit else {}
     if arr.size == 0:
-        return {"type": "dist", "n": 0, "sum": 0.0, "min": None, "max": None, "hist": {}, "values": []}
-    bins = np.where(arr > 0, np.floor(np.log10(np.where(arr > 0, arr, 1)) * BINS_PER_DECADE), -1).astype(np.int64)
+        return {"type": "dist", "n": 0, "sum": 0.0, "min": None, "max": None, "hist": {}, "values": [], **scale}
+    if unit:
+        bins = np.clip(np.floor(arr * UNIT_BINS), 0, UNIT_BINS - 1).astype(np.int64)
+    else:
+        bins = np.where(arr > 0, np.floor(np.log10(np.where(arr > 0, arr, 1)) * BINS_PER_DECADE),
+                        ZERO_BIN).astype(np.int64)
     ub, cnt = np.unique(bins, return_counts=True)
-    return {
+    return {**scale,
         "type": "dist", "n": int(arr.size), "sum": float(arr.sum()), "min": float(arr.min()), "max": float(arr.max()),
         "hist": {str(int(b)): int(c) for b, c in zip(ub, cnt)},
         "values": sorted(arr.tolist()) if arr.size <= EXACT_CAP else None,
@@ -83,7 +99,10 @@ def merge(a: dict | None, b: dict | None) -> dict | None:
         values = None
         if a["values"] is not None and b["values"] is not None and a["n"] + b["n"] <= EXACT_CAP:
             values = sorted(a["values"] + b["values"])
-        return {"type": "dist", "n": a["n"] + b["n"], "sum": a["sum"] + b["sum"], "min": min(a["min"], b["min"]),
+        if a.get("scale", "log") != b.get("scale", "log"):
+            raise ValueError(f"cannot merge a {a.get('scale', 'log')} distribution with a {b.get('scale', 'log')} one")
+        scale = {"scale": a["scale"]} if "scale" in a else {}
+        return {**scale, "type": "dist", "n": a["n"] + b["n"], "sum": a["sum"] + b["sum"], "min": min(a["min"], b["min"]),
                 "max": max(a["max"], b["max"]), "hist": hist, "values": values}
     if t == "count":
         counts = dict(a["counts"])
@@ -119,8 +138,12 @@ def percentiles(d: dict, qs: Iterable[float] = (1, 10, 50, 90, 99)) -> dict[str,
     for q in qs:
         idx = int(np.searchsorted(cum, q / 100 * d["n"], side="left"))
         b = items[min(idx, len(items) - 1)][0]
+        if d.get("scale") == "unit":
+            lo, hi = bin_edges(b, "unit")
+            out[f"p{q:g}"] = (lo + hi) / 2
+            continue
         lo, hi = bin_edges(b)
-        out[f"p{q:g}"] = float(math.sqrt(lo * hi)) if b >= 0 else 0.0
+        out[f"p{q:g}"] = float(math.sqrt(lo * hi)) if b != ZERO_BIN else 0.0
     return out
 
 

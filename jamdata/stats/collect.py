@@ -42,21 +42,39 @@ class ShardTask:
 
 
 def expand_dirs(dirs: list[str]) -> dict[str, str]:
-    """Dataset name -> path. A directory without a manifest whose sub-directories have one is a
-    whole run: each of its datasets is reported. Names are the directory names."""
+    """Dataset name -> path (see expand_dirs_noting)."""
+    return expand_dirs_noting(dirs)[0]
+
+
+def expand_dirs_noting(dirs: list[str]) -> tuple[dict[str, str], list[tuple[str, str, str]]]:
+    """Dataset name -> path, and the (name, reported-as name, path) of every dataset whose name
+    was taken already. A directory without a manifest whose sub-directories have one is a whole
+    run: each of its datasets is reported. Names are the directory names; a second dataset of the
+    same name (e.g. `text-clean` of two runs) is kept as `<run>/<name>`, never dropped."""
+    from jamdata.io import absolute, exists, join, list_dirs
+
     out: dict[str, str] = {}
+    shadowed: list[tuple[str, str, str]] = []
+
+    def add(name: str, path: str, parent: str) -> None:
+        kept = name
+        if kept in out:
+            kept = f"{parent}/{name}" if parent else name
+            while kept in out:
+                kept += "_"
+            shadowed.append((name, kept, path))
+        out[kept] = path
+
     for d in dirs:
-        p = Path(d)
-        subs = sorted(c for c in p.iterdir() if c.is_dir() and (c / MANIFEST).exists()) if p.is_dir() else []
-        if not (p / MANIFEST).exists() and subs:
+        d = absolute(d)  # in the driver: Beam workers resolve relative paths elsewhere
+        subs = [c for c in list_dirs(d) if exists(join(d, c, MANIFEST))]
+        if not exists(join(d, MANIFEST)) and subs:
             for c in subs:
-                out[c.name] = str(c)
+                add(c, join(d, c), d.rstrip("/").rsplit("/", 1)[-1])
         else:
-            name = p.name or str(p)
-            while name in out:
-                name += "_"
-            out[name] = str(p)
-    return out
+            parts = d.rstrip("/").rsplit("/", 2)
+            add(parts[-1] or d, d, parts[-2] if len(parts) > 2 else "")
+    return out, shadowed
 
 
 def inspect_datasets(datasets: dict[str, str], deep_validate: bool = False) -> dict[str, dict]:
@@ -121,7 +139,10 @@ def _metric_summary(a: dict) -> dict:
     t = a["type"]
     if t == "dist":
         s = agg.summarize_dist(a)
-        s["histogram"] = [[*agg.bin_edges(int(b)), c] for b, c in sorted(((int(k), v) for k, v in a["hist"].items()))]
+        scale = a.get("scale", "log")
+        s["histogram"] = [[*agg.bin_edges(int(b), scale), c]
+                          for b, c in sorted(((int(k), v) for k, v in a["hist"].items()))]
+        s["scale"] = scale
         return s
     if t == "count":
         return {"counts": dict(sorted(a["counts"].items(), key=lambda kv: (-kv[1], kv[0]))), "total": sum(a["counts"].values())}
@@ -161,8 +182,8 @@ def finalize(info: dict[str, dict], merged: dict[str, dict], fast: bool = False)
                 g["bytes"] += s["bytes"]
                 g["tokens"] += s.get("tokens") or 0
             out["shard_totals"] = groups
-            for k in overall:
-                overall[k] += m["totals"].get(k) or 0
+            for k in overall:  # datasets of records only: a tokenizer's "records" are its pieces
+                overall[k] += (m["totals"].get(k) or 0) if m["kind"] in RECORD_KINDS else 0
         metrics: dict[str, dict] = {}
         for key, a in sorted(aggregates.items()):
             group, _, metric = key.partition("/")

@@ -10,9 +10,11 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402,F401  (matplotlib.ticker below)
 import numpy as np  # noqa: E402
 
-from jamdata.io import atomic_write  # noqa: E402
+from jamdata.io import atomic_write, exists, join, read_bytes  # noqa: E402
+from jamdata.stats import glance  # noqa: E402
 
 CSS = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
@@ -20,17 +22,13 @@ h1{margin-bottom:0}h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin-to
 table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right;font-size:13px}
 th{background:#f3f3f3}td.l,th.l{text-align:left}.bad{color:#b00;font-weight:bold}.ok{color:#070}
 .plots img{max-width:520px;margin:4px;border:1px solid #eee}.snip{font-family:monospace;font-size:12px;color:#555}
+ul.warn li{color:#8a4b00;margin:.3em 0}.note{font-size:12px;color:#666}table.rejects td{vertical-align:top}
+table.rejects td:last-child{text-align:left;max-width:520px}table.rejects td:nth-child(2),table.glance td:nth-child(6){text-align:left}
 """
 
 
 def _fmt(v) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, float):
-        return f"{v:,.4g}" if abs(v) < 1e6 else f"{v:,.0f}"
-    if isinstance(v, int):
-        return f"{v:,}"
-    return html.escape(str(v))
+    return glance.num(v)  # one number format for the whole report
 
 
 def _table(rows: list[dict], cols: list[str] | None = None) -> str:
@@ -43,26 +41,32 @@ def _table(rows: list[dict], cols: list[str] | None = None) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _save(fig, out: Path, name: str) -> tuple[str, str]:
-    out.mkdir(parents=True, exist_ok=True)
+def _save(fig, out: str, name: str) -> tuple[str, str]:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80, bbox_inches="tight", metadata={"Software": None})
     plt.close(fig)
     data = buf.getvalue()
-    (out / f"{name}.png").write_bytes(data)
+    with atomic_write(join(out, f"{name}.png"), "wb") as f:
+        f.write(data)
     return name, base64.b64encode(data).decode()
 
 
 def _hist_plot(title: str, summary: dict, out: Path, name: str):
-    hist = summary.get("histogram") or []
+    unit = summary.get("scale") == "unit"
+    hist = [h for h in summary.get("histogram") or [] if unit or h[1] > 0]  # no zero bin on a log axis
+    zeros = 0 if unit else sum(h[2] for h in summary.get("histogram") or [] if h[1] <= 0)
     if not hist:
         return None
     fig, ax = plt.subplots(figsize=(6, 3))
-    lo = np.array([max(h[0], 0.5) for h in hist])
-    hi = np.array([max(h[1], 1.0) for h in hist])
+    lo = np.array([h[0] for h in hist])
+    hi = np.array([h[1] for h in hist])
     counts = np.array([h[2] for h in hist])
+    if zeros:
+        title += f" ({zeros:,} values <= 0 not drawn)"
     ax.bar(lo, counts, width=hi - lo, align="edge", color="#4a7ab5", edgecolor="#2a4a75")
-    ax.set_xscale("log")
+    if not unit:
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # no crowded minor labels
     ax.set_title(title, fontsize=10)
     ax.set_ylabel("count")
     for p in ("p50", "p90", "p99"):
@@ -106,7 +110,9 @@ def _summary_tables(summary: dict) -> str:
     """Render a manifest's kind-specific summary (funnel, per-source plan...) whatever its shape."""
     parts = []
     for key, value in summary.items():
-        if isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()):
+        if key == "funnel" and isinstance(value, dict):
+            parts.append(glance.funnel_html(value))
+        elif isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()):
             rows = [{"": k, **{kk: vv for kk, vv in v.items() if not isinstance(vv, (dict, list))}} for k, v in value.items()]
             parts.append(f"<h4>{html.escape(key)}</h4>" + _table(rows))
         elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
@@ -117,48 +123,57 @@ def _summary_tables(summary: dict) -> str:
     return "".join(parts)
 
 
-def _contact_sheet(ds: dict, vqvae: str | None, out: Path, name: str):
+def _contact_sheet(ds: dict, vqvae: str | None, out: str, name: str):
     """Decode a few image-caption samples with the VQ-VAE that made them (named in the manifest,
     or `vqvae`)."""
     from jamdata.image.show import render_contact_sheet
 
-    vq = vqvae if vqvae and Path(vqvae, "manifest.json").exists() else None
+    vq = vqvae if vqvae and exists(join(vqvae, "manifest.json")) else None
     if not vq and not ((ds.get("manifest") or {}).get("summary") or {}).get("vqvae"):
         return None
-    out.mkdir(parents=True, exist_ok=True)
     try:
-        path, _ = render_contact_sheet(ds["path"], str(out / f"{name}.png"), vqvae=vq, n=8)
+        path, _ = render_contact_sheet(ds["path"], join(out, f"{name}.png"), vqvae=vq, n=8)
     except (FileNotFoundError, ValueError) as e:  # e.g. the VQ-VAE was moved: say so, keep the report
         ds["problems"].append(f"contact sheet not drawn: {e}")
         return None
-    return name, base64.b64encode(Path(path).read_bytes()).decode()
+    return name, base64.b64encode(read_bytes(path)).decode()
 
 
-def write_report(stats: dict, out: str | Path, vqvae: str | None = None) -> Path:
-    out = Path(out)
-    plots = out / "plots"
+def write_report(stats: dict, out: str | Path, vqvae: str | None = None) -> str:
+    """`out`: a local directory or a URL (never through pathlib, which folds the `//` of s3://)."""
+    out = str(out)
+    plots = join(out, "plots")
     sections = []
-    overview = []
     for name, ds in stats["datasets"].items():
         m = ds.get("manifest") or {}
-        totals = m.get("totals", {})
-        overview.append({"dataset": name, "kind": ds["kind"], "status": ds["status"], "records": totals.get("records"),
-                         "bytes": totals.get("bytes"), "tokens": totals.get("tokens"), "shards": m.get("shards")})
+        good = ds["status"] == "ok" or (ds["status"] == "empty" and ds["kind"] == "rejects")
         body = [f"<h2 id='{html.escape(name)}'>{html.escape(name)} <small>({html.escape(str(ds['kind']))})</small></h2>",
                 f"<p>path: <code>{html.escape(ds['path'])}</code> — status: "
-                f"<span class='{'ok' if ds['status'] == 'ok' else 'bad'}'>{html.escape(ds['status'])}</span></p>"]
-        if ds["status"] == "empty":
+                f"<span class='{'ok' if good else 'bad'}'>{html.escape(ds['status'])}</span></p>"]
+        if ds["status"] == "empty" and ds["kind"] == "rejects":
+            body.append("<p class='ok'>No record was rejected.</p>")  # zero rejects is good news
+        elif ds["status"] == "empty":
             body.append("<p class='bad'>This dataset has no records.</p>")
         if ds["problems"]:
             body.append("<p class='bad'>Problems found:</p><ul>" +
                         "".join(f"<li>{html.escape(p)}</li>" for p in ds["problems"]) + "</ul>")
         if ds.get("shard_totals"):
-            body.append(_table([{"group": g, **v} for g, v in ds["shard_totals"].items()]))
+            body.append(glance.table([{"group": html.escape(g), "shards": _fmt(v["shards"]), "records": _fmt(v["records"]),
+                                       "tokens": _fmt(v["tokens"] or None), "size on disk": glance.size(v["bytes"])}
+                                      for g, v in ds["shard_totals"].items()],
+                                     ["group", "shards", "records", "tokens", "size on disk"]))
+        if ds["kind"] == "rejects" and ds.get("groups"):
+            body.append(glance.rejects_html(ds["groups"]))
         if m.get("summary"):
             body.append(_summary_tables(m["summary"]))
         dist_rows, imgs = [], []
         for group, metrics in ds.get("groups", {}).items():
             for metric, s in metrics.items():
+                if ds["kind"] == "rejects" and (metric == "rejects" or metric.startswith("reject_examples/")):
+                    if metric == "rejects":
+                        imgs.append(_bar_plot(f"{name} · {group} · reject reasons", s["counts"], plots,
+                                              f"{name}-{group}-rejects".replace("/", "_").replace(" ", "_")[:120]))
+                    continue  # shown grouped by code in the table above
                 slug = f"{name}-{group}-{metric}".replace("/", "_").replace(" ", "_")[:120]
                 if "histogram" in s:
                     dist_rows.append({"group": group, "metric": metric, **{k: s.get(k) for k in
@@ -171,14 +186,15 @@ def write_report(stats: dict, out: str | Path, vqvae: str | None = None) -> Path
                 elif "counts" in s:
                     top = list(s["counts"].items())[:10]
                     body.append(f"<h4>{html.escape(group)} · {html.escape(metric)}</h4>" +
-                                _table([{"value": k, "count": v, "share": v / max(s['total'], 1)} for k, v in top]))
+                                _table([{"value": k, "count": v, "share": glance.share(v / max(s['total'], 1))} for k, v in top]))
                     imgs.append(_bar_plot(f"{name} · {group} · {metric}", s["counts"], plots, slug))
                 elif "examples" in s:
                     body.append(f"<p><b>{html.escape(group)} · {html.escape(metric)}</b></p><ul>" + "".join(
                         f"<li><code>{html.escape(e['id'])}</code> <span class='snip'>{html.escape(e['text'][:200])}</span></li>"
                         for e in s["examples"]) + "</ul>")
         if dist_rows:
-            body.append("<h4>distributions (percentiles)</h4>" + _table(dist_rows))
+            body.append("<h4>distributions (percentiles; chars: characters, bytes: UTF-8 text bytes)</h4>"
+                        + _table(dist_rows))
         if ds["kind"] == "image_caption" and ds["status"] == "ok":
             imgs.append(_contact_sheet(ds, vqvae, plots, f"{name}-contact-sheet"))
         body.append("<div class='plots'>" + "".join(_img(i) for i in imgs if i) + "</div>")
@@ -192,11 +208,12 @@ def write_report(stats: dict, out: str | Path, vqvae: str | None = None) -> Path
     o = stats["overall"]
     doc = (f"<!doctype html><html><head><meta charset='utf-8'><title>jam dataset report</title><style>{CSS}</style>"
            f"</head><body><h1>jam dataset report</h1><p>{html.escape(stats['mode'])} · {len(stats['datasets'])} datasets · "
-           f"{_fmt(o['records'])} records · {_fmt(o['bytes'])} bytes · {_fmt(o['tokens'])} tokens</p>"
-           + _table(overview) + "".join(sections) + "</body></html>")
-    with atomic_write(out / "report.html", "w") as f:
+           f"{_fmt(o['records'])} records · {_fmt(o['tokens'] or None)} tokens · {glance.size(o['bytes'])} on disk</p>"
+           + glance.warnings_html(stats.get("warnings", [])) + glance.glance_html(stats["datasets"])
+           + "<h2>Details</h2>" + "".join(sections) + "</body></html>")
+    with atomic_write(join(out, "report.html"), "w") as f:
         f.write(doc)
-    return out / "report.html"
+    return join(out, "report.html")
 
 
 def write_compare(a: dict, b: dict, names: tuple[str, str], out: str | Path) -> dict:
@@ -216,17 +233,16 @@ def write_compare(a: dict, b: dict, names: tuple[str, str], out: str | Path) -> 
                 if "mean" in sa or "mean" in sb:
                     rows.append(_cmp_row(ds, f"{g}/{metric} count", sa.get("count"), sb.get("count")))
                     rows.append(_cmp_row(ds, f"{g}/{metric} mean", sa.get("mean"), sb.get("mean")))
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = str(out)
     result = {"a": names[0], "b": names[1], "rows": rows}
     import json
 
-    with atomic_write(out / "compare.json", "w") as f:
+    with atomic_write(join(out, "compare.json"), "w") as f:
         json.dump(result, f, indent=2)
     doc = (f"<!doctype html><html><head><meta charset='utf-8'><title>jam compare</title><style>{CSS}</style></head><body>"
            f"<h1>A: {html.escape(names[0])}<br>B: {html.escape(names[1])}</h1>"
            + _table(rows, ["dataset", "figure", "A", "B", "change"]) + "</body></html>")
-    with atomic_write(out / "compare.html", "w") as f:
+    with atomic_write(join(out, "compare.html"), "w") as f:
         f.write(doc)
     return result
 

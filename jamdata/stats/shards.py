@@ -10,19 +10,24 @@ from pathlib import Path
 
 import numpy as np
 
+from jamdata.io import open_url
 from jamdata.stats import aggregate as agg
 from jamdata.vocab import JointVocab
+from schemas.records import split_reason
 
 
 def _documents(path: str) -> dict:
     import pyarrow.parquet as pq
 
-    t = pq.read_table(path, columns=["id", "source", "text", "language", "quality_score"])
+    with open_url(path, "rb") as f:  # never pq.read_table(URL): pyarrow's own S3 client ignores storage options
+        t = pq.read_table(f, columns=["id", "source", "text", "language", "quality_score", "metadata"])
     out: dict = {}
     sources = t.column("source").to_pylist()
     texts = t.column("text").to_pylist()
+    ids = t.column("id").to_pylist()
     langs = t.column("language").to_pylist()
     quality = t.column("quality_score").to_pylist()
+    metas = [_model_scores(m) for m in t.column("metadata").to_pylist()]
     for src in sorted(set(sources)):
         idx = [i for i, s in enumerate(sources) if s == src]
         chars = [len(texts[i]) for i in idx]
@@ -30,24 +35,52 @@ def _documents(path: str) -> dict:
         out[f"{src}/chars"] = agg.dist(chars)
         out[f"{src}/bytes"] = agg.dist(nbytes)
         out[f"{src}/language"] = agg.counter(langs[i] or "unknown" for i in idx)
+        out[f"{src}/examples"] = agg.examples((ids[i], texts[i][:300]) for i in idx)  # what it looks like
         q = [quality[i] for i in idx if quality[i] is not None]
         if q:
-            out[f"{src}/quality_score"] = agg.dist(q)
+            out[f"{src}/quality_score"] = agg.dist(q, unit=True)  # a score in [0, 1]: linear bins
+        # the model filters' per-document values (docs/text-filters.md): CCNet perplexity buckets
+        # and the reference-page classifier's score, when those filters ran
+        buckets = [metas[i]["perplexity_bucket"] for i in idx if "perplexity_bucket" in metas[i]]
+        if buckets:
+            out[f"{src}/perplexity_bucket"] = agg.counter(buckets)
+        pps = [metas[i]["perplexity"] for i in idx if isinstance(metas[i].get("perplexity"), (int, float))]
+        if pps:
+            out[f"{src}/perplexity"] = agg.dist(pps)
+        probs = [metas[i]["quality_prob"] for i in idx if isinstance(metas[i].get("quality_prob"), (int, float))]
+        if probs:
+            out[f"{src}/reference_score"] = agg.dist(probs, unit=True)
     return out
+
+
+def _model_scores(metadata: str | None) -> dict:
+    """The model filters' values kept in a document's metadata (empty when they did not run)."""
+    try:
+        meta = json.loads(metadata or "{}")
+    except ValueError:
+        return {}
+    if not isinstance(meta, dict):
+        return {}
+    return {k: meta[k] for k in ("perplexity", "perplexity_bucket", "quality_prob") if k in meta}
 
 
 def _rejects(path: str) -> dict:
     import pyarrow.parquet as pq
 
-    t = pq.read_table(path).to_pylist()
+    with open_url(path, "rb") as f:
+        t = pq.read_table(f).to_pylist()
     out: dict = {}
     for r in t:
-        key = f"{r['source']}/rejects"
-        reason = f"{r['stage']}: {r['reason']}"
+        # grouped by `stage: code` (see schemas.records.split_reason): the detail, which holds
+        # numbers, ids and URLs, goes into the examples, so one cause is one row however it varies
+        code, detail = split_reason(r["reason"])
+        reason = f"{r['stage']}: {code}"
+        snippet = (r.get("snippet") or "")[:200]
         out = agg.merge_maps(out, {
-            key: agg.counter([reason]),
+            f"{r['source']}/rejects": agg.counter([reason]),
             f"{r['source']}/reject_stage": agg.counter([r["stage"]]),
-            f"{r['source']}/reject_examples/{reason}": agg.examples([(r["id"], (r.get("snippet") or "")[:300])]),
+            f"{r['source']}/reject_examples/{reason}": agg.examples(
+                [(r["id"], detail[:200] + (f" — {snippet}" if snippet else ""))]),
         })
     return out
 

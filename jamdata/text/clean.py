@@ -1,6 +1,6 @@
 """Per-source cleaning (the LLaMA-1 recipe), pure functions on text.
 
-- Wikipedia: wikitext to plain text.
+- Wikipedia: wikitext to plain text in the wiki's own language (wikitext.py, wikisite.py).
 - arXiv: LaTeX kept as LaTeX (as in LLaMA/RedPajama), but only from the first section on, without
   comments and the bibliography, with user macros expanded.
 - Books: Project Gutenberg header, footer and licence removed.
@@ -18,150 +18,19 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
-from mwparserfromhell import nodes as N
-
-from jamdata.text.normalize import normalize_text, normalize_whitespace
+from jamdata.text.normalize import normalize_text
 from jamdata.text.readers import ExpansionLimit, is_reject, make_reject
+from jamdata.text.wikisite import WikiSite, language_of_url
+from jamdata.text.wikitext import DEFAULT_DROP_SECTIONS, clean_wiki_plain, clean_wikitext, looks_like_wikitext, site_of
 
 
 @dataclass(frozen=True)
 class CleanOptions:
     line_dedup_min_docs: int = 3   # Common Crawl: a line in >= this many documents of a shard is boilerplate
     line_dedup_min_chars: int = 0  # shorter lines are never counted as boilerplate (0: all lines)
+    line_dedup_group_files: int = 0  # > 0: line dedup over groups of this many files (pipelines/line_dedup.py)
     max_expanded_chars: int = 16 << 20  # arXiv: macro expansion past this is a bomb (a reject)
-    wiki_drop_sections: tuple[str, ...] = ("see also", "references", "external links", "further reading",
-                                           "notes", "bibliography", "sources", "citations", "footnotes")
-
-
-# -- Wikipedia -------------------------------------------------------------------------------------
-_HEADING = re.compile(r"^(={1,6})\s*(.*?)\s*\1\s*$", re.M)
-_LINK_NS_DROP = {"file", "image", "category", "media"}
-_INVISIBLE_TAGS = {"ref", "references", "table", "gallery", "math", "chem", "timeline", "imagemap",
-                   "score", "syntaxhighlight", "source", "templatedata", "graph", "mapframe", "maplink"}
-_INTERLANG = re.compile(r"^[a-z]{2,3}(-[a-z]+)?$")
-_MAGIC = re.compile(r"__[A-Z]+__")
-_STRAY_QUOTES = re.compile(r"'{2,}")
-
-
-def _drop_sections(wikitext: str, names: Iterable[str]) -> str:
-    """Remove sections whose heading is in `names` (with their sub-sections)."""
-    names = {n.lower() for n in names}
-    out, skip_level = [], 0
-    pos = 0
-    for m in _HEADING.finditer(wikitext):
-        level = len(m.group(1))
-        if not skip_level:
-            out.append(wikitext[pos:m.start()])
-        if skip_level and level <= skip_level:
-            skip_level = 0
-        if not skip_level and m.group(2).strip().lower() in names:
-            skip_level = level
-        if not skip_level:
-            out.append(m.group(0))
-        pos = m.end()
-    if not skip_level:
-        out.append(wikitext[pos:])
-    return "".join(out)
-
-
-def _render(code) -> str:
-    """Wikicode -> text in one pass (removing nodes in place is quadratic on long articles)."""
-    out: list[str] = []
-    for node in code.nodes:
-        if isinstance(node, N.Text):
-            out.append(node.value)
-        elif isinstance(node, N.Wikilink):
-            title = str(node.title).strip()
-            prefix = title.split(":", 1)[0].strip().lower() if ":" in title and not title.startswith(":") else ""
-            if prefix in _LINK_NS_DROP or (prefix and _INTERLANG.match(prefix)):
-                continue
-            out.append(_render(node.text) if node.text is not None else title.lstrip(":").split("#")[0])
-        elif isinstance(node, N.ExternalLink):
-            if node.title is not None:
-                out.append(_render(node.title))
-        elif isinstance(node, N.Tag):
-            tag = str(node.tag).strip().lower()
-            if tag in _INVISIBLE_TAGS:
-                continue
-            if tag in ("br", "hr"):
-                out.append("\n")
-            elif node.contents is not None and not node.self_closing:
-                out.append(_render(node.contents))
-        elif isinstance(node, N.Heading):
-            out.append("\n" + _render(node.title).strip() + "\n")
-        elif isinstance(node, N.HTMLEntity):
-            out.append(node.normalize())
-        # templates, comments, template arguments, anything else: removed
-    return "".join(out)
-
-
-_WIKI_COMMENT = re.compile(r"<!--.*?(-->|\Z)", re.S)
-_WIKI_REF = re.compile(r"<ref\b[^>]*?/>|<ref\b[^>]*>.*?(</ref\s*>|\Z)", re.S | re.I)
-_TEMPLATE_BRACES = re.compile(r"\{\{|\}\}")
-_TABLE_MARKS = re.compile(r"^[ \t:]*(\{\||\|\})", re.M)
-
-
-def _strip_nested(text: str, marks: re.Pattern, opener: str) -> str:
-    """Remove balanced, possibly nested spans (templates, tables) in one linear scan."""
-    out, depth, pos = [], 0, 0
-    for m in marks.finditer(text):
-        if m.group(0).strip(" \t:") == opener:
-            if depth == 0:
-                out.append(text[pos:m.start()])
-            depth += 1
-        elif depth:
-            depth -= 1
-            if depth == 0:
-                pos = m.end()
-    if depth == 0:
-        out.append(text[pos:])
-    return "".join(out)
-
-
-_LINK_BRACKETS = re.compile(r"\[\[|\]\]")
-_DROP_LINK_START = re.compile(r"\[\[\s*(file|image|category|media)\s*:", re.I)
-
-
-def _strip_file_links(text: str) -> str:
-    """Remove [[File:...]] / [[Image:...]] / [[Category:...]] spans, captions with nested links
-    included (the parser gives up on some of them and leaves them as text)."""
-    out, stack, pos = [], [], 0
-    for m in _LINK_BRACKETS.finditer(text):
-        if m.group(0) == "[[":
-            stack.append(m.start())
-        elif stack:
-            start = stack.pop()
-            if not stack and _DROP_LINK_START.match(text, start) and start >= pos:
-                out.append(text[pos:start])
-                pos = m.end()
-    out.append(text[pos:])
-    return "".join(out)
-
-
-def clean_wikitext(wikitext: str, drop_sections: Iterable[str] = CleanOptions.wiki_drop_sections) -> str:
-    """Plain text: links keep their label; templates, references, tables, comments, categories,
-    files/images, interlanguage links and bold/italic markup removed; headings kept as lines.
-
-    Comments, references, templates and tables go first with linear scans (the bulk of the markup,
-    and the slow part for the full parser); mwparserfromhell then renders what is left."""
-    import mwparserfromhell
-
-    text = _WIKI_REF.sub("", _WIKI_COMMENT.sub("", wikitext))
-    text = _strip_nested(text, _TEMPLATE_BRACES, "{{")
-    text = _strip_file_links(_strip_nested(text, _TABLE_MARKS, "{|"))
-    text = _render(mwparserfromhell.parse(_drop_sections(text, drop_sections)))
-    text = _MAGIC.sub("", _STRAY_QUOTES.sub("", text))
-    lines = []
-    for line in text.split("\n"):
-        line = line.strip()
-        if line and re.fullmatch(r"[|{}!\-\s]*", line):
-            continue  # table residue
-        lines.append(line)
-    return normalize_whitespace("\n".join(lines))
-
-
-def looks_like_wikitext(text: str) -> bool:
-    return "[[" in text or "{{" in text or "'''" in text or bool(_HEADING.search(text[:20000]))
+    wiki_drop_sections: tuple[str, ...] = DEFAULT_DROP_SECTIONS  # plus each language's own (wikisite.py)
 
 
 # -- arXiv -----------------------------------------------------------------------------------------
@@ -405,14 +274,19 @@ CLEANER_OF_FORMAT = {
 }
 
 
-def _clean_one(doc: dict, cleaner: str, opts: CleanOptions = CleanOptions()) -> tuple[dict | None, str | None]:
+def _clean_one(doc: dict, cleaner: str, opts: CleanOptions = CleanOptions(),
+               site: WikiSite | None = None) -> tuple[dict | None, str | None]:
     """(the cleaned document, None) or (None, why it was dropped). A document that a cleaner
-    cannot handle is dropped with the reason; it never stops the others."""
+    cannot handle is dropped with the reason; it never stops the others. Wikipedia pages are
+    cleaned with `site` (from the dump's siteinfo) or else the site of their URL's language."""
     text = doc["text"]
     try:
         if cleaner in ("wikitext", "wikitext_auto"):
+            site = site or site_of(language_of_url(doc.get("url")), tuple(opts.wiki_drop_sections))
             if cleaner == "wikitext" or looks_like_wikitext(text):
-                text = clean_wikitext(text)
+                text = clean_wikitext(text, site=site)
+            else:
+                text = clean_wiki_plain(text, site)
         elif cleaner == "arxiv":
             cleaned = clean_arxiv(text, opts.max_expanded_chars)
             if cleaned is None:
@@ -432,18 +306,21 @@ def _clean_one(doc: dict, cleaner: str, opts: CleanOptions = CleanOptions()) -> 
     return {**doc, "text": text}, None
 
 
-def clean_records(records: Iterable[dict], fmt: str, opts: CleanOptions = CleanOptions()) -> Iterator[dict]:
+def clean_records(records: Iterable[dict], fmt: str, opts: CleanOptions = CleanOptions(),
+                  site: WikiSite | None = None) -> Iterator[dict]:
     """Clean a reader's output (documents and REJECTs, in order). REJECTs pass through; a document
     that cleans to nothing becomes a REJECT of stage "clean". Common Crawl formats are cleaned per
     shard (the records of one call), since line dedup needs the whole shard's line counts; the
-    others stream."""
+    others stream. `site`: a Wikipedia dump's names (wikisite.read_siteinfo), for `wiki_xml`."""
     cleaner = CLEANER_OF_FORMAT.get(fmt, "none")
+    if cleaner == "ccnet" and opts.line_dedup_min_docs <= 1:
+        cleaner = "none"  # no line dedup in this call: nothing to count, so stream
     if cleaner != "ccnet":
         for rec in records:
             if is_reject(rec):
                 yield rec
                 continue
-            doc, reason = _clean_one(rec, cleaner, opts)
+            doc, reason = _clean_one(rec, cleaner, opts, site)
             yield doc if doc is not None else _clean_reject(rec, reason)
         return
     buffered = list(records)

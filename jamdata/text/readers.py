@@ -34,9 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import IO, Any, Callable, Iterable, Iterator
 
-import fsspec
 
-from jamdata.io import open_input, stable_hash
+from jamdata.io import fs_and_path, open_input, open_url, stable_hash
+from jamdata.text.extract import ExtractionTimeout
 
 FORMATS_DOC = {
     "warc": "Common Crawl WARC: HTML responses, main text extracted (trafilatura)",
@@ -58,6 +58,7 @@ class ReadOptions:
     snippet_chars: int = 200
     max_input_depth: int = 8  # arXiv: \input nesting deeper than this is an expansion bomb
     max_archive_factor: int = 64  # arXiv: a tar may unpack to this many times max_record_bytes
+    extract_timeout_s: float = 0.0  # WARC: seconds one page's HTML extraction may take (0: no limit)
 
     @property
     def max_archive_bytes(self) -> int:
@@ -143,7 +144,16 @@ def _bad_utf8(data: bytes, base: int) -> tuple[str, int] | None:
         data.decode("utf-8")
         return None
     except UnicodeDecodeError as e:
-        return f"invalid UTF-8 (byte 0x{data[e.start]:02x})", base + e.start
+        return f"invalid UTF-8 (byte 0x{data[e.start]:02x}){_utf16_hint(data)}", base + e.start
+
+
+def _utf16_hint(data: bytes) -> str:
+    """Why bytes that are not UTF-8 may be UTF-16 (a byte-order mark, or every other byte NUL),
+    with the fix: the readers take UTF-8 only."""
+    head = data[:4096]
+    if head[:2] in (b"\xff\xfe", b"\xfe\xff") or (len(head) >= 8 and head.count(0) * 3 > len(head)):
+        return ": the file looks like UTF-16; convert it to UTF-8 (e.g. iconv -f UTF-16 -t UTF-8)"
+    return ""
 
 
 # -- input streams -------------------------------------------------------------------------------
@@ -377,13 +387,12 @@ def decode_html(payload: bytes, content_type: str | None = None) -> tuple[str, s
     return payload.decode("cp1252", errors="replace"), "cp1252(fallback)"
 
 
-def extract_main_text(html: str, url: str | None = None) -> str | None:
-    """Main text of an HTML page (boilerplate, navigation, comments dropped)."""
-    import trafilatura
+def extract_main_text(html: str, url: str | None = None, timeout_s: float | None = None) -> str | None:
+    """Main text of an HTML page (boilerplate, navigation, comments dropped); past `timeout_s`
+    seconds raises ExtractionTimeout (see jamdata/text/extract.py for how the limit is enforced)."""
+    from jamdata.text.extract import extract_main_text as extract
 
-    logging.getLogger("trafilatura").setLevel(logging.ERROR)
-    return trafilatura.extract(html, url=url, include_comments=False, include_tables=False,
-                               deduplicate=False, favor_precision=False)
+    return extract(html, url, timeout_s)
 
 
 class _Lookahead:
@@ -685,7 +694,10 @@ def read_warc(path: str, source: str, opts: ReadOptions, cur: _Cursor) -> Iterat
             continue
         html, charset = decode_html(payload, ctype)
         try:
-            text = extract_main_text(html, url)
+            text = extract_main_text(html, url, opts.extract_timeout_s)
+        except ExtractionTimeout as e:  # an adversarial page: one reject, the file goes on
+            yield make_reject(source, "read", f"extraction_timeout: {e}", url, path, cur.offset)
+            continue
         except Exception as e:  # the extractor fails on some malformed pages
             yield make_reject(source, "read", f"HTML extraction failed: {type(e).__name__}: {e}", url, path, cur.offset)
             continue
@@ -793,7 +805,7 @@ def read_wiki_parquet(path: str, source: str, opts: ReadOptions, cur: _Cursor) -
     its first row) and the others are still read."""
     import pyarrow.parquet as pq
 
-    with fsspec.open(path, "rb") as f:
+    with open_url(path, "rb") as f:
         pf = pq.ParquetFile(f)
         cols = [c for c in ("id", "url", "title", "text") if c in pf.schema_arrow.names]
         if "text" not in cols:
@@ -996,6 +1008,8 @@ def _tar_sources(f: IO[bytes], head: bytes, path: str, source: str, opts: ReadOp
             low = m.name.lower()
             if not m.isfile() or not (low.endswith(_TEX_SUFFIXES) or (member is None and low.endswith(".gz"))):
                 continue
+            if low.rsplit("/", 1)[-1].startswith("._") or "__macosx/" in low:
+                continue  # macOS AppleDouble metadata (`._main.tex`), not a source file
             if m.size > opts.max_record_bytes:
                 out.rejects.append(make_reject(source, "read", f"{where}{m.name}: longer than {opts.max_record_bytes} bytes",
                                                None, path, cur.offset))
@@ -1109,7 +1123,7 @@ def read_file(path: str, fmt: str, source: str, opts: ReadOptions = ReadOptions(
 
 def _read_file(path: str, fmt: str, source: str, opts: ReadOptions, cur: _Cursor) -> Iterator[dict]:
     try:
-        fs, p = fsspec.core.url_to_fs(path)
+        fs, p = fs_and_path(path)
         if fs.size(p) == 0:
             yield make_reject(source, "read", "empty file (0 bytes)", None, path, 0)
             return

@@ -18,13 +18,14 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from jamdata.io import stable_hash
+from jamdata.errors import UserError
 
 HIST_BITS = 12  # 4096 hash buckets per source
 N_BUCKETS = 1 << HIST_BITS
 SOURCES = ("commoncrawl", "c4", "wikipedia", "books", "arxiv")
 
 
-class PlanError(ValueError):
+class PlanError(UserError, ValueError):
     """The budget cannot be met from the available data (names the short source and by how much)."""
 
 
@@ -101,6 +102,32 @@ def check_plan(plan: Sequence[SourcePlan]) -> None:
     raise PlanError("impossible plan: " + "; ".join(parts)
                     + ". Lower text.sample.budget_tokens, raise text.sample.epochs for that source, "
                       "or add clean data")
+
+
+def plan_warnings(plan: Sequence[SourcePlan], documents: Mapping[str, int]) -> list[str]:
+    """What a feasible plan will still get wrong, said before sampling: a target below one average
+    document (the sampler takes whole documents, so it overshoots by up to one document per
+    source: many times a tiny target), and a clean source with no share (left out of the sample).
+    `documents`: clean documents per source."""
+    out = []
+    planned = {p.source for p in plan}
+    for p in plan:
+        docs = documents.get(p.source) or 0
+        per_doc = p.available / docs if docs else 0
+        if p.target and per_doc > p.target:
+            out.append(f"source {p.source!r}: target {p.target:,} tokens is below one average document "
+                       f"({per_doc:,.0f} tokens): the sample will hold up to {(p.target + per_doc) / p.target:.1f}× "
+                       "its target; raise text.sample.budget_tokens or this source's share")
+    slack = sum(p.available / documents[p.source] for p in plan if documents.get(p.source))
+    budget = sum(p.target for p in plan)
+    if budget and slack > 0.1 * budget:
+        out.append(f"whole documents may add up to {slack:,.0f} tokens over the budget of {budget:,} "
+                   f"(up to {(budget + slack) / budget:.1f}×): the budget is small for these documents")
+    for src in sorted(set(documents) - planned):
+        if documents[src]:
+            out.append(f"source {src!r} has {documents[src]:,} clean documents but no share in "
+                       "text.sample.shares: it is left out of the sample (give it a share, 0 to say so)")
+    return out
 
 
 def format_plan(plan: Sequence[SourcePlan], budget: int) -> str:

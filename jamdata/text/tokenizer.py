@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-import fsspec
 import numpy as np
 import sentencepiece as spm
 
 from jamdata.vocab import JointVocab
+from jamdata.errors import UserError
 
 MODEL_FILE = "tokenizer.model"
 VOCAB_FILE = "vocab.json"
@@ -38,7 +37,7 @@ LLAMA_TRAINER = dict(
 )
 
 
-class TokenizerError(ValueError):
+class TokenizerError(UserError, ValueError):
     """A tokenizer file that is missing the model or is not a SentencePiece model (names the file)."""
 
 
@@ -46,11 +45,14 @@ class TextTokenizer:
     """Loads a `.model` file (or a tokenizer dataset directory holding `tokenizer.model`)."""
 
     def __init__(self, model_path: str, n_image_codes: int = 8192):
+        from jamdata.io import fs_and_path, join, open_url
+
         path = str(model_path)
-        if Path(path).is_dir():
-            path = str(Path(path) / MODEL_FILE)
+        fs, p = fs_and_path(path)
+        if fs.isdir(p):  # a path or a URL (never pathlib: it folds the `//` of gs://)
+            path = join(path, MODEL_FILE)
         try:
-            with fsspec.open(path, "rb") as f:
+            with open_url(path, "rb") as f:
                 proto = f.read()
         except FileNotFoundError:
             raise FileNotFoundError(f"tokenizer model {path} does not exist "
@@ -169,5 +171,23 @@ def tokenizer_settings(sp: spm.SentencePieceProcessor) -> dict:
     probe = "a  b\t\n\u00e9 2024"
     digits = [i for i in sp.encode("2024 1999") if not sp.is_byte(i)]  # rare digits may be bytes
     return {"split_digits": all(len(sp.id_to_piece(i).strip("\u2581")) <= 1 for i in digits),
-            "byte_fallback": sp.piece_to_id("<0x41>") != sp.unk_id(),
+            "byte_fallback": has_byte_fallback(sp),
             "lossless": sp.decode(sp.encode(probe)) == probe}
+
+
+def has_byte_fallback(sp: spm.SentencePieceProcessor) -> bool:
+    """Whether a character outside the pieces becomes its UTF-8 bytes rather than `<unk>`. Probed
+    by encoding: byte pieces can be present in a model whose trainer flag is off, and then they
+    are never used (a whole Japanese novel turns into `<unk>`)."""
+    rare = "\U000f0041"  # a private-use character no vocabulary holds
+    return sp.piece_to_id("<0x41>") != sp.unk_id() and sp.unk_id() not in sp.encode(rare)
+
+
+def unk_share(sp: spm.SentencePieceProcessor, texts: Iterable[str]) -> float | None:
+    """Share of `<unk>` among the tokens of `texts` (None when there is no token)."""
+    unk, total = sp.unk_id(), 0
+    n_unk = 0
+    for ids in sp.encode(list(texts)):
+        total += len(ids)
+        n_unk += sum(1 for i in ids if i == unk)
+    return n_unk / total if total else None

@@ -44,10 +44,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _settings(args: argparse.Namespace, out: str | None = None):
-    from jamdata.config import Config
-    from jamtrain.train import parse_settings
+    from jamdata.config import Config, storage_setting
+    from jamtrain.settings import parse_settings
 
-    return parse_settings(Config.load(args.config, overrides=args.set), out_dir=out)
+    cfg = Config.load(args.config, overrides=args.set)
+    storage_setting(cfg.section("run"))  # datasets may be in a bucket; the training directory may not
+    return parse_settings(cfg, out_dir=out)
 
 
 def _fail(e: Exception, rank0_only: bool = False) -> int:
@@ -65,7 +67,8 @@ def _fail(e: Exception, rank0_only: bool = False) -> int:
 def _train(args: argparse.Namespace) -> int:
     from jamtrain.checkpoint import CheckpointError
     from jamtrain.rundir import TrainDirError, TrainDirLocked
-    from jamtrain.train import dry_run, train
+    from jamtrain.sizing import dry_run
+    from jamtrain.train import train
 
     s = _settings(args, args.out)
     if args.dry_run:
@@ -105,7 +108,8 @@ def _eval(args: argparse.Namespace) -> int:
 
     from jamtrain.checkpoint import CheckpointError
     from jamtrain.evaluate import evaluate
-    from jamtrain.train import dataset_vocab, export_checkpoint, load_exported
+    from jamtrain.building import dataset_vocab
+    from jamtrain.export import export_checkpoint, load_exported
 
     s = _settings(args)
     try:
@@ -140,7 +144,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from jamtrain.checkpoint import CheckpointError
-    from jamtrain.train import export_checkpoint
+    from jamtrain.export import export_checkpoint
 
     try:
         path = _pick_checkpoint(args.checkpoint)

@@ -15,6 +15,8 @@ from jamdata.text.filters.base import Filter, Verdict, apply_chain
 from jamdata.text.filters.basic import MinLengthFilter, QualityScoreFilter, quality_score
 from jamdata.text.filters.c4 import C4Filter
 from jamdata.text.filters.gopher import GopherQualityFilter, GopherRepetitionFilter
+from jamdata.text.filters.hygiene import DecontaminationFilter, PIIFilter
+from jamdata.text.filters.model_filters import PerplexityFilter, QualityClassifierFilter
 from jamdata.text.langid import WIKIPEDIA_LANGUAGES, LanguageFilter
 
 FILTERS: dict[str, type] = {
@@ -24,6 +26,10 @@ FILTERS: dict[str, type] = {
     "gopher_quality": GopherQualityFilter,
     "gopher_repetition": GopherRepetitionFilter,
     "quality_score": QualityScoreFilter,
+    "quality": QualityClassifierFilter,
+    "perplexity": PerplexityFilter,
+    "decontaminate": DecontaminationFilter,
+    "pii": PIIFilter,
 }
 
 WEB_CHAIN = ["min_length", "language", "c4", "gopher_quality", "gopher_repetition", "quality_score"]
@@ -75,4 +81,5 @@ def build_filter_chain(cfg: Config, source: str) -> list[Callable[[str], Verdict
 
 __all__ = ["Verdict", "Filter", "apply_chain", "build_filter_chain", "chain_names", "FILTERS",
            "MinLengthFilter", "LanguageFilter", "C4Filter", "GopherQualityFilter", "GopherRepetitionFilter",
-           "QualityScoreFilter", "quality_score", "WIKIPEDIA_LANGUAGES"]
+           "QualityScoreFilter", "quality_score", "QualityClassifierFilter", "PerplexityFilter",
+           "DecontaminationFilter", "PIIFilter", "WIKIPEDIA_LANGUAGES"]

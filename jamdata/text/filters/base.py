@@ -23,10 +23,12 @@ class Filter(Protocol):
 
 def apply_chain(text: str, chain: list[Callable[[str], Verdict]]) -> tuple[Verdict, str | None]:
     """Run filters in order; stop at the first drop. Returns the final verdict (text after every
-    filter that rewrote it, merged fields) and the name of the filter that dropped it (or None)."""
+    filter that rewrote it, merged fields) and the name of the filter that dropped it (or None).
+    A filter with `uses_fields = True` is also given the fields found so far (e.g. the perplexity
+    filter reads the language filter's `language`)."""
     fields: dict = {}
     for f in chain:
-        v = f(text)
+        v = f(text, fields) if getattr(f, "uses_fields", False) else f(text)
         fields.update(v.fields)
         if not v.keep:
             return Verdict(False, v.reason, text, fields), f.name

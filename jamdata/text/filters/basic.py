@@ -2,13 +2,35 @@
 from __future__ import annotations
 
 import math
+import re
 
 from jamdata.text.filters.base import Verdict
 from jamdata.text.filters.words import split_words
 
 
+# Scripts written without spaces between words: Han, Hiragana, Katakana, Hangul syllables, Thai,
+# Lao, Khmer, Myanmar, Tibetan
+_UNSPACED = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af"
+                       "\u0e00-\u0eff\u1780-\u17ff\u1000-\u109f\u0f00-\u0fff\U00020000-\U0002ffff]")
+
+
+def count_words(text: str) -> int:
+    """Whitespace-separated words, where each character of a script written without spaces
+    (Chinese, Japanese, Korean, Thai...) counts as one word: a Chinese page is one "word" by
+    whitespace, and a character is about one word's worth of text in those scripts."""
+    n = len(text.split())
+    if text.isascii():
+        return n
+    unspaced = len(_UNSPACED.findall(text))
+    if not unspaced:
+        return n
+    chunks = sum(1 for w in text.split() if _UNSPACED.search(w))
+    return n - chunks + unspaced
+
+
 class MinLengthFilter:
-    """Drop documents shorter than `min_words` whitespace-separated words or `min_chars` characters."""
+    """Drop documents shorter than `min_words` words (characters of scripts without spaces count
+    one each, see count_words) or `min_chars` characters."""
     name = "min_length"
 
     def __init__(self, min_words: int = 20, min_chars: int = 0):
@@ -18,7 +40,7 @@ class MinLengthFilter:
         if len(text.strip()) < self.min_chars:
             return Verdict(False, f"{len(text.strip())} characters < min_chars {self.min_chars}", text)
         if self.min_words:
-            n = len(text.split())
+            n = count_words(text)
             if n < self.min_words:
                 return Verdict(False, f"{n} words < min_words {self.min_words}", text)
         return Verdict(True, None, text)

@@ -18,11 +18,20 @@ END_PUNCTUATION = (".", "?", "!", '"', "'")
 POLICY_SUBSTRINGS = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies")
 
 
+# Word lists shipped with the package, by name (jamdata/text/data/)
+NAMED_WORD_LISTS = {"ldnoobw": "ldnoobw-en.txt", "ldnoobw:en": "ldnoobw-en.txt"}
+
+
 def load_bad_words(spec: str | Iterable[str] | None) -> frozenset[str]:
-    """A list of words, or a path to a file with one word/phrase per line."""
+    """A list of words, the name of a shipped list (`ldnoobw`: the LDNOOBW English list C4
+    used), or a path to a file with one word/phrase per line (`#` starts a comment line)."""
     if not spec:
         return frozenset()
-    if isinstance(spec, str):
+    if isinstance(spec, str) and spec in NAMED_WORD_LISTS:
+        from importlib import resources
+
+        spec = resources.files("jamdata.text").joinpath("data", NAMED_WORD_LISTS[spec]).read_text("utf-8").splitlines()
+    elif isinstance(spec, str):
         from jamdata.io import open_input
         with open_input(spec) as f:
             spec = f.read().decode("utf-8").splitlines()

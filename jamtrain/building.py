@@ -1,0 +1,87 @@
+"""Building what the loop trains: the model for the data's joint vocabulary, the loader, parameter groups and the resolved DeepSpeed config."""
+from __future__ import annotations
+
+import json
+
+import torch
+
+from jamdata.config import ConfigError
+from jamdata.vocab import JointVocab
+from jamtrain.settings import Settings
+
+
+def dataset_vocab(datasets: dict[str, str]) -> JointVocab:
+    """The joint vocabulary shared by all datasets (refuses a mix)."""
+    from jamdata.manifest import check_compatible, read_manifest
+
+    check_compatible(datasets.values())
+    for root in datasets.values():
+        m = read_manifest(root)
+        if m.get("vocab"):
+            return JointVocab.from_dict(m["vocab"])
+    raise ConfigError("loader.mixture", "none of the datasets records its joint vocabulary")
+
+
+def model_for_vocab(model_cfg: dict, vocab: JointVocab) -> dict:
+    """JAM-Cross takes embedding rows below the image codes from the text parent: pin that split to
+    the data's joint vocabulary unless the config sets it."""
+    if model_cfg.get("fusion") == "cross" and "text_rows" not in model_cfg:
+        return {**model_cfg, "text_rows": vocab.image_offset}
+    return model_cfg
+
+
+def default_model_factory(model_cfg: dict, vocab_size: int) -> torch.nn.Module:
+    from jamtrain.models import build_model
+
+    return build_model(model_cfg, vocab_size)
+
+
+def default_loader_factory(s: Settings, rank: int, world: int):
+    from jamdata.loader import build_loader
+
+    return build_loader(s.loader_config(world), s.datasets, rank, world)
+
+
+SCALAR_ATTR = "_jam_was_scalar"
+
+
+def lift_scalar_params(model: torch.nn.Module) -> list[str]:
+    """Give 0-dim parameters (JAM-Cross tanh gates) shape [1]: DeepSpeed's initial broadcast views
+    every parameter as bytes, which 0-dim tensors do not allow. Broadcasting keeps the maths the
+    same; export restores the original shape."""
+    names = []
+    for name, p in model.named_parameters():
+        if p.dim() == 0:
+            p.data = p.data.reshape(1)
+            setattr(p, SCALAR_ATTR, True)
+            names.append(name)
+    return names
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Decay matrices only (not norms, biases, gates)."""
+    decay, rest = [], []
+    for _, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else rest).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
+def count_params(model: torch.nn.Module) -> int:
+    seen, n = set(), 0
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            n += p.numel()
+    return n
+
+
+def resolved_ds_config(s: Settings, cpu: bool) -> dict:
+    ds = json.loads(json.dumps(s.deepspeed))
+    precision = s.precision if s.precision != "auto" else ("fp32" if cpu else "bf16")
+    ds["bf16"] = {**ds.get("bf16", {}), "enabled": precision == "bf16"}
+    ds["fp16"] = {**ds.get("fp16", {}), "enabled": precision == "fp16"}
+    ds.setdefault("steps_per_print", 10 ** 9)
+    ds.setdefault("wall_clock_breakdown", False)
+    ds.pop("train_batch_size", None)  # derived: micro-batch x accumulation x ranks
+    return ds

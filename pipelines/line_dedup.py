@@ -1,0 +1,135 @@
+"""CCNet line dedup over groups of Common Crawl files, bounded per element.
+
+CCNet groups the ~1,600 shards of a dump into groups of ~50 files and removes every copy of a line
+that occurs in several documents of a group (boilerplate: menus, cookie banners, footers). Within
+one file (`text.clean.line_dedup_min_docs`, jamdata/text/clean.py) a worker can count a file's
+lines itself; over a group it cannot hold the group's documents, so here:
+
+    (group, doc) --distinct line hashes--> ((group, h), 1) --CombinePerKey(sum)--> boilerplate keys
+    (group, doc) --distinct line hashes--> ((group, h), doc key)  ─┐
+    boilerplate keys ((group, h), BOILER) ───────────────────────── GroupByKey: streamed twice
+        (first pass: is the key boilerplate?  second: each doc key) -> (doc key, h)
+    (doc key, doc) + (doc key, [h...]) --CoGroupByKey--> the document without those lines
+
+Elements: one document, one line-hash count (combined), one (doc key, hash) pair, or one document
+with its own removed hashes. The GroupByKey values of a frequent line (one doc key per document
+that has it) are iterated, never listed (runners page large groups in lazily).
+
+Line keys are `stable_hash` of CCNet's normalised line (clean._normalized_lines): they must agree
+across worker processes, unlike the per-file path's `hash()`.
+"""
+from __future__ import annotations
+
+import json
+from typing import Iterator
+
+import apache_beam as beam
+
+from jamdata.io import stable_hash
+from jamdata.text.clean import CLEANER_OF_FORMAT, CleanOptions, _clean_one, _clean_reject, _normalized_lines
+
+_BOILER = "\x00boilerplate"  # marks a boilerplate key among the doc keys of its GroupByKey
+
+
+def ccnet_format(fmt: str) -> bool:
+    return CLEANER_OF_FORMAT.get(fmt) == "ccnet"
+
+
+def assign_groups(files, group_files: int) -> dict[str, str]:
+    """{file path: group name} for the Common Crawl files (WARC/WET) of each source: the source's
+    files sorted by their id path (stable wherever the inputs live), `group_files` per group.
+    Other formats get no group."""
+    by_source: dict[str, list] = {}
+    for f in files:
+        if ccnet_format(f.fmt):
+            by_source.setdefault(f.source, []).append(f)
+    groups = {}
+    for source, fs in by_source.items():
+        for i, f in enumerate(sorted(fs, key=lambda f: (f.id_path, f.fmt, f.path))):
+            groups[f.path] = f"{source}/{i // group_files:05d}"
+    return groups
+
+
+def stable_line_keys(text: str, min_chars: int) -> list[int | None]:
+    """One process-independent key per line of `text` (None: empty, or `min_chars` or shorter)."""
+    raw = text.split("\n")
+    norm = _normalized_lines(text)
+    if len(norm) != len(raw):  # a lower-cased character that became a line break; be exact instead
+        norm = [_normalized_lines(l.replace("\n", " "))[0] for l in raw]
+    return [stable_hash(n) if n and len(l.strip()) > min_chars else None for l, n in zip(raw, norm)]
+
+
+def _doc_key(doc: dict) -> str:
+    return f"{doc['id']}|{stable_hash(doc['text']):016x}"
+
+
+def _distinct_keys(doc: dict, min_chars: int) -> set[int]:
+    return {k for k in stable_line_keys(doc["text"], min_chars) if k is not None}
+
+
+def _boiler_docs(element) -> Iterator[tuple[str, int]]:
+    """((group, h), [BOILER?, doc keys...]) -> (doc key, h) for each document, if boilerplate."""
+    (_, h), values = element
+    if not any(v == _BOILER for v in values):
+        return
+    for v in values:
+        if v != _BOILER:
+            yield v, h
+
+
+class _FilterLines(beam.DoFn):
+    """(doc key, {docs: [doc...], drop: [h...]}) -> the document without its boilerplate lines
+    (normalised again), or a clean REJECT when nothing is left."""
+
+    def __init__(self, copts: CleanOptions):
+        self.copts = copts
+
+    def process(self, element):
+        _, joined = element
+        drop = set(joined["drop"])
+        for doc in joined["docs"]:
+            if not drop:
+                yield doc
+                continue
+            lines = doc["text"].split("\n")
+            keys = stable_line_keys(doc["text"], self.copts.line_dedup_min_chars)
+            kept = [l for l, k in zip(lines, keys) if k is None or k not in drop]
+            removed = len(lines) - len(kept)
+            out, reason = _clean_one({**doc, "text": "\n".join(kept)}, "none", self.copts)
+            if out is None:
+                yield beam.pvalue.TaggedOutput("rejects", _clean_reject(doc, "only boilerplate lines"
+                                                                        if removed else reason))
+                continue
+            meta = json.loads(out.get("metadata") or "{}")
+            meta["boilerplate_lines_removed"] = meta.get("boilerplate_lines_removed", 0) + removed
+            out["metadata"] = json.dumps(meta, sort_keys=True, ensure_ascii=False)
+            yield out
+
+
+class GroupLineDedup(beam.PTransform):
+    """PCollection of (group, doc) -> (docs, REJECTs): lines in at least `min_docs` documents of a
+    group removed from every document of that group."""
+
+    def __init__(self, copts: CleanOptions):
+        super().__init__()
+        self.copts = copts
+
+    def expand(self, grouped):
+        min_docs, min_chars = self.copts.line_dedup_min_docs, self.copts.line_dedup_min_chars
+        keyed = grouped | "KeyDoc" >> beam.Map(lambda gd: (_doc_key(gd[1]), gd))
+        line_docs = keyed | "LineDocKeys" >> beam.FlatMap(
+            lambda kv: [((kv[1][0], h), kv[0]) for h in sorted(_distinct_keys(kv[1][1], min_chars))])
+        boiler = (line_docs
+                  | "One" >> beam.Map(lambda kv: (kv[0], 1))
+                  | "CountLines" >> beam.CombinePerKey(sum)
+                  | "Frequent" >> beam.Filter(lambda kv: kv[1] >= min_docs)
+                  | "Mark" >> beam.Map(lambda kv: (kv[0], _BOILER)))
+        drops = ((line_docs, boiler)
+                 | "LinesAndMarks" >> beam.Flatten()
+                 | "ByLine" >> beam.GroupByKey()
+                 | "DocsToDrop" >> beam.FlatMap(_boiler_docs))
+        docs = keyed | "DocByKey" >> beam.Map(lambda kv: (kv[0], kv[1][1]))
+        out = ({"docs": docs, "drop": drops}
+               | "JoinDrops" >> beam.CoGroupByKey()
+               | "FilterLines" >> beam.ParDo(_FilterLines(self.copts)).with_outputs("rejects", main="docs"))
+        return out.docs, out.rejects
