@@ -27,6 +27,7 @@ corpus-demo: $(STAMP)
 	$(BIN)/jamdata run --config configs/demo.yaml --corpus ../shared/corpus $(ARGS)
 
 test: $(STAMP)
+	$(BIN)/ruff check jamdata jamtrain pipelines schemas tests benchmarks scripts
 	$(BIN)/python -m pytest -n 2 -q $(ARGS)
 
 bench: $(STAMP)

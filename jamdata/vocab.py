@@ -45,7 +45,6 @@ class JointVocab:
     # -- construction ------------------------------------------------------------------
     @classmethod
     def from_sentencepiece(cls, model_path: str, n_image_codes: int = 8192) -> "JointVocab":
-        import fsspec
         import sentencepiece as spm
 
         from jamdata.io import open_url

@@ -2,7 +2,6 @@
 shards, manifest, rejects, determinism across worker counts, and the HTML page."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np

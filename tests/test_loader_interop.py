@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
-import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +10,7 @@ import yaml
 
 from jamdata.config import Config
 from jamdata.loader import build_loader, build_spec, hf_iterable_dataset
-from jamdata.loader.stream import PRIVATE, PackedStream
+from jamdata.loader.stream import PackedStream
 from jamdata.loader.testing import make_tars, make_text_tokens
 
 

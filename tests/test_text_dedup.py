@@ -14,7 +14,7 @@ from jamdata.text.dedup import LSHParams, band_keys, components, exact_hash, nea
 from jamdata.text.minhash import MinHasher, candidate_probability, exact_jaccard, normalize_words
 from pipelines.common import WriteShards, parquet_shard_writer
 from pipelines.options import pipeline_options
-from pipelines.text_dedup import NearDedup, TextDedup, dedup_settings
+from pipelines.text_dedup import TextDedup, dedup_settings
 from schemas.records import DOCUMENT, REJECT
 
 VOCAB = [f"tok{i}" for i in range(20000)]

@@ -6,7 +6,6 @@ import gzip
 import io
 import json
 import tarfile
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq

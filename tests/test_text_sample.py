@@ -14,7 +14,6 @@ from jamdata.config import Config
 from jamdata.formats.megatron import IndexedDataset
 from jamdata.manifest import build_manifest, describe_shard, read_manifest, validate_dataset, write_manifest
 from jamdata.text import sampling
-from jamdata.text.sampling import PlanError
 from jamdata.text.tokenizer import TextTokenizer
 from jamdata.vocab import VocabMismatchError
 from pipelines.stages import StageContext

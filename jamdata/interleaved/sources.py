@@ -222,7 +222,6 @@ class ImageStore:
     with any extension (`<40 hex>.jpg`); the stem is what matters."""
 
     def __init__(self, path: str):
-        import fsspec
 
         self.path = str(path)
         fs, p = fs_and_path(self.path)

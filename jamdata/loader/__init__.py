@@ -9,10 +9,13 @@ See docs/loader.md for the batch contract, the order definition and the config k
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jamdata.config import Config
 from jamdata.loader.sources import DatasetSource, LoaderError
+
+if TYPE_CHECKING:  # imported where used: torch comes with the stream module
+    from jamdata.loader.stream import JamLoader, LoaderSpec
 
 _LAZY = {"JamLoader", "LoaderSpec", "PackedStream", "merge_state_dicts"}  # keep torch out of plain imports
 

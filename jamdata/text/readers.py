@@ -26,7 +26,6 @@ import contextlib
 import gzip
 import io
 import json
-import logging
 import re
 import tarfile
 import xml.etree.ElementTree as ET
