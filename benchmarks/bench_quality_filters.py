@@ -17,8 +17,6 @@ gopher_repetition, quality_score), `quality`, `perplexity`, `decontaminate` (1,0
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
 import os
 import shutil
 import sys
@@ -28,18 +26,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-CORPUS = Path(os.environ.get("JAM_CORPUS", REPO.parent / "shared" / "corpus"))
+from corpus import CORPUS, c4_pages  # noqa: E402 (benchmarks/corpus.py)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-
-def web_pages() -> list[str]:
-    texts = []
-    with gzip.open(CORPUS / "c4" / "CC-MAIN-2019-30-docs.jsonl.gz", "rt") as f:
-        texts += [json.loads(line)["text"] for line in f]
-    for name in ("c4-sample.01.json.gz", "c4-sample.02.json.gz"):
-        with gzip.open(CORPUS / "c4" / name, "rt") as f:
-            texts += [json.loads(line)["text"] for line in f]
-    return texts
 
 
 def wiki_articles() -> list[str]:
@@ -96,7 +84,7 @@ def main() -> None:
     from jamdata.config import Config
     from jamdata.text.filters import WEB_CHAIN, apply_chain, build_filter_chain
 
-    pages = web_pages()
+    pages = c4_pages()
     unique_mb = sum(len(t.encode()) for t in pages) / 1e6
     texts = pages * max(1, round(args.mb / unique_mb))
     mb = sum(len(t.encode()) for t in texts) / 1e6

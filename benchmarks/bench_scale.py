@@ -45,7 +45,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-CORPUS = Path(os.environ.get("JAM_CORPUS", REPO.parent / "shared" / "corpus"))
+from corpus import CORPUS, c4_pages  # noqa: E402 (benchmarks/corpus.py)
 RESULTS = REPO / "benchmarks" / "results"
 PLANTED = "wikipedia"  # the source the planted hot bucket and chain are read as
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -70,16 +70,6 @@ HOT_TEMPLATE = ("Welcome to our online store, where you will find the best price
                 "delivered by our own van, and the driver can carry them to the room of your choice. We also "
                 "offer a collection service for old furniture, which we recycle or donate to local charities "
                 "whenever possible.")
-
-
-def load_base() -> list[str]:
-    texts = []
-    with gzip.open(CORPUS / "c4" / "CC-MAIN-2019-30-docs.jsonl.gz", "rt") as f:
-        texts += [json.loads(line)["text"] for line in f]
-    for name in ("c4-sample.01.json.gz", "c4-sample.02.json.gz"):
-        with gzip.open(CORPUS / "c4" / name, "rt") as f:
-            texts += [json.loads(line)["text"] for line in f]
-    return texts
 
 
 def perturb(text: str, rng: random.Random, vocab: list[str]) -> str:
@@ -115,7 +105,7 @@ def build_corpus(out: Path, target_mb: float, hot: int, chain: int, file_mb: flo
     """C4-format files: `planted/` (hot bucket, chain) and `c4/` (about `target_mb` MB of distinct
     documents and 1% exact duplicates)."""
     rng = random.Random(seed)
-    base = load_base()
+    base = c4_pages()
     freq: dict[str, int] = {}
     for t in base:
         for w in t.split():

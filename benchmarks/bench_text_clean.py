@@ -16,7 +16,6 @@ MinHash/LSH stage at two input sizes.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import resource
@@ -27,18 +26,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-CORPUS = Path(os.environ.get("JAM_CORPUS", REPO.parent / "shared" / "corpus"))
+from corpus import CORPUS, c4_pages  # noqa: E402 (benchmarks/corpus.py)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-
-def load_unique() -> list[str]:
-    texts = []
-    with gzip.open(CORPUS / "c4" / "CC-MAIN-2019-30-docs.jsonl.gz", "rt") as f:
-        texts += [json.loads(line)["text"] for line in f]
-    for name in ("c4-sample.01.json.gz", "c4-sample.02.json.gz"):
-        with gzip.open(CORPUS / "c4" / name, "rt") as f:
-            texts += [json.loads(line)["text"] for line in f]
-    return texts
 
 
 def mb_of(texts) -> float:
@@ -155,7 +144,7 @@ def memory_probe(mb: float) -> None:
     from jamdata.text.dedup import LSHParams, band_keys
     from jamdata.text.minhash import MinHasher
 
-    unique = load_unique()
+    unique = c4_pages()
     size = mb_of(unique)
     baseline = peak_rss_mb()
     p = LSHParams()
@@ -203,7 +192,7 @@ def main() -> None:
     if not (CORPUS / "README.md").exists():
         sys.exit(f"corpus not found at {CORPUS} (set JAM_CORPUS)")
 
-    unique = load_unique()
+    unique = c4_pages()
     umb = mb_of(unique)
     passes = max(1, round(args.mb / umb))
     big = unique * passes

@@ -7,6 +7,7 @@ from __future__ import annotations
 import bz2
 import contextlib
 import errno
+import fcntl
 import gzip
 import hashlib
 import io
@@ -162,6 +163,29 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+class LockHeld(Exception):
+    """Another process holds the lock."""
+
+
+def acquire_lock(path: str | os.PathLike) -> IO[str]:
+    """Open `path` (created if missing) and take an exclusive advisory lock on it without waiting.
+    The kernel drops the lock when its process dies, so a killed holder never blocks the next.
+    Raises LockHeld while another process holds it, OSError when the file cannot be opened.
+    Give the returned file to `release_lock`."""
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise LockHeld(str(path)) from None
+    return f
+
+
+def release_lock(f: IO[str]) -> None:
+    fcntl.flock(f, fcntl.LOCK_UN)
+    f.close()
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -3,7 +3,6 @@ dataset against its manifest, refusing to mix vocabularies, and guarding an outp
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -14,8 +13,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from jamdata import __version__
-from jamdata.io import (TMP_MARK, OutputDirError, absolute, atomic_write, fs_and_path, is_local, join, open_url,
-                        sha256_file, storage_error)
+from jamdata.io import (TMP_MARK, LockHeld, OutputDirError, absolute, acquire_lock, atomic_write, fs_and_path,
+                        is_local, join, open_url, release_lock, sha256_file, storage_error)
 from jamdata.vocab import JointVocab, check_same_vocab
 from schemas import MANIFEST_VERSION, SCHEMA_VERSION, validate_manifest
 from jamdata.errors import UserError
@@ -256,19 +255,16 @@ def output_dir(root: str | os.PathLike, clean: bool = True) -> Iterator[Path | s
     root = Path(str(root).removeprefix("file://"))
     try:
         root.mkdir(parents=True, exist_ok=True)
-        lock_f = open(root / LOCK, "a+")
+        lock_f = acquire_lock(root / LOCK)
+    except LockHeld:
+        raise OutputLockedError(f"{root} is being written by another job (lock {root / LOCK}); "
+                                "wait for it or choose another output directory") from None
     except PermissionError as e:
         raise PermissionError(f"cannot write to output directory {root}: permission denied ({e.strerror})") from None
     except OSError as e:  # a file where a directory is expected, /proc, disk full, read-only mount
         err = OutputDirError(f"cannot write to output directory {root}: {e.strerror or e}")
         err.errno = e.errno
         raise err from None
-    try:
-        fcntl.flock(lock_f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock_f.close()
-        raise OutputLockedError(f"{root} is being written by another job (lock {root / LOCK}); "
-                                "wait for it or choose another output directory") from None
     try:
         (root / MANIFEST).unlink(missing_ok=True)
         if clean:
@@ -278,8 +274,7 @@ def output_dir(root: str | os.PathLike, clean: bool = True) -> Iterator[Path | s
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
         yield root
     finally:
-        fcntl.flock(lock_f, fcntl.LOCK_UN)
-        lock_f.close()
+        release_lock(lock_f)
 
 
 def remote_output_dir(url: str, clean: bool = True) -> Iterator[str]:

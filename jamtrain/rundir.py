@@ -17,7 +17,6 @@ A run claims its directory before writing anything:
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import re
@@ -29,7 +28,7 @@ from pathlib import Path
 from typing import IO, Iterator
 
 from jamdata.errors import UserError
-from jamdata.io import atomic_write
+from jamdata.io import LockHeld, acquire_lock, atomic_write, release_lock
 from jamdata.manifest import MANIFEST, OutputLockedError
 from jamtrain import checkpoint as ckpt
 
@@ -75,13 +74,10 @@ def locked(out_dir: Path) -> Iterator[None]:
     lock = out_dir / LOCK
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        f: IO[str] = open(lock, "a+")
+        f: IO[str] = acquire_lock(lock)
     except OSError as e:  # a file in the way, read-only mount, permissions, disk full: name the directory once
         raise TrainDirError(f"cannot write to the training output directory {out_dir}: {e.strerror or e}") from None
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.close()
+    except LockHeld:
         raise TrainDirLocked(f"{out_dir} is being trained by another process ({_holder(lock)}, lock {lock}); "
                              "wait for it to finish or choose another output directory") from None
     try:
@@ -91,8 +87,7 @@ def locked(out_dir: Path) -> Iterator[None]:
         f.flush()
         yield
     finally:
-        fcntl.flock(f, fcntl.LOCK_UN)
-        f.close()
+        release_lock(f)
 
 
 # -- owning the directory --------------------------------------------------------------------------

@@ -15,7 +15,7 @@ Elements: one document, one line-hash count (combined), one (doc key, hash) pair
 with its own removed hashes. The GroupByKey values of a frequent line (one doc key per document
 that has it) are iterated, never listed (runners page large groups in lazily).
 
-Line keys are `stable_hash` of CCNet's normalised line (clean._normalized_lines): they must agree
+Line keys are `stable_hash` of CCNet's normalised line (clean.line_keys): they must agree
 across worker processes, unlike the per-file path's `hash()`.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Iterator
 import apache_beam as beam
 
 from jamdata.io import stable_hash
-from jamdata.text.clean import CLEANER_OF_FORMAT, CleanOptions, _clean_one, _clean_reject, _normalized_lines
+from jamdata.text.clean import CLEANER_OF_FORMAT, CleanOptions, _clean_one, _clean_reject, line_keys
 
 _BOILER = "\x00boilerplate"  # marks a boilerplate key among the doc keys of its GroupByKey
 
@@ -52,11 +52,7 @@ def assign_groups(files, group_files: int) -> dict[str, str]:
 
 def stable_line_keys(text: str, min_chars: int) -> list[int | None]:
     """One process-independent key per line of `text` (None: empty, or `min_chars` or shorter)."""
-    raw = text.split("\n")
-    norm = _normalized_lines(text)
-    if len(norm) != len(raw):  # a lower-cased character that became a line break; be exact instead
-        norm = [_normalized_lines(l.replace("\n", " "))[0] for l in raw]
-    return [stable_hash(n) if n and len(l.strip()) > min_chars else None for l, n in zip(raw, norm)]
+    return line_keys(text, min_chars, key=stable_hash)
 
 
 def _doc_key(doc: dict) -> str:

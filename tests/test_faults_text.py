@@ -15,9 +15,7 @@ from __future__ import annotations
 import bz2
 import gzip
 import hashlib
-import io
 import json
-import tarfile
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -33,6 +31,7 @@ import zstandard
 from jamdata.text.clean import clean_records
 from jamdata.text.readers import ReadOptions, is_reject, read_file
 from schemas.records import DOCUMENT, REJECT, validate_record
+from tests.test_reliability import tar_bytes
 
 PROSE = ("The harbour was quiet in the early morning, and the fishing boats rocked gently at their moorings "
          "while gulls argued over scraps on the stone quay. ")
@@ -108,16 +107,6 @@ def conversion(i: int, **kw) -> bytes:
 def warc_gz(records: list[bytes]) -> bytes:
     """Per-record gzip members, as Common Crawl writes them."""
     return b"".join(gzip.compress(r, mtime=0) for r in records)
-
-
-def tar_bytes(members: list[tuple[str, bytes]]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as t:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size, info.mtime = len(data), 0
-            t.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 def paper_tex(i: int, body: str = "") -> bytes:

@@ -92,6 +92,27 @@ def test_installed_copy_finds_the_bundled_demo_config(wheel, tmp_path):
     assert r.returncode == 1 and len(errors) == 1 and "--sdk_container_image" in errors[0], r.stderr[-3000:]
 
 
+def test_installed_copy_runs_the_main_job_on_the_bundled_demo_config(wheel, tmp_path):
+    """`jamdata run --config demo` from a non-editable install: the code and the config come from the
+    installed copy; the demo's relative input paths name the bundled sample data, so it runs where
+    that data is (the checkout)."""
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target",
+                    str(target), str(wheel)], check=True, env=ENV, capture_output=True, timeout=300)
+    script = target / "bin" / "jamdata"  # run by path: its folder, then PYTHONPATH, come before the checkout
+    env = {**ENV, "PYTHONPATH": str(target)}
+    where = subprocess.run([sys.executable, "-c", "import jamdata.cli as c; print(c.__file__)"], cwd=tmp_path,
+                           env=env, capture_output=True, text=True, timeout=60).stdout.strip()
+    assert where.startswith(str(target)), where
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, str(script), "run", "--config", "demo", "--out", str(out), "--quiet",
+                        "--stage", "text-clean", "--stage", "tokenizer", "--stage", "text-sample"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for name in ("text-clean", "tokenizer", "text-tokens"):
+        assert (out / name / "manifest.json").exists(), name
+
+
 def test_config_show_resolves_overrides_and_defaults():
     r = subprocess.run([sys.executable, "-m", "jamdata.cli", "config", "show", "demo", "--defaults",
                         "--set", "run.workers=2"], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)

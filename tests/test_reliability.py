@@ -374,7 +374,8 @@ def _doc(i: int, tag: str) -> dict:
     return {"url": f"https://example.org/{tag}/{i}", "text": text, "timestamp": "2019-04-25T12:57:54Z"}
 
 
-def _tar(members: list[tuple[str, bytes]]) -> bytes:
+def tar_bytes(members: list[tuple[str, bytes]]) -> bytes:
+    """An uncompressed USTAR archive of (name, data) members with fixed times (same bytes every run)."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as t:
         for name, data in members:
@@ -468,8 +469,8 @@ def build_bad_inputs(root: Path, max_record: int) -> dict:
     ]
     img = root / "images"
     img.mkdir()
-    (img / "bad-members.tar").write_bytes(_tar(bad_tar))
-    whole = _tar(members[6:])
+    (img / "bad-members.tar").write_bytes(tar_bytes(bad_tar))
+    whole = tar_bytes(members[6:])
     first = len(members[6][1])
     (img / "truncated.tar").write_bytes(whole[: 512 + first // 2])  # inside the first picture's bytes
     second_header = 512 + -(-first // 512) * 512

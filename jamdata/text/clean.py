@@ -16,7 +16,7 @@ import re
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from jamdata.text.normalize import normalize_text
 from jamdata.text.readers import ExpansionLimit, is_reject, make_reject
@@ -239,18 +239,20 @@ def line_key(line: str) -> int:
     return hash(_normalized_lines(line.replace("\n", " "))[0])
 
 
-def _line_keys(text: str, min_chars: int) -> list[int | None]:
-    """One key per line of `text` (None: too short to count as boilerplate, or empty)."""
+def line_keys(text: str, min_chars: int, key: Callable[[bytes], int] = hash) -> list[int | None]:
+    """One key per line of `text` (None: too short to count as boilerplate, or empty): `key` of the
+    normalised line. Python's `hash` compares within one process; line dedup across workers passes
+    `stable_hash`."""
     raw = text.split("\n")
     norm = _normalized_lines(text)
     if len(norm) != len(raw):  # a lower-cased character that became a line break; be exact instead
         norm = [_normalized_lines(l.replace("\n", " "))[0] for l in raw]
-    return [hash(n) if n and len(l.strip()) > min_chars else None for l, n in zip(raw, norm)]
+    return [key(n) if n and len(l.strip()) > min_chars else None for l, n in zip(raw, norm)]
 
 
 def frequent_lines(texts: Iterable[str], min_docs: int, min_chars: int = 0) -> set[int]:
     """Hashes of the lines that occur in at least `min_docs` different documents."""
-    return _frequent([_line_keys(t, min_chars) for t in texts], min_docs)
+    return _frequent([line_keys(t, min_chars) for t in texts], min_docs)
 
 
 def _frequent(keys_per_doc: list[list[int | None]], min_docs: int) -> set[int]:
@@ -262,7 +264,7 @@ def _frequent(keys_per_doc: list[list[int | None]], min_docs: int) -> set[int]:
 
 def remove_lines(text: str, boilerplate: set[int], keys: list[int | None] | None = None) -> tuple[str, int]:
     lines = text.split("\n")
-    keys = keys if keys is not None else _line_keys(text, 0)
+    keys = keys if keys is not None else line_keys(text, 0)
     kept = [l for l, k in zip(lines, keys) if k is None or k not in boilerplate]
     return "\n".join(kept), len(lines) - len(kept)
 
@@ -325,7 +327,7 @@ def clean_records(records: Iterable[dict], fmt: str, opts: CleanOptions = CleanO
         return
     buffered = list(records)
     dedup = opts.line_dedup_min_docs > 1
-    keys = [_line_keys(r["text"], opts.line_dedup_min_chars) if dedup and not is_reject(r) else None for r in buffered]
+    keys = [line_keys(r["text"], opts.line_dedup_min_chars) if dedup and not is_reject(r) else None for r in buffered]
     boiler = _frequent([k for k in keys if k is not None], opts.line_dedup_min_docs) if dedup else set()
     for rec, rec_keys in zip(buffered, keys):
         if is_reject(rec):
