@@ -67,7 +67,7 @@ STAGES: list[Stage] = [
           ("run.seed", "text.tokenizer", "text.sample.shares", "vqvae.codebook_size"), ("text-clean",)),
     Stage("text-sample", "pipelines.text_sample:run_stage", ("text-tokens",),
           ("run.seed", "text.sample"), ("text-clean", "tokenizer")),
-    Stage("vqvae-train", "pipelines.image_tokenize:run_vqvae_stage", ("vqvae",), ("run.seed", "vqvae")),
+    Stage("vqvae-train", "pipelines.vqvae_train:run_vqvae_stage", ("vqvae",), ("run.seed", "vqvae")),
     Stage("images", "pipelines.image_tokenize:run_stage", ("image-caption", "image-caption-rejects"),
           ("run.seed", "images"), ("tokenizer", "vqvae")),
     Stage("instruct", "pipelines.instruct_build:run_stage", ("instruct", "instruct-rejects"),

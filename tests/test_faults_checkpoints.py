@@ -146,7 +146,7 @@ def test_checkpoint_naming_an_unknown_class_is_refused_with_its_name(monkeypatch
 @pytest.fixture()
 def vqvae_dataset(tmp_path):
     """A vqvae dataset as the main job's vqvae stage writes it (import of a model directory)."""
-    from pipelines.image_tokenize import import_checkpoint
+    from pipelines.vqvae_train import import_checkpoint
 
     src = tmp_path / "src"
     save_checkpoint(tiny_vqvae(), src)
@@ -203,7 +203,7 @@ def test_images_and_instruct_stages_verify_the_vqvae(tmp_path, sp_model_path, sa
     """The main job: the vqvae stage imports a model, then its checkpoint is damaged; the images
     and instruct stages refuse it (they used to encode every image to one code and exit 0)."""
     from jamdata.config import Config, ConfigError
-    from pipelines import image_tokenize, instruct_build
+    from pipelines import image_tokenize, instruct_build, vqvae_train
     from pipelines.stages import StageContext
 
     src = tmp_path / "src"
@@ -216,7 +216,7 @@ def test_images_and_instruct_stages_verify_the_vqvae(tmp_path, sp_model_path, sa
            "vqvae": {"codebook_size": 64, "model": "tiny-64px-f4", "checkpoint": str(src)},
            "instruct": {"sources": [{"format": "conversation", "paths": str(root / "conversations")}]}}
     ctx = StageContext(Config(cfg), tmp_path)
-    image_tokenize.run_vqvae_stage(ctx)
+    vqvae_train.run_vqvae_stage(ctx)
     ck = tmp_path / "vqvae" / "vqvae.ckpt"
     poison(ck)
     for stage in (image_tokenize.run_stage, instruct_build.run_stage):

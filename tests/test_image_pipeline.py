@@ -228,7 +228,8 @@ def test_main_job_stages_on_sample_data(tmp_path, vqvae_dir, sp_model_path, samp
     import shutil
 
     from jamdata.config import Config
-    from pipelines.image_tokenize import run_stage, run_vqvae_stage
+    from pipelines.image_tokenize import run_stage
+    from pipelines.vqvae_train import run_vqvae_stage
     from pipelines.stages import StageContext
 
     (tmp_path / "tokenizer").mkdir()

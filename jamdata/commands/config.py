@@ -40,7 +40,7 @@ def fill_defaults(cfg) -> None:
 
         readers.append(lambda: ImageSettings.from_config(cfg, 0))
     if "vqvae" in present:
-        from pipelines.image_tokenize import train_config
+        from pipelines.vqvae_train import train_config
 
         readers.append(lambda: train_config(cfg))
     if "instruct" in present:

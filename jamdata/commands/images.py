@@ -72,7 +72,7 @@ def show(args: argparse.Namespace) -> int:
 
 def train(args: argparse.Namespace) -> int:
     from jamdata.config import Config, storage_setting
-    from pipelines.image_tokenize import train_config, train_to_dir
+    from pipelines.vqvae_train import train_config, train_to_dir
 
     cfg = Config.load(args.config, overrides=args.set)
     storage_setting(cfg.section("run"))
