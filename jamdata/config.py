@@ -106,9 +106,13 @@ class Config:
 
     def check_sections(self) -> None:
         """Refuse a misspelled section (`txt:`, `text.cleen:`) at the top of a config."""
+        from jamdata.settings import RunSettings, load_settings  # settings.py builds on this module
+
         self.check_keys(SECTIONS)
         if isinstance(self.data.get("text"), dict):
             self.section("text").check_keys(TEXT_SECTIONS)
+        if isinstance(self.data.get("run"), dict):
+            load_settings(RunSettings, self.section("run"))
 
     def override(self, items: Sequence[str]) -> None:
         """Apply `key.path=value` overrides (values parsed as YAML, numbers as numbers)."""

@@ -3,15 +3,26 @@ same code scales from the demo to the full run on Dataflow. `fast=True` reads ma
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+
 import apache_beam as beam
 
 from jamdata.config import ConfigError
+from jamdata.settings import as_plain, load_settings, setting
 from jamdata.io import absolute, atomic_write, exists, join, list_dirs, open_url
 from jamdata.stats import aggregate as agg
 from jamdata.stats.collect import expand_dirs_noting, finalize, inspect_datasets, plan_shards, run_task
 from jamdata.stats.warnings import format_warnings, run_warnings
 from jamdata.stats.report import write_report
 from pipelines.options import pipeline_options
+
+
+@dataclass(frozen=True)
+class StatsSettings:
+    """The `stats` section (docs/stats.md)."""
+    fast: bool = setting(False, "read manifests only: no per-record distributions")
+    loader_batches: int = setting(20, "batches of the configured loader drawn for the realised mixture (0: none)",
+                                  lo=0)
 
 
 class MergeStats(beam.CombineFn):
@@ -79,10 +90,9 @@ def run_stage(ctx) -> list[str]:
     from jamdata.manifest import build_manifest, describe_shard, output_dir, write_manifest
 
     out = ctx.path("report")
-    cfg = ctx.config.section("stats")
-    cfg.check_keys(["fast", "loader_batches"])
+    settings = load_settings(StatsSettings, ctx.config.section("stats"))
     loader_view = None
-    n_batches = cfg.get("loader_batches", int, default=20)
+    n_batches = settings.loader_batches
     from jamdata.loader import LoaderError
 
     loader_problem = None
@@ -94,11 +104,11 @@ def run_stage(ctx) -> list[str]:
     with output_dir(out):
         datasets = [ctx.path(n) for n in list_dirs(ctx.run_dir)
                     if not n.startswith(".") and n not in ("report", "train")]
-        stats = run_stats(datasets, str(out), fast=cfg.get("fast", bool, default=False), workers=ctx.workers,
+        stats = run_stats(datasets, str(out), fast=settings.fast, workers=ctx.workers,
                           beam_args=ctx.beam_args, vqvae=str(ctx.path("vqvae")), loader_view=loader_view,
                           loader_problem=loader_problem)
         shards = [describe_shard(str(out), n) for n in ("stats.json", "report.html")]
-        write_manifest(str(out), build_manifest("stats", shards, cfg.to_dict(), inputs=datasets,
+        write_manifest(str(out), build_manifest("stats", shards, as_plain(settings), inputs=datasets,
                                                 summary={"warnings": stats["warnings"]}))
     o = stats["overall"]
     return [f"{len(stats['datasets'])} datasets, {o['records'] or 0:,} records, {o['tokens'] or 0:,} tokens",

@@ -16,11 +16,13 @@ the number of workers.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import apache_beam as beam
 
-from jamdata.config import Config
+from jamdata.config import Config, ConfigError
+from jamdata.settings import load_settings, setting
 from jamdata.text.dedup import LSHParams, Refs, band_keys, exact_hash, reject, smallest_refs
 from pipelines.dedup_graph import ConnectedComponents, Min, Op, WithSummary
 
@@ -195,47 +197,61 @@ class NearDedup(beam.PTransform):
 
 # ---------------------------------------------------------------------------------------------
 # config + the composite used by the text-clean pipeline
-LSH_KEYS = ["enabled", "sources", "num_perm", "bands", "rows", "ngram", "threshold", "seed", "max_compare"]
-DEFAULTS = {
-    "minhash": dict(enabled=True, sources=["commoncrawl", "c4", "wikipedia", "arxiv"], num_perm=128, bands=7,
-                    rows=18, ngram=5, threshold=0.87, seed=1, max_compare=32),
-    "book_overlap": dict(enabled=True, sources=["books"], num_perm=128, bands=32, rows=4, ngram=5,
-                         threshold=0.9, seed=1, max_compare=32),
-}
+@dataclass(frozen=True)
+class NearDupSettings:
+    """`text.clean.dedup.minhash`: MinHash LSH near-duplicates (Jaccard of word n-grams)."""
+    enabled: bool = setting(True, "run this step")
+    sources: list[str] = setting(["commoncrawl", "c4", "wikipedia", "arxiv"], "sources it runs on",
+                                 choices=SOURCES)
+    num_perm: int = setting(128, "MinHash permutations", lo=1)
+    bands: int = setting(7, "LSH bands (bands x rows <= num_perm)", lo=1)
+    rows: int = setting(18, "rows per band", lo=1)
+    ngram: int = setting(5, "word n-gram size", lo=1)
+    threshold: float = setting(0.87, "estimated similarity at which a candidate pair is a duplicate", lo=0, hi=1)
+    seed: int = setting(1, "seed of the permutations", lo=0)
+    max_compare: int = setting(32, "per bucket, each member is compared with at most this many smaller ones",
+                               lo=1)
+
+
+@dataclass(frozen=True)
+class BookOverlapSettings(NearDupSettings):
+    """`text.clean.dedup.book_overlap`: book-level overlap (containment of n-grams)."""
+    sources: list[str] = setting(["books"], "sources it runs on", choices=SOURCES)
+    bands: int = setting(32, "LSH bands (bands x rows <= num_perm)", lo=1)
+    rows: int = setting(4, "rows per band", lo=1)
+    threshold: float = setting(0.9, "estimated containment at which a book overlaps another", lo=0, hi=1)
+
+
+@dataclass(frozen=True)
+class DedupSettings:
+    """`text.clean.dedup` (docs/text-filters.md)."""
+    exact: bool = setting(True, "drop exact copies of the normalised text")
+    scope: str = setting("source", "dedup within each source, or across all", choices=("source", "global"))
+    cc_rounds: int = setting(CC_ROUNDS, "most connected-components rounds", lo=1, hi=64)
+    cc_unconverged: str = setting("error", "what an unsettled component does after cc_rounds",
+                                  choices=("error", "warn"))
+    max_group: int = setting(MAX_GROUP, "values of one key handled in one place before it is sliced", lo=2)
+    minhash: NearDupSettings = setting(NearDupSettings())
+    book_overlap: BookOverlapSettings = setting(BookOverlapSettings())
+
+
+def lsh_params(s: NearDupSettings, measure: str, where: str, source: str = "") -> LSHParams:
+    try:
+        return LSHParams(num_perm=s.num_perm, bands=s.bands, rows=s.rows, ngram=s.ngram, threshold=s.threshold,
+                         measure=measure, seed=s.seed, max_compare=s.max_compare)
+    except ValueError as e:
+        raise ConfigError(where, str(e), source=source) from None
 
 
 def dedup_settings(cfg: Config) -> dict:
     """Validated `text.clean.dedup` settings (see docs/text-filters.md)."""
-    cfg.check_keys(["exact", "scope", "cc_rounds", "cc_unconverged", "max_group", "minhash", "book_overlap"])
-    out = {"exact": cfg.get("exact", bool, True),
-           "scope": cfg.choice("scope", ["source", "global"], "source"),
-           "cc_rounds": int(cfg.number("cc_rounds", CC_ROUNDS, lo=1, hi=64)),
-           "cc_unconverged": cfg.choice("cc_unconverged", ["error", "warn"], "error"),
-           "max_group": int(cfg.number("max_group", MAX_GROUP, lo=2))}
+    s = load_settings(DedupSettings, cfg)
+    out = {"exact": s.exact, "scope": s.scope, "cc_rounds": s.cc_rounds, "cc_unconverged": s.cc_unconverged,
+           "max_group": s.max_group}
     for name, measure in (("minhash", "jaccard"), ("book_overlap", "containment")):
-        sec = cfg.section(name)
-        sec.check_keys(LSH_KEYS)
-        d = DEFAULTS[name]
-        enabled = sec.get("enabled", bool, d["enabled"])
-        sources = sec.get("sources", list, d["sources"])
-        for s in sources:
-            if s not in SOURCES:
-                from jamdata.config import ConfigError
-                raise ConfigError(f"{sec.prefix}.sources", f"unknown source {s!r}", allowed=SOURCES, source=sec.source)
-        try:
-            params = LSHParams(num_perm=int(sec.number("num_perm", d["num_perm"], lo=1)),
-                               bands=int(sec.number("bands", d["bands"], lo=1)),
-                               rows=int(sec.number("rows", d["rows"], lo=1)),
-                               ngram=int(sec.number("ngram", d["ngram"], lo=1)),
-                               threshold=float(sec.number("threshold", d["threshold"], lo=0, hi=1)),
-                               measure=measure, seed=int(sec.number("seed", d["seed"], lo=0)),
-                               max_compare=int(sec.number("max_compare", d["max_compare"], lo=1)))
-        except ValueError as e:
-            from jamdata.config import ConfigError
-            if isinstance(e, ConfigError):
-                raise
-            raise ConfigError(sec.prefix, str(e), source=sec.source) from None
-        out[name] = {"enabled": enabled, "sources": list(sources), "params": params}
+        near = getattr(s, name)
+        out[name] = {"enabled": near.enabled, "sources": list(near.sources),
+                     "params": lsh_params(near, measure, f"{cfg.prefix}.{name}", cfg.source)}
     return out
 
 

@@ -169,5 +169,5 @@ def test_lsh_parameters_and_config_errors():
         dedup_settings(Config({"minhsh": {}}, "text.clean.dedup"))
     with pytest.raises(ConfigError, match="bands \\* rows"):
         dedup_settings(Config({"minhash": {"bands": 20, "rows": 10}}, "text.clean.dedup"))
-    with pytest.raises(ConfigError, match="unknown source"):
+    with pytest.raises(ConfigError, match="sources': got 'cc'"):
         dedup_settings(Config({"minhash": {"sources": ["cc"]}}, "text.clean.dedup"))

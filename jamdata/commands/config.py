@@ -22,6 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also show the default of every key the config leaves out")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p.set_defaults(func=show)
+    p = group.add_parser("reference", help="print the configuration reference (Markdown) of the sections "
+                                           "described by settings classes; docs/config-reference.md is this output")
+    p.set_defaults(func=reference)
 
 
 def fill_defaults(cfg) -> None:
@@ -47,14 +50,18 @@ def fill_defaults(cfg) -> None:
         from jamdata.interleaved.build import BuildSpec
 
         readers.append(lambda: BuildSpec.from_config(cfg.section("instruct")))
+    if "stats" in present:
+        from jamdata.settings import load_settings
+        from pipelines.stats import StatsSettings
+
+        readers.append(lambda: load_settings(StatsSettings, cfg.section("stats")))
     Config.fill_defaults = True
     try:
         for read in readers:
             read()
-        run = cfg.section("run")
-        for key, default in (("out_dir", "out/run"), ("seed", 0), ("workers", 1), ("beam_args", []),
-                             ("reuse_verify", "size")):
-            run.get(key, object, default)
+        from jamdata.settings import RunSettings, load_settings
+
+        load_settings(RunSettings, cfg.section("run"))
     finally:
         Config.fill_defaults = False
 
@@ -73,4 +80,37 @@ def show(args: argparse.Namespace) -> int:
         fill_defaults(cfg)
     sys.stdout.write(f"# {cfg.source}\n")
     yaml.safe_dump(cfg.to_dict(), sys.stdout, sort_keys=False, default_flow_style=False, allow_unicode=True)
+    return 0
+
+
+def settings_sections() -> list[tuple[str, type]]:
+    """(config path, settings class) of every section described by a settings class."""
+    from jamdata.interleaved.build import InstructSettings
+    from jamdata.settings import RunSettings
+    from pipelines.stats import StatsSettings
+    from pipelines.text_dedup import DedupSettings
+
+    return [("run", RunSettings), ("text.clean.dedup", DedupSettings), ("instruct", InstructSettings),
+            ("stats", StatsSettings)]
+
+
+def reference_markdown() -> str:
+    from jamdata.settings import reference_rows
+
+    out = ["# Configuration reference", "",
+           "Generated from the settings classes by `jamdata config reference`; a test keeps this file equal to "
+           "that output. Sections not listed here are described in their own pages (docs/text-clean.md, "
+           "docs/text-sample.md, docs/images.md, docs/loader.md, docs/training.md).", ""]
+    for path, cls in settings_sections():
+        out += [f"## `{path}`", "", (cls.__doc__ or "").strip().splitlines()[0], "",
+                "| key | type | default | allowed | meaning |", "|---|---|---|---|---|"]
+        for r in reference_rows(cls, path):
+            cells = [f"`{r['key']}`", r["type"], f"`{r['default']}`", r["allowed"], r["doc"]]
+            out.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def reference(args: argparse.Namespace) -> int:
+    sys.stdout.write(reference_markdown())
     return 0

@@ -20,14 +20,11 @@ from jamdata.interleaved.sources import (FORMATS, ImageStore, conversation_docum
                                          iter_raw, mmc4_document)
 from jamdata.interleaved.template import LOSS_POLICIES, Template, encode_document
 from jamdata.io import DEFAULT_MAX_INPUT_BYTES, InputPolicy, absolute, expand_inputs, parent_dir, stable_hash
+from jamdata.settings import as_plain, load_settings, setting
 from jamdata.vocab import JointVocab
 
 STAGE = "instruct"
-SECTION_KEYS = ("sources", "template", "cm3", "image_resolution", "image_min_size", "image_max_bytes",
-                "max_text_chars", "num_shards", "tokenizer", "vqvae", "seed", "verify")
-SOURCE_KEYS = ("format", "paths", "loss", "image_store", "min_images", "on_bad_image", "input_roots")
 DEFAULT_MAX_TEXT_CHARS = 100_000
-CM3_KEYS = ("sources", "rate", "lambda", "max_spans", "max_span_len", "seed")
 RECORD_SUFFIXES = (".json", ".jsonl")
 COMPRESSION_SUFFIXES = ("", ".gz", ".zst", ".bz2", ".xz")
 
@@ -36,6 +33,48 @@ def reject(id_: str, source: str, reason: str, snippet: str = "", file: str = ""
            offset: int | None = None) -> dict:
     return {"id": id_, "source": source, "stage": STAGE, "reason": reason, "snippet": snippet[:200],
             "file": file, "offset": offset}
+
+
+@dataclass(frozen=True)
+class SourceSettings:
+    """One entry of `instruct.sources`. Unset: `loss` from the template (mmc4: all),
+    `min_images` 0 (mmc4: 1), `on_bad_image` reject (mmc4: drop)."""
+    format: str = setting(doc="record format", choices=FORMATS)
+    paths: list[str] = setting(doc="record files (.json/.jsonl, compressed too) or globs", one_or_many=True)
+    loss: str | None = setting(None, "which tokens carry loss, over the template's", choices=(*LOSS_POLICIES, None))
+    image_store: str | None = setting(None, "directory or .tar holding the images records name")
+    min_images: int | None = setting(None, "documents with fewer stored images are rejected", lo=0)
+    on_bad_image: str | None = setting(None, "an unusable image rejects the document or is dropped",
+                                       choices=("reject", "drop", None))
+    input_roots: list[str] = setting([], "more directories records may name image files under", one_or_many=True)
+
+
+@dataclass(frozen=True)
+class CM3Settings:
+    """`instruct.cm3`: the causally masked transform (CM3) at build time."""
+    sources: list[str] = setting([], "formats it applies to (none: off)", choices=FORMATS)
+    rate: float = setting(1.0, "share of those documents transformed", lo=0.0, hi=1.0)
+    lam: float = setting(1.0, "Poisson mean of the number of spans", lo=1e-6, name="lambda")
+    max_spans: int = setting(MAX_SPANS, "most masked spans", lo=1, hi=MAX_SPANS)
+    max_span_len: int = setting(64, "most tokens per text span", lo=1)
+    seed: int | None = setting(None, "seed of the draws (default: the section's seed)")
+
+
+@dataclass(frozen=True)
+class InstructSettings:
+    """The `instruct` section (docs/instruct.md)."""
+    sources: list[SourceSettings] = setting(doc="the record sources")
+    template: Template = setting(Template())
+    cm3: CM3Settings = setting(CM3Settings())
+    image_resolution: int | None = setting(None, "image side in pixels (default: the VQ-VAE's)", lo=1)
+    image_min_size: int = setting(16, "smallest image side accepted", lo=1)
+    image_max_bytes: int = setting(DEFAULT_MAX_INPUT_BYTES, "largest image file accepted", lo=1)
+    max_text_chars: int = setting(DEFAULT_MAX_TEXT_CHARS, "longest document text accepted", lo=1)
+    num_shards: int = setting(1, "output tar shards", lo=1)
+    tokenizer: str | None = setting(None, "tokenizer dataset (default: the run's)")
+    vqvae: str | None = setting(None, "VQ-VAE dataset (default: the run's)")
+    seed: int | None = setting(None, "seed (default: run.seed)")
+    verify: str = setting("sha256", "how the VQ-VAE is checked against its manifest", choices=("sha256", "size"))
 
 
 @dataclass(frozen=True)
@@ -73,46 +112,27 @@ class BuildSpec:
 
     @classmethod
     def from_config(cls, cfg: Config, seed: int = 0) -> "BuildSpec":
-        cfg.check_keys(SECTION_KEYS)
-        raw_sources = cfg.get("sources", list)
-        if not raw_sources:
-            raise ConfigError(cfg._key("sources"), "needs at least one source")
+        s = load_settings(InstructSettings, cfg)
+        if not s.sources:
+            raise ConfigError(cfg._key("sources"), "needs at least one source", source=cfg.source)
         sources = []
-        for i, raw in enumerate(raw_sources):
-            s = Config(raw, cfg._key(f"sources.{i}"), cfg.source)
-            s.check_keys(SOURCE_KEYS)
-            fmt = s.choice("format", list(FORMATS))
-            paths = s.get("paths", (str, list))
-            roots = s.get("input_roots", (str, list), [])
-            store = s.get("image_store", str, None)
-            if store:
-                check_image_store(s._key("image_store"), store, s.source)
+        for i, src in enumerate(s.sources):
+            if src.image_store:
+                check_image_store(cfg._key(f"sources.{i}.image_store"), src.image_store, cfg.source)
+            mmc4 = src.format == "mmc4"
             sources.append(SourceSpec(  # local paths absolute here, in the driver (workers run elsewhere)
-                fmt, tuple([paths] if isinstance(paths, str) else paths),
-                s.choice("loss", list(LOSS_POLICIES)) if s.has("loss") else ("all" if fmt == "mmc4" else None),
-                absolute(store) if store else None,
-                int(s.number("min_images", 1 if fmt == "mmc4" else 0, lo=0)),
-                s.choice("on_bad_image", ["reject", "drop"], "drop" if fmt == "mmc4" else "reject"),
-                tuple(absolute(r) for r in ([roots] if isinstance(roots, str) else [str(r) for r in roots]))))
-        template = Template.from_config(cfg.section("template"))
-        c = cfg.section("cm3")
-        c.check_keys(CM3_KEYS)
-        cm3_sources = tuple(c.get("sources", list, []))
-        for name in cm3_sources:
-            if name not in FORMATS:
-                raise ConfigError(c._key("sources"), f"got {name!r}", allowed=FORMATS, source=cfg.source)
-        cm3 = CM3Config(lam=float(c.number("lambda", 1.0, lo=1e-6)),
-                        max_spans=int(c.number("max_spans", MAX_SPANS, lo=1, hi=MAX_SPANS)),
-                        max_span_len=int(c.number("max_span_len", 64, lo=1)),
-                        seed=int(c.number("seed", seed)))
-        res = cfg.get("image_resolution", int, None)
-        return cls(tuple(sources), template, cm3 if cm3_sources else None, cm3_sources,
-                   float(c.number("rate", 1.0, lo=0.0, hi=1.0)), res,
-                   int(cfg.number("image_min_size", 16, lo=1)),
-                   int(cfg.number("image_max_bytes", DEFAULT_MAX_INPUT_BYTES, lo=1)),
-                   int(cfg.number("max_text_chars", DEFAULT_MAX_TEXT_CHARS, lo=1)),
-                   int(cfg.number("num_shards", 1, lo=1)), int(cfg.number("seed", seed)), cfg.to_dict(),
-                   verify=cfg.choice("verify", ["sha256", "size"], "sha256"))
+                src.format, tuple(src.paths), src.loss or ("all" if mmc4 else None),
+                absolute(src.image_store) if src.image_store else None,
+                (1 if mmc4 else 0) if src.min_images is None else src.min_images,
+                src.on_bad_image or ("drop" if mmc4 else "reject"),
+                tuple(absolute(r) for r in src.input_roots)))
+        seed = seed if s.seed is None else s.seed
+        c = s.cm3
+        cm3 = CM3Config(lam=c.lam, max_spans=c.max_spans, max_span_len=c.max_span_len,
+                        seed=seed if c.seed is None else c.seed)
+        return cls(tuple(sources), s.template, cm3 if c.sources else None, tuple(c.sources), c.rate,
+                   s.image_resolution, s.image_min_size, s.image_max_bytes, s.max_text_chars, s.num_shards, seed,
+                   as_plain(s), verify=s.verify)
 
     def input_files(self) -> list[tuple[int, str]]:
         out = []

@@ -24,53 +24,41 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from jamdata.config import Config
+from jamdata.config import Config, ConfigError
 from jamdata.interleaved.document import (IMAGE, INSTRUCTION, RESPONSE, TEXT, Document, RejectedDocument,
                                           Segment)
+from jamdata.settings import load_settings, setting
 from jamdata.vocab import JointVocab
 
 LOSS_POLICIES = ("response", "all")
-TEMPLATE_KEYS = ("instruction_format", "intro_role", "step_format", "instruction_prefix",
-                 "response_prefix", "loss", "max_len", "cut_text", "bos", "eos")
 
 
 @dataclass(frozen=True)
 class Template:
-    instruction_format: str = "How to {title}"  # how-to instruction; fields: {title}, {intro}
-    intro_role: str = "response"                  # how-to intro: response | context | drop
-    step_format: str = "Step {n}: {text}"        # how-to step text; fields: {n}, {text}
-    instruction_prefix: str = ""                  # text put before each run of instruction segments
-    response_prefix: str = ""                     # text put before each run of response segments
-    loss: str = "response"
-    max_len: int = 4096
-    cut_text: bool = True
-    bos: bool = True
-    eos: bool = True
+    """`instruct.template` (docs/instruct.md): how a document becomes one token sequence."""
+    instruction_format: str = setting("How to {title}", "how-to instruction; fields: {title}, {intro}")
+    intro_role: str = setting("response", "role of a how-to's intro", choices=("response", "context", "drop"))
+    step_format: str = setting("Step {n}: {text}", "how-to step text; fields: {n}, {text}")
+    instruction_prefix: str = setting("", "text put before each run of instruction segments")
+    response_prefix: str = setting("", "text put before each run of response segments")
+    loss: str = setting("response", "which tokens carry loss", choices=LOSS_POLICIES)
+    max_len: int = setting(4096, "most tokens per sample", lo=8)
+    cut_text: bool = setting(True, "cut the last text segment to fit max_len (else drop it)")
+    bos: bool = setting(True, "start with <s>")
+    eos: bool = setting(True, "end with </s>")
 
-    @classmethod
-    def from_config(cls, cfg: Config) -> "Template":
-        cfg.check_keys(TEMPLATE_KEYS)
-        d = cls()
-        t = cls(
-            instruction_format=cfg.get("instruction_format", str, d.instruction_format),
-            intro_role=cfg.choice("intro_role", ["response", "context", "drop"], d.intro_role),
-            step_format=cfg.get("step_format", str, d.step_format),
-            instruction_prefix=cfg.get("instruction_prefix", str, d.instruction_prefix),
-            response_prefix=cfg.get("response_prefix", str, d.response_prefix),
-            loss=cfg.choice("loss", list(LOSS_POLICIES), d.loss),
-            max_len=int(cfg.number("max_len", d.max_len, lo=8)),
-            cut_text=cfg.get("cut_text", bool, d.cut_text),
-            bos=cfg.get("bos", bool, d.bos),
-            eos=cfg.get("eos", bool, d.eos),
-        )
-        for key, fmt, names in (("instruction_format", t.instruction_format, {"title": "", "intro": ""}),
-                                ("step_format", t.step_format, {"n": 1, "text": ""})):
+    def __post_init__(self) -> None:
+        for key, fmt, names in (("instruction_format", self.instruction_format, {"title": "", "intro": ""}),
+                                ("step_format", self.step_format, {"n": 1, "text": ""})):
             try:
                 fmt.format(**names)
             except (KeyError, IndexError, ValueError) as e:
-                raise ValueError(f"config key 'template.{key}': bad format {fmt!r} ({e}); "
-                                 f"fields: {', '.join(names)}") from None
-        return t
+                raise ConfigError(f"instruct.template.{key}", f"bad format {fmt!r} ({e}); "
+                                  f"fields: {', '.join(names)}") from None
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> "Template":
+        return load_settings(cls, cfg)
 
     def to_dict(self) -> dict:
         return asdict(self)
