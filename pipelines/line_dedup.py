@@ -15,8 +15,14 @@ Elements: one document, one line-hash count (combined), one (doc key, hash) pair
 with its own removed hashes. The GroupByKey values of a frequent line (one doc key per document
 that has it) are iterated, never listed (runners page large groups in lazily).
 
+Line dedup within one file (`line_dedup_group_files` 0) is the same with a group per file, so no
+element holds a whole file's documents either (a WET file is ~30k of them).
+
+Documents come in as read, not yet cleaned: lines are removed from the raw text and the result is
+normalised once (clean._clean_one), as jamdata/text/clean.clean_records does in one process.
+
 Line keys are `stable_hash` of CCNet's normalised line (clean.line_keys): they must agree
-across worker processes, unlike the per-file path's `hash()`.
+across worker processes, unlike the in-process path's `hash()`.
 """
 from __future__ import annotations
 
@@ -36,9 +42,11 @@ def ccnet_format(fmt: str) -> bool:
 
 
 def assign_groups(files, group_files: int) -> dict[str, str]:
-    """{file path: group name} for the Common Crawl files (WARC/WET) of each source: the source's
-    files sorted by their id path (stable wherever the inputs live), `group_files` per group.
-    Other formats get no group."""
+    """{file key: group name} for the Common Crawl files (WARC/WET) of each source: the source's
+    files sorted by their id path (stable wherever the inputs live), `group_files` per group, or
+    (`group_files` 0) a group per file. Other formats get no group."""
+    from pipelines.text_inputs import file_key
+
     by_source: dict[str, list] = {}
     for f in files:
         if ccnet_format(f.fmt):
@@ -46,8 +54,27 @@ def assign_groups(files, group_files: int) -> dict[str, str]:
     groups = {}
     for source, fs in by_source.items():
         for i, f in enumerate(sorted(fs, key=lambda f: (f.id_path, f.fmt, f.path))):
-            groups[f.path] = f"{source}/{i // group_files:05d}"
+            groups[file_key(f)] = f"{source}/{i // group_files:05d}" if group_files else f"{source}/{f.path}"
     return groups
+
+
+class AssignGroups(beam.PTransform):
+    """InputFiles -> (file key, group name) for the Common Crawl ones (see assign_groups). Groups of
+    several files need each source's sorted list of file names (names only, not documents)."""
+
+    def __init__(self, group_files: int):
+        super().__init__()
+        self.group_files = group_files
+
+    def expand(self, files):
+        n = self.group_files
+        cc = files | "CommonCrawl" >> beam.Filter(lambda f: ccnet_format(f.fmt))
+        if not n:
+            return cc | "OwnGroup" >> beam.FlatMap(lambda f: assign_groups([f], 0).items())
+        return (cc
+                | "BySource" >> beam.Map(lambda f: (f.source, f))
+                | "SourceFiles" >> beam.GroupByKey()
+                | "Group" >> beam.FlatMap(lambda kv: sorted(assign_groups(list(kv[1]), n).items())))
 
 
 def stable_line_keys(text: str, min_chars: int) -> list[int | None]:
@@ -74,8 +101,8 @@ def _boiler_docs(element) -> Iterator[tuple[str, int]]:
 
 
 class _FilterLines(beam.DoFn):
-    """(doc key, {docs: [doc...], drop: [h...]}) -> the document without its boilerplate lines
-    (normalised again), or a clean REJECT when nothing is left."""
+    """(doc key, {docs: [doc...], drop: [h...]}) -> the document as read without its boilerplate
+    lines, cleaned (normalised), or a clean REJECT when nothing is left."""
 
     def __init__(self, copts: CleanOptions):
         self.copts = copts
@@ -84,9 +111,6 @@ class _FilterLines(beam.DoFn):
         _, joined = element
         drop = set(joined["drop"])
         for doc in joined["docs"]:
-            if not drop:
-                yield doc
-                continue
             lines = doc["text"].split("\n")
             keys = stable_line_keys(doc["text"], self.copts.line_dedup_min_chars)
             kept = [l for l, k in zip(lines, keys) if k is None or k not in drop]
@@ -96,9 +120,10 @@ class _FilterLines(beam.DoFn):
                 yield beam.pvalue.TaggedOutput("rejects", _clean_reject(doc, "only boilerplate lines"
                                                                         if removed else reason))
                 continue
-            meta = json.loads(out.get("metadata") or "{}")
-            meta["boilerplate_lines_removed"] = meta.get("boilerplate_lines_removed", 0) + removed
-            out["metadata"] = json.dumps(meta, sort_keys=True, ensure_ascii=False)
+            if removed:
+                meta = json.loads(out.get("metadata") or "{}")
+                meta["boilerplate_lines_removed"] = removed
+                out["metadata"] = json.dumps(meta, sort_keys=True, ensure_ascii=False)
             yield out
 
 

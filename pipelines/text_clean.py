@@ -1,6 +1,7 @@
 """Beam pipeline: raw text sources -> read -> clean -> filter -> dedup -> documents + rejects.
 
-    files (one element each) | Reshuffle | read + clean (per file) | filters | dedup
+    patterns | list + split (pipelines/text_inputs.py: one element per file, or per part of a big
+    file) | Reshuffle | read + clean (per element) | line dedup (Common Crawl) | filters | dedup
         -> text-clean/<source>/part-NNNNN.parquet (DOCUMENT) + manifest (funnel in `summary`)
         -> text-clean-rejects/<source>/part-NNNNN.parquet (REJECT) + manifest
 
@@ -12,19 +13,20 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, Iterable
 
 import apache_beam as beam
 
-from jamdata.config import Config, ConfigError
-from jamdata.io import absolute, expand_inputs, fs_and_path, is_local, stable_hash
+from jamdata.config import Config
+from jamdata.io import absolute, stable_hash
 from jamdata.manifest import build_manifest, output_dir, read_manifest, write_manifest
 from jamdata.text.clean import CleanOptions, clean_records
-from jamdata.text.readers import READERS, ReadOptions, is_reject, read_file
+from jamdata.text.readers import ReadOptions, is_reject, read_file
+from jamdata.text.readers.splits import SPLIT_BYTES
 from pipelines.common import ShardsFromBytes, WriteShards, parquet_shard_writer
-from pipelines.line_dedup import GroupLineDedup, assign_groups
+from pipelines.line_dedup import AssignGroups, GroupLineDedup
+from pipelines.text_inputs import InputFile, InputPattern, ListInputs, file_bytes, plan_patterns
 from pipelines import progress
 from pipelines.options import pipeline_options
 from schemas.records import DOCUMENT, REJECT
@@ -37,87 +39,17 @@ FILTER_COUNTS = "filters"  # per filter: documents it dropped, and what it count
 COUNTED_FIELDS = {"pii_emails": "pii emails masked", "pii_ips": "pii ips masked"}
 CLEAN_KEYS = ["shards", "reject_shards", "max_record_bytes", "pile_set_names", "line_dedup_min_docs",
               "line_dedup_min_chars", "wiki_drop_sections", "filters", "dedup", "extract_timeout_s",
-              "line_dedup_group_files", "shard_bytes"]
+              "line_dedup_group_files", "shard_bytes", "split_bytes"]
 SHARD_BYTES = 512 << 20  # default text bytes per parquet shard when `shards` is not set
 EXTRACT_TIMEOUT_S = 60.0  # default per-page HTML extraction limit (text.clean.extract_timeout_s)
 DOC_COLUMNS = ("language", "language_score", "quality_score")
 
 
 # -- configuration ---------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class InputFile:
-    source: str
-    fmt: str
-    path: str
-    id_path: str = ""  # the path relative to its configured input directory (see input_id_path)
-
-
-def input_id_path(pattern: str, path: str) -> str:
-    """`path` relative to the directory its pattern names (the pattern itself, the directory part
-    before the first wildcard, or a file's own name), so document ids do not depend on where the
-    inputs live."""
-    pattern, path = str(pattern).rstrip("/"), str(path)
-    wild = min((i for i in (pattern.find(c) for c in "*?[") if i >= 0), default=-1)
-    base = pattern[:wild].rsplit("/", 1)[0] if wild >= 0 else pattern
-    if is_local(pattern):
-        base, path = os.path.abspath(base.removeprefix("file://")), os.path.abspath(path.removeprefix("file://"))
-    if path.startswith(base + "/"):
-        return path[len(base) + 1:]
-    return path.rsplit("/", 1)[-1]
-
-
-def _paths(c: Config) -> list[str]:
-    """An input's `paths` (a string or a list); an empty one is a mistake, not a source with no
-    files, so it fails here with the key named instead of silently dropping the source."""
-    paths = c.get("paths", (str, list))
-    paths = [paths] if isinstance(paths, str) else paths
-    if not paths or any(not str(p).strip() for p in paths):
-        raise ConfigError(f"{c.prefix}.paths", "empty: give at least one file, directory or glob "
-                          "(or remove the input)", source=c.source)
-    return paths
-
-
-def plan_inputs(text_cfg: Config) -> list[InputFile]:
-    """`text.sources`: {source: {inputs: [{format, paths}, ...]}} (or {format, paths} directly)."""
-    sources = text_cfg.section("sources", required=True)
-    files: list[InputFile] = []
-    for name in sources.data:
-        src = sources.section(name)
-        src.check_keys(["inputs", "format", "paths"])
-        if src.has("inputs"):
-            entries = src.get("inputs", list)
-            if not entries:
-                raise ConfigError(f"{src.prefix}.inputs", "empty: list at least one {format, paths} input "
-                                  "(or remove the source)", source=src.source)
-            cfgs = [Config(e, f"{src.prefix}.inputs[{i}]", src.source) for i, e in enumerate(entries)]
-        else:
-            cfgs = [src]
-        for c in cfgs:
-            if c is not src:
-                c.check_keys(["format", "paths"])
-            fmt = c.choice("format", list(READERS))
-            for pattern in _paths(c):
-                for path in expand_inputs(str(pattern)):
-                    # ids use the path relative to the pattern, so they do not depend on where the
-                    # inputs live; the path itself is absolute (made so here, in the driver: Beam
-                    # workers resolve a relative path against their own working directory)
-                    id_path = input_id_path(str(pattern), path)
-                    if is_local(path):
-                        path = absolute(path)
-                    files.append(InputFile(name, fmt, path, id_path))
-    if not files:
-        raise ConfigError(sources.prefix, "no input files configured")
-    files = sorted(set(files), key=lambda f: (f.source, f.path, f.fmt))
-    seen: dict[tuple[str, str], int] = {}
-    for f in files:
-        seen[(f.source, f.id_path)] = seen.get((f.source, f.id_path), 0) + 1
-    # two inputs of one source with the same relative name: identify those by their full path
-    return [f if seen[(f.source, f.id_path)] == 1 else InputFile(f.source, f.fmt, f.path, f.path) for f in files]
-
-
-def clean_settings(text_cfg: Config) -> tuple[ReadOptions, CleanOptions, dict, dict, int, int, int]:
-    """(read options, clean options, filters, dedup, shards, reject shards, shard bytes); a shard
-    count of 0 means "from the data": ceil(UTF-8 text bytes of the source / shard_bytes)."""
+def clean_settings(text_cfg: Config) -> tuple[ReadOptions, CleanOptions, dict, dict, int, int, int, int]:
+    """(read options, clean options, filters, dedup, shards, reject shards, shard bytes, split
+    bytes); a shard count of 0 means "from the data": ceil(UTF-8 text bytes of the source /
+    shard_bytes). A file bigger than split_bytes is read in parts where it can be split."""
     clean = text_cfg.section("clean")
     clean.check_keys(CLEAN_KEYS)
     max_record = int(clean.number("max_record_bytes", default=16 << 20, lo=1024))
@@ -134,8 +66,9 @@ def clean_settings(text_cfg: Config) -> tuple[ReadOptions, CleanOptions, dict, d
     shards = int(clean.number("shards", lo=1)) if clean.has("shards") else 0
     reject_shards = int(clean.number("reject_shards", lo=1)) if clean.has("reject_shards") else 0
     shard_bytes = int(clean.number("shard_bytes", default=SHARD_BYTES, lo=1))
+    split_bytes = int(clean.number("split_bytes", default=SPLIT_BYTES, lo=1 << 12))
     return (ropts, copts, clean.section("filters").to_dict(), clean.section("dedup").to_dict(), shards,
-            reject_shards, shard_bytes)
+            reject_shards, shard_bytes, split_bytes)
 
 
 def _source(r: dict) -> str:
@@ -165,13 +98,13 @@ def _nbytes(text: str) -> int:
 
 
 class ReadAndClean(beam.DoFn):
-    """One raw file -> cleaned documents, REJECTs (tag "rejects") and its funnel counts
-    (tag "counts": ((source, stage, measure), value)). A file in `groups` (Common Crawl line dedup
-    over groups of files) is cleaned without its own line dedup and its documents go out as
-    (group, doc) (tag "grouped"), to be counted as cleaned after the group's line dedup."""
+    """One raw file or part of one -> cleaned documents, REJECTs (tag "rejects") and its funnel
+    counts (tag "counts": ((source, stage, measure), value)). A file with a line-dedup group
+    (Common Crawl) goes out as read, as (group, doc) (tag "grouped"), to be cleaned and counted
+    after the group's line dedup (pipelines/line_dedup.py)."""
 
-    def __init__(self, ropts: ReadOptions, copts: CleanOptions, groups: dict[str, str] | None = None):
-        self.ropts, self.copts, self.groups = ropts, copts, groups or {}
+    def __init__(self, ropts: ReadOptions, copts: CleanOptions):
+        self.ropts, self.copts = ropts, copts
 
     def _site(self, f: InputFile):
         """A Wikipedia dump's own namespace names (its siteinfo), so that `Kategorie:` and
@@ -201,10 +134,10 @@ class ReadAndClean(beam.DoFn):
                     progress.count("bytes", size)
                 yield rec
 
-        records = read_file(f.path, f.fmt, f.source, self.ropts, f.id_path, passed_over)
-        group = self.groups.get(f.path)
+        records = counted(read_file(f.path, f.fmt, f.source, self.ropts, f.id_path, passed_over, f.split))
+        group = f.group
         copts = replace(self.copts, line_dedup_min_docs=0) if group else self.copts
-        for rec in clean_records(counted(records), f.fmt, copts, self._site(f)):
+        for rec in records if group else clean_records(records, f.fmt, copts, self._site(f)):
             if is_reject(rec):
                 yield beam.pvalue.TaggedOutput("rejects", rec)
             elif group:
@@ -213,13 +146,8 @@ class ReadAndClean(beam.DoFn):
                 n["clean_docs"] += 1
                 n["clean_bytes"] += _nbytes(rec["text"])
                 yield rec
-        try:
-            fs, p = fs_and_path(f.path)
-            file_bytes = int(fs.size(p))
-        except Exception:  # the read already reported it
-            file_bytes = 0
         s = f.source
-        for key, value in [(("read", "docs_in"), n["records"]), (("read", "bytes_in"), file_bytes),
+        for key, value in [(("read", "docs_in"), n["records"]), (("read", "bytes_in"), file_bytes(f)),
                            (("read", "docs_out"), n["read_docs"]), (("read", "bytes_out"), n["read_bytes"]),
                            (("clean", "docs_out"), n["clean_docs"]), (("clean", "bytes_out"), n["clean_bytes"])]:
             yield beam.pvalue.TaggedOutput("counts", ((s, *key), value))
@@ -350,19 +278,21 @@ def format_funnel(funnel: dict) -> str:
     return "\n".join(lines)
 
 
-def build_pipeline(p: beam.Pipeline, files: list[InputFile], settings: tuple, docs_dir: str, rejects_dir: str,
-                   config: dict, seed: int = 0):
-    ropts, copts, filters_cfg, dedup_cfg, shards, reject_shards, shard_bytes = settings
-    # line dedup over groups of files (pipelines/line_dedup.py); `line_dedup_min_docs` 0 or 1 turns it off
-    grouping = copts.line_dedup_group_files and copts.line_dedup_min_docs > 1
-    groups = assign_groups(files, copts.line_dedup_group_files) if grouping else {}
-    read = (p
-            | "Files" >> beam.Create(files)
+def build_pipeline(p: beam.Pipeline, patterns: list[InputPattern], settings: tuple, docs_dir: str,
+                   rejects_dir: str, config: dict, seed: int = 0):
+    ropts, copts, filters_cfg, dedup_cfg, shards, reject_shards, shard_bytes, split_bytes = settings
+    # line dedup over groups of files, or within each file (pipelines/line_dedup.py); bounded per
+    # element either way. `line_dedup_min_docs` 0 or 1 turns it off
+    grouping = copts.line_dedup_min_docs > 1
+    files = (p
+             | "Patterns" >> beam.Create(patterns)
+             | "Inputs" >> ListInputs(split_bytes, AssignGroups(copts.line_dedup_group_files) if grouping else None))
+    read = (files
             | "SpreadFiles" >> beam.Reshuffle()
-            | "ReadClean" >> beam.ParDo(ReadAndClean(ropts, copts, groups)).with_outputs(
+            | "ReadClean" >> beam.ParDo(ReadAndClean(ropts, copts)).with_outputs(
                 "rejects", "counts", "grouped", main="docs"))
     cleaned, clean_rejects, clean_counts = read.docs, [read.rejects], [read.counts]
-    if groups:
+    if grouping:
         grouped_docs, group_rejects = read.grouped | "GroupLineDedup" >> GroupLineDedup(copts)
         cleaned = (read.docs, grouped_docs) | "AllCleaned" >> beam.Flatten()
         clean_rejects.append(group_rejects)
@@ -392,9 +322,14 @@ def build_pipeline(p: beam.Pipeline, files: list[InputFile], settings: tuple, do
               | "AllCounts" >> beam.Flatten()
               | "SumCounts" >> beam.CombinePerKey(sum)
               | "CountList" >> beam.combiners.ToList())
-    inputs = [f.path for f in files]
+    # the manifest's input list, in the driver's former order: by (source, path, format)
+    inputs = (files
+              | "InputNames" >> beam.Map(lambda f: (f.source, f.path, f.fmt))
+              | "OneNamePerFile" >> beam.Distinct()
+              | "InputList" >> beam.combiners.ToList()
+              | "SortInputs" >> beam.Map(lambda names: [path for _, path, _ in sorted(names)]))
 
-    def write_manifests(count_list, doc_infos, reject_infos, rejected):
+    def write_manifests(count_list, doc_infos, reject_infos, rejected, inputs):
         funnel = funnel_from_counts([c for c in count_list if c[0][1] not in (PASSED_OVER, FILTER_COUNTS)])
         by_stage: dict = {}
         for (source, stage), n in sorted(rejected):
@@ -413,23 +348,23 @@ def build_pipeline(p: beam.Pipeline, files: list[InputFile], settings: tuple, do
 
     return counts | "WriteManifests" >> beam.Map(
         write_manifests, beam.pvalue.AsList(doc_shards), beam.pvalue.AsList(reject_shard_infos),
-        beam.pvalue.AsList(reject_counts))
+        beam.pvalue.AsList(reject_counts), beam.pvalue.AsSingleton(inputs))
 
 
 def run(config: Config, docs_dir: str, rejects_dir: str, workers: int = 1, beam_args: list[str] | None = None,
         log_fn=print) -> dict:
     """Run the text-clean pipeline; returns the documents manifest."""
     text_cfg = config.section("text")
-    files = plan_inputs(text_cfg)
+    patterns = plan_patterns(text_cfg)  # checked here; listed inside the pipeline
     settings = clean_settings(text_cfg)
-    check_filters(settings[2], sorted({f.source for f in files}))
+    check_filters(settings[2], sorted({p.source for p in patterns}))
     seed = int(config.section("run").get("seed", int, default=0))
     record = {"text": {"sources": text_cfg.section("sources").to_dict(), "clean": text_cfg.section("clean").to_dict()}}
     docs_dir, rejects_dir = str(docs_dir), str(rejects_dir)
 
     def go():
         with progress.Pipeline("text-clean", options=pipeline_options(workers, beam_args or [])) as p:
-            build_pipeline(p, files, settings, docs_dir, rejects_dir, record, seed)
+            build_pipeline(p, patterns, settings, docs_dir, rejects_dir, record, seed)
 
     docs_dir, rejects_dir = absolute(docs_dir), absolute(rejects_dir)
     with output_dir(docs_dir), output_dir(rejects_dir):  # old manifests go first, local or remote
