@@ -34,22 +34,13 @@ def timed(fn, warmup: int = 3, iters: int = 10) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--batch", type=int, default=2)
-    ap.add_argument("--seq", type=int, default=4096)
-    ap.add_argument("--heads", type=int, default=32)
-    ap.add_argument("--dim", type=int, default=128)
-    ap.add_argument("--dtype", choices=["fp16", "bf16"], default="bf16")
-    args = ap.parse_args()
-    if not torch.cuda.is_available():
-        print("bench_kernel: no CUDA GPU on this machine; the Triton kernel benchmark needs one (skipped).")
-        return 0
+def measure(B: int, L: int, H: int, D: int, dtype_name: str = "bf16") -> tuple[float, dict]:
+    """(max |triton - fp32 reference| on a slice, {implementation: (fwd TFLOP/s, fwd+bwd TFLOP/s,
+    fwd ms, fwd+bwd ms)}) on the current CUDA device; used by scripts/gpu_check.py too."""
     from jamtrain.kernels.cross_attention import reference_bidirectional_cross_attention
     from jamtrain.kernels.triton_cross_attention import triton_bidirectional_cross_attention
 
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
-    B, L, H, D = args.batch, args.seq, args.heads, args.dim
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[dtype_name]
     torch.manual_seed(0)
     xs = [torch.randn(B, H, L, D, device="cuda", dtype=dtype, requires_grad=True) for _ in range(6)]
     fwd_flops = 2 * (4 * B * H * L * L * D / 2)       # two directions, causal
@@ -71,7 +62,7 @@ def main() -> int:
 
         impls["flash-attn 2 (2 calls)"] = fa2
     except ImportError:
-        print("flash-attn not installed: comparing with SDPA only")
+        pass  # flash-attn not installed: SDPA only
 
     # correctness at the benchmark shape (small batch slice) before timing
     with torch.no_grad():
@@ -79,7 +70,6 @@ def main() -> int:
         ref = reference_bidirectional_cross_attention(*[s.float() for s in small])
         got = triton_bidirectional_cross_attention(*small)
         err = max((g.float() - r).abs().max().item() for g, r in zip(got, ref))
-    print(f"max |triton - reference| on a 1x2x1024 slice: {err:.2e}")
 
     grads = [torch.randn(B, H, L, D, device="cuda", dtype=dtype) for _ in range(2)]
     results = {}
@@ -93,6 +83,23 @@ def main() -> int:
         fb_ms = timed(step)
         results[name] = (fwd_flops / fwd_ms / 1e9, (fwd_flops + bwd_flops) / fb_ms / 1e9, fwd_ms, fb_ms)
 
+    return err, results
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--seq", type=int, default=4096)
+    ap.add_argument("--heads", type=int, default=32)
+    ap.add_argument("--dim", type=int, default=128)
+    ap.add_argument("--dtype", choices=["fp16", "bf16"], default="bf16")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        print("bench_kernel: no CUDA GPU on this machine; the Triton kernel benchmark needs one (skipped).")
+        return 0
+    B, L, H, D = args.batch, args.seq, args.heads, args.dim
+    err, results = measure(B, L, H, D, args.dtype)
+    print(f"max |triton - reference| on a 1x2x1024 slice: {err:.2e}")
     print(f"\nbidirectional causal cross-attention, B={B} L={L} H={H} D={D} {args.dtype} on "
           f"{torch.cuda.get_device_name()}")
     print(f"{'implementation':28s} {'fwd ms':>8s} {'fwd TFLOP/s':>12s} {'fwd+bwd ms':>11s} {'fwd+bwd TFLOP/s':>16s}")

@@ -30,10 +30,24 @@ def model_for_vocab(model_cfg: dict, vocab: JointVocab) -> dict:
     return model_cfg
 
 
-def default_model_factory(model_cfg: dict, vocab_size: int) -> torch.nn.Module:
+def default_model_factory(model_cfg: dict, vocab_size: int, device: str | None = None,
+                          dtype: torch.dtype | None = None) -> torch.nn.Module:
+    """The configured model; a run passes its own device and training dtype, so a model fused from
+    parent files is materialised there directly (each rank holds the fused model once, on its
+    accelerator, and reads the parents one tensor at a time: host memory per rank stays at about
+    one tensor instead of the fp32 model plus both parents)."""
     from jamtrain.models import build_model
 
-    return build_model(model_cfg, vocab_size)
+    return build_model(model_cfg, vocab_size, device=device, dtype=dtype)
+
+
+def run_precision(s: Settings, cpu: bool) -> str:
+    """bf16 | fp16 | fp32: `train.precision`, where "auto" is fp32 on CPU and bf16 on GPUs."""
+    return s.precision if s.precision != "auto" else ("fp32" if cpu else "bf16")
+
+
+def torch_dtype(precision: str) -> torch.dtype:
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
 
 
 def default_loader_factory(s: Settings, rank: int, world: int):
@@ -78,7 +92,7 @@ def count_params(model: torch.nn.Module) -> int:
 
 def resolved_ds_config(s: Settings, cpu: bool) -> dict:
     ds = json.loads(json.dumps(s.deepspeed))
-    precision = s.precision if s.precision != "auto" else ("fp32" if cpu else "bf16")
+    precision = run_precision(s, cpu)
     ds["bf16"] = {**ds.get("bf16", {}), "enabled": precision == "bf16"}
     ds["fp16"] = {**ds.get("fp16", {}), "enabled": precision == "fp16"}
     ds.setdefault("steps_per_print", 10 ** 9)

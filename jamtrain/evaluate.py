@@ -190,15 +190,30 @@ def summarize(sums: torch.Tensor) -> dict:
             "image_tokens": int(n_i), "image_ppl": ppl(nll_i, n_i)}
 
 
+def dummy_batch(vocab: JointVocab) -> dict[str, torch.Tensor]:
+    """One two-token row whose loss mask is all False: a forward pass that adds nothing to the sums."""
+    pad = np.full(2, vocab.pad_id, dtype=np.int64)
+    return collate([(pad, np.zeros(2, dtype=bool))], 2, vocab.pad_id)
+
+
 def evaluate(forward: Callable[..., torch.Tensor], datasets: dict[str, tuple[str, Holdout]], vocab: JointVocab,
              seq_len: int, batch_size: int = 8, max_samples: int | None = 256,
              device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1,
              policy: ShardPolicy = ShardPolicy()) -> dict[str, dict]:
     """Perplexity per dataset. Collective when distributed: samples are split round-robin over
-    ranks and the sums all-reduced, so every rank returns the same figures. Damaged shards are
-    handled as `policy` (the loader's settings) says; `skipped_shards` counts those left out."""
+    ranks and the sums (NLL and token counts, never per-rank means) all-reduced, so every rank
+    returns the same figures as one rank would.
+
+    Every rank runs the same number of forward passes, with no communication to agree on it
+    (ZeRO-3 gathers parameters collectively inside each one, so a rank with one pass more would
+    hang the others): every rank reads the same held-out stream, and the samples are scored in
+    rounds of `batch_size` x `world_size`, one forward pass per rank per round; in a last partial
+    round a rank with no sample left runs a dummy batch whose targets are all masked. Damaged
+    shards are handled as `policy` (the loader's settings) says; `skipped_shards` counts those
+    left out."""
     device = torch.device(device)
     results = {}
+    round_size = batch_size * world_size
     for name, (root, holdout) in datasets.items():
         sums = torch.zeros(4, dtype=torch.float64, device=device)
         pending: list[tuple[np.ndarray, np.ndarray]] = []
@@ -207,14 +222,14 @@ def evaluate(forward: Callable[..., torch.Tensor], datasets: dict[str, tuple[str
         for i, (_key, tokens, mask) in enumerate(heldout_sequences(name, root, holdout, seq_len, max_samples,
                                                                    policy, skipped)):
             samples += 1
-            if i % world_size != rank:
-                continue
-            pending.append((tokens, mask))
-            if len(pending) == batch_size:
+            if i % world_size == rank:
+                pending.append((tokens, mask))
+            if samples % round_size == 0:  # every rank holds exactly batch_size samples
                 sums += score_batch(forward, collate(pending, seq_len, vocab.pad_id), vocab, device)
                 pending = []
-        if pending:
-            sums += score_batch(forward, collate(pending, seq_len, vocab.pad_id), vocab, device)
+        if samples % round_size:
+            batch = collate(pending, seq_len, vocab.pad_id) if pending else dummy_batch(vocab)
+            sums += score_batch(forward, batch, vocab, device)
         if world_size > 1:
             torch.distributed.all_reduce(sums)
         results[name] = {"samples": samples, **summarize(sums), "skipped_shards": len(skipped)}

@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 TRAIN_KEYS = ("model", "deepspeed", "out_dir", "steps", "lr", "min_lr_ratio", "warmup_steps", "decay",
               "weight_decay", "betas", "eps", "precision", "seed", "log_every", "save_every", "keep_checkpoints",
-              "verify_checkpoints", "eval", "peak_tflops", "num_gpus", "cpu_shm_comm", "cpu_threads", "export")
+              "verify_checkpoints", "eval", "peak_tflops", "num_gpus", "gpus_per_host", "cpu_shm_comm", "cpu_threads", "export")
 EVAL_KEYS = ("every", "holdout_fraction", "max_samples", "batch_size", "datasets")
 
 
@@ -47,6 +47,7 @@ class Settings:
     eval_datasets: dict[str, str] = field(default_factory=dict)  # separate validation sets, evaluated whole
     peak_tflops: float | None = None
     num_gpus: int = 1
+    gpus_per_host: int = 8  # ranks sharing one host's RAM, for the per-host figure of --dry-run
     cpu_shm_comm: bool = False
     cpu_threads: int = 0
     export: bool = True
@@ -165,6 +166,7 @@ def parse_settings(cfg: Config, out_dir: str | Path | None = None, run_dir: str 
         eval_datasets={k: _resolve(str(v), run_dir) for k, v in ev.get("datasets", dict, default={}).items()},
         peak_tflops=t.get("peak_tflops", (int, float, type(None)), default=None),
         num_gpus=int(t.number("num_gpus", 1, lo=1)),
+        gpus_per_host=int(t.number("gpus_per_host", 8, lo=1)),
         cpu_shm_comm=t.get("cpu_shm_comm", bool, default=False),
         cpu_threads=int(t.number("cpu_threads", 0, lo=0)),
         export=t.get("export", bool, default=True),

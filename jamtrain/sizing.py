@@ -8,8 +8,12 @@ from typing import Callable
 import torch
 
 from jamdata.config import Config
-from jamtrain.building import count_params, dataset_vocab, default_model_factory
+from jamtrain.building import count_params, dataset_vocab, default_model_factory, model_for_vocab
 from jamtrain.settings import Settings
+
+MODEL_ARCH_KEYS = ("preset", "n_layers", "d_model", "n_heads", "n_kv_heads", "d_ff", "max_seq_len", "positions",
+                   "activation", "norm", "tie_embeddings", "norm_eps", "norm_bias", "rope_theta", "init_std",
+                   "reset_positions")
 
 
 def _model_dims(model_cfg: dict, vocab_size: int) -> tuple[int | None, int | None]:
@@ -52,11 +56,85 @@ def memory_estimate(n_params: int, zero_stage: int, world: int, micro_batch: int
     return {"weights": w, "grads": g, "optimizer": o, "activations": act, "total": w + g + o + act}
 
 
-def dry_run(s: Settings, model_factory: Callable | None = None, echo: Callable[[str], None] = print) -> dict:
-    """Size the configured run without data or GPUs: parameters (model built on the meta device),
-    memory per GPU for the ZeRO stage, tokens per step, total steps and tokens."""
+PARENT_ARCH_KEYS = ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_ff", "max_seq_len", "positions", "activation",
+                    "norm", "tie_embeddings", "norm_eps", "norm_bias", "rope_theta")
+
+
+def with_parent_arch(model_cfg: dict, echo: Callable[[str], None]) -> dict:
+    """The model section with the architecture of its parents (`text_checkpoint`, read from the
+    safetensors header or a Hugging Face directory's config.json) in place of its own keys; a
+    parent that cannot be read leaves the keys as they are, and says so."""
+    from jamtrain.models.parents import parent_config
+
+    cfg = dict(model_cfg)
+    if cfg.get("checkpoint"):
+        try:
+            from jamtrain.models.checkpoint import read_description
+
+            meta = read_description(cfg["checkpoint"]) or {}
+            b = meta.get("config", {}).get("backbone", meta.get("config", {}))
+            if meta.get("kind") == "cross":
+                cfg.update(fusion="cross", cross_every=meta["config"]["cross_every"],
+                           cross_heads=meta["config"]["cross_heads"], text_rows=meta["config"]["text_rows"])
+            cfg.update({k: b[k] for k in PARENT_ARCH_KEYS if k in b and b[k] is not None})
+            cfg.pop("preset", None)
+            echo(f"architecture from {cfg['checkpoint']}")
+        except Exception as e:
+            echo(f"note: {cfg['checkpoint']} not readable ({type(e).__name__}: {e}); sized from the config keys")
+        return cfg
+    for key in ("text_checkpoint", "image_checkpoint"):
+        if not cfg.get(key):
+            continue
+        try:
+            arch = parent_config(str(cfg[key])).to_dict()
+        except Exception as e:
+            echo(f"note: parent {cfg[key]} not readable ({type(e).__name__}: {str(e)[:120]}); "
+                 "sized from the config keys")
+            continue
+        cfg.update({k: arch[k] for k in PARENT_ARCH_KEYS})
+        cfg.pop("preset", None)
+        echo(f"architecture from parent {cfg[key]}: {arch['n_layers']} layers x {arch['d_model']}, "
+             f"{arch['n_heads']} heads ({arch['n_kv_heads'] or arch['n_heads']} key/value), {arch['norm']}, "
+             f"{arch['activation']}, {arch['positions']} positions")
+        break
+    return cfg
+
+
+def model_arch(model_cfg: dict, vocab_size: int):
+    """The `memory.Arch` of a model section, or None for a section this estimate does not parse."""
+    from jamtrain.memory import Arch
+    from jamtrain.models import backbone_config
+    from jamtrain.models.fusion import width_config
+
+    try:
+        b = backbone_config(Config({k: v for k, v in model_cfg.items() if k in MODEL_ARCH_KEYS}, "train.model"),
+                            vocab_size)
+    except Exception:
+        return None
+    fusion = model_cfg.get("fusion", "none")
+    if fusion == "width":
+        b = width_config(b)
+    cross = fusion == "cross"
+    return Arch(n_layers=b.n_layers, d_model=b.d_model, d_ff=b.d_ff, kv_dim=b.kv_heads * b.head_dim,
+                vocab=vocab_size, streams=2 if cross else 1,
+                n_cross=b.n_layers // int(model_cfg.get("cross_every", 1)) if cross else 0,
+                swiglu=b.activation == "swiglu", rmsnorm=b.norm == "rmsnorm", rotary=b.positions == "rotary",
+                gqa=b.kv_heads != b.n_heads)
+
+
+def dry_run(s: Settings, model_factory: Callable | None = None, echo: Callable[[str], None] = print,
+            cpu: bool = False) -> dict:
+    """Size the configured run without data or GPUs: parameters (model built on the meta device,
+    architecture from the parents when they can be read), memory per GPU term by term for the
+    ZeRO stage with and without activation checkpointing, memory per host, tokens per step, total
+    steps and tokens. `cpu`: size a CPU run (precision "auto" is then fp32)."""
+    from jamtrain.building import run_precision
+    from jamtrain.memory import GIB, gpu_memory, host_memory
+
     vocab_size = _vocab_size_for_dry_run(s)
-    model_cfg = {k: v for k, v in s.model.items() if k not in ("checkpoint", "text_checkpoint", "image_checkpoint")}
+    notes: list[str] = []
+    model_cfg = with_parent_arch(model_for_vocab_size(s.model, vocab_size, s.datasets), notes.append)
+    model_cfg = {k: v for k, v in model_cfg.items() if k not in ("checkpoint", "text_checkpoint", "image_checkpoint")}
     quiet = logging.getLogger("jamtrain.models")
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # "fusing random parents" is expected when only sizing
@@ -66,26 +144,57 @@ def dry_run(s: Settings, model_factory: Callable | None = None, echo: Callable[[
     finally:
         quiet.setLevel(level)
     n_params = count_params(model)
+    largest = max((p.numel() for p in model.parameters()), default=0)
     world = int(os.environ.get("WORLD_SIZE", s.num_gpus))
-    n_layers, d_model = _model_dims(model_cfg, vocab_size)
-    bf16 = s.precision in ("auto", "bf16", "fp16")
-    mem = memory_estimate(n_params, s.zero_stage, world, s.micro_batch, s.seq_len, n_layers, d_model, bf16)
+    precision = run_precision(s, cpu)
+    elt = 4 if precision == "fp32" else 2
+    arch = model_arch(model_cfg, vocab_size)
+    ckpt_on = bool(model_cfg.get("activation_checkpointing", False))
+    mem = gpu_memory(n_params, arch, s.zero_stage, world, s.micro_batch, s.seq_len, elt, ckpt_on, s.deepspeed, cpu)
+    other = gpu_memory(n_params, arch, s.zero_stage, world, s.micro_batch, s.seq_len, elt, not ckpt_on, s.deepspeed, cpu)
+    per_host = min(s.gpus_per_host, world)
+    host = host_memory(largest, n_params, s.zero_stage, world, per_host)
+    eager = host_memory(largest, n_params, s.zero_stage, world, per_host, lazy=False)
     tokens_per_step = s.micro_batch * s.seq_len * s.grad_accum * world
-    gib = 1024 ** 3
+    g = lambda x: f"{x / GIB:.1f}"  # noqa: E731
     lines = [
         f"parameters: {n_params:,} ({n_params / 1e9:.2f} B); vocabulary {vocab_size:,}",
-        f"ranks: {world}; ZeRO stage {s.zero_stage}; precision {'bf16' if bf16 else 'fp32'} "
+        *notes,
+        f"ranks: {world} ({per_host} per host); ZeRO stage {s.zero_stage}; precision {precision} "
         f"(DeepSpeed config {s.deepspeed_path})",
-        f"memory per GPU: weights {mem['weights'] / gib:.1f} GiB + grads {mem['grads'] / gib:.1f} GiB + optimizer "
-        f"{mem['optimizer'] / gib:.1f} GiB + activations ~{mem['activations'] / gib:.1f} GiB = {mem['total'] / gib:.1f} GiB",
+        f"memory per GPU: weights {g(mem['weights'])} GiB + grads {g(mem['grads'])} GiB + optimizer "
+        f"{g(mem['optimizer'])} GiB + optimizer step {g(mem['step'])} GiB + buffers {g(mem['buffers'])} GiB "
+        f"+ activations {g(mem['activations'])} GiB + logits {g(mem['logits'])} GiB = {g(mem['total'])} GiB "
+        f"(activation checkpointing {'on' if ckpt_on else 'off'})",
+        f"  with activation checkpointing {'off' if ckpt_on else 'on'}: activations {g(other['activations'])} GiB, "
+        f"total {g(other['total'])} GiB",
+        f"memory per host ({per_host} ranks): building {g(host['build_per_rank'])} GiB per rank (parents read "
+        f"tensor by tensor; {g(eager['build_per_rank'])} GiB with whole parents), checkpoint save "
+        f"{g(host['save_per_rank'])} GiB per rank and {g(host['save_rank0'])} GiB on rank 0; peak "
+        f"{g(host['per_host'])} GiB per host beyond the runtime of each process",
         f"tokens per step: {s.micro_batch} x {s.seq_len} x {s.grad_accum} (accumulation) x {world} = {tokens_per_step:,}",
         f"steps: {s.steps:,} (warm-up {s.warmup_steps}, {s.decay} decay to {s.min_lr_ratio:g} x lr {s.lr:g}); "
         f"total tokens {tokens_per_step * s.steps / 1e9:.2f} B",
     ]
     for line in lines:
         echo(line)
-    return {"params": n_params, "world_size": world, "memory_bytes": mem, "tokens_per_step": tokens_per_step,
-            "steps": s.steps, "total_tokens": tokens_per_step * s.steps}
+    return {"params": n_params, "world_size": world, "memory_bytes": mem, "memory_other_checkpointing": other,
+            "host_bytes": host, "tokens_per_step": tokens_per_step, "steps": s.steps,
+            "total_tokens": tokens_per_step * s.steps}
+
+
+def model_for_vocab_size(model_cfg: dict, vocab_size: int, datasets: dict[str, str] | None = None) -> dict:
+    """JAM-Cross's text rows default to the rows below the image codes (as `model_for_vocab`,
+    from the data's joint vocabulary when it can be read)."""
+    if model_cfg.get("fusion") == "cross" and "text_rows" not in model_cfg:
+        try:
+            return model_for_vocab(model_cfg, dataset_vocab(datasets or {}))
+        except Exception:
+            pass
+        codes = int(model_cfg.get("n_image_codes", 8192))
+        if codes < vocab_size:
+            return {**model_cfg, "text_rows": vocab_size - codes}
+    return dict(model_cfg)
 
 
 def _vocab_size_for_dry_run(s: Settings) -> int:

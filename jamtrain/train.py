@@ -7,6 +7,7 @@ JSON (ZeRO stage, micro-batch, gradient accumulation, clipping). See docs/traini
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -32,6 +33,8 @@ from jamtrain.building import (
     model_for_vocab,
     param_groups,
     resolved_ds_config,
+    run_precision,
+    torch_dtype,
 )
 from jamtrain.distributed import device_name, setup_distributed
 from jamtrain.evaluate import evaluate
@@ -47,6 +50,7 @@ from jamtrain.settings import (
 from jamtrain.sizing import (
     flops_per_token,
 )
+from jamtrain.throughput import mfu, real_tokens, run_peak
 
 log = logging.getLogger(__name__)
 FAULT_ENV = "JAMTRAIN_FAULT"  # fault injection for the resume tests: kill-after-step:K | kill-in-save:K
@@ -134,7 +138,8 @@ def _run(s: Settings, resume: bool, run_id: str, model_factory: Callable | None,
     s.model = model_for_vocab(s.model, vocab)
     _check_lengths(s, vocab)
     torch.manual_seed(s.seed)
-    model = (model_factory or default_model_factory)(s.model, vocab.size)
+    model = (model_factory or functools.partial(  # fused parents: materialised on this rank's device
+        default_model_factory, device=device, dtype=torch_dtype(run_precision(s, cpu))))(s.model, vocab.size)
     n_params = count_params(model)
     lift_scalar_params(model)
     optimizer = torch.optim.AdamW(param_groups(model, s.weight_decay), lr=s.lr, betas=s.betas, eps=s.eps)
@@ -163,10 +168,11 @@ def _run(s: Settings, resume: bool, run_id: str, model_factory: Callable | None,
 
     tokens_per_step = s.micro_batch * s.seq_len * s.grad_accum * world
     fpt = flops_per_token(n_params, s.model, vocab.size, s.seq_len)
-    peak = s.peak_tflops if s.peak_tflops is not None else (None if cpu else 312.0)
+    peak, peak_note = run_peak(s.peak_tflops, cpu, run_precision(s, cpu))
     say(f"model {n_params:,} parameters | {world} rank(s) on {device.type} | ZeRO-{s.zero_stage} | "
         f"micro-batch {s.micro_batch} x accumulation {s.grad_accum} x {world} = {tokens_per_step:,} tokens/step | "
         f"steps {start + 1}..{s.steps}")
+    say(f"throughput counts real (non-padding) tokens; {peak_note}")
     jlog = JsonLog(out_dir / rundir.LOG if rank == 0 else None)
     losses: dict[int, float] = {}
     eval_results: dict = {}
@@ -176,7 +182,7 @@ def _run(s: Settings, resume: bool, run_id: str, model_factory: Callable | None,
         for step in range(start + 1, s.steps + 1):
             t0 = time.time()
             lr = engine.get_lr()[0]  # the rate this step's update uses
-            stats = torch.zeros(4 + 2 * len(names), dtype=torch.float64, device=device)
+            stats = torch.zeros(5 + 2 * len(names), dtype=torch.float64, device=device)  # last: real tokens
             for _ in range(s.grad_accum):
                 batch = next(data)
                 tokens = batch["tokens"].to(device).long()  # the loader sends int32 (half the bytes)
@@ -186,10 +192,12 @@ def _run(s: Settings, resume: bool, run_id: str, model_factory: Callable | None,
                                          batch.get("dataset_index"), len(names))
                 engine.backward(loss)
                 engine.step()
-                stats += part.to(device)
+                stats[:-1] += part.to(device)
+                stats[-1] += real_tokens(batch)
             torch.distributed.all_reduce(stats)
             dt = time.time() - t0
-            rec = _record(step, stats, names, engine, lr, dt, tokens_per_step, fpt, peak, world)
+            slots = s.micro_batch * (s.seq_len - 1) * s.grad_accum * world  # input positions per step
+            rec = _record(step, stats, names, engine, lr, dt, slots, fpt, peak, world)
             losses[step] = rec["loss"]
             jlog.write(rec)
             if step % s.log_every == 0 or step == s.steps or step == start + 1:
@@ -248,8 +256,10 @@ def _batches(loader) -> Iterator[dict]:
             raise RuntimeError("the loader yielded no batches (empty datasets?)")
 
 
-def _record(step: int, stats: torch.Tensor, names: list[str], engine, lr: float, dt: float, tokens_per_step: int,
+def _record(step: int, stats: torch.Tensor, names: list[str], engine, lr: float, dt: float, slots: int,
             flops_per_token: float, peak: float | None, world: int) -> dict:
+    """One log record; `stats` ends with the step's real input tokens over all ranks, `slots` is
+    the input positions the step had room for (their difference is padding)."""
     v = [float(x) for x in stats.cpu()]
     n = v[1] + v[3]
     rec: dict[str, Any] = {
@@ -260,9 +270,11 @@ def _record(step: int, stats: torch.Tensor, names: list[str], engine, lr: float,
         "lr": lr,
         "grad_norm": _float(engine.get_global_grad_norm()),
         "seconds": dt,
-        "tokens_per_s": tokens_per_step / dt if dt > 0 else None,
+        "tokens": int(v[-1]),  # input tokens of all ranks and micro-batches, padding left out
+        "padding": 1.0 - v[-1] / slots if slots else 0.0,
+        "tokens_per_s": v[-1] / dt if dt > 0 else None,
     }
-    rec["mfu"] = (rec["tokens_per_s"] * flops_per_token / (peak * 1e12 * world)) if peak and rec["tokens_per_s"] else None
+    rec["mfu"] = mfu(rec["tokens_per_s"], flops_per_token, peak, world)
     for i, name in enumerate(names):
         nd = v[5 + 2 * i]
         rec[f"loss/{name}"] = v[4 + 2 * i] / nd if nd else None
@@ -374,4 +386,6 @@ def run_stage(ctx) -> list[str]:
         if r["ppl"] is not None:
             lines.append(f"validation perplexity {name}: {r['ppl']:.2f} over {r['tokens']} held-out tokens")
     lines.append(f"weights {out / 'export' / 'model.safetensors'}, log {out / 'log.jsonl'}")
-    return lines
+    from jamtrain.sample_files import stage_sample  # one generated sample into <run>/generated/
+
+    return lines + stage_sample(ctx.run_dir, out, s.seed)

@@ -22,13 +22,15 @@ from jamtrain.models.config import (  # noqa: F401
     backbone_config,
 )
 from jamtrain.models.fusion import FusionError, JamCross, fuse_cross, fuse_uniform, fuse_width  # noqa: F401
+from jamtrain.models.parents import ParentWeights, open_parent, parent_config  # noqa: F401
 from jamtrain.models.resize import NOISE, extend_vocab  # noqa: F401
 
 log = logging.getLogger(__name__)
 
 
-def _parents(cfg: Config, arch: BackboneConfig) -> tuple[Backbone, Backbone]:
-    """The two parents from `text_checkpoint` / `image_checkpoint`, or fresh ones from the config."""
+def _parents(cfg: Config, arch: BackboneConfig):
+    """The two parents from `text_checkpoint` / `image_checkpoint` (opened for tensor-by-tensor
+    reads, parents.py), or fresh backbones from the config."""
     have = [cfg.has("text_checkpoint"), cfg.has("image_checkpoint")]
     if any(have) and not all(have):
         missing = "image_checkpoint" if have[0] else "text_checkpoint"
@@ -38,20 +40,23 @@ def _parents(cfg: Config, arch: BackboneConfig) -> tuple[Backbone, Backbone]:
         return Backbone(arch), Backbone(arch)
     parents = []
     for n, key in enumerate(("text_checkpoint", "image_checkpoint")):
-        model = _fit_vocab(cfg, key, load_backbone(cfg.get(key, str), arch), arch.vocab_size, n)
+        model = _fit_vocab(cfg, key, open_parent(cfg.get(key, str), arch), arch.vocab_size, n)
         parents.append(model)
     return parents[0], parents[1]
 
 
-def _fit_vocab(cfg: Config, key: str, model: nn.Module, vocab_size: int, offset: int = 0) -> nn.Module:
+def _fit_vocab(cfg: Config, key: str, model, vocab_size: int, offset: int = 0):
     """A loaded model whose vocabulary matches the data's: with `extend_vocab: true` a smaller
     backbone (e.g. an imported LLaMA, text pieces only) gets the missing rows (resize.py; seed
     `extend_vocab_seed` + 0 for the text parent, + 1 for the image parent)."""
     vs = model.cfg.backbone.vocab_size if isinstance(model, JamCross) else model.cfg.vocab_size
-    if vs < vocab_size and isinstance(model, Backbone) and cfg.get("extend_vocab", bool, default=False):
+    growable = isinstance(model, (Backbone, ParentWeights))
+    if vs < vocab_size and growable and cfg.get("extend_vocab", bool, default=False):
         seed = int(cfg.number("extend_vocab_seed", default=0, lo=0))
         noise = float(cfg.number("extend_vocab_noise", default=NOISE, lo=0))
         log.info("%s: extending the vocabulary from %d to %d rows", cfg.get(key, str), vs, vocab_size)
+        if isinstance(model, ParentWeights):
+            return model.extended(vocab_size, seed + offset, noise)
         return extend_vocab(model, vocab_size, seed + offset, noise)
     if vs != vocab_size:
         hint = " (set extend_vocab: true to add the missing rows)" if vs < vocab_size else ""
@@ -71,26 +76,31 @@ def default_text_rows(cfg: Config, vocab_size: int) -> int:
     return vocab_size - codes
 
 
-def build_model(model_cfg: dict | Config, vocab_size: int, prefix: str = "train.model") -> nn.Module:
+def build_model(model_cfg: dict | Config, vocab_size: int, prefix: str = "train.model",
+                device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> nn.Module:
     """The model a config section describes; forward(tokens [B, L], segment_ids=None) -> logits [B, L, V].
 
     `fusion: none` is a single backbone; uniform / width / cross fuse two parents (checkpoints or,
-    for tests and the demo, random initialisations). `checkpoint:` loads a saved model as is."""
+    for tests and the demo, random initialisations). `checkpoint:` loads a saved model as is.
+    Fused from checkpoints, the model is built on the meta device and its storage made on `device`
+    in `dtype` (default: CPU, fp32), filled one parent tensor at a time; other models are built
+    on the CPU in fp32 and then moved."""
     cfg = model_cfg if isinstance(model_cfg, Config) else Config(dict(model_cfg or {}), prefix)
     cfg.check_keys(MODEL_KEYS)
     ac = cfg.get("activation_checkpointing", bool, default=False)
     if cfg.has("checkpoint"):
         model = _fit_vocab(cfg, "checkpoint", load_model(cfg.get("checkpoint", str)), vocab_size)
         _set_checkpointing(model, ac)
-        return model
+        return _place(model, device, dtype)
     arch = backbone_config(cfg, vocab_size)
     fusion = cfg.choice("fusion", FUSIONS, default="none")
+    place = {"device": device, "dtype": dtype}
     if fusion == "none":
         model: nn.Module = Backbone(arch, ac)
     elif fusion == "uniform":
-        model = fuse_uniform(*_parents(cfg, arch), weight=float(cfg.number("uniform_weight", default=0.5, lo=0, hi=1)))
+        model = fuse_uniform(*_parents(cfg, arch), weight=float(cfg.number("uniform_weight", default=0.5, lo=0, hi=1)), **place)
     elif fusion == "width":
-        model = fuse_width(*_parents(cfg, arch), head=cfg.choice("width_head", HEAD_INITS, default="average"))
+        model = fuse_width(*_parents(cfg, arch), head=cfg.choice("width_head", HEAD_INITS, default="average"), **place)
     else:
         every = int(cfg.number("cross_every", default=1, lo=1))
         if arch.n_layers % every:
@@ -101,9 +111,15 @@ def build_model(model_cfg: dict | Config, vocab_size: int, prefix: str = "train.
         model = fuse_cross(*_parents(cfg, arch), text_rows=default_text_rows(cfg, vocab_size), cross_every=every,
                            cross_heads=heads, embedding=cfg.choice("cross_embedding", CROSS_EMBEDDINGS, default="shared"),
                            head=cfg.choice("cross_head", HEAD_INITS, default="average"),
-                           kernel=cfg.choice("cross_kernel", KERNELS, default="auto"))
+                           kernel=cfg.choice("cross_kernel", KERNELS, default="auto"), **place)
     _set_checkpointing(model, ac)
-    return model
+    return _place(model, device, dtype)
+
+
+def _place(model: nn.Module, device, dtype) -> nn.Module:
+    if device is not None:
+        model = model.to(device)
+    return model.to(dtype) if dtype is not None else model
 
 
 def _set_checkpointing(model: nn.Module, on: bool) -> None:

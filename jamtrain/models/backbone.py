@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from jamtrain.kernels.self_attention import DocumentMask, dense_mask
 from jamtrain.models.config import BackboneConfig
 
 
@@ -74,15 +75,12 @@ def segment_positions(segment_ids: torch.Tensor) -> torch.Tensor:
 
 
 def self_attention_mask(segment_ids: torch.Tensor) -> torch.Tensor:
-    """Block-diagonal causal mask [B, 1, L, L]; the diagonal is always allowed (no empty rows)."""
-    L = segment_ids.shape[1]
-    causal = torch.ones(L, L, dtype=torch.bool, device=segment_ids.device).tril()
-    same = segment_ids[:, :, None] == segment_ids[:, None, :]
-    return (same & causal)[:, None]
+    """Block-diagonal causal mask [B, 1, L, L] of the reference implementation (kernels/self_attention.py)."""
+    return dense_mask(segment_ids)
 
 
 class AttnContext:
-    """What every layer of one forward pass shares: positions, rotary tables, the mask."""
+    """What every layer of one forward pass shares: positions, rotary tables, the document mask."""
 
     def __init__(self, cfg: BackboneConfig, tokens: torch.Tensor, segment_ids: torch.Tensor | None):
         B, L = tokens.shape
@@ -93,7 +91,9 @@ class AttnContext:
             self.positions = segment_positions(segment_ids)
         else:
             self.positions = torch.arange(L, device=tokens.device).expand(B, L)
-        self.mask = None if segment_ids is None else self_attention_mask(segment_ids)
+        # built once per forward pass and shared by every layer; no dense [L, L] mask unless the
+        # reference implementation is asked for (JAM_SELF_ATTN_IMPL=dense)
+        self.mask = None if segment_ids is None else DocumentMask(segment_ids)
         self.rope = rotary_tables(self.positions, cfg.head_dim, cfg.rope_theta) if cfg.positions == "rotary" else None
 
 
@@ -117,14 +117,10 @@ class SelfAttention(nn.Module):
         v = self.v_proj(x).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
         if ctx.rope is not None:
             q, k = apply_rotary(q, *ctx.rope), apply_rotary(k, *ctx.rope)
-        gqa = self.n_kv_heads != self.n_heads
         if ctx.mask is None:
-            o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+            o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_kv_heads != self.n_heads)
         else:
-            if gqa:  # the memory-efficient (masked) SDPA backend has no GQA: expand k/v instead
-                rep = self.n_heads // self.n_kv_heads
-                k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.mask)
+            o = ctx.mask(q, k, v)
         return self.o_proj(o.transpose(1, 2).reshape(B, L, -1))
 
 

@@ -97,11 +97,21 @@ def read_description(path: str | Path) -> dict | None:
     return json.loads(meta) if meta else None
 
 
-def _load_into(model: nn.Module, state: dict, path) -> nn.Module:
-    missing, unexpected = model.load_state_dict(state, strict=False)
+def _load_into(build, state: dict, path) -> nn.Module:
+    """`build()` on the meta device, then the read tensors taken as its parameters (cast to the
+    module's dtype): no random initialisation and no second copy of the weights."""
+    with torch.device("meta"):
+        model = build()
+    want = model.state_dict()
+    missing, unexpected = sorted(set(want) - set(state)), sorted(set(state) - set(want))
     if missing or unexpected:
         raise CheckpointError(f"{path}: weights do not fit the architecture "
-                              f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
+                              f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+    bad = [k for k, v in state.items() if tuple(v.shape) != tuple(want[k].shape)]
+    if bad:
+        raise CheckpointError(f"{path}: {bad[0]} has shape {tuple(state[bad[0]].shape)}, the architecture "
+                              f"needs {tuple(want[bad[0]].shape)}")
+    model.load_state_dict({k: v.to(want[k].dtype) for k, v in state.items()}, assign=True)
     return model
 
 
@@ -112,12 +122,12 @@ def load_model(path: str | Path, backbone_cfg: BackboneConfig | None = None) -> 
     if meta is None:
         if backbone_cfg is None:
             raise CheckpointError(f"{path}: bare state dict without architecture; give the model config")
-        return _load_into(Backbone(backbone_cfg), state, path)
+        return _load_into(lambda: Backbone(backbone_cfg), state, path)
     kind = meta.get("kind")
     if kind == "backbone":
-        return _load_into(Backbone(BackboneConfig.from_dict(meta["config"])), state, path)
+        return _load_into(lambda: Backbone(BackboneConfig.from_dict(meta["config"])), state, path)
     if kind == "cross":
-        return _load_into(JamCross(CrossConfig.from_dict(meta["config"])), state, path)
+        return _load_into(lambda: JamCross(CrossConfig.from_dict(meta["config"])), state, path)
     raise CheckpointError(f"{path}: unknown model kind {kind!r}")
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from jamdata.errors import ModelError
 from jamtrain.kernels.cross_attention import bidirectional_cross_attention
@@ -29,7 +30,17 @@ class FusionError(ModelError):
     """The two parents cannot be fused (different architectures, bad weights)."""
 
 
-def _check_parents(text: Backbone, image: Backbone) -> BackboneConfig:
+def _source(parent):
+    """A parent as tensors by key: a built Backbone is viewed in place; a `ParentWeights`
+    (parents.py, read lazily from a file) is used as it is."""
+    if isinstance(parent, Backbone):
+        from jamtrain.models.parents import as_parent
+
+        return as_parent(parent)
+    return parent
+
+
+def _check_parents(text, image) -> BackboneConfig:
     if text.cfg != image.cfg:
         diff = {k: (v, image.cfg.to_dict()[k]) for k, v in text.cfg.to_dict().items() if image.cfg.to_dict()[k] != v}
         raise FusionError(f"parents differ in architecture (text, image): {diff}")
@@ -38,11 +49,18 @@ def _check_parents(text: Backbone, image: Backbone) -> BackboneConfig:
     return text.cfg
 
 
-def _uninitialised(cfg: BackboneConfig, like: Backbone) -> Backbone:
-    """A backbone whose every parameter is about to be overwritten: skip the random init."""
+def _device_of(parent) -> torch.device:
+    return parent.tok_emb.weight.device if isinstance(parent, Backbone) else torch.device("cpu")
+
+
+def _empty(build, device, dtype) -> nn.Module:
+    """`build()` on the meta device, then storage on `device` in `dtype` without initialising it:
+    every tensor is about to be written, so no full random model is ever drawn or held."""
     with torch.device("meta"):
-        model = Backbone(cfg)
-    return model.to_empty(device=like.tok_emb.weight.device)
+        model = build()
+    if dtype is not None:
+        model = model.to(dtype)
+    return model.to_empty(device=device)
 
 
 def head_mix(head: str) -> float:
@@ -53,14 +71,17 @@ def head_mix(head: str) -> float:
 
 # --------------------------------------------------------------------------------------- uniform
 @torch.no_grad()
-def fuse_uniform(text: Backbone, image: Backbone, weight: float = 0.5) -> Backbone:
-    """w * text + (1 - w) * image, parameter by parameter."""
+def fuse_uniform(text, image, weight: float = 0.5, device=None, dtype=None) -> Backbone:
+    """w * text + (1 - w) * image, parameter by parameter (in fp32, then stored in `dtype`).
+    Parents are Backbones or `ParentWeights`; the result lives on `device` (default: the text
+    parent's) and is filled one tensor at a time."""
     cfg = _check_parents(text, image)
     if not 0.0 <= weight <= 1.0:
         raise FusionError(f"uniform weight must be in [0, 1], got {weight}")
-    out = _uninitialised(cfg, text)
-    ti, im = text.state_dict(), image.state_dict()
-    out.load_state_dict({k: weight * ti[k].float() + (1.0 - weight) * im[k].float() for k in ti})
+    out = _empty(lambda: Backbone(cfg), device or _device_of(text), dtype)
+    ti, im = _source(text), _source(image)
+    for key, target in out.state_dict().items():
+        target.copy_(weight * ti.tensor(key).float() + (1.0 - weight) * im.tensor(key).float())
     return out
 
 
@@ -72,30 +93,38 @@ def width_config(cfg: BackboneConfig) -> BackboneConfig:
     return BackboneConfig.from_dict(d)
 
 
-def _block_diag(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return torch.block_diag(a.float(), b.float())
+WIDTH_SIDE_BY_SIDE = ("head.weight", "tok_emb.weight", "pos_emb.weight")  # [rows, width] tables
 
 
 @torch.no_grad()
-def fuse_width(text: Backbone, image: Backbone, head: str = "average") -> Backbone:
-    """Twice the width; each half computes its parent exactly at initialisation (module docstring)."""
+def fuse_width(text, image, head: str = "average", device=None, dtype=None) -> Backbone:
+    """Twice the width; each half computes its parent exactly at initialisation (module docstring).
+    Parents, `device` and `dtype` as for `fuse_uniform`."""
     cfg = _check_parents(text, image)
     a = head_mix(head)
-    out = _uninitialised(width_config(cfg), text)
-    ti, im = text.state_dict(), image.state_dict()
-    new = {}
+    out = _empty(lambda: Backbone(width_config(cfg)), device or _device_of(text), dtype)
+    ti, im = _source(text), _source(image)
     for key, target in out.state_dict().items():
         if key == "head.weight":
-            new[key] = torch.cat([a * text.head_weight().float(), (1 - a) * image.head_weight().float()], 1)
-        elif key in ("tok_emb.weight", "pos_emb.weight"):
-            new[key] = torch.cat([ti[key].float(), im[key].float()], 1)
-        elif target.dim() == 1:  # norm weights/biases: halves side by side
-            new[key] = torch.cat([ti[key].float(), im[key].float()])
+            left, right = a * ti.head_weight().float(), (1 - a) * im.head_weight().float()
+        else:
+            left, right = ti.tensor(key), im.tensor(key)
+        side = target.dim() == 1 or key in WIDTH_SIDE_BY_SIDE
+        if target.dim() == 1:  # norm weights/biases: halves side by side
+            want, l_slice, r_slice = (len(left) + len(right),), slice(0, len(left)), slice(len(left), None)
+        elif side:  # the width halves of each row
+            n = left.shape[1]
+            want, l_slice, r_slice = (left.shape[0], n + right.shape[1]), (slice(None), slice(0, n)), \
+                (slice(None), slice(n, None))
         else:  # every projection: block-diagonal, cross blocks zero
-            new[key] = _block_diag(ti[key], im[key])
-        if new[key].shape != target.shape:
-            raise FusionError(f"{key}: built {tuple(new[key].shape)}, expected {tuple(target.shape)}")
-    out.load_state_dict(new)
+            r, c = left.shape
+            want, l_slice, r_slice = (r + right.shape[0], c + right.shape[1]), (slice(0, r), slice(0, c)), \
+                (slice(r, None), slice(c, None))
+            target.zero_()
+        if tuple(want) != tuple(target.shape):
+            raise FusionError(f"{key}: built {tuple(want)}, expected {tuple(target.shape)}")
+        target[l_slice].copy_(left)
+        target[r_slice].copy_(right)
     return out
 
 
@@ -185,28 +214,59 @@ class JamCross(nn.Module):
             x_t = self.text.layer(layer, x_t, ctx_t)
             x_i = self.image.layer(layer, x_i, ctx_i)
             if (layer + 1) % k == 0:
-                x_t, x_i = self.cross[layer // k](x_t, x_i, segment_ids, self.kernel)
+                x_t, x_i = self._cross(layer // k, x_t, x_i, segment_ids)
         return self.text.norm(x_t), self.image.norm(x_i)
+
+    def _cross(self, i: int, x_t: torch.Tensor, x_i: torch.Tensor, seg: torch.Tensor | None):
+        """Cross block i; recomputed in the backward pass when the backbones checkpoint their layers
+        (each block keeps ~16 [B, L, d] activations otherwise: projections, norms, attention output)."""
+        if self.text.activation_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(self.cross[i], x_t, x_i, seg, self.kernel, use_reentrant=False)
+        return self.cross[i](x_t, x_i, seg, self.kernel)
 
     def forward(self, tokens: torch.Tensor, segment_ids: torch.Tensor | None = None) -> torch.Tensor:
         h_t, h_i = self.streams(tokens, segment_ids)
         return self.head(torch.cat([h_t, h_i], dim=-1))
 
 
+def init_cross_blocks(model: JamCross) -> None:
+    """The new parameters of JAM-Cross: cross-block projections N(0, init_std), drawn in fp32 from
+    the global generator in parameter order whatever the storage dtype (so fp32 and bf16 builds
+    agree after rounding); norm weights 1, biases and tanh gates 0 (the blocks start switched off)."""
+    std = model.cfg.backbone.init_std
+    for blk in model.cross:
+        for name, p in blk.named_parameters():
+            if p.dim() == 2:
+                p.copy_(torch.empty(p.shape, dtype=torch.float32).normal_(0.0, std))
+            elif name.endswith("weight"):
+                p.fill_(1.0)
+            else:
+                p.zero_()
+
+
 @torch.no_grad()
-def fuse_cross(text: Backbone, image: Backbone, text_rows: int, cross_every: int = 1,
+def fuse_cross(text, image, text_rows: int, cross_every: int = 1,
                cross_heads: int = 0, embedding: str = "shared", head: str = "average",
-               kernel: str = "auto") -> JamCross:
+               kernel: str = "auto", device=None, dtype=None) -> JamCross:
     """JAM-Cross from two parents: backbones copied, cross blocks gated off, embedding rows
     [0, text_rows) from the text model and the rest from the image model, head = mix of the
-    parents' heads (see the module docstring)."""
+    parents' heads (see the module docstring). Parents are Backbones or `ParentWeights` (read one
+    tensor at a time); the model is built on the meta device and materialised on `device` in
+    `dtype`, so only the fused model itself is ever held whole."""
     cfg = _check_parents(text, image)
     a = head_mix(head)
-    model = JamCross(CrossConfig(cfg, cross_every, cross_heads, text_rows, embedding, head, kernel))
-    for mine, parent in ((model.text, text), (model.image, image)):
-        keep = mine.state_dict().keys()
-        mine.load_state_dict({k: v for k, v in parent.state_dict().items() if k in keep})
+    ccfg = CrossConfig(cfg, cross_every, cross_heads, text_rows, embedding, head, kernel)
+    model = _empty(lambda: JamCross(ccfg), device or _device_of(text), dtype)
+    init_cross_blocks(model)
+    ti, im = _source(text), _source(image)
+    for mine, parent in ((model.text, ti), (model.image, im)):
+        for key, target in mine.state_dict().items():
+            target.copy_(parent.tensor(key))
     if model.embedding is not None:
-        model.embedding.weight.copy_(torch.cat([text.tok_emb.weight[:text_rows], image.tok_emb.weight[text_rows:]]))
-    model.head.weight.copy_(torch.cat([a * text.head_weight(), (1 - a) * image.head_weight()], 1))
+        table = model.embedding.weight
+        table[:text_rows].copy_(ti.tensor("tok_emb.weight")[:text_rows])
+        table[text_rows:].copy_(im.tensor("tok_emb.weight")[text_rows:])
+    d = cfg.d_model
+    model.head.weight[:, :d].copy_(ti.head_weight()).mul_(a)
+    model.head.weight[:, d:].copy_(im.head_weight()).mul_(1 - a)
     return model
