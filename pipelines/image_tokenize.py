@@ -1,108 +1,52 @@
-"""Image-caption collections -> VQ-tokenized webdataset tars (+ rejects), and the VQ-VAE stage.
+"""Image-caption collections -> VQ-tokenized webdataset tars (+ rejects).
 
 Beam graph:
     files -> Reshuffle -> read samples (tar / jsonl / parquet) -> [unreadable -> rejects]
-          -> (stable_hash(key) % encode_groups, raw) -> GroupByKey
-          -> per group, sorted by key: drop duplicate keys of one file (a key that several input
-             files use is kept once per file, prefixed by a stable id of the file), decode +
-             preprocess, encode in batches with the VQ-VAE (loaded once per worker in setup),
-             tokenize captions
+          -> Prepare: decode + preprocess, tokenize the caption
+             [undecodable, too small, empty caption ... -> a small stub that keeps its key]
+          -> RunInference (jamdata.image.inference: batches of exactly images.batch_size,
+             one model per worker process shared by its threads, device cpu | cuda | auto)
+          -> (key, encoded sample or stub) -> GroupByKey by sample key
+          -> per key, in (file, offset) order: drop duplicate keys of one file (a key that several
+             input files use is kept once per file, prefixed by a stable id of the file), emit
+             samples and the stubs' rejects
           -> WriteShards (tars) -> WriteManifest
-Batches are formed from a group sorted by key, so the same images always share a batch and the
-codes are identical for any worker count.
+Only codes, caption ids and metadata are shuffled, never image bytes, and no step holds more than
+one batch of decoded images. Every batch is padded to images.batch_size, so an image's codes do
+not depend on its batch-mates: outputs are identical for any worker count, runner and bundling.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
 import apache_beam as beam
 import numpy as np
 
-from jamdata.config import Config, ConfigError
-from jamdata.io import (DEFAULT_MAX_INPUT_BYTES, InputPolicy, absolute, expand_inputs, fs_and_path, join, sha256_file,
-                        stable_hash)
-from jamdata.manifest import describe_shard, output_dir, read_manifest, ManifestError
+from jamdata.config import ConfigError
+from jamdata.image.settings import DEFAULT_MAX_CAPTION_CHARS, IMAGES_KEYS, ImageSettings  # noqa: F401 (re-exported)
+from jamdata.io import InputPolicy, absolute, expand_inputs, fs_and_path, join, sha256_file, stable_hash
+from jamdata.manifest import read_manifest, ManifestError
 from jamdata.vocab import VocabMismatchError
-from pipelines.common import WriteManifest, WriteShards, parquet_shard_writer
+from pipelines.common import WriteManifest, WriteShards
 from pipelines import progress
+from pipelines.image_shards import STAGE, reject_writer, summarize_rejects, summarize_samples, tar_writer
 from pipelines.options import pipeline_options
-from schemas.records import REJECT
 
 log = logging.getLogger(__name__)
-STAGE = "images"
-IMAGES_KEYS = ["inputs", "resolution", "min_size", "max_aspect", "max_pixels", "jpeg_draft",
-               "image_first_ratio", "batch_size", "encode_groups", "num_shards", "fields",
-               "torch_threads", "channels_last", "input_roots", "allow_schemes", "max_image_bytes",
-               "max_caption_chars", "verify"]
-DEFAULT_MAX_CAPTION_CHARS = 4096
 
 
-@dataclass
-class ImageSettings:
-    inputs: list[str] = field(default_factory=list)
-    resolution: int | None = None     # default: the VQ-VAE's resolution
-    min_size: int = 64
-    max_aspect: float = 3.0
-    max_pixels: int = 64 * 1024 * 1024
-    jpeg_draft: bool = True
-    image_first_ratio: float = 0.5
-    batch_size: int = 32
-    encode_groups: int = 16
-    num_shards: int = 1
-    fields: dict = field(default_factory=dict)
-    torch_threads: int = 1
-    channels_last: bool = False
-    input_roots: list[str] = field(default_factory=list)    # where table rows may name image files
-    allow_schemes: list[str] = field(default_factory=list)  # URL schemes rows may fetch (none)
-    max_image_bytes: int = DEFAULT_MAX_INPUT_BYTES
-    max_caption_chars: int = DEFAULT_MAX_CAPTION_CHARS
-    verify: str = "sha256"  # how the VQ-VAE is checked against its dataset's manifest: sha256 | size
-    seed: int = 0
+def _not_memory_notice(record: logging.LogRecord) -> bool:
+    """Beam 2.77's RunInference imports `resource` together with its model manager, which needs
+    scipy (not a dependency here); without it, every model load warns that RunInference cannot
+    measure its memory: a note about its own metric, not about the job."""
+    return "Resource module is not available" not in record.getMessage()
 
-    def input_policy(self) -> InputPolicy:
-        """What image files the rows of a jsonl/parquet input may name (its own directory is
-        added per file by the reader)."""
-        return InputPolicy(tuple(self.input_roots), tuple(s.lower() for s in self.allow_schemes),
-                           self.max_image_bytes)
 
-    @classmethod
-    def from_config(cls, cfg: Config, seed: int = 0) -> "ImageSettings":
-        sec = cfg.section("images")
-        sec.check_keys(IMAGES_KEYS)
-        inputs = sec.get("inputs", (list, str), default=[])
-        fields_ = sec.get("fields", dict, default={})
-        for k in fields_:
-            if k not in ("image_field", "caption_field", "key_field"):
-                raise ConfigError(f"images.fields.{k}", "unknown key", ["image_field", "caption_field", "key_field"])
-        res = sec.get("resolution", (int, type(None)), default=None)
-        roots = sec.get("input_roots", (list, str), default=[])
-        schemes = sec.get("allow_schemes", (list, str), default=[])
-        return cls(
-            inputs=[inputs] if isinstance(inputs, str) else list(inputs),
-            resolution=res,
-            min_size=int(sec.number("min_size", 64, lo=1)),
-            max_aspect=float(sec.number("max_aspect", 3.0, lo=1.0)),
-            max_pixels=int(sec.number("max_pixels", 64 * 1024 * 1024, lo=1)),
-            jpeg_draft=sec.get("jpeg_draft", bool, default=True),
-            image_first_ratio=float(sec.number("image_first_ratio", 0.5, lo=0.0, hi=1.0)),
-            batch_size=int(sec.number("batch_size", 32, lo=1)),
-            encode_groups=int(sec.number("encode_groups", 16, lo=1)),
-            num_shards=int(sec.number("num_shards", 1, lo=1)),
-            fields=fields_,
-            torch_threads=int(sec.number("torch_threads", 1, lo=1)),
-            channels_last=sec.get("channels_last", bool, default=False),
-            input_roots=[roots] if isinstance(roots, str) else [str(r) for r in roots],
-            allow_schemes=[schemes] if isinstance(schemes, str) else [str(x) for x in schemes],
-            max_image_bytes=int(sec.number("max_image_bytes", DEFAULT_MAX_INPUT_BYTES, lo=1)),
-            max_caption_chars=int(sec.number("max_caption_chars", DEFAULT_MAX_CAPTION_CHARS, lo=1)),
-            verify=sec.choice("verify", ["sha256", "size"], default="sha256"),
-            seed=seed,
-        )
+logging.getLogger().addFilter(_not_memory_notice)
 
 
 def _reject(rec, reason: str, detail: str) -> tuple[str, dict]:
@@ -157,129 +101,89 @@ def assign_keys(records):
         yield rec, None
 
 
-class _EncodeGroup(beam.DoFn):
-    """Decode, preprocess and encode one hash group; the model and tokenizer load once per worker."""
+@dataclass(frozen=True)
+class Item:
+    """One input sample after preprocessing: what crosses the shuffle (no pixels, no image bytes).
+    A sample that cannot be used still travels as a stub with its `reject`, because it holds
+    its key against later duplicates exactly like a good one."""
+    key: str
+    original_key: str
+    file: str
+    offset: int
+    caption: str = ""
+    url: str | None = None
+    width: int = 0
+    height: int = 0
+    caption_ids: tuple[int, ...] = ()
+    codes: np.ndarray | None = None
+    check: tuple[int, int] | None = None   # (codes checked against fp32, codes that differ)
+    reject: tuple[str, str] | None = None  # (reason, detail)
 
-    def __init__(self, vqvae_dir: str, tokenizer: str, s: ImageSettings):
-        self.vqvae_dir, self.tokenizer, self.s = vqvae_dir, tokenizer, s
+
+def _stub(rec, reason: str, detail: str) -> Item:
+    return Item(rec.key, rec.original_key, rec.file, rec.offset, reject=(reason, detail))
+
+
+class _Prepare(beam.DoFn):
+    """Record -> (Item, (image array, check in fp32?)) for RunInference, or a stub Item."""
+
+    def __init__(self, tokenizer: str, n_codes: int, resolution: int, s: ImageSettings):
+        self.tokenizer, self.n_codes, self.resolution, self.s = tokenizer, n_codes, resolution, s
 
     def setup(self):
-        import torch
-
-        from jamdata.image.vqvae import load_vqvae
         from jamdata.text.tokenizer import TextTokenizer
 
-        torch.set_num_threads(self.s.torch_threads)
-        self.model = load_vqvae(self.vqvae_dir, verify=self.s.verify)
-        if self.s.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.tok = TextTokenizer(self.tokenizer, self.model.n_embed)
-        self.resolution = self.s.resolution or self.model.resolution
+        self.tok = TextTokenizer(self.tokenizer, self.n_codes)
 
-    def process(self, element):
-        import torch
-
+    def process(self, rec):
         from jamdata.image.preprocess import ImageRejected, preprocess_image
-        from jamdata.image.samples import choose_order, sample_fields
 
         s = self.s
-        _, records = element
-        ready = []
-        for rec, holder in assign_keys(records):
+        caption = (rec.caption or "").strip()
+        if not caption:
+            yield beam.pvalue.TaggedOutput("stubs", _stub(rec, "empty_caption", "no caption text"))
+            return
+        try:
+            arr, info = preprocess_image(rec.image or b"", self.resolution, s.min_size, s.max_aspect,
+                                         s.max_pixels, s.jpeg_draft)
+        except ImageRejected as e:
+            yield beam.pvalue.TaggedOutput("stubs", _stub(rec, e.reason, e.detail))
+            return
+        check = s.precision != "fp32" and stable_hash("precision-check", rec.key, seed=s.seed) < s.check_fraction * 2.0 ** 64
+        item = Item(rec.key, rec.original_key, rec.file, rec.offset, caption, rec.meta.get("url"),
+                    info["width"], info["height"], tuple(self.tok.encode(caption)))
+        yield item, (arr, check)
+
+
+def _encoded(element) -> Item:
+    item, result = element
+    codes, check = result.inference
+    progress.count("images")
+    return dataclasses.replace(item, codes=codes, check=check)
+
+
+class _Resolve(beam.DoFn):
+    """All items of one sample key -> samples (key, tar record) and rejects."""
+
+    def __init__(self, vocab, s: ImageSettings):
+        self.vocab, self.s = vocab, s
+
+    def process(self, element):
+        from jamdata.image.samples import choose_order, sample_fields
+
+        _, items = element
+        for item, holder in assign_keys(items):
             if holder is not None:
                 yield beam.pvalue.TaggedOutput("rejects", _reject(
-                    rec, "duplicate_key", f"key {rec.key!r} already taken by {holder.file} offset {holder.offset}"))
-                continue
-            caption = (rec.caption or "").strip()
-            if not caption:
-                yield beam.pvalue.TaggedOutput("rejects", _reject(rec, "empty_caption", "no caption text"))
-                continue
-            try:
-                arr, info = preprocess_image(rec.image or b"", self.resolution, s.min_size, s.max_aspect,
-                                             s.max_pixels, s.jpeg_draft)
-            except ImageRejected as e:
-                yield beam.pvalue.TaggedOutput("rejects", _reject(rec, e.reason, e.detail))
-                continue
-            ready.append((rec, caption, arr, info))
-        for i in range(0, len(ready), s.batch_size):
-            chunk = ready[i:i + s.batch_size]
-            x = torch.from_numpy(np.stack([c[2] for c in chunk]))
-            if s.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            codes = self.model.encode(x).numpy()
-            progress.count("images", len(chunk))
-            ids = self.tok.encode_batch([c[1] for c in chunk])
-            for (rec, caption, _, info), c, cid in zip(chunk, codes, ids):
-                order = choose_order(rec.key, s.seed, s.image_first_ratio)
-                meta = {"caption": caption, "url": rec.meta.get("url"), "width": info["width"],
-                        "height": info["height"], "original_key": rec.original_key,
-                        "source": Path(rec.file).name}
-                yield rec.key, {"key": rec.key, "fields": sample_fields(meta, c, cid, self.tok.vocab, order)}
-
-
-def _tar_writer(n_codes: int):
-    def write(out_dir: str, name: str, records: list[dict]) -> list[dict]:
-        from jamdata.formats.wds import TarShardWriter
-
-        rel = f"{name}.tar"
-        hist = np.zeros(n_codes, dtype=np.int64)
-        tokens = image_tokens = caption_tokens = 0
-        orders: Counter = Counter()
-        with TarShardWriter(f"{out_dir}/{rel}") as w:
-            for r in records:
-                f = r["fields"]
-                w.write(r["key"], f)
-                hist += np.bincount(f["image_codes.npy"].reshape(-1).astype(np.int64), minlength=n_codes)
-                tokens += int(f["tokens.npy"].size)
-                image_tokens += int(f["image_codes.npy"].size)
-                caption_tokens += int(f["caption_ids.npy"].size)
-                orders[f["json"]["order"]] += 1
-        summary = {"image_tokens": image_tokens, "caption_tokens": caption_tokens, "orders": dict(orders),
-                   "codebook_hist": hist.tolist()}
-        return [describe_shard(out_dir, rel, records=len(records), tokens=tokens, summary=summary).to_dict()]
-
-    return write
-
-
-def _summarize_samples(extra: dict, n_codes: int):
-    def summarize(shards: list[dict]) -> dict:
-        hist = np.zeros(n_codes, dtype=np.int64)
-        orders: Counter = Counter()
-        image_tokens = caption_tokens = 0
-        for s in shards:
-            summ = s.get("summary", {})
-            # the histogram moves from each shard row into the dataset summary (one copy)
-            hist += np.asarray(summ.pop("codebook_hist", np.zeros(n_codes)), dtype=np.int64)
-            orders.update(summ.get("orders", {}))
-            image_tokens += summ.get("image_tokens", 0)
-            caption_tokens += summ.get("caption_tokens", 0)
-        used = int((hist > 0).sum())
-        p = hist / max(1, hist.sum())
-        ppl = float(np.exp(-(p[p > 0] * np.log(p[p > 0])).sum())) if hist.sum() else 0.0
-        return {**extra, "samples": int(sum(s.get("records") or 0 for s in shards)),
-                "tokens": int(sum(s.get("tokens") or 0 for s in shards)), "image_tokens": image_tokens,
-                "caption_tokens": caption_tokens, "orders": dict(sorted(orders.items())),
-                "codes_used": used, "codebook_perplexity": round(ppl, 2), "codebook_histogram": hist.tolist()}
-
-    return summarize
-
-
-def _reject_writer():
-    base = parquet_shard_writer(REJECT)
-
-    def write(out_dir: str, name: str, records: list[dict]) -> list[dict]:
-        infos = base(out_dir, name, records)
-        infos[0]["summary"] = {"reasons": dict(sorted(Counter(r["reason"] for r in records).items()))}
-        return infos
-
-    return write
-
-
-def _summarize_rejects(shards: list[dict]) -> dict:
-    reasons: Counter = Counter()
-    for s in shards:
-        reasons.update(s.get("summary", {}).get("reasons", {}))
-    return {"stage": STAGE, "rejects": int(sum(reasons.values())), "reasons": dict(sorted(reasons.items()))}
+                    item, "duplicate_key", f"key {item.key!r} already taken by {holder.file} offset {holder.offset}"))
+            elif item.reject is not None:
+                yield beam.pvalue.TaggedOutput("rejects", _reject(item, *item.reject))
+            else:
+                order = choose_order(item.key, self.s.seed, self.s.image_first_ratio)
+                meta = {"caption": item.caption, "url": item.url, "width": item.width, "height": item.height,
+                        "original_key": item.original_key, "source": Path(item.file).name}
+                fields = sample_fields(meta, item.codes, list(item.caption_ids), self.vocab, order)
+                yield item.key, {"key": item.key, "fields": fields, "check": item.check}
 
 
 def check_vocab_against(tokenizer: str, vocab) -> None:
@@ -300,11 +204,25 @@ def check_vocab_against(tokenizer: str, vocab) -> None:
                                  + rebuild_advice(tokenizer, built, vocab.n_image_codes))
 
 
+def encode_handler(vqvae_dir: str, s: ImageSettings):
+    """The keyed RunInference model handler for these settings."""
+    from apache_beam.ml.inference.base import KeyedModelHandler
+
+    from jamdata.image.inference import VQEncodeHandler
+
+    return KeyedModelHandler(VQEncodeHandler(vqvae_dir, batch_size=s.batch_size, device=s.device,
+                                             precision=s.precision, verify=s.verify,
+                                             torch_threads=s.torch_threads, channels_last=s.channels_last))
+
+
 def tokenize_images(inputs: Iterable[str], out: str, rejects_out: str, vqvae_dir: str, tokenizer: str,
                     settings: ImageSettings, workers: int = 1, beam_args: Iterable[str] = (),
                     config: dict | None = None) -> dict:
     """Run the pipeline; returns the image-caption manifest summary."""
+    from apache_beam.ml.inference.base import RunInference
+
     from jamdata.image.vqvae import load_vqvae
+    from jamdata.manifest import output_dir
     from jamdata.text.tokenizer import TextTokenizer
 
     files = expand_inputs(list(inputs))
@@ -322,27 +240,32 @@ def tokenize_images(inputs: Iterable[str], out: str, rejects_out: str, vqvae_dir
              "vqvae_params": model.params, "resolution": resolution,
              "grid": list(model.grid(resolution)), "tokenizer": str(tokenizer)}
     cfg = {"images": dict(config or {}), "settings": {**settings.__dict__, "inputs": files}}
+    n_codes = model.n_embed
     del model
-    n_codes = vocab.n_image_codes
-    groups, seed = settings.encode_groups, settings.seed
+    s, seed = settings, settings.seed
     with output_dir(out) as out_p, output_dir(rejects_out) as rej_p:
         with progress.Pipeline("images", options=pipeline_options(workers, list(beam_args))) as p:
             read = (p | "Files" >> beam.Create(files) | "SpreadFiles" >> beam.Reshuffle()
-                    | "Read" >> beam.ParDo(_ReadSource(settings.fields, settings.input_policy(),
-                                                       settings.max_caption_chars))
+                    | "Read" >> beam.ParDo(_ReadSource(s.fields, s.input_policy(), s.max_caption_chars))
                     .with_outputs("rejects", main="records"))
-            encoded = (read.records
-                       | "Group" >> beam.Map(lambda r: (stable_hash("encode-group", r.key, seed=seed) % groups, r))
-                       | "GroupForBatches" >> beam.GroupByKey()
-                       | "Encode" >> beam.ParDo(_EncodeGroup(str(vqvae_dir), str(tokenizer), settings))
-                       .with_outputs("rejects", main="samples"))
-            (encoded.samples
-             | "WriteTars" >> WriteShards(str(out_p), _tar_writer(n_codes), settings.num_shards, seed=seed)
+            prepared = (read.records
+                        | "Prepare" >> beam.ParDo(_Prepare(str(tokenizer), n_codes, resolution, s))
+                        .with_outputs("stubs", main="images"))
+            encoded = (prepared.images
+                       | "Encode" >> RunInference(encode_handler(str(vqvae_dir), s))
+                       | "Codes" >> beam.Map(_encoded))
+            resolved = ((encoded, prepared.stubs) | "AllItems" >> beam.Flatten()
+                        | "ByKey" >> beam.Map(lambda it: (it.key, it))
+                        | "GroupByKey" >> beam.GroupByKey()
+                        | "Resolve" >> beam.ParDo(_Resolve(vocab, s)).with_outputs("rejects", main="samples"))
+            (resolved.samples
+             | "WriteTars" >> WriteShards(str(out_p), tar_writer(n_codes), s.num_shards, seed=seed)
              | "ManifestTars" >> WriteManifest(str(out_p), "image_caption", cfg, vocab,
-                                               _summarize_samples(extra, n_codes), files))
-            ((read.rejects, encoded.rejects) | "AllRejects" >> beam.Flatten()
-             | "WriteRejects" >> WriteShards(str(rej_p), _reject_writer(), 1, seed=seed)
-             | "ManifestRejects" >> WriteManifest(str(rej_p), "rejects", cfg, None, _summarize_rejects, files))
+                                               summarize_samples(extra, n_codes, s.precision, s.max_code_mismatch),
+                                               files))
+            ((read.rejects, resolved.rejects) | "AllRejects" >> beam.Flatten()
+             | "WriteRejects" >> WriteShards(str(rej_p), reject_writer(), 1, seed=seed)
+             | "ManifestRejects" >> WriteManifest(str(rej_p), "rejects", cfg, None, summarize_rejects, files))
     return read_manifest(out)["summary"] | {"rejects": read_manifest(rejects_out)["summary"]}
 
 

@@ -20,6 +20,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -278,6 +279,92 @@ def test_image_settings_keys_from_config():
     assert s.input_policy() == InputPolicy(("/data/pics",), ("gs",), 1000) and s.max_caption_chars == 50
     with pytest.raises(ValueError, match="images.max_image_bytes"):
         ImageSettings.from_config(Config({"images": {"max_image_bytes": 0}}))
+
+
+# -- corrupt, animated and oversized pictures inside tars ----------------------------------------
+def animation(fmt: str, **kw) -> bytes:
+    """Three frames: red, blue, green. Only the first (red) may be used."""
+    frames = [ii.Image.new("RGB", (64, 64), c) for c in ((255, 0, 0), (0, 0, 255), (0, 255, 0))]
+    return ii.encode(frames[0], fmt, save_all=True, append_images=frames[1:], duration=100, loop=0, **kw)
+
+
+def still(colour) -> bytes:
+    return ii.encode(ii.Image.new("RGB", (64, 64), colour), "PNG")
+
+
+TAR_MEMBERS = {  # key -> (member bytes, extension, reject reason or "ok")
+    "t_truncated_jpeg": (ii.truncated_jpeg(), "jpg", "undecodable"),
+    "t_garbage": (bytes(range(256)) * 8, "jpg", "undecodable"),
+    "t_zero_length": (b"", "jpg", "empty_file"),
+    "t_bomb_over_pillow_error": (ii.png_header_bomb(20000, 20000), "png", "too_large"),
+    "t_bomb_over_pillow_warning": (ii.png_header_bomb(10000, 10000), "png", "too_large"),
+    "t_bomb_over_max_pixels": (ii.png_header_bomb(5000, 5000), "png", "too_large"),
+    "a_gif": (animation("GIF"), "gif", "ok"),
+    "a_apng": (animation("PNG"), "png", "ok"),
+    "a_webp": (animation("WEBP", lossless=True), "webp", "ok"),
+    "s_red": (still((255, 0, 0)), "png", "ok"),
+    "s_blue": (still((0, 0, 255)), "png", "ok"),
+}
+
+
+def test_pillow_bomb_warning_is_a_reject_not_a_decode():
+    """Between Pillow's MAX_IMAGE_PIXELS and twice that, Pillow only warns and would decode: with
+    our own limit lifted, the warning still refuses the picture before any pixel is decoded."""
+    from jamdata.image.preprocess import ImageRejected, preprocess_image
+
+    with pytest.raises(ImageRejected) as e:
+        preprocess_image(ii.png_header_bomb(10000, 10000), 32, max_pixels=10**12)
+    assert e.value.reason == "too_large" and "decompression bomb" in e.value.detail
+
+
+def test_corrupt_animated_and_bomb_members_of_tars(tmp_path, sp_model_path):
+    """One tar with every kind of bad member among good ones, a second tar cut inside a member
+    header, a third with a garbage header block in the middle: the job finishes, each bad member
+    is one reject with its code, animations give their first frame, and every good sample stays."""
+    from pipelines.image_tokenize import tokenize_images
+
+    torch.manual_seed(0)
+    m = build_vqvae("tiny-64px-f4", n_embed=64)
+    with torch.no_grad():
+        m.quantize.embedding.weight.normal_(0, 0.3)
+    save_checkpoint(m, tmp_path / "vq")
+    with tarfile.open(tmp_path / "members.tar", "w") as tar:
+        for key, (data, ext, _) in TAR_MEMBERS.items():
+            sample(tar, key, data, f"caption of {key}", ext)
+    for name in ("cut", "garbled"):
+        with tarfile.open(tmp_path / f"{name}.tar", "w") as tar:
+            for i in range(3):
+                sample(tar, f"{name}{i}", ii.jpeg(i), f"{name} picture {i}")
+        with tarfile.open(tmp_path / f"{name}.tar") as tar:
+            header = tar.getmember(f"{name}2.jpg").offset
+        data = (tmp_path / f"{name}.tar").read_bytes()
+        if name == "cut":  # stops in the middle of the header of the third picture
+            data = data[: header + 100]
+        else:  # the third picture's header block overwritten with bytes that are no tar header
+            data = data[:header] + bytes(range(256)) * 2 + data[header + 512:]
+        (tmp_path / f"{name}.tar").write_bytes(data)
+    files = [str(tmp_path / f"{n}.tar") for n in ("members", "cut", "garbled")]
+    s = run_with_watchdog(tokenize_images, files, str(tmp_path / "ic"), str(tmp_path / "rej"), str(tmp_path / "vq"),
+                          str(sp_model_path), settings(num_shards=1, max_pixels=20_000_000, resolution=64))
+    got = samples(tmp_path / "ic")
+    rejects = pq.read_table(tmp_path / "rej" / "part-00000.parquet").to_pylist()
+    by_key = {r["id"].split("@")[0]: r for r in rejects if r["file"] == files[0]}
+    for key, (_, _, outcome) in TAR_MEMBERS.items():
+        if outcome == "ok":
+            assert key in got and key not in by_key, key
+        else:
+            assert by_key[key]["reason"] == outcome, (key, by_key.get(key))
+    assert "possible decompression bomb" in by_key["t_bomb_over_max_pixels"]["snippet"]
+    for key in ("t_bomb_over_pillow_warning", "t_bomb_over_pillow_error"):  # Pillow's words: refused at open
+        assert "could be decompression bomb" in by_key[key]["snippet"], by_key[key]
+    red, blue = got["s_red"]["image_codes.npy"], got["s_blue"]["image_codes.npy"]
+    assert not np.array_equal(red, blue)
+    for key in ("a_gif", "a_apng", "a_webp"):  # the first frame, red, exactly
+        assert np.array_equal(got[key]["image_codes.npy"], red), key
+    for name, f in (("cut", files[1]), ("garbled", files[2])):
+        assert {k for k in got if k.startswith(name)} == {f"{name}0", f"{name}1"}
+        assert [r["reason"] for r in rejects if r["file"] == f] == ["truncated_shard"], name
+    assert s["samples"] == len(got) == 5 + 4
 
 
 # -- the interleaved (instruct) fault matrix ------------------------------------------------------

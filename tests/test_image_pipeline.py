@@ -83,7 +83,7 @@ def vqvae_dir(tmp_path_factory):
 
 
 def settings(**kw):
-    base = dict(resolution=32, min_size=16, max_aspect=3.0, batch_size=4, encode_groups=3, num_shards=2, seed=7)
+    base = dict(resolution=32, min_size=16, max_aspect=3.0, batch_size=4, num_shards=2, seed=7)
     return ImageSettings(**{**base, **kw})
 
 
@@ -236,7 +236,7 @@ def test_main_job_stages_on_sample_data(tmp_path, vqvae_dir, sp_model_path, samp
     shutil.copy(sp_model_path, tmp_path / "tokenizer" / "tokenizer.model")
     cfg = Config({"run": {"seed": 5},
                   "images": {"inputs": [str(sample_data / "images" / "shapes-00000.tar")], "min_size": 32,
-                             "batch_size": 16, "encode_groups": 2, "num_shards": 2},
+                             "batch_size": 16, "num_shards": 2},
                   "vqvae": {"codebook_size": 64, "model": "tiny-64px-f4", "checkpoint": str(vqvae_dir)}})
     ctx = StageContext(cfg, tmp_path)
     assert "imported" in run_vqvae_stage(ctx)[0]

@@ -1,7 +1,8 @@
 """Image bytes -> float32 CHW array in [-1, 1], the way the VQ-VAE expects it, or a reject reason.
 
 Order: size checks on the header alone (so a decompression bomb is refused before any pixel is
-decoded), first frame of animations, JPEG draft decoding near the target size, EXIF orientation,
+decoded: `Image.open` reads only the header; our `max_pixels` and Pillow's own bomb limits, its
+warning included, all become a `too_large` reject), first frame of animations (GIF, APNG, WebP), JPEG draft decoding near the target size, EXIF orientation,
 any mode (palette, CMYK, grayscale, 16-bit, alpha) to RGB with transparency blended onto white,
 short side resized with LANCZOS, centre crop.
 """
@@ -70,13 +71,17 @@ def preprocess_image(data: bytes, resolution: int = 256, min_size: int = 64, max
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            # Pillow warns (and decodes anyway) between MAX_IMAGE_PIXELS and twice that: refuse
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise ImageRejected("undecodable", f"not a recognised image format (starts with {data[:8]!r})") from None
-    except Image.DecompressionBombError as e:
-        raise ImageRejected("too_large", str(e)) from None
-    except (OSError, ValueError, SyntaxError) as e:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageRejected("too_large", f"{e}; not decoded") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
         raise ImageRejected("undecodable", f"header unreadable: {e}") from None
+    except Exception as e:  # a format plugin's own failure on hostile bytes (struct.error, ...)
+        raise ImageRejected("undecodable", f"header unreadable: {type(e).__name__}: {e}") from None
     w, h = im.size
     if w <= 0 or h <= 0:
         raise ImageRejected("undecodable", f"invalid size {w}x{h}")
@@ -87,21 +92,24 @@ def preprocess_image(data: bytes, resolution: int = 256, min_size: int = 64, max
         raise ImageRejected("too_small", f"{w}x{h}: short side below {min_size}")
     if max(w, h) / min(w, h) > max_aspect:
         raise ImageRejected("extreme_aspect", f"{w}x{h}: aspect ratio {max(w, h) / min(w, h):.2f} above {max_aspect}")
-    info = {"width": w, "height": h, "format": im.format, "mode": im.mode,
-            "frames": int(getattr(im, "n_frames", 1) or 1)}
+    info = {"width": w, "height": h, "format": im.format, "mode": im.mode, "frames": 1}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            info["frames"] = int(getattr(im, "n_frames", 1) or 1)  # a GIF counts by walking its frames
             if info["frames"] > 1:
                 im.seek(0)
             if jpeg_draft and im.format == "JPEG":
                 im.draft("RGB" if im.mode in ("RGB", "YCbCr") else None, (resolution, resolution))
             im.load()
             oriented = ImageOps.exif_transpose(im)
-    except Image.DecompressionBombError as e:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageRejected("too_large", str(e)) from None
     except (OSError, ValueError, SyntaxError, EOFError) as e:
         raise ImageRejected("undecodable", f"pixel data unreadable: {e}") from None
+    except Exception as e:  # as above
+        raise ImageRejected("undecodable", f"pixel data unreadable: {type(e).__name__}: {e}") from None
     if oriented is not None and oriented.size != im.size:  # rotated by 90 degrees
         info["width"], info["height"] = info["height"], info["width"]
     im = _to_rgb(oriented if oriented is not None else im)
