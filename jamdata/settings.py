@@ -117,6 +117,7 @@ def check_kwargs(target: Callable, params: dict, where: str, source: str = "") -
 _REQUIRED = dataclasses.MISSING
 
 
+# A field with metadata {"internal": True} is no config key (e.g. run.seed copied into a section's settings).
 def setting(default: Any = _REQUIRED, doc: str = "", *, lo: float | None = None, hi: float | None = None,
             choices: Sequence[Any] | None = None, one_or_many: bool = False, keys: Sequence[str] | None = None,
             name: str | None = None) -> Any:
@@ -194,7 +195,7 @@ def load_settings(cls: type[T], section: Any, where: str = "", source: str = "")
             raise ConfigError(where or "(top level)", f"must be a mapping, got {section!r}", source=source)
         data, view = section, None
     hints = typing.get_type_hints(cls)
-    fields = [f for f in dataclasses.fields(cls) if f.init]
+    fields = [f for f in dataclasses.fields(cls) if f.init and not f.metadata.get("internal")]
     allowed = [_key_of(f) for f in fields]
     for key in data:
         if key not in allowed:
@@ -219,7 +220,8 @@ def load_settings(cls: type[T], section: Any, where: str = "", source: str = "")
 def as_plain(value: Any) -> Any:
     """Settings (nested) as plain YAML/JSON values: what a stamp hashes and `config show` prints."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {_key_of(f): as_plain(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init}
+        return {_key_of(f): as_plain(getattr(value, f.name)) for f in dataclasses.fields(value)
+                if f.init and not f.metadata.get("internal")}
     if isinstance(value, dict):
         return {str(k): as_plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -232,7 +234,7 @@ def reference_rows(cls: type, prefix: str) -> list[dict]:
     hints = typing.get_type_hints(cls)
     rows = []
     for f in dataclasses.fields(cls):
-        if not f.init:
+        if not f.init or f.metadata.get("internal"):
             continue
         tp, meta, key = hints[f.name], dict(f.metadata), f"{prefix}.{_key_of(f)}"
         origin, args = typing.get_origin(tp), typing.get_args(tp)

@@ -27,7 +27,7 @@ import apache_beam as beam
 import numpy as np
 
 from jamdata.config import ConfigError
-from jamdata.image.settings import DEFAULT_MAX_CAPTION_CHARS, IMAGES_KEYS, ImageSettings  # noqa: F401 (re-exported)
+from jamdata.image.settings import DEFAULT_MAX_CAPTION_CHARS, ImageSettings  # noqa: F401 (re-exported)
 from jamdata.io import InputPolicy, absolute, expand_inputs, fs_and_path, join, sha256_file, stable_hash
 from jamdata.manifest import read_manifest, ManifestError
 from jamdata.vocab import VocabMismatchError

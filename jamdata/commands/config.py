@@ -85,13 +85,14 @@ def show(args: argparse.Namespace) -> int:
 
 def settings_sections() -> list[tuple[str, type]]:
     """(config path, settings class) of every section described by a settings class."""
+    from jamdata.image.settings import ImageSettings
     from jamdata.interleaved.build import InstructSettings
     from jamdata.settings import RunSettings
     from pipelines.stats import StatsSettings
     from pipelines.text_dedup import DedupSettings
 
-    return [("run", RunSettings), ("text.clean.dedup", DedupSettings), ("instruct", InstructSettings),
-            ("stats", StatsSettings)]
+    return [("run", RunSettings), ("text.clean.dedup", DedupSettings), ("images", ImageSettings),
+            ("instruct", InstructSettings), ("stats", StatsSettings)]
 
 
 def reference_markdown() -> str:

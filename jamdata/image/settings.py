@@ -1,21 +1,20 @@
 """The `images:` config section as one typed class: keys, defaults, bounds and parsing.
 
-`pipelines/image_tokenize.py` runs the stage from it; docs/images.md lists the same keys.
+`pipelines/image_tokenize.py` runs the stage from it; docs/config-reference.md is generated from it.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from jamdata.config import Config, ConfigError
 from jamdata.io import DEFAULT_MAX_INPUT_BYTES, InputPolicy
+from jamdata.settings import load_settings, setting
 
 DEFAULT_MAX_CAPTION_CHARS = 4096
 DEVICES = ("cpu", "cuda", "auto")
 PRECISIONS = ("fp32", "fp16", "bf16")
-IMAGES_KEYS = ["inputs", "resolution", "min_size", "max_aspect", "max_pixels", "jpeg_draft",
-               "image_first_ratio", "batch_size", "num_shards", "fields", "torch_threads", "channels_last",
-               "device", "precision", "check_fraction", "max_code_mismatch", "input_roots", "allow_schemes",
-               "max_image_bytes", "max_caption_chars", "verify"]
+FIELD_KEYS = ("image_field", "caption_field", "key_field")
 # keys that existed once; a config that still sets one is told why it went, not just "unknown key"
 GONE_KEYS = {
     "encode_groups": "no longer used: images are decoded and encoded in fixed batches of images.batch_size "
@@ -25,28 +24,33 @@ GONE_KEYS = {
 
 @dataclass
 class ImageSettings:
-    inputs: list[str] = field(default_factory=list)
-    resolution: int | None = None     # default: the VQ-VAE's resolution
-    min_size: int = 64
-    max_aspect: float = 3.0
-    max_pixels: int = 64 * 1024 * 1024
-    jpeg_draft: bool = True
-    image_first_ratio: float = 0.5
-    batch_size: int = 32              # images per forward pass; the last batch of a bundle is padded to it
-    num_shards: int = 1
-    fields: dict = field(default_factory=dict)
-    torch_threads: int = 1
-    channels_last: bool = False
-    device: str = "cpu"               # cpu | cuda | auto (cuda when the worker has one)
-    precision: str = "fp32"           # fp32 | fp16 | bf16: autocast of the encoder on CUDA only
-    check_fraction: float = 0.02      # share of images (by key hash) also encoded in fp32 under fp16/bf16
-    max_code_mismatch: float = 0.05   # above this share of checked codes differing, the job fails
-    input_roots: list[str] = field(default_factory=list)    # where table rows may name image files
-    allow_schemes: list[str] = field(default_factory=list)  # URL schemes rows may fetch (none)
-    max_image_bytes: int = DEFAULT_MAX_INPUT_BYTES
-    max_caption_chars: int = DEFAULT_MAX_CAPTION_CHARS
-    verify: str = "sha256"  # how the VQ-VAE is checked against its dataset's manifest: sha256 | size
-    seed: int = 0
+    """The `images` section (docs/images.md): image-caption collections to VQ-tokenized tars."""
+    inputs: list[str] = setting([], "image-caption collections: img2dataset tars, jsonl or parquet (globs, URLs)",
+                                one_or_many=True)
+    resolution: int | None = setting(None, "image side in pixels (default: the VQ-VAE's)", lo=1)
+    min_size: int = setting(64, "smallest image side accepted", lo=1)
+    max_aspect: float = setting(3.0, "most extreme aspect ratio accepted", lo=1.0)
+    max_pixels: int = setting(64 * 1024 * 1024, "most pixels a header may declare (checked before decoding)", lo=1)
+    jpeg_draft: bool = setting(True, "let JPEG decode at a reduced size when the image is much larger")
+    image_first_ratio: float = setting(0.5, "share of samples with the image before the caption", lo=0.0, hi=1.0)
+    batch_size: int = setting(32, "images per forward pass; the last batch of a bundle is padded to it", lo=1)
+    num_shards: int = setting(1, "output tar shards", lo=1)
+    fields: dict = setting({}, "column/extension names of the inputs", keys=FIELD_KEYS)
+    torch_threads: int = setting(1, "torch threads per worker", lo=1)
+    channels_last: bool = setting(False, "NHWC convolutions")
+    device: str = setting("cpu", "where the encoder runs (auto: cuda when the worker has one)", choices=DEVICES)
+    precision: str = setting("fp32", "autocast of the encoder, on CUDA only", choices=PRECISIONS)
+    check_fraction: float = setting(0.02, "share of images (by key hash) also encoded in fp32 under fp16/bf16",
+                                    lo=0.0, hi=1.0)
+    max_code_mismatch: float = setting(0.05, "above this share of checked codes differing, the job fails",
+                                       lo=0.0, hi=1.0)
+    input_roots: list[str] = setting([], "where table rows may name image files", one_or_many=True)
+    allow_schemes: list[str] = setting([], "URL schemes rows may fetch (none)", one_or_many=True)
+    max_image_bytes: int = setting(DEFAULT_MAX_INPUT_BYTES, "largest image file read", lo=1)
+    max_caption_chars: int = setting(DEFAULT_MAX_CAPTION_CHARS, "longest caption accepted", lo=1)
+    verify: str = setting("sha256", "how the VQ-VAE is checked against its dataset's manifest",
+                          choices=("sha256", "size"))
+    seed: int = field(default=0, metadata={"internal": True})  # run.seed
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -66,36 +70,4 @@ class ImageSettings:
         for key, why in GONE_KEYS.items():
             if key in sec.data:
                 raise ConfigError(f"images.{key}", why, source=sec.source)
-        sec.check_keys(IMAGES_KEYS)
-        inputs = sec.get("inputs", (list, str), default=[])
-        fields_ = sec.get("fields", dict, default={})
-        for k in fields_:
-            if k not in ("image_field", "caption_field", "key_field"):
-                raise ConfigError(f"images.fields.{k}", "unknown key", ["image_field", "caption_field", "key_field"])
-        res = sec.get("resolution", (int, type(None)), default=None)
-        roots = sec.get("input_roots", (list, str), default=[])
-        schemes = sec.get("allow_schemes", (list, str), default=[])
-        return cls(
-            inputs=[inputs] if isinstance(inputs, str) else list(inputs),
-            resolution=res,
-            min_size=int(sec.number("min_size", 64, lo=1)),
-            max_aspect=float(sec.number("max_aspect", 3.0, lo=1.0)),
-            max_pixels=int(sec.number("max_pixels", 64 * 1024 * 1024, lo=1)),
-            jpeg_draft=sec.get("jpeg_draft", bool, default=True),
-            image_first_ratio=float(sec.number("image_first_ratio", 0.5, lo=0.0, hi=1.0)),
-            batch_size=int(sec.number("batch_size", 32, lo=1)),
-            num_shards=int(sec.number("num_shards", 1, lo=1)),
-            fields=fields_,
-            torch_threads=int(sec.number("torch_threads", 1, lo=1)),
-            channels_last=sec.get("channels_last", bool, default=False),
-            device=sec.choice("device", DEVICES, default="cpu"),
-            precision=sec.choice("precision", PRECISIONS, default="fp32"),
-            check_fraction=float(sec.number("check_fraction", 0.02, lo=0.0, hi=1.0)),
-            max_code_mismatch=float(sec.number("max_code_mismatch", 0.05, lo=0.0, hi=1.0)),
-            input_roots=[roots] if isinstance(roots, str) else [str(r) for r in roots],
-            allow_schemes=[schemes] if isinstance(schemes, str) else [str(x) for x in schemes],
-            max_image_bytes=int(sec.number("max_image_bytes", DEFAULT_MAX_INPUT_BYTES, lo=1)),
-            max_caption_chars=int(sec.number("max_caption_chars", DEFAULT_MAX_CAPTION_CHARS, lo=1)),
-            verify=sec.choice("verify", ["sha256", "size"], default="sha256"),
-            seed=seed,
-        )
+        return dataclasses.replace(load_settings(cls, sec), seed=seed)
