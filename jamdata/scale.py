@@ -2,8 +2,9 @@
 
 The throughput figures are the one place the project's sizing numbers come from: they are copied
 from benchmarks/results/bench_scale.json (benchmarks/bench_scale.py, the largest size with two
-workers: text-clean with the reference filters and dedup, text-sample with a 32k LLaMA-style
-tokenizer), as MB of UTF-8 text per CPU-second. `jamdata text plan` prints `estimate_lines` for
+workers, on a mix of every source in its raw format: Common Crawl WET and WARC, C4, Wikipedia XML,
+books, arXiv LaTeX; text-clean with the reference filters and dedup, text-sample with a 32k
+LLaMA-style tokenizer), as MB of raw text per CPU-second. `jamdata text plan` prints `estimate_lines` for
 its plan, and docs/ARCHITECTURE.md ("Scale") sizes the reference run with the same figures.
 """
 from __future__ import annotations
@@ -11,10 +12,10 @@ from __future__ import annotations
 import math
 
 # -- measured (benchmarks/results/bench_scale.json; update both together) -------------------------
-# 16x (360 MB of text read), two workers, all processes' CPU seconds (driver and runner included)
-CLEAN_MB_PER_CORE_S = 1.15    # text-clean: text MB read per CPU-second (read, clean, filters, dedup); measured 1.151
-SAMPLE_MB_PER_CORE_S = 2.9    # text-sample: clean text MB tokenized and written per CPU-second; measured 2.914
-WORKER_RSS_MB = 2200          # peak RSS of one Beam worker process, rounded up (measured 2,126 MB, local runner)
+# 16x (267 MB of text read), two workers, all processes' CPU seconds (driver and runner included)
+CLEAN_MB_PER_CORE_S = 0.82    # text-clean: text MB read per CPU-second (read, clean, filters, dedup); measured 0.816
+SAMPLE_MB_PER_CORE_S = 2.65   # text-sample: clean text MB tokenized and written per CPU-second; measured 2.655
+WORKER_RSS_MB = 2100          # peak RSS of one Beam worker process, rounded up (measured 2,058 MB, local runner)
 BYTES_PER_TOKEN = 4.2         # clean English web text, LLaMA-style 32k BPE (text plan measures it)
 MEASURED_ON = "benchmarks/results/bench_scale.json"
 

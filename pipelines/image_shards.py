@@ -11,7 +11,7 @@ from jamdata.manifest import describe_shard
 from pipelines.common import parquet_shard_writer
 from schemas.records import REJECT
 
-STAGE = "images"
+STAGE_NAME = "images"
 
 
 class CodeMismatchError(UserError):
@@ -101,4 +101,4 @@ def summarize_rejects(shards: list[dict]) -> dict:
     reasons: Counter = Counter()
     for s in shards:
         reasons.update(s.get("summary", {}).get("reasons", {}))
-    return {"stage": STAGE, "rejects": int(sum(reasons.values())), "reasons": dict(sorted(reasons.items()))}
+    return {"stage": STAGE_NAME, "rejects": int(sum(reasons.values())), "reasons": dict(sorted(reasons.items()))}

@@ -30,10 +30,11 @@ from jamdata.config import ConfigError
 from jamdata.image.settings import DEFAULT_MAX_CAPTION_CHARS, ImageSettings  # noqa: F401 (re-exported)
 from jamdata.io import InputPolicy, absolute, expand_inputs, fs_and_path, join, sha256_file, stable_hash
 from jamdata.manifest import read_manifest, ManifestError
+from jamdata.stage import Stage, StageContext
 from jamdata.vocab import VocabMismatchError
 from pipelines.common import WriteManifest, WriteShards
 from pipelines import progress
-from pipelines.image_shards import STAGE, reject_writer, summarize_rejects, summarize_samples, tar_writer
+from pipelines.image_shards import STAGE_NAME, reject_writer, summarize_rejects, summarize_samples, tar_writer
 from pipelines.options import pipeline_options
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ logging.getLogger().addFilter(_not_memory_notice)
 
 def _reject(rec, reason: str, detail: str) -> tuple[str, dict]:
     rid = f"{rec.key}@{Path(rec.file).name}:{rec.offset}"
-    return rid, {"id": rid, "source": "image_caption", "stage": STAGE, "reason": reason,
+    return rid, {"id": rid, "source": "image_caption", "stage": STAGE_NAME, "reason": reason,
                  "snippet": detail[:300], "file": rec.file, "offset": int(rec.offset)}
 
 
@@ -270,9 +271,8 @@ def tokenize_images(inputs: Iterable[str], out: str, rejects_out: str, vqvae_dir
 
 
 # -- main-job stage ---------------------------------------------------------------------------------
-def run_stage(ctx) -> list[str]:
-    seed = int(ctx.config.section("run").get("seed", int, default=0))
-    settings = ImageSettings.from_config(ctx.config, seed)
+def run_stage(ctx: StageContext) -> list[str]:
+    settings = ImageSettings.from_config(ctx.config, ctx.seed)
     if not settings.inputs:
         raise ConfigError("images.inputs", "missing (image-caption tars, jsonl or parquet files)")
     out, rej = str(ctx.path("image-caption")), str(ctx.path("image-caption-rejects"))
@@ -281,3 +281,7 @@ def run_stage(ctx) -> list[str]:
     return [f"{s['samples']} samples, {s['tokens']} tokens ({s['image_tokens']} image, {s['caption_tokens']} caption), "
             f"{s['codes_used']} codes used -> {out}",
             f"{s['rejects']['rejects']} rejected {s['rejects']['reasons']} -> {rej}"]
+
+
+STAGE = Stage("images", run_stage, outputs=("image-caption", "image-caption-rejects"), inputs=("tokenizer", "vqvae"),
+              settings=lambda ctx: ImageSettings.from_config(ctx.config, ctx.seed))

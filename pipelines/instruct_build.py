@@ -20,6 +20,7 @@ from jamdata.vocab import JointVocab
 from pipelines.common import WriteManifest, WriteShards, parquet_shard_writer
 from pipelines import progress
 from pipelines.options import pipeline_options
+from jamdata.stage import Stage, StageContext
 from schemas.records import REJECT
 
 
@@ -161,11 +162,20 @@ def run_from_config(cfg: Config, out: str, rejects_out: str, tokenizer: str, vqv
             f"{n_rej} rejects -> {rejects_out}"]
 
 
-def run_stage(ctx) -> list[str]:
-    """Main-job stage: reads the tokenizer and VQ-VAE datasets of the same run."""
+def run_stage(ctx: StageContext) -> list[str]:
+    """Reads the run's tokenizer and VQ-VAE datasets unless `instruct.tokenizer` / `instruct.vqvae`
+    (or the command's --tokenizer / --vqvae) name others."""
     section = ctx.config.section("instruct")
-    tokenizer = section.get("tokenizer", str, str(ctx.path("tokenizer")))
-    vqvae = section.get("vqvae", str, str(ctx.path("vqvae")))
+    tokenizer = ctx.paths.get("tokenizer") or section.get("tokenizer", str, str(ctx.path("tokenizer")))
+    vqvae = ctx.paths.get("vqvae") or section.get("vqvae", str, str(ctx.path("vqvae")))
     return run_from_config(ctx.config, str(ctx.path("instruct")), str(ctx.path("instruct-rejects")),
                            tokenizer, vqvae, ctx.workers, ctx.beam_args)
 
+
+def stage_settings(ctx: StageContext) -> dict:
+    return {"instruct": BuildSpec.from_config(ctx.config.section("instruct"), seed=ctx.seed),
+            "codebook_size": ctx.config.section("vqvae").get("codebook_size", int, 8192)}
+
+
+STAGE = Stage("instruct", run_stage, outputs=("instruct", "instruct-rejects"), inputs=("tokenizer", "vqvae"),
+              settings=stage_settings)

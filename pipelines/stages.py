@@ -1,12 +1,13 @@
-"""The main job: every stage in order, each a function `run_stage(ctx) -> list[str]` (summary lines).
+"""The main job: every stage in order. A stage is a `jamdata.stage.Stage` declared in its own file
+(`STAGE = Stage(...)`); this list is the only place that orders them.
 
-A stage writes its dataset(s) under `ctx.path(<stage name>)` and reads earlier stages' outputs
-the same way. A stage is reused (not redone) only when
+A stage writes its dataset(s) under `ctx.path(<name>)` and reads earlier stages' outputs the same
+way. A stage is reused (not redone) only when
 - each of its outputs has a manifest and every shard the manifest lists is there with its size
   (`run.reuse_verify: sha256` also compares every shard's sha256: exact, but it reads everything);
-- its stamp matches: the stamp hashes the config sections the stage reads, the manifests of the
-  datasets it reads, and the size and modification time of every raw input file its sections name,
-  so a config change, a redone upstream stage or a changed raw file redoes it.
+- its stamp matches: the stamp hashes the stage's parsed settings (`Stage.settings`), the manifests
+  of the datasets it reads, and the size and modification time of every raw input file its
+  settings name, so a settings change, a redone upstream stage or a changed raw file redoes it.
 `--force` redoes everything asked for.
 
 The run directory may be a local path or a URL (s3://, gs://); it is kept as a string (pathlib would
@@ -15,69 +16,24 @@ fold the `//`), local paths made absolute in the driver, and stamps live under `
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from jamdata.config import Config, ConfigError
-from jamdata.io import absolute, atomic_write, exists, fs_and_path, join, read_bytes
+from jamdata.config import ConfigError
+from jamdata.io import atomic_write, exists, fs_and_path, join, read_bytes
 from jamdata.manifest import MANIFEST, validate_dataset
+from jamdata.settings import RunSettings, as_plain, load_settings
+from jamdata.stage import Stage, StageContext  # noqa: F401 (StageContext: the main job's context)
+from jamtrain import train
+from pipelines import (image_tokenize, instruct_build, stats, text_clean, text_sample, tokenizer_train,
+                       vqvae_train)
 
 STAMPS = ".jam-stages"
-REUSE_VERIFY = ("size", "sha256")
 
-
-@dataclass
-class StageContext:
-    """`run_dir`: a local path or a URL (s3://, gs://), kept as a string (pathlib would fold the
-    `//` of a URL) and made absolute here, in the driver, so Beam workers read the same files."""
-    config: Config
-    run_dir: str
-    workers: int = 1
-    beam_args: list[str] = field(default_factory=list)
-    force: bool = False
-
-    def __post_init__(self) -> None:
-        self.run_dir = absolute(self.run_dir)
-
-    def path(self, name: str) -> str:
-        return join(self.run_dir, name)
-
-
-@dataclass(frozen=True)
-class Stage:
-    name: str
-    target: str  # "module:function"
-    outputs: tuple[str, ...]  # dataset directories (under run_dir) the stage produces
-    sections: tuple[str, ...] = ()  # config keys the stage reads
-    inputs: tuple[str, ...] = ()  # dataset directories (under run_dir) the stage reads
-
-    def load(self) -> Callable[[StageContext], list[str]]:
-        module, func = self.target.split(":")
-        return getattr(importlib.import_module(module), func)
-
-
-STAGES: list[Stage] = [
-    Stage("text-clean", "pipelines.text_clean:run_stage", ("text-clean", "text-clean-rejects"),
-          ("run.seed", "text.sources", "text.clean")),
-    Stage("tokenizer", "pipelines.text_sample:run_tokenizer_stage", ("tokenizer",),
-          ("run.seed", "text.tokenizer", "text.sample.shares", "vqvae.codebook_size"), ("text-clean",)),
-    Stage("text-sample", "pipelines.text_sample:run_stage", ("text-tokens",),
-          ("run.seed", "text.sample"), ("text-clean", "tokenizer")),
-    Stage("vqvae-train", "pipelines.vqvae_train:run_vqvae_stage", ("vqvae",), ("run.seed", "vqvae")),
-    Stage("images", "pipelines.image_tokenize:run_stage", ("image-caption", "image-caption-rejects"),
-          ("run.seed", "images"), ("tokenizer", "vqvae")),
-    Stage("instruct", "pipelines.instruct_build:run_stage", ("instruct", "instruct-rejects"),
-          ("run.seed", "instruct"), ("tokenizer", "vqvae")),
-    Stage("stats", "pipelines.stats:run_stage", ("report",), ("stats", "loader"),
-          ("text-clean", "text-clean-rejects", "text-tokens", "image-caption", "image-caption-rejects",
-           "instruct", "instruct-rejects", "vqvae")),
-    Stage("train", "jamtrain.train:run_stage", ("train",), ("run.seed", "loader", "train"),
-          ("text-tokens", "image-caption", "instruct")),
-]
+STAGES: list[Stage] = [text_clean.STAGE, tokenizer_train.STAGE, text_sample.STAGE, vqvae_train.STAGE,
+                       image_tokenize.STAGE, instruct_build.STAGE, stats.STAGE, train.STAGE]
 
 
 def _strings(value) -> list[str]:
@@ -95,6 +51,8 @@ def raw_input_files(values) -> dict[str, list]:
     URL (directories and globs expanded). Other strings (`cosine`, `en`) name no file and add nothing."""
     found: dict[str, list] = {}
     for text in sorted(set(_strings(values))):
+        if not text.strip():  # an empty prefix or format string names no file (Path("") is the cwd)
+            continue
         if "://" not in text and not Path(text).exists() and not any(c in text for c in "*?["):
             continue
         try:
@@ -115,10 +73,10 @@ def raw_input_files(values) -> dict[str, list]:
 
 
 def stamp(stage: Stage, ctx: StageContext) -> str:
-    """What a stage's outputs depend on: its config sections, its input manifests and the raw files
-    its sections name."""
-    config = {k: ctx.config.get(k, object, None) for k in stage.sections}
-    parts: dict = {"config": config, "inputs": {}, "raw": raw_input_files(config)}
+    """What a stage's outputs depend on: its parsed settings, its input manifests and the raw files
+    its settings name."""
+    settings = as_plain(stage.settings(ctx))
+    parts: dict = {"settings": settings, "inputs": {}, "raw": raw_input_files(settings)}
     for name in stage.inputs:
         m = join(ctx.path(name), MANIFEST)
         parts["inputs"][name] = hashlib.sha256(read_bytes(m)).hexdigest() if exists(m) else None
@@ -131,7 +89,7 @@ def _stamp_path(ctx: StageContext, stage: Stage) -> str:
 
 def outputs_intact(stage: Stage, ctx: StageContext) -> bool:
     """Every output has its manifest and every shard it lists (size, or sha256 on request)."""
-    deep = ctx.config.choice("run.reuse_verify", REUSE_VERIFY, default="size") == "sha256"
+    deep = load_settings(RunSettings, ctx.config.section("run")).reuse_verify == "sha256"
     return all(not validate_dataset(str(ctx.path(o)), deep=deep) for o in stage.outputs)
 
 
@@ -142,7 +100,7 @@ def is_fresh(stage: Stage, ctx: StageContext) -> bool:
 
 def run_all(ctx: StageContext, only: list[str] | None = None, log: Callable[[str], None] = print) -> list[str]:
     summary: list[str] = []
-    ctx.config.choice("run.reuse_verify", REUSE_VERIFY, default="size")  # a typo fails before any work
+    load_settings(RunSettings, ctx.config.section("run"))  # a typo fails before any work
     names = [s.name for s in STAGES]
     for name in only or []:
         if name not in names:
@@ -156,7 +114,7 @@ def run_all(ctx: StageContext, only: list[str] | None = None, log: Callable[[str
             continue
         log(f"[{i}/{len(STAGES)}] {stage.name} ...")
         t0 = time.time()
-        lines = stage.load()(ctx)
+        lines = stage.run(ctx)
         with atomic_write(_stamp_path(ctx, stage), "w") as f:
             f.write(stamp(stage, ctx))
         log(f"[{i}/{len(STAGES)}] {stage.name} done in {time.time() - t0:.1f}s")

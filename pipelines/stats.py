@@ -9,6 +9,7 @@ import apache_beam as beam
 
 from jamdata.config import ConfigError
 from jamdata.settings import as_plain, load_settings, setting
+from jamdata.stage import Stage, StageContext
 from jamdata.io import absolute, atomic_write, exists, join, list_dirs, open_url
 from jamdata.stats import aggregate as agg
 from jamdata.stats.collect import expand_dirs_noting, finalize, inspect_datasets, plan_shards, run_task
@@ -85,7 +86,7 @@ def run_stats(dirs: list[str], out: str, fast: bool = False, workers: int = 1, b
     return stats
 
 
-def run_stage(ctx) -> list[str]:
+def run_stage(ctx: StageContext) -> list[str]:
     """Main job: report over every dataset of the run, with the loader's realised mixture."""
     from jamdata.manifest import build_manifest, describe_shard, output_dir, write_manifest
 
@@ -113,6 +114,16 @@ def run_stage(ctx) -> list[str]:
     o = stats["overall"]
     return [f"{len(stats['datasets'])} datasets, {o['records'] or 0:,} records, {o['tokens'] or 0:,} tokens",
             *format_warnings(stats["warnings"]), f"report: {join(out, 'report.html')}"]
+
+
+def stage_settings(ctx: StageContext) -> dict:
+    return {"stats": load_settings(StatsSettings, ctx.config.section("stats")),
+            "loader": ctx.config.section("loader").to_dict()}
+
+
+STAGE = Stage("stats", run_stage, outputs=("report",), settings=stage_settings,
+              inputs=("text-clean", "text-clean-rejects", "text-tokens", "image-caption", "image-caption-rejects",
+                      "instruct", "instruct-rejects", "vqvae"))
 
 
 def loader_mixture(ctx, n_batches: int) -> dict | None:

@@ -29,6 +29,7 @@ from pipelines.line_dedup import AssignGroups, GroupLineDedup
 from pipelines.text_inputs import InputFile, InputPattern, ListInputs, file_bytes, plan_patterns
 from pipelines import progress
 from pipelines.options import pipeline_options
+from jamdata.stage import Stage, StageContext
 from schemas.records import DOCUMENT, REJECT
 
 log = logging.getLogger(__name__)
@@ -388,8 +389,15 @@ def summary_lines(manifest: dict, docs_dir: str) -> list[str]:
     return lines + format_warnings(documents_warnings("text-clean", manifest))  # e.g. a source that read nothing
 
 
-def run_stage(ctx) -> list[str]:
-    """Main-job stage `text-clean`."""
+def run_stage(ctx: StageContext) -> list[str]:
     docs_dir, rejects_dir = str(ctx.path("text-clean")), str(ctx.path("text-clean-rejects"))
     manifest = run(ctx.config, docs_dir, rejects_dir, ctx.workers, ctx.beam_args)
-    return summary_lines(manifest, docs_dir)
+    return [*summary_lines(manifest, docs_dir), f"rejects in {rejects_dir}"]
+
+
+def stage_settings(ctx: StageContext) -> dict:
+    text = ctx.config.section("text")
+    return {"seed": ctx.seed, "inputs": plan_patterns(text), "clean": clean_settings(text)}
+
+
+STAGE = Stage("text-clean", run_stage, outputs=("text-clean", "text-clean-rejects"), settings=stage_settings)

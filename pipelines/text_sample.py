@@ -1,11 +1,13 @@
-"""Stages `tokenizer` and `text-sample`: clean documents -> SentencePiece model -> the token
-budget sampled by share/epochs into Megatron `.bin/.idx` shards, one dataset per source.
+"""Stage `text-sample`: clean documents + the tokenizer (pipelines/tokenizer_train.py) -> the token
+budget sampled by share/epochs into Megatron `.bin/.idx` shards, one dataset per source; each shard
+written as bounded parts (pipelines/token_parts.py).
 
 Beam graph of `text-sample`:
     (source, file, row group) units -> tokenize in batches -> (source, rank, id, token bytes)
       ├─ token histogram per source over hash buckets -> decision (epochs, boundary bucket)
+      │                                                 and part ranges (cells of the key space)
       ├─ boundary-bucket docs per source -> partial-epoch cutoff
-      └─ copies per doc -> (source, shard) groups -> .bin/.idx (+ HF parquet) -> manifest
+      └─ copies per doc -> (source, shard, part) groups -> .bin/.idx (+ HF parquet) -> manifest
 Every choice is a function of (seed, source, id) and per-source totals, so the bytes written do not
 depend on the runner, the worker count or the input order.
 """
@@ -13,31 +15,28 @@ from __future__ import annotations
 
 import json
 import math
-import posixpath
 from dataclasses import asdict, dataclass, field
-from typing import Iterator
 
 import apache_beam as beam
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from jamdata.config import Config, ConfigError
-from jamdata.io import absolute, atomic_write, exists, fs_and_path, join, open_url, read_bytes, stable_hash
-from jamdata.manifest import (MANIFEST, ManifestError, build_manifest, describe_shard, output_dir,
+from jamdata.io import absolute, atomic_write, exists, fs_and_path, join, read_bytes, stable_hash
+from jamdata.manifest import (MANIFEST, build_manifest, output_dir,
                               read_manifest, write_manifest)
 from jamdata.text import sampling
 from jamdata.text.sampling import PlanError, SourceDecision
-from jamdata.text.tokenizer import TextTokenizer, train_sentencepiece, write_tokenizer_dataset
+from jamdata.text.tokenizer import TextTokenizer
 from jamdata.vocab import JointVocab, VocabMismatchError
+from jamdata.stage import Stage
 from pipelines import progress
+from pipelines.clean_input import clean_shards, read_texts, row_groups, text_bytes_estimate
 from pipelines.options import pipeline_options
-from schemas.records import DOCUMENT, TOKENIZED_DOCUMENT, SchemaError, validate_batch
+from pipelines.token_parts import WriteTokenPart, part_of, plan_parts, shard_number
 
 LLAMA_SHARES = {"commoncrawl": 67.0, "c4": 15.0, "wikipedia": 4.5, "books": 4.5, "arxiv": 2.5}
 LLAMA_EPOCHS = {"commoncrawl": 1.10, "c4": 1.06, "wikipedia": 2.45, "books": 2.23, "arxiv": 1.06}
-TOKENIZER_KEYS = ["model", "vocab_size", "train_bytes", "threads", "input"]
-SAMPLE_KEYS = ["budget_tokens", "shares", "epochs", "shard_tokens", "seed", "batch_docs", "count",
+SAMPLE_KEYS = ["budget_tokens", "shares", "epochs", "shard_tokens", "part_tokens", "seed", "batch_docs", "count",
                "estimate_sample_bytes", "export_hf", "append", "input", "tokenizer"]
 HF_DIR = "text-tokens-hf"
 PLAN_FILE = ".plan.json"
@@ -54,6 +53,7 @@ class SampleSettings:
     shares: dict[str, float]
     max_epochs: dict[str, float]
     shard_tokens: int
+    part_tokens: int
     seed: int
     batch_docs: int
     count: str
@@ -93,6 +93,7 @@ def sample_settings(cfg: Config) -> SampleSettings:
         shares={k: float(v) for k, v in shares.items()},
         max_epochs={s: float(epochs.get(s, 1.0)) for s in shares},
         shard_tokens=int(sec.number("shard_tokens", default=1_000_000_000, lo=1)),
+        part_tokens=int(sec.number("part_tokens", default=50_000_000, lo=1)),
         seed=int(sec.get("seed", int, default=cfg.get("run.seed", int, default=0))),
         batch_docs=int(sec.number("batch_docs", default=256, lo=1)),
         count=sec.choice("count", ["exact", "estimate"], default="estimate"),
@@ -105,127 +106,7 @@ def sample_settings(cfg: Config) -> SampleSettings:
     )
 
 
-# -- clean-document input ------------------------------------------------------------------------
-def clean_shards(clean_dir: str) -> dict[str, list[str]]:
-    """source -> sorted parquet files of a "documents" dataset; each file's schema is checked
-    against DOCUMENT (a wrong schema fails here, naming the file, before any work starts)."""
-    manifest = read_manifest(clean_dir)
-    if manifest["kind"] != "documents":
-        raise ManifestError(f"{clean_dir}/{MANIFEST}: kind is {manifest['kind']!r}, expected 'documents'")
-    out: dict[str, list[str]] = {}
-    for shard in manifest["shards"]:
-        if not shard["path"].endswith(".parquet"):
-            continue
-        path = f"{str(clean_dir).rstrip('/')}/{shard['path']}"
-        source = shard.get("group") or posixpath.basename(posixpath.dirname(shard["path"]))
-        check_document_schema(path)
-        out.setdefault(source, []).append(path)
-    return {s: sorted(v) for s, v in sorted(out.items())}
-
-
-def check_document_schema(path: str) -> None:
-    try:
-        with open_url(path, "rb") as f:
-            schema = pq.read_schema(f)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"clean shard {path} listed in the manifest does not exist") from None
-    except (pa.ArrowInvalid, OSError) as e:
-        raise SchemaError("document", "(file)", f"not a readable parquet file ({e})", where=path) from None
-    validate_batch(schema.empty_table(), DOCUMENT, where=path)
-
-
-def row_groups(path: str) -> int:
-    with open_url(path, "rb") as f:
-        return pq.ParquetFile(f).metadata.num_row_groups
-
-
-def read_texts(path: str, row_group: int | None = None, columns=("id", "text")) -> pa.Table:
-    with open_url(path, "rb") as f:
-        pf = pq.ParquetFile(f)
-        return pf.read(columns=list(columns)) if row_group is None else pf.read_row_group(row_group, columns=list(columns))
-
-
-def text_bytes_estimate(path: str) -> int:
-    """UTF-8 bytes of the `text` column from the parquet footer alone (no data read)."""
-    with open_url(path, "rb") as f:
-        meta = pq.ParquetFile(f).metadata
-    col = meta.schema.names.index("text")
-    total = 0
-    for i in range(meta.num_row_groups):
-        rg = meta.row_group(i)
-        total += max(0, rg.column(col).total_uncompressed_size - 4 * rg.num_rows)
-    return total
-
-
-# -- tokenizer stage -----------------------------------------------------------------------------
-def tokenizer_sample(files: dict[str, list[str]], shares: dict[str, float], max_bytes: int) -> Iterator[str]:
-    """Training text: per source a byte budget by share, documents in file order (the clean
-    dataset is itself deterministic, so this sample is too)."""
-    norm = sampling.normalise_shares({s: shares.get(s, 0.0) for s in files} if any(shares.get(s) for s in files)
-                                     else {s: 1.0 for s in files})
-    for source, paths in files.items():
-        budget = int(max_bytes * norm.get(source, 0.0))
-        for path in paths:
-            if budget <= 0:
-                break
-            for text in read_texts(path, columns=("text",)).column("text").to_pylist():
-                yield text
-                budget -= len(text.encode("utf-8"))
-                if budget <= 0:
-                    break
-
-
-def run_tokenizer_stage(ctx) -> list[str]:
-    cfg: Config = ctx.config
-    sec = cfg.section("text.tokenizer")
-    sec.check_keys(TOKENIZER_KEYS)
-    # without a vqvae section the joint vocabulary assumes DEFAULT_IMAGE_CODES: said, not silent
-    assumed = {} if cfg.has("vqvae.codebook_size") else {"image_codes_assumed": True}
-    codes = n_image_codes(cfg)
-    out = str(ctx.path("tokenizer"))
-    model = sec.get("model", (str, type(None)), default=None)
-    if model:
-        tok = TextTokenizer(model, codes)  # fails naming the file when it is missing or not a model
-        check = tokenizer_check(tok.sp, sec.get("input", (str, type(None)), default=None) or str(ctx.path("text-clean")))
-        with output_dir(out):
-            vocab = write_tokenizer_dataset(out, tok.proto, codes, sec.to_dict(),
-                                            {"origin": "loaded", "model": model, **check, **assumed}, inputs=[model])
-        return [f"loaded {model}: {vocab.text_size} pieces, joint vocab {vocab.size} ({vocab.fingerprint})",
-                *tokenizer_check_lines(read_manifest(out))]
-    clean = sec.get("input", (str, type(None)), default=None) or str(ctx.path("text-clean"))
-    files = clean_shards(clean)
-    shares = cfg.get("text.sample.shares", dict, default=LLAMA_SHARES)
-    vocab_size = int(sec.number("vocab_size", default=32000, lo=300))
-    train_bytes = int(sec.number("train_bytes", default=200_000_000, lo=1))
-    threads = int(sec.number("threads", default=1, lo=1))
-    proto = train_sentencepiece(tokenizer_sample(files, shares, train_bytes), vocab_size, train_bytes, threads)
-    with output_dir(out):
-        vocab = write_tokenizer_dataset(out, proto, codes, sec.to_dict(),
-                                        {"origin": "trained", "train_bytes": train_bytes, **assumed}, inputs=[clean])
-    return [f"trained BPE tokenizer: {vocab.text_size} pieces, joint vocab {vocab.size} ({vocab.fingerprint})",
-            *tokenizer_check_lines(read_manifest(out))]
-
-
-def tokenizer_check(sp, clean: str, max_bytes: int = 2_000_000) -> dict:
-    """`unk_share`: the share of `<unk>` tokens on the first clean documents of every source (up
-    to `max_bytes` of text); {} when there is no clean dataset to measure on."""
-    from jamdata.text.tokenizer import unk_share
-
-    if not exists(join(clean, MANIFEST)):
-        return {}
-    files = clean_shards(clean)
-    sample = list(tokenizer_sample(files, {s: 1.0 for s in files}, max_bytes))
-    share = unk_share(sp, sample)
-    return {} if share is None else {"unk_share": round(share, 6), "unk_sample_documents": len(sample)}
-
-
-def tokenizer_check_lines(manifest: dict) -> list[str]:
-    """Console warnings for a tokenizer that loses text (see jamdata.stats.warnings)."""
-    from jamdata.stats.warnings import format_warnings, tokenizer_warnings
-
-    return format_warnings(tokenizer_warnings("tokenizer", manifest))
-
-
+# -- tokenizer ---------------------------------------------------------------------------------
 def load_tokenizer(path: str, codes: int) -> TextTokenizer:
     """A tokenizer file or dataset; a dataset's manifest must agree with the configured image codes."""
     tok = TextTokenizer(path, codes)
@@ -337,45 +218,6 @@ class Decision:
     message: str = ""
 
 
-class WriteTokenShard(beam.DoFn):
-    def __init__(self, out_dir: str, hf_dir: str | None, dtype: str, offsets: dict[str, int]):
-        self.out_dir, self.hf_dir, self.dtype, self.offsets = out_dir, hf_dir, np.dtype(dtype), offsets
-
-    def process(self, element):
-        from jamdata.formats.megatron import IndexedDatasetWriter
-
-        (source, bucket), records = element
-        records = sorted(records)  # (sort key, token bytes): total order even for duplicate ids
-        name = f"{source}/part-{bucket + self.offsets.get(source, 0):05d}"
-        writer = IndexedDatasetWriter(f"{self.out_dir}/{name}", self.dtype)
-        epochs: dict[str, int] = {}
-        for key, _ in records:
-            epochs[str(int(key[:4]))] = epochs.get(str(int(key[:4])), 0) + 1
-        try:
-            writer.add_documents(np.frombuffer(b"".join(p for _, p in records), dtype=self.dtype),
-                                 [len(p) // self.dtype.itemsize for _, p in records])
-        except BaseException:
-            writer.abort()
-            raise
-        docs, tokens = writer.finalize()
-        summary = {"documents": docs, "tokens": tokens, "epochs": dict(sorted(epochs.items()))}
-        yield {"_ds": "tokens", **describe_shard(self.out_dir, f"{name}.bin", group=source).to_dict()}
-        yield {"_ds": "tokens", **describe_shard(self.out_dir, f"{name}.idx", records=docs, tokens=tokens,
-                                                 group=source, summary=summary).to_dict()}
-        if self.hf_dir:
-            rows = {"id": [k.split(".", 2)[2] for k, _ in records], "source": [source] * len(records),
-                    "input_ids": [np.frombuffer(p, dtype=self.dtype).astype(np.int32) for _, p in records],
-                    "num_tokens": [len(p) // self.dtype.itemsize for _, p in records]}
-            table = pa.table({"id": pa.array(rows["id"], pa.string()),
-                              "source": pa.array(rows["source"], pa.string()),
-                              "input_ids": pa.array(rows["input_ids"], pa.list_(pa.int32())),
-                              "num_tokens": pa.array(rows["num_tokens"], pa.int32())}, schema=TOKENIZED_DOCUMENT)
-            rel = f"{name}.parquet"
-            with atomic_write(f"{self.hf_dir}/{rel}", "wb") as f:
-                pq.write_table(table, f, compression="zstd", row_group_size=1000)
-            yield {"_ds": "hf", **describe_shard(self.hf_dir, rel, records=docs, tokens=tokens, group=source).to_dict()}
-
-
 def _decide(kv, targets: dict[str, int], max_epochs: dict[str, float]):
     source, hist = kv
     try:
@@ -398,14 +240,15 @@ def _in_boundary(doc, decisions) -> bool:
         and sampling.bucket_of(doc[1]) == d.boundary_bucket
 
 
-def _emit(doc, decisions, cutoffs, n_shards, seed):
+def _emit(doc, decisions, cutoffs, parts, n_shards, seed):
     source, rank, doc_id, payload = doc
     d = decisions.get(source)
     if d is None or isinstance(d, str):
         return
     for epoch in range(sampling.copies(d, cutoffs.get(source), rank, doc_id)):
         key = sampling.sample_key(epoch, rank, doc_id)
-        yield (source, stable_hash(source, key, seed=seed) % n_shards[source]), (key, payload)
+        shard = stable_hash(source, key, seed=seed) % n_shards[source]
+        yield (source, shard, part_of(parts[source], epoch, rank)), (key, payload)
 
 
 def source_summary(shards: list[dict], decisions: dict, s: SampleSettings) -> dict:
@@ -413,13 +256,16 @@ def source_summary(shards: list[dict], decisions: dict, s: SampleSettings) -> di
     for src in s.shares:
         per[src] = {"target": s.targets[src], "tokens": 0, "documents": 0, "unique_documents": None,
                     "available": 0, "max_epochs": s.max_epochs[src], "epochs_used": 0.0,
-                    "full_epochs": 0, "shards": 0}
+                    "full_epochs": 0, "shards": 0, "parts": 0}
+    shard_ids: dict[str, set] = {}
     for sh in shards:
         if sh["path"].endswith(".idx"):
             row = per.setdefault(sh["group"], {"target": 0, "tokens": 0, "documents": 0})
             row["tokens"] += sh["tokens"]
             row["documents"] += sh["records"]
-            row["shards"] = row.get("shards", 0) + 1
+            row["parts"] = row.get("parts", 0) + 1
+            shard_ids.setdefault(sh["group"], set()).add(shard_number(sh["path"]))
+            row["shards"] = len(shard_ids[sh["group"]])
     for src, d in decisions.items():
         if isinstance(d, str) or src not in per:
             continue
@@ -457,7 +303,7 @@ def run_stage(ctx) -> list[str]:
             hf_previous = read_manifest(hf_out)["shards"]
         for sh in previous:
             src = sh.get("group")
-            num = int(sh["path"].rsplit("/", 1)[-1].split(".")[0].split("-")[-1])
+            num = shard_number(sh["path"])
             offsets[src] = max(offsets.get(src, 0), num + 1)
 
     units = [(src, path, rg) for src, paths in files.items() for path in paths for rg in range(row_groups(path))]
@@ -482,9 +328,11 @@ def run_stage(ctx) -> list[str]:
                            | "GroupBoundary" >> beam.GroupByKey()
                            | "Cutoff" >> beam.Map(_cutoff, dec_side))
                 cut_side = beam.pvalue.AsDict(cutoffs)
-                shards = (docs | "Copies" >> beam.FlatMap(_emit, dec_side, cut_side, n_shards, s.seed)
-                          | "GroupShard" >> beam.GroupByKey()
-                          | "WriteShard" >> beam.ParDo(WriteTokenShard(out, hf_out, vocab.dtype.str, offsets)))
+                parts = beam.pvalue.AsDict(hists | "PartRanges" >> beam.Map(plan_parts, targets, s.max_epochs, n_shards,
+                                                                              s.part_tokens))
+                shards = (docs | "Copies" >> beam.FlatMap(_emit, dec_side, cut_side, parts, n_shards, s.seed)
+                          | "GroupPart" >> beam.GroupByKey()
+                          | "WritePart" >> beam.ParDo(WriteTokenPart(out, hf_out, vocab.dtype.str, offsets)))
                 (shards | "CollectShards" >> beam.combiners.ToList()
                  | "Finish" >> beam.Map(_finish, dec_side, cut_side, out, hf_out, plan_path, s, vocab, (previous, hf_previous),
                                         [clean, tok_path]))
@@ -532,3 +380,7 @@ def _finish(shards, decisions, cutoffs, out, hf_out, plan_path, s: SampleSetting
     with atomic_write(plan_path, "w") as f:
         json.dump(result, f, sort_keys=True)
     return plan_path
+
+
+STAGE = Stage("text-sample", run_stage, outputs=("text-tokens",), inputs=("text-clean", "tokenizer"),
+              settings=lambda ctx: {"seed": ctx.seed, "sample": sample_settings(ctx.config)})

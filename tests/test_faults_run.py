@@ -119,11 +119,11 @@ def test_malformed_set_is_one_line(item, needle):
 
 def test_set_parses_numbers_as_numbers():
     cfg = Config({})
-    cfg.override(["train.lr=1e-3", "train.min_lr_ratio=5E-2", "train.steps=20", "run.name=1e3x", "stats.b=.inf"])
+    cfg.override(["train.lr=1e-3", "train.min_lr_ratio=5E-2", "train.steps=20", "run.out_dir=1e3x", "stats.b=.inf"])
     assert cfg.get("train.lr") == 1e-3 and isinstance(cfg.get("train.lr"), float)
     assert cfg.get("train.min_lr_ratio") == 0.05
     assert cfg.get("train.steps") == 20
-    assert cfg.get("run.name") == "1e3x"  # not a number: stays a string
+    assert cfg.get("run.out_dir") == "1e3x"  # not a number: stays a string
     assert cfg.get("stats.b") == float("inf")
 
 

@@ -30,22 +30,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def build(args: argparse.Namespace) -> int:
-    from jamdata.config import Config, beam_args_setting, run_dir_setting, storage_setting, workers_setting
-    from jamdata.io import join
-    from pipelines.instruct_build import run_from_config
+    from pipelines.instruct_build import STAGE
+    from jamdata.stage import context_from_args
 
-    cfg = Config.load(args.config, overrides=args.set)
-    run = cfg.section("run")
-    storage_setting(run)
-    run_dir = run_dir_setting(None, run)
-    section = cfg.section("instruct")
-    out = args.out or join(run_dir, "instruct")
-    rejects = args.rejects or f"{out.rstrip('/')}-rejects"
-    tokenizer = args.tokenizer or section.get("tokenizer", str, join(run_dir, "tokenizer"))
-    vqvae = args.vqvae or section.get("vqvae", str, join(run_dir, "vqvae"))
-    beam_args = beam_args_setting(args.beam_args, run)
-    for line in run_from_config(cfg, out, rejects, tokenizer, vqvae,
-                                workers_setting(args.workers, run), beam_args):
+    rejects = args.rejects or (f"{args.out.rstrip('/')}-rejects" if args.out else None)
+    ctx = context_from_args(args, {"instruct": args.out, "instruct-rejects": rejects, "tokenizer": args.tokenizer,
+                                   "vqvae": args.vqvae}, out_is_run_dir=False)
+    for line in STAGE.run(ctx):
         print(line)
     return 0
 

@@ -19,19 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_clean(args: argparse.Namespace) -> int:
-    from jamdata.config import Config, beam_args_setting, run_dir_setting, storage_setting, workers_setting
-    from jamdata.io import join
-    from pipelines.text_clean import run, summary_lines
+    from jamdata.stage import context_from_args
+    from pipelines.text_clean import STAGE
 
-    cfg = Config.load(args.config, overrides=args.set)
-    run_cfg = cfg.section("run")
-    storage_setting(run_cfg)
-    out = run_dir_setting(args.out, run_cfg)
-    workers = workers_setting(args.workers, run_cfg)
-    beam_args = beam_args_setting(args.beam_args, run_cfg)
-    docs, rejects = join(out, "text-clean"), join(out, "text-clean-rejects")
-    manifest = run(cfg, str(docs), str(rejects), workers, beam_args)
-    for line in summary_lines(manifest, str(docs)):
+    for line in STAGE.run(context_from_args(args)):
         print(line)
-    print(f"rejects in {rejects}")
     return 0

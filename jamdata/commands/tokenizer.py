@@ -26,7 +26,7 @@ def train(args: argparse.Namespace) -> int:
     from jamdata.config import Config, run_dir_setting, storage_setting
     from jamdata.io import join
     from pipelines.stages import StageContext
-    from pipelines.text_sample import run_tokenizer_stage
+    from pipelines.tokenizer_train import run_tokenizer_stage
 
     cfg = Config.load(args.config, overrides=args.set)
     for key, value in (("input", args.input), ("model", args.model), ("vocab_size", args.vocab_size)):

@@ -15,6 +15,12 @@ Randomness: a numpy Generator seeded with `stable_hash(key, seed=seed)`, so a sa
 same way on every machine, run and worker count. Span length ~ Uniform[1, min(max_span_len, free
 run)], placed uniformly over the free positions of the regions; when the regions have fewer free
 positions than spans, fewer spans are drawn (`n_spans` in the result says how many).
+
+`CM3Config(whole_images=True)` (what the loader uses at batch time) masks an image only whole: each
+draw first picks uniformly one of the regions that still have room (a text region, or an image not
+yet masked); an image is then masked entirely (all its codes, whatever `max_span_len`; its `<boi>`
+and `<eoi>` stay in place), a text region as above. `cm3_transform(..., rng=g)` draws from the
+given Generator instead of the key's own (the loader redraws each epoch that way).
 """
 from __future__ import annotations
 
@@ -34,6 +40,7 @@ class CM3Config:
     max_spans: int = MAX_SPANS
     max_span_len: int = 64
     seed: int = 0
+    whole_images: bool = False  # an image's codes are masked all together or not at all
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_spans <= MAX_SPANS:
@@ -102,14 +109,50 @@ def choose_spans(tokens: np.ndarray, vocab: JointVocab, rng: np.random.Generator
     return sorted(spans)
 
 
+def choose_spans_whole_images(tokens: np.ndarray, vocab: JointVocab, rng: np.random.Generator,
+                              cfg: CM3Config) -> list[tuple[int, int]]:
+    """Spans where an image is one indivisible unit: a region is drawn first (uniformly among
+    those with room), then a text span inside it as in `choose_spans`, or the whole image."""
+    n = draw_span_count(rng, cfg.lam, cfg.max_spans)
+    regs = regions(tokens, vocab)
+    is_image = [int(tokens[a]) >= vocab.image_offset for a, _ in regs]
+    free = np.zeros(len(tokens), dtype=bool)
+    for a, b in regs:
+        free[a:b] = True
+    spans: list[tuple[int, int]] = []
+    for _ in range(n):
+        open_ = [i for i, (a, b) in enumerate(regs) if (free[a] if is_image[i] else free[a:b].any())]
+        if not open_:
+            break
+        i = open_[int(rng.integers(len(open_)))]
+        a, b = regs[i]
+        if is_image[i]:
+            start, length = a, b - a
+        else:
+            candidates = np.flatnonzero(free[a:b]) + a
+            start = int(candidates[rng.integers(len(candidates))])
+            run = 1
+            while start + run < b and free[start + run] and run < cfg.max_span_len:
+                run += 1
+            length = int(rng.integers(1, run + 1))
+        spans.append((start, length))
+        free[start:start + length] = False
+        if start + length < len(free):  # keep spans apart, as in choose_spans
+            free[start + length] = False
+        if start > 0:
+            free[start - 1] = False
+    return sorted(spans)
+
+
 def cm3_transform(tokens: np.ndarray, vocab: JointVocab, key: str, cfg: CM3Config = CM3Config(),
-                  loss_mask: np.ndarray | None = None) -> CM3Result:
+                  loss_mask: np.ndarray | None = None, rng: np.random.Generator | None = None) -> CM3Result:
     tokens = np.asarray(tokens)
     masks = _mask_ids(vocab)
     if np.isin(tokens, masks).any():
         raise ValueError(f"sample {key!r} already contains <mask:i> tokens (masked twice?)")
-    rng = np.random.default_rng(stable_hash(key, seed=cfg.seed))
-    spans = choose_spans(tokens, vocab, rng, cfg)
+    if rng is None:
+        rng = np.random.default_rng(stable_hash(key, seed=cfg.seed))
+    spans = (choose_spans_whole_images if cfg.whole_images else choose_spans)(tokens, vocab, rng, cfg)
     has_eos = len(tokens) > 0 and tokens[-1] == vocab.eos_id
     body_end = len(tokens) - 1 if has_eos else len(tokens)
     lm = np.ones(len(tokens), np.uint8) if loss_mask is None else np.asarray(loss_mask, np.uint8)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from jamdata.config import Config
+from jamdata.loader.cm3 import parse_cm3
 from jamdata.loader.sources import DatasetSource, LoaderError
 
 if TYPE_CHECKING:  # imported where used: torch comes with the stream module
@@ -32,7 +33,7 @@ __all__ = ["build_loader", "build_spec", "dataset_dirs", "JamLoader", "PackedStr
 
 KEYS = ["mixture", "paths", "seq_len", "global_batch_size", "step_lanes", "slot_lanes", "shuffle_block", "text_run_rows",
         "seed", "mixture_period", "steps_per_epoch", "oversize", "on_corrupt", "verify", "token_dtype", "num_workers",
-        "persistent_workers", "prefetch_factor", "cache_dir"]
+        "persistent_workers", "prefetch_factor", "cache_dir", "cm3"]
 DEFAULT_MIXTURE = {"text-tokens": 0.5, "image-caption": 0.5}
 
 
@@ -69,9 +70,14 @@ def build_spec(cfg_section: Config, datasets: dict[str, str]) -> tuple["LoaderSp
     check_compatible(roots)
     sources = [DatasetSource.from_manifest(n, r) for n, r in zip(names, roots)]
     G = int(sec.number("global_batch_size", default=8, lo=1))
+    seq_len = int(sec.number("seq_len", default=4096, lo=2))
+    cm3 = parse_cm3(sec, names, {s.name: s.fmt for s in sources}, seq_len)
+    if cm3 is not None and any(s.vocab is None for s in sources if s.name in cm3.datasets):
+        raise LoaderError(f"config key '{sec._key('cm3.datasets')}': CM3 needs the joint vocabulary, which the "
+                          "manifest of " + ", ".join(s.root for s in sources if s.vocab is None) + " does not record")
     spec = LoaderSpec(
         names=names, roots=roots, weights=tuple(float(mixture[n]) for n in names),
-        seq_len=int(sec.number("seq_len", default=4096, lo=2)),
+        seq_len=seq_len,
         global_batch_size=G,
         step_lanes=int(sec.number("step_lanes", default=2, lo=1)),
         slot_lanes=int(sec.get("slot_lanes", (int, type(None)), default=None) or G),
@@ -85,6 +91,7 @@ def build_spec(cfg_section: Config, datasets: dict[str, str]) -> tuple["LoaderSp
         verify=sec.choice("verify", ["sha256", "size", "none"], default="sha256"),
         token_dtype=sec.choice("token_dtype", ["int32", "int64"], default="int32"),
         cache_dir=str(sec.get("cache_dir", (str, type(None)), default=None) or ""),
+        cm3=cm3,
     )
     return spec, sources
 

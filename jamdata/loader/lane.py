@@ -289,13 +289,15 @@ class Packer:
     """Fills rows of `seq_len` with webdataset samples from one cursor (text rows come from
     `Cursor.pack_text`). Samples are atomic: one that does not fit starts the next row, one
     longer than a row is truncated before an image (`oversize=truncate`) or skipped (`skip`),
-    and counted."""
+    and counted. Samples of the datasets `loader.cm3` names are CM3-transformed before they are
+    placed, with a raw budget of `seq_len - 2 * max_spans` (`jamdata/loader/cm3.py`)."""
 
     def __init__(self, seq_len: int, pad_id: int, oversize: str, boi: int | None, eoi: int | None,
-                 eos: int | None, counters: dict[str, int]):
+                 eos: int | None, counters: dict[str, int], cm3: Any = None):
         self.L, self.pad, self.oversize = seq_len, pad_id, oversize
         self.boi, self.eoi, self.eos = boi, eoi, eos
         self.counters = counters
+        self.cm3 = cm3  # loader.cm3 (jamdata.loader.cm3.SampleCM3) or None
 
     def _count(self, what: str) -> None:
         self.counters[what] = self.counters.get(what, 0) + 1
@@ -307,6 +309,8 @@ class Packer:
         fill = 0
         segment = 0
         skipped = 0
+        cm3 = self.cm3 if self.cm3 is not None and cur.src.name in self.cm3.datasets else None
+        budget = L if cm3 is None else L - cm3.spec.reserve  # CM3 adds up to `reserve` tokens
         while fill < L:
             s = cur.current()
             toks, m = s.tokens, s.loss_mask
@@ -314,8 +318,9 @@ class Packer:
                 toks = np.append(toks, self.eos)
                 m = None if m is None else np.append(m, 1)
             n = len(toks)
-            if n > L:
-                cut = truncation_point(toks, L, self.boi, self.eoi) if self.oversize == "truncate" else 0
+            cut = 0
+            if n > budget:
+                cut = truncation_point(toks, budget, self.boi, self.eoi) if self.oversize == "truncate" else 0
                 if cut <= 0:
                     self._count("skipped_oversize")
                     cur.advance()
@@ -324,12 +329,14 @@ class Packer:
                         raise LoaderError(f"dataset {cur.src.name!r}: no sample of lane {cur.lane}'s part fits in "
                                           f"seq_len {L} (oversize=skip); raise seq_len or use oversize=truncate")
                     continue
-                if fill and cut > L - fill:
-                    break
                 toks, m, n = toks[:cut], (None if m is None else m[:cut]), cut
-                self._count("truncated")
-            elif n > L - fill:
+            if cm3 is not None:
+                toks, m = cm3(cur.lane, cur.epoch, cur.pos, s.key, toks, m)
+                n = len(toks)
+            if n > L - fill:
                 break
+            if cut:
+                self._count("truncated")
             tokens[fill:fill + n] = toks
             mask[fill:fill + n] = True if m is None else m
             seg[fill:fill + n] = segment

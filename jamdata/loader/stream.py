@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from jamdata.loader import order
+from jamdata.loader.cm3 import CM3Spec, SampleCM3
 from jamdata.loader.lane import Cursor, Packer
 from jamdata.loader.sources import DatasetSource, LoaderError, ShardPool
 from jamdata.loader.textfill import fill_rows
@@ -48,6 +49,7 @@ class LoaderSpec:
     verify: str = "sha256"
     token_dtype: str = "int32"
     cache_dir: str = ""  # local copies of remote shards ("" = $JAM_CACHE_DIR or ~/.cache/jam/shards)
+    cm3: CM3Spec | None = None  # loader.cm3: CM3 at batch time (changes lengths, so the packing)
 
     @property
     def n_lanes(self) -> int:
@@ -64,6 +66,8 @@ class LoaderSpec:
         d = asdict(self)
         for k in ("roots", "on_corrupt", "verify", "token_dtype", "cache_dir"):
             d.pop(k)
+        if d["cm3"] is None:  # orders without CM3 keep the fingerprint they had before it existed
+            d.pop("cm3")
         d["shards"] = [[s.name, [(r.rel, r.records, [f[2] for f in r.files]) for r in s.shards]] for s in sources]
         return "ord1-" + hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:20]
 
@@ -105,9 +109,10 @@ class LaneSet:
         self.rows: dict[int, int] = {}
         self.schedule = [int(x) for x in order.mixture_schedule(spec.quotas())]
         vocab = next((s.vocab for s in sources if s.vocab is not None), None)
+        cm3 = SampleCM3(spec.cm3, vocab, spec.seed, self.pool.counters) if spec.cm3 and vocab else None
         self.packer = Packer(spec.seq_len, vocab.pad_id if vocab else 0, spec.oversize,
                              vocab.boi_id if vocab else None, vocab.eoi_id if vocab else None,
-                             vocab.eos_id if vocab else None, self.pool.counters)
+                             vocab.eos_id if vocab else None, self.pool.counters, cm3)
 
     def _lane(self, lane: int) -> list[Cursor]:
         if lane not in self.cursors:
