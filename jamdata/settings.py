@@ -147,6 +147,15 @@ def _is_settings(tp: Any) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 
 
+def _optional_settings(tp: Any, value: Any = None) -> Any:
+    """`Settings | None` read as `Settings` (for a value that is given, or in the reference)."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(inner) == 1 and _is_settings(inner[0]) and value is not None:
+            return inner[0]
+    return tp
+
+
 def _check_bounds(key: str, value: Any, meta: dict, source: str) -> None:
     items = value if isinstance(value, list) else [value]
     choices = meta.get("choices")
@@ -167,6 +176,7 @@ def _check_bounds(key: str, value: Any, meta: dict, source: str) -> None:
 
 def _read(key: str, value: Any, tp: Any, meta: dict, source: str) -> Any:
     """One configured value, checked and converted (nested settings loaded)."""
+    tp = _optional_settings(tp, value)
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if _is_settings(tp):
         return load_settings(tp, value, key, source)
@@ -236,7 +246,7 @@ def reference_rows(cls: type, prefix: str) -> list[dict]:
     for f in dataclasses.fields(cls):
         if not f.init or f.metadata.get("internal"):
             continue
-        tp, meta, key = hints[f.name], dict(f.metadata), f"{prefix}.{_key_of(f)}"
+        tp, meta, key = _optional_settings(hints[f.name], True), dict(f.metadata), f"{prefix}.{_key_of(f)}"
         origin, args = typing.get_origin(tp), typing.get_args(tp)
         if _is_settings(tp):
             rows.extend(reference_rows(tp, key))

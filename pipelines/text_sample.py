@@ -28,6 +28,7 @@ from jamdata.text import sampling
 from jamdata.text.sampling import PlanError, SourceDecision
 from jamdata.text.tokenizer import TextTokenizer
 from jamdata.vocab import JointVocab, VocabMismatchError
+from jamdata.settings import load_settings, setting
 from jamdata.stage import Stage
 from pipelines import progress
 from pipelines.clean_input import clean_shards, read_texts, row_groups, text_bytes_estimate
@@ -36,8 +37,6 @@ from pipelines.token_parts import WriteTokenPart, part_of, plan_parts, shard_num
 
 LLAMA_SHARES = {"commoncrawl": 67.0, "c4": 15.0, "wikipedia": 4.5, "books": 4.5, "arxiv": 2.5}
 LLAMA_EPOCHS = {"commoncrawl": 1.10, "c4": 1.06, "wikipedia": 2.45, "books": 2.23, "arxiv": 1.06}
-SAMPLE_KEYS = ["budget_tokens", "shares", "epochs", "shard_tokens", "part_tokens", "seed", "batch_docs", "count",
-               "estimate_sample_bytes", "export_hf", "append", "input", "tokenizer"]
 HF_DIR = "text-tokens-hf"
 PLAN_FILE = ".plan.json"
 
@@ -45,6 +44,24 @@ PLAN_FILE = ".plan.json"
 # -- settings ------------------------------------------------------------------------------------
 def n_image_codes(cfg: Config) -> int:
     return int(cfg.number("vqvae.codebook_size", default=8192, lo=1))
+
+
+@dataclass(frozen=True)
+class SampleSection:
+    """The `text.sample` section (docs/text-sample.md): the token budget, shares and shards."""
+    budget_tokens: int = setting(30_000_000_000, "text tokens to write over all sources", lo=1)
+    shares: dict = setting(dict(LLAMA_SHARES), "source -> share of the budget (renormalised)")
+    epochs: dict = setting(dict(LLAMA_EPOCHS), "source -> most epochs a source may be repeated (default 1.0)")
+    shard_tokens: int = setting(1_000_000_000, "tokens per .bin/.idx shard", lo=1)
+    part_tokens: int = setting(50_000_000, "each shard written as parts of about this many tokens", lo=1)
+    seed: int | None = setting(None, "seed of the sample (default: run.seed)")
+    batch_docs: int = setting(256, "documents tokenized per call", lo=1)
+    count: str = setting("estimate", "how available tokens are counted", choices=("exact", "estimate"))
+    estimate_sample_bytes: int = setting(20_000_000, "text bytes tokenized to estimate tokens per byte", lo=1)
+    export_hf: bool = setting(False, "also write a Hugging Face parquet export")
+    append: bool = setting(False, "add shards to an existing text-tokens dataset")
+    input: str | None = setting(None, "text-clean dataset (default: the run's)")
+    tokenizer: str | None = setting(None, "tokenizer dataset or .model (default: the run's)")
 
 
 @dataclass
@@ -74,9 +91,8 @@ class SampleSettings:
 
 def sample_settings(cfg: Config) -> SampleSettings:
     sec = cfg.section("text.sample")
-    sec.check_keys(SAMPLE_KEYS)
-    shares = sec.get("shares", dict, default=dict(LLAMA_SHARES))
-    epochs = sec.get("epochs", dict, default=dict(LLAMA_EPOCHS))
+    t = load_settings(SampleSection, sec)
+    shares, epochs = t.shares, t.epochs
     for name, table in (("shares", shares), ("epochs", epochs)):
         for src, v in table.items():
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
@@ -89,21 +105,11 @@ def sample_settings(cfg: Config) -> SampleSettings:
     if not sum(shares.values()):
         raise ConfigError("text.sample.shares", "all shares are zero", source=cfg.source)
     return SampleSettings(
-        budget=int(sec.number("budget_tokens", default=30_000_000_000, lo=1)),
-        shares={k: float(v) for k, v in shares.items()},
-        max_epochs={s: float(epochs.get(s, 1.0)) for s in shares},
-        shard_tokens=int(sec.number("shard_tokens", default=1_000_000_000, lo=1)),
-        part_tokens=int(sec.number("part_tokens", default=50_000_000, lo=1)),
-        seed=int(sec.get("seed", int, default=cfg.get("run.seed", int, default=0))),
-        batch_docs=int(sec.number("batch_docs", default=256, lo=1)),
-        count=sec.choice("count", ["exact", "estimate"], default="estimate"),
-        estimate_sample_bytes=int(sec.number("estimate_sample_bytes", default=20_000_000, lo=1)),
-        export_hf=sec.get("export_hf", bool, default=False),
-        append=sec.get("append", bool, default=False),
-        input=sec.get("input", (str, type(None)), default=None),
-        tokenizer=sec.get("tokenizer", (str, type(None)), default=None),
-        config=sec.to_dict(),
-    )
+        budget=t.budget_tokens, shares={k: float(v) for k, v in shares.items()},
+        max_epochs={s: float(epochs.get(s, 1.0)) for s in shares}, shard_tokens=t.shard_tokens,
+        part_tokens=t.part_tokens, seed=cfg.get("run.seed", int, default=0) if t.seed is None else t.seed,
+        batch_docs=t.batch_docs, count=t.count, estimate_sample_bytes=t.estimate_sample_bytes,
+        export_hf=t.export_hf, append=t.append, input=t.input, tokenizer=t.tokenizer, config=sec.to_dict())
 
 
 # -- tokenizer ---------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ by `text.sample.shares`) in dataset order, so the model is a function of the cle
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterator
 
 from jamdata.config import Config
@@ -14,11 +15,20 @@ from jamdata.io import exists, join
 from jamdata.manifest import MANIFEST, output_dir, read_manifest
 from jamdata.text import sampling
 from jamdata.text.tokenizer import TextTokenizer, train_sentencepiece, write_tokenizer_dataset
+from jamdata.settings import load_settings, setting
 from jamdata.stage import Stage, StageContext
 from pipelines.clean_input import clean_shards, read_texts
 from pipelines.text_sample import LLAMA_SHARES, n_image_codes
 
-TOKENIZER_KEYS = ["model", "vocab_size", "train_bytes", "threads", "input"]
+
+@dataclass(frozen=True)
+class TokenizerSettings:
+    """The `text.tokenizer` section (docs/text-sample.md): train a SentencePiece BPE or load one."""
+    model: str | None = setting(None, "an existing SentencePiece .model to load instead of training")
+    vocab_size: int = setting(32000, "text pieces of a trained model", lo=300)
+    train_bytes: int = setting(200_000_000, "text bytes sampled (by text.sample.shares) to train on", lo=1)
+    threads: int = setting(1, "SentencePiece training threads", lo=1)
+    input: str | None = setting(None, "text-clean dataset to train on (default: the run's)")
 
 
 def tokenizer_sample(files: dict[str, list[str]], shares: dict[str, float], max_bytes: int) -> Iterator[str]:
@@ -41,26 +51,24 @@ def tokenizer_sample(files: dict[str, list[str]], shares: dict[str, float], max_
 def run_tokenizer_stage(ctx) -> list[str]:
     cfg: Config = ctx.config
     sec = cfg.section("text.tokenizer")
-    sec.check_keys(TOKENIZER_KEYS)
+    t = load_settings(TokenizerSettings, sec)
     # without a vqvae section the joint vocabulary assumes DEFAULT_IMAGE_CODES: said, not silent
     assumed = {} if cfg.has("vqvae.codebook_size") else {"image_codes_assumed": True}
     codes = n_image_codes(cfg)
     out = str(ctx.path("tokenizer"))
-    model = sec.get("model", (str, type(None)), default=None)
+    model = t.model
     if model:
         tok = TextTokenizer(model, codes)  # fails naming the file when it is missing or not a model
-        check = tokenizer_check(tok.sp, sec.get("input", (str, type(None)), default=None) or str(ctx.path("text-clean")))
+        check = tokenizer_check(tok.sp, t.input or str(ctx.path("text-clean")))
         with output_dir(out):
             vocab = write_tokenizer_dataset(out, tok.proto, codes, sec.to_dict(),
                                             {"origin": "loaded", "model": model, **check, **assumed}, inputs=[model])
         return [f"loaded {model}: {vocab.text_size} pieces, joint vocab {vocab.size} ({vocab.fingerprint})",
                 *tokenizer_check_lines(read_manifest(out))]
-    clean = sec.get("input", (str, type(None)), default=None) or str(ctx.path("text-clean"))
+    clean = t.input or str(ctx.path("text-clean"))
     files = clean_shards(clean)
     shares = cfg.get("text.sample.shares", dict, default=LLAMA_SHARES)
-    vocab_size = int(sec.number("vocab_size", default=32000, lo=300))
-    train_bytes = int(sec.number("train_bytes", default=200_000_000, lo=1))
-    threads = int(sec.number("threads", default=1, lo=1))
+    vocab_size, train_bytes, threads = t.vocab_size, t.train_bytes, t.threads
     proto = train_sentencepiece(tokenizer_sample(files, shares, train_bytes), vocab_size, train_bytes, threads)
     with output_dir(out):
         vocab = write_tokenizer_dataset(out, proto, codes, sec.to_dict(),
@@ -90,7 +98,7 @@ def tokenizer_check_lines(manifest: dict) -> list[str]:
 
 
 def stage_settings(ctx: StageContext) -> dict:
-    return {"seed": ctx.seed, "tokenizer": ctx.config.section("text.tokenizer").to_dict(),
+    return {"seed": ctx.seed, "tokenizer": load_settings(TokenizerSettings, ctx.config.section("text.tokenizer")),
             "shares": ctx.config.get("text.sample.shares", dict, default=LLAMA_SHARES),
             "image_codes": n_image_codes(ctx.config)}
 

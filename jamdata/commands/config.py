@@ -50,6 +50,15 @@ def fill_defaults(cfg) -> None:
         from jamdata.interleaved.build import BuildSpec
 
         readers.append(lambda: BuildSpec.from_config(cfg.section("instruct")))
+    if "loader" in present:
+        from jamdata.loader import loader_settings
+
+        readers.append(lambda: loader_settings(cfg.section("loader")))
+    if isinstance(cfg.data.get("text"), dict) and "tokenizer" in cfg.data["text"]:
+        from jamdata.settings import load_settings as load
+        from pipelines.tokenizer_train import TokenizerSettings
+
+        readers.append(lambda: load(TokenizerSettings, cfg.section("text.tokenizer")))
     if "stats" in present:
         from jamdata.settings import load_settings
         from pipelines.stats import StatsSettings
@@ -87,12 +96,16 @@ def settings_sections() -> list[tuple[str, type]]:
     """(config path, settings class) of every section described by a settings class."""
     from jamdata.image.settings import ImageSettings
     from jamdata.interleaved.build import InstructSettings
+    from jamdata.loader import LoaderSettings
     from jamdata.settings import RunSettings
     from pipelines.stats import StatsSettings
     from pipelines.text_dedup import DedupSettings
+    from pipelines.text_sample import SampleSection
+    from pipelines.tokenizer_train import TokenizerSettings
 
-    return [("run", RunSettings), ("text.clean.dedup", DedupSettings), ("images", ImageSettings),
-            ("instruct", InstructSettings), ("stats", StatsSettings)]
+    return [("run", RunSettings), ("text.clean.dedup", DedupSettings), ("text.tokenizer", TokenizerSettings),
+            ("text.sample", SampleSection), ("images", ImageSettings), ("instruct", InstructSettings),
+            ("loader", LoaderSettings), ("stats", StatsSettings)]
 
 
 def reference_markdown() -> str:

@@ -8,11 +8,13 @@ See docs/loader.md for the batch contract, the order definition and the config k
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from jamdata.config import Config
-from jamdata.loader.cm3 import parse_cm3
+from jamdata.loader.cm3 import CM3Settings, parse_cm3
+from jamdata.settings import load_settings, setting
 from jamdata.loader.sources import DatasetSource, LoaderError
 
 if TYPE_CHECKING:  # imported where used: torch comes with the stream module
@@ -29,19 +31,47 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 __all__ = ["build_loader", "build_spec", "dataset_dirs", "JamLoader", "PackedStream", "LoaderSpec",
-           "LoaderError", "merge_state_dicts", "hf_iterable_dataset", "KEYS"]
+           "LoaderError", "merge_state_dicts", "hf_iterable_dataset", "LoaderSettings", "loader_settings"]
 
-KEYS = ["mixture", "paths", "seq_len", "global_batch_size", "step_lanes", "slot_lanes", "shuffle_block", "text_run_rows",
-        "seed", "mixture_period", "steps_per_epoch", "oversize", "on_corrupt", "verify", "token_dtype", "num_workers",
-        "persistent_workers", "prefetch_factor", "cache_dir", "cm3"]
 DEFAULT_MIXTURE = {"text-tokens": 0.5, "image-caption": 0.5}
+
+
+@dataclass(frozen=True)
+class LoaderSettings:
+    """The `loader` section (docs/loader.md): mixture, packing, order, resume."""
+    mixture: dict | None = setting(None, "dataset name -> weight (default: every dataset given, equal weights)")
+    paths: dict = setting({}, "dataset name -> directory (default: <run dir>/<name>)")
+    seq_len: int = setting(4096, "tokens per packed row", lo=2)
+    global_batch_size: int = setting(8, "rows per step over all ranks", lo=1)
+    step_lanes: int = setting(2, "lanes a step's rows are drawn from", lo=1)
+    slot_lanes: int | None = setting(None, "lanes over all rows of a batch (default: global_batch_size)", lo=1)
+    shuffle_block: int = setting(1024, "samples shuffled together", lo=1)
+    text_run_rows: int = setting(8, "rows of back-to-back documents a text run holds (0: every document alone)",
+                                 lo=0)
+    seed: int = setting(0, "seed of the order")
+    mixture_period: int = setting(10000, "steps after which the mixture's deficits reset", lo=1)
+    steps_per_epoch: int = setting(0, "steps per epoch (0: from the data)", lo=0)
+    oversize: str = setting("truncate", "a sample longer than a row", choices=("truncate", "skip"))
+    on_corrupt: str = setting("skip", "an unreadable shard", choices=("skip", "fail"))
+    verify: str = setting("sha256", "how shards are checked against their manifests",
+                          choices=("sha256", "size", "none"))
+    token_dtype: str = setting("int32", "dtype of the token arrays", choices=("int32", "int64"))
+    num_workers: int = setting(0, "DataLoader worker processes", lo=0)
+    persistent_workers: bool = setting(False, "keep worker processes between epochs")
+    prefetch_factor: int = setting(2, "batches each worker prepares ahead", lo=1)
+    cache_dir: str | None = setting(None, "local disk cache for remote shards")
+    cm3: CM3Settings | None = setting(None, "CM3 at batch time (datasets, rate, lambda, max_spans, max_span_len)")
+
+
+def loader_settings(sec: Config) -> LoaderSettings:
+    return load_settings(LoaderSettings, sec)
 
 
 def dataset_dirs(cfg: Config, run_dir: str | Path | None = None) -> dict[str, str]:
     """Mixture name -> dataset directory: `loader.paths[name]`, else `<run dir>/<name>`."""
-    sec = cfg.section("loader")
-    mixture = sec.get("mixture", dict, default=DEFAULT_MIXTURE)
-    paths = sec.get("paths", dict, default={})
+    s = loader_settings(cfg.section("loader"))
+    mixture = s.mixture if s.mixture is not None else DEFAULT_MIXTURE
+    paths = s.paths
     run_dir = str(run_dir or cfg.section("run").get("out_dir", str, default="out/run"))
     for name in paths:
         if name not in mixture:
@@ -54,8 +84,8 @@ def build_spec(cfg_section: Config, datasets: dict[str, str]) -> tuple["LoaderSp
     from jamdata.manifest import check_compatible
 
     sec = cfg_section
-    sec.check_keys(KEYS)
-    mixture = sec.get("mixture", dict, default=None) or {n: 1.0 for n in datasets}
+    s = loader_settings(sec)
+    mixture = s.mixture or {n: 1.0 for n in datasets}
     for name in mixture:
         if name not in datasets:
             raise LoaderError(f"config key '{sec._key('mixture')}.{name}': no dataset directory given for it "
@@ -69,29 +99,18 @@ def build_spec(cfg_section: Config, datasets: dict[str, str]) -> tuple["LoaderSp
     roots = tuple(str(datasets[n]) for n in names)
     check_compatible(roots)
     sources = [DatasetSource.from_manifest(n, r) for n, r in zip(names, roots)]
-    G = int(sec.number("global_batch_size", default=8, lo=1))
-    seq_len = int(sec.number("seq_len", default=4096, lo=2))
-    cm3 = parse_cm3(sec, names, {s.name: s.fmt for s in sources}, seq_len)
-    if cm3 is not None and any(s.vocab is None for s in sources if s.name in cm3.datasets):
+    cm3 = parse_cm3(sec, names, {src.name: src.fmt for src in sources}, s.seq_len)
+    if cm3 is not None and any(src.vocab is None for src in sources if src.name in cm3.datasets):
         raise LoaderError(f"config key '{sec._key('cm3.datasets')}': CM3 needs the joint vocabulary, which the "
-                          "manifest of " + ", ".join(s.root for s in sources if s.vocab is None) + " does not record")
+                          "manifest of " + ", ".join(src.root for src in sources if src.vocab is None)
+                          + " does not record")
     spec = LoaderSpec(
-        names=names, roots=roots, weights=tuple(float(mixture[n]) for n in names),
-        seq_len=seq_len,
-        global_batch_size=G,
-        step_lanes=int(sec.number("step_lanes", default=2, lo=1)),
-        slot_lanes=int(sec.get("slot_lanes", (int, type(None)), default=None) or G),
-        shuffle_block=int(sec.number("shuffle_block", default=1024, lo=1)),
-        text_run_rows=int(sec.number("text_run_rows", default=8, lo=0)),
-        seed=int(sec.number("seed", default=0)),
-        mixture_period=int(sec.number("mixture_period", default=10000, lo=1)),
-        steps_per_epoch=int(sec.number("steps_per_epoch", default=0, lo=0)),
-        oversize=sec.choice("oversize", ["truncate", "skip"], default="truncate"),
-        on_corrupt=sec.choice("on_corrupt", ["skip", "fail"], default="skip"),
-        verify=sec.choice("verify", ["sha256", "size", "none"], default="sha256"),
-        token_dtype=sec.choice("token_dtype", ["int32", "int64"], default="int32"),
-        cache_dir=str(sec.get("cache_dir", (str, type(None)), default=None) or ""),
-        cm3=cm3,
+        names=names, roots=roots, weights=tuple(float(mixture[n]) for n in names), seq_len=s.seq_len,
+        global_batch_size=s.global_batch_size, step_lanes=s.step_lanes,
+        slot_lanes=s.slot_lanes or s.global_batch_size, shuffle_block=s.shuffle_block,
+        text_run_rows=s.text_run_rows, seed=s.seed, mixture_period=s.mixture_period,
+        steps_per_epoch=s.steps_per_epoch, oversize=s.oversize, on_corrupt=s.on_corrupt, verify=s.verify,
+        token_dtype=s.token_dtype, cache_dir=s.cache_dir or "", cm3=cm3,
     )
     return spec, sources
 
@@ -103,11 +122,10 @@ def build_loader(cfg_section: Config, datasets: dict[str, str], rank: int = 0, w
     from jamdata.loader.stream import JamLoader
 
     spec, sources = build_spec(cfg_section, datasets)
-    sec = cfg_section
-    nw = int(sec.number("num_workers", default=0, lo=0)) if num_workers is None else num_workers
-    pw = sec.get("persistent_workers", bool, default=False) if persistent_workers is None else persistent_workers
-    return JamLoader(spec, sources, rank, world_size, nw, pw,
-                     int(sec.number("prefetch_factor", default=2, lo=1)), pin_memory)
+    s = loader_settings(cfg_section)
+    nw = s.num_workers if num_workers is None else num_workers
+    pw = s.persistent_workers if persistent_workers is None else persistent_workers
+    return JamLoader(spec, sources, rank, world_size, nw, pw, s.prefetch_factor, pin_memory)
 
 
 def hf_iterable_dataset(loader: "JamLoader") -> Any:
