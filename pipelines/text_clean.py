@@ -23,12 +23,12 @@ from jamdata.io import absolute, stable_hash
 from jamdata.manifest import build_manifest, output_dir, read_manifest, write_manifest
 from jamdata.text.clean import CleanOptions, clean_records
 from jamdata.text.readers import ReadOptions, is_reject, read_file
-from jamdata.text.readers.splits import SPLIT_BYTES
 from pipelines.common import ShardsFromBytes, WriteShards, parquet_shard_writer
 from pipelines.line_dedup import AssignGroups, GroupLineDedup
 from pipelines.text_inputs import InputFile, InputPattern, ListInputs, file_bytes, plan_patterns
 from pipelines import progress
 from pipelines.options import pipeline_options
+from pipelines.text_clean_settings import clean_settings
 from jamdata.stage import Stage, StageContext
 from schemas.records import DOCUMENT, REJECT
 
@@ -38,38 +38,7 @@ STAGES = ("read", "clean", "filter", "dedup")
 PASSED_OVER = "passed_over"  # counts of raw records that are neither documents nor rejects, by kind
 FILTER_COUNTS = "filters"  # per filter: documents it dropped, and what it counted (PII masked)
 COUNTED_FIELDS = {"pii_emails": "pii emails masked", "pii_ips": "pii ips masked"}
-CLEAN_KEYS = ["shards", "reject_shards", "max_record_bytes", "pile_set_names", "line_dedup_min_docs",
-              "line_dedup_min_chars", "wiki_drop_sections", "filters", "dedup", "extract_timeout_s",
-              "line_dedup_group_files", "shard_bytes", "split_bytes"]
-SHARD_BYTES = 512 << 20  # default text bytes per parquet shard when `shards` is not set
-EXTRACT_TIMEOUT_S = 60.0  # default per-page HTML extraction limit (text.clean.extract_timeout_s)
 DOC_COLUMNS = ("language", "language_score", "quality_score")
-
-
-# -- configuration ---------------------------------------------------------------------------------
-def clean_settings(text_cfg: Config) -> tuple[ReadOptions, CleanOptions, dict, dict, int, int, int, int]:
-    """(read options, clean options, filters, dedup, shards, reject shards, shard bytes, split
-    bytes); a shard count of 0 means "from the data": ceil(UTF-8 text bytes of the source /
-    shard_bytes). A file bigger than split_bytes is read in parts where it can be split."""
-    clean = text_cfg.section("clean")
-    clean.check_keys(CLEAN_KEYS)
-    max_record = int(clean.number("max_record_bytes", default=16 << 20, lo=1024))
-    ropts = ReadOptions(max_record_bytes=max_record,
-                        pile_set_names=tuple(clean.get("pile_set_names", list, default=["Books3"])),
-                        extract_timeout_s=float(clean.number("extract_timeout_s", default=EXTRACT_TIMEOUT_S, lo=0)))
-    copts = CleanOptions(
-        max_expanded_chars=max_record,
-        line_dedup_min_docs=int(clean.number("line_dedup_min_docs", default=3, lo=0)),
-        line_dedup_min_chars=int(clean.number("line_dedup_min_chars", default=0, lo=0)),
-        line_dedup_group_files=int(clean.number("line_dedup_group_files", default=0, lo=0)),
-        wiki_drop_sections=tuple(clean.get("wiki_drop_sections", list, default=list(CleanOptions.wiki_drop_sections))))
-    # explicit counts win (older configs, and the demo's byte-identical outputs); else from the data
-    shards = int(clean.number("shards", lo=1)) if clean.has("shards") else 0
-    reject_shards = int(clean.number("reject_shards", lo=1)) if clean.has("reject_shards") else 0
-    shard_bytes = int(clean.number("shard_bytes", default=SHARD_BYTES, lo=1))
-    split_bytes = int(clean.number("split_bytes", default=SPLIT_BYTES, lo=1 << 12))
-    return (ropts, copts, clean.section("filters").to_dict(), clean.section("dedup").to_dict(), shards,
-            reject_shards, shard_bytes, split_bytes)
 
 
 def _source(r: dict) -> str:

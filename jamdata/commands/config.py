@@ -99,11 +99,11 @@ def settings_sections() -> list[tuple[str, type]]:
     from jamdata.loader import LoaderSettings
     from jamdata.settings import RunSettings
     from pipelines.stats import StatsSettings
-    from pipelines.text_dedup import DedupSettings
+    from pipelines.text_clean_settings import CleanSettings
     from pipelines.text_sample import SampleSection
     from pipelines.tokenizer_train import TokenizerSettings
 
-    return [("run", RunSettings), ("text.clean.dedup", DedupSettings), ("text.tokenizer", TokenizerSettings),
+    return [("run", RunSettings), ("text.clean", CleanSettings), ("text.tokenizer", TokenizerSettings),
             ("text.sample", SampleSection), ("images", ImageSettings), ("instruct", InstructSettings),
             ("loader", LoaderSettings), ("stats", StatsSettings)]
 
