@@ -148,10 +148,12 @@ def _is_settings(tp: Any) -> bool:
 
 
 def _optional_settings(tp: Any, value: Any = None) -> Any:
-    """`Settings | None` read as `Settings` (for a value that is given, or in the reference)."""
+    """`Settings | None` (or `list[Settings] | None`) read as `Settings` for a value that is given,
+    and in the reference."""
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         inner = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(inner) == 1 and _is_settings(inner[0]) and value is not None:
+        if len(inner) == 1 and value is not None and (
+                _is_settings(inner[0]) or any(_is_settings(a) for a in typing.get_args(inner[0]))):
             return inner[0]
     return tp
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 import apache_beam as beam
 
 from jamdata.config import Config, ConfigError
+from jamdata.settings import load_settings, setting
 from jamdata.io import InputError, absolute, expand_inputs, fs_and_path, is_local, storage_error
 from jamdata.text.readers import READERS
 from jamdata.text.readers.splits import (Split, count_line_starts, is_multistream_index, number_splits,
@@ -57,14 +58,30 @@ def input_id_path(pattern: str, path: str) -> str:
     return path.rsplit("/", 1)[-1]
 
 
-def _paths(c: Config) -> list[str]:
-    """An input's `paths` (a string or a list); an empty one is a mistake, not a source with no
-    files, so it fails here with the key named instead of silently dropping the source."""
-    paths = c.get("paths", (str, list))
-    paths = [paths] if isinstance(paths, str) else paths
+@dataclass(frozen=True)
+class InputSettings:
+    """One entry of `text.sources.<name>.inputs`."""
+    format: str = setting(doc="raw format of the files", choices=tuple(READERS))
+    paths: list[str] = setting(doc="files, directories or globs, local or URLs", one_or_many=True)
+
+
+@dataclass(frozen=True)
+class SourceSettings:
+    """`text.sources.<name>`: a source's inputs, or one input given directly as {format, paths}."""
+    inputs: list[InputSettings] | None = setting(None, "the source's inputs [{format, paths}, ...]")
+    format: str | None = setting(None, "raw format, when the source is one input", choices=(*READERS, None))
+    paths: list[str] | None = setting(None, "files, directories or globs, when the source is one input",
+                                      one_or_many=True)
+
+
+def _checked_paths(key: str, paths: list[str] | None, source: str) -> list[str]:
+    """An input's `paths`; an empty one is a mistake, not a source with no files, so it fails here
+    with the key named instead of silently dropping the source."""
+    if paths is None:
+        raise ConfigError(key, "missing (required)", source=source)
     if not paths or any(not str(p).strip() for p in paths):
-        raise ConfigError(f"{c.prefix}.paths", "empty: give at least one file, directory or glob "
-                          "(or remove the input)", source=c.source)
+        raise ConfigError(key, "empty: give at least one file, directory or glob (or remove the input)",
+                          source=source)
     return paths
 
 
@@ -75,20 +92,19 @@ def plan_patterns(text_cfg: Config) -> list[InputPattern]:
     out: list[InputPattern] = []
     for name in sources.data:
         src = sources.section(name)
-        src.check_keys(["inputs", "format", "paths"])
-        if src.has("inputs"):
-            entries = src.get("inputs", list)
-            if not entries:
+        s = load_settings(SourceSettings, src)
+        if s.inputs is not None:
+            if not s.inputs:
                 raise ConfigError(f"{src.prefix}.inputs", "empty: list at least one {format, paths} input "
                                   "(or remove the source)", source=src.source)
-            cfgs = [Config(e, f"{src.prefix}.inputs[{i}]", src.source) for i, e in enumerate(entries)]
+            entries = [(f"{src.prefix}.inputs.{i}", e.format, e.paths) for i, e in enumerate(s.inputs)]
         else:
-            cfgs = [src]
-        for c in cfgs:
-            if c is not src:
-                c.check_keys(["format", "paths"])
-            fmt = c.choice("format", list(READERS))
-            for pattern in _paths(c):
+            if s.format is None:
+                raise ConfigError(f"{src.prefix}.format", "missing (required)", allowed=list(READERS),
+                                  source=src.source)
+            entries = [(src.prefix, s.format, s.paths)]
+        for where, fmt, paths in entries:
+            for pattern in _checked_paths(f"{where}.paths", paths, src.source):
                 out.append(InputPattern(name, fmt, str(pattern), absolute(str(pattern)) if is_local(str(pattern))
                                         else str(pattern)))
     if not any([probe(p.where) for p in out]):

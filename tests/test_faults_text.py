@@ -641,7 +641,7 @@ def test_macro_bomb_is_a_clean_reject(tmp_path):
 
 # -- configuration ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("source,key", [({"format": "c4", "paths": []}, "text.sources.c4.paths"),
-                                        ({"inputs": [{"format": "c4", "paths": []}]}, "text.sources.c4.inputs[0].paths"),
+                                        ({"inputs": [{"format": "c4", "paths": []}]}, "text.sources.c4.inputs.0.paths"),
                                         ({"inputs": []}, "text.sources.c4.inputs")])
 def test_empty_paths_is_a_config_error_naming_the_key(tmp_path, capsys, source, key):
     from jamdata.cli import main as cli_main

@@ -100,10 +100,11 @@ def settings_sections() -> list[tuple[str, type]]:
     from jamdata.settings import RunSettings
     from pipelines.stats import StatsSettings
     from pipelines.text_clean_settings import CleanSettings
+    from pipelines.text_inputs import SourceSettings
     from pipelines.text_sample import SampleSection
     from pipelines.tokenizer_train import TokenizerSettings
 
-    return [("run", RunSettings), ("text.clean", CleanSettings), ("text.tokenizer", TokenizerSettings),
+    return [("run", RunSettings), ("text.sources.<name>", SourceSettings), ("text.clean", CleanSettings), ("text.tokenizer", TokenizerSettings),
             ("text.sample", SampleSection), ("images", ImageSettings), ("instruct", InstructSettings),
             ("loader", LoaderSettings), ("stats", StatsSettings)]
 
