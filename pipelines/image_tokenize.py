@@ -32,6 +32,7 @@ from jamdata.io import InputPolicy, absolute, expand_inputs, fs_and_path, join, 
 from jamdata.manifest import read_manifest, ManifestError
 from jamdata.stage import Stage, StageContext
 from jamdata.vocab import VocabMismatchError
+from schemas import records
 from pipelines.common import WriteManifest, WriteShards
 from pipelines import progress
 from pipelines.image_shards import STAGE_NAME, reject_writer, summarize_rejects, summarize_samples, tar_writer
@@ -52,8 +53,7 @@ logging.getLogger().addFilter(_not_memory_notice)
 
 def _reject(rec, reason: str, detail: str) -> tuple[str, dict]:
     rid = f"{rec.key}@{Path(rec.file).name}:{rec.offset}"
-    return rid, {"id": rid, "source": "image_caption", "stage": STAGE_NAME, "reason": reason,
-                 "snippet": detail[:300], "file": rec.file, "offset": int(rec.offset)}
+    return rid, records.reject(rid, "image_caption", STAGE_NAME, reason, detail[:300], rec.file, int(rec.offset))
 
 
 def _caption_too_long(rec, max_chars: int) -> str | None:
@@ -235,8 +235,8 @@ def tokenize_images(inputs: Iterable[str], out: str, rejects_out: str, vqvae_dir
     if resolution % model.downsample_factor:
         raise ConfigError("images.resolution", f"{resolution} is not a multiple of the VQ-VAE's "
                           f"downsampling factor {model.downsample_factor}")
-    fs, p = fs_and_path(vqvae_dir)
-    ckpt = join(vqvae_dir, "vqvae.ckpt") if fs.isdir(p) else vqvae_dir
+    fs, local = fs_and_path(vqvae_dir)
+    ckpt = join(vqvae_dir, "vqvae.ckpt") if fs.isdir(local) else vqvae_dir
     extra = {"vqvae": vqvae_dir, "vqvae_sha256": sha256_file(ckpt),
              "vqvae_params": model.params, "resolution": resolution,
              "grid": list(model.grid(resolution)), "tokenizer": str(tokenizer)}

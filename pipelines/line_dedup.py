@@ -32,6 +32,7 @@ from typing import Iterator
 import apache_beam as beam
 
 from jamdata.io import stable_hash
+from jamdata.text.readers.common import order_key
 from jamdata.text.clean import CLEANER_OF_FORMAT, CleanOptions, _clean_one, _clean_reject, line_keys
 
 _BOILER = "\x00boilerplate"  # marks a boilerplate key among the doc keys of its GroupByKey
@@ -80,10 +81,6 @@ class AssignGroups(beam.PTransform):
 def stable_line_keys(text: str, min_chars: int) -> list[int | None]:
     """One process-independent key per line of `text` (None: empty, or `min_chars` or shorter)."""
     return line_keys(text, min_chars, key=stable_hash)
-
-
-def _doc_key(doc: dict) -> str:
-    return f"{doc['id']}|{stable_hash(doc['text']):016x}"
 
 
 def _distinct_keys(doc: dict, min_chars: int) -> set[int]:
@@ -137,7 +134,7 @@ class GroupLineDedup(beam.PTransform):
 
     def expand(self, grouped):
         min_docs, min_chars = self.copts.line_dedup_min_docs, self.copts.line_dedup_min_chars
-        keyed = grouped | "KeyDoc" >> beam.Map(lambda gd: (_doc_key(gd[1]), gd))
+        keyed = grouped | "KeyDoc" >> beam.Map(lambda gd: (order_key(gd[1]), gd))
         line_docs = keyed | "LineDocKeys" >> beam.FlatMap(
             lambda kv: [((kv[1][0], h), kv[0]) for h in sorted(_distinct_keys(kv[1][1], min_chars))])
         boiler = (line_docs

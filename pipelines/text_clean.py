@@ -19,10 +19,11 @@ from typing import Any, Iterable
 import apache_beam as beam
 
 from jamdata.config import Config
-from jamdata.io import absolute, stable_hash
+from jamdata.io import absolute
 from jamdata.manifest import build_manifest, output_dir, read_manifest, write_manifest
 from jamdata.text.clean import CleanOptions, clean_records
 from jamdata.text.readers import ReadOptions, is_reject, read_file
+from jamdata.text.readers.common import order_key
 from pipelines.common import ShardsFromBytes, WriteShards, parquet_shard_writer
 from pipelines.line_dedup import AssignGroups, GroupLineDedup
 from pipelines.text_inputs import InputFile, InputPattern, ListInputs, file_bytes, plan_patterns
@@ -197,12 +198,6 @@ def apply_dedup(docs, dedup_cfg: dict):
     return docs | "Dedup" >> TextDedup(Config(json.loads(json.dumps(dedup_cfg)), "text.clean.dedup"))
 
 
-def doc_key(doc: dict) -> str:
-    # ids are unique per (file, record); the text hash keeps the order total even if a source
-    # repeats a native id, so shard bytes never depend on arrival order.
-    return f"{doc['id']}|{stable_hash(doc['text']):016x}"
-
-
 def reject_key(r: dict) -> str:
     return f"{r['id']}|{r['stage']}|{r['offset']}|{r['reason']}"
 
@@ -273,7 +268,7 @@ def build_pipeline(p: beam.Pipeline, patterns: list[InputPattern], settings: tup
     # explicit shard counts, or counts from the data's size (pipelines/common.ShardsFromBytes)
     doc_counts = None if shards else kept | "DocShardCounts" >> ShardsFromBytes(shard_bytes, _text_bytes, _source)
     doc_shards = (kept
-                  | "KeyDocs" >> beam.Map(lambda d: (doc_key(d), d))
+                  | "KeyDocs" >> beam.Map(lambda d: (order_key(d), d))
                   | "WriteDocs" >> WriteShards(docs_dir, parquet_shard_writer(DOCUMENT, "source"), shards or 1,
                                                group_of=lambda r: r["source"], seed=seed, shards_of=doc_counts))
     rejects = (*clean_rejects, filtered.rejects, dedup_rejects) | "AllRejects" >> beam.Flatten()

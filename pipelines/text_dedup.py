@@ -34,7 +34,8 @@ CC_ROUNDS = 12       # settles a path of 4,096 near-duplicates with ids in path 
 MAX_GROUP = 10_000   # values of one key handled in one place before the key is sliced
 
 
-def doc_key(doc: dict) -> str:
+def by_id(doc: dict) -> str:
+    """Dedup's default order key: the document id (the kept one of a cluster has the smallest)."""
     return doc["id"]
 
 
@@ -61,7 +62,7 @@ class ExactDedup(beam.PTransform):
     Only (text hash, key, id) triples are grouped: a combiner keeps the smallest key and the count
     per hash, every other key learns the winner's id, and documents are joined back by key."""
 
-    def __init__(self, scope: str = "source", key_fn: Callable[[dict], str] = doc_key, max_group: int = MAX_GROUP):
+    def __init__(self, scope: str = "source", key_fn: Callable[[dict], str] = by_id, max_group: int = MAX_GROUP):
         super().__init__()
         self.scope, self.key_fn, self.max_group = scope, key_fn, max_group
 
@@ -160,7 +161,7 @@ class NearDedup(beam.PTransform):
     fail the job (`on_unconverged="error"`) or are logged and resolved as far as they got."""
 
     def __init__(self, params: LSHParams = LSHParams(), scope: str = "source", cc_rounds: int = CC_ROUNDS,
-                 key_fn: Callable[[dict], str] = doc_key, stage: str = STAGE_MINHASH, batch_size: int = 256,
+                 key_fn: Callable[[dict], str] = by_id, stage: str = STAGE_MINHASH, batch_size: int = 256,
                  max_group: int = MAX_GROUP, on_unconverged: str = "error"):
         super().__init__()
         self.params, self.scope, self.cc_rounds = params, scope, cc_rounds
@@ -259,7 +260,7 @@ class TextDedup(beam.PTransform):
     """Exact, then MinHash near-dedup (web, wiki, arXiv), then book-level overlap (books).
     docs -> (kept docs, reject dicts)."""
 
-    def __init__(self, cfg: Config | dict | None = None, key_fn: Callable[[dict], str] = doc_key):
+    def __init__(self, cfg: Config | dict | None = None, key_fn: Callable[[dict], str] = by_id):
         super().__init__()
         if not isinstance(cfg, Config):
             cfg = Config(cfg or {}, "text.clean.dedup")

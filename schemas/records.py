@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import pyarrow as pa
 from jamdata.errors import UserError
@@ -52,11 +52,17 @@ def reject_reason(code: str, detail: str = "") -> str:
     return f"{code}: {detail}" if detail else code
 
 
+def reject(id: str, source: str, stage: str, reason: str, snippet: str | None = None, file: str | None = None,
+           offset: int | None = None) -> dict:
+    """One REJECT record, its columns in schema order: every stage builds its rejects here."""
+    return {"id": id, "source": source, "stage": stage, "reason": reason, "snippet": snippet, "file": file,
+            "offset": offset}
+
+
 def reject_record(id: str, source: str, stage: str, code: str, detail: str = "", snippet: str | None = None,
                   file: str | None = None, offset: int | None = None) -> dict:
-    """One REJECT dict, its reason written `code: detail` (see reject_reason)."""
-    return {"id": id, "source": source, "stage": stage, "reason": reject_reason(code, detail),
-            "snippet": snippet, "file": file, "offset": offset}
+    """One REJECT record, its reason written `code: detail` (see reject_reason)."""
+    return reject(id, source, stage, reject_reason(code, detail), snippet, file, offset)
 
 
 def split_reason(reason: str) -> tuple[str, str]:
@@ -173,7 +179,7 @@ def validate_record(record: Mapping[str, Any], schema: pa.Schema, where: str = "
             raise SchemaError(name, field.name, f"value {str(value)[:60]!r} does not fit {field.type}: {e}", where) from None
 
 
-def to_table(records: list[Mapping[str, Any]], schema: pa.Schema) -> pa.Table:
+def to_table(records: Sequence[Mapping[str, Any]], schema: pa.Schema) -> pa.Table:
     """Records (dicts) to a table of exactly this schema; missing nullable fields become null."""
     cols = {f.name: [r.get(f.name) for r in records] for f in schema}
     try:

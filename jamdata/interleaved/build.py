@@ -14,7 +14,7 @@ import numpy as np
 
 from jamdata.config import Config, ConfigError
 from jamdata.interleaved.cm3 import MAX_SPANS, CM3Config, cm3_transform
-from jamdata.interleaved.document import IMAGE, TEXT, Document, RejectedDocument
+from jamdata.interleaved.document import IMAGE, TEXT, Document, RejectedDocument, Segment
 from jamdata.interleaved.images import ImageEncoder, load_pixels
 from jamdata.interleaved.sources import (FORMATS, ImageStore, conversation_document, howto_document,
                                          iter_raw, mmc4_document)
@@ -22,6 +22,7 @@ from jamdata.interleaved.template import LOSS_POLICIES, Template, encode_documen
 from jamdata.io import DEFAULT_MAX_INPUT_BYTES, InputPolicy, absolute, expand_inputs, parent_dir, stable_hash
 from jamdata.settings import as_plain, load_settings, setting
 from jamdata.vocab import JointVocab
+from schemas import records
 
 STAGE = "instruct"
 DEFAULT_MAX_TEXT_CHARS = 100_000
@@ -31,8 +32,7 @@ COMPRESSION_SUFFIXES = ("", ".gz", ".zst", ".bz2", ".xz")
 
 def reject(id_: str, source: str, reason: str, snippet: str = "", file: str = "",
            offset: int | None = None) -> dict:
-    return {"id": id_, "source": source, "stage": STAGE, "reason": reason, "snippet": snippet[:200],
-            "file": file, "offset": offset}
+    return records.reject(id_, source, STAGE, reason, snippet[:200], file, offset)
 
 
 @dataclass(frozen=True)
@@ -179,7 +179,7 @@ def text_too_long(doc: Document, max_chars: int) -> str | None:
     into one step), or None. Such a segment is never tokenized: it would cost millions of tokens
     only to be cut to `max_len`."""
     for i, seg in enumerate(doc.segments):
-        if seg.modality == TEXT and len(seg.text) > max_chars:
+        if seg.modality == TEXT and seg.text is not None and len(seg.text) > max_chars:
             return (f"text_too_long: segment {i} has {len(seg.text)} characters, more than "
                     f"instruct.max_text_chars {max_chars}")
     return None
@@ -248,10 +248,10 @@ class SampleBuilder:
             return reject(doc.key + (f"/{part}" if part else ""), doc.source, reason, snippet, doc.file, doc.offset)
 
         pixels: dict[int, np.ndarray] = {}
-        keep = []
+        keep: list[Segment] = []
         policy = src.input_policy(doc.file, self.spec.image_max_bytes)
         for i, seg in enumerate(doc.segments):
-            if seg.modality == IMAGE:
+            if seg.modality == IMAGE and seg.image is not None:
                 px = load_pixels(seg.image, self.resolution, self.spec.image_min_size, policy)
                 if isinstance(px, str):
                     if src.on_bad_image == "reject":
@@ -266,9 +266,9 @@ class SampleBuilder:
             return None, rejects + [rej(f"{doc.n_images} usable image(s), need {src.min_images}")]
         order = sorted(pixels)
         codes = dict(zip(order, self.encoder.encode([pixels[i] for i in order]))) if order else {}
-        cm3 = self.uses_cm3(doc)
+        cm3 = self.spec.cm3 if self.uses_cm3(doc) else None
         t = self.spec.template
-        budget = t.max_len - (2 * self.spec.cm3.max_spans if cm3 else 0)
+        budget = t.max_len - (2 * cm3.max_spans if cm3 is not None else 0)
         try:
             enc = encode_document(doc, t, self.vocab, self.encode_text, codes, budget)
         except RejectedDocument as e:
@@ -283,11 +283,11 @@ class SampleBuilder:
         layout = {"key": doc.key, "source": doc.source, "file": posixpath.basename(doc.file),
                   "offset": doc.offset, "loss": doc.loss or t.loss, "max_len": t.max_len,
                   **enc.layout(), "cm3": None}
-        if cm3:
-            res = cm3_transform(tokens, self.vocab, doc.key, self.spec.cm3, mask)
+        if cm3 is not None:
+            res = cm3_transform(tokens, self.vocab, doc.key, cm3, mask)
+            assert res.loss_mask is not None  # a mask was given, so one comes back
             tokens, mask = res.tokens, res.loss_mask
-            layout["cm3"] = {"spans": [list(s) for s in res.spans], "lambda": self.spec.cm3.lam,
-                             "seed": self.spec.cm3.seed}
+            layout["cm3"] = {"spans": [list(s) for s in res.spans], "lambda": cm3.lam, "seed": cm3.seed}
             layout["n_tokens"] = int(len(tokens))
             layout["n_targets"] = int(mask.sum())
         if doc.meta.get("title"):
@@ -296,7 +296,7 @@ class SampleBuilder:
             layout["url"] = doc.meta["url"]
         stats = {"source": doc.source, "tokens": int(len(tokens)), "targets": int(mask.sum()),
                  "images": doc.n_images - sum(d["modality"] == IMAGE for d in enc.dropped),
-                 "truncated": int(bool(enc.dropped)), "cm3": int(cm3)}
+                 "truncated": int(bool(enc.dropped)), "cm3": int(cm3 is not None)}
         fields = {"tokens.npy": tokens.astype(np.int32), "loss_mask.npy": mask.astype(np.uint8), "json": layout}
         return {"key": doc.key, "fields": fields, "stats": stats}, rejects
 

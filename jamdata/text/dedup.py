@@ -20,6 +20,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from jamdata.text.minhash import lsh_threshold
+from schemas import records
 
 
 def normalize_exact(text: str) -> str:
@@ -100,7 +101,7 @@ class Refs:
         Jaccard or containment >= threshold), or None: at most len(refs) comparisons."""
         key, sig, size = member
         n = bisect.bisect_left(self.keys, key)
-        if n == 0:
+        if n == 0 or self.sigs is None:  # (sigs is None only when there are no refs)
             return None
         j = (self.sigs[:n] == np.frombuffer(sig, dtype=np.uint32)).mean(axis=1)
         if params.measure == "containment":
@@ -171,7 +172,7 @@ EMPTY_STATE: tuple[bool, tuple[str, ...]] = (False, ())
 
 
 def merge_star_state(states: Iterable[tuple[bool, tuple[str, ...]]]) -> tuple[bool, tuple[str, ...]]:
-    larger, smaller = False, set()
+    larger, smaller = False, set[str]()
     for has_larger, sm in states:
         larger = larger or has_larger
         smaller.update(sm)
@@ -212,8 +213,7 @@ def snippet(text: str, n: int = 200) -> str:
 
 def reject(doc: dict, stage: str, reason: str) -> dict:
     """A REJECT record for a dropped document."""
-    return {"id": doc["id"], "source": doc.get("source") or "", "stage": stage, "reason": reason,
-            "snippet": snippet(doc.get("text") or ""), "file": None, "offset": None}
+    return records.reject(doc["id"], doc.get("source") or "", stage, reason, snippet(doc.get("text") or ""))
 
 
 def near_dedup_in_memory(docs: Sequence[dict], params: LSHParams, key=lambda d: d["id"]) -> tuple[list[dict], dict[str, str]]:

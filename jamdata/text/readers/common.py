@@ -7,9 +7,10 @@ import io
 import json
 import re
 from dataclasses import dataclass, field
-from typing import IO, Any, Iterator
+from typing import IO, Any, Iterator, Protocol
 
 from jamdata.io import open_input, stable_hash
+from schemas import records
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,12 @@ def doc_id(source: str, path: str, native: Any) -> str:
     return f"{source}/{stable_hash(scrub_surrogates(str(path)), scrub_surrogates(str(native))):016x}"
 
 
+def order_key(doc: dict) -> str:
+    """The total order of documents (shards, line dedup): the id, then the text's hash, so the order
+    stays total even if a source repeats a native id, and shard bytes never depend on arrival order."""
+    return f"{doc['id']}|{stable_hash(doc['text']):016x}"
+
+
 def make_doc(source: str, path: str, native: Any, text: str, url: Any = None,
              meta: dict | None = None) -> dict:
     """A DOCUMENT record. A `url` that is not a non-empty string (a number, an object) is dropped;
@@ -87,14 +94,13 @@ def _dump_meta(meta: dict) -> str:
 
 
 def make_reject(source: str, stage: str, reason: str, snippet: str | bytes | None = None,
-                file: str | None = None, offset: int | None = None, id: str | None = None,
+                file: str | None = None, offset: int | str | None = None, id: str | None = None,
                 snippet_chars: int = 200) -> dict:
     if isinstance(snippet, bytes):
         snippet = snippet[: snippet_chars * 4].decode("utf-8", "replace")
     reason, snippet = scrub_surrogates(reason), scrub_surrogates(snippet) if snippet else snippet
     rid = id or f"{source}/{stable_hash(str(file), str(offset), stage, reason):016x}"
-    return {"id": rid, "source": source, "stage": stage, "reason": reason,
-            "snippet": snippet[:snippet_chars] if snippet else None, "file": file, "offset": offset}
+    return records.reject(rid, source, stage, reason, snippet[:snippet_chars] if snippet else None, file, offset)
 
 
 def is_reject(record: dict) -> bool:
@@ -123,9 +129,13 @@ class _Damaged(Exception):
     """The decompressed stream of a file broke at `offset` (truncated or corrupt compressed data,
     an I/O error); everything before it has been read."""
 
-    def __init__(self, offset: int, cause: BaseException):
+    def __init__(self, offset: int, cause: Exception):
         super().__init__(f"{type(cause).__name__}: {cause}")
         self.offset, self.cause = offset, cause
+
+
+class _Reader(Protocol):
+    def read(self, n: int = ..., /) -> bytes: ...
 
 
 class _Guarded(io.RawIOBase):
@@ -135,8 +145,9 @@ class _Guarded(io.RawIOBase):
     Reading one chunk at a time matters: a buffered read that spans the damage would lose the
     intact bytes decoded in the same call, and with them the last good records."""
 
-    def __init__(self, f: IO[bytes]):
-        self.f, self.pos, self.error = f, 0, None
+    def __init__(self, f: _Reader):
+        self.f, self.pos = f, 0
+        self.error: Exception | None = None
 
     def readable(self) -> bool:
         return True
