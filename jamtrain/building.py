@@ -31,14 +31,16 @@ def model_for_vocab(model_cfg: dict, vocab: JointVocab) -> dict:
 
 
 def default_model_factory(model_cfg: dict, vocab_size: int, device: str | None = None,
-                          dtype: torch.dtype | None = None) -> torch.nn.Module:
+                          dtype: torch.dtype | None = None, zero: dict | None = None) -> torch.nn.Module:
     """The configured model; a run passes its own device and training dtype, so a model fused from
     parent files is materialised there directly (each rank holds the fused model once, on its
     accelerator, and reads the parents one tensor at a time: host memory per rank stays at about
-    one tensor instead of the fp32 model plus both parents)."""
+    one tensor instead of the fp32 model plus both parents). Under ZeRO-3 the run passes its
+    DeepSpeed config as `zero`: a fused model is then partitioned over the ranks as it is built
+    (`deepspeed.zero.Init`), so no rank holds it whole."""
     from jamtrain.models import build_model
 
-    return build_model(model_cfg, vocab_size, device=device, dtype=dtype)
+    return build_model(model_cfg, vocab_size, device=device, dtype=dtype, zero=zero)
 
 
 def run_precision(s: Settings, cpu: bool) -> str:
@@ -72,21 +74,27 @@ def lift_scalar_params(model: torch.nn.Module) -> list[str]:
     return names
 
 
+def full_shape(p: torch.Tensor) -> tuple[int, ...]:
+    """A parameter's shape, also when ZeRO-3 has partitioned it (its own data is then empty)."""
+    return tuple(getattr(p, "ds_shape", p.shape))
+
+
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """Decay matrices only (not norms, biases, gates)."""
     decay, rest = [], []
     for _, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
         if p.requires_grad:
-            (decay if p.ndim >= 2 else rest).append(p)
+            (decay if len(full_shape(p)) >= 2 else rest).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
 
 def count_params(model: torch.nn.Module) -> int:
+    """Parameters of the whole model (a partitioned ZeRO-3 parameter counts its full size)."""
     seen, n = set(), 0
     for p in model.parameters():
         if id(p) not in seen:
             seen.add(id(p))
-            n += p.numel()
+            n += int(getattr(p, "ds_numel", p.numel()))
     return n
 
 

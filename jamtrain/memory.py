@@ -99,7 +99,9 @@ def activation_bytes(a: Arch, tokens: int, seq_len: int, micro_batch: int, elt: 
         per_token = a.streams * a.n_layers * elt * d + a.n_cross * 2 * elt * d + 2 * max(layer, cross if a.n_cross else 0)
     else:
         per_token = a.streams * a.n_layers * layer + a.n_cross * cross
-    head = a.streams * 2 * elt * d  # final norms' inputs and outputs (the head's input)
+    # final norms' inputs and outputs (the head's input); JAM-Cross also keeps the 2d -> d
+    # projection's output, the input of the shared output embedding
+    head = a.streams * 2 * elt * d + (elt * d if a.streams > 1 else 0)
     logits = a.vocab * (elt + (4 if elt != 4 else 0) + 4 + 4)  # logits, fp32 copy, log-softmax, gradient
     return {"activations": tokens * (per_token + head) + mask, "logits": tokens * logits}
 
@@ -131,3 +133,14 @@ def host_memory(largest_tensor: int, n_params: int, zero_stage: int, world: int,
     rank0 = part + 2.0 * n_params
     return {"build_per_rank": build, "save_per_rank": part, "save_rank0": rank0,
             "per_host": max(per_host * build, (per_host - 1) * part + rank0)}
+
+
+def build_device_bytes(n_params: int, largest_tensor: int, zero_stage: int, world: int, elt: int) -> float:
+    """Accelerator bytes per rank while the model is being built. Under ZeRO-3 a fused model is
+    built inside `deepspeed.zero.Init` (models/materialize.py): each parameter is partitioned as
+    its module is constructed, and filling it gathers one parameter at a time, so a rank holds
+    its partition plus the largest tensor. Otherwise every rank holds the whole model in the
+    training dtype until DeepSpeed partitions it (stage 3) or keeps it (stages 0-2)."""
+    if zero_stage >= 3:
+        return elt * (float(n_params) / world + largest_tensor)
+    return elt * float(n_params)

@@ -17,7 +17,9 @@ MODEL_ARCH_KEYS = ("preset", "n_layers", "d_model", "n_heads", "n_kv_heads", "d_
 
 
 def _model_dims(model_cfg: dict, vocab_size: int) -> tuple[int | None, int | None]:
-    """(layers, width) summed over the model's decoder stacks, for activation and FLOP estimates."""
+    """(attention layers, width) summed over the model's decoder stacks, for activation and FLOP
+    estimates: JAM-Cross counts both streams' self-attention layers and both directions of every
+    cross block (each attends over the other stream's positions, as a self-attention layer does)."""
     try:
         from jamtrain.models import backbone_config
 
@@ -26,14 +28,38 @@ def _model_dims(model_cfg: dict, vocab_size: int) -> tuple[int | None, int | Non
         return None, None
     fusion = model_cfg.get("fusion", "none")
     if fusion == "cross":
-        return 2 * arch.n_layers, arch.d_model
+        every = int(model_cfg.get("cross_every", 1) or 1)
+        return 2 * arch.n_layers + 2 * (arch.n_layers // every), arch.d_model
     return arch.n_layers, arch.d_model * (2 if fusion == "width" else 1)
 
 
-def flops_per_token(n_params: int, model_cfg: dict, vocab_size: int, seq_len: int) -> float:
-    """Training FLOPs per token: 6N plus attention scores 12 x layers x width x seq_len (PaLM, App. B)."""
+def flops_per_token(n_params: int, model_cfg: dict, vocab_size: int, seq_len: int,
+                    echo: Callable[[str], None] | None = None) -> float:
+    """Training FLOPs per token: 6N plus attention scores 12 x layers x width x seq_len (PaLM, App. B).
+    N is the built model's parameter count; layers and width come from the parents' (or the
+    saved model's) architecture when the section names them (`with_parent_arch`), else from its
+    own keys, which for imported parents are only the preset's."""
+    if any(model_cfg.get(k) for k in ("checkpoint", "text_checkpoint", "image_checkpoint")):
+        model_cfg = with_parent_arch(model_cfg, echo or (lambda _m: None))
     layers, width = _model_dims(model_cfg, vocab_size)
     return 6.0 * n_params + (12.0 * layers * width * seq_len if layers and width else 0.0)
+
+
+def check_lengths(s: Settings, vocab_size: int) -> None:
+    """The loader's rows must fit the model's positions (the parents' `max_seq_len` when the
+    section names readable parents, else its own keys)."""
+    from jamdata.config import ConfigError
+
+    try:
+        from jamtrain.models import backbone_config
+
+        section = with_parent_arch(s.model, lambda _m: None)
+        limit = backbone_config(Config(section, "train.model"), vocab_size).max_seq_len
+    except Exception:  # checkpoint-based or foreign model sections: the model checks for itself
+        return
+    if s.seq_len - 1 > limit:
+        raise ConfigError("loader.seq_len", f"{s.seq_len} rows give inputs of {s.seq_len - 1} tokens, more than "
+                          f"train.model.max_seq_len {limit}; lower one or raise the other")
 
 
 def memory_estimate(n_params: int, zero_stage: int, world: int, micro_batch: int, seq_len: int,
@@ -129,7 +155,7 @@ def dry_run(s: Settings, model_factory: Callable | None = None, echo: Callable[[
     ZeRO stage with and without activation checkpointing, memory per host, tokens per step, total
     steps and tokens. `cpu`: size a CPU run (precision "auto" is then fp32)."""
     from jamtrain.building import run_precision
-    from jamtrain.memory import GIB, gpu_memory, host_memory
+    from jamtrain.memory import GIB, build_device_bytes, gpu_memory, host_memory
 
     vocab_size = _vocab_size_for_dry_run(s)
     notes: list[str] = []
@@ -155,6 +181,7 @@ def dry_run(s: Settings, model_factory: Callable | None = None, echo: Callable[[
     per_host = min(s.gpus_per_host, world)
     host = host_memory(largest, n_params, s.zero_stage, world, per_host)
     eager = host_memory(largest, n_params, s.zero_stage, world, per_host, lazy=False)
+    build_dev = build_device_bytes(n_params, largest, s.zero_stage, world, elt)
     tokens_per_step = s.micro_batch * s.seq_len * s.grad_accum * world
     g = lambda x: f"{x / GIB:.1f}"  # noqa: E731
     lines = [
@@ -168,6 +195,9 @@ def dry_run(s: Settings, model_factory: Callable | None = None, echo: Callable[[
         f"(activation checkpointing {'on' if ckpt_on else 'off'})",
         f"  with activation checkpointing {'off' if ckpt_on else 'on'}: activations {g(other['activations'])} GiB, "
         f"total {g(other['total'])} GiB",
+        f"building per rank on the device: {g(build_dev)} GiB ("
+        + ("partitioned as it is built, deepspeed.zero.Init, one tensor gathered at a time)" if s.zero_stage >= 3
+           else "the whole model in the training dtype)"),
         f"memory per host ({per_host} ranks): building {g(host['build_per_rank'])} GiB per rank (parents read "
         f"tensor by tensor; {g(eager['build_per_rank'])} GiB with whole parents), checkpoint save "
         f"{g(host['save_per_rank'])} GiB per rank and {g(host['save_rank0'])} GiB on rank 0; peak "
@@ -179,7 +209,7 @@ def dry_run(s: Settings, model_factory: Callable | None = None, echo: Callable[[
     for line in lines:
         echo(line)
     return {"params": n_params, "world_size": world, "memory_bytes": mem, "memory_other_checkpointing": other,
-            "host_bytes": host, "tokens_per_step": tokens_per_step, "steps": s.steps,
+            "host_bytes": host, "build_device_bytes": build_dev, "tokens_per_step": tokens_per_step, "steps": s.steps,
             "total_tokens": tokens_per_step * s.steps}
 
 

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from jamdata.config import Config, ConfigError
+from jamdata.stage import Stage, StageContext
 from jamdata.vocab import JointVocab
 from jamtrain import checkpoint as ckpt
 from jamtrain import rundir
@@ -48,6 +48,7 @@ from jamtrain.settings import (
     parse_settings,
 )
 from jamtrain.sizing import (
+    check_lengths,
     flops_per_token,
 )
 from jamtrain.throughput import mfu, real_tokens, run_peak
@@ -136,15 +137,19 @@ def _run(s: Settings, resume: bool, run_id: str, model_factory: Callable | None,
     out_dir, ckpt_dir = s.out_dir, s.out_dir / rundir.CKPT_DIR
 
     s.model = model_for_vocab(s.model, vocab)
-    _check_lengths(s, vocab)
+    check_lengths(s, vocab.size)
     torch.manual_seed(s.seed)
-    model = (model_factory or functools.partial(  # fused parents: materialised on this rank's device
-        default_model_factory, device=device, dtype=torch_dtype(run_precision(s, cpu))))(s.model, vocab.size)
+    ds_cfg = resolved_ds_config(s, cpu)
+    # fused parents: materialised on this rank's device, or under ZeRO-3 partitioned as they are built
+    model = (model_factory or functools.partial(
+        default_model_factory, device=device, dtype=torch_dtype(run_precision(s, cpu)),
+        zero=ds_cfg if s.zero_stage >= 3 else None))(s.model, vocab.size)
     n_params = count_params(model)
+    if any(hasattr(p, "ds_id") for p in model.parameters()):
+        say(f"model built partitioned over {world} rank(s) (ZeRO-3, deepspeed.zero.Init)")
     lift_scalar_params(model)
     optimizer = torch.optim.AdamW(param_groups(model, s.weight_decay), lr=s.lr, betas=s.betas, eps=s.eps)
     scheduler = build_scheduler(optimizer, s.warmup_steps, s.steps, s.decay, s.min_lr_ratio)
-    ds_cfg = resolved_ds_config(s, cpu)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_cfg)
     loader = (loader_factory or default_loader_factory)(s, rank, world)
     names = list(getattr(loader, "dataset_names", list(s.datasets)))
@@ -167,12 +172,12 @@ def _run(s: Settings, resume: bool, run_id: str, model_factory: Callable | None,
             rundir.truncate_log(out_dir / rundir.LOG, start)
 
     tokens_per_step = s.micro_batch * s.seq_len * s.grad_accum * world
-    fpt = flops_per_token(n_params, s.model, vocab.size, s.seq_len)
+    fpt = flops_per_token(n_params, s.model, vocab.size, s.seq_len, echo=say)  # parents' architecture
     peak, peak_note = run_peak(s.peak_tflops, cpu, run_precision(s, cpu))
     say(f"model {n_params:,} parameters | {world} rank(s) on {device.type} | ZeRO-{s.zero_stage} | "
         f"micro-batch {s.micro_batch} x accumulation {s.grad_accum} x {world} = {tokens_per_step:,} tokens/step | "
         f"steps {start + 1}..{s.steps}")
-    say(f"throughput counts real (non-padding) tokens; {peak_note}")
+    say(f"throughput counts real (non-padding) tokens; {fpt:.6g} training FLOPs per token; {peak_note}")
     jlog = JsonLog(out_dir / rundir.LOG if rank == 0 else None)
     losses: dict[int, float] = {}
     eval_results: dict = {}
@@ -231,18 +236,6 @@ def _run(s: Settings, resume: bool, run_id: str, model_factory: Callable | None,
     first = losses[min(losses)] if losses else None
     last = losses[max(losses)] if losses else None
     return Result(losses, first, last, eval_results, export_dir, start, n_params, time.time() - t_start)
-
-
-def _check_lengths(s: Settings, vocab: JointVocab) -> None:
-    try:
-        from jamtrain.models import backbone_config
-
-        limit = backbone_config(Config(dict(s.model), "train.model"), vocab.size).max_seq_len
-    except Exception:  # checkpoint-based or foreign model sections: the model checks for itself
-        return
-    if s.seq_len - 1 > limit:
-        raise ConfigError("loader.seq_len", f"{s.seq_len} rows give inputs of {s.seq_len - 1} tokens, more than "
-                          f"train.model.max_seq_len {limit}; lower one or raise the other")
 
 
 def _batches(loader) -> Iterator[dict]:
@@ -389,3 +382,12 @@ def run_stage(ctx) -> list[str]:
     from jamtrain.sample_files import stage_sample  # one generated sample into <run>/generated/
 
     return lines + stage_sample(ctx.run_dir, out, s.seed)
+
+
+def stage_settings(ctx: StageContext) -> dict:
+    return {"seed": ctx.seed, "loader": ctx.config.section("loader").to_dict(),
+            "train": ctx.config.section("train").to_dict()}
+
+
+STAGE = Stage("train", run_stage, outputs=("train",), inputs=("text-tokens", "image-caption", "instruct"),
+              settings=stage_settings)

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from jamtrain.models import (
-    Backbone, FusionError, JamCross, build_model, fuse_cross, fuse_uniform, fuse_width, save_model,
+    Backbone, FusionError, JamCross, build_model, fuse_cross, fuse_uniform, fuse_width, load_model, save_model,
 )
+from jamtrain.models.checkpoint import CheckpointError, save_state
 
 V, TEXT_ROWS = 120, 80   # ids < 80: text pieces + specials; ids >= 80: image codes
 TOL = dict(atol=1e-5, rtol=1e-5)
@@ -83,13 +84,62 @@ def test_cross_at_gate_zero_equals_parents(positions):
     c = fuse_cross(t, i, TEXT_ROWS, embedding="separate", kernel="reference").eval()
     assert len(c.cross) == 2 and all(b.gate_t.item() == 0 == b.gate_i.item() for b in c.cross)
     tokens, seg = batch()
+    out = torch.cat([t.head.weight[:TEXT_ROWS], i.head.weight[TEXT_ROWS:]])  # the shared output table
     for s in (None, seg):
         h_t, h_i = c.streams(tokens, s)
         torch.testing.assert_close(h_t, t.hidden_states(tokens, s), **TOL)
         torch.testing.assert_close(h_i, i.hidden_states(tokens, s), **TOL)
-        torch.testing.assert_close(c(tokens, s), 0.5 * t(tokens, s) + 0.5 * i(tokens, s), **TOL)
+        torch.testing.assert_close(c(tokens, s), (0.5 * h_t + 0.5 * h_i) @ out.T, **TOL)
+    # cross_head text: the text rows' logits are the text parent's; image: the image rows' the image parent's
     head_text = fuse_cross(t, i, TEXT_ROWS, embedding="separate", head="text").eval()
-    torch.testing.assert_close(head_text(tokens, seg), t(tokens, seg), **TOL)
+    torch.testing.assert_close(head_text(tokens, seg)[..., :TEXT_ROWS], t(tokens, seg)[..., :TEXT_ROWS], **TOL)
+    head_image = fuse_cross(t, i, TEXT_ROWS, embedding="separate", head="image").eval()
+    torch.testing.assert_close(head_image(tokens, seg)[..., TEXT_ROWS:], i(tokens, seg)[..., TEXT_ROWS:], **TOL)
+    # every row from the text parent: the fused model is the text parent, shared table or not
+    for emb in ("shared", "separate"):
+        whole = fuse_cross(t, i, V, embedding=emb, head="text").eval()
+        torch.testing.assert_close(whole(tokens, seg), t(tokens, seg), **TOL)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_cross_output_is_a_2d_to_d_layer_then_the_shared_output_embedding(tied, tmp_path):
+    t, i = parents(tie_embeddings=tied)
+    d = t.cfg.d_model
+    c = fuse_cross(t, i, TEXT_ROWS, head="average").eval()
+    assert tuple(c.proj.weight.shape) == (d, 2 * d)
+    eye = torch.eye(d)
+    assert torch.equal(c.proj.weight, torch.cat([0.5 * eye, 0.5 * eye], 1))
+    table = c.output_weight()
+    assert torch.equal(table[:TEXT_ROWS], t.head_weight()[:TEXT_ROWS])
+    assert torch.equal(table[TEXT_ROWS:], i.head_weight()[TEXT_ROWS:])
+    if tied:  # tied parents: the shared input table is the output table too
+        assert c.head is None and table is c.embedding.weight
+    else:  # untied: the parents' output tables merged the same way, kept apart from the input table
+        assert tuple(c.head.weight.shape) == (V, d) and not torch.equal(table, c.embedding.weight)
+    # parameters: both backbones without heads and token tables, the cross blocks, one input
+    # table, 2d x d, and one [V, d] output table unless tied
+    stack = sum(p.numel() for n, p in t.named_parameters() if not n.startswith(("head.", "tok_emb.")))
+    cross = sum(p.numel() for p in c.cross.parameters())
+    assert sum(p.numel() for p in c.parameters()) == 2 * stack + cross + V * d + 2 * d * d + (0 if tied else V * d)
+    # a tied model round-trips through a file with the table stored once
+    tokens, seg = batch()
+    with torch.no_grad():
+        c.proj.weight.add_(0.01)  # a trained projection, not its initial value
+        want = c(tokens, seg)
+    save_model(c, tmp_path / "c.safetensors")
+    again = load_model(tmp_path / "c.safetensors").eval()
+    assert (again.head is None) == tied
+    torch.testing.assert_close(again(tokens, seg), want, atol=0, rtol=0)
+
+
+def test_cross_checkpoint_of_the_old_direct_head_is_refused(tmp_path):
+    t, i = parents()
+    c = fuse_cross(t, i, TEXT_ROWS)
+    state = {k: v for k, v in c.state_dict().items() if k not in ("proj.weight", "head.weight")}
+    state["head.weight"] = torch.zeros(V, 2 * t.cfg.d_model)
+    save_state(state, {"kind": "cross", "config": c.cfg.to_dict()}, tmp_path / "old.safetensors")
+    with pytest.raises(CheckpointError, match="maps 2d straight to the vocabulary"):
+        load_model(tmp_path / "old.safetensors")
 
 
 def test_cross_shared_embedding_rows():
@@ -154,7 +204,7 @@ def test_build_model_fuses_from_checkpoints(tmp_path):
     torch.testing.assert_close(width(tokens, seg), i(tokens, seg), **TOL)
     cross = build_model({**ckpt, "fusion": "cross", "text_rows": TEXT_ROWS, "cross_head": "text",
                          "cross_embedding": "separate"}, V).eval()
-    torch.testing.assert_close(cross(tokens, seg), t(tokens, seg), **TOL)
+    torch.testing.assert_close(cross(tokens, seg)[..., :TEXT_ROWS], t(tokens, seg)[..., :TEXT_ROWS], **TOL)
     save_model(cross, tmp_path / "cross.safetensors")
     again = build_model({"checkpoint": str(tmp_path / "cross.safetensors")}, V).eval()
     torch.testing.assert_close(again(tokens, seg), cross(tokens, seg), atol=0, rtol=0)

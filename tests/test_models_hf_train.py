@@ -1,16 +1,21 @@
 """`jamtrain train` on a JAM-Cross fused at start-up from two imported Hugging Face LLaMAs whose
 vocabularies are only the text pieces (`extend_vocab: true` adds the special and image rows):
 it trains on CPU, and a run killed after step 3 resumes from step 2 with the same losses step for
-step, which needs the extension (and so the rebuilt model) to be deterministic."""
+step, which needs the extension (and so the rebuilt model) to be deterministic. The model section
+names no architecture keys (its preset says 2 x 64): the model, the sequence-length check and the
+FLOPs per token behind MFU all follow the parents (1 x 32)."""
 from __future__ import annotations
 
+import re
 import signal
 from pathlib import Path
 
+import pytest
 import torch
 import transformers
 
 from jamtrain.models.hf import import_checkpoint
+from jamtrain.sizing import flops_per_token
 from test_train_data import VOCAB, write_config
 from test_train_run import data, jamtrain, losses  # noqa: F401  (data is a fixture)
 
@@ -31,12 +36,18 @@ def imported_parent(root: Path, name: str, seed: int) -> Path:
 
 
 def test_cross_of_imported_parents_trains_and_resumes_exactly(data, tmp_path):
-    model = {**ARCH, "fusion": "cross", "text_checkpoint": str(imported_parent(tmp_path, "text", 1)),
+    model = {"preset": "tiny", "fusion": "cross", "text_checkpoint": str(imported_parent(tmp_path, "text", 1)),
              "image_checkpoint": str(imported_parent(tmp_path, "image", 2)), "extend_vocab": True,
              "n_image_codes": VOCAB.n_image_codes}
     ref = write_config(tmp_path / "ref.yaml", data, tmp_path / "ref", model=model, steps=4, save_every=2)
     r = jamtrain("train", "--config", str(ref))
     assert r.returncode == 0, r.stdout + r.stderr
+    n = int(re.search(r"model ([\d,]+) parameters", r.stdout).group(1).replace(",", ""))
+    fpt = float(re.search(r"; (\S+) training FLOPs per token", r.stdout).group(1))
+    assert f"architecture from parent {model['text_checkpoint']}: 1 layers x 32" in r.stdout
+    # 6N + 12 x (2 streams x 1 layer + 2 directions x 1 cross block) x width 32 x 32 positions
+    assert fpt == pytest.approx(6 * n + 12 * 4 * 32 * 32, rel=1e-6)
+    assert fpt == pytest.approx(flops_per_token(n, {**ARCH, "fusion": "cross"}, VOCAB.size, 32), rel=1e-6)
     want = losses(tmp_path / "ref")
     assert sorted(want) == [1, 2, 3, 4] and all(v > 0 for v in want.values())
     assert (tmp_path / "ref" / "export" / "model.safetensors").exists()

@@ -17,7 +17,7 @@ from jamtrain.models import build_model, fuse_cross, fuse_uniform, fuse_width, l
 from jamtrain.models.hf import import_checkpoint
 from jamtrain.models.resize import extend_vocab
 from jamtrain.settings import parse_settings
-from jamtrain.sizing import dry_run
+from jamtrain.sizing import dry_run, flops_per_token
 from jamtrain.throughput import device_peak_tflops, mfu, real_tokens, run_peak
 from test_train_data import REPO, VOCAB, write_config, write_datasets
 from test_train_run import ENV
@@ -160,6 +160,23 @@ def test_dry_run_sizes_the_model_from_imported_parents(data, tmp_path):
     text = "\n".join(lines)
     assert f"architecture from parent {t}: 3 layers x 32, 4 heads (2 key/value), rmsnorm, swiglu" in text
     assert "memory per GPU:" in text and "memory per host" in text and "checkpointing" in text
+    assert "building per rank on the device:" in text and "the whole model" in text  # ZeRO-2 here
+    # FLOPs per token (MFU) follow the parents too: 3 layers x 32, not the preset's 2 x 64
+    n = out["params"]
+    arch = {"n_layers": 3, "d_model": 32, "n_heads": 4, "n_kv_heads": 2, "d_ff": 48, "max_seq_len": 64,
+            "norm": "rmsnorm", "activation": "swiglu", "positions": "rotary", "fusion": "cross"}
+    got = flops_per_token(n, model, VOCAB.size, 32)
+    assert got == flops_per_token(n, arch, VOCAB.size, 32) == 6 * n + 12 * (2 * 3 + 2 * 3) * 32 * 32
+    keys_only = {k: v for k, v in model.items() if not k.endswith("checkpoint")}
+    assert flops_per_token(n, keys_only, VOCAB.size, 32) == 6 * n + 12 * (2 * 2 + 2 * 2) * 64 * 32
+    # under ZeRO-3 a rank builds only its partition plus one gathered tensor
+    s.deepspeed = {**s.deepspeed, "zero_optimization": {"stage": 3}}
+    lines.clear()
+    z3 = dry_run(s, echo=lines.append, cpu=True)
+    largest = max(p.numel() for p in built.parameters())
+    assert z3["build_device_bytes"] == 4 * (n / 1 + largest)  # one rank, fp32 on CPU
+    assert out["build_device_bytes"] == 4 * n
+    assert any("partitioned as it is built" in line for line in lines)
     # a parent that cannot be read is named, and the config keys size the model instead
     s.model = {**model, "text_checkpoint": str(tmp_path / "missing.safetensors"), "image_checkpoint": "x.pt"}
     lines.clear()

@@ -145,7 +145,8 @@ def _add_fuse_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output file (.safetensors or .pt)")
     p.add_argument("--weight", type=float, default=0.5, help="uniform: weight of the text parent")
     p.add_argument("--head", choices=["text", "image", "average"], default="average",
-                   help="width/cross: what the new output head reproduces at initialisation")
+                   help="width: what the new head reproduces at initialisation; cross: the 2d -> d layer "
+                        "starts as [a*I | (1-a)*I], a = 1, 0, 0.5")
     p.add_argument("--every", type=int, default=1, help="cross: a cross-attention block after every k-th layer")
     p.add_argument("--cross-heads", type=int, default=0, help="cross: heads of the cross blocks (0 = backbone's)")
     p.add_argument("--embedding", choices=["shared", "separate"], default="shared",

@@ -77,14 +77,17 @@ def default_text_rows(cfg: Config, vocab_size: int) -> int:
 
 
 def build_model(model_cfg: dict | Config, vocab_size: int, prefix: str = "train.model",
-                device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> nn.Module:
+                device: str | torch.device | None = None, dtype: torch.dtype | None = None,
+                zero: dict | None = None) -> nn.Module:
     """The model a config section describes; forward(tokens [B, L], segment_ids=None) -> logits [B, L, V].
 
     `fusion: none` is a single backbone; uniform / width / cross fuse two parents (checkpoints or,
     for tests and the demo, random initialisations). `checkpoint:` loads a saved model as is.
     Fused from checkpoints, the model is built on the meta device and its storage made on `device`
     in `dtype` (default: CPU, fp32), filled one parent tensor at a time; other models are built
-    on the CPU in fp32 and then moved."""
+    on the CPU in fp32 and then moved. `zero` (a DeepSpeed config with ZeRO stage 3) builds a
+    fused model inside `deepspeed.zero.Init`, partitioned over the ranks as it is built and filled
+    one gathered parameter at a time (models/materialize.py); it is then left where it is."""
     cfg = model_cfg if isinstance(model_cfg, Config) else Config(dict(model_cfg or {}), prefix)
     cfg.check_keys(MODEL_KEYS)
     ac = cfg.get("activation_checkpointing", bool, default=False)
@@ -94,7 +97,7 @@ def build_model(model_cfg: dict | Config, vocab_size: int, prefix: str = "train.
         return _place(model, device, dtype)
     arch = backbone_config(cfg, vocab_size)
     fusion = cfg.choice("fusion", FUSIONS, default="none")
-    place = {"device": device, "dtype": dtype}
+    place = {"device": device, "dtype": dtype, "zero": zero}
     if fusion == "none":
         model: nn.Module = Backbone(arch, ac)
     elif fusion == "uniform":
@@ -113,6 +116,8 @@ def build_model(model_cfg: dict | Config, vocab_size: int, prefix: str = "train.
                            head=cfg.choice("cross_head", HEAD_INITS, default="average"),
                            kernel=cfg.choice("cross_kernel", KERNELS, default="auto"), **place)
     _set_checkpointing(model, ac)
+    if zero is not None and fusion != "none":  # partitioned by zero.Init: DeepSpeed places it
+        return model
     return _place(model, device, dtype)
 
 

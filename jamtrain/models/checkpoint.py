@@ -127,7 +127,12 @@ def load_model(path: str | Path, backbone_cfg: BackboneConfig | None = None) -> 
     if kind == "backbone":
         return _load_into(lambda: Backbone(BackboneConfig.from_dict(meta["config"])), state, path)
     if kind == "cross":
-        return _load_into(lambda: JamCross(CrossConfig.from_dict(meta["config"])), state, path)
+        cfg = CrossConfig.from_dict(meta["config"])
+        old = state.get("head.weight")
+        if "proj.weight" not in state and old is not None and old.shape[-1] == 2 * cfg.backbone.d_model:
+            raise CheckpointError(f"{path}: a JAM-Cross whose head maps 2d straight to the vocabulary (an "
+                                  "earlier layout, no longer built); fuse it again from its parents")
+        return _load_into(lambda: JamCross(cfg), state, path)
     raise CheckpointError(f"{path}: unknown model kind {kind!r}")
 
 

@@ -11,12 +11,19 @@
   a * text_logits + (1 - a) * image_logits (a = 1, 0, 0.5 for width_head text/image/average).
 - `JamCross`: both backbones kept; after every k-th layer a gated bidirectional causal
   cross-attention block (see `CrossBlock`); tanh gates start at 0, so at initialisation each stream
-  equals its parent. The new head maps [h_text | h_image] (2d) to the vocabulary, initialised like
-  the width head, so at gate 0 the logits are a * text_logits + (1 - a) * image_logits.
+  equals its parent. As in the paper, a new linear layer `proj` maps [h_text | h_image] (2d) to d
+  and the shared output embedding maps that to the vocabulary: rows [0, text_rows) from the text
+  parent's output table, the rest from the image parent's (the input table itself when the
+  parents are tied). `proj` starts as [a * I | (1 - a) * I] (cross_head), so with a = 1 the
+  text rows' logits are exactly the text parent's.
+
+Every fusion builds its result without initialising it and writes it one tensor at a time
+(materialize.py): on one device, or partitioned over the ranks under DeepSpeed ZeRO-3 (`zero`).
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -24,6 +31,7 @@ from jamdata.errors import ModelError
 from jamtrain.kernels.cross_attention import bidirectional_cross_attention
 from jamtrain.models.backbone import Backbone, GroupedLayerNorm
 from jamtrain.models.config import BackboneConfig, CrossConfig, HEAD_INITS
+from jamtrain.models.materialize import empty_model, targets
 
 
 class FusionError(ModelError):
@@ -53,16 +61,6 @@ def _device_of(parent) -> torch.device:
     return parent.tok_emb.weight.device if isinstance(parent, Backbone) else torch.device("cpu")
 
 
-def _empty(build, device, dtype) -> nn.Module:
-    """`build()` on the meta device, then storage on `device` in `dtype` without initialising it:
-    every tensor is about to be written, so no full random model is ever drawn or held."""
-    with torch.device("meta"):
-        model = build()
-    if dtype is not None:
-        model = model.to(dtype)
-    return model.to_empty(device=device)
-
-
 def head_mix(head: str) -> float:
     if head not in HEAD_INITS:
         raise FusionError(f"head init must be one of {HEAD_INITS}, got {head!r}")
@@ -71,16 +69,17 @@ def head_mix(head: str) -> float:
 
 # --------------------------------------------------------------------------------------- uniform
 @torch.no_grad()
-def fuse_uniform(text, image, weight: float = 0.5, device=None, dtype=None) -> Backbone:
+def fuse_uniform(text, image, weight: float = 0.5, device=None, dtype=None, zero: dict | None = None) -> Backbone:
     """w * text + (1 - w) * image, parameter by parameter (in fp32, then stored in `dtype`).
     Parents are Backbones or `ParentWeights`; the result lives on `device` (default: the text
-    parent's) and is filled one tensor at a time."""
+    parent's), or partitioned under ZeRO-3 with `zero` (the DeepSpeed config), and is filled one
+    tensor at a time."""
     cfg = _check_parents(text, image)
     if not 0.0 <= weight <= 1.0:
         raise FusionError(f"uniform weight must be in [0, 1], got {weight}")
-    out = _empty(lambda: Backbone(cfg), device or _device_of(text), dtype)
+    out = empty_model(lambda: Backbone(cfg), device or _device_of(text), dtype, zero)
     ti, im = _source(text), _source(image)
-    for key, target in out.state_dict().items():
+    for key, target in targets(out):
         target.copy_(weight * ti.tensor(key).float() + (1.0 - weight) * im.tensor(key).float())
     return out
 
@@ -97,14 +96,14 @@ WIDTH_SIDE_BY_SIDE = ("head.weight", "tok_emb.weight", "pos_emb.weight")  # [row
 
 
 @torch.no_grad()
-def fuse_width(text, image, head: str = "average", device=None, dtype=None) -> Backbone:
+def fuse_width(text, image, head: str = "average", device=None, dtype=None, zero: dict | None = None) -> Backbone:
     """Twice the width; each half computes its parent exactly at initialisation (module docstring).
-    Parents, `device` and `dtype` as for `fuse_uniform`."""
+    Parents, `device`, `dtype` and `zero` as for `fuse_uniform`."""
     cfg = _check_parents(text, image)
     a = head_mix(head)
-    out = _empty(lambda: Backbone(width_config(cfg)), device or _device_of(text), dtype)
+    out = empty_model(lambda: Backbone(width_config(cfg)), device or _device_of(text), dtype, zero)
     ti, im = _source(text), _source(image)
-    for key, target in out.state_dict().items():
+    for key, target in targets(out):
         if key == "head.weight":
             left, right = a * ti.head_weight().float(), (1 - a) * im.head_weight().float()
         else:
@@ -172,7 +171,10 @@ class JamCross(nn.Module):
     """JAM-Cross. forward(tokens, segment_ids=None) -> logits [B, L, V].
 
     The backbones keep their layers, positions and final norms; their own output heads are dropped
-    (the new `head` replaces them) and, with a shared embedding, so are their token tables."""
+    and, with a shared embedding, so are their token tables. Output: `proj` (2d -> d, the paper's
+    new linear layer over the concatenated final hidden states), then the shared output embedding:
+    the input table itself when the embedding is shared and the parents tie theirs
+    (`tied_output`), else its own [V, d] table `head`, one for both streams."""
 
     def __init__(self, cfg: CrossConfig, activation_checkpointing: bool = False):
         super().__init__()
@@ -188,19 +190,29 @@ class JamCross(nn.Module):
                                    for _ in range(cfg.n_cross))
         # the shared input embedding; with embedding="separate" each backbone keeps its own table
         self.embedding = nn.Embedding(b.vocab_size, b.d_model) if cfg.embedding == "shared" else None
-        self.head = nn.Linear(2 * b.d_model, b.vocab_size, bias=False)
+        self.proj = nn.Linear(2 * b.d_model, b.d_model, bias=False)
+        self.head = None if self.tied_output else nn.Linear(b.d_model, b.vocab_size, bias=False)
         for blk in self.cross:
             for name, p in blk.named_parameters():
                 if p.dim() == 2:
                     nn.init.normal_(p, 0.0, b.init_std)
-        if self.embedding is not None:
-            nn.init.normal_(self.embedding.weight, 0.0, b.init_std)
-        nn.init.normal_(self.head.weight, 0.0, b.init_std)
+        for p in (self.embedding, self.proj, self.head):
+            if p is not None:
+                nn.init.normal_(p.weight, 0.0, b.init_std)
         for m in (self.text, self.image):
             m.head = None
             if self.embedding is not None:
                 m.tok_emb = None
         self.kernel = cfg.kernel
+
+    @property
+    def tied_output(self) -> bool:
+        """The output embedding is the shared input table (shared embedding, tied parents)."""
+        return self.cfg.embedding == "shared" and self.cfg.backbone.tie_embeddings
+
+    def output_weight(self) -> torch.Tensor:
+        """The shared output embedding [V, d]."""
+        return self.embedding.weight if self.head is None else self.head.weight
 
     def streams(self, tokens: torch.Tensor, segment_ids: torch.Tensor | None = None):
         """Final normalised hidden states of the text and image streams, each [B, L, d]."""
@@ -226,47 +238,57 @@ class JamCross(nn.Module):
 
     def forward(self, tokens: torch.Tensor, segment_ids: torch.Tensor | None = None) -> torch.Tensor:
         h_t, h_i = self.streams(tokens, segment_ids)
-        return self.head(torch.cat([h_t, h_i], dim=-1))
+        return F.linear(self.proj(torch.cat([h_t, h_i], dim=-1)), self.output_weight())
 
 
-def init_cross_blocks(model: JamCross) -> None:
-    """The new parameters of JAM-Cross: cross-block projections N(0, init_std), drawn in fp32 from
-    the global generator in parameter order whatever the storage dtype (so fp32 and bf16 builds
-    agree after rounding); norm weights 1, biases and tanh gates 0 (the blocks start switched off)."""
-    std = model.cfg.backbone.init_std
-    for blk in model.cross:
-        for name, p in blk.named_parameters():
-            if p.dim() == 2:
-                p.copy_(torch.empty(p.shape, dtype=torch.float32).normal_(0.0, std))
-            elif name.endswith("weight"):
-                p.fill_(1.0)
-            else:
-                p.zero_()
+def _init_cross_param(name: str, p: torch.Tensor, std: float) -> None:
+    """A new parameter of a cross block: projections N(0, init_std), drawn in fp32 from the global
+    generator whatever the storage dtype (so fp32 and bf16 builds agree after rounding, and a
+    ZeRO-3 build draws what an unpartitioned one does); norm weights 1, biases and tanh gates 0
+    (the blocks start switched off)."""
+    if p.dim() == 2:
+        p.copy_(torch.empty(p.shape, dtype=torch.float32).normal_(0.0, std))
+    elif name.endswith("weight"):
+        p.fill_(1.0)
+    else:
+        p.zero_()
+
+
+def _split_rows(target: torch.Tensor, text: torch.Tensor, image: torch.Tensor, text_rows: int) -> None:
+    """Rows [0, text_rows) from the text parent's table, the rest from the image parent's."""
+    target[:text_rows].copy_(text[:text_rows])
+    target[text_rows:].copy_(image[text_rows:])
 
 
 @torch.no_grad()
 def fuse_cross(text, image, text_rows: int, cross_every: int = 1,
                cross_heads: int = 0, embedding: str = "shared", head: str = "average",
-               kernel: str = "auto", device=None, dtype=None) -> JamCross:
-    """JAM-Cross from two parents: backbones copied, cross blocks gated off, embedding rows
-    [0, text_rows) from the text model and the rest from the image model, head = mix of the
-    parents' heads (see the module docstring). Parents are Backbones or `ParentWeights` (read one
-    tensor at a time); the model is built on the meta device and materialised on `device` in
-    `dtype`, so only the fused model itself is ever held whole."""
+               kernel: str = "auto", device=None, dtype=None, zero: dict | None = None) -> JamCross:
+    """JAM-Cross from two parents: backbones copied, cross blocks gated off, input and output
+    embedding rows [0, text_rows) from the text model and the rest from the image model, `proj`
+    = [a * I | (1 - a) * I] (see the module docstring). Parents are Backbones or `ParentWeights`
+    (read one tensor at a time); the model is built without initialisation and filled tensor by
+    tensor on `device` in `dtype`, or partitioned over the ranks under ZeRO-3 (`zero`), so only
+    the fused model itself (or this rank's part of it) is ever held whole."""
     cfg = _check_parents(text, image)
     a = head_mix(head)
     ccfg = CrossConfig(cfg, cross_every, cross_heads, text_rows, embedding, head, kernel)
-    model = _empty(lambda: JamCross(ccfg), device or _device_of(text), dtype)
-    init_cross_blocks(model)
+    model = empty_model(lambda: JamCross(ccfg), device or _device_of(text), dtype, zero)
     ti, im = _source(text), _source(image)
-    for mine, parent in ((model.text, ti), (model.image, im)):
-        for key, target in mine.state_dict().items():
-            target.copy_(parent.tensor(key))
-    if model.embedding is not None:
-        table = model.embedding.weight
-        table[:text_rows].copy_(ti.tensor("tok_emb.weight")[:text_rows])
-        table[text_rows:].copy_(im.tensor("tok_emb.weight")[text_rows:])
     d = cfg.d_model
-    model.head.weight[:, :d].copy_(ti.head_weight()).mul_(a)
-    model.head.weight[:, d:].copy_(im.head_weight()).mul_(1 - a)
+    for key, target in targets(model):
+        part, _, rest = key.partition(".")
+        if part in ("text", "image"):
+            target.copy_((ti if part == "text" else im).tensor(rest))
+        elif part == "cross":
+            _init_cross_param(key, target, cfg.init_std)
+        elif key == "embedding.weight":
+            _split_rows(target, ti.tensor("tok_emb.weight"), im.tensor("tok_emb.weight"), text_rows)
+        elif key == "head.weight":
+            _split_rows(target, ti.head_weight(), im.head_weight(), text_rows)
+        elif key == "proj.weight":
+            eye = torch.eye(d, dtype=torch.float32)
+            target.copy_(torch.cat([a * eye, (1 - a) * eye], dim=1))
+        else:
+            raise FusionError(f"JAM-Cross parameter {key!r} has no fusion rule")
     return model
