@@ -6,15 +6,51 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from jamdata.config import Config, ConfigError
+from jamdata.settings import load_settings, setting
 from jamtrain.evaluate import Holdout, ShardPolicy
 from jamtrain.schedule import DECAYS
 
 REPO = Path(__file__).resolve().parent.parent
 
-TRAIN_KEYS = ("model", "deepspeed", "out_dir", "steps", "lr", "min_lr_ratio", "warmup_steps", "decay",
-              "weight_decay", "betas", "eps", "precision", "seed", "log_every", "save_every", "keep_checkpoints",
-              "verify_checkpoints", "eval", "peak_tflops", "num_gpus", "gpus_per_host", "cpu_shm_comm", "cpu_threads", "export")
-EVAL_KEYS = ("every", "holdout_fraction", "max_samples", "batch_size", "datasets")
+
+
+@dataclass(frozen=True)
+class EvalSection:
+    """`train.eval`: held-out evaluation during training."""
+    every: int = setting(0, "steps between evaluations (0: none)", lo=0)
+    holdout_fraction: float = setting(0.01, "share of samples held out of training", lo=0, hi=0.5)
+    max_samples: int = setting(256, "held-out samples scored per evaluation", lo=1)
+    batch_size: int = setting(8, "samples per evaluation forward pass", lo=1)
+    datasets: dict = setting({}, "name -> separate validation dataset, evaluated whole")
+
+
+@dataclass(frozen=True)
+class TrainSection:
+    """The `train` section (docs/training.md)."""
+    model: dict = setting({}, "model preset, sizes, fusion and parents (docs/models.md)")
+    deepspeed: str = setting("configs/deepspeed-cpu.json", "the DeepSpeed JSON (ZeRO stage, micro-batch, ...)")
+    out_dir: str = setting("train", "training directory (relative: under the run directory)")
+    steps: int = setting(100, "optimizer steps", lo=1)
+    lr: float = setting(3e-4, "peak learning rate", lo=0)
+    min_lr_ratio: float = setting(0.1, "final learning rate / peak", lo=0, hi=1)
+    warmup_steps: int = setting(10, "linear warm-up steps", lo=0)
+    decay: str = setting("cosine", "learning-rate decay after warm-up", choices=DECAYS)
+    weight_decay: float = setting(0.1, "AdamW weight decay", lo=0)
+    betas: list[float] = setting([0.9, 0.95], "AdamW betas (two numbers)")
+    eps: float = setting(1e-8, "AdamW epsilon", lo=0)
+    precision: str = setting("auto", "training precision", choices=("auto", "bf16", "fp16", "fp32"))
+    seed: int | None = setting(None, "seed (default: run.seed, else 1234)")
+    log_every: int = setting(1, "steps between log lines", lo=1)
+    save_every: int = setting(0, "steps between checkpoints (0: only at the end)", lo=0)
+    keep_checkpoints: int = setting(2, "newest checkpoints kept", lo=1)
+    verify_checkpoints: str = setting("sha256", "how a checkpoint is checked before resume", choices=("sha256", "size"))
+    eval: EvalSection = setting(EvalSection())
+    peak_tflops: float | None = setting(None, "per-device peak for MFU (default: from the detected GPU)", lo=0)
+    num_gpus: int = setting(1, "what --dry-run sizes for (a launched run uses the real world size)", lo=1)
+    gpus_per_host: int = setting(8, "ranks sharing one host's RAM, for --dry-run's per-host figure", lo=1)
+    cpu_shm_comm: bool = setting(False, "DeepSpeed's shared-memory collectives on CPU")
+    cpu_threads: int = setting(0, "torch threads per CPU rank (0: torch's default)", lo=0)
+    export: bool = setting(True, "write the Hugging Face-style export at the end")
 
 
 # -- settings ----------------------------------------------------------------------------------
@@ -125,49 +161,26 @@ def parse_settings(cfg: Config, out_dir: str | Path | None = None, run_dir: str 
     (`loader.mixture` names, `loader.paths` or `<run dir>/<name>`)."""
     from jamdata.loader import dataset_dirs
 
-    t = cfg.section("train")
-    t.check_keys(TRAIN_KEYS)
+    t = load_settings(TrainSection, cfg.section("train"))
     run_dir = str(run_dir or cfg.section("run").get("out_dir", str, default="out/run"))
-    ev = t.section("eval")
-    ev.check_keys(EVAL_KEYS)
-    betas = t.get("betas", list, default=[0.9, 0.95])
-    if len(betas) != 2:
-        raise ConfigError("train.betas", f"must be two numbers, got {betas!r}")
-    ds_path = t.get("deepspeed", str, default="configs/deepspeed-cpu.json")
-    out = str(out_dir or _resolve(t.get("out_dir", str, default="train"), run_dir))
+    if len(t.betas) != 2:
+        raise ConfigError("train.betas", f"must be two numbers, got {t.betas!r}")
+    ds_path = t.deepspeed
+    out = str(out_dir or _resolve(t.out_dir, run_dir))
     if "://" in out:
         raise ConfigError("train.out_dir", f"{out}: checkpoints need a file system every rank shares (a local, "
                           "NFS/Lustre or mounted-bucket path), not a URL")
+    ev = t.eval
     return Settings(
-        model=t.get("model", dict, default={}),
-        deepspeed=load_deepspeed_config(ds_path),
-        deepspeed_path=ds_path,
-        datasets=dataset_dirs(cfg, run_dir),
-        out_dir=Path(out),
-        loader=cfg.section("loader").to_dict(),
-        steps=int(t.number("steps", 100, lo=1)),
-        lr=float(t.number("lr", 3e-4, lo=0)),
-        min_lr_ratio=float(t.number("min_lr_ratio", 0.1, lo=0, hi=1)),
-        warmup_steps=int(t.number("warmup_steps", 10, lo=0)),
-        decay=t.choice("decay", DECAYS, "cosine"),
-        weight_decay=float(t.number("weight_decay", 0.1, lo=0)),
-        betas=(float(betas[0]), float(betas[1])),
-        eps=float(t.number("eps", 1e-8, lo=0)),
-        precision=t.choice("precision", ["auto", "bf16", "fp16", "fp32"], "auto"),
-        seed=int(t.number("seed", cfg.section("run").get("seed", int, default=1234))),
-        log_every=int(t.number("log_every", 1, lo=1)),
-        save_every=int(t.number("save_every", 0, lo=0)),
-        keep_checkpoints=int(t.number("keep_checkpoints", 2, lo=1)),
-        verify_checkpoints=t.choice("verify_checkpoints", ["sha256", "size"], "sha256"),
-        eval_every=int(ev.number("every", 0, lo=0)),
-        holdout_fraction=float(ev.number("holdout_fraction", 0.01, lo=0, hi=0.5)),
-        eval_max_samples=int(ev.number("max_samples", 256, lo=1)),
-        eval_batch_size=int(ev.number("batch_size", 8, lo=1)),
-        eval_datasets={k: _resolve(str(v), run_dir) for k, v in ev.get("datasets", dict, default={}).items()},
-        peak_tflops=t.get("peak_tflops", (int, float, type(None)), default=None),
-        num_gpus=int(t.number("num_gpus", 1, lo=1)),
-        gpus_per_host=int(t.number("gpus_per_host", 8, lo=1)),
-        cpu_shm_comm=t.get("cpu_shm_comm", bool, default=False),
-        cpu_threads=int(t.number("cpu_threads", 0, lo=0)),
-        export=t.get("export", bool, default=True),
+        model=t.model, deepspeed=load_deepspeed_config(ds_path), deepspeed_path=ds_path,
+        datasets=dataset_dirs(cfg, run_dir), out_dir=Path(out), loader=cfg.section("loader").to_dict(),
+        steps=t.steps, lr=t.lr, min_lr_ratio=t.min_lr_ratio, warmup_steps=t.warmup_steps, decay=t.decay,
+        weight_decay=t.weight_decay, betas=(float(t.betas[0]), float(t.betas[1])), eps=t.eps,
+        precision=t.precision, seed=cfg.section("run").get("seed", int, default=1234) if t.seed is None else t.seed,
+        log_every=t.log_every, save_every=t.save_every, keep_checkpoints=t.keep_checkpoints,
+        verify_checkpoints=t.verify_checkpoints, eval_every=ev.every, holdout_fraction=ev.holdout_fraction,
+        eval_max_samples=ev.max_samples, eval_batch_size=ev.batch_size,
+        eval_datasets={k: _resolve(str(v), run_dir) for k, v in ev.datasets.items()},
+        peak_tflops=t.peak_tflops, num_gpus=t.num_gpus, gpus_per_host=t.gpus_per_host, cpu_shm_comm=t.cpu_shm_comm,
+        cpu_threads=t.cpu_threads, export=t.export,
     )

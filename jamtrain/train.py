@@ -385,8 +385,12 @@ def run_stage(ctx) -> list[str]:
 
 
 def stage_settings(ctx: StageContext) -> dict:
-    return {"seed": ctx.seed, "loader": ctx.config.section("loader").to_dict(),
-            "train": ctx.config.section("train").to_dict()}
+    from jamdata.loader import loader_settings
+    from jamdata.settings import load_settings
+    from jamtrain.settings import TrainSection
+
+    return {"seed": ctx.seed, "loader": loader_settings(ctx.config.section("loader")),
+            "train": load_settings(TrainSection, ctx.config.section("train"))}
 
 
 STAGE = Stage("train", run_stage, outputs=("train",), inputs=("text-tokens", "image-caption", "instruct"),

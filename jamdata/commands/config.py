@@ -103,10 +103,11 @@ def settings_sections() -> list[tuple[str, type]]:
     from pipelines.text_inputs import SourceSettings
     from pipelines.text_sample import SampleSection
     from pipelines.tokenizer_train import TokenizerSettings
+    from jamtrain.settings import TrainSection
 
     return [("run", RunSettings), ("text.sources.<name>", SourceSettings), ("text.clean", CleanSettings), ("text.tokenizer", TokenizerSettings),
             ("text.sample", SampleSection), ("images", ImageSettings), ("instruct", InstructSettings),
-            ("loader", LoaderSettings), ("stats", StatsSettings)]
+            ("loader", LoaderSettings), ("stats", StatsSettings), ("train", TrainSection)]
 
 
 def reference_markdown() -> str:
