@@ -3,22 +3,41 @@ taming/Chameleon checkpoint into one after a strict key-for-key load."""
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from jamdata.config import Config, ConfigError
 from jamdata.io import expand_inputs, fs_and_path
 from jamdata.manifest import describe_shard, output_dir
+from jamdata.stage import Stage, StageContext
+
+if TYPE_CHECKING:  # torch comes with it: imported where used
+    from jamdata.image.train import TrainConfig
 
 log = logging.getLogger(__name__)
 VQVAE_KEYS = ["codebook_size", "model", "checkpoint", "train"]
-TRAIN_KEYS = ["inputs", "steps", "batch_size", "lr", "warmup_steps", "ema", "ema_decay", "beta",
-              "checkpoint_every", "flip", "max_images", "min_size", "max_aspect", "threads", "channels_last"]
+# vqvae.train keys come from TrainConfig's fields; these are set elsewhere (vqvae.*, run.seed, images.fields).
+NOT_TRAIN_KEYS = ("model", "codebook_size", "seed", "fields")
+# Bounds of numeric keys (lo, hi); numeric keys not listed must be >= 0.
+BOUNDS = {"steps": (1, None), "batch_size": (1, None), "ema_decay": (0, 1), "shuffle_buffer": (1, None),
+          "eval_images": (1, None), "log_every": (1, None), "min_size": (1, None), "max_aspect": (1, None),
+          "disc_layers": (1, 6), "disc_ndf": (1, None)}
+CHOICES = {"pixel_loss": ("mse", "l1"), "device": ("cpu", "cuda", "auto")}
+FILE_KEYS = ("lpips_vgg16", "lpips_lin", "inception")
 
 
 def codebook_size(cfg: Config) -> int:
     return int(cfg.section("vqvae").number("codebook_size", 8192, lo=2, hi=65536))
 
 
-def train_config(cfg: Config) -> tuple["object", list[str]]:
+def train_keys() -> list[str]:
+    from dataclasses import fields
+
+    from jamdata.image.train import TrainConfig
+
+    return ["inputs"] + [f.name for f in fields(TrainConfig) if f.name not in NOT_TRAIN_KEYS]
+
+
+def train_config(cfg: Config) -> tuple[TrainConfig, list[str]]:
     """TrainConfig and training inputs from the `vqvae` section (inputs default to images.inputs)."""
     from jamdata.image.train import TrainConfig
 
@@ -31,42 +50,55 @@ def train_config(cfg: Config) -> tuple["object", list[str]]:
         if model not in PRESETS:
             raise ConfigError("vqvae.model", f"unknown model config {model!r}", list(PRESETS))
     tr = sec.section("train")
-    tr.check_keys(TRAIN_KEYS)
+    keys = train_keys()
+    tr.check_keys(keys)
     d = TrainConfig()
-    tc = TrainConfig(
-        model=model, codebook_size=codebook_size(cfg),
-        steps=int(tr.number("steps", d.steps, lo=1)), batch_size=int(tr.number("batch_size", d.batch_size, lo=1)),
-        lr=float(tr.number("lr", d.lr, lo=0)), warmup_steps=int(tr.number("warmup_steps", d.warmup_steps, lo=0)),
-        ema=tr.get("ema", bool, default=d.ema), ema_decay=float(tr.number("ema_decay", d.ema_decay, lo=0, hi=1)),
-        beta=float(tr.number("beta", d.beta, lo=0)),
-        checkpoint_every=int(tr.number("checkpoint_every", d.checkpoint_every, lo=0)),
-        flip=tr.get("flip", bool, default=d.flip), max_images=int(tr.number("max_images", d.max_images, lo=0)),
-        min_size=int(tr.number("min_size", d.min_size, lo=1)),
-        max_aspect=float(tr.number("max_aspect", d.max_aspect, lo=1)),
-        seed=int(cfg.section("run").get("seed", int, default=0)),
-        threads=int(tr.number("threads", d.threads, lo=0)),
-        channels_last=tr.get("channels_last", bool, default=d.channels_last),
-        fields=cfg.section("images").get("fields", dict, default={}),
-    )
+    values: dict = {}
+    for k in keys[1:]:
+        default = getattr(d, k)
+        if k in CHOICES:
+            values[k] = tr.get(k, str, default=default)
+            if values[k] not in CHOICES[k]:
+                raise ConfigError(f"vqvae.train.{k}", f"unknown value {values[k]!r}", list(CHOICES[k]))
+        elif isinstance(default, bool):
+            values[k] = tr.get(k, bool, default=default)
+        elif k in FILE_KEYS or k == "disc_lr":
+            values[k] = tr.get(k, (str, int, float, type(None)) if k == "disc_lr" else (str, type(None)), default=None)
+        else:
+            lo, hi = BOUNDS.get(k, (0, None))
+            values[k] = type(default)(tr.number(k, default, lo=lo, hi=hi))
+    if values["disc_lr"] is not None:
+        values["disc_lr"] = float(tr.number("disc_lr", 0.0, lo=0))
+    tc = TrainConfig(model=model, codebook_size=codebook_size(cfg),
+                     seed=int(cfg.section("run").get("seed", int, default=0)),
+                     fields=cfg.section("images").get("fields", dict, default={}), **values)
     inputs = tr.get("inputs", (list, str), default=None) or cfg.section("images").get("inputs", (list, str), default=[])
     return tc, [inputs] if isinstance(inputs, str) else list(inputs)
 
 
 def train_to_dir(tc, inputs: list[str], out: str, say=log.info, config: dict | None = None) -> dict:
-    """Train a VQ-VAE into `out` (a dataset of kind "vqvae")."""
-    from jamdata.image.train import load_images, train_vqvae
-    from jamdata.image.vqvae import build_vqvae
+    """Train a VQ-VAE into `out` (a dataset of kind "vqvae"). Under torchrun every process calls
+    this; rank 0 claims the directory and writes the manifest."""
+    from contextlib import nullcontext
+
+    from jamdata.image import train_dist
+    from jamdata.image.train import train_vqvae
     from jamdata.manifest import build_manifest, write_manifest
 
     files = expand_inputs(inputs)
-    res = build_vqvae(tc.model, tc.codebook_size).resolution
-    images, _, rejects = load_images(files, res, tc.min_size, tc.max_aspect, tc.max_images, tc.fields)
-    say(f"{len(images)} training images at {res}px ({len(rejects)} unusable)")
-    with output_dir(out) as out_p:
-        summary = train_vqvae(images, tc, out_p, say)
-        summary["unusable_inputs"] = rejects[:50]
-        shards = [describe_shard(str(out_p), n) for n in ("vqvae.ckpt", "vqvae.yaml")]
-        write_manifest(str(out_p), build_manifest("vqvae", shards, config or {}, None, summary, files))
+    d = train_dist.setup(tc.device)
+    try:
+        # resuming keeps the directory's checkpoints (the manifest is still removed first)
+        with (output_dir(out, clean=not tc.resume) if d.main else nullcontext(out)) as out_p:
+            d.barrier()
+            summary = train_vqvae(files, tc, str(out_p), say, d)
+            if d.main:
+                say(f"{summary['images']} training images ({len(summary['unusable_inputs'])} unusable) "
+                    f"on {d.world_size} process(es)")
+                shards = [describe_shard(str(out_p), n) for n in ("vqvae.ckpt", "vqvae.yaml")]
+                write_manifest(str(out_p), build_manifest("vqvae", shards, config or {}, None, summary, files))
+    finally:
+        train_dist.teardown(d)
     return summary
 
 
@@ -96,6 +128,18 @@ def run_vqvae_stage(ctx) -> list[str]:
         return [f"imported {ckpt} ({s['codebook_size']} codes) -> {out}"]
     tc, inputs = train_config(ctx.config)
     s = train_to_dir(tc, inputs, out, config=sec.to_dict())
+    if not s:
+        return []  # a torchrun process other than rank 0
     return [f"trained {tc.model} for {s['steps']} steps on {s['images']} images in {s['seconds']}s: "
             f"mse {s['untrained_mse']} -> {s['final_mse']}, {s['codes_used']}/{s['codebook_size']} codes used "
             f"-> {out}"]
+
+
+def stage_settings(ctx: StageContext) -> dict:
+    sec = ctx.config.section("vqvae")
+    if sec.get("checkpoint", (str, type(None)), default=None):
+        return {"vqvae": sec.to_dict()}
+    return {"seed": ctx.seed, "train": train_config(ctx.config)}
+
+
+STAGE = Stage("vqvae-train", run_vqvae_stage, outputs=("vqvae",), settings=stage_settings)

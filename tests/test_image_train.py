@@ -23,7 +23,7 @@ def trained(corpus, sp_model_path, tmp_path_factory):
     params = preset("tiny-64px-f4")
     params["ddconfig"]["resolution"] = 32  # 32x32 -> 8x8 codes: small enough for a CPU test
     cfg = {"run": {"seed": 3, "workers": 1},
-           "images": {"resolution": 32, "min_size": 32, "batch_size": 16, "encode_groups": 2, "num_shards": 2},
+           "images": {"resolution": 32, "min_size": 32, "batch_size": 16, "num_shards": 2},
            "vqvae": {"codebook_size": 64, "model": {"model": {"params": params}},
                      "train": {"steps": 60, "batch_size": 12, "lr": 0.003, "checkpoint_every": 30, "threads": 1}}}
     (d / "cfg.yaml").write_text(yaml.safe_dump(cfg))

@@ -30,35 +30,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=show)
 
     vq = command_group(sub, "vqvae", "the VQ-VAE image tokenizer")
-    p = vq.add_parser("train", help="train a VQ-VAE (checkpoints in the taming/Chameleon layout)")
+    p = vq.add_parser("train", help="train a VQ-VAE (checkpoints in the taming/Chameleon layout); several "
+                                    "processes: torchrun --nproc_per_node N -m jamdata.cli vqvae train ...")
     p.add_argument("--config", required=True, help="YAML config (section vqvae, vqvae.train)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--inputs", nargs="+", help="training images (tars/jsonl/parquet; default: vqvae.train.inputs)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest OUT/checkpoints/step-N "
+                                                          "(vqvae.train.resume)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p.set_defaults(func=train)
 
 
 def tokenize(args: argparse.Namespace) -> int:
-    from jamdata.config import Config, beam_args_setting, storage_setting, workers_setting
-    from pipelines.image_tokenize import ImageSettings, tokenize_images
+    from jamdata.stage import context_from_args
+    from pipelines.image_tokenize import STAGE
 
-    cfg = Config.load(args.config, overrides=args.set)
-    run = cfg.section("run")
-    storage_setting(run)
-    settings = ImageSettings.from_config(cfg, int(run.get("seed", int, default=0)))
-    inputs = args.inputs or settings.inputs
-    if not inputs:
-        from jamdata.config import ConfigError
-
-        raise ConfigError("images.inputs", "missing (or pass --inputs)")
     rejects = args.rejects or f"{str(args.out).rstrip('/')}-rejects"
-    s = tokenize_images(inputs, args.out, rejects, args.vqvae, args.tokenizer, settings,
-                        workers_setting(args.workers, run),
-                        beam_args_setting(args.beam_args, run),
-                        cfg.section("images").to_dict())
-    print(f"{s['samples']} samples, {s['tokens']} tokens ({s['image_tokens']} image, {s['caption_tokens']} caption), "
-          f"{s['codes_used']} codes used -> {args.out}")
-    print(f"{s['rejects']['rejects']} rejected {s['rejects']['reasons']} -> {rejects}")
+    ctx = context_from_args(args, {"image-caption": args.out, "image-caption-rejects": rejects,
+                                   "vqvae": args.vqvae, "tokenizer": args.tokenizer}, out_is_run_dir=False)
+    if args.inputs:
+        ctx.config.set("images.inputs", list(args.inputs))
+    for line in STAGE.run(ctx):
+        print(line)
     return 0
 
 
@@ -74,7 +67,7 @@ def train(args: argparse.Namespace) -> int:
     from jamdata.config import Config, storage_setting
     from pipelines.vqvae_train import train_config, train_to_dir
 
-    cfg = Config.load(args.config, overrides=args.set)
+    cfg = Config.load(args.config, overrides=args.set + (["vqvae.train.resume=true"] if args.resume else []))
     storage_setting(cfg.section("run"))
     tc, inputs = train_config(cfg)
     inputs = args.inputs or inputs
@@ -83,6 +76,8 @@ def train(args: argparse.Namespace) -> int:
 
         raise ConfigError("vqvae.train.inputs", "missing (or pass --inputs)")
     s = train_to_dir(tc, inputs, args.out, say=print, config=cfg.section("vqvae").to_dict())
+    if not s:
+        return 0  # a torchrun process other than rank 0: rank 0 reports
     print(f"mse {s['untrained_mse']} (untrained) -> {s['final_mse']}; {s['codes_used']}/{s['codebook_size']} codes "
           f"used, perplexity {s['perplexity']}; checkpoint {str(args.out).rstrip('/')}/vqvae.ckpt")
     return 0

@@ -26,18 +26,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.set_defaults(func=func)
 
 
-def _load(args):
-    from jamdata.config import Config, run_dir_setting, storage_setting
-
-    cfg = Config.load(args.config, overrides=args.set)
+def _apply_flags(cfg, args) -> None:
+    """The command's flags as text.sample keys."""
     for key in ("input", "tokenizer", "count"):
         if getattr(args, key, None):
             cfg.set(f"text.sample.{key}", getattr(args, key))
     for key in ("export_hf", "append"):
         if getattr(args, key, False):
             cfg.set(f"text.sample.{key}", True)
-    storage_setting(cfg.section("run"))
-    return cfg, run_dir_setting(args.out, cfg.section("run"))
+
+
+def _load(args):
+    from jamdata.stage import context_from_args
+
+    ctx = context_from_args(args)
+    _apply_flags(ctx.config, args)
+    return ctx.config, ctx.run_dir
 
 
 def plan(args: argparse.Namespace) -> int:
@@ -76,13 +80,11 @@ def compute_estimate(clean_manifest: dict, table) -> list[str]:
 
 
 def sample(args: argparse.Namespace) -> int:
-    from jamdata.config import beam_args_setting, workers_setting
-    from pipelines.stages import StageContext
-    from pipelines.text_sample import run_stage
+    from jamdata.stage import context_from_args
+    from pipelines.text_sample import STAGE
 
-    cfg, out = _load(args)
-    beam_args = beam_args_setting(args.beam_args, cfg.section("run"))
-    ctx = StageContext(cfg, out, workers=workers_setting(args.workers, cfg.section("run")), beam_args=beam_args)
-    for line in run_stage(ctx):
+    ctx = context_from_args(args)
+    _apply_flags(ctx.config, args)
+    for line in STAGE.run(ctx):
         print(line)
     return 0

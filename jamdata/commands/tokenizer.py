@@ -23,20 +23,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def train(args: argparse.Namespace) -> int:
-    from jamdata.config import Config, run_dir_setting, storage_setting
-    from jamdata.io import join
-    from pipelines.stages import StageContext
-    from pipelines.tokenizer_train import run_tokenizer_stage
+    from jamdata.stage import context_from_args
+    from pipelines.tokenizer_train import STAGE
 
-    cfg = Config.load(args.config, overrides=args.set)
+    ctx = context_from_args(args)
     for key, value in (("input", args.input), ("model", args.model), ("vocab_size", args.vocab_size)):
         if value is not None:
-            cfg.set(f"text.tokenizer.{key}", value)
-    storage_setting(cfg.section("run"))
-    out = run_dir_setting(args.out, cfg.section("run"))
-    for line in run_tokenizer_stage(StageContext(cfg, out)):
+            ctx.config.set(f"text.tokenizer.{key}", value)
+    for line in STAGE.run(ctx):
         print(line)
-    print(f"tokenizer dataset: {join(out, 'tokenizer')}")
+    print(f"tokenizer dataset: {ctx.path('tokenizer')}")
     return 0
 
 

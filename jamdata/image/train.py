@@ -1,30 +1,31 @@
-"""Training a VQ-VAE when no pretrained image tokenizer is at hand.
+"""Training a VQ-VAE when no pretrained image tokenizer is at hand (the taming VQGAN recipe).
 
-Loss: pixel reconstruction (MSE) + commitment (beta = 0.25). The codebook follows the encoder by
-EMA (decay 0.99) and codes that stop being used are restarted from encoder outputs, so the
-codebook does not collapse; `ema: false` learns it by the codebook loss instead. The codebook is
-seeded from encoder outputs of the first batch. Checkpoints use the taming layout (see vqvae.py);
-each comes with a reconstruction grid PNG, and the end of training writes a codebook-usage figure.
+Loss: pixel reconstruction (`pixel_loss`: mse or l1) + commitment (beta = 0.25), and as options
+the taming terms: LPIPS perceptual loss (`perceptual_weight`, weights supplied as files) and a
+PatchGAN discriminator with hinge loss, adaptive weight and a delayed start (`disc_weight`,
+`disc_start`); see losses.py. The codebook follows the encoder by EMA (decay 0.99) and codes that
+stop being used are restarted from encoder outputs; `ema: false` learns it by the codebook loss
+instead. Data streams from the inputs (train_data.py), data parallelism comes from torchrun
+(train_dist.py), and every checkpoint can be resumed exactly (train_state.py). Metrics (losses,
+codebook usage and perplexity, PSNR and optionally rFID on held-out images) go to metrics.jsonl.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from jamdata.image.contact_sheet import grid, save_png
-from jamdata.image.preprocess import ImageRejected, preprocess_image, to_uint8_image
-from jamdata.image.sources import read_source
-from jamdata.image.vqvae import VQModel, build_vqvae, perplexity, save_checkpoint
-from jamdata.io import atomic_write
+from jamdata.image import train_state as ts
+from jamdata.image.losses import LPIPS, NLayerDiscriminator, adaptive_weight, disc_factor, hinge_d_loss
+from jamdata.image.metrics import InceptionV3, RunningStats, frechet_distance, psnr, usage
+from jamdata.image.train_data import ImageStream, Position, holdout_images
+from jamdata.image.train_dist import CodebookSync, Dist
+from jamdata.image.vqvae import VQModel, build_vqvae, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +35,29 @@ class TrainConfig:
     model: str | dict = "tiny-64px-f4"
     codebook_size: int | None = None
     steps: int = 300
-    batch_size: int = 16
+    batch_size: int = 16           # images per step over all processes
     lr: float = 2e-3
     warmup_steps: int = 20
     ema: bool = True
     ema_decay: float = 0.99
     beta: float = 0.25
+    pixel_loss: str = "mse"        # mse | l1 (taming: l1)
+    perceptual_weight: float = 0.0  # LPIPS weight (taming: 1.0); needs lpips_vgg16 + lpips_lin files
+    lpips_vgg16: str | None = None
+    lpips_lin: str | None = None
+    disc_weight: float = 0.0       # PatchGAN weight (taming: 0.8); 0: no discriminator
+    disc_start: int = 0            # steps before the GAN terms switch on
+    disc_lr: float | None = None   # default: lr
+    disc_layers: int = 3
+    disc_ndf: int = 64
+    shuffle_buffer: int = 1000     # records held for shuffling (per process)
+    holdout_every: int = 0         # every n-th image (by key hash) held out for evaluation; 0: none
+    eval_images: int = 64          # images in the evaluation sample
+    eval_every: int = 0            # 0: at checkpoints and the end
+    log_every: int = 25
+    inception: str | None = None   # torchvision inception_v3 state dict: rFID in the evaluations
     checkpoint_every: int = 0      # 0: only the final checkpoint
+    resume: bool = False           # continue from the newest checkpoint in the output directory
     flip: bool = True              # random horizontal flips
     max_images: int = 0            # 0: every image of the inputs
     min_size: int = 16
@@ -48,148 +65,243 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0               # torch threads (0: torch's default)
     channels_last: bool = True     # NHWC convolutions: faster on CPU for small channel counts
+    device: str = "cpu"            # cpu | cuda | auto
     fields: dict = field(default_factory=dict)
 
-
-def load_images(inputs: Iterable[str], resolution: int, min_size: int = 16, max_aspect: float = 4.0,
-                max_images: int = 0, fields: dict | None = None) -> tuple[np.ndarray, list[str], list[dict]]:
-    """Every usable image of the inputs, preprocessed -> (float32 [N,3,R,R], captions, rejects)."""
-    arrays, captions, rejects = [], [], []
-    for path in inputs:
-        for rec in read_source(path, fields):
-            if rec.error:
-                rejects.append({"key": rec.key, "file": rec.file, "reason": rec.error[0], "detail": rec.error[1]})
-                continue
-            try:
-                arr, _ = preprocess_image(rec.image or b"", resolution, min_size, max_aspect)
-            except ImageRejected as e:
-                rejects.append({"key": rec.key, "file": rec.file, "reason": e.reason, "detail": e.detail})
-                continue
-            arrays.append(arr)
-            captions.append(rec.caption or "")
-            if max_images and len(arrays) >= max_images:
-                break
-    if not arrays:
-        raise ValueError(f"no usable training images in {list(inputs)} ({len(rejects)} rejected)")
-    return np.stack(arrays), captions, rejects
+    def identity(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k != "fields"}
 
 
-@torch.no_grad()
-def evaluate(model: VQModel, images: torch.Tensor, batch: int = 32) -> dict:
-    """Reconstruction MSE (in [-1,1] units) and codebook usage over `images`."""
-    was = model.training
-    model.eval()
-    err, hist = 0.0, torch.zeros(model.n_embed, dtype=torch.long)
-    for i in range(0, len(images), batch):
-        x = images[i:i + batch]
-        rec, _, codes = model(x)
-        err += F.mse_loss(rec.clamp(-1, 1), x, reduction="sum").item()
-        hist += torch.bincount(codes.reshape(-1), minlength=model.n_embed)
-    model.train(was)
-    return {"mse": err / images.numel(), "codes_used": int((hist > 0).sum()),
-            "perplexity": perplexity(hist), "histogram": hist}
+class Evaluator:
+    """Reconstruction metrics on a fixed image sample (rank 0)."""
 
+    def __init__(self, images: torch.Tensor, inception: str | InceptionV3 | None, inception_size: int = 299):
+        self.images = images
+        self.inception = InceptionV3.from_file(inception, inception_size) if isinstance(inception, str) else inception
+        self.real: RunningStats | None = None
 
-def recon_grid(model: VQModel, images: torch.Tensor, n: int = 8):
-    with torch.no_grad():
+    @torch.no_grad()
+    def __call__(self, model: VQModel, batch: int = 32) -> dict:
         was = model.training
         model.eval()
-        rec = model(images[:n])[0].clamp(-1, 1)
+        err, db, hist = 0.0, [], torch.zeros(model.n_embed, dtype=torch.long)
+        fake = RunningStats() if self.inception else None
+        real_new = RunningStats() if self.inception and self.real is None else None
+        for i in range(0, len(self.images), batch):
+            x = self.images[i:i + batch]
+            rec, _, codes = model(x)
+            rec = rec.clamp(-1, 1)
+            err += F.mse_loss(rec, x, reduction="sum").item()
+            db.append(psnr(rec, x) * len(x))
+            hist += torch.bincount(codes.reshape(-1).cpu(), minlength=model.n_embed)
+            if fake is not None and self.inception is not None:
+                fake.add(self.inception(rec.cpu()))
+                if real_new is not None:
+                    real_new.add(self.inception(x.cpu()))
         model.train(was)
-    top = [to_uint8_image(x.numpy()) for x in images[:n]]
-    bottom = [to_uint8_image(x.numpy()) for x in rec]
-    return grid([top, bottom], ["original", "decoded"])
+        out = {"mse": err / max(1, self.images.numel()), "psnr": sum(db) / max(1, len(self.images)),
+               **usage(hist), "histogram": hist}
+        if fake is not None:
+            real = self.real or real_new
+            assert real is not None  # measured at the first evaluation
+            self.real = real
+            out["rfid"] = frechet_distance(real, fake)
+        return out
 
 
-def usage_figure(hist: torch.Tensor, path: str, title: str) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    counts = np.sort(hist.numpy())[::-1]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
-    axes[0].bar(np.arange(len(counts)), counts, width=1.0, color="#3060a0")
-    axes[0].set_xlabel("code (sorted by use)")
-    axes[0].set_ylabel("assignments")
-    axes[0].set_title(title, fontsize=9)
-    axes[1].bar(np.arange(len(hist)), hist.numpy(), width=1.0, color="#a05030")
-    axes[1].set_xlabel("code id")
-    axes[1].set_title("usage by code id", fontsize=9)
-    fig.tight_layout()
-    with atomic_write(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=90)
-    plt.close(fig)
-    return path
+def lr_at(cfg: TrainConfig, step: int, base: float) -> float:
+    return base * min(1.0, step / max(1, cfg.warmup_steps)) * (0.5 + 0.5 * math.cos(math.pi * step / cfg.steps))
 
 
-def train_vqvae(images: np.ndarray, cfg: TrainConfig, out_dir: str | Path,
-                say: Callable[[str], None] = log.info) -> dict[str, Any]:
-    """Train on preprocessed images [N,3,R,R]; write checkpoints and figures into out_dir."""
+def _metrics_row(step: int, ev: dict) -> dict:
+    return {"step": step, "eval_mse": round(ev["mse"], 5), "eval_psnr": round(ev["psnr"], 3),
+            "eval_codes_used": ev["codes_used"], "eval_perplexity": round(ev["perplexity"], 2),
+            **({"eval_rfid": round(ev["rfid"], 3)} if "rfid" in ev else {})}
+
+
+def train_vqvae(files: list[str], cfg: TrainConfig, out_dir: str, say: Callable[[str], None] = log.info,
+                d: Dist | None = None) -> dict[str, Any]:
+    """Train on images streamed from `files`; rank 0 writes checkpoints and figures into out_dir."""
+    d = d or Dist()
     out = str(out_dir).rstrip("/")  # a local directory or a URL (never pathlib: it folds s3://)
+    if d.main is False:
+        say = log.debug
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if cfg.batch_size % d.world_size:
+        from jamdata.config import ConfigError
+
+        raise ConfigError("vqvae.train.batch_size", f"{cfg.batch_size} is not divisible by {d.world_size} processes")
+    per_rank = cfg.batch_size // d.world_size
     torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed + 1000003 * d.rank)
     model = build_vqvae(cfg.model, cfg.codebook_size)
     q = model.quantize
     q.ema, q.decay, q.beta = cfg.ema, cfg.ema_decay, cfg.beta
-    data = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-        data = data.contiguous(memory_format=torch.channels_last)
-    held = data[: min(len(data), 64)]
-    untrained = evaluate(model, held)
-    say(f"untrained: mse {untrained['mse']:.4f}, codes used {untrained['codes_used']}/{model.n_embed}")
-    with torch.no_grad():  # seed the codebook with encoder outputs
-        first = data[torch.randperm(len(data), generator=gen)[: cfg.batch_size]]
-        z = model.latent(first).permute(0, 2, 3, 1).reshape(-1, q.e_dim)
-        q.init_from(z, gen)
-    opt = torch.optim.Adam([p for n, p in model.named_parameters() if not (cfg.ema and n.startswith("quantize."))],
-                           lr=cfg.lr, betas=(0.9, 0.99))
-    history: list[dict] = []
+    if cfg.ema:
+        q.embedding.weight.requires_grad_(False)  # moved by EMA, not by gradients
+    mem = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = model.to(d.device, memory_format=mem)  # type: ignore[call-overload]  # Module.to takes it; stubs omit it
+    stream = ImageStream(files, model.resolution, seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer, rank=d.rank,
+                         world_size=d.world_size, holdout_every=cfg.holdout_every, min_size=cfg.min_size,
+                         max_aspect=cfg.max_aspect, max_images=cfg.max_images, fields=cfg.fields)
+    if cfg.perceptual_weight and not (cfg.lpips_vgg16 and cfg.lpips_lin):
+        from jamdata.config import ConfigError
+
+        raise ConfigError("vqvae.train.lpips_vgg16", "perceptual_weight > 0 needs the lpips_vgg16 and lpips_lin "
+                                                     "weight files (see docs/images.md)")
+    lpips = (LPIPS.from_files(cfg.lpips_vgg16, cfg.lpips_lin).to(d.device)
+             if cfg.perceptual_weight and cfg.lpips_vgg16 and cfg.lpips_lin else None)  # both checked above
+    disc: torch.nn.Module | None = NLayerDiscriminator(3, cfg.disc_ndf, cfg.disc_layers).to(d.device) if cfg.disc_weight else None
+    evaluator = None
+    if d.main:
+        held = holdout_images(files, model.resolution, cfg.eval_images, cfg.holdout_every, min_size=cfg.min_size,
+                              max_aspect=cfg.max_aspect, fields=cfg.fields)
+        evaluator = Evaluator(torch.from_numpy(held).to(d.device, memory_format=mem), cfg.inception)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, betas=(0.5, 0.9)
+                           if disc is not None else (0.9, 0.99))
+    dopt = torch.optim.Adam(disc.parameters(), lr=cfg.disc_lr or cfg.lr, betas=(0.5, 0.9)) if disc else None
+    start, history, extra = 0, [], {}
+    resume_from = ts.latest_checkpoint(out) if cfg.resume and d.main else None
+    resume_from = d.broadcast(resume_from)
+    if resume_from:
+        st = ts.read_state(resume_from)
+        ts.check_compatible(st, cfg.identity(), d.world_size, resume_from)
+        ts.restore_model(model, st, resume_from)
+        opt.load_state_dict(st["opt"])
+        if disc is not None and dopt is not None:
+            disc.load_state_dict(st["disc"])
+            dopt.load_state_dict(st["disc_opt"])
+        stream.position = Position.from_dict(st["data"][d.rank]["position"])
+        stream.usable, stream.rejects = st["data"][d.rank]["usable"], st["data"][d.rank]["rejects"]
+        gen.set_state(st["rng"][d.rank])
+        start, history, extra = int(st["step"]), list(st["history"]), dict(st.get("extra", {}))
+        say(f"resuming from {resume_from} at step {start}")
+    batches = stream.batches(per_rank)
+    if not resume_from:
+        x0 = torch.from_numpy(next(batches)).to(d.device, memory_format=mem)
+        if d.main and evaluator is not None:
+            ev = evaluator(model)
+            extra["untrained"] = _metrics_row(0, ev)
+            say(f"untrained: mse {ev['mse']:.4f}, psnr {ev['psnr']:.2f} dB, codes used {ev['codes_used']}/{model.n_embed}")
+        with torch.no_grad():  # seed the codebook with encoder outputs (rank 0's; DDP shares them)
+            z = model.latent(x0).permute(0, 2, 3, 1).reshape(-1, q.e_dim)
+            q.init_from(z, gen)
+    net = model
+    if d.active:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        q.sync = CodebookSync()
+        net = DDP(model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+        disc = DDP(disc, device_ids=[d.device.index] if d.device.type == "cuda" else None) if disc else None
+    last_layer = model.decoder.conv_out.weight
     model.train()
-    t0 = time.time()
-    ckpts = []
-    for step in range(1, cfg.steps + 1):
-        lr = cfg.lr * min(1.0, step / max(1, cfg.warmup_steps)) * (0.5 + 0.5 * math.cos(math.pi * step / cfg.steps))
+    t0, ckpts = time.time(), []
+    for step in range(start + 1, cfg.steps + 1):
+        lr = lr_at(cfg, step, cfg.lr)
         for g in opt.param_groups:
             g["lr"] = lr
-        idx = torch.randint(0, len(data), (cfg.batch_size,), generator=gen)
-        x = data[idx]
+        x = torch.from_numpy(next(batches))
         if cfg.flip:
             flip = torch.rand(len(x), generator=gen) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-        rec, qloss, codes = model(x, gen)
-        rloss = F.mse_loss(rec, x)
-        loss = rloss + qloss
+        x = x.to(d.device, memory_format=mem)
+        rec, qloss, codes = net(x, gen)
+        pix = F.l1_loss(rec, x) if cfg.pixel_loss == "l1" else F.mse_loss(rec, x)
+        rec_loss = pix + (cfg.perceptual_weight * lpips(x, rec).mean() if lpips is not None else 0.0)
+        loss = rec_loss + qloss
+        row: dict = {}
+        gan_on = disc is not None and disc_factor(step, cfg.disc_start) > 0
+        if gan_on and disc is not None:
+            g_loss = -disc(rec).mean()
+            dw = adaptive_weight(rec_loss, g_loss, last_layer, cfg.disc_weight)
+            loss = loss + dw * g_loss
+            row.update(g_loss=round(g_loss.item(), 5), d_weight=round(dw.item(), 5))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if step % 25 == 0 or step == cfg.steps:
-            used = int(torch.unique(codes).numel())
-            history.append({"step": step, "recon": round(rloss.item(), 5), "vq": round(qloss.item(), 5),
-                            "batch_codes_used": used, "lr": lr})
-            say(f"step {step}/{cfg.steps}: recon {rloss.item():.4f} vq {qloss.item():.4f} "
-                f"codes in batch {used} ({time.time() - t0:.0f}s)")
-        if step == cfg.steps or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
-            sub = out if step == cfg.steps else f"{out}/checkpoints/step-{step:06d}"
-            save_checkpoint(model, sub, {"global_step": step})
-            save_png(recon_grid(model, held), f"{out}/recon-step-{step:06d}.png")
-            ckpts.append(str(sub))
-    final = evaluate(model, held)
-    full = evaluate(model, data) if len(data) > len(held) else final
-    usage_figure(full["histogram"], f"{out}/codebook-usage.png",
-                 f"{full['codes_used']}/{model.n_embed} codes used, perplexity {full['perplexity']:.1f}")
+        if gan_on and disc is not None and dopt is not None:
+            logits = disc(torch.cat([x, rec.detach()]))
+            d_loss = hinge_d_loss(logits[:len(x)], logits[len(x):])
+            for g in dopt.param_groups:
+                g["lr"] = lr_at(cfg, step, cfg.disc_lr or cfg.lr)
+            dopt.zero_grad(set_to_none=True)
+            d_loss.backward()
+            dopt.step()
+            row["d_loss"] = round(d_loss.item(), 5)
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            u = usage(torch.bincount(codes.reshape(-1).cpu(), minlength=model.n_embed))
+            history.append({"step": step, "recon": round(pix.item(), 5), "vq": round(qloss.item(), 5),
+                            "batch_codes_used": u["codes_used"], "batch_perplexity": round(u["perplexity"], 2),
+                            "lr": lr, **row})
+            say(f"step {step}/{cfg.steps}: recon {pix.item():.4f} vq {qloss.item():.4f} codes in batch "
+                f"{u['codes_used']}" + "".join(f" {k} {v}" for k, v in row.items())
+                + f" ({time.time() - t0:.0f}s)")
+        final = step == cfg.steps
+        ckpt_now = final or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)
+        if d.main and evaluator is not None and (ckpt_now or (cfg.eval_every and step % cfg.eval_every == 0)):
+            ev = evaluator(model)
+            history.append(_metrics_row(step, ev))
+            say(f"eval at {step}: psnr {ev['psnr']:.2f} dB, {ev['codes_used']}/{model.n_embed} codes, perplexity "
+                f"{ev['perplexity']:.1f}" + (f", rfid {ev['rfid']:.2f}" if "rfid" in ev else ""))
+        if ckpt_now:
+            data = d.gather({"position": stream.position.to_dict(), "usable": stream.usable,
+                             "rejects": stream.rejects[:50]})
+            rng = d.gather(gen.get_state())
+            if d.active and disc is not None:  # BatchNorm statistics: rank 0's, as DDP's next forward would
+                for buf in _inner(disc).buffers():
+                    torch.distributed.broadcast(buf, src=0)
+            sums = d.gather(_weight_sum(model, _inner(disc)))
+            if len(set(sums)) > 1:  # data parallelism must keep one model; never save a split one
+                raise RuntimeError(f"processes disagree on the weights at step {step}: {sums}")
+            extra["rank_weight_sums"] = sums
+            if d.main and evaluator is not None:
+                sub = out if final else f"{out}/checkpoints/step-{step:06d}"
+                save_checkpoint(model, sub, {"global_step": step})
+                ts.save_state(sub, {"step": step, **ts.model_state(model), "opt": opt.state_dict(),
+                                    "disc": _inner(disc).state_dict() if disc else None,
+                                    "disc_opt": dopt.state_dict() if dopt else None, "data": data, "rng": rng,
+                                    "history": history, "extra": extra, "config": cfg.identity()})
+                ts.save_recon(model, evaluator.images, f"{out}/recon-step-{step:06d}.png")
+                ts.write_metrics(out, history)
+                ckpts.append(sub)
+    return _finish(model, cfg, d, stream, evaluator, history, extra, ckpts, out, t0, start, say)
+
+
+def _inner(m):
+    return getattr(m, "module", m)
+
+
+def _weight_sum(*modules) -> float:
+    """A checksum of every parameter and buffer (ranks compare theirs before a checkpoint)."""
+    return float(sum(t.detach().double().sum() for m in modules if m is not None
+                     for t in [*m.parameters(), *m.buffers()]))
+
+
+def _finish(model, cfg, d, stream, evaluator, history, extra, ckpts, out, t0, start, say) -> dict:
+    usable = sum(d.gather(stream.usable))
+    rejects = [r for part in d.gather(stream.rejects) for r in part]
+    if not d.main:
+        return {}
+    ev = evaluator(model)
+    ts.usage_figure(ev["histogram"], f"{out}/codebook-usage.png",
+                    f"{ev['codes_used']}/{model.n_embed} codes used, perplexity {ev['perplexity']:.1f}")
+    untrained = extra.get("untrained", {})
     summary = {
-        "config": model.params, "train": {k: v for k, v in asdict(cfg).items() if k != "fields"},
-        "images": int(len(data)), "steps": cfg.steps, "seconds": round(time.time() - t0, 1),
-        "untrained_mse": round(untrained["mse"], 5), "final_mse": round(final["mse"], 5),
-        "codes_used": full["codes_used"], "codebook_size": model.n_embed,
-        "perplexity": round(full["perplexity"], 2), "checkpoints": ckpts, "history": history,
+        "config": model.params, "train": cfg.identity(), "processes": d.world_size,
+        "images": usable, "eval_images": len(evaluator.images), "steps": cfg.steps, "resumed_at": start,
+        "seconds": round(time.time() - t0, 1), "untrained_mse": untrained.get("eval_mse"),
+        "final_mse": round(ev["mse"], 5), "psnr": round(ev["psnr"], 3), "untrained_psnr": untrained.get("eval_psnr"),
+        "codes_used": ev["codes_used"], "codebook_size": model.n_embed, "perplexity": round(ev["perplexity"], 2),
+        **({"rfid": round(ev["rfid"], 3)} if "rfid" in ev else {}),
+        "checkpoints": ckpts, "rank_weight_sums": extra.get("rank_weight_sums"), "history": history, "unusable_inputs": rejects[:50],
     }
+    import json
+
+    from jamdata.io import atomic_write
+
     with atomic_write(f"{out}/train_log.json", "w") as f:
         json.dump(summary, f, indent=2, default=str)
-    say(f"trained: mse {untrained['mse']:.4f} -> {final['mse']:.4f}, "
-        f"{full['codes_used']}/{model.n_embed} codes used, perplexity {full['perplexity']:.1f}")
+    say(f"trained: mse {summary['untrained_mse']} -> {summary['final_mse']}, psnr {summary['psnr']} dB, "
+        f"{ev['codes_used']}/{model.n_embed} codes used, perplexity {ev['perplexity']:.1f}")
     return summary

@@ -16,7 +16,7 @@ import copy
 import math
 import posixpath
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Iterable, cast
 
 import numpy as np
 import torch
@@ -30,7 +30,10 @@ from jamdata.safe_load import RefusedCheckpoint, inert, load_weights_only
 try:
     from numpy._core.multiarray import scalar as _np_scalar
 except ImportError:  # numpy 1.x
-    from numpy.core.multiarray import scalar as _np_scalar
+    from numpy.core.multiarray import scalar as _np_scalar  # type: ignore[no-redef]  # the same function
+
+if TYPE_CHECKING:
+    from jamdata.image.train_dist import CodebookSync
 
 CKPT_FILE = "vqvae.ckpt"
 YAML_FILE = "vqvae.yaml"
@@ -158,7 +161,22 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
+class _Level(nn.Module):
+    """One resolution of the encoder or decoder (plus `downsample` / `upsample` where it changes)."""
+    block: nn.ModuleList
+    attn: nn.ModuleList
+    downsample: Downsample  # set only where the resolution changes (hasattr)
+    upsample: Upsample
+
+
+class _Mid(nn.Module):
+    block_1: ResnetBlock
+    attn_1: nn.Module
+    block_2: ResnetBlock
+
+
 class Encoder(nn.Module):
+    mid: _Mid
     def __init__(self, *, ch: int, ch_mult: list[int], num_res_blocks: int, attn_resolutions: list[int],
                  in_channels: int, resolution: int, z_channels: int, double_z: bool = False,
                  dropout: float = 0.0, norm_groups: int = 32, attn_type: str = "vanilla", **_: Any):
@@ -169,10 +187,10 @@ class Encoder(nn.Module):
         res = resolution
         self.down = nn.ModuleList()
         for i, mult in enumerate(ch_mult):
-            level = nn.Module()
+            level = _Level()
             level.block, level.attn = nn.ModuleList(), nn.ModuleList()
             cin, cout = ch * in_mult[i], ch * mult
-            for _ in range(num_res_blocks):
+            for _r in range(num_res_blocks):
                 level.block.append(ResnetBlock(cin, cout, g, dropout))
                 cin = cout
                 if res in attn_resolutions:
@@ -181,7 +199,7 @@ class Encoder(nn.Module):
                 level.downsample = Downsample(cin)
                 res //= 2
             self.down.append(level)
-        self.mid = nn.Module()
+        self.mid = _Mid()
         self.mid.block_1 = ResnetBlock(cin, cin, g, dropout)
         self.mid.attn_1 = _attn(cin, g, attn_type)
         self.mid.block_2 = ResnetBlock(cin, cin, g, dropout)
@@ -190,7 +208,7 @@ class Encoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv_in(x)
-        for level in self.down:
+        for level in cast(Iterable[_Level], self.down):
             for j, block in enumerate(level.block):
                 h = block(h)
                 if len(level.attn):
@@ -202,6 +220,7 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
+    mid: _Mid
     def __init__(self, *, ch: int, out_ch: int, ch_mult: list[int], num_res_blocks: int,
                  attn_resolutions: list[int], resolution: int, z_channels: int, dropout: float = 0.0,
                  norm_groups: int = 32, attn_type: str = "vanilla", **_: Any):
@@ -210,16 +229,16 @@ class Decoder(nn.Module):
         cin = ch * ch_mult[-1]
         res = resolution // 2 ** (len(ch_mult) - 1)
         self.conv_in = nn.Conv2d(z_channels, cin, 3, 1, 1)
-        self.mid = nn.Module()
+        self.mid = _Mid()
         self.mid.block_1 = ResnetBlock(cin, cin, g, dropout)
         self.mid.attn_1 = _attn(cin, g, attn_type)
         self.mid.block_2 = ResnetBlock(cin, cin, g, dropout)
         ups: list[nn.Module] = []
         for i in reversed(range(len(ch_mult))):
-            level = nn.Module()
+            level = _Level()
             level.block, level.attn = nn.ModuleList(), nn.ModuleList()
             cout = ch * ch_mult[i]
-            for _ in range(num_res_blocks + 1):
+            for _r in range(num_res_blocks + 1):
                 level.block.append(ResnetBlock(cin, cout, g, dropout))
                 cin = cout
                 if res in attn_resolutions:
@@ -235,7 +254,7 @@ class Decoder(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.conv_in(z)
         h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))
-        for level in reversed(self.up):
+        for level in cast(Iterable[_Level], reversed(self.up)):
             for j, block in enumerate(level.block):
                 h = block(h)
                 if len(level.attn):
@@ -251,6 +270,8 @@ class VectorQuantizer(nn.Module):
     Training: `ema=True` moves codes to the running mean of their assigned encoder outputs and
     restarts codes unused for a while from random encoder outputs of the batch, which keeps the
     codebook from collapsing; `ema=False` learns the codebook by gradient (codebook loss)."""
+    cluster_size: torch.Tensor  # buffers
+    embed_avg: torch.Tensor
 
     def __init__(self, n_e: int, e_dim: int, beta: float = 0.25, decay: float = 0.99,
                  dead_threshold: float = 1.0):
@@ -262,6 +283,9 @@ class VectorQuantizer(nn.Module):
         self.embedding.weight.data.uniform_(-1.0 / n_e, 1.0 / n_e)
         self.register_buffer("cluster_size", torch.ones(n_e), persistent=False)
         self.register_buffer("embed_avg", self.embedding.weight.detach().clone(), persistent=False)
+        # Data-parallel training sets this (see jamdata.image.train_dist.CodebookSync): EMA statistics
+        # are summed over ranks and restarted codes taken from rank 0, so every rank keeps one codebook.
+        self.sync: CodebookSync | None = None
 
     def indices(self, z_flat: torch.Tensor) -> torch.Tensor:
         w = self.embedding.weight
@@ -280,8 +304,11 @@ class VectorQuantizer(nn.Module):
     @torch.no_grad()
     def _ema_update(self, z_flat: torch.Tensor, idx: torch.Tensor, generator: torch.Generator | None) -> None:
         onehot = F.one_hot(idx, self.n_e).type(z_flat.dtype)
-        self.cluster_size.mul_(self.decay).add_(onehot.sum(0), alpha=1 - self.decay)
-        self.embed_avg.mul_(self.decay).add_(onehot.t() @ z_flat, alpha=1 - self.decay)
+        counts, sums = onehot.sum(0), onehot.t() @ z_flat
+        if self.sync is not None:
+            counts, sums = self.sync.sum(counts), self.sync.sum(sums)
+        self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
+        self.embed_avg.mul_(self.decay).add_(sums, alpha=1 - self.decay)
         n = self.cluster_size.sum()
         size = (self.cluster_size + 1e-5) / (n + self.n_e * 1e-5) * n
         self.embedding.weight.copy_(self.embed_avg / size.unsqueeze(1))
@@ -291,6 +318,8 @@ class VectorQuantizer(nn.Module):
             self.embedding.weight[dead] = z_flat[pick]
             self.embed_avg[dead] = z_flat[pick]
             self.cluster_size[dead] = 1.0
+            if self.sync is not None:
+                self.sync.share(self.embedding.weight, self.embed_avg, self.cluster_size)
 
     def forward(self, z: torch.Tensor, generator: torch.Generator | None = None):
         """z [N,C,H,W] -> (z_q with straight-through gradient, loss, codes [N,H,W])."""
@@ -497,6 +526,7 @@ def load_vqvae(path: str | Path, config: str | dict | None = None, device: str =
         with open_url(yml, "r") as f:
             params = params_from_yaml(yaml.safe_load(f), yml)
     else:
+        assert config is not None  # no config and no yaml: refused above
         params = preset(config) if isinstance(config, str) else params_from_yaml(config, "config")
     model = VQModel(params)
     state = read_state_dict(ckpt)
