@@ -3,76 +3,53 @@ taming/Chameleon checkpoint into one after a strict key-for-key load."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from jamdata.config import Config, ConfigError
 from jamdata.io import expand_inputs, fs_and_path
 from jamdata.manifest import describe_shard, output_dir
+from jamdata.settings import load_settings, setting
 from jamdata.stage import Stage, StageContext
 
 if TYPE_CHECKING:  # torch comes with it: imported where used
     from jamdata.image.train import TrainConfig
 
 log = logging.getLogger(__name__)
-VQVAE_KEYS = ["codebook_size", "model", "checkpoint", "train"]
-# vqvae.train keys come from TrainConfig's fields; these are set elsewhere (vqvae.*, run.seed, images.fields).
-NOT_TRAIN_KEYS = ("model", "codebook_size", "seed", "fields")
-# Bounds of numeric keys (lo, hi); numeric keys not listed must be >= 0.
-BOUNDS = {"steps": (1, None), "batch_size": (1, None), "ema_decay": (0, 1), "shuffle_buffer": (1, None),
-          "eval_images": (1, None), "log_every": (1, None), "min_size": (1, None), "max_aspect": (1, None),
-          "disc_layers": (1, 6), "disc_ndf": (1, None)}
-CHOICES = {"pixel_loss": ("mse", "l1"), "device": ("cpu", "cuda", "auto")}
-FILE_KEYS = ("lpips_vgg16", "lpips_lin", "inception")
+
+
+@dataclass(frozen=True)
+class VQVAESettings:
+    """The `vqvae` section (docs/images.md) without its `train` part (`TrainConfig`)."""
+    codebook_size: int = setting(8192, "codes of the VQ-VAE (the joint vocabulary's image codes)", lo=2, hi=65536)
+    model: str | dict = setting("256px-f8", "a preset name or a taming-style model dict")
+    checkpoint: str | None = setting(None, "an existing vqvae dir or taming/Chameleon .ckpt instead of training")
+    train: dict = setting({}, "the training recipe (vqvae.train.*)")
+
+
+def vqvae_settings(cfg: Config) -> VQVAESettings:
+    s = load_settings(VQVAESettings, cfg.section("vqvae"))
+    if isinstance(s.model, str):
+        from jamdata.image.vqvae import PRESETS
+
+        if s.model not in PRESETS:
+            raise ConfigError("vqvae.model", f"unknown model config {s.model!r}", list(PRESETS))
+    return s
 
 
 def codebook_size(cfg: Config) -> int:
-    return int(cfg.section("vqvae").number("codebook_size", 8192, lo=2, hi=65536))
-
-
-def train_keys() -> list[str]:
-    from dataclasses import fields
-
-    from jamdata.image.train import TrainConfig
-
-    return ["inputs"] + [f.name for f in fields(TrainConfig) if f.name not in NOT_TRAIN_KEYS]
+    return vqvae_settings(cfg).codebook_size
 
 
 def train_config(cfg: Config) -> tuple[TrainConfig, list[str]]:
     """TrainConfig and training inputs from the `vqvae` section (inputs default to images.inputs)."""
     from jamdata.image.train import TrainConfig
 
-    sec = cfg.section("vqvae")
-    sec.check_keys(VQVAE_KEYS)
-    model = sec.get("model", (str, dict), default="256px-f8")
-    if isinstance(model, str):
-        from jamdata.image.vqvae import PRESETS
-
-        if model not in PRESETS:
-            raise ConfigError("vqvae.model", f"unknown model config {model!r}", list(PRESETS))
-    tr = sec.section("train")
-    keys = train_keys()
-    tr.check_keys(keys)
-    d = TrainConfig()
-    values: dict = {}
-    for k in keys[1:]:
-        default = getattr(d, k)
-        if k in CHOICES:
-            values[k] = tr.get(k, str, default=default)
-            if values[k] not in CHOICES[k]:
-                raise ConfigError(f"vqvae.train.{k}", f"unknown value {values[k]!r}", list(CHOICES[k]))
-        elif isinstance(default, bool):
-            values[k] = tr.get(k, bool, default=default)
-        elif k in FILE_KEYS or k == "disc_lr":
-            values[k] = tr.get(k, (str, int, float, type(None)) if k == "disc_lr" else (str, type(None)), default=None)
-        else:
-            lo, hi = BOUNDS.get(k, (0, None))
-            values[k] = type(default)(tr.number(k, default, lo=lo, hi=hi))
-    if values["disc_lr"] is not None:
-        values["disc_lr"] = float(tr.number("disc_lr", 0.0, lo=0))
-    tc = TrainConfig(model=model, codebook_size=codebook_size(cfg),
-                     seed=int(cfg.section("run").get("seed", int, default=0)),
-                     fields=cfg.section("images").get("fields", dict, default={}), **values)
-    inputs = tr.get("inputs", (list, str), default=None) or cfg.section("images").get("inputs", (list, str), default=[])
+    s = vqvae_settings(cfg)
+    tc = load_settings(TrainConfig, cfg.section("vqvae.train"))
+    tc = replace(tc, model=s.model, codebook_size=s.codebook_size, seed=int(cfg.get("run.seed", int, default=0)),
+                 fields=cfg.section("images").get("fields", dict, default={}))
+    inputs = tc.inputs or cfg.section("images").get("inputs", (list, str), default=[])
     return tc, [inputs] if isinstance(inputs, str) else list(inputs)
 
 

@@ -103,10 +103,12 @@ def settings_sections() -> list[tuple[str, type]]:
     from pipelines.text_inputs import SourceSettings
     from pipelines.text_sample import SampleSection
     from pipelines.tokenizer_train import TokenizerSettings
+    from jamdata.image.train import TrainConfig
     from jamtrain.settings import TrainSection
+    from pipelines.vqvae_train import VQVAESettings
 
     return [("run", RunSettings), ("text.sources.<name>", SourceSettings), ("text.clean", CleanSettings), ("text.tokenizer", TokenizerSettings),
-            ("text.sample", SampleSection), ("images", ImageSettings), ("instruct", InstructSettings),
+            ("text.sample", SampleSection), ("vqvae", VQVAESettings), ("vqvae.train", TrainConfig), ("images", ImageSettings), ("instruct", InstructSettings),
             ("loader", LoaderSettings), ("stats", StatsSettings), ("train", TrainSection)]
 
 

@@ -26,50 +26,54 @@ from jamdata.image.metrics import InceptionV3, RunningStats, frechet_distance, p
 from jamdata.image.train_data import ImageStream, Position, holdout_images
 from jamdata.image.train_dist import CodebookSync, Dist
 from jamdata.image.vqvae import VQModel, build_vqvae, save_checkpoint
+from jamdata.settings import setting
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class TrainConfig:
-    model: str | dict = "tiny-64px-f4"
-    codebook_size: int | None = None
-    steps: int = 300
-    batch_size: int = 16           # images per step over all processes
-    lr: float = 2e-3
-    warmup_steps: int = 20
-    ema: bool = True
-    ema_decay: float = 0.99
-    beta: float = 0.25
-    pixel_loss: str = "mse"        # mse | l1 (taming: l1)
-    perceptual_weight: float = 0.0  # LPIPS weight (taming: 1.0); needs lpips_vgg16 + lpips_lin files
-    lpips_vgg16: str | None = None
-    lpips_lin: str | None = None
-    disc_weight: float = 0.0       # PatchGAN weight (taming: 0.8); 0: no discriminator
-    disc_start: int = 0            # steps before the GAN terms switch on
-    disc_lr: float | None = None   # default: lr
-    disc_layers: int = 3
-    disc_ndf: int = 64
-    shuffle_buffer: int = 1000     # records held for shuffling (per process)
-    holdout_every: int = 0         # every n-th image (by key hash) held out for evaluation; 0: none
-    eval_images: int = 64          # images in the evaluation sample
-    eval_every: int = 0            # 0: at checkpoints and the end
-    log_every: int = 25
-    inception: str | None = None   # torchvision inception_v3 state dict: rFID in the evaluations
-    checkpoint_every: int = 0      # 0: only the final checkpoint
-    resume: bool = False           # continue from the newest checkpoint in the output directory
-    flip: bool = True              # random horizontal flips
-    max_images: int = 0            # 0: every image of the inputs
-    min_size: int = 16
-    max_aspect: float = 4.0
-    seed: int = 0
-    threads: int = 0               # torch threads (0: torch's default)
-    channels_last: bool = True     # NHWC convolutions: faster on CPU for small channel counts
-    device: str = "cpu"            # cpu | cuda | auto
-    fields: dict = field(default_factory=dict)
+    """`vqvae.train` (docs/images.md): the VQ-VAE training recipe. `model`, `codebook_size`, `seed`
+    and `fields` come from `vqvae.*`, `run.seed` and `images.fields`."""
+    model: str | dict = field(default="tiny-64px-f4", metadata={"internal": True})
+    codebook_size: int | None = field(default=None, metadata={"internal": True})
+    steps: int = setting(300, "optimizer steps", lo=1)
+    batch_size: int = setting(16, "images per step over all processes", lo=1)
+    lr: float = setting(2e-3, "peak learning rate", lo=0)
+    warmup_steps: int = setting(20, "linear warm-up steps", lo=0)
+    ema: bool = setting(True, "codebook by EMA (else by the codebook loss)")
+    ema_decay: float = setting(0.99, "EMA decay of the codebook", lo=0, hi=1)
+    beta: float = setting(0.25, "commitment loss weight", lo=0)
+    pixel_loss: str = setting("mse", "pixel reconstruction loss (taming: l1)", choices=("mse", "l1"))
+    perceptual_weight: float = setting(0.0, "LPIPS weight (taming: 1.0); needs lpips_vgg16 + lpips_lin", lo=0)
+    lpips_vgg16: str | None = setting(None, "torchvision VGG16 state dict file, for LPIPS")
+    lpips_lin: str | None = setting(None, "LPIPS linear layers file (vgg.pth), for LPIPS")
+    disc_weight: float = setting(0.0, "PatchGAN weight (taming: 0.8); 0: no discriminator", lo=0)
+    disc_start: int = setting(0, "steps before the GAN terms switch on", lo=0)
+    disc_lr: float | None = setting(None, "discriminator learning rate (default: lr)", lo=0)
+    disc_layers: int = setting(3, "PatchGAN layers", lo=1, hi=6)
+    disc_ndf: int = setting(64, "PatchGAN base channels", lo=1)
+    shuffle_buffer: int = setting(1000, "records held for shuffling (per process)", lo=1)
+    holdout_every: int = setting(0, "every n-th image (by key hash) held out for evaluation; 0: none", lo=0)
+    eval_images: int = setting(64, "images in the evaluation sample", lo=1)
+    eval_every: int = setting(0, "steps between evaluations (0: at checkpoints and the end)", lo=0)
+    log_every: int = setting(25, "steps between log lines", lo=1)
+    inception: str | None = setting(None, "torchvision inception_v3 state dict: rFID in the evaluations")
+    checkpoint_every: int = setting(0, "steps between checkpoints (0: only the final one)", lo=0)
+    resume: bool = setting(False, "continue from the newest checkpoint in the output directory")
+    flip: bool = setting(True, "random horizontal flips")
+    max_images: int = setting(0, "images read from the inputs (0: all)", lo=0)
+    min_size: int = setting(16, "smallest image side accepted", lo=1)
+    max_aspect: float = setting(4.0, "most extreme aspect ratio accepted", lo=1)
+    seed: int = field(default=0, metadata={"internal": True})
+    threads: int = setting(0, "torch threads (0: torch's default)", lo=0)
+    channels_last: bool = setting(True, "NHWC convolutions: faster on CPU for small channel counts")
+    device: str = setting("cpu", "where training runs", choices=("cpu", "cuda", "auto"))
+    fields: dict = field(default_factory=dict, metadata={"internal": True})
+    inputs: list[str] | None = setting(None, "training images (default: images.inputs)", one_or_many=True)
 
     def identity(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k != "fields"}
+        return {k: v for k, v in asdict(self).items() if k not in ("fields", "inputs")}
 
 
 class Evaluator:
