@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path
-from typing import Any, Sequence, TypeVar
+from typing import Any, Sequence, TypeVar, overload
 
 import yaml
 from jamdata.errors import UserError
@@ -167,7 +167,11 @@ class Config:
             self.set(key, value)
         return Config(value, self._key(key), self.source)
 
-    def get(self, key: str, type_: type[T] | tuple[type, ...] = object, default: Any = _MISSING) -> T:
+    @overload
+    def get(self, key: str, type_: type[T], default: Any = _MISSING) -> T: ...
+    @overload
+    def get(self, key: str, type_: tuple[type, ...] = ..., default: Any = _MISSING) -> Any: ...
+    def get(self, key: str, type_: type | tuple[type, ...] = object, default: Any = _MISSING) -> Any:
         value = self._lookup(key)
         if value is _MISSING:
             if default is _MISSING:

@@ -42,6 +42,8 @@ class Inert:
     state are kept as data (`args`, `state`); nothing of the real class is imported or run."""
 
     qualified_name = "?"
+    args: tuple
+    state: Any
 
     def __new__(cls, *args: Any, **kwargs: Any):
         obj = object.__new__(cls)
@@ -99,8 +101,8 @@ def load_weights_only(f: Any, allow: AllowList = (), mmap: bool = False) -> Any:
                 found = _python3_name(name.group(1))
                 raise RefusedCheckpoint(f"it needs {found}, which is not on the allow-list of plain types "
                                         "(loading it could run code)", found) from None
-            found = _REASON.search(text)
-            reason = found.group(1) if found else text.strip().splitlines()[0]
+            why = _REASON.search(text)
+            reason = why.group(1) if why else text.strip().splitlines()[0]
             if "allowlisted" in reason or "unrecognized function" in reason:
                 raise RefusedCheckpoint(f"it is not plain weights ({reason})") from None
             raise pickle.UnpicklingError(f"not a torch checkpoint ({reason})") from None

@@ -14,16 +14,20 @@ from __future__ import annotations
 import collections.abc
 import copy
 import dataclasses
+import functools
 import inspect
 import json
 import types
 import typing
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
 
 from jamdata.config import Config, ConfigError
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")  # a settings dataclass
 
 
 def describe(tp: Any) -> str:
@@ -127,7 +131,7 @@ def setting(default: Any = _REQUIRED, doc: str = "", *, lo: float | None = None,
     meta = {"doc": doc, "lo": lo, "hi": hi, "choices": tuple(choices) if choices is not None else None,
             "one_or_many": one_or_many, "keys": tuple(keys) if keys is not None else None, "name": name}
     if isinstance(default, (list, dict, set)):
-        return dataclasses.field(default_factory=lambda d=default: copy.deepcopy(d), metadata=meta)
+        return dataclasses.field(default_factory=functools.partial(copy.deepcopy, default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
 
 

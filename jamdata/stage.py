@@ -27,13 +27,14 @@ from jamdata.io import absolute, join
 class StageContext:
     """`run_dir`: a local path or a URL (s3://, gs://), kept as a string (pathlib would fold the
     `//` of a URL) and made absolute here, in the driver, so Beam workers read the same files.
-    `paths`: dataset names a command maps away from `<run_dir>/<name>`."""
+    `paths`: dataset names a command maps away from `<run_dir>/<name>` (a None or empty path
+    maps nothing)."""
     config: Config
     run_dir: str
     workers: int = 1
     beam_args: list[str] = field(default_factory=list)
     force: bool = False
-    paths: dict[str, str] = field(default_factory=dict)
+    paths: dict[str, str | None] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.run_dir = absolute(self.run_dir)
@@ -62,7 +63,7 @@ class Stage:
     settings: Callable[[StageContext], Any] = no_settings  # its parsed settings: what its stamp hashes
 
 
-def context_from_args(args: argparse.Namespace, paths: dict[str, str] | None = None,
+def context_from_args(args: argparse.Namespace, paths: dict[str, str | None] | None = None,
                       out_is_run_dir: bool = True) -> StageContext:
     """The context a stage command runs in: `--config` (bundled name or path) with `--set`, the
     storage options, the run directory (`--out` when it names the run directory, else

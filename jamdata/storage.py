@@ -146,11 +146,12 @@ def storage_options(url: str | os.PathLike) -> dict:
     if is_local(url):
         return {}
     best = None
-    for prefix in _current_storage():
+    storage = _current_storage()
+    for prefix in storage:
         hit = url.startswith(prefix) if prefix.endswith("://") else (url == prefix or url.startswith(prefix + "/"))
         if hit and (best is None or len(prefix) > len(best)):
             best = prefix
-    return dict(_storage[best]) if best is not None else {}
+    return dict(storage[best]) if best is not None else {}
 
 
 def open_url(url: str | os.PathLike, mode: str = "rb", **kwargs):

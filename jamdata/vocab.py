@@ -35,7 +35,7 @@ class JointVocab:
     text_model_sha256: str
     n_image_codes: int = 8192
     specials: tuple[str, ...] = SPECIAL_TOKENS
-    _special_index: dict = field(default=None, repr=False, compare=False, hash=False)  # type: ignore[assignment]
+    _special_index: dict = field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_special_index", {s: i for i, s in enumerate(self.specials)})

@@ -30,7 +30,7 @@ def model_for_vocab(model_cfg: dict, vocab: JointVocab) -> dict:
     return model_cfg
 
 
-def default_model_factory(model_cfg: dict, vocab_size: int, device: str | None = None,
+def default_model_factory(model_cfg: dict, vocab_size: int, device: str | torch.device | None = None,
                           dtype: torch.dtype | None = None, zero: dict | None = None) -> torch.nn.Module:
     """The configured model; a run passes its own device and training dtype, so a model fused from
     parent files is materialised there directly (each rank holds the fused model once, on its
@@ -81,7 +81,8 @@ def full_shape(p: torch.Tensor) -> tuple[int, ...]:
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """Decay matrices only (not norms, biases, gates)."""
-    decay, rest = [], []
+    decay: list[torch.nn.Parameter] = []
+    rest: list[torch.nn.Parameter] = []
     for _, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
         if p.requires_grad:
             (decay if len(full_shape(p)) >= 2 else rest).append(p)

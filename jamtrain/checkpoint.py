@@ -28,7 +28,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import numpy as np
 import torch
@@ -60,7 +60,8 @@ def rank_file(rank: int) -> str:
 # -- RNG state -------------------------------------------------------------------------------------
 def rng_state() -> dict[str, Any]:
     """Every generator's state in plain types and tensors, so the rank file loads weights-only."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
+    # legacy=True (the default): the (name, keys, pos, has_gauss, cached) tuple
+    name, keys, pos, has_gauss, cached = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())
     state = {"python": random.getstate(),
              "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
                        "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
@@ -129,7 +130,7 @@ class Choice:
 
 def find_resumable(ckpt_dir: Path, deep: bool = True, warn: Callable[[str], None] = log.warning) -> Choice:
     """The newest checkpoint that verifies; each refused newer one is reported with its reasons."""
-    refused = []
+    refused: list[tuple[Path, list[str]]] = []
     for path in candidates(Path(ckpt_dir)):
         problems = verify(path, deep)
         if not problems:
@@ -230,7 +231,7 @@ _LEFTOVER = re.compile(r"^(\.tmp-step-\d+|\..+\.tmp-\d+-[0-9a-f]+)$")
 def remove_leftovers(ckpt_dir: Path) -> list[Path]:
     """Delete temporaries that a killed save left in the checkpoint directory. Only safe while no
     other save is writing there (the training directory's lock guarantees it)."""
-    removed = []
+    removed: list[Path] = []
     if not Path(ckpt_dir).is_dir():
         return removed
     for p in Path(ckpt_dir).iterdir():
@@ -269,7 +270,7 @@ def _trainer_globals() -> list:
     try:
         from numpy._core.multiarray import _reconstruct
     except ImportError:  # numpy 1.x
-        from numpy.core.multiarray import _reconstruct
+        from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]  # the same function
     return [np.ndarray, np.dtype, type(np.dtype(np.uint32)), (_reconstruct, "numpy.core.multiarray._reconstruct"),
             (_reconstruct, "numpy._core.multiarray._reconstruct")]
 

@@ -11,12 +11,17 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from jamdata.vocab import JointVocab
 from jamtrain.generate import GenerateError, Sampling, generate_image, generate_text, image_blocks
+
+if TYPE_CHECKING:  # loaded only when a run has them
+    from jamdata.image.vqvae import VQModel
+    from jamdata.text.tokenizer import TextTokenizer
 
 
 @dataclass
@@ -46,8 +51,8 @@ def find_parts(run: str | Path, tokenizer: str | None = None, vqvae: str | None 
 class Loaded:
     model: torch.nn.Module
     vocab: JointVocab
-    tokenizer: object | None   # jamdata.text.tokenizer.TextTokenizer
-    vqvae: object | None       # jamdata.image.vqvae.VQModel
+    tokenizer: TextTokenizer | None
+    vqvae: VQModel | None
     source: str = ""
 
     def grid(self) -> tuple[int, int]:
@@ -121,6 +126,7 @@ def decode_image(codes: list[int], loaded: Loaded) -> np.ndarray:
     from jamdata.image.preprocess import to_uint8_image
 
     h, w = loaded.grid()
+    assert loaded.vqvae is not None  # grid() refuses a run without one
     grid = torch.tensor(codes, dtype=torch.long).view(1, h, w)
     return to_uint8_image(loaded.vqvae.decode(grid)[0].float().numpy())
 

@@ -66,14 +66,10 @@ def memory_estimate(n_params: int, zero_stage: int, world: int, micro_batch: int
                     n_layers: int | None, d_model: int | None, bf16: bool = True) -> dict[str, float]:
     """Bytes per GPU for model states under ZeRO (Rajbhandari et al. 2020: 2 + 2 + 12 bytes per
     parameter with mixed-precision Adam) plus activations with checkpointing per layer."""
-    p = float(n_params)
-    w, g, o = (2 * p, 2 * p, 12 * p) if bf16 else (4 * p, 4 * p, 8 * p)
-    if zero_stage >= 1:
-        o /= world
-    if zero_stage >= 2:
-        g /= world
-    if zero_stage >= 3:
-        w /= world
+    from jamtrain.memory import model_states
+
+    states = model_states(n_params, zero_stage, world, 2 if bf16 else 4)
+    w, g, o = states["weights"], states["grads"], states["optimizer"]
     act = 0.0
     if n_layers and d_model:
         # checkpointed layer inputs (2 bytes x s x b x h per layer) + one layer recomputed in full

@@ -44,7 +44,7 @@ LOG = logging.getLogger("jam.progress")
 _QUIET = False
 _lock = threading.Lock()
 _state: dict = {"dir": None, "tally": Counter(), "dirty": False, "flusher": None}
-_counters: dict[str, object] = {}
+_counters: dict[str, Metrics.DelegatingCounter] = {}
 
 
 def set_quiet(quiet: bool) -> None:
@@ -68,8 +68,8 @@ def count(what: str, n: int = 1) -> None:
         _state["tally"][what] += n
         _state["dirty"] = True
         if _state["flusher"] is None:
-            _state["flusher"] = threading.Thread(target=_flush_loop, daemon=True, name="jam-progress-flush")
-            _state["flusher"].start()
+            flusher = _state["flusher"] = threading.Thread(target=_flush_loop, daemon=True, name="jam-progress-flush")
+            flusher.start()
 
 
 def _flush_loop() -> None:
@@ -158,7 +158,8 @@ class _Reporter(threading.Thread):
         return read_tallies(self.folder)
 
     def run(self) -> None:
-        last, said = Counter(), time.monotonic()
+        last: Counter[str] = Counter()
+        said = time.monotonic()
         while not self.stopping.wait(self.every):
             totals, now = self.totals(), time.monotonic()
             if totals != last or now - said >= HEARTBEAT_SECONDS:

@@ -97,7 +97,8 @@ def plan_patterns(text_cfg: Config) -> list[InputPattern]:
             if not s.inputs:
                 raise ConfigError(f"{src.prefix}.inputs", "empty: list at least one {format, paths} input "
                                   "(or remove the source)", source=src.source)
-            entries = [(f"{src.prefix}.inputs.{i}", e.format, e.paths) for i, e in enumerate(s.inputs)]
+            entries: list[tuple[str, str, list[str] | None]] = [
+                (f"{src.prefix}.inputs.{i}", e.format, e.paths) for i, e in enumerate(s.inputs)]
         else:
             if s.format is None:
                 raise ConfigError(f"{src.prefix}.format", "missing (required)", allowed=list(READERS),
@@ -167,6 +168,7 @@ def _parts(f: InputFile, split_bytes: int) -> list[InputFile]:
 
 
 def _count(f: InputFile) -> tuple[str, tuple[InputFile, int]]:
+    assert f.split is not None  # only the parts of a split file are counted
     return file_key(f), (f, count_line_starts(f.path, f.split))
 
 

@@ -297,7 +297,8 @@ def run_stage(ctx) -> list[str]:
         sampling.check_plan([sampling.SourcePlan(src, 0, s.max_epochs[src], t, 0, False) for src, t in missing.items()])
     out = str(ctx.path("text-tokens"))
     hf_out = str(ctx.path(HF_DIR)) if s.export_hf else None
-    previous, hf_previous, offsets = [], [], {}
+    previous, hf_previous = [], []
+    offsets: dict[str, int] = {}
     if s.append and exists(join(out, MANIFEST)):
         old = read_manifest(out)
         if old["vocab_fingerprint"] != vocab.fingerprint:
@@ -343,8 +344,8 @@ def run_stage(ctx) -> list[str]:
                  | "Finish" >> beam.Map(_finish, dec_side, cut_side, out, hf_out, plan_path, s, vocab, (previous, hf_previous),
                                         [clean, tok_path]))
             result = json.loads(read_bytes(plan_path))
-            fs, p = fs_and_path(plan_path)
-            fs.rm(p)
+            fs, plan_p = fs_and_path(plan_path)
+            fs.rm(plan_p)
         finally:
             if hf_ctx:
                 hf_ctx.__exit__(None, None, None)

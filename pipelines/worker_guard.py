@@ -36,7 +36,7 @@ def guard() -> None:
 
 
 def _goodbye() -> None:
-    if _watcher is not None and _watcher.poll() is None:
+    if _watcher is not None and _watcher.stdin is not None and _watcher.poll() is None:
         try:
             _watcher.stdin.write(b"x")
             _watcher.stdin.close()

@@ -14,22 +14,16 @@ from jamdata.cli import main
 from jamdata.config import Config, ConfigError
 from jamdata.image.inference import encode_fixed, resolve_device
 from jamdata.image.preprocess import preprocess_image
-from jamdata.image.vqvae import build_vqvae, load_vqvae, save_checkpoint
+from jamdata.image.vqvae import load_vqvae
 from pipelines.image_shards import CodeMismatchError, precision_summary
 from pipelines.image_tokenize import ImageSettings, encode_handler, tokenize_images
 from tests import test_image_inputs as ii
-from tests.test_image_pipeline import sample, samples, settings
+from tests.test_image_pipeline import sample, samples, settings, vqvae_dir  # noqa: F401 (fixture)
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    m = build_vqvae("tiny-64px-f4", n_embed=64)
-    with torch.no_grad():
-        m.quantize.embedding.weight.normal_(0, 0.3)
-    d = tmp_path_factory.mktemp("vqvae")
-    save_checkpoint(m, d)
-    return d
+def model_dir(vqvae_dir):
+    return vqvae_dir
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from jamdata.loader import build_loader
 from jamdata.loader.cm3 import draw_rng, is_drawn
 from jamdata.loader.testing import VOCAB, make_tars, make_text_tokens
 from jamdata.manifest import build_manifest, describe_shard, write_manifest
+from tests.test_loader import run
 
 V = VOCAB
 SEED = 7
@@ -48,13 +49,6 @@ def cfg(cm3=None, **kw) -> Config:
 CM3 = {"datasets": ["img", "inst"], "lambda": 1.0, "max_spans": 4, "max_span_len": 8}
 
 
-def run(loader, n=None):
-    out = []
-    for b in loader:
-        out.append(b)
-        if n is not None and len(out) == n:
-            break
-    return out
 
 
 def assert_same(a, b):

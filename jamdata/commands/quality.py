@@ -113,6 +113,7 @@ def train(args: argparse.Namespace) -> int:
     backend = args.backend
     if backend == "auto":
         backend = "fasttext" if args.out.endswith(".bin") else "numpy"
+    model: quality.LinearClassifier | quality.FastTextClassifier
     if backend == "fasttext":
         model = quality.train_fasttext(pos_train, neg_train, args.out, epochs=args.epochs or 25, seed=args.seed,
                                        buckets=args.buckets)

@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw, ImageFont
 from jamdata.io import atomic_write
 
 
-def _font(size: int = 11) -> ImageFont.ImageFont:
+def _font(size: int = 11) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # older Pillow
@@ -52,8 +52,9 @@ def contact_sheet(items: Sequence[tuple[np.ndarray, str]], columns: int = 4, til
         right = x
         if pairs is not None:  # original on the left, decoded on the right
             right = x + tile + 4
-            if pairs[k] is not None:
-                sheet.paste(Image.fromarray(pairs[k]).resize((tile, tile), Image.Resampling.BILINEAR), (x, y))
+            original = pairs[k]
+            if original is not None:
+                sheet.paste(Image.fromarray(original).resize((tile, tile), Image.Resampling.BILINEAR), (x, y))
         sheet.paste(Image.fromarray(img).resize((tile, tile), Image.Resampling.BILINEAR), (right, y))
         lines = textwrap.wrap(caption or "(no caption)", chars)[:caption_lines]
         for li, line in enumerate(lines):

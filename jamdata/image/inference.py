@@ -88,7 +88,7 @@ def encode_fixed(model, images: Sequence[np.ndarray], batch_size: int, precision
     return list(zip(result, checks))
 
 
-class VQEncodeHandler(ModelHandler[Example, Encoded, Any]):
+class VQEncodeHandler(ModelHandler[Example, PredictionResult, Any]):
     """Beam model handler for our VQ-VAE (wrap in `KeyedModelHandler` to carry a key per image)."""
 
     def __init__(self, vqvae_dir: str, *, batch_size: int, device: str = "cpu", precision: str = "fp32",
@@ -109,7 +109,7 @@ class VQEncodeHandler(ModelHandler[Example, Encoded, Any]):
 
     def run_inference(self, batch: Sequence[Example], model, inference_args: dict | None = None
                       ) -> Iterable[PredictionResult]:
-        out = []
+        out: list[PredictionResult] = []
         for i in range(0, len(batch), self.batch_size):  # Beam never sends more; a direct caller may
             part = batch[i:i + self.batch_size]
             encoded = encode_fixed(model, [e[0] for e in part], self.batch_size, self.precision,

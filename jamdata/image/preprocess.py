@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -92,7 +93,7 @@ def preprocess_image(data: bytes, resolution: int = 256, min_size: int = 64, max
         raise ImageRejected("too_small", f"{w}x{h}: short side below {min_size}")
     if max(w, h) / min(w, h) > max_aspect:
         raise ImageRejected("extreme_aspect", f"{w}x{h}: aspect ratio {max(w, h) / min(w, h):.2f} above {max_aspect}")
-    info = {"width": w, "height": h, "format": im.format, "mode": im.mode, "frames": 1}
+    info: dict[str, Any] = {"width": w, "height": h, "format": im.format, "mode": im.mode, "frames": 1}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -112,9 +113,8 @@ def preprocess_image(data: bytes, resolution: int = 256, min_size: int = 64, max
         raise ImageRejected("undecodable", f"pixel data unreadable: {type(e).__name__}: {e}") from None
     if oriented is not None and oriented.size != im.size:  # rotated by 90 degrees
         info["width"], info["height"] = info["height"], info["width"]
-    im = _to_rgb(oriented if oriented is not None else im)
-    im = resize_center_crop(im, resolution)
-    arr = np.asarray(im, dtype=np.float32).transpose(2, 0, 1) / 127.5 - 1.0
+    rgb = resize_center_crop(_to_rgb(oriented if oriented is not None else im), resolution)
+    arr = np.asarray(rgb, dtype=np.float32).transpose(2, 0, 1) / 127.5 - 1.0
     return np.ascontiguousarray(arr), info
 
 

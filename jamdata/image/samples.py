@@ -27,9 +27,9 @@ def choose_order(key: str, seed: int, image_first_ratio: float) -> str:
 def joint_tokens(caption_ids: np.ndarray, codes: np.ndarray, vocab: JointVocab, order: str) -> np.ndarray:
     image = np.concatenate([[vocab.boi_id], vocab.image_ids(np.asarray(codes).reshape(-1)), [vocab.eoi_id]])
     text = np.asarray(caption_ids, dtype=np.int64)
-    brk = [vocab.break_id]
+    brk = np.asarray([vocab.break_id], dtype=np.int64)
     parts = [text, brk, image] if order == CAPTION_FIRST else [image, brk, text]
-    return np.concatenate(parts + [[vocab.eos_id]]).astype(np.int32)
+    return np.concatenate(parts + [np.asarray([vocab.eos_id], dtype=np.int64)]).astype(np.int32)
 
 
 def split_tokens(tokens: np.ndarray, vocab: JointVocab) -> tuple[np.ndarray, np.ndarray, str]:

@@ -25,6 +25,7 @@ given Generator instead of the key's own (the loader redraws each epoch that way
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import overload
 
 import numpy as np
 
@@ -176,6 +177,11 @@ def cm3_transform(tokens: np.ndarray, vocab: JointVocab, key: str, cfg: CM3Confi
     return CM3Result(new_t, new_m if loss_mask is not None else None, spans)
 
 
+@overload
+def cm3_inverse(tokens: np.ndarray, vocab: JointVocab, loss_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+@overload
+def cm3_inverse(tokens: np.ndarray, vocab: JointVocab,
+                loss_mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]: ...
 def cm3_inverse(tokens: np.ndarray, vocab: JointVocab,
                 loss_mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Undo `cm3_transform` exactly (tokens and, when given, the loss mask). Also decodes a

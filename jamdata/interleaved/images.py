@@ -51,17 +51,17 @@ class VQEncoder:
         return self.model.decode(torch.from_numpy(np.asarray(codes, np.int64))[None])[0].numpy()
 
 
-def _tar_member(ref: ImageRef, policy: InputPolicy | None) -> bytes:
+def _tar_member(ref: ImageRef, path: str, policy: InputPolicy | None) -> bytes:
     """A member of a tar file (an image store's entry). A `tar://` name written in a record is
     data like any path: its tar file must lie under the policy's roots."""
-    member, _, tar_path = ref.path[len("tar://"):].partition("::")
+    member, _, tar_path = path[len("tar://"):].partition("::")
     if policy is not None:
         tar_path = confined_path(tar_path, parent_dir(tar_path), policy)
     max_bytes = (policy or InputPolicy()).max_bytes
     with open_url(tar_path, "rb") as fh, tarfile.open(fileobj=fh, mode="r:") as tar:
         info = tar.getmember(member) if member in tar.getnames() else None
         f = tar.extractfile(info) if info is not None and info.isfile() else None
-        if f is None:
+        if info is None or f is None:
             raise FileNotFoundError(f"{member} not in {tar_path}")
         if info.size > max_bytes:
             raise InputRefused(ref.ref, "file_too_large", f"{info.size} bytes, more than the limit of {max_bytes}")
@@ -84,7 +84,7 @@ def read_image_bytes(ref: ImageRef, policy: InputPolicy | None = None) -> bytes:
     if ref.path.startswith(("http://", "https://", "ftp://")):
         raise FileNotFoundError(f"web URL {ref.path} is not fetched; download it into a file or an image store")
     if ref.path.startswith("tar://"):
-        return _tar_member(ref, policy)
+        return _tar_member(ref, ref.path, policy)
     policy = policy or InputPolicy().with_root(parent_dir(ref.path))
     try:
         return read_confined(ref.path, parent_dir(ref.path), policy)

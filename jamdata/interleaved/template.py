@@ -20,7 +20,7 @@ recorded in the layout.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -99,7 +99,8 @@ def encode_document(doc: Document, template: Template, vocab: JointVocab,
     budget = template.max_len if budget is None else budget
     loss_all = (doc.loss or template.loss) == "all"
     segs = _with_prefixes(doc, template)
-    orig_index, j = [], 0
+    orig_index: list[int | None] = []  # None: an inserted prefix (always text)
+    j = 0
     for s in segs:  # map back to original segment indices for image_codes
         if j < len(doc.segments) and s is doc.segments[j]:
             orig_index.append(j)
@@ -111,12 +112,15 @@ def encode_document(doc: Document, template: Template, vocab: JointVocab,
     for i, seg in enumerate(segs):
         brk = i > 0 and (seg.modality == IMAGE or segs[i - 1].modality == IMAGE)
         head = [vocab.break_id] if brk else []
-        info = {"modality": seg.modality, "role": seg.role, "text": seg.text,
+        info: dict[str, Any] = {"modality": seg.modality, "role": seg.role, "text": seg.text,
                 "image_ref": seg.image.ref if seg.image else None}
         if seg.modality == TEXT:
+            assert seg.text is not None  # Segment: a text segment carries text
             ids = np.asarray(head + list(encode_text(seg.text)), dtype=np.int64)
         else:
-            codes = np.asarray(image_codes[orig_index[i]])
+            oi = orig_index[i]
+            assert oi is not None  # prefixes are text: every image segment is one of the document's
+            codes = np.asarray(image_codes[oi])
             if codes.ndim != 2:
                 raise ValueError(f"image codes must be a [h, w] grid, got shape {codes.shape}")
             info["h"], info["w"] = int(codes.shape[0]), int(codes.shape[1])

@@ -3,17 +3,18 @@ owned by exactly one (rank, worker), so it is read once, with no coordination, a
 position is three integers per dataset (epoch, position in its span, offset in the document)."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from jamdata.loader import order
-from jamdata.loader.sources import DatasetSource, LoaderError, Sample, ShardPool
+from jamdata.loader.sources import DatasetSource, LoaderError, MegatronShard, Sample, ShardPool
 from jamdata.loader.textfill import Block
 
 
-def image_spans(tokens: np.ndarray, boi: int, eoi: int) -> list[tuple[int, int]]:
-    """[start, stop) of every `<boi> ... <eoi>` run (an image must never be cut)."""
+def image_spans(tokens: np.ndarray, boi: int, eoi: int | None) -> list[tuple[int, int]]:
+    """[start, stop) of every `<boi> ... <eoi>` run (an image must never be cut); without an
+    `<eoi>` token an image runs to the end of `tokens`."""
     starts = np.flatnonzero(tokens == boi)
     ends = np.flatnonzero(tokens == eoi)
     spans = []
@@ -119,7 +120,7 @@ class Cursor:
         block). A row then takes one or two slice copies however short its documents are."""
         k0, k1 = (np.searchsorted(starts, [first_seq, first_seq + size - 1], side="right") - 1).tolist()
         ids, locs, starts_, lens = [], [], [], []
-        usable: dict[int, object] = {}
+        usable: dict[int, MegatronShard | Literal[False]] = {}
         for k in range(k0, k1 + 1):  # the shards the block covers (empty ones add nothing)
             u = int(perm[k])
             l0 = max(first_seq - int(starts[k]), 0)
@@ -164,6 +165,7 @@ class Cursor:
         if bc is None or bc[0] != self.epoch or not 0 <= pos - bc[2] < self.block:
             self._enter_block(pos // self.block)
             bc = self._block_cache
+            assert bc is not None  # set by _enter_block for a cursor that reads samples
         last = self._last
         if last is not None and last[0] == pos:
             return last[1]
@@ -227,6 +229,7 @@ class Cursor:
                     continue
                 self._enter_block(self.pos // self.block)
                 tb = self._text
+                assert tb is not None  # set by _enter_block for a splittable (text) cursor
             take, d0, d1 = tb.stream.fill(tokens, seg, done, e, len(keys))
             if not take:  # nothing readable in the rest of the block
                 empty += tb.size

@@ -8,7 +8,7 @@ import logging
 import mmap
 import os
 import tarfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -47,7 +47,7 @@ class DatasetSource:
     fingerprint: str | None
     vocab: JointVocab | None
     tokens: int | None
-    cum: np.ndarray = field(default=None)  # type: ignore[assignment]
+    cum: np.ndarray | None = None
 
     @property
     def n_samples(self) -> int:
@@ -165,7 +165,7 @@ def _npy(buf, offset: int, size: int) -> np.ndarray:
 def _scan_ustar(buf, size: int) -> list[tuple[str, int, int]] | None:
     """(name, data offset, data size) of every regular member, reading only headers; None when
     the archive uses headers this fast path does not handle (tarfile then does it)."""
-    out = []
+    out: list[tuple[str, int, int]] = []
     pos = 0
     while pos + 512 <= size:
         h = bytes(buf[pos:pos + 512])
@@ -221,9 +221,8 @@ class TarShard:
             size = len(self.buf)
         members: list[tuple[str, int, int]] = []
         try:
-            members = _scan_ustar(self.buf, size)
-            if members is None:
-                members = _scan_tarfile(io.BytesIO(self.buf[:]), size)
+            scanned = _scan_ustar(self.buf, size)
+            members = scanned if scanned is not None else _scan_tarfile(io.BytesIO(self.buf[:]), size)
         except (tarfile.TarError, EOFError, OSError, ValueError) as e:
             self.damage = f"{self.path}: corrupt or truncated tar: {e}"
             members = _partial_members(self.buf, size)
@@ -325,7 +324,7 @@ class ShardPool:
             self.bad.add(k)
             self.fail_or_log(str(e), "skipped_shards")
             return None
-        if getattr(shard, "damage", None):
+        if isinstance(shard, TarShard) and shard.damage:
             self.fail_or_log(shard.damage, "damaged_shards")
         if isinstance(shard, TarShard) and len(shard.samples) < ref.records:
             self.count("missing_samples", ref.records - len(shard.samples))

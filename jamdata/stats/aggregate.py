@@ -14,7 +14,7 @@ An aggregate is a small JSON-able dict with a `type`:
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from typing import Any, Iterable, overload
 
 import numpy as np
 
@@ -80,6 +80,10 @@ def examples(items: Iterable[tuple[str, str]], k: int = EXAMPLES_K) -> dict:
     return {"type": "examples", "k": k, "items": [[h, i, t] for h, i, t in scored]}
 
 
+@overload
+def merge(a: dict | None, b: dict) -> dict: ...
+@overload
+def merge(a: dict | None, b: dict | None) -> dict | None: ...
 def merge(a: dict | None, b: dict | None) -> dict | None:
     if a is None:
         return b
@@ -134,7 +138,7 @@ def percentiles(d: dict, qs: Iterable[float] = (1, 10, 50, 90, 99)) -> dict[str,
         return {f"p{q:g}": float(np.percentile(vals, q, method="inverted_cdf")) for q in qs}
     items = sorted((int(k), v) for k, v in d["hist"].items())
     cum = np.cumsum([v for _, v in items])
-    out = {}
+    out: dict[str, float | None] = {}
     for q in qs:
         idx = int(np.searchsorted(cum, q / 100 * d["n"], side="left"))
         b = items[min(idx, len(items) - 1)][0]

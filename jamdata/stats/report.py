@@ -51,7 +51,7 @@ def _save(fig, out: str, name: str) -> tuple[str, str]:
     return name, base64.b64encode(data).decode()
 
 
-def _hist_plot(title: str, summary: dict, out: Path, name: str):
+def _hist_plot(title: str, summary: dict, out: str, name: str):
     unit = summary.get("scale") == "unit"
     hist = [h for h in summary.get("histogram") or [] if unit or h[1] > 0]  # no zero bin on a log axis
     zeros = 0 if unit else sum(h[2] for h in summary.get("histogram") or [] if h[1] <= 0)
@@ -76,7 +76,7 @@ def _hist_plot(title: str, summary: dict, out: Path, name: str):
     return _save(fig, out, name)
 
 
-def _bar_plot(title: str, counts: dict, out: Path, name: str, top: int = 15):
+def _bar_plot(title: str, counts: dict, out: str, name: str, top: int = 15):
     items = list(counts.items())[:top]
     if not items:
         return None
@@ -88,7 +88,7 @@ def _bar_plot(title: str, counts: dict, out: Path, name: str, top: int = 15):
     return _save(fig, out, name)
 
 
-def _codes_plot(title: str, counts: list[int], out: Path, name: str):
+def _codes_plot(title: str, counts: list[int], out: str, name: str):
     c = np.sort(np.asarray(counts))[::-1]
     fig, ax = plt.subplots(figsize=(6, 3))
     ax.plot(np.arange(c.size), np.maximum(c, 0.5), color="#a55")

@@ -13,6 +13,8 @@ more than UNK_LIMIT `<unk>` on a sample, a tokenizer dataset whose image-code co
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 UNK_LIMIT = 0.01  # share of <unk> tokens on a sample above which the tokenizer is flagged
 
 
@@ -127,7 +129,7 @@ def tokenizer_warnings(name: str, manifest: dict) -> list[dict]:
     return out
 
 
-def run_warnings(info: dict[str, dict], shadowed: list[tuple[str, str, str]] = ()) -> list[dict]:
+def run_warnings(info: dict[str, dict], shadowed: Sequence[tuple[str, str, str]] = ()) -> list[dict]:
     """Every warning over the inspected datasets (collect.inspect_datasets); `shadowed`: (name,
     kept-as name, path) of datasets whose name another dataset already had."""
     out = [_warn("dataset_shadowed", kept, None,

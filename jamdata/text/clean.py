@@ -210,9 +210,9 @@ def strip_gutenberg(text: str) -> str:
         return text
     body = text[start or 0: end if end is not None else len(text)]
     body = body.lstrip("\r\n")
-    m = _PG_PRODUCED.match(body)
-    if m:
-        body = body[m.end():]
+    produced = _PG_PRODUCED.match(body)
+    if produced:
+        body = body[produced.end():]
     return body
 
 
@@ -277,7 +277,7 @@ CLEANER_OF_FORMAT = {
 
 
 def _clean_one(doc: dict, cleaner: str, opts: CleanOptions = CleanOptions(),
-               site: WikiSite | None = None) -> tuple[dict | None, str | None]:
+               site: WikiSite | None = None) -> tuple[dict, None] | tuple[None, str]:
     """(the cleaned document, None) or (None, why it was dropped). A document that a cleaner
     cannot handle is dropped with the reason; it never stops the others. Wikipedia pages are
     cleaned with `site` (from the dump's siteinfo) or else the site of their URL's language."""
@@ -322,8 +322,8 @@ def clean_records(records: Iterable[dict], fmt: str, opts: CleanOptions = CleanO
             if is_reject(rec):
                 yield rec
                 continue
-            doc, reason = _clean_one(rec, cleaner, opts, site)
-            yield doc if doc is not None else _clean_reject(rec, reason)
+            res = _clean_one(rec, cleaner, opts, site)
+            yield res[0] if res[0] is not None else _clean_reject(rec, res[1])
         return
     buffered = list(records)
     dedup = opts.line_dedup_min_docs > 1
@@ -334,10 +334,11 @@ def clean_records(records: Iterable[dict], fmt: str, opts: CleanOptions = CleanO
             yield rec
             continue
         text, removed = remove_lines(rec["text"], boiler, rec_keys) if boiler else (rec["text"], 0)
-        doc, reason = _clean_one({**rec, "text": text}, "none", opts)
-        if doc is None:
-            yield _clean_reject(rec, "only boilerplate lines" if removed else reason)
+        res = _clean_one({**rec, "text": text}, "none", opts)
+        if res[0] is None:
+            yield _clean_reject(rec, "only boilerplate lines" if removed else res[1])
             continue
+        doc = res[0]
         if removed:
             meta = json.loads(doc["metadata"] or "{}")
             meta["boilerplate_lines_removed"] = removed

@@ -192,7 +192,7 @@ def serve(stdin=None, stdout=None) -> None:
         try:
             signal.setitimer(signal.ITIMER_REAL, float(req["timeout_s"]))
             try:
-                answer = {"text": extract_in_process(req["html"], req.get("url"))}
+                answer: dict[str, object] = {"text": extract_in_process(req["html"], req.get("url"))}
             finally:
                 signal.setitimer(signal.ITIMER_REAL, 0)
         except _Alarm:

@@ -104,7 +104,7 @@ class MinHasher:
         sig = np.full((len(shingles), self.num_perm), np.iinfo(np.uint32).max, dtype=np.uint32)
         nonempty = np.nonzero(sizes)[0]
         if len(nonempty):
-            x = np.concatenate([shingles[i] for i in nonempty])
+            x = np.concatenate([shingles[i] for i in nonempty.tolist()])
             offsets = np.concatenate(([0], np.cumsum(sizes[nonempty])[:-1]))
             sig[nonempty] = self._minhash(x, offsets)
         return sig

@@ -99,7 +99,7 @@ def bucket(perplexity: float | None, cutoffs: list[float] | None) -> str:
     return "head" if perplexity < cutoffs[0] else "middle" if perplexity < cutoffs[1] else "tail"
 
 
-def tercile_cutoffs(perplexities: Iterable[float]) -> list[float]:
+def tercile_cutoffs(perplexities: Iterable[float | None]) -> list[float]:
     """The 33rd and 66th percentiles (CCNet's head/middle/tail boundaries) of a language's scores."""
     xs = sorted(p for p in perplexities if p is not None and math.isfinite(p))
     if not xs:

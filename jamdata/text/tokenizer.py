@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import sentencepiece as spm
@@ -132,7 +132,7 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int = 32000, max_bytes
     if not lines:
         raise TokenizerError("no text to train the tokenizer on (the clean documents are empty)")
     model = io.BytesIO()
-    flags = dict(LLAMA_TRAINER)
+    flags: dict[str, Any] = dict(LLAMA_TRAINER)
     flags.update(overrides)
     try:
         spm.SentencePieceTrainer.train(

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING
 
 from jamdata.cli import command_group
+
+if TYPE_CHECKING:  # torch is imported by the commands that need it
+    from torch import nn
 
 
 def _init(args: argparse.Namespace) -> int:
@@ -30,6 +34,7 @@ def _fuse(args: argparse.Namespace) -> int:
     from jamtrain.models import fuse_cross, fuse_uniform, fuse_width, load_backbone, save_model
 
     text, image = load_backbone(args.text), load_backbone(args.image)
+    model: nn.Module
     if args.mode == "uniform":
         model = fuse_uniform(text, image, args.weight)
     elif args.mode == "width":
@@ -106,6 +111,8 @@ def _extend(args: argparse.Namespace) -> int:
         raise ModelError(f"{args.path}: not a backbone checkpoint (extend the parents before fusing them)")
     cfg = BackboneConfig.from_dict(meta["config"])
     target = _target_vocab(args, cfg.vocab_size)
+    if target is None:  # the command requires --vocab or --vocab-size
+        raise ModelError("give the vocabulary to grow to: --vocab or --vocab-size")
     new_cfg, state = extend_state(state, cfg, target, args.seed, NOISE if args.noise is None else args.noise)
     save_state({k: v.contiguous() for k, v in state.items()}, {**meta, "config": new_cfg.to_dict()}, args.out)
     print(f"wrote {args.out}: vocabulary {cfg.vocab_size} -> {target} rows ({target - cfg.vocab_size} new)")

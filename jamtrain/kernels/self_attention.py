@@ -93,7 +93,7 @@ def segment_attention(q, k, v, runs: list[tuple[tuple[int, int], ...]]) -> torch
         return torch.cat([F.scaled_dot_product_attention(q[:, :, s:e], k[:, :, s:e], v[:, :, s:e],
                                                          is_causal=True, enable_gqa=gqa)
                           for s, e in layout], dim=2)
-    out = [None] * q.shape[0]
+    out: dict[int, torch.Tensor] = {}  # row -> its output
     for layout, rows in groups.items():
         idx = torch.tensor(rows, device=q.device)
         qs, ks, vs = q.index_select(0, idx), k.index_select(0, idx), v.index_select(0, idx)
@@ -102,7 +102,7 @@ def segment_attention(q, k, v, runs: list[tuple[tuple[int, int], ...]]) -> torch
                        for s, e in layout], dim=2)
         for j, b in enumerate(rows):
             out[b] = o[j:j + 1]
-    return torch.cat(out, dim=0)
+    return torch.cat([out[b] for b in range(q.shape[0])], dim=0)
 
 
 # ------------------------------------------------------------------------------------------ flex
@@ -154,7 +154,7 @@ class DocumentMask:
             self.dense = dense_mask(segment_ids)
 
     def __call__(self, q, k, v) -> torch.Tensor:
-        if self.impl == "segments":
+        if self.impl == "segments" and self.runs is not None:  # (runs is None only for "dense")
             return segment_attention(q, k, v, self.runs)
         if self.impl == "flex":
             return flex_attention(q, k, v, self.block_mask)

@@ -8,6 +8,7 @@ See docs/models.md for the keys of the model section.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import torch
 from torch import nn
@@ -28,7 +29,7 @@ from jamtrain.models.resize import NOISE, extend_vocab  # noqa: F401
 log = logging.getLogger(__name__)
 
 
-def _parents(cfg: Config, arch: BackboneConfig):
+def _parents(cfg: Config, arch: BackboneConfig) -> tuple[Any, Any]:
     """The two parents from `text_checkpoint` / `image_checkpoint` (opened for tensor-by-tensor
     reads, parents.py), or fresh backbones from the config."""
     have = [cfg.has("text_checkpoint"), cfg.has("image_checkpoint")]
@@ -92,18 +93,19 @@ def build_model(model_cfg: dict | Config, vocab_size: int, prefix: str = "train.
     cfg.check_keys(MODEL_KEYS)
     ac = cfg.get("activation_checkpointing", bool, default=False)
     if cfg.has("checkpoint"):
-        model = _fit_vocab(cfg, "checkpoint", load_model(cfg.get("checkpoint", str)), vocab_size)
+        model: nn.Module = _fit_vocab(cfg, "checkpoint", load_model(cfg.get("checkpoint", str)), vocab_size)
         _set_checkpointing(model, ac)
         return _place(model, device, dtype)
     arch = backbone_config(cfg, vocab_size)
     fusion = cfg.choice("fusion", FUSIONS, default="none")
-    place = {"device": device, "dtype": dtype, "zero": zero}
     if fusion == "none":
-        model: nn.Module = Backbone(arch, ac)
+        model = Backbone(arch, ac)
     elif fusion == "uniform":
-        model = fuse_uniform(*_parents(cfg, arch), weight=float(cfg.number("uniform_weight", default=0.5, lo=0, hi=1)), **place)
+        model = fuse_uniform(*_parents(cfg, arch), weight=float(cfg.number("uniform_weight", default=0.5, lo=0, hi=1)),
+                             device=device, dtype=dtype, zero=zero)
     elif fusion == "width":
-        model = fuse_width(*_parents(cfg, arch), head=cfg.choice("width_head", HEAD_INITS, default="average"), **place)
+        model = fuse_width(*_parents(cfg, arch), head=cfg.choice("width_head", HEAD_INITS, default="average"),
+                           device=device, dtype=dtype, zero=zero)
     else:
         every = int(cfg.number("cross_every", default=1, lo=1))
         if arch.n_layers % every:
@@ -114,7 +116,8 @@ def build_model(model_cfg: dict | Config, vocab_size: int, prefix: str = "train.
         model = fuse_cross(*_parents(cfg, arch), text_rows=default_text_rows(cfg, vocab_size), cross_every=every,
                            cross_heads=heads, embedding=cfg.choice("cross_embedding", CROSS_EMBEDDINGS, default="shared"),
                            head=cfg.choice("cross_head", HEAD_INITS, default="average"),
-                           kernel=cfg.choice("cross_kernel", KERNELS, default="auto"), **place)
+                           kernel=cfg.choice("cross_kernel", KERNELS, default="auto"), device=device, dtype=dtype,
+                           zero=zero)
     _set_checkpointing(model, ac)
     if zero is not None and fusion != "none":  # partitioned by zero.Init: DeepSpeed places it
         return model

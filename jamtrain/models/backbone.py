@@ -161,7 +161,8 @@ class Backbone(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.activation_checkpointing = activation_checkpointing
-        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        # None inside JAM-Cross with a shared embedding (fusion.py): the caller passes the table
+        self.tok_emb: nn.Embedding | None = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.pos_emb = nn.Embedding(cfg.max_seq_len, cfg.d_model) if cfg.positions == "learned" else None
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = make_norm(cfg)
@@ -184,7 +185,7 @@ class Backbone(nn.Module):
         return AttnContext(self.cfg, tokens, segment_ids)
 
     def embed(self, tokens: torch.Tensor, ctx: AttnContext, table: torch.Tensor | None = None) -> torch.Tensor:
-        x = F.embedding(tokens, self.tok_emb.weight if table is None else table)
+        x = F.embedding(tokens, self._tok_table() if table is None else table)
         if self.pos_emb is not None:
             x = x + self.pos_emb(ctx.positions)
         return x
@@ -194,8 +195,13 @@ class Backbone(nn.Module):
             return checkpoint(self.layers[i], x, ctx, use_reentrant=False)
         return self.layers[i](x, ctx)
 
+    def _tok_table(self) -> torch.Tensor:
+        if self.tok_emb is None:
+            raise RuntimeError("this backbone's input embedding is shared (JAM-Cross): pass its table")
+        return self.tok_emb.weight
+
     def head_weight(self) -> torch.Tensor:
-        return self.tok_emb.weight if self.head is None else self.head.weight
+        return self._tok_table() if self.head is None else self.head.weight
 
     def hidden_states(self, tokens: torch.Tensor, segment_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Final normalised hidden states [B, L, d_model] (the input of the output head)."""

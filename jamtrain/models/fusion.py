@@ -58,7 +58,9 @@ def _check_parents(text, image) -> BackboneConfig:
 
 
 def _device_of(parent) -> torch.device:
-    return parent.tok_emb.weight.device if isinstance(parent, Backbone) else torch.device("cpu")
+    if isinstance(parent, Backbone) and parent.tok_emb is not None:
+        return parent.tok_emb.weight.device
+    return torch.device("cpu")
 
 
 def head_mix(head: str) -> float:
@@ -109,6 +111,9 @@ def fuse_width(text, image, head: str = "average", device=None, dtype=None, zero
         else:
             left, right = ti.tensor(key), im.tensor(key)
         side = target.dim() == 1 or key in WIDTH_SIDE_BY_SIDE
+        want: tuple[int, ...]
+        l_slice: slice | tuple[slice, slice]
+        r_slice: slice | tuple[slice, slice]
         if target.dim() == 1:  # norm weights/biases: halves side by side
             want, l_slice, r_slice = (len(left) + len(right),), slice(0, len(left)), slice(len(left), None)
         elif side:  # the width halves of each row
@@ -137,6 +142,22 @@ class CrossBlock(nn.Module):
     projected from image states), _i to the image stream's. Both directions read the inputs of this
     block (not each other's update) and run in one fused kernel call. Causal: position p of one stream sees positions <= p of the other, within the same
     document when segment ids are given."""
+
+    # set by name below, one of each per stream
+    q_norm_t: GroupedLayerNorm
+    q_norm_i: GroupedLayerNorm
+    kv_norm_t: GroupedLayerNorm
+    kv_norm_i: GroupedLayerNorm
+    q_t: nn.Linear
+    k_t: nn.Linear
+    v_t: nn.Linear
+    o_t: nn.Linear
+    q_i: nn.Linear
+    k_i: nn.Linear
+    v_i: nn.Linear
+    o_i: nn.Linear
+    gate_t: nn.Parameter
+    gate_i: nn.Parameter
 
     def __init__(self, d_model: int, n_heads: int, eps: float = 1e-5, bias: bool = False, norm: str = "layernorm"):
         super().__init__()
@@ -196,9 +217,9 @@ class JamCross(nn.Module):
             for name, p in blk.named_parameters():
                 if p.dim() == 2:
                     nn.init.normal_(p, 0.0, b.init_std)
-        for p in (self.embedding, self.proj, self.head):
-            if p is not None:
-                nn.init.normal_(p.weight, 0.0, b.init_std)
+        for mod in (self.embedding, self.proj, self.head):
+            if mod is not None:
+                nn.init.normal_(mod.weight, 0.0, b.init_std)
         for m in (self.text, self.image):
             m.head = None
             if self.embedding is not None:
@@ -212,7 +233,10 @@ class JamCross(nn.Module):
 
     def output_weight(self) -> torch.Tensor:
         """The shared output embedding [V, d]."""
-        return self.embedding.weight if self.head is None else self.head.weight
+        if self.head is not None:
+            return self.head.weight
+        assert self.embedding is not None  # no head: the output is the shared input table
+        return self.embedding.weight
 
     def streams(self, tokens: torch.Tensor, segment_ids: torch.Tensor | None = None):
         """Final normalised hidden states of the text and image streams, each [B, L, d]."""

@@ -13,14 +13,16 @@ random initialisation first would only cost time and memory. Two ways to get sto
 """
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Callable, Iterator, TypeVar
 
 import torch
 from torch import nn
 
+M = TypeVar("M", bound=nn.Module)
 
-def empty_model(build: Callable[[], nn.Module], device=None, dtype: torch.dtype | None = None,
-                zero: dict | None = None) -> nn.Module:
+
+def empty_model(build: Callable[[], M], device=None, dtype: torch.dtype | None = None,
+                zero: dict | None = None) -> M:
     """`build()` with storage that the caller is about to overwrite (module docstring)."""
     if zero is not None:
         import deepspeed

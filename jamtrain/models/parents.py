@@ -85,6 +85,7 @@ def open_parent(path: str | Path, cfg: BackboneConfig | None = None) -> ParentWe
     if meta is not None and meta.get("kind") != "backbone":
         raise CheckpointError(f"{path}: holds a {meta.get('kind')} model, not a backbone")
     arch = cfg if meta is None else BackboneConfig.from_dict(meta["config"])
+    assert arch is not None  # neither metadata nor a config: refused above
     return ParentWeights(arch, read, keys, str(path))
 
 

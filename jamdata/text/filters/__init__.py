@@ -7,8 +7,6 @@ source from the `text.clean.filters` config section; `apply_chain` runs it.
 """
 from __future__ import annotations
 
-from typing import Callable
-
 from jamdata.config import Config, ConfigError
 from jamdata.settings import check_kwargs
 from jamdata.text.filters.base import Filter, Verdict, apply_chain
@@ -41,7 +39,7 @@ DEFAULT_CHAINS: dict[str, list[str]] = {
 SECTION_KEYS = ["chains", "per_source", *FILTERS]
 
 
-def _make(name: str, params: dict, where: str) -> Callable[[str], Verdict]:
+def _make(name: str, params: dict, where: str) -> Filter:
     cls = FILTERS[name]
     params = check_kwargs(cls, params, where)  # unknown keys and wrong types: one line
     try:
@@ -64,14 +62,14 @@ def chain_names(cfg: Config, source: str) -> list[str]:
     return list(names)
 
 
-def build_filter_chain(cfg: Config, source: str) -> list[Callable[[str], Verdict]]:
+def build_filter_chain(cfg: Config, source: str) -> list[Filter]:
     """Filters for one source from the `text.clean.filters` section. Each filter's parameters come
     from its own sub-section, overridden by `per_source.<source>.<filter>`."""
     cfg.check_keys(SECTION_KEYS)
     per_source = cfg.section("per_source")
     for src in per_source.data:
         per_source.section(src).check_keys(list(FILTERS))
-    chain = []
+    chain: list[Filter] = []
     for name in chain_names(cfg, source):
         params = {**cfg.section(name).to_dict(), **per_source.section(source).section(name).to_dict()} \
             if source in per_source.data else cfg.section(name).to_dict()

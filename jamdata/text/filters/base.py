@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Protocol, Sequence, cast
 
 
 @dataclass
@@ -21,14 +21,22 @@ class Filter(Protocol):
     def __call__(self, text: str) -> Verdict: ...
 
 
-def apply_chain(text: str, chain: list[Callable[[str], Verdict]]) -> tuple[Verdict, str | None]:
+class FieldsFilter(Protocol):
+    """A filter that also reads the fields earlier filters found (`uses_fields = True`)."""
+    name: str
+    uses_fields: bool
+
+    def __call__(self, text: str, fields: dict | None = None) -> Verdict: ...
+
+
+def apply_chain(text: str, chain: Sequence[Filter | FieldsFilter]) -> tuple[Verdict, str | None]:
     """Run filters in order; stop at the first drop. Returns the final verdict (text after every
     filter that rewrote it, merged fields) and the name of the filter that dropped it (or None).
     A filter with `uses_fields = True` is also given the fields found so far (e.g. the perplexity
     filter reads the language filter's `language`)."""
     fields: dict = {}
     for f in chain:
-        v = f(text, fields) if getattr(f, "uses_fields", False) else f(text)
+        v = cast(FieldsFilter, f)(text, fields) if getattr(f, "uses_fields", False) else f(text)
         fields.update(v.fields)
         if not v.keep:
             return Verdict(False, v.reason, text, fields), f.name

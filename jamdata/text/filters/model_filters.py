@@ -70,11 +70,13 @@ class PerplexityFilter:
     name = "perplexity"
     uses_fields = True  # reads the language found by an earlier filter
 
-    def __init__(self, lm_model: str, sp_model: str, languages: list[str] = ("en",),
+    def __init__(self, lm_model: str, sp_model: str, languages: list[str] | None = None,
                  cutoffs: dict[str, list[float]] | None = None,
-                 keep_buckets: list[str] = ("head", "middle", "tail", "unscored"),
+                 keep_buckets: list[str] | None = None,
                  default_language: str = "en", max_chars: int = 100000):
         known = {"head", "middle", "tail", "unscored"}
+        languages = ["en"] if languages is None else languages
+        keep_buckets = sorted(known) if keep_buckets is None else keep_buckets
         if set(keep_buckets) - known:
             raise ValueError(f"keep_buckets: unknown bucket(s) {sorted(set(keep_buckets) - known)} (allowed: {sorted(known)})")
         for lang, cut in (cutoffs or {}).items():

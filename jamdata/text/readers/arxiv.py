@@ -8,7 +8,7 @@ import re
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import IO, Iterator
+from typing import IO, Iterator, cast
 
 from jamdata.text.readers.common import ReadOptions, _Cursor, _open, _read_bounded, make_doc, make_reject
 
@@ -163,7 +163,10 @@ def _tar_sources(f: IO[bytes], head: bytes, path: str, source: str, opts: ReadOp
                 out.rejects.append(make_reject(source, "read", f"{where}{m.name}: longer than {opts.max_record_bytes} bytes",
                                                None, path, cur.offset))
                 continue
-            data = tar.extractfile(m).read()
+            member_file = tar.extractfile(m)
+            if member_file is None:  # not reached: only regular files get here
+                continue
+            data = member_file.read()
             if low.endswith(".gz"):
                 out.nested.append((m.name, m.offset, data))
                 continue
@@ -230,7 +233,7 @@ def _nested_papers(nested: list[tuple[str, int, bytes]], path: str, source: str,
         cur.offset = offset
         try:
             with gzip.GzipFile(fileobj=io.BytesIO(data)) as g:
-                yield from _read_paper(g, path, source, opts, cur, _arxiv_id(name), member=name)
+                yield from _read_paper(cast(IO[bytes], g), path, source, opts, cur, _arxiv_id(name), member=name)
         except Exception as e:  # corrupt gzip (zlib.error, OSError), broken tar...
             yield make_reject(source, "read", f"{name}: unreadable: {type(e).__name__}: {e}"[:500], None, path, offset)
 

@@ -93,13 +93,19 @@ def _dump_meta(meta: dict) -> str:
         return dump(safe)
 
 
+def reject_id(source: str, stage: str, reason: str, file: str | None, place: int | str | None) -> str:
+    """The id of a REJECT: its file, its place in the file (an offset, or e.g. `stream+page`) and
+    why."""
+    return f"{source}/{stable_hash(str(file), str(place), stage, reason):016x}"
+
+
 def make_reject(source: str, stage: str, reason: str, snippet: str | bytes | None = None,
-                file: str | None = None, offset: int | str | None = None, id: str | None = None,
+                file: str | None = None, offset: int | None = None, id: str | None = None,
                 snippet_chars: int = 200) -> dict:
     if isinstance(snippet, bytes):
         snippet = snippet[: snippet_chars * 4].decode("utf-8", "replace")
     reason, snippet = scrub_surrogates(reason), scrub_surrogates(snippet) if snippet else snippet
-    rid = id or f"{source}/{stable_hash(str(file), str(offset), stage, reason):016x}"
+    rid = id or reject_id(source, stage, reason, file, offset)
     return records.reject(rid, source, stage, reason, snippet[:snippet_chars] if snippet else None, file, offset)
 
 

@@ -44,10 +44,10 @@ def decode_html(payload: bytes, content_type: str | None = None) -> tuple[str, s
         return payload.decode("utf-8"), "utf-8"
     except UnicodeDecodeError:
         pass
-    m = _HEADER_CHARSET.search(content_type or "")
-    header = _charset(m.group(1)) if m else None
-    m = _META_CHARSET.search(payload[:8192])
-    meta = _charset(m.group(1).decode("ascii", "replace")) if m else None
+    hm = _HEADER_CHARSET.search(content_type or "")
+    header = _charset(hm.group(1)) if hm else None
+    mm = _META_CHARSET.search(payload[:8192])
+    meta = _charset(mm.group(1).decode("ascii", "replace")) if mm else None
     declared = [e for e in dict.fromkeys((header, meta)) if e and e != "utf_8"]
     for enc in declared:
         try:

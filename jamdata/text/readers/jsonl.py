@@ -81,7 +81,8 @@ def read_c4(path: str, source: str, opts: ReadOptions, cur: _Cursor) -> Iterator
             yield item
             continue
         idx, off, obj, text = item
-        inner = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+        m = obj.get("metadata")
+        inner = m if isinstance(m, dict) else {}
         url = obj.get("url") or inner.get("url")
         meta = {k: v for k, v in obj.items() if k not in ("text", "url", "metadata")}
         meta.update({k: v for k, v in inner.items() if k != "url"})
@@ -94,7 +95,8 @@ def read_c4(path: str, source: str, opts: ReadOptions, cur: _Cursor) -> Iterator
 
 
 def _meta(obj: dict) -> dict:
-    return obj.get("meta") if isinstance(obj.get("meta"), dict) else {}
+    m = obj.get("meta")
+    return m if isinstance(m, dict) else {}
 
 
 def read_pile(path: str, source: str, opts: ReadOptions, cur: _Cursor) -> Iterator[dict]:

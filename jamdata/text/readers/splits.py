@@ -143,7 +143,8 @@ class Bz2Stream:
 
     def __init__(self, raw, pending: bytes = b""):
         self.raw, self.d, self.pending, self.fed = raw, bz2.BZ2Decompressor(), pending, 0
-        self.next_raw, self.size = b"", None
+        self.next_raw = b""
+        self.size: int | None = None
 
     def read(self, n: int = 1 << 16) -> bytes:
         while not self.d.eof:

@@ -9,7 +9,7 @@ from typing import IO, Iterator
 
 from jamdata.io import open_url
 from jamdata.text.readers.common import (ReadOptions, _Cursor, _damaged, _Guarded, _Lookahead, _open, doc_id, is_reject,
-                                         make_doc, make_reject)
+                                         make_doc, make_reject, reject_id)
 from jamdata.text.readers.splits import Bz2Stream
 
 
@@ -75,7 +75,7 @@ def read_wiki_xml(path: str, source: str, opts: ReadOptions, cur: _Cursor) -> It
     with _open(path, cur) as f:
         for offset, page in _wiki_pages(f, opts.max_record_bytes):
             if offset < 0:
-                base_url = _base_url(page)
+                base_url = _base_url(page) if isinstance(page, bytes) else None
                 continue
             cur.offset = offset
             yield _page_record(page, source, path, opts, cur, base_url)
@@ -117,11 +117,11 @@ def read_wiki_streams(path: str, source: str, opts: ReadOptions, cur: _Cursor) -
             guard = _Guarded(stream)
             for local, page in _wiki_pages(io.BufferedReader(guard, 1 << 16), opts.max_record_bytes):
                 if local < 0:
-                    base_url = base_url if pos > 0 else _base_url(page)
+                    base_url = base_url if pos > 0 or not isinstance(page, bytes) else _base_url(page)
                     continue
                 rec = _page_record(page, source, path, opts, cur, base_url)
                 if is_reject(rec) and rec["id"] == make_reject(source, "read", rec["reason"], None, path, pos)["id"]:
-                    rec["id"] = make_reject(source, "read", rec["reason"], None, cur.id_path, f"{pos}+{local}")["id"]
+                    rec["id"] = reject_id(source, "read", rec["reason"], cur.id_path, f"{pos}+{local}")
                 yield rec
             if guard.error is not None:
                 yield make_reject(source, "read", f"unreadable from here on: {type(guard.error).__name__}: "
