@@ -28,6 +28,7 @@ corpus-demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check jamdata jamtrain pipelines schemas tests benchmarks scripts
+	$(BIN)/ruff format --check jamdata jamtrain pipelines schemas tests benchmarks scripts
 	$(BIN)/mypy jamdata pipelines schemas jamtrain
 	$(BIN)/python -m pytest -n 2 -q $(ARGS)
 

@@ -5,6 +5,7 @@ figure is the peak resident memory above the process's resident size just before
 
     python benchmarks/bench_fusion_memory.py [--layers 4] [--width 1024]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,22 +60,33 @@ def main() -> None:
         paths = []
         for seed, name in ((1, "text"), (2, "image")):
             torch.manual_seed(seed)
-            cfg = backbone_config(Config({"n_layers": args.layers, "d_model": args.width, "n_heads": 16,
-                                          "max_seq_len": 2048}, "model"), args.vocab)
+            cfg = backbone_config(
+                Config({"n_layers": args.layers, "d_model": args.width, "n_heads": 16, "max_seq_len": 2048}, "model"),
+                args.vocab,
+            )
             paths.append(str(save_model(Backbone(cfg), Path(tmp) / f"{name}.safetensors")))
         rows = args.vocab - 8192
         out = {}
         for side in ("eager", "lazy"):
-            r = subprocess.run([sys.executable, "-c", SIDE, *paths, str(args.vocab), str(rows), side],
-                               env=env, capture_output=True, text=True, check=True)
+            r = subprocess.run(
+                [sys.executable, "-c", SIDE, *paths, str(args.vocab), str(rows), side],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             out[side] = json.loads(r.stdout.strip().splitlines()[-1])
-    gib = 2 ** 30
+    gib = 2**30
     n = out["lazy"]["params"]
-    print(f"JAM-Cross of two {args.layers}x{args.width} parents, vocabulary {args.vocab}: {n:,} parameters "
-          f"({4 * n / gib:.2f} GiB in fp32)")
+    print(
+        f"JAM-Cross of two {args.layers}x{args.width} parents, vocabulary {args.vocab}: {n:,} parameters "
+        f"({4 * n / gib:.2f} GiB in fp32)"
+    )
     for side in ("eager", "lazy"):
-        print(f"  {side:<6} peak resident {out[side]['peak'] / gib:.2f} GiB (with mapped file pages), "
-              f"peak anonymous {out[side]['anon'] / gib:.2f} GiB (sampled every 2 ms)")
+        print(
+            f"  {side:<6} peak resident {out[side]['peak'] / gib:.2f} GiB (with mapped file pages), "
+            f"peak anonymous {out[side]['anon'] / gib:.2f} GiB (sampled every 2 ms)"
+        )
     print(f"  ratio eager / lazy, anonymous: {out['eager']['anon'] / out['lazy']['anon']:.2f}")
 
 

@@ -17,6 +17,7 @@ figures are printed too. Goal: steady-state overhead <= 15%.
     python benchmarks/bench_images.py                              # 256px-f8 and chameleon-512px-f16
     python benchmarks/bench_images.py --models 256px-f8 --batches 4
 """
+
 from __future__ import annotations
 
 import argparse
@@ -75,23 +76,36 @@ def bench_model(name: str, records, bs: int, batches: int, tok: str, tmp: Path) 
 
     def bare():
         for i in range(0, n, bs):
-            model.encode(torch.from_numpy(np.stack(pre[i:i + bs])))
+            model.encode(torch.from_numpy(np.stack(pre[i : i + bs])))
 
     bare_cpu, bare_wall, _ = cpu_wall(bare)
     s = ImageSettings(resolution=res, min_size=1, max_aspect=100.0, batch_size=bs, num_shards=1)
     jobs = {}
     for k in (1, batches):
-        src = write_tar(tmp / f"{name}-{k}.tar", recs[:k * bs])
-        cpu, wall, out = cpu_wall(lambda: tokenize_images([src], str(tmp / f"{name}-{k}-ic"), str(tmp / f"{name}-{k}-rej"),
-                                                          str(tmp / name), tok, s))
+        src = write_tar(tmp / f"{name}-{k}.tar", recs[: k * bs])
+        cpu, wall, out = cpu_wall(
+            lambda: tokenize_images(
+                [src], str(tmp / f"{name}-{k}-ic"), str(tmp / f"{name}-{k}-rej"), str(tmp / name), tok, s
+            )
+        )
         assert out["samples"] == k * bs, out
         jobs[k] = (cpu, wall)
     per_image_bare = bare_cpu / n
     per_image_stage = (jobs[batches][0] - jobs[1][0]) / ((batches - 1) * bs)
-    return {"model": name, "res": res, "images": n, "bs": bs, "bare": n / bare_cpu, "bare_wall": n / bare_wall,
-            "stage": n / jobs[batches][0], "stage_wall": n / jobs[batches][1],
-            "job_overhead": jobs[batches][0] / bare_cpu - 1, "steady": 1 / per_image_stage,
-            "steady_overhead": per_image_stage / per_image_bare - 1, "decode_share": decode_cpu / bare_cpu}
+    return {
+        "model": name,
+        "res": res,
+        "images": n,
+        "bs": bs,
+        "bare": n / bare_cpu,
+        "bare_wall": n / bare_wall,
+        "stage": n / jobs[batches][0],
+        "stage_wall": n / jobs[batches][1],
+        "job_overhead": jobs[batches][0] / bare_cpu - 1,
+        "steady": 1 / per_image_stage,
+        "steady_overhead": per_image_stage / per_image_bare - 1,
+        "decode_share": decode_cpu / bare_cpu,
+    }
 
 
 def main() -> int:
@@ -112,17 +126,26 @@ def main() -> int:
     torch.set_num_threads(1)
     records = [r for r in read_source(args.input) if r.image]
     print(f"images from {Path(args.input).name}, torch {torch.__version__}, 1 thread, local runner, 1 worker")
-    print(f"{'model':>20} {'px':>4} {'imgs':>4} {'batch':>5} | {'bare img/s':>10} {'stage img/s':>11} "
-          f"{'job ovh':>8} | {'steady img/s':>12} {'steady ovh':>10} | {'decode/bare':>11}")
+    print(
+        f"{'model':>20} {'px':>4} {'imgs':>4} {'batch':>5} | {'bare img/s':>10} {'stage img/s':>11} "
+        f"{'job ovh':>8} | {'steady img/s':>12} {'steady ovh':>10} | {'decode/bare':>11}"
+    )
     with tempfile.TemporaryDirectory() as d:
         bench_model("tiny-64px-f4", records, 1, 2, str(tok), Path(d))  # warm-up: imports, first job set-up
         for name in args.models:
-            r = bench_model(name, records, args.batch_size or DEFAULT_BATCH.get(name, 4), args.batches, str(tok), Path(d))
-            print(f"{r['model']:>20} {r['res']:4d} {r['images']:4d} {r['bs']:5d} | {r['bare']:10.3f} {r['stage']:11.3f} "
-                  f"{r['job_overhead']:8.1%} | {r['steady']:12.3f} {r['steady_overhead']:10.1%} | {r['decode_share']:11.1%}"
-                  f"   (wall img/s: bare {r['bare_wall']:.3f}, stage {r['stage_wall']:.3f})", flush=True)
-    print("img/s are per core (CPU seconds); job ovh: whole job incl. once-per-job costs; "
-          "steady ovh: per extra image (goal <= 15%)")
+            r = bench_model(
+                name, records, args.batch_size or DEFAULT_BATCH.get(name, 4), args.batches, str(tok), Path(d)
+            )
+            print(
+                f"{r['model']:>20} {r['res']:4d} {r['images']:4d} {r['bs']:5d} | {r['bare']:10.3f} {r['stage']:11.3f} "
+                f"{r['job_overhead']:8.1%} | {r['steady']:12.3f} {r['steady_overhead']:10.1%} | {r['decode_share']:11.1%}"
+                f"   (wall img/s: bare {r['bare_wall']:.3f}, stage {r['stage_wall']:.3f})",
+                flush=True,
+            )
+    print(
+        "img/s are per core (CPU seconds); job ovh: whole job incl. once-per-job costs; "
+        "steady ovh: per extra image (goal <= 15%)"
+    )
     return 0
 
 

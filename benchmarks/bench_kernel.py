@@ -6,6 +6,7 @@ one launch) vs PyTorch SDPA and FlashAttention-2 (two calls, one per direction).
 Prints forward and forward+backward TFLOP/s and the ratios. Without a CUDA GPU it says so and exits 0.
 FLOPs per direction (causal): forward 2 * 2 * B*H*L^2*D / 2, backward 2.5x forward.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,22 +44,28 @@ def measure(B: int, L: int, H: int, D: int, dtype_name: str = "bf16") -> tuple[f
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[dtype_name]
     torch.manual_seed(0)
     xs = [torch.randn(B, H, L, D, device="cuda", dtype=dtype, requires_grad=True) for _ in range(6)]
-    fwd_flops = 2 * (4 * B * H * L * L * D / 2)       # two directions, causal
+    fwd_flops = 2 * (4 * B * H * L * L * D / 2)  # two directions, causal
     bwd_flops = 2.5 * fwd_flops
 
     def sdpa(qa, ka, va, qb, kb, vb):
-        return (F.scaled_dot_product_attention(qa, kb, vb, is_causal=True),
-                F.scaled_dot_product_attention(qb, ka, va, is_causal=True))
+        return (
+            F.scaled_dot_product_attention(qa, kb, vb, is_causal=True),
+            F.scaled_dot_product_attention(qb, ka, va, is_causal=True),
+        )
 
-    impls = {"triton (fused, 1 launch)": lambda *x: triton_bidirectional_cross_attention(*x),
-             "torch SDPA (2 calls)": sdpa}
+    impls = {
+        "triton (fused, 1 launch)": lambda *x: triton_bidirectional_cross_attention(*x),
+        "torch SDPA (2 calls)": sdpa,
+    }
     try:
         from flash_attn import flash_attn_func
 
         def fa2(qa, ka, va, qb, kb, vb):
             t = lambda x: x.transpose(1, 2)  # flash-attn layout [B, L, H, D]
-            return (flash_attn_func(t(qa), t(kb), t(vb), causal=True).transpose(1, 2),
-                    flash_attn_func(t(qb), t(ka), t(va), causal=True).transpose(1, 2))
+            return (
+                flash_attn_func(t(qa), t(kb), t(vb), causal=True).transpose(1, 2),
+                flash_attn_func(t(qb), t(ka), t(va), causal=True).transpose(1, 2),
+            )
 
         impls["flash-attn 2 (2 calls)"] = fa2
     except ImportError:
@@ -100,8 +107,10 @@ def main() -> int:
     B, L, H, D = args.batch, args.seq, args.heads, args.dim
     err, results = measure(B, L, H, D, args.dtype)
     print(f"max |triton - reference| on a 1x2x1024 slice: {err:.2e}")
-    print(f"\nbidirectional causal cross-attention, B={B} L={L} H={H} D={D} {args.dtype} on "
-          f"{torch.cuda.get_device_name()}")
+    print(
+        f"\nbidirectional causal cross-attention, B={B} L={L} H={H} D={D} {args.dtype} on "
+        f"{torch.cuda.get_device_name()}"
+    )
     print(f"{'implementation':28s} {'fwd ms':>8s} {'fwd TFLOP/s':>12s} {'fwd+bwd ms':>11s} {'fwd+bwd TFLOP/s':>16s}")
     for name, (f_tf, fb_tf, f_ms, fb_ms) in results.items():
         print(f"{name:28s} {f_ms:8.2f} {f_tf:12.1f} {fb_ms:11.2f} {fb_tf:16.1f}")

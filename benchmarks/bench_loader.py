@@ -23,6 +23,7 @@ sys.path so that it can run in the project's environment without them (install t
 `pip install --no-deps` into a separate `--target` directory and put it on PYTHONPATH, so they
 cannot change the project's pins).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,7 +70,7 @@ SHARDS = 4
 
 def _split(docs: list[np.ndarray]) -> list[list[np.ndarray]]:
     per = -(-len(docs) // SHARDS)
-    return [docs[i:i + per] for i in range(0, len(docs), per)]
+    return [docs[i : i + per] for i in range(0, len(docs), per)]
 
 
 def write_jam(root: Path, docs: list[np.ndarray]) -> dict[str, str]:
@@ -87,7 +88,10 @@ def write_jam(root: Path, docs: list[np.ndarray]) -> dict[str, str]:
         for doc in part:
             w.add_document(doc)
         n_docs, toks = w.finalize()
-        shards += [describe_shard(str(text), rel + ".idx", n_docs, toks, "bench"), describe_shard(str(text), rel + ".bin")]
+        shards += [
+            describe_shard(str(text), rel + ".idx", n_docs, toks, "bench"),
+            describe_shard(str(text), rel + ".bin"),
+        ]
     write_manifest(str(text), build_manifest("text_tokens", shards, {}, VOCAB))
     tars = root / "jam-tar"
     shards = []
@@ -127,8 +131,16 @@ def _optimize_litdata(out: str, docs: list[np.ndarray], seq_len: int) -> None:
     from litdata import TokensLoader, optimize
 
     _DOCS = docs
-    optimize(fn=_lit_item, inputs=list(range(len(docs))), output_dir=out, chunk_size=seq_len * 512,
-             item_loader=TokensLoader(), num_workers=1, mode="overwrite", start_method="fork")
+    optimize(
+        fn=_lit_item,
+        inputs=list(range(len(docs))),
+        output_dir=out,
+        chunk_size=seq_len * 512,
+        item_loader=TokensLoader(),
+        num_workers=1,
+        mode="overwrite",
+        start_method="fork",
+    )
 
 
 def write_litdata(root: Path, docs: list[np.ndarray], seq_len: int) -> str:
@@ -153,7 +165,7 @@ def read_memmap(paths: list[str], seq_len: int):
     total = 0
     for mm in mms:
         for i in range(len(mm) // seq_len):
-            total += np.array(mm[i * seq_len:(i + 1) * seq_len]).size
+            total += np.array(mm[i * seq_len : (i + 1) * seq_len]).size
     yield total
 
 
@@ -174,7 +186,7 @@ def read_memmap_batches(paths: list[str], seq_len: int, dtype: str = "int32"):
         gn.fill(0)
         for r in range(8):
             mm, i = rows[s + r]
-            tn[r] = mm[i * seq_len:(i + 1) * seq_len]
+            tn[r] = mm[i * seq_len : (i + 1) * seq_len]
         batch = (torch.from_numpy(tn), torch.from_numpy(mn), torch.from_numpy(gn))
         total += batch[0].numel()
     yield total
@@ -197,8 +209,18 @@ def read_jam(dirs: dict, name: str, seq_len: int, verify: str, workers: int = 0,
     from jamdata.config import Config
     from jamdata.loader import build_loader
 
-    cfg = Config({"loader": {"mixture": {name: 1}, "seq_len": seq_len, "global_batch_size": 8, "step_lanes": 1,
-                             "verify": verify, "num_workers": workers}}).section("loader")
+    cfg = Config(
+        {
+            "loader": {
+                "mixture": {name: 1},
+                "seq_len": seq_len,
+                "global_batch_size": 8,
+                "step_lanes": 1,
+                "verify": verify,
+                "num_workers": workers,
+            }
+        }
+    ).section("loader")
     with contextlib.nullcontext() if compiled else python_packer():
         lo = build_loader(cfg, {name: dirs[name]})  # one pass over the tokens (steps_per_epoch: 0)
         it = iter(lo)
@@ -278,7 +300,7 @@ def documents(kind: str, n_tokens: int, seq_len: int, rng: np.random.Generator) 
     if kind == "rows":
         return list(rng.integers(0, 32000, (n_tokens // seq_len, seq_len), dtype=np.uint16))
     lengths = np.clip(rng.lognormal(np.log(500), 1.0, n_tokens // 100), 16, 4 * seq_len).astype(np.int64)
-    lengths = lengths[:np.searchsorted(np.cumsum(lengths), n_tokens) + 1]
+    lengths = lengths[: np.searchsorted(np.cumsum(lengths), n_tokens) + 1]
     flat = rng.integers(0, 32000, int(lengths.sum()), dtype=np.uint16)
     return np.split(flat, np.cumsum(lengths)[:-1])
 
@@ -289,8 +311,10 @@ def scenario(kind: str, args, work: Path) -> None:
     n_tok = sum(d.size for d in docs)
     root = work / kind
     root.mkdir()
-    print(f"\n== {kind}: {len(docs)} documents, {n_tok / 1e6:.1f} M tokens "
-          f"(mean {n_tok / len(docs):.0f} per document), rows of {L} tokens, 8 rows per batch")
+    print(
+        f"\n== {kind}: {len(docs)} documents, {n_tok / 1e6:.1f} M tokens "
+        f"(mean {n_tok / len(docs):.0f} per document), rows of {L} tokens, 8 rows per batch"
+    )
     jam = write_jam(root, docs)
     bins = sorted(str(p) for p in Path(jam["text"]).glob("bench/*.bin"))
     readers = {
@@ -315,7 +339,9 @@ def scenario(kind: str, args, work: Path) -> None:
     for _ in range(args.repeat):  # round-robin, so that a noisy moment hits every reader alike
         for name, make in readers.items():
             runs[name].append(measure(make()))
-    results = {name: (statistics.median(r[0] for r in rs), statistics.median(r[1] for r in rs)) for name, rs in runs.items()}
+    results = {
+        name: (statistics.median(r[0] for r in rs), statistics.median(r[1] for r in rs)) for name, rs in runs.items()
+    }
     jam = "jam loader (.bin/.idx, verify=size)"
 
     def ratio(a: str, b: str) -> float:
@@ -323,31 +349,49 @@ def scenario(kind: str, args, work: Path) -> None:
         seconds apart, so a slow phase of the machine cancels out."""
         return statistics.median(x[1] / y[1] for x, y in zip(runs[a], runs[b]))
 
-    print(f"{'reader (1 process = 1 worker)':40s} {'start-up s':>10s} {'M tokens/s':>11s} {'jam/this':>9s} {'this/raw':>9s}")
+    print(
+        f"{'reader (1 process = 1 worker)':40s} {'start-up s':>10s} {'M tokens/s':>11s} {'jam/this':>9s} {'this/raw':>9s}"
+    )
     for name, (start, tps) in results.items():
-        print(f"{name:40s} {start:10.3f} {tps / 1e6:11.1f} {ratio(jam, name):9.2f} {ratio(name, 'raw numpy.memmap copy'):9.2f}")
+        print(
+            f"{name:40s} {start:10.3f} {tps / 1e6:11.1f} {ratio(jam, name):9.2f} {ratio(name, 'raw numpy.memmap copy'):9.2f}"
+        )
     slower = ratio("raw numpy.memmap copy", jam)
     spread = sorted(x[1] / y[1] for x, y in zip(runs["raw numpy.memmap copy"], runs[jam]))
-    print(f"jam loader (.bin/.idx) vs raw numpy.memmap copy: {slower:.2f}x slower (rounds {spread[0]:.2f}..{spread[-1]:.2f}; "
-          f"target <= 2x: {'met' if slower <= 2 else 'MISSED'}); vs raw memmap into the batch tensors: "
-          f"{ratio('raw memmap -> batch tensors (int32)', jam):.2f}x slower")
+    print(
+        f"jam loader (.bin/.idx) vs raw numpy.memmap copy: {slower:.2f}x slower (rounds {spread[0]:.2f}..{spread[-1]:.2f}; "
+        f"target <= 2x: {'met' if slower <= 2 else 'MISSED'}); vs raw memmap into the batch tensors: "
+        f"{ratio('raw memmap -> batch tensors (int32)', jam):.2f}x slower"
+    )
     anchors = [k for k in results if k.split(" ")[0] in ("webdataset", "mosaicml-streaming", "litdata")]
     if anchors:
         best = max(anchors, key=lambda k: results[k][1])
         ahead = ratio(jam, best)
-        print(f"jam loader vs the fastest anchor ({best}): {ahead:.2f}x (target > 1: {'met' if ahead > 1 else 'MISSED'})")
+        print(
+            f"jam loader vs the fastest anchor ({best}): {ahead:.2f}x (target > 1: {'met' if ahead > 1 else 'MISSED'})"
+        )
     if "litdata, 1 worker process" in results:
-        print(f"through one DataLoader worker process each: jam loader vs litdata {ratio('jam loader, 1 worker process', 'litdata, 1 worker process'):.2f}x")
+        print(
+            f"through one DataLoader worker process each: jam loader vs litdata {ratio('jam loader, 1 worker process', 'litdata, 1 worker process'):.2f}x"
+        )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tokens", type=int, default=2048 * 4096, help="tokens per scenario")
     ap.add_argument("--seq-len", type=int, default=4096)
-    ap.add_argument("--scenario", choices=["rows", "docs"], action="append",
-                    help="rows: seq_len samples; docs: variable-length documents (default: both)")
-    ap.add_argument("--repeat", type=int, default=7,
-                    help="rounds; each round runs every reader once, the median round is reported per reader")
+    ap.add_argument(
+        "--scenario",
+        choices=["rows", "docs"],
+        action="append",
+        help="rows: seq_len samples; docs: variable-length documents (default: both)",
+    )
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=7,
+        help="rounds; each round runs every reader once, the median round is reported per reader",
+    )
     ap.add_argument("--skip", action="append", default=[], help="reader to leave out (mosaic, litdata, webdataset)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="jam-bench-loader-"))

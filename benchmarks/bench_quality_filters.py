@@ -14,6 +14,7 @@ Prints MB/s and docs/s per core for: the web chain (min_length, language, c4, go
 gopher_repetition, quality_score), `quality`, `perplexity`, `decontaminate` (1,000 passages),
 `pii`, and each one's cost as a share of the chain's.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,6 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from corpus import CORPUS, c4_pages  # noqa: E402 (benchmarks/corpus.py)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
@@ -54,16 +56,25 @@ def make_models(tmp: str, wiki: list[str], web: list[str]) -> tuple[str, str, st
         import math
 
         with open(arpa, "w") as f:
-            f.write("\\data\\\nngram 1=3\nngram 2=1\n\n\\1-grams:\n-1\t<unk>\t0\n-99\t<s>\t0\n-1\t</s>\t0\n\n"
-                    "\\2-grams:\n-2\t<s> </s>\n\n\\end\\\n")
+            f.write(
+                "\\data\\\nngram 1=3\nngram 2=1\n\n\\1-grams:\n-1\t<unk>\t0\n-99\t<s>\t0\n-1\t</s>\t0\n\n"
+                "\\2-grams:\n-2\t<s> </s>\n\n\\end\\\n"
+            )
         sp = PerplexityModel(arpa, os.path.join(tmp, "en.sp.model"))
         counts = Counter(p for t in wiki for line in sp.pieces(t) for p in line.split())
         total = sum(counts.values()) + len(counts) + 1
         rows = [f"{math.log10((c + 1) / total):.5f}\t{w}\t0" for w, c in counts.items()]
-        rows += [f"{math.log10(1 / total):.5f}\t<unk>\t0", "-99\t<s>\t0", f"{math.log10(len(wiki) / total):.5f}\t</s>\t0"]
+        rows += [
+            f"{math.log10(1 / total):.5f}\t<unk>\t0",
+            "-99\t<s>\t0",
+            f"{math.log10(len(wiki) / total):.5f}\t</s>\t0",
+        ]
         with open(arpa, "w") as f:
-            f.write(f"\\data\\\nngram 1={len(rows)}\nngram 2=1\n\n\\1-grams:\n" + "\n".join(rows)
-                    + "\n\n\\2-grams:\n-2\t<s> </s>\n\n\\end\\\n")
+            f.write(
+                f"\\data\\\nngram 1={len(rows)}\nngram 2=1\n\n\\1-grams:\n"
+                + "\n".join(rows)
+                + "\n\n\\2-grams:\n-2\t<s> </s>\n\n\\end\\\n"
+            )
         kind = "unigram (no lmplz)"
     return clf, os.path.join(tmp, "{lang}.arpa"), kind
 
@@ -94,18 +105,22 @@ def main() -> None:
         clf, lm, lm_kind = make_models(tmp, wiki, pages)
         evals = os.path.join(tmp, "eval.txt")
         with open(evals, "w") as f:  # 1,000 passages of 13+ words from the articles
-            passages = [" ".join(a.split()[i:i + 40]) for a in wiki for i in range(0, 400, 40)]
+            passages = [" ".join(a.split()[i : i + 40]) for a in wiki for i in range(0, 400, 40)]
             f.write("\n".join(passages[:1000]) + "\n")
-        cfg = {"chains": {"commoncrawl": WEB_CHAIN + ["quality", "perplexity", "decontaminate", "pii"]},
-               "quality": {"model": clf, "threshold": 0.0},
-               "perplexity": {"lm_model": lm, "sp_model": os.path.join(tmp, "{lang}.sp.model")},
-               "decontaminate": {"eval_sets": [evals]}}
+        cfg = {
+            "chains": {"commoncrawl": WEB_CHAIN + ["quality", "perplexity", "decontaminate", "pii"]},
+            "quality": {"model": clf, "threshold": 0.0},
+            "perplexity": {"lm_model": lm, "sp_model": os.path.join(tmp, "{lang}.sp.model")},
+            "decontaminate": {"eval_sets": [evals]},
+        }
         filters = build_filter_chain(Config(cfg, "text.clean.filters"), "commoncrawl")
-        chain, extra = filters[:len(WEB_CHAIN)], filters[len(WEB_CHAIN):]
+        chain, extra = filters[: len(WEB_CHAIN)], filters[len(WEB_CHAIN) :]
         base = timed(lambda t: apply_chain(t, chain), texts)
         print(f"input: {len(texts)} web pages, {mb:.1f} MB ({len(pages)} unique); KenLM model: {lm_kind}")
         print(f"{'step':<34} {'MB/s/core':>10} {'docs/s':>9} {'cost vs chain':>14}")
-        print(f"{'web chain (' + str(len(chain)) + ' filters)':<34} {mb / base:>10.2f} {len(texts) / base:>9.0f} {1.0:>13.2f}x")
+        print(
+            f"{'web chain (' + str(len(chain)) + ' filters)':<34} {mb / base:>10.2f} {len(texts) / base:>9.0f} {1.0:>13.2f}x"
+        )
         for f in extra:
             call = (lambda t, f=f: f(t, {"language": "en"})) if getattr(f, "uses_fields", False) else f
             s = timed(call, texts)

@@ -30,6 +30,7 @@ written against the plan, per source.
 
 Results: benchmarks/results/bench_scale[-quick].json and .md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,30 +53,33 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from corpus import CORPUS, c4_pages  # noqa: E402 (benchmarks/corpus.py)
 from scale_corpus import build_sources, common_words, perturb  # noqa: E402 (benchmarks/scale_corpus.py)
+
 RESULTS = REPO / "benchmarks" / "results"
 PLANTED = "wikipedia"  # the source the planted hot bucket and chain are read as
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-HOT_TEMPLATE = ("Welcome to our online store, where you will find the best prices on quality products for "
-                "your home and garden. Our friendly team is here to help you choose the right item, and we "
-                "ship every order within two working days. Sign up for our newsletter to hear about new "
-                "arrivals, seasonal offers and exclusive discounts before anyone else. Returns are free "
-                "within thirty days, and every purchase is covered by our satisfaction guarantee. If you "
-                "have any questions about this product, please contact our customer service team by email "
-                "or telephone, and we will be happy to answer them as soon as we can.\n"
-                "Our shop was founded by a small family business more than twenty years ago, and we still "
-                "believe that good service matters as much as a good price. Every product in our catalogue "
-                "has been tested by our own staff before it is offered to our customers. We work directly "
-                "with manufacturers across the country, which allows us to keep our prices low while "
-                "supporting local jobs and sustainable production. Gift wrapping is available for a small "
-                "extra charge, and you can add a personal message to your parcel at the checkout.\n"
-                "Delivery is free for orders over fifty pounds, and most parcels arrive the next day when "
-                "you order before noon. You can track your order online at any time, and our drivers will "
-                "leave a note if nobody is at home. Larger items such as furniture and garden sheds are "
-                "delivered by our own van, and the driver can carry them to the room of your choice. We also "
-                "offer a collection service for old furniture, which we recycle or donate to local charities "
-                "whenever possible.")
+HOT_TEMPLATE = (
+    "Welcome to our online store, where you will find the best prices on quality products for "
+    "your home and garden. Our friendly team is here to help you choose the right item, and we "
+    "ship every order within two working days. Sign up for our newsletter to hear about new "
+    "arrivals, seasonal offers and exclusive discounts before anyone else. Returns are free "
+    "within thirty days, and every purchase is covered by our satisfaction guarantee. If you "
+    "have any questions about this product, please contact our customer service team by email "
+    "or telephone, and we will be happy to answer them as soon as we can.\n"
+    "Our shop was founded by a small family business more than twenty years ago, and we still "
+    "believe that good service matters as much as a good price. Every product in our catalogue "
+    "has been tested by our own staff before it is offered to our customers. We work directly "
+    "with manufacturers across the country, which allows us to keep our prices low while "
+    "supporting local jobs and sustainable production. Gift wrapping is available for a small "
+    "extra charge, and you can add a personal message to your parcel at the checkout.\n"
+    "Delivery is free for orders over fifty pounds, and most parcels arrive the next day when "
+    "you order before noon. You can track your order online at any time, and our drivers will "
+    "leave a note if nobody is at home. Larger items such as furniture and garden sheds are "
+    "delivered by our own van, and the driver can carry them to the room of your choice. We also "
+    "offer a collection service for old furniture, which we recycle or donate to local charities "
+    "whenever possible."
+)
 
 
 def chain_docs(n: int, base: list[str], rng: random.Random, vocab: list[str]) -> list[str]:
@@ -113,8 +117,17 @@ def build_corpus(out: Path, target_mb: float, hot: int, chain: int, file_mb: flo
 
     def add(kind: str, i: int, text: str):
         nonlocal buf_bytes, total
-        buf.append(json.dumps({"id": f"{kind}-{i:07d}", "text": text, "url": f"https://{kind}.example/{i}",
-                               "timestamp": "2019-07-20T00:00:00Z"}) + "\n")
+        buf.append(
+            json.dumps(
+                {
+                    "id": f"{kind}-{i:07d}",
+                    "text": text,
+                    "url": f"https://{kind}.example/{i}",
+                    "timestamp": "2019-07-20T00:00:00Z",
+                }
+            )
+            + "\n"
+        )
         size = len(text.encode())
         buf_bytes += size
         total += size
@@ -124,7 +137,11 @@ def build_corpus(out: Path, target_mb: float, hot: int, chain: int, file_mb: flo
     docs = 0
     for i in range(hot):
         # a word pair, not a number: exact dedup maps digits to 0, and these must reach MinHash
-        add("hot", i, f"{HOT_TEMPLATE}\nThis is catalogue page {vocab[i % len(vocab)]} {vocab[i // len(vocab)]} of our shop.")
+        add(
+            "hot",
+            i,
+            f"{HOT_TEMPLATE}\nThis is catalogue page {vocab[i % len(vocab)]} {vocab[i // len(vocab)]} of our shop.",
+        )
     for i, text in enumerate(chain_docs(chain, base, rng, vocab)):
         add("chain", i, text)
     pairs = max(1, int(target_mb * 1e6 / 4000 / 100))  # 1% of documents of about 4 kB
@@ -136,10 +153,15 @@ def build_corpus(out: Path, target_mb: float, hot: int, chain: int, file_mb: flo
     flush()
     sources.setdefault(PLANTED, {"inputs": []})["inputs"].append({"format": "c4", "paths": files})
     docs = hot + chain + 2 * pairs
-    return {"sources": sources, "mb": (sum(per_kind.values()) * 1e6 + total) / 1e6, "planted_mb": total / 1e6,
-            "per_kind_mb": {k: round(v, 2) for k, v in per_kind.items()}, "planted_docs": docs,
-            "planted": {"hot": hot, "chain": chain, "exact_pairs": pairs},
-            "files": sum(len(i["paths"]) for src in sources.values() for i in src["inputs"])}
+    return {
+        "sources": sources,
+        "mb": (sum(per_kind.values()) * 1e6 + total) / 1e6,
+        "planted_mb": total / 1e6,
+        "per_kind_mb": {k: round(v, 2) for k, v in per_kind.items()},
+        "planted_docs": docs,
+        "planted": {"hot": hot, "chain": chain, "exact_pairs": pairs},
+        "files": sum(len(i["paths"]) for src in sources.values() for i in src["inputs"]),
+    }
 
 
 class RssSampler:
@@ -171,13 +193,18 @@ class RssSampler:
 
     def summary(self) -> dict:
         me = self.me.pid
-        workers = {pid: v for pid, v in self.peak.items()  # (not the `sh -c` wrappers Beam starts them with)
-                   if pid != me and "sdk_worker" in self.names.get(pid, "") and v > 32 << 20}
+        workers = {
+            pid: v
+            for pid, v in self.peak.items()  # (not the `sh -c` wrappers Beam starts them with)
+            if pid != me and "sdk_worker" in self.names.get(pid, "") and v > 32 << 20
+        }
         if not workers:  # one worker: Beam runs the work in this process
             workers = {me: self.peak.get(me, 0)}
-        return {"driver_mb": round(self.peak.get(me, 0) / 2**20, 1),
-                "worker_mb": sorted(round(v / 2**20, 1) for v in workers.values()),
-                "max_worker_mb": round(max(workers.values(), default=0) / 2**20, 1)}
+        return {
+            "driver_mb": round(self.peak.get(me, 0) / 2**20, 1),
+            "worker_mb": sorted(round(v / 2**20, 1) for v in workers.values()),
+            "max_worker_mb": round(max(workers.values(), default=0) / 2**20, 1),
+        }
 
 
 def cpu_seconds() -> float:
@@ -198,8 +225,12 @@ def demo_clean(shard_mb: float) -> dict:
     # the planted cases are read as part of `wikipedia` (a MinHash source), which runs a length
     # filter only, so that no quality filter takes part of the chain away
     chains = clean["filters"]["chains"] | {PLANTED: ["min_length"]}
-    return {"filters": clean["filters"] | {"chains": chains}, "dedup": clean["dedup"],
-            "shard_bytes": int(shard_mb * 2**20), "line_dedup_min_docs": 3}
+    return {
+        "filters": clean["filters"] | {"chains": chains},
+        "dedup": clean["dedup"],
+        "shard_bytes": int(shard_mb * 2**20),
+        "line_dedup_min_docs": 3,
+    }
 
 
 def planted_result(run_dir: Path) -> dict:
@@ -220,36 +251,55 @@ def planted_result(run_dir: Path) -> dict:
     return {"kept": kept, "rejected_by_stage": rejected, "top_reject_reasons": top}
 
 
-def run_once(corpus: dict, workers: int, run_dir: Path, tokenizer: Path, shard_mb: float,
-             part_tokens: int) -> dict:
+def run_once(corpus: dict, workers: int, run_dir: Path, tokenizer: Path, shard_mb: float, part_tokens: int) -> dict:
     from jamdata.config import Config
     from jamdata.manifest import read_manifest
     from pipelines.stages import StageContext
     from pipelines import text_clean, text_sample
 
-    cfg = {"run": {"seed": 1}, "vqvae": {"codebook_size": 64},
-           "text": {"sources": corpus["sources"], "clean": demo_clean(shard_mb)}}
+    cfg = {
+        "run": {"seed": 1},
+        "vqvae": {"codebook_size": 64},
+        "text": {"sources": corpus["sources"], "clean": demo_clean(shard_mb)},
+    }
     row = {"workers": workers, "input_mb": round(corpus["mb"], 2), "per_kind_mb": corpus["per_kind_mb"]}
     cpu0, t0 = cpu_seconds(), time.monotonic()
     with RssSampler() as rss:
-        text_clean.run(Config(json.loads(json.dumps(cfg))), run_dir / "text-clean", run_dir / "text-clean-rejects",
-                       workers, log_fn=lambda *_: None)
+        text_clean.run(
+            Config(json.loads(json.dumps(cfg))),
+            run_dir / "text-clean",
+            run_dir / "text-clean-rejects",
+            workers,
+            log_fn=lambda *_: None,
+        )
     wall, cpu = time.monotonic() - t0, cpu_seconds() - cpu0
     m = read_manifest(str(run_dir / "text-clean"))
     funnel = m["summary"]["funnel"]
-    row["clean"] = {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
-                    "mb_s_per_core": round(corpus["mb"] / wall / workers, 3),
-                    "mb_per_cpu_s": round(corpus["mb"] / cpu, 3), "rss": rss.summary(),
-                    "docs_in": sum(f["read"]["docs_out"] for f in funnel.values()),
-                    "docs_out": {s: f["dedup"]["docs_out"] for s, f in funnel.items()},
-                    "mb_out": round(sum(f["dedup"]["bytes_out"] for f in funnel.values()) / 1e6, 2),
-                    "shards": len(m["shards"]), **planted_result(run_dir)}
+    row["clean"] = {
+        "wall_s": round(wall, 1),
+        "cpu_s": round(cpu, 1),
+        "mb_s_per_core": round(corpus["mb"] / wall / workers, 3),
+        "mb_per_cpu_s": round(corpus["mb"] / cpu, 3),
+        "rss": rss.summary(),
+        "docs_in": sum(f["read"]["docs_out"] for f in funnel.values()),
+        "docs_out": {s: f["dedup"]["docs_out"] for s, f in funnel.items()},
+        "mb_out": round(sum(f["dedup"]["bytes_out"] for f in funnel.values()) / 1e6, 2),
+        "shards": len(m["shards"]),
+        **planted_result(run_dir),
+    }
     clean_bytes = sum(f["dedup"]["bytes_out"] for f in funnel.values())
     budget = max(1000, int(clean_bytes / 4.2 / 2))  # about half the clean tokens
     shares = {s: v for s, v in text_sample.LLAMA_SHARES.items() if s in funnel}
-    cfg["text"]["sample"] = {"budget_tokens": budget, "shares": shares, "epochs": {s: 8 for s in shares},
-                             "shard_tokens": 4 * part_tokens, "part_tokens": part_tokens, "count": "exact",
-                             "input": str(run_dir / "text-clean"), "tokenizer": str(tokenizer)}
+    cfg["text"]["sample"] = {
+        "budget_tokens": budget,
+        "shares": shares,
+        "epochs": {s: 8 for s in shares},
+        "shard_tokens": 4 * part_tokens,
+        "part_tokens": part_tokens,
+        "count": "exact",
+        "input": str(run_dir / "text-clean"),
+        "tokenizer": str(tokenizer),
+    }
     cpu0, t0 = cpu_seconds(), time.monotonic()
     with RssSampler() as rss:
         text_sample.run_stage(StageContext(Config(json.loads(json.dumps(cfg))), str(run_dir), workers=workers))
@@ -257,29 +307,46 @@ def run_once(corpus: dict, workers: int, run_dir: Path, tokenizer: Path, shard_m
     tm = read_manifest(str(run_dir / "text-tokens"))
     per = tm["summary"]["sources"]
     parts = [sh["tokens"] for sh in tm["shards"] if sh["path"].endswith(".idx")]
-    row["sample"] = {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
-                     "mb_s_per_core": round(clean_bytes / 1e6 / wall / workers, 3),
-                     "mb_per_cpu_s": round(clean_bytes / 1e6 / cpu, 3), "rss": rss.summary(),
-                     "tokens_planned": sum(r["target"] for r in per.values()),
-                     "tokens_written": sum(r["tokens"] for r in per.values()),
-                     "per_source": {s: {"target": r["target"], "tokens": r["tokens"], "error": r["error"],
-                                        "shards": r.get("shards"), "parts": r.get("parts")} for s, r in per.items()},
-                     "parts": len(parts), "max_part_tokens": max(parts, default=0)}
+    row["sample"] = {
+        "wall_s": round(wall, 1),
+        "cpu_s": round(cpu, 1),
+        "mb_s_per_core": round(clean_bytes / 1e6 / wall / workers, 3),
+        "mb_per_cpu_s": round(clean_bytes / 1e6 / cpu, 3),
+        "rss": rss.summary(),
+        "tokens_planned": sum(r["target"] for r in per.values()),
+        "tokens_written": sum(r["tokens"] for r in per.values()),
+        "per_source": {
+            s: {
+                "target": r["target"],
+                "tokens": r["tokens"],
+                "error": r["error"],
+                "shards": r.get("shards"),
+                "parts": r.get("parts"),
+            }
+            for s, r in per.items()
+        },
+        "parts": len(parts),
+        "max_part_tokens": max(parts, default=0),
+    }
     return row
 
 
 def markdown(result: dict) -> str:
-    lines = [f"# bench_scale ({result['mode']})", "",
-             f"{result['machine']}; base {result['base_mb']} MB of distinct text (commoncrawl WET + WARC, c4, "
-             f"wikipedia XML, books, arXiv LaTeX: benchmarks/scale_corpus.py); planted: hot bucket {result['hot']} "
-             f"at the largest size (scaled with the size), chain {result['chain']}, 1% exact pairs; parquet shards "
-             f"of {result['shard_mb']} MiB, token parts of {result['part_tokens']:,} tokens. MB/s/core = input MB / "
-             "wall s / workers (shared machine: see MB/CPU-s). RSS: peak of each Beam worker process (one worker: "
-             "the driver, which then runs the work).", "",
-             "| size | MB in | hot | workers | clean s | clean MB/s/core | clean MB/CPU-s | clean worker RSS MB "
-             "| sample worker RSS MB | driver RSS MB | hot kept | chain kept | exact pairs kept once | docs out "
-             "| sample s | sample MB/CPU-s | tokens plan | tokens written | worst source error | parts | max part tokens |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# bench_scale ({result['mode']})",
+        "",
+        f"{result['machine']}; base {result['base_mb']} MB of distinct text (commoncrawl WET + WARC, c4, "
+        f"wikipedia XML, books, arXiv LaTeX: benchmarks/scale_corpus.py); planted: hot bucket {result['hot']} "
+        f"at the largest size (scaled with the size), chain {result['chain']}, 1% exact pairs; parquet shards "
+        f"of {result['shard_mb']} MiB, token parts of {result['part_tokens']:,} tokens. MB/s/core = input MB / "
+        "wall s / workers (shared machine: see MB/CPU-s). RSS: peak of each Beam worker process (one worker: "
+        "the driver, which then runs the work).",
+        "",
+        "| size | MB in | hot | workers | clean s | clean MB/s/core | clean MB/CPU-s | clean worker RSS MB "
+        "| sample worker RSS MB | driver RSS MB | hot kept | chain kept | exact pairs kept once | docs out "
+        "| sample s | sample MB/CPU-s | tokens plan | tokens written | worst source error | parts | max part tokens |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in result["runs"]:
         c, s = r["clean"], r["sample"]
         k = c["kept"]
@@ -290,9 +357,15 @@ def markdown(result: dict) -> str:
             f"{max(c['rss']['driver_mb'], s['rss']['driver_mb'])} | {k['hot']} | {k['chain']} | "
             f"{k['pair'] + k['exact']}/{r['exact_pairs']} | {sum(c['docs_out'].values())} | {s['wall_s']} | "
             f"{s['mb_per_cpu_s']} | {s['tokens_planned']} | {s['tokens_written']} | "
-            f"{worst[0]} {worst[1]['error']:+} | {s['parts']} | {s['max_part_tokens']} |")
-    lines += ["", "Input text MB per kind (largest size): " + ", ".join(
-        f"{k} {v}" for k, v in result["runs"][-1]["per_kind_mb"].items()) if result["runs"] else ""]
+            f"{worst[0]} {worst[1]['error']:+} | {s['parts']} | {s['max_part_tokens']} |"
+        )
+    lines += [
+        "",
+        "Input text MB per kind (largest size): "
+        + ", ".join(f"{k} {v}" for k, v in result["runs"][-1]["per_kind_mb"].items())
+        if result["runs"]
+        else "",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -302,15 +375,27 @@ def main(argv=None) -> int:
     ap.add_argument("--base-mb", type=float, default=None, help="1x size in MB of distinct text (default 6; quick 1)")
     ap.add_argument("--sizes", default="1,4,16")
     ap.add_argument("--workers", default="1,2")
-    ap.add_argument("--one-worker-max", type=int, default=None,
-                    help="largest size also run with one worker (default 1: the 4x and 16x runs use two, "
-                         "to fit 15 minutes on 2 cores; quick: all)")
-    ap.add_argument("--hot", type=int, default=None,
-                    help="hot-bucket pages at the largest size, scaled down with the size (default 100,000; quick 2,000)")
+    ap.add_argument(
+        "--one-worker-max",
+        type=int,
+        default=None,
+        help="largest size also run with one worker (default 1: the 4x and 16x runs use two, "
+        "to fit 15 minutes on 2 cores; quick: all)",
+    )
+    ap.add_argument(
+        "--hot",
+        type=int,
+        default=None,
+        help="hot-bucket pages at the largest size, scaled down with the size (default 100,000; quick 2,000)",
+    )
     ap.add_argument("--chain", type=int, default=1000)
     ap.add_argument("--file-mb", type=float, default=None, help="text MB per input file (default 16; quick 1)")
-    ap.add_argument("--shard-mb", type=float, default=32.0,
-                    help="text.clean.shard_bytes in MiB: one parquet shard is one element of one worker")
+    ap.add_argument(
+        "--shard-mb",
+        type=float,
+        default=32.0,
+        help="text.clean.shard_bytes in MiB: one parquet shard is one element of one worker",
+    )
     ap.add_argument("--part-tokens", type=int, default=250_000, help="text.sample.part_tokens (shards: 4 parts)")
     ap.add_argument("--tmp", default=None)
     args = ap.parse_args(argv)
@@ -322,29 +407,47 @@ def main(argv=None) -> int:
     if not tokenizer.exists():
         sys.exit(f"real sample corpus not found at {CORPUS} (set JAM_CORPUS)")
     tmp = Path(tempfile.mkdtemp(prefix="bench-scale-", dir=args.tmp))
-    result = {"mode": "quick" if args.quick else "default", "base_mb": base, "hot": hot, "chain": args.chain,
-              "shard_mb": args.shard_mb, "part_tokens": args.part_tokens,
-              "machine": f"{psutil.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB", "runs": []}
+    result = {
+        "mode": "quick" if args.quick else "default",
+        "base_mb": base,
+        "hot": hot,
+        "chain": args.chain,
+        "shard_mb": args.shard_mb,
+        "part_tokens": args.part_tokens,
+        "machine": f"{psutil.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB",
+        "runs": [],
+    }
     t_start = time.monotonic()
     try:
         sizes = [int(s) for s in args.sizes.split(",")]
         for size in sizes:
             size_hot = hot * size // max(sizes)
             corpus = build_corpus(tmp / f"corpus-{size}x", base * size, size_hot, args.chain, file_mb, seed=size)
-            print(f"{size}x: {corpus['mb']:.1f} MB ({corpus['per_kind_mb']}, planted {corpus['planted_mb']:.1f}), "
-                  f"{corpus['files']} files", flush=True)
+            print(
+                f"{size}x: {corpus['mb']:.1f} MB ({corpus['per_kind_mb']}, planted {corpus['planted_mb']:.1f}), "
+                f"{corpus['files']} files",
+                flush=True,
+            )
             for workers in [int(w) for w in args.workers.split(",")]:
                 if workers == 1 and size > one_max and workers != max(int(w) for w in args.workers.split(",")):
                     continue
                 run_dir = tmp / f"run-{size}x-{workers}w"
-                row = {"size": size, "hot": size_hot, "chain": args.chain, "exact_pairs": corpus["planted"]["exact_pairs"],
-                       **run_once(corpus, workers, run_dir, tokenizer, args.shard_mb, args.part_tokens)}
+                row = {
+                    "size": size,
+                    "hot": size_hot,
+                    "chain": args.chain,
+                    "exact_pairs": corpus["planted"]["exact_pairs"],
+                    **run_once(corpus, workers, run_dir, tokenizer, args.shard_mb, args.part_tokens),
+                }
                 result["runs"].append(row)
                 c, s = row["clean"], row["sample"]
-                print(f"  {workers} worker(s): clean {c['wall_s']} s ({c['mb_s_per_core']} MB/s/core), "
-                      f"max worker RSS {c['rss']['max_worker_mb']} MB, kept {c['kept']}; sample {s['wall_s']} s, "
-                      f"max worker RSS {s['rss']['max_worker_mb']} MB, {s['tokens_written']:,}/{s['tokens_planned']:,} "
-                      f"tokens in {s['parts']} parts", flush=True)
+                print(
+                    f"  {workers} worker(s): clean {c['wall_s']} s ({c['mb_s_per_core']} MB/s/core), "
+                    f"max worker RSS {c['rss']['max_worker_mb']} MB, kept {c['kept']}; sample {s['wall_s']} s, "
+                    f"max worker RSS {s['rss']['max_worker_mb']} MB, {s['tokens_written']:,}/{s['tokens_planned']:,} "
+                    f"tokens in {s['parts']} parts",
+                    flush=True,
+                )
                 shutil.rmtree(run_dir, ignore_errors=True)
             shutil.rmtree(tmp / f"corpus-{size}x", ignore_errors=True)
     finally:

@@ -18,6 +18,7 @@ one bundle, so a worker holds 1/workers of the largest grouped PCollection at on
 
 Results: benchmarks/results/bench_scale-runner.json and .md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -77,8 +78,12 @@ def run(files: list[str], shape: str, workers: int) -> dict:
         with beam.Pipeline(options=opts) as p:
             docs = p | "Files" >> beam.Create(files) | "Spread" >> beam.Reshuffle() | "Read" >> beam.FlatMap(read)
             if shape == "gbk":
-                sizes = (docs | "ById" >> beam.Map(lambda d: (d["id"], d)) | "Group" >> beam.GroupByKey()
-                         | "Count" >> beam.Map(lambda kv: sum(len(d["text"]) for d in kv[1])))
+                sizes = (
+                    docs
+                    | "ById" >> beam.Map(lambda d: (d["id"], d))
+                    | "Group" >> beam.GroupByKey()
+                    | "Count" >> beam.Map(lambda kv: sum(len(d["text"]) for d in kv[1]))
+                )
             else:
                 sizes = docs | "Length" >> beam.Map(lambda d: len(d["text"]))
             sizes | "Sum" >> beam.CombineGlobally(sum)
@@ -103,11 +108,21 @@ def main(argv=None) -> int:
             shutil.rmtree(tmp / f"{mb:g}", ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    result = {"machine": f"{psutil.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB",
-              "beam": beam.__version__, "workers": args.workers, "runs": rows}
-    md = ["# bench_scale-runner", "", f"{result['machine']}; apache-beam {result['beam']}; FnApiRunner, "
-          f"{args.workers} worker processes (multi_processing). Peak RSS of each worker process, MB.", "",
-          "| MB of text | map (no GroupByKey) | gbk (one document per key) |", "|---|---|---|"]
+    result = {
+        "machine": f"{psutil.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB",
+        "beam": beam.__version__,
+        "workers": args.workers,
+        "runs": rows,
+    }
+    md = [
+        "# bench_scale-runner",
+        "",
+        f"{result['machine']}; apache-beam {result['beam']}; FnApiRunner, "
+        f"{args.workers} worker processes (multi_processing). Peak RSS of each worker process, MB.",
+        "",
+        "| MB of text | map (no GroupByKey) | gbk (one document per key) |",
+        "|---|---|---|",
+    ]
     for mb in sorted({r["mb"] for r in rows}):
         got = {r["shape"]: r["worker_mb"] for r in rows if r["mb"] == mb}
         md.append(f"| {mb:g} | {got.get('map')} | {got.get('gbk')} |")

@@ -13,6 +13,7 @@ two make the same keep/drop decision, MinHash signatures (ours, datatrove's, dat
 `MinHash.bulk`), our whole clean + filter + MinHash chain, and the peak memory of the
 MinHash/LSH stage at two input sizes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,6 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from corpus import CORPUS, c4_pages  # noqa: E402 (benchmarks/corpus.py)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
@@ -66,9 +68,9 @@ def jam_minhash(texts, passes: int = 1, batch: int = 256):
     sigs = []
     for p in range(passes):  # a fresh hasher (cold word cache) per copy of the data
         mh = MinHasher(num_perm=128, ngram=5)
-        chunk = texts[p * per:(p + 1) * per]
+        chunk = texts[p * per : (p + 1) * per]
         for i in range(0, len(chunk), batch):
-            sigs.append(mh.signatures(chunk[i:i + batch])[0])
+            sigs.append(mh.signatures(chunk[i : i + batch])[0])
     return sigs
 
 
@@ -98,7 +100,11 @@ def datatrove_filters(texts):
     from datatrove.data import Document
     from datatrove.pipeline.filters import C4QualityFilter, GopherQualityFilter, GopherRepetitionFilter
 
-    chain = [C4QualityFilter(min_num_sentences=3, min_words_per_line=5), GopherQualityFilter(), GopherRepetitionFilter()]
+    chain = [
+        C4QualityFilter(min_num_sentences=3, min_words_per_line=5),
+        GopherQualityFilter(),
+        GopherRepetitionFilter(),
+    ]
 
     def keep(text):
         doc = Document(text=text, id="x")
@@ -131,7 +137,7 @@ def datasketch_bulk(texts):
     sets = []
     for t in texts:
         w = normalize_words(t)
-        sets.append({" ".join(w[i:i + 5]).encode() for i in range(max(1, len(w) - 4))})
+        sets.append({" ".join(w[i : i + 5]).encode() for i in range(max(1, len(w) - 4))})
     return MinHash.bulk(sets, num_perm=128)
 
 
@@ -158,8 +164,16 @@ def memory_probe(mb: float) -> None:
                 n_keys += sum(len(band_keys(s, p.bands, p.rows, "c4")) for s in sigs)
                 batch = []
         done += size
-    print(json.dumps({"mb": round(done, 1), "peak_rss_mb": round(peak_rss_mb(), 1), "band_keys": n_keys,
-                      "baseline_rss_mb": round(baseline, 1)}))
+    print(
+        json.dumps(
+            {
+                "mb": round(done, 1),
+                "peak_rss_mb": round(peak_rss_mb(), 1),
+                "band_keys": n_keys,
+                "baseline_rss_mb": round(baseline, 1),
+            }
+        )
+    )
     del np
 
 
@@ -175,15 +189,21 @@ def peak_rss_mb() -> float:
 
 
 def probe(mb: float) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--memory-probe", str(mb)], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--memory-probe", str(mb)], capture_output=True, text=True, check=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mb", type=float, default=16.0, help="MB of input for this project's runs (default 16)")
-    ap.add_argument("--anchor-passes", type=int, default=1,
-                    help="copies of the real documents the (slow) anchors process (default 1)")
+    ap.add_argument(
+        "--anchor-passes",
+        type=int,
+        default=1,
+        help="copies of the real documents the (slow) anchors process (default 1)",
+    )
     ap.add_argument("--memory-probe", type=float, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.memory_probe:
@@ -199,8 +219,10 @@ def main() -> None:
     bmb = mb_of(big)
     anchor = unique * args.anchor_passes
     amb = mb_of(anchor)
-    print(f"input: {len(unique)} real web documents ({umb:.2f} MB); this project runs on {passes} copies "
-          f"({bmb:.1f} MB), the anchors on {args.anchor_passes} ({amb:.1f} MB). CPU time of one process.")
+    print(
+        f"input: {len(unique)} real web documents ({umb:.2f} MB); this project runs on {passes} copies "
+        f"({bmb:.1f} MB), the anchors on {args.anchor_passes} ({amb:.1f} MB). CPU time of one process."
+    )
     print(f"  {'step':<46} {'docs/s':>10} {'MB/s':>10} {'MB':>8} {'cpu s':>8}")
 
     print("filters: C4 quality + Gopher quality + Gopher repetition")
@@ -211,10 +233,12 @@ def main() -> None:
     keep, _ = datatrove_filters(anchor)
     dt_dec, t = cpu(lambda xs: [keep(x) for x in xs], anchor)
     r_dt = row(f"datatrove {_version('datatrove')}", len(anchor), amb, t)
-    same = sum(a == b for a, b in zip(ours_dec[:len(anchor)], dt_dec)) / len(anchor)
-    print(f"  ratio jam/datatrove (MB/s per core): {r_ours['mb_s'] / r_dt['mb_s']:.1f}x; same keep/drop decision on "
-          f"{100 * same:.2f}% of {len(anchor)} documents ({sum(dt_dec)} kept by datatrove, "
-          f"{sum(ours_dec[:len(anchor)])} by jam)")
+    same = sum(a == b for a, b in zip(ours_dec[: len(anchor)], dt_dec)) / len(anchor)
+    print(
+        f"  ratio jam/datatrove (MB/s per core): {r_ours['mb_s'] / r_dt['mb_s']:.1f}x; same keep/drop decision on "
+        f"{100 * same:.2f}% of {len(anchor)} documents ({sum(dt_dec)} kept by datatrove, "
+        f"{sum(ours_dec[: len(anchor)])} by jam)"
+    )
 
     print("MinHash signatures: 128 hash functions over word 5-grams")
     jam_minhash(unique[:50]), datasketch_bulk(unique[:50])  # warm-up
@@ -225,28 +249,37 @@ def main() -> None:
     t = min(cpu(datasketch_bulk, unique)[1] for _ in range(3))
     r_ds = row(f"datasketch {_version('datasketch')} MinHash.bulk (best of 3)", len(unique), umb, t)
     step = datatrove_minhash_step()
+
     def dt_sigs(xs):  # as its run(): documents with fewer words than the n-gram get no signature
         return [step.get_signature(sh) for x in xs if (sh := step.get_shingles(x)).size]
 
     _, t = cpu(dt_sigs, anchor)
     r_dtm = row(f"datatrove {_version('datatrove')} MinhashDedupSignature (sha1)", len(anchor), amb, t)
-    print(f"  ratio jam/datasketch: {r_mh1['mb_s'] / r_ds['mb_s']:.1f}x (one copy), {r_mh['mb_s'] / r_ds['mb_s']:.1f}x "
-          f"({passes} copies); jam/datatrove: {r_mh1['mb_s'] / r_dtm['mb_s']:.1f}x")
+    print(
+        f"  ratio jam/datasketch: {r_mh1['mb_s'] / r_ds['mb_s']:.1f}x (one copy), {r_mh['mb_s'] / r_ds['mb_s']:.1f}x "
+        f"({passes} copies); jam/datatrove: {r_mh1['mb_s'] / r_dtm['mb_s']:.1f}x"
+    )
 
     print("whole chain: normalise + min length, language id, C4, Gopher x2, quality score + MinHash")
     jam_full(unique[:5])
     _, t = cpu(jam_full, big)
     r_full = row("jam clean+filter+MinHash", len(big), bmb, t)
     dt_total = 1 / (1 / r_dt["mb_s"] + 1 / r_dtm["mb_s"])
-    print(f"  datatrove filters+MinHash (no language id): {dt_total:.2f} MB/s per core; "
-          f"ratio {r_full['mb_s'] / dt_total:.1f}x")
+    print(
+        f"  datatrove filters+MinHash (no language id): {dt_total:.2f} MB/s per core; "
+        f"ratio {r_full['mb_s'] / dt_total:.1f}x"
+    )
 
     print("peak memory of the MinHash/LSH stage (batches of 256 -> signatures -> band keys)")
     small, large = probe(max(1.0, args.mb / 4)), probe(args.mb)
     for p in (small, large):
-        print(f"  {p['mb']:>8.1f} MB input: peak RSS {p['peak_rss_mb']:.1f} MB (after loading the documents: "
-              f"{p['baseline_rss_mb']:.1f} MB; {p['band_keys']} band keys emitted)")
-    print(f"  growth: {large['peak_rss_mb'] / small['peak_rss_mb']:.2f}x for {large['mb'] / small['mb']:.1f}x the input")
+        print(
+            f"  {p['mb']:>8.1f} MB input: peak RSS {p['peak_rss_mb']:.1f} MB (after loading the documents: "
+            f"{p['baseline_rss_mb']:.1f} MB; {p['band_keys']} band keys emitted)"
+        )
+    print(
+        f"  growth: {large['peak_rss_mb'] / small['peak_rss_mb']:.2f}x for {large['mb'] / small['mb']:.1f}x the input"
+    )
 
 
 def _version(pkg: str) -> str:

@@ -7,6 +7,7 @@ Text: real web documents (C4 / dolma) and Gutenberg books from the sample corpus
 the real LLaMA-style 32k model there. Each figure is the best of --repeat runs (the machine may be
 shared); CPU time per process is reported as tokens per CPU-second ("per core").
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,7 +38,7 @@ def load_text(corpus: Path, mb: float) -> list[str]:
     books = []
     for p in sorted((corpus / "books" / "shakespeare").glob("*_gut.txt")):
         t = p.read_text(encoding="utf-8")
-        books += [t[i:i + 8000] for i in range(0, len(t), 8000)]
+        books += [t[i : i + 8000] for i in range(0, len(t), 8000)]
     out, size, i = [], 0, 0
     limit = int(mb * 1e6)
     while size < limit:
@@ -50,7 +51,7 @@ def load_text(corpus: Path, mb: float) -> list[str]:
 
 
 def batches(texts):
-    return [texts[i:i + BATCH] for i in range(0, len(texts), BATCH)]
+    return [texts[i : i + BATCH] for i in range(0, len(texts), BATCH)]
 
 
 def timed(fn, repeat):
@@ -125,7 +126,7 @@ def write_rate(tok, bs, tmp, repeat):
     def ours():  # what the stage does: one batch of documents per write
         w = IndexedDatasetWriter(f"{tmp}/w", flat.dtype)
         for i in range(0, len(docs), BATCH):
-            w.add_documents(np.concatenate(docs[i:i + BATCH]), lengths[i:i + BATCH])
+            w.add_documents(np.concatenate(docs[i : i + BATCH]), lengths[i : i + BATCH])
         return w.finalize()
 
     def per_doc():
@@ -167,8 +168,20 @@ def beam_stage(corpus_texts, model, workers, tmp):
             pq.write_table(to_table(rows, DOCUMENT), clean / "c4" / f"part-{k:05d}.parquet", row_group_size=200)
             shards.append(describe_shard(str(clean), f"c4/part-{k:05d}.parquet", len(rows), group="c4"))
         write_manifest(str(clean), build_manifest("documents", shards, {}))
-    cfg = Config({"run": {"seed": 1}, "text": {"sample": {
-        "budget_tokens": 1000, "shares": {"c4": 1}, "epochs": {"c4": 1}, "input": str(clean), "tokenizer": model}}})
+    cfg = Config(
+        {
+            "run": {"seed": 1},
+            "text": {
+                "sample": {
+                    "budget_tokens": 1000,
+                    "shares": {"c4": 1},
+                    "epochs": {"c4": 1},
+                    "input": str(clean),
+                    "tokenizer": model,
+                }
+            },
+        }
+    )
     t0 = time.perf_counter()
     run_stage(StageContext(cfg, Path(tmp) / f"run{workers}", workers=workers))
     return time.perf_counter() - t0
@@ -188,16 +201,21 @@ def main() -> int:
     bs = batches(texts)
     sp = spm.SentencePieceProcessor(model_file=model)
     tok = TextTokenizer(model, 8192)
-    print(f"text: {len(texts)} documents, {nbytes / 1e6:.1f} MB (C4 web pages + Gutenberg chapters); "
-          f"model {Path(model).name}; {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
+    print(
+        f"text: {len(texts)} documents, {nbytes / 1e6:.1f} MB (C4 web pages + Gutenberg chapters); "
+        f"model {Path(model).name}; {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}"
+    )
 
     # interleave the measurements so load changes hit all of them alike
     res = {"raw": [], "raw_np": [], "ours": [], "ours_write": []}
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.repeat):
-            for name, fn in (("raw", lambda: raw_encode(sp, bs)), ("raw_np", lambda: raw_encode_numpy(sp, bs)),
-                             ("ours", lambda: ours_pack(tok, bs)),
-                             ("ours_write", lambda: ours_pack_write(tok, bs, f"{tmp}/s"))):
+            for name, fn in (
+                ("raw", lambda: raw_encode(sp, bs)),
+                ("raw_np", lambda: raw_encode_numpy(sp, bs)),
+                ("ours", lambda: ours_pack(tok, bs)),
+                ("ours_write", lambda: ours_pack_write(tok, bs, f"{tmp}/s")),
+            ):
                 n, cpu, _ = timed(fn, 1)
                 res[name].append((n, cpu))
         best = {k: (v[0][0], min(c for _, c in v)) for k, v in res.items()}
@@ -205,12 +223,18 @@ def main() -> int:
         rate = {k: n / c for k, (n, c) in best.items()}
         print("\n== tokenize + pack, one process (tokens per CPU-second)")
         print(f"raw SentencePieceProcessor.encode (list of ints)   {rate['raw'] / 1e6:6.3f} M tok/s   (anchor)")
-        print(f"raw encode, return_type='numpy'                    {rate['raw_np'] / 1e6:6.3f} M tok/s   "
-              f"{rate['raw_np'] / rate['raw']:.2f}x")
-        print(f"jam encode_documents (tokenize + </s> + pack)      {rate['ours'] / 1e6:6.3f} M tok/s   "
-              f"{rate['ours'] / rate['raw']:.2f}x of raw encode")
-        print(f"jam tokenize + pack + write .bin/.idx              {rate['ours_write'] / 1e6:6.3f} M tok/s   "
-              f"{rate['ours_write'] / rate['raw']:.2f}x of raw encode")
+        print(
+            f"raw encode, return_type='numpy'                    {rate['raw_np'] / 1e6:6.3f} M tok/s   "
+            f"{rate['raw_np'] / rate['raw']:.2f}x"
+        )
+        print(
+            f"jam encode_documents (tokenize + </s> + pack)      {rate['ours'] / 1e6:6.3f} M tok/s   "
+            f"{rate['ours'] / rate['raw']:.2f}x of raw encode"
+        )
+        print(
+            f"jam tokenize + pack + write .bin/.idx              {rate['ours_write'] / 1e6:6.3f} M tok/s   "
+            f"{rate['ours_write'] / rate['raw']:.2f}x of raw encode"
+        )
         assert best["ours"][0] == raw_n + len(texts), "token counts differ from raw encode"
 
         print("\n== scaling over worker processes (wall clock, tokenize + pack)")
@@ -218,18 +242,26 @@ def main() -> int:
         for w in (1, 2):
             n, wall, cpu = scaling(model, bs, w, args.repeat)
             base = base or n / wall
-            print(f"{w} worker(s): {n / wall / 1e6:6.3f} M tok/s wall, speed-up {n / wall / base:.2f}x; "
-                  f"{n / cpu / 1e6:6.3f} M tok/s per CPU-second in the workers")
+            print(
+                f"{w} worker(s): {n / wall / 1e6:6.3f} M tok/s wall, speed-up {n / wall / base:.2f}x; "
+                f"{n / cpu / 1e6:6.3f} M tok/s per CPU-second in the workers"
+            )
         if os.getloadavg()[0] > (os.cpu_count() or 1):
-            print(f"(load {os.getloadavg()[0]:.1f} > {os.cpu_count()} CPUs: wall-clock scaling is limited by free cores here)")
+            print(
+                f"(load {os.getloadavg()[0]:.1f} > {os.cpu_count()} CPUs: wall-clock scaling is limited by free cores here)"
+            )
 
         size, ndocs, t_ours, t_doc, t_plain = write_rate(tok, bs, tmp, args.repeat)
         print(f"\n== shard write ({ndocs} documents, {size / 1e6:.1f} MB of uint16 tokens, fsync'd)")
         print(f"numpy.tofile (one flat array)                      {size / t_plain / 1e6:8.1f} MB/s  (anchor)")
-        print(f"IndexedDatasetWriter.add_documents (batches)      {size / t_ours / 1e6:8.1f} MB/s  "
-              f"{t_plain / t_ours:.2f}x of numpy.tofile")
-        print(f"IndexedDatasetWriter.add_document (one by one)     {size / t_doc / 1e6:8.1f} MB/s  "
-              f"{t_plain / t_doc:.2f}x of numpy.tofile")
+        print(
+            f"IndexedDatasetWriter.add_documents (batches)      {size / t_ours / 1e6:8.1f} MB/s  "
+            f"{t_plain / t_ours:.2f}x of numpy.tofile"
+        )
+        print(
+            f"IndexedDatasetWriter.add_document (one by one)     {size / t_doc / 1e6:8.1f} MB/s  "
+            f"{t_plain / t_doc:.2f}x of numpy.tofile"
+        )
 
         if args.beam:
             print("\n== whole Beam stage (read parquet, tokenize everything, sample, write, manifest)")

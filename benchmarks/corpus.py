@@ -1,4 +1,5 @@
 """The real sample corpus the benchmarks read: `JAM_CORPUS`, by default ../shared/corpus."""
+
 from __future__ import annotations
 
 import gzip

@@ -17,6 +17,7 @@ are distinct documents (5-gram Jaccard far below the MinHash thresholds) in the 
 `SHARES` splits the distinct text bytes between them. The planted cases (`planted/`, C4 JSON
 lines, read as their own source) are built by benchmarks/bench_scale.py.
 """
+
 from __future__ import annotations
 
 import bz2
@@ -32,8 +33,14 @@ from corpus import CORPUS
 
 # share of the distinct text bytes (about LLaMA's mixture, with a little HTML: extraction is slow)
 SHARES = {"wet": 0.45, "warc": 0.05, "c4": 0.20, "wikipedia": 0.12, "books": 0.10, "arxiv": 0.08}
-SOURCE_OF = {"wet": "commoncrawl", "warc": "commoncrawl", "c4": "c4", "wikipedia": "wikipedia", "books": "books",
-             "arxiv": "arxiv"}
+SOURCE_OF = {
+    "wet": "commoncrawl",
+    "warc": "commoncrawl",
+    "c4": "c4",
+    "wikipedia": "wikipedia",
+    "books": "books",
+    "arxiv": "arxiv",
+}
 FORMAT_OF = {"wet": "wet", "warc": "warc", "c4": "c4", "wikipedia": "wiki_xml", "books": "text", "arxiv": "arxiv"}
 _PLAIN = re.compile(r"^[a-z]{3,}$")
 
@@ -114,9 +121,11 @@ def arxiv_tex() -> str:
 
 # -- writers: each returns the text bytes it wrote ----------------------------------------------------
 def _warc_record(kind: str, url: str, block: bytes, extra: str = "") -> bytes:
-    head = (f"WARC/1.0\r\nWARC-Type: {kind}\r\nWARC-Target-URI: {url}\r\nWARC-Date: 2019-07-20T00:00:00Z\r\n"
-            f"WARC-Record-ID: <urn:uuid:{abs(hash((kind, url))) % 10**32:032d}>\r\n{extra}"
-            f"Content-Length: {len(block)}\r\n\r\n").encode()
+    head = (
+        f"WARC/1.0\r\nWARC-Type: {kind}\r\nWARC-Target-URI: {url}\r\nWARC-Date: 2019-07-20T00:00:00Z\r\n"
+        f"WARC-Record-ID: <urn:uuid:{abs(hash((kind, url))) % 10**32:032d}>\r\n{extra}"
+        f"Content-Length: {len(block)}\r\n\r\n"
+    ).encode()
     return gzip.compress(head + block + b"\r\n\r\n", compresslevel=1)
 
 
@@ -134,10 +143,23 @@ class Files:
         return p
 
 
-def grow(kind: str, out: Path, mb: float, file_mb: float, rng: random.Random, vocab: list[str]) -> tuple[list[str], int]:
+def grow(
+    kind: str, out: Path, mb: float, file_mb: float, rng: random.Random, vocab: list[str]
+) -> tuple[list[str], int]:
     """Write about `mb` MB of text of one kind; returns the files and the text bytes written."""
-    files = Files(out, kind, {"wet": ".warc.wet.gz", "warc": ".warc.gz", "c4": ".json.gz", "wikipedia": ".xml.bz2",
-                              "books": ".txt", "arxiv": ".tar"}[kind], file_mb)
+    files = Files(
+        out,
+        kind,
+        {
+            "wet": ".warc.wet.gz",
+            "warc": ".warc.gz",
+            "c4": ".json.gz",
+            "wikipedia": ".xml.bz2",
+            "books": ".txt",
+            "arxiv": ".tar",
+        }[kind],
+        file_mb,
+    )
     total, i = 0, 0
     if kind == "books":  # one file per book
         books = book_texts()
@@ -148,26 +170,51 @@ def grow(kind: str, out: Path, mb: float, file_mb: float, rng: random.Random, vo
         return files.paths, total
     if kind == "wikipedia":
         head, pages, foot = wiki_dump()
-    base = {"wet": wet_texts, "c4": c4_texts, "warc": warc_pages, "wikipedia": lambda: pages,
-            "arxiv": lambda: [arxiv_tex()]}[kind]()
+    base = {
+        "wet": wet_texts,
+        "c4": c4_texts,
+        "warc": warc_pages,
+        "wikipedia": lambda: pages,
+        "arxiv": lambda: [arxiv_tex()],
+    }[kind]()
     while total < mb * 1e6:
         buf, size = [], 0
         while size < files.limit and total + size < mb * 1e6:
             src = base[i % len(base)]
             if kind == "wet":
                 text = perturb(src, rng, vocab).encode()
-                buf.append(_warc_record("conversion", f"https://web{i}.example/page", text,
-                                        "Content-Type: text/plain\r\n"))
+                buf.append(
+                    _warc_record("conversion", f"https://web{i}.example/page", text, "Content-Type: text/plain\r\n")
+                )
             elif kind == "warc":
                 url, ctype, html = src  # latin-1: any bytes round-trip; only ASCII words are replaced
                 text = perturb(html.decode("latin-1"), rng, vocab).encode("latin-1", errors="replace")
                 http = f"HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\n\r\n".encode("latin-1")
-                buf.append(_warc_record("response", f"{url}?copy={i}", http + text,
-                                        "Content-Type: application/http; msgtype=response\r\n"))
+                buf.append(
+                    _warc_record(
+                        "response",
+                        f"{url}?copy={i}",
+                        http + text,
+                        "Content-Type: application/http; msgtype=response\r\n",
+                    )
+                )
             elif kind == "c4":
                 text = perturb(src, rng, vocab).encode()
-                buf.append(gzip.compress((json.dumps({"text": text.decode(), "url": f"https://c4.example/{i}",
-                                                      "timestamp": "2019-07-20T00:00:00Z"}) + "\n").encode(), 1))
+                buf.append(
+                    gzip.compress(
+                        (
+                            json.dumps(
+                                {
+                                    "text": text.decode(),
+                                    "url": f"https://c4.example/{i}",
+                                    "timestamp": "2019-07-20T00:00:00Z",
+                                }
+                            )
+                            + "\n"
+                        ).encode(),
+                        1,
+                    )
+                )
             elif kind == "wikipedia":
                 page = re.sub(r"<title>(.*?)</title>", lambda m: f"<title>{m.group(1)} ({i})</title>", src, count=1)
                 page = re.sub(r"<id>\d+</id>", f"<id>{10_000_000 + i}</id>", page, count=1)
@@ -203,5 +250,7 @@ def build_sources(out: Path, mb: float, file_mb: float, seed: int) -> tuple[dict
     for kind, share in SHARES.items():
         paths, nbytes = grow(kind, out, mb * share, file_mb, rng, vocab)
         written[kind] = nbytes / 1e6
-        sources.setdefault(SOURCE_OF[kind], {"inputs": []})["inputs"].append({"format": FORMAT_OF[kind], "paths": paths})
+        sources.setdefault(SOURCE_OF[kind], {"inputs": []})["inputs"].append(
+            {"format": FORMAT_OF[kind], "paths": paths}
+        )
     return sources, written

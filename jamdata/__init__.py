@@ -1,2 +1,3 @@
 """jamdata: data preparation for mixed-modal (text + image) autoregressive models."""
+
 __version__ = "0.1.0"

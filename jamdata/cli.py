@@ -1,5 +1,6 @@
 """`jamdata` command line. Each module in jamdata/commands/ adds its sub-commands via
 `register(subparsers)`, so a capability and its command live together."""
+
 from __future__ import annotations
 
 import argparse
@@ -26,7 +27,10 @@ def command_group(sub: argparse._SubParsersAction, name: str, help: str) -> argp
 
 
 def build_parser(prog: str = "jamdata", package: str = "jamdata.commands") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=f"{prog}: mixed-modal (text + image) data preparation and training. Run `{prog} COMMAND --help` for details.")
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=f"{prog}: mixed-modal (text + image) data preparation and training. Run `{prog} COMMAND --help` for details.",
+    )
     parser.add_argument("--version", action="version", version=f"{prog} {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -40,13 +44,16 @@ def run(argv: Sequence[str] | None, prog: str, package: str) -> int:
     parser = build_parser(prog, package)
     argv = list(sys.argv[1:] if argv is None else argv)
     # Everything after a bare `--` is raw Beam flags (e.g. --runner=DataflowRunner ...).
-    beam_args = argv[argv.index("--") + 1:] if "--" in argv else []
-    argv = argv[:argv.index("--")] if "--" in argv else argv
+    beam_args = argv[argv.index("--") + 1 :] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
     args = parser.parse_args(argv)
     args.beam_args = beam_args
     quiet = getattr(args, "quiet", False)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING if quiet else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING if quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     if not args.verbose:  # Beam's per-bundle INFO lines drown the progress lines
         logging.getLogger("apache_beam").setLevel(logging.WARNING)
         for name in ("aiobotocore", "botocore", "s3fs", "gcsfs"):  # object-storage clients' INFO lines

@@ -1,10 +1,11 @@
 """YAML configuration with errors that name the key and what it allows.
 
-    cfg = Config.load("configs/demo.yaml")
-    clean = cfg.section("text.clean")
-    clean.get("min_words", int, default=50)
-    clean.choice("dedup", ["none", "exact", "minhash"], default="minhash")
+cfg = Config.load("configs/demo.yaml")
+clean = cfg.section("text.clean")
+clean.get("min_words", int, default=50)
+clean.choice("dedup", ["none", "exact", "minhash"], default="minhash")
 """
+
 from __future__ import annotations
 
 import copy
@@ -19,8 +20,7 @@ T = TypeVar("T")
 _MISSING = object()
 # The bundled configs: jamdata/configs in an installed package (setup.py maps configs/ there),
 # configs/ beside the package in a checkout.
-BUNDLED_CONFIG_DIRS = (Path(__file__).resolve().parent / "configs",
-                       Path(__file__).resolve().parent.parent / "configs")
+BUNDLED_CONFIG_DIRS = (Path(__file__).resolve().parent / "configs", Path(__file__).resolve().parent.parent / "configs")
 # The sections a config may have (a misspelled one would otherwise be ignored and defaults used).
 SECTIONS = ("run", "text", "images", "vqvae", "instruct", "loader", "train", "stats")
 TEXT_SECTIONS = ("sources", "clean", "tokenizer", "sample")
@@ -98,7 +98,9 @@ class Config:
         except yaml.YAMLError as e:
             raise ConfigError("(file)", f"{path} is not valid YAML: {e}") from None
         except UnicodeDecodeError as e:
-            raise ConfigError("(file)", f"{path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})") from None
+            raise ConfigError(
+                "(file)", f"{path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})"
+            ) from None
         cfg = cls(data, source=str(path))
         cfg.override(overrides)
         cfg.check_sections()
@@ -127,12 +129,14 @@ class Config:
 
     def merge(self, overlay: dict) -> None:
         """Deep-merge another tree over this one (mappings merge, anything else replaces)."""
+
         def deep(base: dict, over: dict) -> None:
             for k, v in over.items():
                 if isinstance(v, dict) and isinstance(base.get(k), dict):
                     deep(base[k], v)
                 else:
                     base[k] = copy.deepcopy(v)
+
         deep(self.data, overlay)
 
     def _key(self, key: str) -> str:
@@ -253,11 +257,17 @@ def storage_setting(run: Config) -> dict:
     configured = run.get("storage_options", (dict, type(None)), default=None) or {}
     for prefix, options in configured.items():
         if not isinstance(prefix, str) or not io.url_scheme(prefix):
-            raise ConfigError(run._key(f"storage_options.{prefix}"), "must be a URL prefix such as "
-                              "s3://bucket or gs://", source=run.source)
+            raise ConfigError(
+                run._key(f"storage_options.{prefix}"),
+                "must be a URL prefix such as s3://bucket or gs://",
+                source=run.source,
+            )
         if not isinstance(options, dict):
-            raise ConfigError(run._key(f"storage_options.{prefix}"),
-                              f"must be a mapping of fsspec arguments, got {options!r}", source=run.source)
+            raise ConfigError(
+                run._key(f"storage_options.{prefix}"),
+                f"must be a mapping of fsspec arguments, got {options!r}",
+                source=run.source,
+            )
     merged = {**io.environment_storage_options(), **configured}
     io.set_storage_options(merged)
     return merged

@@ -2,6 +2,7 @@
 an image file to read. Those names come from the data, not from the operator, so they are confined:
 only regular files under the configured roots, no remote fetch unless its scheme is allowed, and a
 size limit checked before anything is read."""
+
 from __future__ import annotations
 
 import os
@@ -61,8 +62,14 @@ def _local_roots(policy: InputPolicy, real: bool) -> list[str]:
     return [os.path.realpath(r) for r in roots] if real else roots
 
 
-_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-          (stat.S_ISDIR, "a directory"), (stat.S_ISSOCK, "a socket"), (stat.S_ISLNK, "a symlink"))
+_KINDS = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISLNK, "a symlink"),
+)
 
 
 def _file_kind(mode: int) -> str:
@@ -122,8 +129,11 @@ def _confine_remote(url: str, policy: InputPolicy) -> None:
     if "::" not in url and any(url_scheme(r) == scheme for r in remote_roots):
         raise InputRefused(url, "outside_roots", f"outside the input roots ({_normal_url(url)})")
     allowed = ", ".join(policy.allow_schemes) or "none"
-    raise InputRefused(url, "scheme_not_allowed", f"{scheme}:// is not under the input roots and not an "
-                                                  f"allowed scheme (allowed: {allowed})")
+    raise InputRefused(
+        url,
+        "scheme_not_allowed",
+        f"{scheme}:// is not under the input roots and not an allowed scheme (allowed: {allowed})",
+    )
 
 
 def _read_remote(url: str, policy: InputPolicy) -> bytes:
@@ -134,8 +144,9 @@ def _read_remote(url: str, policy: InputPolicy) -> bytes:
         if info.get("type") not in (None, "file"):
             raise InputRefused(url, "not_regular_file", f"is a {info.get('type')}, only files are read")
         if isinstance(info.get("size"), int) and info["size"] > policy.max_bytes:
-            raise InputRefused(url, "file_too_large",
-                               f"{info['size']} bytes, more than the limit of {policy.max_bytes}")
+            raise InputRefused(
+                url, "file_too_large", f"{info['size']} bytes, more than the limit of {policy.max_bytes}"
+            )
         with fs.open(p, "rb") as f:
             return _read_at_most(f, url, policy.max_bytes)
     except (InputRefused, OSError):

@@ -4,6 +4,7 @@ wrong', and the command line prints it as one line (a traceback only with `-v`).
 Every module raises its own subclass (`ConfigError`, `InputError`, `ManifestError`, ...), defined
 next to the code that raises it; this module imports nothing, so any layer may use it.
 """
+
 from __future__ import annotations
 
 

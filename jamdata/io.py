@@ -4,6 +4,7 @@ All paths go through fsspec so that local paths, gs:// and s3:// behave the same
 helpers (jamdata/storage.py) and the confined reads of files named by data (jamdata/confined.py)
 are imported from here as well.
 """
+
 from __future__ import annotations
 
 import bz2
@@ -19,13 +20,34 @@ import uuid
 from pathlib import Path
 from typing import IO, Iterator, cast
 
-from jamdata.confined import (DEFAULT_MAX_INPUT_BYTES, InputPolicy, InputRefused, confined_path,  # noqa: F401
-                              parent_dir, read_confined)
+from jamdata.confined import (
+    DEFAULT_MAX_INPUT_BYTES,  # noqa: F401 (re-exported)
+    InputPolicy,  # noqa: F401 (re-exported)
+    InputRefused,  # noqa: F401 (re-exported)
+    confined_path,  # noqa: F401
+    parent_dir,  # noqa: F401 (re-exported)
+    read_confined,  # noqa: F401 (re-exported)
+)
 from jamdata.errors import UserError
-from jamdata.storage import (STORAGE_ENV, TMP_MARK, StorageError, absolute, environment_storage_options,  # noqa: F401
-                             exists, fs_and_path, is_local, join, list_dirs, open_url, read_bytes,
-                             remote_atomic_write, set_storage_options, storage_error, storage_options,
-                             url_scheme)
+from jamdata.storage import (
+    STORAGE_ENV,  # noqa: F401 (re-exported)
+    TMP_MARK,  # noqa: F401 (re-exported)
+    StorageError,  # noqa: F401 (re-exported)
+    absolute,  # noqa: F401 (re-exported)
+    environment_storage_options,  # noqa: F401
+    exists,  # noqa: F401 (re-exported)
+    fs_and_path,
+    is_local,
+    join,  # noqa: F401 (re-exported)
+    list_dirs,  # noqa: F401 (re-exported)
+    open_url,
+    read_bytes,  # noqa: F401 (re-exported)
+    remote_atomic_write,
+    set_storage_options,  # noqa: F401 (re-exported)
+    storage_error,
+    storage_options,  # noqa: F401 (re-exported)
+    url_scheme,  # noqa: F401 (re-exported)
+)
 
 MAGIC = {
     b"\x1f\x8b": "gzip",

@@ -1,5 +1,6 @@
 """Dataset manifests: writing them last (a dataset is complete iff its manifest exists), checking a
 dataset against its manifest, refusing to mix vocabularies, and guarding an output directory."""
+
 from __future__ import annotations
 
 import contextlib
@@ -13,8 +14,21 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from jamdata import __version__
-from jamdata.io import (TMP_MARK, LockHeld, OutputDirError, absolute, acquire_lock, atomic_write, fs_and_path,
-                        is_local, join, open_url, release_lock, sha256_file, storage_error)
+from jamdata.io import (
+    TMP_MARK,
+    LockHeld,
+    OutputDirError,
+    absolute,
+    acquire_lock,
+    atomic_write,
+    fs_and_path,
+    is_local,
+    join,
+    open_url,
+    release_lock,
+    sha256_file,
+    storage_error,
+)
 from jamdata.vocab import JointVocab, check_same_vocab
 from schemas import MANIFEST_VERSION, SCHEMA_VERSION, validate_manifest
 from jamdata.errors import UserError
@@ -34,15 +48,27 @@ class ShardInfo:
     summary: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        d = {"path": self.path, "bytes": self.bytes, "sha256": self.sha256, "records": self.records,
-             "tokens": self.tokens, "group": self.group}
+        d = {
+            "path": self.path,
+            "bytes": self.bytes,
+            "sha256": self.sha256,
+            "records": self.records,
+            "tokens": self.tokens,
+            "group": self.group,
+        }
         if self.summary:
             d["summary"] = self.summary
         return d
 
 
-def describe_shard(root: str, rel: str, records: int | None = None, tokens: int | None = None,
-                   group: str | None = None, summary: dict | None = None) -> ShardInfo:
+def describe_shard(
+    root: str,
+    rel: str,
+    records: int | None = None,
+    tokens: int | None = None,
+    group: str | None = None,
+    summary: dict | None = None,
+) -> ShardInfo:
     """Hash and size a finished shard file for the manifest."""
     full = f"{str(root).rstrip('/')}/{rel}"
     fs, p = fs_and_path(full)
@@ -71,13 +97,19 @@ def check_shard_paths(shards: Iterable[dict], where: str) -> None:
     for shard in shards:
         why = shard_path_problem(shard.get("path") if isinstance(shard, dict) else None)
         if why:
-            raise ManifestError(f"{where}: shard path {shard.get('path')!r} {why}; "
-                                "shards must lie inside the dataset directory")
+            raise ManifestError(
+                f"{where}: shard path {shard.get('path')!r} {why}; shards must lie inside the dataset directory"
+            )
 
 
-def build_manifest(kind: str, shards: Iterable[ShardInfo | dict], config: dict,
-                   vocab: JointVocab | None = None, summary: dict | None = None,
-                   inputs: list[str] | None = None) -> dict:
+def build_manifest(
+    kind: str,
+    shards: Iterable[ShardInfo | dict],
+    config: dict,
+    vocab: JointVocab | None = None,
+    summary: dict | None = None,
+    inputs: list[str] | None = None,
+) -> dict:
     rows = sorted((s.to_dict() if isinstance(s, ShardInfo) else dict(s) for s in shards), key=lambda s: s["path"])
     check_shard_paths(rows, f"{kind} manifest")
     tokens = [s.get("tokens") for s in rows]
@@ -257,8 +289,10 @@ def output_dir(root: str | os.PathLike, clean: bool = True) -> Iterator[Path | s
         root.mkdir(parents=True, exist_ok=True)
         lock_f = acquire_lock(root / LOCK)
     except LockHeld:
-        raise OutputLockedError(f"{root} is being written by another job (lock {root / LOCK}); "
-                                "wait for it or choose another output directory") from None
+        raise OutputLockedError(
+            f"{root} is being written by another job (lock {root / LOCK}); "
+            "wait for it or choose another output directory"
+        ) from None
     except PermissionError as e:
         raise PermissionError(f"cannot write to output directory {root}: permission denied ({e.strerror})") from None
     except OSError as e:  # a file where a directory is expected, /proc, disk full, read-only mount

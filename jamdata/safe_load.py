@@ -10,6 +10,7 @@ callback states by the callback class; `hyper_parameters` may hold omegaconf con
 allow-lists such names as stand-ins that keep the pickled state as data without importing or
 running the real class, so these files load whether or not Lightning or omegaconf is installed.
 """
+
 from __future__ import annotations
 
 import pickle
@@ -72,7 +73,8 @@ def inert(names: Iterable[str], as_dict: Iterable[str] = ()) -> list[tuple[type,
     """Allow-list entries loading each of `names` as an `Inert` stand-in and each of `as_dict` as
     a plain dict. Build them once (module level): the entries are compared by identity."""
     entries: list[tuple[type, str]] = [
-        (type(n.rsplit(".", 1)[-1], (Inert,), {"qualified_name": n, "__module__": __name__}), n) for n in names]
+        (type(n.rsplit(".", 1)[-1], (Inert,), {"qualified_name": n, "__module__": __name__}), n) for n in names
+    ]
     return entries + [(AsDict, n) for n in as_dict]
 
 
@@ -99,8 +101,10 @@ def load_weights_only(f: Any, allow: AllowList = (), mmap: bool = False) -> Any:
             name = _GLOBAL.search(text)
             if name:
                 found = _python3_name(name.group(1))
-                raise RefusedCheckpoint(f"it needs {found}, which is not on the allow-list of plain types "
-                                        "(loading it could run code)", found) from None
+                raise RefusedCheckpoint(
+                    f"it needs {found}, which is not on the allow-list of plain types (loading it could run code)",
+                    found,
+                ) from None
             why = _REASON.search(text)
             reason = why.group(1) if why else text.strip().splitlines()[0]
             if "allowlisted" in reason or "unrecognized function" in reason:

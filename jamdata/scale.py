@@ -7,16 +7,17 @@ books, arXiv LaTeX; text-clean with the reference filters and dedup, text-sample
 LLaMA-style tokenizer), as MB of raw text per CPU-second. `jamdata text plan` prints `estimate_lines` for
 its plan, and docs/ARCHITECTURE.md ("Scale") sizes the reference run with the same figures.
 """
+
 from __future__ import annotations
 
 import math
 
 # -- measured (benchmarks/results/bench_scale.json; update both together) -------------------------
 # 16x (267 MB of text read), two workers, all processes' CPU seconds (driver and runner included)
-CLEAN_MB_PER_CORE_S = 0.82    # text-clean: text MB read per CPU-second (read, clean, filters, dedup); measured 0.816
-SAMPLE_MB_PER_CORE_S = 2.65   # text-sample: clean text MB tokenized and written per CPU-second; measured 2.655
-WORKER_RSS_MB = 2100          # peak RSS of one Beam worker process, rounded up (measured 2,058 MB, local runner)
-BYTES_PER_TOKEN = 4.2         # clean English web text, LLaMA-style 32k BPE (text plan measures it)
+CLEAN_MB_PER_CORE_S = 0.82  # text-clean: text MB read per CPU-second (read, clean, filters, dedup); measured 0.816
+SAMPLE_MB_PER_CORE_S = 2.65  # text-sample: clean text MB tokenized and written per CPU-second; measured 2.655
+WORKER_RSS_MB = 2100  # peak RSS of one Beam worker process, rounded up (measured 2,058 MB, local runner)
+BYTES_PER_TOKEN = 4.2  # clean English web text, LLaMA-style 32k BPE (text plan measures it)
 MEASURED_ON = "benchmarks/results/bench_scale.json"
 
 # -- the Dataflow machine the estimate prices (on-demand list price, us-central1, late 2024) -------
@@ -24,7 +25,7 @@ MACHINE = "n2-standard-4"
 MACHINE_VCPUS = 4
 MACHINE_MEMORY_GB = 16
 MACHINE_USD_PER_HOUR = 0.194
-EFFICIENCY = 0.7              # share of a worker's vCPU time that is useful work (shuffle, startup)
+EFFICIENCY = 0.7  # share of a worker's vCPU time that is useful work (shuffle, startup)
 
 
 def core_hours(mb: float, mb_per_core_s: float) -> float:
@@ -38,8 +39,13 @@ def estimate(read_mb: float, sample_mb: float) -> dict:
     sample_h = core_hours(sample_mb, SAMPLE_MB_PER_CORE_S)
     workers_h = (clean_h + sample_h) / MACHINE_VCPUS
     per_core_gb = MACHINE_MEMORY_GB / MACHINE_VCPUS
-    return {"clean_core_hours": clean_h, "sample_core_hours": sample_h, "worker_hours": workers_h,
-            "usd": workers_h * MACHINE_USD_PER_HOUR, "memory_ok": WORKER_RSS_MB / 1024 <= per_core_gb}
+    return {
+        "clean_core_hours": clean_h,
+        "sample_core_hours": sample_h,
+        "worker_hours": workers_h,
+        "usd": workers_h * MACHINE_USD_PER_HOUR,
+        "memory_ok": WORKER_RSS_MB / 1024 <= per_core_gb,
+    }
 
 
 def estimate_lines(read_mb: float, sample_mb: float, workers: int = 64) -> list[str]:

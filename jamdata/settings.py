@@ -9,6 +9,7 @@ any data is read.
     params = check_kwargs(LanguageFilter, {"languages": "en"}, "text.clean.filters.language")
     -> ConfigError: config key 'text.clean.filters.language.languages': must be a list of str, got 'en'
 """
+
 from __future__ import annotations
 
 import collections.abc
@@ -122,14 +123,29 @@ _REQUIRED = dataclasses.MISSING
 
 
 # A field with metadata {"internal": True} is no config key (e.g. run.seed copied into a section's settings).
-def setting(default: Any = _REQUIRED, doc: str = "", *, lo: float | None = None, hi: float | None = None,
-            choices: Sequence[Any] | None = None, one_or_many: bool = False, keys: Sequence[str] | None = None,
-            name: str | None = None) -> Any:
+def setting(
+    default: Any = _REQUIRED,
+    doc: str = "",
+    *,
+    lo: float | None = None,
+    hi: float | None = None,
+    choices: Sequence[Any] | None = None,
+    one_or_many: bool = False,
+    keys: Sequence[str] | None = None,
+    name: str | None = None,
+) -> Any:
     """A dataclass field that is a config key. `one_or_many`: a single string is read as a list of
     one; `keys`: the keys a mapping value may have; `choices`: the allowed values (of each item of
     a list); `name`: the key in the config when it cannot be the field's name (`lambda`)."""
-    meta = {"doc": doc, "lo": lo, "hi": hi, "choices": tuple(choices) if choices is not None else None,
-            "one_or_many": one_or_many, "keys": tuple(keys) if keys is not None else None, "name": name}
+    meta = {
+        "doc": doc,
+        "lo": lo,
+        "hi": hi,
+        "choices": tuple(choices) if choices is not None else None,
+        "one_or_many": one_or_many,
+        "keys": tuple(keys) if keys is not None else None,
+        "name": name,
+    }
     if isinstance(default, (list, dict, set)):
         return dataclasses.field(default_factory=functools.partial(copy.deepcopy, default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -156,8 +172,11 @@ def _optional_settings(tp: Any, value: Any = None) -> Any:
     and in the reference."""
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         inner = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(inner) == 1 and value is not None and (
-                _is_settings(inner[0]) or any(_is_settings(a) for a in typing.get_args(inner[0]))):
+        if (
+            len(inner) == 1
+            and value is not None
+            and (_is_settings(inner[0]) or any(_is_settings(a) for a in typing.get_args(inner[0])))
+        ):
             return inner[0]
     return tp
 
@@ -169,8 +188,11 @@ def _check_bounds(key: str, value: Any, meta: dict, source: str) -> None:
         if choices is not None and v not in choices:
             raise ConfigError(key, f"got {v!r}", allowed=list(choices), source=source)
         lo, hi = meta.get("lo"), meta.get("hi")
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and (
-                (lo is not None and v < lo) or (hi is not None and v > hi)):
+        if (
+            isinstance(v, (int, float))
+            and not isinstance(v, bool)
+            and ((lo is not None and v < lo) or (hi is not None and v > hi))
+        ):
             rng = f"[{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
             raise ConfigError(key, f"must be a number in {rng}, got {v!r}", source=source)
     keys = meta.get("keys")
@@ -215,8 +237,9 @@ def load_settings(cls: type[T], section: Any, where: str = "", source: str = "")
     allowed = [_key_of(f) for f in fields]
     for key in data:
         if key not in allowed:
-            raise ConfigError(f"{where}.{key}" if where else str(key), "unknown key", allowed=sorted(allowed),
-                              source=source)
+            raise ConfigError(
+                f"{where}.{key}" if where else str(key), "unknown key", allowed=sorted(allowed), source=source
+            )
     values = {}
     for f in fields:
         name = _key_of(f)
@@ -236,8 +259,11 @@ def load_settings(cls: type[T], section: Any, where: str = "", source: str = "")
 def as_plain(value: Any) -> Any:
     """Settings (nested) as plain YAML/JSON values: what a stamp hashes and `config show` prints."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {_key_of(f): as_plain(getattr(value, f.name)) for f in dataclasses.fields(value)
-                if f.init and not f.metadata.get("internal")}
+        return {
+            _key_of(f): as_plain(getattr(value, f.name))
+            for f in dataclasses.fields(value)
+            if f.init and not f.metadata.get("internal")
+        }
     if isinstance(value, dict):
         return {str(k): as_plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -267,22 +293,32 @@ def reference_rows(cls: type, prefix: str) -> list[dict]:
         if meta.get("choices") is not None:
             allowed.append(", ".join(map(str, meta["choices"])))
         if meta.get("lo") is not None or meta.get("hi") is not None:
-            allowed.append(f"[{'-inf' if meta.get('lo') is None else meta['lo']}, "
-                           f"{'inf' if meta.get('hi') is None else meta['hi']}]")
+            allowed.append(
+                f"[{'-inf' if meta.get('lo') is None else meta['lo']}, "
+                f"{'inf' if meta.get('hi') is None else meta['hi']}]"
+            )
         default = _default(f)
-        rows.append({"key": key, "type": describe(tp) + (" (or one)" if meta.get("one_or_many") else ""),
-                     "default": "required" if default is _REQUIRED else json.dumps(as_plain(default)),
-                     "allowed": "; ".join(allowed), "doc": meta.get("doc", "")})
+        rows.append(
+            {
+                "key": key,
+                "type": describe(tp) + (" (or one)" if meta.get("one_or_many") else ""),
+                "default": "required" if default is _REQUIRED else json.dumps(as_plain(default)),
+                "allowed": "; ".join(allowed),
+                "doc": meta.get("doc", ""),
+            }
+        )
     return rows
 
 
 @dataclass(frozen=True)
 class RunSettings:
     """The `run` section: where and how a run goes (README, docs/ARCHITECTURE.md "Object storage")."""
+
     out_dir: str = setting("out/run", "the run directory: a local path or a URL (s3://, gs://)")
     seed: int = setting(0, "seed of every stage that draws")
     workers: int = setting(1, "local Beam worker processes (--workers wins)", lo=1)
     beam_args: list[str] = setting([], "Beam flags for every pipeline (those after -- come later and win)")
-    reuse_verify: str = setting("size", "how a finished stage's shards are checked before reuse",
-                                choices=("size", "sha256"))
+    reuse_verify: str = setting(
+        "size", "how a finished stage's shards are checked before reuse", choices=("size", "sha256")
+    )
     storage_options: dict | None = setting(None, "fsspec arguments by URL prefix, over JAM_STORAGE_OPTIONS")

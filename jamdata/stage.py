@@ -13,6 +13,7 @@ command (`jamdata text clean`, `jamdata images tokenize`, ...) and by the main j
 Adding a stage is its own file with a `STAGE` plus one line in `pipelines/stages.py` (see
 docs/ARCHITECTURE.md, "Adding a stage").
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,6 +30,7 @@ class StageContext:
     `//` of a URL) and made absolute here, in the driver, so Beam workers read the same files.
     `paths`: dataset names a command maps away from `<run_dir>/<name>` (a None or empty path
     maps nothing)."""
+
     config: Config
     run_dir: str
     workers: int = 1
@@ -58,13 +60,14 @@ def no_settings(ctx: StageContext) -> dict:
 class Stage:
     name: str
     run: Callable[[StageContext], list[str]]
-    outputs: tuple[str, ...]                         # dataset directories it writes
-    inputs: tuple[str, ...] = ()                     # dataset directories of earlier stages it reads
+    outputs: tuple[str, ...]  # dataset directories it writes
+    inputs: tuple[str, ...] = ()  # dataset directories of earlier stages it reads
     settings: Callable[[StageContext], Any] = no_settings  # its parsed settings: what its stamp hashes
 
 
-def context_from_args(args: argparse.Namespace, paths: dict[str, str | None] | None = None,
-                      out_is_run_dir: bool = True) -> StageContext:
+def context_from_args(
+    args: argparse.Namespace, paths: dict[str, str | None] | None = None, out_is_run_dir: bool = True
+) -> StageContext:
     """The context a stage command runs in: `--config` (bundled name or path) with `--set`, the
     storage options, the run directory (`--out` when it names the run directory, else
     `run.out_dir`), `--workers` and the Beam flags after `--`."""
@@ -74,5 +77,10 @@ def context_from_args(args: argparse.Namespace, paths: dict[str, str | None] | N
     run = cfg.section("run")
     storage_setting(run)
     out = run_dir_setting(getattr(args, "out", None) if out_is_run_dir else None, run)
-    return StageContext(cfg, out, workers=workers_setting(getattr(args, "workers", None), run),
-                        beam_args=beam_args_setting(getattr(args, "beam_args", []), run), paths=paths or {})
+    return StageContext(
+        cfg,
+        out,
+        workers=workers_setting(getattr(args, "workers", None), run),
+        beam_args=beam_args_setting(getattr(args, "beam_args", []), run),
+        paths=paths or {},
+    )

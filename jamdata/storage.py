@@ -8,6 +8,7 @@ JAM_STORAGE_OPTIONS from the environment, and exports them in that variable, so 
 processes started from it apply the same options. Never `pathlib` on a URL: it folds `s3://b` to
 `s3:/b` and a job would write a local folder named `s3:`.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -43,7 +44,9 @@ def remote_atomic_write(url: str, mode: str) -> Iterator[IO]:
     """The object-storage half of io.atomic_write (a generator it delegates to): the object is
     written under an attempt-unique temporary name and moved to `url` only when whole."""
     fs, p = fs_and_path(url)
-    tmp = posixpath.join(posixpath.dirname(p), f".{posixpath.basename(p)}{TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    tmp = posixpath.join(
+        posixpath.dirname(p), f".{posixpath.basename(p)}{TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    )
     try:
         raw = fs.open(tmp, "wb")
     except Exception as e:  # unreachable endpoint, no bucket, no credentials: name the URL once
@@ -105,8 +108,9 @@ def set_storage_options(options: dict | None) -> None:
     clean: dict[str, dict] = {}
     for prefix, kwargs in (options or {}).items():
         if not isinstance(prefix, str) or not url_scheme(prefix) or not isinstance(kwargs, dict):
-            raise ValueError(f"run.storage_options: {prefix!r} must be a URL prefix (s3://bucket) "
-                             "mapping to fsspec arguments")
+            raise ValueError(
+                f"run.storage_options: {prefix!r} must be a URL prefix (s3://bucket) mapping to fsspec arguments"
+            )
         clean[_prefix_key(prefix)] = dict(kwargs)
     _storage = clean
     if clean:
@@ -188,8 +192,9 @@ def list_dirs(url: str | os.PathLike) -> list[str]:
     try:
         if not fs.isdir(p):
             return []
-        return sorted(posixpath.basename(e["name"].rstrip("/")) for e in fs.ls(p, detail=True)
-                      if e.get("type") == "directory")
+        return sorted(
+            posixpath.basename(e["name"].rstrip("/")) for e in fs.ls(p, detail=True) if e.get("type") == "directory"
+        )
     except FileNotFoundError:
         return []
     except Exception as e:

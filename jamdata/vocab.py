@@ -8,6 +8,7 @@ Layout (ids are global):
 The fingerprint hashes the whole layout (including the SentencePiece model bytes), so two
 datasets made with different tokenizers can never be mixed silently.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -19,7 +20,12 @@ import numpy as np
 from jamdata.errors import UserError
 
 SPECIAL_TOKENS: tuple[str, ...] = (
-    "<pad>", "<s>", "</s>", "<break>", "<boi>", "<eoi>",
+    "<pad>",
+    "<s>",
+    "</s>",
+    "<break>",
+    "<boi>",
+    "<eoi>",
 ) + tuple(f"<mask:{i}>" for i in range(16))
 
 TEXT, SPECIAL, IMAGE = "text", "special", "image"
@@ -71,7 +77,8 @@ class JointVocab:
         v = cls(d["text_size"], d["text_model_sha256"], d["n_image_codes"], tuple(d["specials"]))
         if "fingerprint" in d and d["fingerprint"] != v.fingerprint:
             raise VocabMismatchError(
-                f"vocab description fingerprint {d['fingerprint']} does not match its layout ({v.fingerprint})")
+                f"vocab description fingerprint {d['fingerprint']} does not match its layout ({v.fingerprint})"
+            )
         return v
 
     # -- layout ------------------------------------------------------------------------
@@ -161,8 +168,11 @@ class JointVocab:
         return IMAGE, token_id - self.image_offset
 
     def to_global(self, modality: str, local_id: int) -> int:
-        limits = {TEXT: (0, self.text_size), SPECIAL: (self.special_offset, len(self.specials)),
-                  IMAGE: (self.image_offset, self.n_image_codes)}
+        limits = {
+            TEXT: (0, self.text_size),
+            SPECIAL: (self.special_offset, len(self.specials)),
+            IMAGE: (self.image_offset, self.n_image_codes),
+        }
         if modality not in limits:
             raise ValueError(f"modality must be one of {sorted(limits)}, got {modality!r}")
         base, n = limits[modality]
@@ -184,9 +194,11 @@ def rebuild_advice(tokenizer: str, built_codes: int | None, vqvae_codes: int) ->
     """What to do when a tokenizer dataset and the VQ-VAE disagree on the number of image codes:
     the joint vocabulary lives in the tokenizer dataset, so it is the one to rebuild."""
     built = f"was built for {built_codes} image codes" if built_codes else "was built for other image codes"
-    return (f"the tokenizer dataset {tokenizer} {built} but the VQ-VAE has {vqvae_codes}; rebuild the tokenizer "
-            f"dataset with `vqvae: {{codebook_size: {vqvae_codes}}}` in the config (`jamdata run --stage tokenizer "
-            f"--force`), then re-run the stages that tokenize with it (text-sample, images, instruct)")
+    return (
+        f"the tokenizer dataset {tokenizer} {built} but the VQ-VAE has {vqvae_codes}; rebuild the tokenizer "
+        f"dataset with `vqvae: {{codebook_size: {vqvae_codes}}}` in the config (`jamdata run --stage tokenizer "
+        f"--force`), then re-run the stages that tokenize with it (text-sample, images, instruct)"
+    )
 
 
 def check_same_vocab(named: dict[str, str | None]) -> str:
@@ -201,5 +213,6 @@ def check_same_vocab(named: dict[str, str | None]) -> str:
         other = next((n, f) for n, f in seen.items() if f != first[1])
         raise VocabMismatchError(
             f"datasets use different joint vocabularies: {first[0]} has {first[1]} but "
-            f"{other[0]} has {other[1]}; re-tokenize one of them with the other's tokenizer")
+            f"{other[0]} has {other[1]}; re-tokenize one of them with the other's tokenizer"
+        )
     return distinct[0] if distinct else ""

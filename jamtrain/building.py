@@ -1,4 +1,5 @@
 """Building what the loop trains: the model for the data's joint vocabulary, the loader, parameter groups and the resolved DeepSpeed config."""
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,13 @@ def model_for_vocab(model_cfg: dict, vocab: JointVocab) -> dict:
     return model_cfg
 
 
-def default_model_factory(model_cfg: dict, vocab_size: int, device: str | torch.device | None = None,
-                          dtype: torch.dtype | None = None, zero: dict | None = None) -> torch.nn.Module:
+def default_model_factory(
+    model_cfg: dict,
+    vocab_size: int,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    zero: dict | None = None,
+) -> torch.nn.Module:
     """The configured model; a run passes its own device and training dtype, so a model fused from
     parent files is materialised there directly (each rank holds the fused model once, on its
     accelerator, and reads the parents one tensor at a time: host memory per rank stays at about
@@ -104,7 +110,7 @@ def resolved_ds_config(s: Settings, cpu: bool) -> dict:
     precision = run_precision(s, cpu)
     ds["bf16"] = {**ds.get("bf16", {}), "enabled": precision == "bf16"}
     ds["fp16"] = {**ds.get("fp16", {}), "enabled": precision == "fp16"}
-    ds.setdefault("steps_per_print", 10 ** 9)
+    ds.setdefault("steps_per_print", 10**9)
     ds.setdefault("wall_clock_breakdown", False)
     ds.pop("train_batch_size", None)  # derived: micro-batch x accumulation x ranks
     return ds

@@ -18,6 +18,7 @@ checkpoint, every `.pt` file in it is loaded weights-only with an allow-list of 
 types (`check_safe`), so a file holding pickled code is refused before any of it runs; rank files
 hold plain types and tensors only and are read weights-only.
 """
+
 from __future__ import annotations
 
 import json
@@ -62,10 +63,17 @@ def rng_state() -> dict[str, Any]:
     """Every generator's state in plain types and tensors, so the rank file loads weights-only."""
     # legacy=True (the default): the (name, keys, pos, has_gauss, cached) tuple
     name, keys, pos, has_gauss, cached = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())
-    state = {"python": random.getstate(),
-             "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-             "torch": torch.get_rng_state()}
+    state = {
+        "python": random.getstate(),
+        "numpy": {
+            "name": name,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
@@ -75,8 +83,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     npy = state["numpy"]
     if isinstance(npy, dict):
-        npy = (npy["name"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
-               npy["cached_gaussian"])
+        npy = (npy["name"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"], npy["cached_gaussian"])
     np.random.set_state(npy)  # a tuple with an ndarray: written before the plain form
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
@@ -159,9 +166,18 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def save(engine, ckpt_dir: Path, step: int, rank: int, world_size: int, rank_state: dict,
-         meta: dict, keep: int = 2, hash_files: bool = True,
-         before_seal: Callable[[], None] | None = None) -> Path:
+def save(
+    engine,
+    ckpt_dir: Path,
+    step: int,
+    rank: int,
+    world_size: int,
+    rank_state: dict,
+    meta: dict,
+    keep: int = 2,
+    hash_files: bool = True,
+    before_seal: Callable[[], None] | None = None,
+) -> Path:
     """Collective: every rank calls it. Returns the sealed checkpoint directory."""
     ckpt_dir = Path(ckpt_dir)
     tag = tag_for(step)
@@ -180,8 +196,10 @@ def save(engine, ckpt_dir: Path, step: int, rank: int, world_size: int, rank_sta
     if before_seal is not None:
         before_seal()
     if rank == 0:
-        files = {rel: {"bytes": (tmp / rel).stat().st_size, "sha256": sha256_file(tmp / rel) if hash_files else None}
-                 for rel in _files(tmp)}
+        files = {
+            rel: {"bytes": (tmp / rel).stat().st_size, "sha256": sha256_file(tmp / rel) if hash_files else None}
+            for rel in _files(tmp)
+        }
         missing = [rank_file(r) for r in range(world_size) if rank_file(r) not in files]
         if missing:
             raise CheckpointError(f"{tmp}: ranks did not write {', '.join(missing)}")
@@ -216,7 +234,7 @@ def prune(ckpt_dir: Path, keep: int, run_id: str | None = None) -> None:
     inspection). Checkpoints another run wrote (a different run id) are neither counted nor
     deleted, so one run never removes another's."""
     mine = [p for p in candidates(ckpt_dir) if run_id is None or run_of(p) in (run_id, None)]
-    good = [p for p in mine if not verify(p, deep=False)][:max(1, keep)]
+    good = [p for p in mine if not verify(p, deep=False)][: max(1, keep)]
     if good:
         for old in mine:
             if old.name < good[-1].name:
@@ -248,10 +266,16 @@ def load(engine, path: Path, rank: int, world_size: int) -> dict:
     if marker["world_size"] != world_size:
         raise CheckpointError(
             f"{path} was written by {marker['world_size']} ranks, this run has {world_size}; an exact resume "
-            "needs the same number of ranks (export the weights and start a new run to change it)")
+            "needs the same number of ranks (export the weights and start a new run to change it)"
+        )
     check_safe(path)
-    load_path, _ = engine.load_checkpoint(str(path.parent), tag=path.name, load_module_strict=True,
-                                          load_optimizer_states=True, load_lr_scheduler_states=True)
+    load_path, _ = engine.load_checkpoint(
+        str(path.parent),
+        tag=path.name,
+        load_module_strict=True,
+        load_optimizer_states=True,
+        load_lr_scheduler_states=True,
+    )
     if load_path is None:
         raise CheckpointError(f"{path}: DeepSpeed could not load it")
     return read_rank_state(path, rank)
@@ -271,8 +295,13 @@ def _trainer_globals() -> list:
         from numpy._core.multiarray import _reconstruct
     except ImportError:  # numpy 1.x
         from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]  # the same function
-    return [np.ndarray, np.dtype, type(np.dtype(np.uint32)), (_reconstruct, "numpy.core.multiarray._reconstruct"),
-            (_reconstruct, "numpy._core.multiarray._reconstruct")]
+    return [
+        np.ndarray,
+        np.dtype,
+        type(np.dtype(np.uint32)),
+        (_reconstruct, "numpy.core.multiarray._reconstruct"),
+        (_reconstruct, "numpy._core.multiarray._reconstruct"),
+    ]
 
 
 def _deepspeed_globals() -> list:

@@ -1,4 +1,5 @@
 """`jamtrain` command line; sub-commands live in jamtrain/commands/."""
+
 from __future__ import annotations
 
 import sys

@@ -1,4 +1,5 @@
 """Process-group set-up for one CPU process, torchrun or the deepspeed launcher, and the device name."""
+
 from __future__ import annotations
 
 import os
@@ -8,6 +9,7 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
+
 
 def _free_port() -> int:
     with socket.socket() as s:

@@ -15,6 +15,7 @@ checked against its manifest as the loader checks it, and with `on_corrupt: skip
 fails the check (or cannot be read to the end) is logged and left out, as training left it out;
 with `fail` evaluation stops naming it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -42,6 +43,7 @@ READ_ERRORS = (BadShard, ShardError, IndexedDatasetError, OSError, EOFError, Val
 @dataclass(frozen=True)
 class ShardPolicy:
     """The loader's handling of damaged shards (`loader.verify`, `loader.on_corrupt`)."""
+
     verify: str = "sha256"  # sha256 | size | none
     on_corrupt: str = "skip"  # skip | fail
 
@@ -70,9 +72,15 @@ def _units(manifest: dict) -> list[str]:
     return units
 
 
-def heldout_sequences(name: str, root: str | Path, holdout: Holdout, seq_len: int,
-                      max_samples: int | None = None, policy: ShardPolicy = ShardPolicy(),
-                      skipped: list[str] | None = None) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+def heldout_sequences(
+    name: str,
+    root: str | Path,
+    holdout: Holdout,
+    seq_len: int,
+    max_samples: int | None = None,
+    policy: ShardPolicy = ShardPolicy(),
+    skipped: list[str] | None = None,
+) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
     """(key, tokens int64, target mask bool) of held-out samples in manifest order. Keys are the
     loader's sample keys (`<shard prefix>:<document>` for text tokens, the tar sample key).
     Damaged shards are handled by `policy`; the ones skipped are appended to `skipped`."""
@@ -80,8 +88,9 @@ def heldout_sequences(name: str, root: str | Path, holdout: Holdout, seq_len: in
     manifest = read_manifest(root)
     n = 0
     for unit in _units(manifest):
-        samples = _unit_samples(manifest["kind"], f"{root}/{unit}", unit, seq_len,
-                                lambda k: holdout.is_heldout(name, k))
+        samples = _unit_samples(
+            manifest["kind"], f"{root}/{unit}", unit, seq_len, lambda k: holdout.is_heldout(name, k)
+        )
         for key, tokens, mask in _guarded(samples, root, unit, manifest, policy, skipped):
             yield key, tokens, mask
             n += 1
@@ -90,13 +99,17 @@ def heldout_sequences(name: str, root: str | Path, holdout: Holdout, seq_len: in
 
 
 def _shard_ref(manifest: dict, unit: str) -> ShardRef:
-    files = tuple((s["path"], s["bytes"], s["sha256"]) for s in manifest["shards"]
-                  if s["path"] in (unit, unit + ".idx", unit + ".bin"))
+    files = tuple(
+        (s["path"], s["bytes"], s["sha256"])
+        for s in manifest["shards"]
+        if s["path"] in (unit, unit + ".idx", unit + ".bin")
+    )
     return ShardRef(unit, 0, files)
 
 
-def _guarded(samples: Iterator, root: str, unit: str, manifest: dict, policy: ShardPolicy,
-             skipped: list[str] | None) -> Iterator:
+def _guarded(
+    samples: Iterator, root: str, unit: str, manifest: dict, policy: ShardPolicy, skipped: list[str] | None
+) -> Iterator:
     """The unit's samples after the loader's manifest check; a damaged unit is skipped (with the
     samples before the damage, as the loader keeps them) or fails, as the policy says."""
     try:
@@ -120,8 +133,9 @@ def _guarded(samples: Iterator, root: str, unit: str, manifest: dict, policy: Sh
             skipped.append(f"{root}/{unit}")
 
 
-def _unit_samples(kind: str, path: str, unit: str, seq_len: int,
-                  keep: Callable[[str], bool]) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+def _unit_samples(
+    kind: str, path: str, unit: str, seq_len: int, keep: Callable[[str], bool]
+) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
     if kind == "text_tokens":
         ds = IndexedDataset(path)
         for i in range(len(ds)):
@@ -130,7 +144,7 @@ def _unit_samples(kind: str, path: str, unit: str, seq_len: int,
                 continue
             doc = np.asarray(ds[i], dtype=np.int64)
             for start in range(0, len(doc), seq_len):
-                window = doc[start:start + seq_len]
+                window = doc[start : start + seq_len]
                 if len(window) >= 2:
                     yield key, window, np.ones(len(window), dtype=bool)
         return
@@ -154,15 +168,16 @@ def collate(seqs: list[tuple[np.ndarray, np.ndarray]], seq_len: int, pad_id: int
     mask = torch.zeros((len(seqs), width), dtype=torch.bool)
     seg = torch.full((len(seqs), width), -1, dtype=torch.int32)
     for i, (t, m) in enumerate(seqs):
-        tokens[i, :len(t)] = torch.from_numpy(t)
-        mask[i, :len(t)] = torch.from_numpy(m)
-        seg[i, :len(t)] = 0
+        tokens[i, : len(t)] = torch.from_numpy(t)
+        mask[i, : len(t)] = torch.from_numpy(m)
+        seg[i, : len(t)] = 0
     return {"tokens": tokens, "loss_mask": mask, "segment_ids": seg}
 
 
 @torch.no_grad()
-def score_batch(forward: Callable[..., torch.Tensor], batch: dict[str, torch.Tensor], vocab: JointVocab,
-                device: torch.device) -> torch.Tensor:
+def score_batch(
+    forward: Callable[..., torch.Tensor], batch: dict[str, torch.Tensor], vocab: JointVocab, device: torch.device
+) -> torch.Tensor:
     """[nll_text, n_text, nll_image, n_image] summed over the batch's target tokens."""
     from jamtrain.loss import token_nll
 
@@ -185,9 +200,15 @@ def summarize(sums: torch.Tensor) -> dict:
     def ppl(total: float, count: float) -> float | None:
         return math.exp(min(total / count, 700.0)) if count else None
 
-    return {"tokens": int(n), "loss": (nll_t + nll_i) / n if n else None, "ppl": ppl(nll_t + nll_i, n),
-            "text_tokens": int(n_t), "text_ppl": ppl(nll_t, n_t),
-            "image_tokens": int(n_i), "image_ppl": ppl(nll_i, n_i)}
+    return {
+        "tokens": int(n),
+        "loss": (nll_t + nll_i) / n if n else None,
+        "ppl": ppl(nll_t + nll_i, n),
+        "text_tokens": int(n_t),
+        "text_ppl": ppl(nll_t, n_t),
+        "image_tokens": int(n_i),
+        "image_ppl": ppl(nll_i, n_i),
+    }
 
 
 def dummy_batch(vocab: JointVocab) -> dict[str, torch.Tensor]:
@@ -196,10 +217,18 @@ def dummy_batch(vocab: JointVocab) -> dict[str, torch.Tensor]:
     return collate([(pad, np.zeros(2, dtype=bool))], 2, vocab.pad_id)
 
 
-def evaluate(forward: Callable[..., torch.Tensor], datasets: dict[str, tuple[str, Holdout]], vocab: JointVocab,
-             seq_len: int, batch_size: int = 8, max_samples: int | None = 256,
-             device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1,
-             policy: ShardPolicy = ShardPolicy()) -> dict[str, dict]:
+def evaluate(
+    forward: Callable[..., torch.Tensor],
+    datasets: dict[str, tuple[str, Holdout]],
+    vocab: JointVocab,
+    seq_len: int,
+    batch_size: int = 8,
+    max_samples: int | None = 256,
+    device: torch.device | str = "cpu",
+    rank: int = 0,
+    world_size: int = 1,
+    policy: ShardPolicy = ShardPolicy(),
+) -> dict[str, dict]:
     """Perplexity per dataset. Collective when distributed: samples are split round-robin over
     ranks and the sums (NLL and token counts, never per-rank means) all-reduced, so every rank
     returns the same figures as one rank would.
@@ -219,8 +248,9 @@ def evaluate(forward: Callable[..., torch.Tensor], datasets: dict[str, tuple[str
         pending: list[tuple[np.ndarray, np.ndarray]] = []
         samples = 0
         skipped: list[str] = []
-        for i, (_key, tokens, mask) in enumerate(heldout_sequences(name, root, holdout, seq_len, max_samples,
-                                                                   policy, skipped)):
+        for i, (_key, tokens, mask) in enumerate(
+            heldout_sequences(name, root, holdout, seq_len, max_samples, policy, skipped)
+        ):
             samples += 1
             if i % world_size == rank:
                 pending.append((tokens, mask))

@@ -1,4 +1,5 @@
 """Weight export (`model.safetensors` + `model.json`) from an engine or a checkpoint, and loading an export back."""
+
 from __future__ import annotations
 
 import json
@@ -19,6 +20,7 @@ from jamtrain.building import (
 from jamtrain.settings import Settings
 
 EXPORT_FORMAT = "jamtrain-export-1"
+
 
 def export_engine(engine, s: Settings, vocab: JointVocab, out: Path, step: int, rank: int, ckpt_dir: Path) -> None:
     """One safetensors file + model.json; ZeRO-3 shards are gathered from the last checkpoint."""
@@ -69,11 +71,25 @@ def write_export(model: torch.nn.Module, model_cfg: dict, vocab: JointVocab, out
     save_file(tensors, str(tmp), metadata=metadata)
     os.replace(tmp, out / "model.safetensors")
     with atomic_write(out / "model.json", "w") as f:
-        json.dump({"format": EXPORT_FORMAT, "model": model_cfg, "vocab_size": vocab.size, "vocab": vocab.to_dict(),
-                   "step": step, "params": count_params(model), "aliases": aliases}, f, indent=1, sort_keys=True)
+        json.dump(
+            {
+                "format": EXPORT_FORMAT,
+                "model": model_cfg,
+                "vocab_size": vocab.size,
+                "vocab": vocab.to_dict(),
+                "step": step,
+                "params": count_params(model),
+                "aliases": aliases,
+            },
+            f,
+            indent=1,
+            sort_keys=True,
+        )
 
 
-def load_exported(path: str | Path, model_factory: Callable | None = None, device: str = "cpu") -> tuple[torch.nn.Module, dict]:
+def load_exported(
+    path: str | Path, model_factory: Callable | None = None, device: str = "cpu"
+) -> tuple[torch.nn.Module, dict]:
     """Rebuild the model from an export directory (model.json + model.safetensors)."""
     from safetensors.torch import load_file
 

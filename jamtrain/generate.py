@@ -22,6 +22,7 @@ codes (row-major) + `<eoi>`; a caption-first sample is `caption <break> <boi> co
   cache would thread past keys/values through `Backbone.layer` and `CrossBlock` and is the first
   thing to add for 1024-code images on a 7B model.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -38,17 +39,21 @@ class GenerateError(UserError, ValueError):
 
 @dataclass(frozen=True)
 class Sampling:
-    temperature: float = 1.0      # 0: greedy
-    top_k: int = 0                # 0: off
-    top_p: float = 1.0            # 1: off (nucleus sampling)
+    temperature: float = 1.0  # 0: greedy
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0  # 1: off (nucleus sampling)
     seed: int = 0
-    guidance: float = 3.0         # classifier-free guidance scale for images (1: none)
-    max_new_tokens: int = 64      # text mode; an open image block is always finished
+    guidance: float = 3.0  # classifier-free guidance scale for images (1: none)
+    max_new_tokens: int = 64  # text mode; an open image block is always finished
 
     def __post_init__(self) -> None:
-        checks = [("temperature", self.temperature >= 0, ">= 0"), ("top_k", self.top_k >= 0, ">= 0"),
-                  ("top_p", 0 < self.top_p <= 1, "in (0, 1]"), ("guidance", self.guidance >= 0, ">= 0"),
-                  ("max_new_tokens", self.max_new_tokens >= 1, ">= 1")]
+        checks = [
+            ("temperature", self.temperature >= 0, ">= 0"),
+            ("top_k", self.top_k >= 0, ">= 0"),
+            ("top_p", 0 < self.top_p <= 1, "in (0, 1]"),
+            ("guidance", self.guidance >= 0, ">= 0"),
+            ("max_new_tokens", self.max_new_tokens >= 1, ">= 1"),
+        ]
         for name, ok, want in checks:
             if not ok:
                 raise GenerateError(f"--{name.replace('_', '-')} must be {want}, got {getattr(self, name)}")
@@ -92,8 +97,8 @@ def last_logits(model: torch.nn.Module, rows: list[list[int]], pad_id: int) -> t
     tokens = torch.full((len(rows), width), pad_id, dtype=torch.long)
     seg = torch.full((len(rows), width), -1, dtype=torch.int32)
     for i, r in enumerate(rows):
-        tokens[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
-        seg[i, width - len(r):] = 0
+        tokens[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+        seg[i, width - len(r) :] = 0
     logits = model(tokens.to(device), segment_ids=seg.to(device))
     return logits[:, -1].float().cpu()
 
@@ -127,8 +132,9 @@ def _max_len(model: torch.nn.Module) -> int | None:
     return getattr(cfg, "max_seq_len", None)
 
 
-def generate_text(model: torch.nn.Module, vocab: JointVocab, prompt: list[int], s: Sampling,
-                  image_codes: int) -> list[int]:
+def generate_text(
+    model: torch.nn.Module, vocab: JointVocab, prompt: list[int], s: Sampling, image_codes: int
+) -> list[int]:
     """New tokens after `prompt` until `</s>` or `max_new_tokens`; image blocks (opened by a
     sampled `<boi>`) hold exactly `image_codes` codes and end with `<eoi>` (`image_codes=0`: no
     image can be opened)."""
@@ -148,8 +154,10 @@ def generate_text(model: torch.nn.Module, vocab: JointVocab, prompt: list[int], 
             continue
         if limit is not None and len(prompt) + len(out) >= limit:
             if remaining is not None:
-                raise GenerateError(f"an image block does not fit in the model's {limit} positions; "
-                                    "shorten the prompt or --max-new-tokens")
+                raise GenerateError(
+                    f"an image block does not fit in the model's {limit} positions; "
+                    "shorten the prompt or --max-new-tokens"
+                )
             break
         logits = last_logits(model, [prompt + out], vocab.pad_id)[0]
         if remaining is not None:
@@ -187,15 +195,17 @@ def unconditional_prompt(vocab: JointVocab) -> list[int]:
     return [vocab.mask_id(0), vocab.break_id, vocab.boi_id]
 
 
-def generate_image(model: torch.nn.Module, vocab: JointVocab, caption: list[int], s: Sampling,
-                   image_codes: int) -> list[int]:
+def generate_image(
+    model: torch.nn.Module, vocab: JointVocab, caption: list[int], s: Sampling, image_codes: int
+) -> list[int]:
     """`image_codes` image codes (0-based, row-major) for `caption`, with classifier-free guidance."""
     cond = list(caption) + [vocab.break_id, vocab.boi_id]
     _check(model, vocab, cond)
     limit = _max_len(model)
     if limit is not None and len(cond) + image_codes > limit:
-        raise GenerateError(f"caption ({len(caption)} tokens) + {image_codes} image codes exceed the model's "
-                            f"{limit} positions")
+        raise GenerateError(
+            f"caption ({len(caption)} tokens) + {image_codes} image codes exceed the model's {limit} positions"
+        )
     uncond = unconditional_prompt(vocab)
     gen = torch.Generator().manual_seed(s.seed)
     codes = _image_range(vocab)
@@ -222,7 +232,7 @@ def image_blocks(tokens: list[int], vocab: JointVocab) -> list[list[int]]:
         elif t == vocab.eoi_id:
             if open_at is None:
                 raise GenerateError(f"<eoi> at {i} without <boi>")
-            block = tokens[open_at + 1:i]
+            block = tokens[open_at + 1 : i]
             if any(not vocab.image_offset <= c < vocab.size for c in block):
                 raise GenerateError(f"a non-image token inside the image block opened at {open_at}")
             blocks.append([c - vocab.image_offset for c in block])

@@ -1,4 +1,5 @@
 """The training loss: per-token NLL over loss-bearing tokens, with held-out samples masked out."""
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -33,9 +34,14 @@ def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float().reshape(-1, v), targets.reshape(-1), reduction="none").view(b, length)
 
 
-def masked_loss(logits: torch.Tensor, tokens: torch.Tensor, loss_mask: torch.Tensor,
-                image_offset: int, dataset_index: torch.Tensor | None = None,
-                n_datasets: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def masked_loss(
+    logits: torch.Tensor,
+    tokens: torch.Tensor,
+    loss_mask: torch.Tensor,
+    image_offset: int,
+    dataset_index: torch.Tensor | None = None,
+    n_datasets: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Next-token loss over target positions (loss_mask[:, 1:]) and detached statistics.
 
     logits are the model's output for tokens[:, :-1]. The loss is the mean over this micro-batch's

@@ -16,17 +16,19 @@ tests/test_train_memory.py):
   with checkpointing only each layer's and cross block's inputs stay, plus one unit recomputed;
 - logits: the [tokens, vocabulary] logits, their fp32 log-softmax and the gradient flowing back.
 The sum is an upper bound of the moment the run peaks; allocator fragmentation is not in it."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-GIB = 1024 ** 3
+GIB = 1024**3
 
 
 @dataclass(frozen=True)
 class Arch:
     """What the activation terms depend on: per-stream width d, FFN width f, key/value width,
     layers per stream, streams (2 for JAM-Cross), cross blocks, vocabulary and block kinds."""
+
     n_layers: int
     d_model: int
     d_ff: int
@@ -79,7 +81,7 @@ def buffer_bytes(zero_stage: int, elt: int, ds: dict, n_params: int, touched: bo
 def layer_elements(a: Arch, elt: int) -> float:
     """Bytes per token one backbone layer keeps for backward without checkpointing."""
     d, f = a.d_model, a.d_ff
-    kv = 2 * (d if a.gqa else a.kv_dim)   # the masked path expands grouped k/v to every head
+    kv = 2 * (d if a.gqa else a.kv_dim)  # the masked path expands grouped k/v to every head
     # input, norm output, q, k/v, attention output (+ its contiguous copy for o_proj), residual,
     # FFN norm input and output, FFN hidden (up + GELU out, or gate, SiLU, up, product)
     n = elt * (d + d + d + kv + d + d + d + d + d + (4 * f if a.swiglu else 2 * f))
@@ -88,15 +90,18 @@ def layer_elements(a: Arch, elt: int) -> float:
     return n
 
 
-def activation_bytes(a: Arch, tokens: int, seq_len: int, micro_batch: int, elt: int,
-                     checkpointing: bool) -> dict[str, float]:
+def activation_bytes(
+    a: Arch, tokens: int, seq_len: int, micro_batch: int, elt: int, checkpointing: bool
+) -> dict[str, float]:
     """Bytes kept for backward for one micro-batch of `tokens` input positions."""
     d = a.d_model
     layer = layer_elements(a, elt)
     cross = 16.0 * d * elt
     mask = float(micro_batch) * seq_len * seq_len * a.streams  # the boolean document mask per stream
     if checkpointing:
-        per_token = a.streams * a.n_layers * elt * d + a.n_cross * 2 * elt * d + 2 * max(layer, cross if a.n_cross else 0)
+        per_token = (
+            a.streams * a.n_layers * elt * d + a.n_cross * 2 * elt * d + 2 * max(layer, cross if a.n_cross else 0)
+        )
     else:
         per_token = a.streams * a.n_layers * layer + a.n_cross * cross
     # final norms' inputs and outputs (the head's input); JAM-Cross also keeps the 2d -> d
@@ -106,8 +111,18 @@ def activation_bytes(a: Arch, tokens: int, seq_len: int, micro_batch: int, elt: 
     return {"activations": tokens * (per_token + head) + mask, "logits": tokens * logits}
 
 
-def gpu_memory(n_params: int, arch: Arch | None, zero_stage: int, world: int, micro_batch: int, seq_len: int,
-               elt: int, checkpointing: bool, ds: dict, cpu: bool = False) -> dict[str, float]:
+def gpu_memory(
+    n_params: int,
+    arch: Arch | None,
+    zero_stage: int,
+    world: int,
+    micro_batch: int,
+    seq_len: int,
+    elt: int,
+    checkpointing: bool,
+    ds: dict,
+    cpu: bool = False,
+) -> dict[str, float]:
     """Every term per GPU (bytes; per process on `cpu`) and their `total`."""
     out = model_states(n_params, zero_stage, world, elt)
     out["step"] = step_bytes(n_params, zero_stage, world, elt, ds)
@@ -120,8 +135,9 @@ def gpu_memory(n_params: int, arch: Arch | None, zero_stage: int, world: int, mi
     return out
 
 
-def host_memory(largest_tensor: int, n_params: int, zero_stage: int, world: int, per_host: int,
-                lazy: bool = True) -> dict[str, float]:
+def host_memory(
+    largest_tensor: int, n_params: int, zero_stage: int, world: int, per_host: int, lazy: bool = True
+) -> dict[str, float]:
     """Host RAM (bytes) one rank and one host need beyond the Python/CUDA runtime.
 
     Building: parents read one tensor at a time (the largest, in fp32, read + cast + grown) when
@@ -131,8 +147,12 @@ def host_memory(largest_tensor: int, n_params: int, zero_stage: int, world: int,
     build = 3 * 4.0 * largest_tensor if lazy else 4.0 * n_params + 2 * 4.0 * (n_params / 2)
     part = 12.0 * n_params / (world if zero_stage >= 1 else 1)
     rank0 = part + 2.0 * n_params
-    return {"build_per_rank": build, "save_per_rank": part, "save_rank0": rank0,
-            "per_host": max(per_host * build, (per_host - 1) * part + rank0)}
+    return {
+        "build_per_rank": build,
+        "save_per_rank": part,
+        "save_rank0": rank0,
+        "per_host": max(per_host * build, (per_host - 1) * part + rank0),
+    }
 
 
 def build_device_bytes(n_params: int, largest_tensor: int, zero_stage: int, world: int, elt: int) -> float:

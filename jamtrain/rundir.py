@@ -14,6 +14,7 @@ A run claims its directory before writing anything:
 - temporary files a killed process left (atomic writes, unsealed checkpoints) are removed, and on
   resume the log is cut back to the resumed step so no step is logged twice.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -78,8 +79,10 @@ def locked(out_dir: Path) -> Iterator[None]:
     except OSError as e:  # a file in the way, read-only mount, permissions, disk full: name the directory once
         raise TrainDirError(f"cannot write to the training output directory {out_dir}: {e.strerror or e}") from None
     except LockHeld:
-        raise TrainDirLocked(f"{out_dir} is being trained by another process ({_holder(lock)}, lock {lock}); "
-                             "wait for it to finish or choose another output directory") from None
+        raise TrainDirLocked(
+            f"{out_dir} is being trained by another process ({_holder(lock)}, lock {lock}); "
+            "wait for it to finish or choose another output directory"
+        ) from None
     try:
         f.seek(0)
         f.truncate()
@@ -124,15 +127,18 @@ def claim(out_dir: Path, resume: bool, overwrite: bool) -> Claim:
     resuming or overwriting, clear them for --overwrite, and return the run's id."""
     out_dir = Path(out_dir)
     if resume and overwrite:
-        raise TrainDirError("--resume continues the run in the output directory and --overwrite deletes it; "
-                            "pass one of them")
+        raise TrainDirError(
+            "--resume continues the run in the output directory and --overwrite deletes it; pass one of them"
+        )
     remove_leftovers(out_dir)
     found = existing_outputs(out_dir)
     cleared: list[str] = []
     if found and not resume:
         if not overwrite:
-            raise TrainDirError(f"{out_dir} already holds a training run ({', '.join(found)}); pass --resume to "
-                                "continue it or --overwrite to delete it and start afresh")
+            raise TrainDirError(
+                f"{out_dir} already holds a training run ({', '.join(found)}); pass --resume to "
+                "continue it or --overwrite to delete it and start afresh"
+            )
         for name in found:
             p = out_dir / name.rstrip("/")
             shutil.rmtree(p) if p.is_dir() else p.unlink()

@@ -6,6 +6,7 @@ A run is found from one directory: a main-job run directory (`train/export/`, `t
 export directory itself (`model.json` + `model.safetensors`). `--tokenizer` / `--vqvae` name them
 explicitly. The tokenizer must be the one the model's joint vocabulary was built from (its sha256),
 and the VQ-VAE's codebook must be the vocabulary's image codes."""
+
 from __future__ import annotations
 
 import json
@@ -37,8 +38,10 @@ def find_parts(run: str | Path, tokenizer: str | None = None, vqvae: str | None 
         if (export / "model.json").is_file():
             break
     else:
-        raise GenerateError(f"{run}: no model.json in it, in export/ or in train/export/ "
-                            "(pass a run directory, a training output directory or an export directory)")
+        raise GenerateError(
+            f"{run}: no model.json in it, in export/ or in train/export/ "
+            "(pass a run directory, a training output directory or an export directory)"
+        )
     roots = [export.parent.parent, export.parent, run]  # main-job run dir, then training dir, then the argument
 
     def beside(name: str, file: str) -> str | None:
@@ -72,16 +75,20 @@ def load_parts(parts: Parts) -> Loaded:
 
         tok = TextTokenizer(parts.tokenizer, vocab.n_image_codes)
         if tok.vocab.text_model_sha256 != vocab.text_model_sha256:
-            raise GenerateError(f"{tok.path} is not the tokenizer of {parts.export} (the model's joint vocabulary "
-                                "was built from another SentencePiece model)")
+            raise GenerateError(
+                f"{tok.path} is not the tokenizer of {parts.export} (the model's joint vocabulary "
+                "was built from another SentencePiece model)"
+            )
     vq = None
     if parts.vqvae:
         from jamdata.image.vqvae import load_vqvae
 
         vq = load_vqvae(parts.vqvae)
         if vq.n_embed != vocab.n_image_codes:
-            raise GenerateError(f"{parts.vqvae}: codebook of {vq.n_embed} codes, but the model's vocabulary has "
-                                f"{vocab.n_image_codes} image codes")
+            raise GenerateError(
+                f"{parts.vqvae}: codebook of {vq.n_embed} codes, but the model's vocabulary has "
+                f"{vocab.n_image_codes} image codes"
+            )
     return Loaded(model, vocab, tok, vq, str(parts.export))
 
 
@@ -131,8 +138,14 @@ def decode_image(codes: list[int], loaded: Loaded) -> np.ndarray:
     return to_uint8_image(loaded.vqvae.decode(grid)[0].float().numpy())
 
 
-def generate_sample(loaded: Loaded, out: str | Path, s: Sampling, prompt: str | None = None,
-                    ids: list[int] | None = None, image: bool = False) -> list[Path]:
+def generate_sample(
+    loaded: Loaded,
+    out: str | Path,
+    s: Sampling,
+    prompt: str | None = None,
+    ids: list[int] | None = None,
+    image: bool = False,
+) -> list[Path]:
     """Generate one sample into the directory `out`; returns the files written."""
     from PIL import Image
 
@@ -160,9 +173,16 @@ def generate_sample(loaded: Loaded, out: str | Path, s: Sampling, prompt: str | 
     text = render(prompt_tokens + new, loaded)
     with atomic_write(out / "sample.txt", "w") as f:
         f.write(text + "\n")
-    record = {"mode": "image" if image else "text", "prompt": prompt, "prompt_tokens": prompt_tokens,
-              "tokens": new, "text": text, "images": [p.name for p in files], "sampling": s.to_dict(),
-              "model": loaded.source}
+    record = {
+        "mode": "image" if image else "text",
+        "prompt": prompt,
+        "prompt_tokens": prompt_tokens,
+        "tokens": new,
+        "text": text,
+        "images": [p.name for p in files],
+        "sampling": s.to_dict(),
+        "model": loaded.source,
+    }
     with atomic_write(out / "sample.json", "w") as f:
         json.dump(record, f, indent=1, sort_keys=True)
     return files + [out / "sample.txt", out / "sample.json"]
@@ -180,8 +200,9 @@ def stage_sample(run_dir: str | Path, train_out: str | Path, seed: int = 0) -> l
         loaded = load_parts(find_parts(train_out, _dir(run_dir / "tokenizer"), _dir(run_dir / "vqvae")))
         image = loaded.vqvae is not None and loaded.tokenizer is not None
         ids = None if loaded.tokenizer is not None else [loaded.vocab.bos_id]
-        files = generate_sample(loaded, out, Sampling(seed=seed, top_k=100, max_new_tokens=48),
-                                STAGE_PROMPT, ids, image)
+        files = generate_sample(
+            loaded, out, Sampling(seed=seed, top_k=100, max_new_tokens=48), STAGE_PROMPT, ids, image
+        )
     except (GenerateError, FileNotFoundError, ValueError) as e:
         return [f"no generated sample: {e}"]
     kind = f"picture for {STAGE_PROMPT!r}" if image else "text continuation"

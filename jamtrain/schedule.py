@@ -3,6 +3,7 @@
 A pure function of the optimizer step, so a resumed run gets exactly the same rates; the
 LambdaLR wrapper's state (last step) travels in the DeepSpeed checkpoint.
 """
+
 from __future__ import annotations
 
 import math
@@ -42,6 +43,7 @@ class WarmupDecay:
         return self.min_ratio + (1.0 - self.min_ratio) * shape
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int,
-                    decay: str = "cosine", min_ratio: float = 0.1) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, decay: str = "cosine", min_ratio: float = 0.1
+) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupDecay(warmup_steps, total_steps, decay, min_ratio))

@@ -1,4 +1,5 @@
 """The `train` section as typed settings (`Settings`, `parse_settings`) and the DeepSpeed JSON it names."""
+
 from __future__ import annotations
 
 import json
@@ -13,10 +14,10 @@ from jamtrain.schedule import DECAYS
 REPO = Path(__file__).resolve().parent.parent
 
 
-
 @dataclass(frozen=True)
 class EvalSection:
     """`train.eval`: held-out evaluation during training."""
+
     every: int = setting(0, "steps between evaluations (0: none)", lo=0)
     holdout_fraction: float = setting(0.01, "share of samples held out of training", lo=0, hi=0.5)
     max_samples: int = setting(256, "held-out samples scored per evaluation", lo=1)
@@ -27,6 +28,7 @@ class EvalSection:
 @dataclass(frozen=True)
 class TrainSection:
     """The `train` section (docs/training.md)."""
+
     model: dict = setting({}, "model preset, sizes, fusion and parents (docs/models.md)")
     deepspeed: str = setting("configs/deepspeed-cpu.json", "the DeepSpeed JSON (ZeRO stage, micro-batch, ...)")
     out_dir: str = setting("train", "training directory (relative: under the run directory)")
@@ -113,8 +115,10 @@ class Settings:
         """The loader's handling of damaged shards; evaluation follows it too, so a shard that
         training skipped does not stop the run at its final evaluation."""
         sec = Config(self.loader, "loader")
-        return ShardPolicy(sec.choice("verify", ["sha256", "size", "none"], "sha256"),
-                           sec.choice("on_corrupt", ["skip", "fail"], "skip"))
+        return ShardPolicy(
+            sec.choice("verify", ["sha256", "size", "none"], "sha256"),
+            sec.choice("on_corrupt", ["skip", "fail"], "skip"),
+        )
 
     def eval_sets(self) -> dict[str, tuple[str, Holdout]]:
         sets = {n: (d, self.holdout) for n, d in self.datasets.items() if self.holdout is not None}
@@ -126,9 +130,12 @@ class Settings:
         want = self.micro_batch * world
         got = self.loader.get("global_batch_size")
         if got is not None and got != want:
-            raise ConfigError("loader.global_batch_size", f"is {got}, but the DeepSpeed micro-batch "
-                              f"({self.micro_batch}, {self.deepspeed_path}) x {world} rank(s) = {want}; "
-                              "set one to match the other or leave global_batch_size out")
+            raise ConfigError(
+                "loader.global_batch_size",
+                f"is {got}, but the DeepSpeed micro-batch "
+                f"({self.micro_batch}, {self.deepspeed_path}) x {world} rank(s) = {want}; "
+                "set one to match the other or leave global_batch_size out",
+            )
         return Config({**self.loader, "global_batch_size": want}, "loader")
 
 
@@ -151,8 +158,11 @@ def load_deepspeed_config(path: str) -> dict:
     if "train_micro_batch_size_per_gpu" not in ds:
         raise ConfigError("train.deepspeed", f"{path} must set train_micro_batch_size_per_gpu")
     if "optimizer" in ds or "scheduler" in ds:
-        raise ConfigError("train.deepspeed", f"{path}: remove 'optimizer'/'scheduler'; they come from the train "
-                          "section (AdamW + warm-up/decay), so resume and export see one definition")
+        raise ConfigError(
+            "train.deepspeed",
+            f"{path}: remove 'optimizer'/'scheduler'; they come from the train "
+            "section (AdamW + warm-up/decay), so resume and export see one definition",
+        )
     return ds
 
 
@@ -168,19 +178,42 @@ def parse_settings(cfg: Config, out_dir: str | Path | None = None, run_dir: str 
     ds_path = t.deepspeed
     out = str(out_dir or _resolve(t.out_dir, run_dir))
     if "://" in out:
-        raise ConfigError("train.out_dir", f"{out}: checkpoints need a file system every rank shares (a local, "
-                          "NFS/Lustre or mounted-bucket path), not a URL")
+        raise ConfigError(
+            "train.out_dir",
+            f"{out}: checkpoints need a file system every rank shares (a local, "
+            "NFS/Lustre or mounted-bucket path), not a URL",
+        )
     ev = t.eval
     return Settings(
-        model=t.model, deepspeed=load_deepspeed_config(ds_path), deepspeed_path=ds_path,
-        datasets=dataset_dirs(cfg, run_dir), out_dir=Path(out), loader=cfg.section("loader").to_dict(),
-        steps=t.steps, lr=t.lr, min_lr_ratio=t.min_lr_ratio, warmup_steps=t.warmup_steps, decay=t.decay,
-        weight_decay=t.weight_decay, betas=(float(t.betas[0]), float(t.betas[1])), eps=t.eps,
-        precision=t.precision, seed=cfg.section("run").get("seed", int, default=1234) if t.seed is None else t.seed,
-        log_every=t.log_every, save_every=t.save_every, keep_checkpoints=t.keep_checkpoints,
-        verify_checkpoints=t.verify_checkpoints, eval_every=ev.every, holdout_fraction=ev.holdout_fraction,
-        eval_max_samples=ev.max_samples, eval_batch_size=ev.batch_size,
+        model=t.model,
+        deepspeed=load_deepspeed_config(ds_path),
+        deepspeed_path=ds_path,
+        datasets=dataset_dirs(cfg, run_dir),
+        out_dir=Path(out),
+        loader=cfg.section("loader").to_dict(),
+        steps=t.steps,
+        lr=t.lr,
+        min_lr_ratio=t.min_lr_ratio,
+        warmup_steps=t.warmup_steps,
+        decay=t.decay,
+        weight_decay=t.weight_decay,
+        betas=(float(t.betas[0]), float(t.betas[1])),
+        eps=t.eps,
+        precision=t.precision,
+        seed=cfg.section("run").get("seed", int, default=1234) if t.seed is None else t.seed,
+        log_every=t.log_every,
+        save_every=t.save_every,
+        keep_checkpoints=t.keep_checkpoints,
+        verify_checkpoints=t.verify_checkpoints,
+        eval_every=ev.every,
+        holdout_fraction=ev.holdout_fraction,
+        eval_max_samples=ev.max_samples,
+        eval_batch_size=ev.batch_size,
         eval_datasets={k: _resolve(str(v), run_dir) for k, v in ev.datasets.items()},
-        peak_tflops=t.peak_tflops, num_gpus=t.num_gpus, gpus_per_host=t.gpus_per_host, cpu_shm_comm=t.cpu_shm_comm,
-        cpu_threads=t.cpu_threads, export=t.export,
+        peak_tflops=t.peak_tflops,
+        num_gpus=t.num_gpus,
+        gpus_per_host=t.gpus_per_host,
+        cpu_shm_comm=t.cpu_shm_comm,
+        cpu_threads=t.cpu_threads,
+        export=t.export,
     )

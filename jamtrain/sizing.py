@@ -1,4 +1,5 @@
 """Sizing a run before it starts: FLOPs per token, the per-GPU memory estimate and `--dry-run`."""
+
 from __future__ import annotations
 
 import logging
@@ -11,9 +12,24 @@ from jamdata.config import Config
 from jamtrain.building import count_params, dataset_vocab, default_model_factory, model_for_vocab
 from jamtrain.settings import Settings
 
-MODEL_ARCH_KEYS = ("preset", "n_layers", "d_model", "n_heads", "n_kv_heads", "d_ff", "max_seq_len", "positions",
-                   "activation", "norm", "tie_embeddings", "norm_eps", "norm_bias", "rope_theta", "init_std",
-                   "reset_positions")
+MODEL_ARCH_KEYS = (
+    "preset",
+    "n_layers",
+    "d_model",
+    "n_heads",
+    "n_kv_heads",
+    "d_ff",
+    "max_seq_len",
+    "positions",
+    "activation",
+    "norm",
+    "tie_embeddings",
+    "norm_eps",
+    "norm_bias",
+    "rope_theta",
+    "init_std",
+    "reset_positions",
+)
 
 
 def _model_dims(model_cfg: dict, vocab_size: int) -> tuple[int | None, int | None]:
@@ -33,8 +49,9 @@ def _model_dims(model_cfg: dict, vocab_size: int) -> tuple[int | None, int | Non
     return arch.n_layers, arch.d_model * (2 if fusion == "width" else 1)
 
 
-def flops_per_token(n_params: int, model_cfg: dict, vocab_size: int, seq_len: int,
-                    echo: Callable[[str], None] | None = None) -> float:
+def flops_per_token(
+    n_params: int, model_cfg: dict, vocab_size: int, seq_len: int, echo: Callable[[str], None] | None = None
+) -> float:
     """Training FLOPs per token: 6N plus attention scores 12 x layers x width x seq_len (PaLM, App. B).
     N is the built model's parameter count; layers and width come from the parents' (or the
     saved model's) architecture when the section names them (`with_parent_arch`), else from its
@@ -58,12 +75,23 @@ def check_lengths(s: Settings, vocab_size: int) -> None:
     except Exception:  # checkpoint-based or foreign model sections: the model checks for itself
         return
     if s.seq_len - 1 > limit:
-        raise ConfigError("loader.seq_len", f"{s.seq_len} rows give inputs of {s.seq_len - 1} tokens, more than "
-                          f"train.model.max_seq_len {limit}; lower one or raise the other")
+        raise ConfigError(
+            "loader.seq_len",
+            f"{s.seq_len} rows give inputs of {s.seq_len - 1} tokens, more than "
+            f"train.model.max_seq_len {limit}; lower one or raise the other",
+        )
 
 
-def memory_estimate(n_params: int, zero_stage: int, world: int, micro_batch: int, seq_len: int,
-                    n_layers: int | None, d_model: int | None, bf16: bool = True) -> dict[str, float]:
+def memory_estimate(
+    n_params: int,
+    zero_stage: int,
+    world: int,
+    micro_batch: int,
+    seq_len: int,
+    n_layers: int | None,
+    d_model: int | None,
+    bf16: bool = True,
+) -> dict[str, float]:
     """Bytes per GPU for model states under ZeRO (Rajbhandari et al. 2020: 2 + 2 + 12 bytes per
     parameter with mixed-precision Adam) plus activations with checkpointing per layer."""
     from jamtrain.memory import model_states
@@ -78,8 +106,21 @@ def memory_estimate(n_params: int, zero_stage: int, world: int, micro_batch: int
     return {"weights": w, "grads": g, "optimizer": o, "activations": act, "total": w + g + o + act}
 
 
-PARENT_ARCH_KEYS = ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_ff", "max_seq_len", "positions", "activation",
-                    "norm", "tie_embeddings", "norm_eps", "norm_bias", "rope_theta")
+PARENT_ARCH_KEYS = (
+    "n_layers",
+    "d_model",
+    "n_heads",
+    "n_kv_heads",
+    "d_ff",
+    "max_seq_len",
+    "positions",
+    "activation",
+    "norm",
+    "tie_embeddings",
+    "norm_eps",
+    "norm_bias",
+    "rope_theta",
+)
 
 
 def with_parent_arch(model_cfg: dict, echo: Callable[[str], None]) -> dict:
@@ -96,8 +137,12 @@ def with_parent_arch(model_cfg: dict, echo: Callable[[str], None]) -> dict:
             meta = read_description(cfg["checkpoint"]) or {}
             b = meta.get("config", {}).get("backbone", meta.get("config", {}))
             if meta.get("kind") == "cross":
-                cfg.update(fusion="cross", cross_every=meta["config"]["cross_every"],
-                           cross_heads=meta["config"]["cross_heads"], text_rows=meta["config"]["text_rows"])
+                cfg.update(
+                    fusion="cross",
+                    cross_every=meta["config"]["cross_every"],
+                    cross_heads=meta["config"]["cross_heads"],
+                    text_rows=meta["config"]["text_rows"],
+                )
             cfg.update({k: b[k] for k in PARENT_ARCH_KEYS if k in b and b[k] is not None})
             cfg.pop("preset", None)
             echo(f"architecture from {cfg['checkpoint']}")
@@ -110,14 +155,17 @@ def with_parent_arch(model_cfg: dict, echo: Callable[[str], None]) -> dict:
         try:
             arch = parent_config(str(cfg[key])).to_dict()
         except Exception as e:
-            echo(f"note: parent {cfg[key]} not readable ({type(e).__name__}: {str(e)[:120]}); "
-                 "sized from the config keys")
+            echo(
+                f"note: parent {cfg[key]} not readable ({type(e).__name__}: {str(e)[:120]}); sized from the config keys"
+            )
             continue
         cfg.update({k: arch[k] for k in PARENT_ARCH_KEYS})
         cfg.pop("preset", None)
-        echo(f"architecture from parent {cfg[key]}: {arch['n_layers']} layers x {arch['d_model']}, "
-             f"{arch['n_heads']} heads ({arch['n_kv_heads'] or arch['n_heads']} key/value), {arch['norm']}, "
-             f"{arch['activation']}, {arch['positions']} positions")
+        echo(
+            f"architecture from parent {cfg[key]}: {arch['n_layers']} layers x {arch['d_model']}, "
+            f"{arch['n_heads']} heads ({arch['n_kv_heads'] or arch['n_heads']} key/value), {arch['norm']}, "
+            f"{arch['activation']}, {arch['positions']} positions"
+        )
         break
     return cfg
 
@@ -129,23 +177,33 @@ def model_arch(model_cfg: dict, vocab_size: int):
     from jamtrain.models.fusion import width_config
 
     try:
-        b = backbone_config(Config({k: v for k, v in model_cfg.items() if k in MODEL_ARCH_KEYS}, "train.model"),
-                            vocab_size)
+        b = backbone_config(
+            Config({k: v for k, v in model_cfg.items() if k in MODEL_ARCH_KEYS}, "train.model"), vocab_size
+        )
     except Exception:
         return None
     fusion = model_cfg.get("fusion", "none")
     if fusion == "width":
         b = width_config(b)
     cross = fusion == "cross"
-    return Arch(n_layers=b.n_layers, d_model=b.d_model, d_ff=b.d_ff, kv_dim=b.kv_heads * b.head_dim,
-                vocab=vocab_size, streams=2 if cross else 1,
-                n_cross=b.n_layers // int(model_cfg.get("cross_every", 1)) if cross else 0,
-                swiglu=b.activation == "swiglu", rmsnorm=b.norm == "rmsnorm", rotary=b.positions == "rotary",
-                gqa=b.kv_heads != b.n_heads)
+    return Arch(
+        n_layers=b.n_layers,
+        d_model=b.d_model,
+        d_ff=b.d_ff,
+        kv_dim=b.kv_heads * b.head_dim,
+        vocab=vocab_size,
+        streams=2 if cross else 1,
+        n_cross=b.n_layers // int(model_cfg.get("cross_every", 1)) if cross else 0,
+        swiglu=b.activation == "swiglu",
+        rmsnorm=b.norm == "rmsnorm",
+        rotary=b.positions == "rotary",
+        gqa=b.kv_heads != b.n_heads,
+    )
 
 
-def dry_run(s: Settings, model_factory: Callable | None = None, echo: Callable[[str], None] = print,
-            cpu: bool = False) -> dict:
+def dry_run(
+    s: Settings, model_factory: Callable | None = None, echo: Callable[[str], None] = print, cpu: bool = False
+) -> dict:
     """Size the configured run without data or GPUs: parameters (model built on the meta device,
     architecture from the parents when they can be read), memory per GPU term by term for the
     ZeRO stage with and without activation checkpointing, memory per host, tokens per step, total
@@ -173,7 +231,9 @@ def dry_run(s: Settings, model_factory: Callable | None = None, echo: Callable[[
     arch = model_arch(model_cfg, vocab_size)
     ckpt_on = bool(model_cfg.get("activation_checkpointing", False))
     mem = gpu_memory(n_params, arch, s.zero_stage, world, s.micro_batch, s.seq_len, elt, ckpt_on, s.deepspeed, cpu)
-    other = gpu_memory(n_params, arch, s.zero_stage, world, s.micro_batch, s.seq_len, elt, not ckpt_on, s.deepspeed, cpu)
+    other = gpu_memory(
+        n_params, arch, s.zero_stage, world, s.micro_batch, s.seq_len, elt, not ckpt_on, s.deepspeed, cpu
+    )
     per_host = min(s.gpus_per_host, world)
     host = host_memory(largest, n_params, s.zero_stage, world, per_host)
     eager = host_memory(largest, n_params, s.zero_stage, world, per_host, lazy=False)
@@ -192,8 +252,11 @@ def dry_run(s: Settings, model_factory: Callable | None = None, echo: Callable[[
         f"  with activation checkpointing {'off' if ckpt_on else 'on'}: activations {g(other['activations'])} GiB, "
         f"total {g(other['total'])} GiB",
         f"building per rank on the device: {g(build_dev)} GiB ("
-        + ("partitioned as it is built, deepspeed.zero.Init, one tensor gathered at a time)" if s.zero_stage >= 3
-           else "the whole model in the training dtype)"),
+        + (
+            "partitioned as it is built, deepspeed.zero.Init, one tensor gathered at a time)"
+            if s.zero_stage >= 3
+            else "the whole model in the training dtype)"
+        ),
         f"memory per host ({per_host} ranks): building {g(host['build_per_rank'])} GiB per rank (parents read "
         f"tensor by tensor; {g(eager['build_per_rank'])} GiB with whole parents), checkpoint save "
         f"{g(host['save_per_rank'])} GiB per rank and {g(host['save_rank0'])} GiB on rank 0; peak "
@@ -204,9 +267,17 @@ def dry_run(s: Settings, model_factory: Callable | None = None, echo: Callable[[
     ]
     for line in lines:
         echo(line)
-    return {"params": n_params, "world_size": world, "memory_bytes": mem, "memory_other_checkpointing": other,
-            "host_bytes": host, "build_device_bytes": build_dev, "tokens_per_step": tokens_per_step, "steps": s.steps,
-            "total_tokens": tokens_per_step * s.steps}
+    return {
+        "params": n_params,
+        "world_size": world,
+        "memory_bytes": mem,
+        "memory_other_checkpointing": other,
+        "host_bytes": host,
+        "build_device_bytes": build_dev,
+        "tokens_per_step": tokens_per_step,
+        "steps": s.steps,
+        "total_tokens": tokens_per_step * s.steps,
+    }
 
 
 def model_for_vocab_size(model_cfg: dict, vocab_size: int, datasets: dict[str, str] | None = None) -> dict:

@@ -5,6 +5,7 @@ is ~23% padding, so counting `micro_batch x seq_len` would overstate tokens/s an
 much. Only input positions with a segment id >= 0 count. The peak comes from the device the run
 sees, not from a constant: `train.peak_tflops` overrides it, and without a known device (CPU, an
 unlisted GPU, fp32 training) MFU is reported as not available rather than guessed."""
+
 from __future__ import annotations
 
 import torch
@@ -13,11 +14,11 @@ import torch
 # sheets. Matched against torch.cuda.get_device_name() in order: the first substring that occurs
 # wins, so the more specific names come first.
 PEAK_TFLOPS_BF16: tuple[tuple[str, float], ...] = (
-    ("H200", 989.0),          # H200 SXM (H100 SXM compute, more HBM)
+    ("H200", 989.0),  # H200 SXM (H100 SXM compute, more HBM)
     ("H100 PCIE", 756.0),
     ("H100 NVL", 835.0),
-    ("H100", 989.0),          # H100 SXM5 (80GB HBM3)
-    ("A100", 312.0),          # SXM4 and PCIe alike
+    ("H100", 989.0),  # H100 SXM5 (80GB HBM3)
+    ("A100", 312.0),  # SXM4 and PCIe alike
 )
 
 

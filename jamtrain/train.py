@@ -4,6 +4,7 @@ One code path for a laptop (one plain CPU process, gloo, fp32), `torchrun` / the
 launcher on CPU or GPUs (bf16), from the `train` section of a config and an editable DeepSpeed
 JSON (ZeRO stage, micro-batch, gradient accumulation, clipping). See docs/training.md.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -56,6 +57,7 @@ from jamtrain.throughput import mfu, real_tokens, run_peak
 log = logging.getLogger(__name__)
 FAULT_ENV = "JAMTRAIN_FAULT"  # fault injection for the resume tests: kill-after-step:K | kill-in-save:K
 
+
 def _fault(kind: str, step: int) -> bool:
     spec = os.environ.get(FAULT_ENV, "")
     want, _, at = spec.partition(":")
@@ -89,9 +91,14 @@ class Result:
     seconds: float
 
 
-def train(s: Settings, resume: bool = False, model_factory: Callable | None = None,
-          loader_factory: Callable | None = None, echo: Callable[[str], None] = print,
-          overwrite: bool = False) -> Result:
+def train(
+    s: Settings,
+    resume: bool = False,
+    model_factory: Callable | None = None,
+    loader_factory: Callable | None = None,
+    echo: Callable[[str], None] = print,
+    overwrite: bool = False,
+) -> Result:
     """Run (or continue) training as configured; collective over all ranks. The output directory
     is locked for the run and must hold no other run's outputs unless `resume` continues that run
     or `overwrite` deletes it first (jamtrain.rundir)."""
@@ -102,8 +109,9 @@ def train(s: Settings, resume: bool = False, model_factory: Callable | None = No
         return _run(s, resume, run_id, model_factory, loader_factory, echo, rank, world, t_start)
 
 
-def _claim(owned: contextlib.ExitStack, out_dir: Path, resume: bool, overwrite: bool, rank: int,
-           echo: Callable[[str], None]) -> str:
+def _claim(
+    owned: contextlib.ExitStack, out_dir: Path, resume: bool, overwrite: bool, rank: int, echo: Callable[[str], None]
+) -> str:
     """Rank 0 locks and claims the output directory; every rank gets the run id or the same error."""
     got: list[Any] = [None]
     if rank == 0:
@@ -121,9 +129,17 @@ def _claim(owned: contextlib.ExitStack, out_dir: Path, resume: bool, overwrite: 
     return got[0]
 
 
-def _run(s: Settings, resume: bool, run_id: str, model_factory: Callable | None,
-         loader_factory: Callable | None, echo: Callable[[str], None], rank: int, world: int,
-         t_start: float) -> Result:
+def _run(
+    s: Settings,
+    resume: bool,
+    run_id: str,
+    model_factory: Callable | None,
+    loader_factory: Callable | None,
+    echo: Callable[[str], None],
+    rank: int,
+    world: int,
+    t_start: float,
+) -> Result:
     """The run itself, in a directory this process group owns."""
     import deepspeed
     from deepspeed.accelerator import get_accelerator
@@ -141,9 +157,15 @@ def _run(s: Settings, resume: bool, run_id: str, model_factory: Callable | None,
     torch.manual_seed(s.seed)
     ds_cfg = resolved_ds_config(s, cpu)
     # fused parents: materialised on this rank's device, or under ZeRO-3 partitioned as they are built
-    model = (model_factory or functools.partial(
-        default_model_factory, device=device, dtype=torch_dtype(run_precision(s, cpu)),
-        zero=ds_cfg if s.zero_stage >= 3 else None))(s.model, vocab.size)
+    model = (
+        model_factory
+        or functools.partial(
+            default_model_factory,
+            device=device,
+            dtype=torch_dtype(run_precision(s, cpu)),
+            zero=ds_cfg if s.zero_stage >= 3 else None,
+        )
+    )(s.model, vocab.size)
     n_params = count_params(model)
     if any(hasattr(p, "ds_id") for p in model.parameters()):
         say(f"model built partitioned over {world} rank(s) (ZeRO-3, deepspeed.zero.Init)")
@@ -174,9 +196,11 @@ def _run(s: Settings, resume: bool, run_id: str, model_factory: Callable | None,
     tokens_per_step = s.micro_batch * s.seq_len * s.grad_accum * world
     fpt = flops_per_token(n_params, s.model, vocab.size, s.seq_len, echo=say)  # parents' architecture
     peak, peak_note = run_peak(s.peak_tflops, cpu, run_precision(s, cpu))
-    say(f"model {n_params:,} parameters | {world} rank(s) on {device.type} | ZeRO-{s.zero_stage} | "
+    say(
+        f"model {n_params:,} parameters | {world} rank(s) on {device.type} | ZeRO-{s.zero_stage} | "
         f"micro-batch {s.micro_batch} x accumulation {s.grad_accum} x {world} = {tokens_per_step:,} tokens/step | "
-        f"steps {start + 1}..{s.steps}")
+        f"steps {start + 1}..{s.steps}"
+    )
     say(f"throughput counts real (non-padding) tokens; {fpt:.6g} training FLOPs per token; {peak_note}")
     jlog = JsonLog(out_dir / rundir.LOG if rank == 0 else None)
     losses: dict[int, float] = {}
@@ -193,8 +217,14 @@ def _run(s: Settings, resume: bool, run_id: str, model_factory: Callable | None,
                 tokens = batch["tokens"].to(device).long()  # the loader sends int32 (half the bytes)
                 seg = batch.get("segment_ids")
                 logits = engine(tokens[:, :-1], segment_ids=None if seg is None else seg[:, :-1].to(device))
-                loss, part = masked_loss(logits, tokens, mask_heldout(batch, names, s.holdout), vocab.image_offset,
-                                         batch.get("dataset_index"), len(names))
+                loss, part = masked_loss(
+                    logits,
+                    tokens,
+                    mask_heldout(batch, names, s.holdout),
+                    vocab.image_offset,
+                    batch.get("dataset_index"),
+                    len(names),
+                )
                 engine.backward(loss)
                 engine.step()
                 stats[:-1] += part.to(device)
@@ -249,8 +279,18 @@ def _batches(loader) -> Iterator[dict]:
             raise RuntimeError("the loader yielded no batches (empty datasets?)")
 
 
-def _record(step: int, stats: torch.Tensor, names: list[str], engine, lr: float, dt: float, slots: int,
-            flops_per_token: float, peak: float | None, world: int) -> dict:
+def _record(
+    step: int,
+    stats: torch.Tensor,
+    names: list[str],
+    engine,
+    lr: float,
+    dt: float,
+    slots: int,
+    flops_per_token: float,
+    peak: float | None,
+    world: int,
+) -> dict:
     """One log record; `stats` ends with the step's real input tokens over all ranks, `slots` is
     the input positions the step had room for (their difference is padding)."""
     v = [float(x) for x in stats.cpu()]
@@ -258,8 +298,10 @@ def _record(step: int, stats: torch.Tensor, names: list[str], engine, lr: float,
     rec: dict[str, Any] = {
         "step": step,
         "loss": (v[0] + v[2]) / n if n else 0.0,
-        "loss_text": v[0] / v[1] if v[1] else None, "tokens_text": int(v[1]),
-        "loss_image": v[2] / v[3] if v[3] else None, "tokens_image": int(v[3]),
+        "loss_text": v[0] / v[1] if v[1] else None,
+        "tokens_text": int(v[1]),
+        "loss_image": v[2] / v[3] if v[3] else None,
+        "tokens_image": int(v[3]),
         "lr": lr,
         "grad_norm": _float(engine.get_global_grad_norm()),
         "seconds": dt,
@@ -305,23 +347,58 @@ def _eval_line(step: int, results: dict) -> str:
     return f"validation at step {step}: " + ", ".join(parts)
 
 
-def _save(engine, loader, s: Settings, ckpt_dir: Path, step: int, rank: int, world: int, n_params: int,
-          run_id: str | None = None) -> None:
+def _save(
+    engine,
+    loader,
+    s: Settings,
+    ckpt_dir: Path,
+    step: int,
+    rank: int,
+    world: int,
+    n_params: int,
+    run_id: str | None = None,
+) -> None:
     state = {"loader": loader.state_dict(), "rng": ckpt.rng_state()}
-    meta = {"model": s.model, "params": n_params, "zero_stage": s.zero_stage, "seq_len": s.seq_len,
-            "datasets": s.datasets, "steps": s.steps, "vocab": dataset_vocab(s.datasets).to_dict(),
-            "run_id": run_id}
+    meta = {
+        "model": s.model,
+        "params": n_params,
+        "zero_stage": s.zero_stage,
+        "seq_len": s.seq_len,
+        "datasets": s.datasets,
+        "steps": s.steps,
+        "vocab": dataset_vocab(s.datasets).to_dict(),
+        "run_id": run_id,
+    }
     kill = _fault("kill-in-save", step)
-    ckpt.save(engine, ckpt_dir, step, rank, world, state, meta, s.keep_checkpoints,
-              hash_files=s.verify_checkpoints == "sha256",
-              before_seal=(lambda: os.kill(os.getpid(), signal.SIGKILL)) if kill else None)
+    ckpt.save(
+        engine,
+        ckpt_dir,
+        step,
+        rank,
+        world,
+        state,
+        meta,
+        s.keep_checkpoints,
+        hash_files=s.verify_checkpoints == "sha256",
+        before_seal=(lambda: os.kill(os.getpid(), signal.SIGKILL)) if kill else None,
+    )
 
 
 def _evaluate(engine, s: Settings, vocab: JointVocab, device, rank: int, world: int) -> dict:
     engine.eval()
     try:
-        return evaluate(engine.module, s.eval_sets(), vocab, s.seq_len, s.eval_batch_size, s.eval_max_samples,
-                        device, rank, world, s.shard_policy)
+        return evaluate(
+            engine.module,
+            s.eval_sets(),
+            vocab,
+            s.seq_len,
+            s.eval_batch_size,
+            s.eval_max_samples,
+            device,
+            rank,
+            world,
+            s.shard_policy,
+        )
     finally:
         engine.train()
 
@@ -340,9 +417,13 @@ def run_stage(ctx) -> list[str]:
     )
 
     cfg = ctx.config
-    if "://" in str(ctx.run_dir) and not str(ctx.run_dir).startswith("file://"):  # s3://, gs://: DeepSpeed writes local files
-        return [f"skipped: the CPU smoke run needs a local run directory, not {ctx.run_dir}; "
-                "train on GPUs with `jamtrain train --config ...` (docs/training.md)"]
+    if "://" in str(ctx.run_dir) and not str(ctx.run_dir).startswith(
+        "file://"
+    ):  # s3://, gs://: DeepSpeed writes local files
+        return [
+            f"skipped: the CPU smoke run needs a local run directory, not {ctx.run_dir}; "
+            "train on GPUs with `jamtrain train --config ...` (docs/training.md)"
+        ]
     s = parse_settings(cfg, out_dir=ctx.path("train"), run_dir=ctx.run_dir)  # local from here on
     notes = []
     missing = [n for n, d in s.datasets.items() if not is_complete(d)]
@@ -366,15 +447,33 @@ def run_stage(ctx) -> list[str]:
         result = train(s)
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
-        files = [str(p.relative_to(out)) for p in sorted(out.rglob("*"))
-                 if p.is_file() and not p.name.startswith(".") and "checkpoints" not in p.parts]
-        summary = {"first_loss": result.first_loss, "last_loss": result.last_loss, "steps": s.steps,
-                   "params": result.params, "eval": result.eval}
-        write_manifest(str(out), build_manifest("checkpoint", [describe_shard(str(out), f) for f in files],
-                                                cfg.section("train").to_dict(), dataset_vocab(s.datasets), summary,
-                                                list(s.datasets.values())))
-    lines = notes + [f"{result.params:,}-parameter model, {s.steps} steps on {', '.join(s.datasets)}: "
-                     f"loss {result.first_loss:.3f} -> {result.last_loss:.3f} ({result.seconds:.0f}s)"]
+        files = [
+            str(p.relative_to(out))
+            for p in sorted(out.rglob("*"))
+            if p.is_file() and not p.name.startswith(".") and "checkpoints" not in p.parts
+        ]
+        summary = {
+            "first_loss": result.first_loss,
+            "last_loss": result.last_loss,
+            "steps": s.steps,
+            "params": result.params,
+            "eval": result.eval,
+        }
+        write_manifest(
+            str(out),
+            build_manifest(
+                "checkpoint",
+                [describe_shard(str(out), f) for f in files],
+                cfg.section("train").to_dict(),
+                dataset_vocab(s.datasets),
+                summary,
+                list(s.datasets.values()),
+            ),
+        )
+    lines = notes + [
+        f"{result.params:,}-parameter model, {s.steps} steps on {', '.join(s.datasets)}: "
+        f"loss {result.first_loss:.3f} -> {result.last_loss:.3f} ({result.seconds:.0f}s)"
+    ]
     for name, r in result.eval.items():
         if r["ppl"] is not None:
             lines.append(f"validation perplexity {name}: {r['ppl']:.2f} over {r['tokens']} held-out tokens")
@@ -389,9 +488,13 @@ def stage_settings(ctx: StageContext) -> dict:
     from jamdata.settings import load_settings
     from jamtrain.settings import TrainSection
 
-    return {"seed": ctx.seed, "loader": loader_settings(ctx.config.section("loader")),
-            "train": load_settings(TrainSection, ctx.config.section("train"))}
+    return {
+        "seed": ctx.seed,
+        "loader": loader_settings(ctx.config.section("loader")),
+        "train": load_settings(TrainSection, ctx.config.section("train")),
+    }
 
 
-STAGE = Stage("train", run_stage, outputs=("train",), inputs=("text-tokens", "image-caption", "instruct"),
-              settings=stage_settings)
+STAGE = Stage(
+    "train", run_stage, outputs=("train",), inputs=("text-tokens", "image-caption", "instruct"), settings=stage_settings
+)

@@ -1,6 +1,7 @@
 """Input of the tokenizer and text-sample stages: a "documents" dataset (the text-clean stage's
 output, or any dataset of the same schema), read from its manifest, one parquet row group at a time.
 """
+
 from __future__ import annotations
 
 import posixpath
@@ -49,7 +50,9 @@ def row_groups(path: str) -> int:
 def read_texts(path: str, row_group: int | None = None, columns=("id", "text")) -> pa.Table:
     with open_url(path, "rb") as f:
         pf = pq.ParquetFile(f)
-        return pf.read(columns=list(columns)) if row_group is None else pf.read_row_group(row_group, columns=list(columns))
+        return (
+            pf.read(columns=list(columns)) if row_group is None else pf.read_row_group(row_group, columns=list(columns))
+        )
 
 
 def text_bytes_estimate(path: str) -> int:

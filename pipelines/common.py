@@ -4,6 +4,7 @@ Determinism: records are assigned to shards by a stable hash of their key, and e
 written from its records sorted by key, so output bytes do not depend on the runner, the number
 of workers or the input order.
 """
+
 from __future__ import annotations
 
 import logging
@@ -17,6 +18,7 @@ from jamdata.io import atomic_write, stable_hash
 from jamdata.manifest import build_manifest, describe_shard, write_manifest
 from jamdata.vocab import JointVocab
 from schemas.records import to_table
+
 
 def _not_a_user_error(record: logging.LogRecord) -> bool:
     """Beam logs every exception raised in a DoFn with its traceback before re-raising it; for the
@@ -68,8 +70,15 @@ class WriteShards(beam.PTransform):
     the pipeline (e.g. from the data's size), which then decides per group (missing: one bucket).
     Keys must be unique (they define the order in a shard)."""
 
-    def __init__(self, out_dir: str, write_fn: ShardWriteFn, num_shards: int = 1,
-                 group_of: Callable[[Any], str] | None = None, seed: int = 0, shards_of=None):
+    def __init__(
+        self,
+        out_dir: str,
+        write_fn: ShardWriteFn,
+        num_shards: int = 1,
+        group_of: Callable[[Any], str] | None = None,
+        seed: int = 0,
+        shards_of=None,
+    ):
         super().__init__()
         self.out_dir, self.write_fn, self.num_shards = str(out_dir), write_fn, num_shards
         self.group_of, self.seed, self.shards_of = group_of, seed, shards_of
@@ -84,10 +93,12 @@ class WriteShards(beam.PTransform):
             return (group, stable_hash(key, seed=seed) % buckets), (key, record)
 
         side = () if self.shards_of is None else (beam.pvalue.AsDict(self.shards_of),)
-        return (pcoll
-                | "AssignShard" >> beam.Map(assign, *side)
-                | "GroupShard" >> beam.GroupByKey()
-                | "WriteShard" >> beam.ParDo(_WriteGroup(self.out_dir, self.write_fn)))
+        return (
+            pcoll
+            | "AssignShard" >> beam.Map(assign, *side)
+            | "GroupShard" >> beam.GroupByKey()
+            | "WriteShard" >> beam.ParDo(_WriteGroup(self.out_dir, self.write_fn))
+        )
 
 
 class ShardsFromBytes(beam.PTransform):
@@ -101,10 +112,12 @@ class ShardsFromBytes(beam.PTransform):
 
     def expand(self, records):
         per, size_of, group_of = self.shard_bytes, self.size_of, self.group_of
-        return (records
-                | "Size" >> beam.Map(lambda r: (group_of(r), size_of(r)))
-                | "SumSize" >> beam.CombinePerKey(sum)
-                | "Count" >> beam.Map(lambda kv: (kv[0], max(1, -(-kv[1] // per)))))
+        return (
+            records
+            | "Size" >> beam.Map(lambda r: (group_of(r), size_of(r)))
+            | "SumSize" >> beam.CombinePerKey(sum)
+            | "Count" >> beam.Map(lambda kv: (kv[0], max(1, -(-kv[1] // per))))
+        )
 
 
 class WriteManifest(beam.PTransform):
@@ -112,8 +125,15 @@ class WriteManifest(beam.PTransform):
 
     `summarize(shards)` may add kind-specific figures (computed from the per-shard summaries)."""
 
-    def __init__(self, out_dir: str, kind: str, config: dict, vocab: JointVocab | None = None,
-                 summarize: Callable[[list[dict]], dict] | None = None, inputs: Iterable[str] = ()):
+    def __init__(
+        self,
+        out_dir: str,
+        kind: str,
+        config: dict,
+        vocab: JointVocab | None = None,
+        summarize: Callable[[list[dict]], dict] | None = None,
+        inputs: Iterable[str] = (),
+    ):
         super().__init__()
         self.out_dir, self.kind, self.config, self.vocab = str(out_dir), kind, config, vocab
         self.summarize, self.inputs = summarize, list(inputs)
@@ -124,6 +144,4 @@ class WriteManifest(beam.PTransform):
             manifest = build_manifest(self.kind, shards, self.config, self.vocab, summary, self.inputs)
             return write_manifest(self.out_dir, manifest)
 
-        return (shard_infos
-                | "CollectShards" >> beam.combiners.ToList()
-                | "WriteManifest" >> beam.Map(write))
+        return shard_infos | "CollectShards" >> beam.combiners.ToList() | "WriteManifest" >> beam.Map(write)

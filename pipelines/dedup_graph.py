@@ -8,6 +8,7 @@
   Beyond"), each a `WithSummary` over node neighbourhoods, then a check that every component has
   become a star around its minimum.
 """
+
 from __future__ import annotations
 
 import logging
@@ -114,13 +115,18 @@ class WithSummary(beam.PTransform):
         limit, op = self.max_group, self.op
         summaries = kvs | "Summarise" >> beam.CombinePerKey(_Counted(self.summary))
         hot = summaries | "HotKeys" >> beam.FlatMap(
-            lambda kv: [(kv[0], -(-kv[1][0] // limit))] if kv[1][0] > limit else [])
+            lambda kv: [(kv[0], -(-kv[1][0] // limit))] if kv[1][0] > limit else []
+        )
         split = beam.pvalue.AsDict(hot)
-        return ((summaries | "SummaryPerSlice" >> beam.FlatMap(_replicated, split, op.min_count),
-                 kvs | "SliceValues" >> beam.Map(_sliced, split, op.salt_of))
-                | "Both" >> beam.Flatten()
-                | "GroupSlices" >> beam.GroupByKey()
-                | "Apply" >> beam.FlatMap(apply_group, op))
+        return (
+            (
+                summaries | "SummaryPerSlice" >> beam.FlatMap(_replicated, split, op.min_count),
+                kvs | "SliceValues" >> beam.Map(_sliced, split, op.salt_of),
+            )
+            | "Both" >> beam.Flatten()
+            | "GroupSlices" >> beam.GroupByKey()
+            | "Apply" >> beam.FlatMap(apply_group, op)
+        )
 
 
 class Min(beam.CombineFn):
@@ -181,9 +187,11 @@ class _StarState(beam.CombineFn):
 
 def _check(n_unsettled: int, rounds: int, mode: str):
     if n_unsettled:
-        msg = (f"connected components did not converge in {rounds} large-star/small-star rounds: "
-               f"{n_unsettled} nodes are not yet attached to their component's smallest key; "
-               f"raise text.clean.dedup.cc_rounds")
+        msg = (
+            f"connected components did not converge in {rounds} large-star/small-star rounds: "
+            f"{n_unsettled} nodes are not yet attached to their component's smallest key; "
+            f"raise text.clean.dedup.cc_rounds"
+        )
         if mode == "error":
             raise RuntimeError(msg)
         log.warning("%s (some near-duplicate clusters keep more than one document)", msg)
@@ -208,16 +216,22 @@ class ConnectedComponents(beam.PTransform):
     def expand(self, edges):
         edges = edges | "Order" >> beam.FlatMap(lambda e: [(min(e), max(e))] if e[0] != e[1] else [])
         for r in range(self.rounds):
-            edges = (edges
-                     | f"BothWays{r}" >> beam.FlatMap(lambda e: [e, (e[1], e[0])])
-                     | f"LargeStar{r}" >> WithSummary(Min(), _LargeStar(), self.max_group)
-                     | f"AtLarger{r}" >> beam.Map(lambda e: (e[1], e[0]))
-                     | f"SmallStar{r}" >> WithSummary(Min(), _SmallStar(), self.max_group))
-        states = (edges
-                  | "Ends" >> beam.FlatMap(lambda e: [(e[0], (True, ())), (e[1], (False, (e[0],)))])
-                  | "NodeState" >> beam.CombinePerKey(_StarState()))
-        _ = (states
-             | "Unsettled" >> beam.Map(lambda kv: int(unsettled(kv[1])))
-             | "CountUnsettled" >> beam.CombineGlobally(sum)
-             | "CheckConverged" >> beam.Map(_check, self.rounds, self.mode))
+            edges = (
+                edges
+                | f"BothWays{r}" >> beam.FlatMap(lambda e: [e, (e[1], e[0])])
+                | f"LargeStar{r}" >> WithSummary(Min(), _LargeStar(), self.max_group)
+                | f"AtLarger{r}" >> beam.Map(lambda e: (e[1], e[0]))
+                | f"SmallStar{r}" >> WithSummary(Min(), _SmallStar(), self.max_group)
+            )
+        states = (
+            edges
+            | "Ends" >> beam.FlatMap(lambda e: [(e[0], (True, ())), (e[1], (False, (e[0],)))])
+            | "NodeState" >> beam.CombinePerKey(_StarState())
+        )
+        _ = (
+            states
+            | "Unsettled" >> beam.Map(lambda kv: int(unsettled(kv[1])))
+            | "CountUnsettled" >> beam.CombineGlobally(sum)
+            | "CheckConverged" >> beam.Map(_check, self.rounds, self.mode)
+        )
         return states | "Representative" >> beam.FlatMap(lambda kv: [(kv[0], kv[1][1][0])] if kv[1][1] else [])

@@ -1,5 +1,6 @@
 """What the images stage writes: webdataset tars of samples, reject parquet, and the figures their
 manifests carry (codebook histogram, orders, and the fp16/bf16 check against fp32)."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -38,8 +39,13 @@ def tar_writer(n_codes: int):
                 orders[f["json"]["order"]] += 1
                 if r.get("check") is not None:
                     checked = [checked[0] + 1, checked[1] + r["check"][0], checked[2] + r["check"][1]]
-        summary = {"image_tokens": image_tokens, "caption_tokens": caption_tokens, "orders": dict(orders),
-                   "codebook_hist": hist.tolist(), "precision_check": checked}
+        summary = {
+            "image_tokens": image_tokens,
+            "caption_tokens": caption_tokens,
+            "orders": dict(orders),
+            "codebook_hist": hist.tolist(),
+            "precision_check": checked,
+        }
         return [describe_shard(out_dir, rel, records=len(records), tokens=tokens, summary=summary).to_dict()]
 
     return write
@@ -54,9 +60,16 @@ def precision_summary(checked: list[int], precision: str, bound: float) -> dict:
         raise CodeMismatchError(
             f"images.precision {precision}: {differ} of {codes} codes ({rate:.2%}) in {images} images checked "
             f"against fp32 differ, more than images.max_code_mismatch {bound:.2%}; use precision fp32 "
-            "(or bf16 instead of fp16), or raise the bound")
-    return {"precision": precision, "checked_images": images, "checked_codes": codes, "differing_codes": differ,
-            "differing_rate": round(rate, 6), "bound": bound}
+            "(or bf16 instead of fp16), or raise the bound"
+        )
+    return {
+        "precision": precision,
+        "checked_images": images,
+        "checked_codes": codes,
+        "differing_codes": differ,
+        "differing_rate": round(rate, 6),
+        "bound": bound,
+    }
 
 
 def summarize_samples(extra: dict, n_codes: int, precision: str = "fp32", bound: float = 1.0):
@@ -76,12 +89,18 @@ def summarize_samples(extra: dict, n_codes: int, precision: str = "fp32", bound:
         used = int((hist > 0).sum())
         p = hist / max(1, hist.sum())
         ppl = float(np.exp(-(p[p > 0] * np.log(p[p > 0])).sum())) if hist.sum() else 0.0
-        return {**extra, "samples": int(sum(s.get("records") or 0 for s in shards)),
-                "tokens": int(sum(s.get("tokens") or 0 for s in shards)), "image_tokens": image_tokens,
-                "caption_tokens": caption_tokens, "orders": dict(sorted(orders.items())),
-                "codes_used": used, "codebook_perplexity": round(ppl, 2),
-                "precision_check": precision_summary(checked, precision, bound),
-                "codebook_histogram": hist.tolist()}
+        return {
+            **extra,
+            "samples": int(sum(s.get("records") or 0 for s in shards)),
+            "tokens": int(sum(s.get("tokens") or 0 for s in shards)),
+            "image_tokens": image_tokens,
+            "caption_tokens": caption_tokens,
+            "orders": dict(sorted(orders.items())),
+            "codes_used": used,
+            "codebook_perplexity": round(ppl, 2),
+            "precision_check": precision_summary(checked, precision, bound),
+            "codebook_histogram": hist.tolist(),
+        }
 
     return summarize
 

@@ -15,6 +15,7 @@ Only codes, caption ids and metadata are shuffled, never image bytes, and no ste
 one batch of decoded images. Every batch is padded to images.batch_size, so an image's codes do
 not depend on its batch-mates: outputs are identical for any worker count, runner and bundling.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -107,6 +108,7 @@ class Item:
     """One input sample after preprocessing: what crosses the shuffle (no pixels, no image bytes).
     A sample that cannot be used still travels as a stub with its `reject`, because it holds
     its key against later duplicates exactly like a good one."""
+
     key: str
     original_key: str
     file: str
@@ -117,7 +119,7 @@ class Item:
     height: int = 0
     caption_ids: tuple[int, ...] = ()
     codes: np.ndarray | None = None
-    check: tuple[int, int] | None = None   # (codes checked against fp32, codes that differ)
+    check: tuple[int, int] | None = None  # (codes checked against fp32, codes that differ)
     reject: tuple[str, str] | None = None  # (reason, detail)
 
 
@@ -145,14 +147,26 @@ class _Prepare(beam.DoFn):
             yield beam.pvalue.TaggedOutput("stubs", _stub(rec, "empty_caption", "no caption text"))
             return
         try:
-            arr, info = preprocess_image(rec.image or b"", self.resolution, s.min_size, s.max_aspect,
-                                         s.max_pixels, s.jpeg_draft)
+            arr, info = preprocess_image(
+                rec.image or b"", self.resolution, s.min_size, s.max_aspect, s.max_pixels, s.jpeg_draft
+            )
         except ImageRejected as e:
             yield beam.pvalue.TaggedOutput("stubs", _stub(rec, e.reason, e.detail))
             return
-        check = s.precision != "fp32" and stable_hash("precision-check", rec.key, seed=s.seed) < s.check_fraction * 2.0 ** 64
-        item = Item(rec.key, rec.original_key, rec.file, rec.offset, caption, rec.meta.get("url"),
-                    info["width"], info["height"], tuple(self.tok.encode(caption)))
+        check = (
+            s.precision != "fp32" and stable_hash("precision-check", rec.key, seed=s.seed) < s.check_fraction * 2.0**64
+        )
+        item = Item(
+            rec.key,
+            rec.original_key,
+            rec.file,
+            rec.offset,
+            caption,
+            rec.meta.get("url"),
+            info["width"],
+            info["height"],
+            tuple(self.tok.encode(caption)),
+        )
         yield item, (arr, check)
 
 
@@ -175,14 +189,24 @@ class _Resolve(beam.DoFn):
         _, items = element
         for item, holder in assign_keys(items):
             if holder is not None:
-                yield beam.pvalue.TaggedOutput("rejects", _reject(
-                    item, "duplicate_key", f"key {item.key!r} already taken by {holder.file} offset {holder.offset}"))
+                yield beam.pvalue.TaggedOutput(
+                    "rejects",
+                    _reject(
+                        item, "duplicate_key", f"key {item.key!r} already taken by {holder.file} offset {holder.offset}"
+                    ),
+                )
             elif item.reject is not None:
                 yield beam.pvalue.TaggedOutput("rejects", _reject(item, *item.reject))
             else:
                 order = choose_order(item.key, self.s.seed, self.s.image_first_ratio)
-                meta = {"caption": item.caption, "url": item.url, "width": item.width, "height": item.height,
-                        "original_key": item.original_key, "source": Path(item.file).name}
+                meta = {
+                    "caption": item.caption,
+                    "url": item.url,
+                    "width": item.width,
+                    "height": item.height,
+                    "original_key": item.original_key,
+                    "source": Path(item.file).name,
+                }
                 fields = sample_fields(meta, item.codes, list(item.caption_ids), self.vocab, order)
                 yield item.key, {"key": item.key, "fields": fields, "check": item.check}
 
@@ -200,9 +224,10 @@ def check_vocab_against(tokenizer: str, vocab) -> None:
         from jamdata.vocab import rebuild_advice
 
         built = (read_manifest(tokenizer).get("vocab") or {}).get("n_image_codes")
-        raise VocabMismatchError(f"{tokenizer} has joint vocabulary {fp} but text tokenizer + {vocab.n_image_codes} "
-                                 f"image codes give {vocab.fingerprint}: "
-                                 + rebuild_advice(tokenizer, built, vocab.n_image_codes))
+        raise VocabMismatchError(
+            f"{tokenizer} has joint vocabulary {fp} but text tokenizer + {vocab.n_image_codes} "
+            f"image codes give {vocab.fingerprint}: " + rebuild_advice(tokenizer, built, vocab.n_image_codes)
+        )
 
 
 def encode_handler(vqvae_dir: str, s: ImageSettings):
@@ -211,14 +236,30 @@ def encode_handler(vqvae_dir: str, s: ImageSettings):
 
     from jamdata.image.inference import VQEncodeHandler
 
-    return KeyedModelHandler(VQEncodeHandler(vqvae_dir, batch_size=s.batch_size, device=s.device,
-                                             precision=s.precision, verify=s.verify,
-                                             torch_threads=s.torch_threads, channels_last=s.channels_last))
+    return KeyedModelHandler(
+        VQEncodeHandler(
+            vqvae_dir,
+            batch_size=s.batch_size,
+            device=s.device,
+            precision=s.precision,
+            verify=s.verify,
+            torch_threads=s.torch_threads,
+            channels_last=s.channels_last,
+        )
+    )
 
 
-def tokenize_images(inputs: Iterable[str], out: str, rejects_out: str, vqvae_dir: str, tokenizer: str,
-                    settings: ImageSettings, workers: int = 1, beam_args: Iterable[str] = (),
-                    config: dict | None = None) -> dict:
+def tokenize_images(
+    inputs: Iterable[str],
+    out: str,
+    rejects_out: str,
+    vqvae_dir: str,
+    tokenizer: str,
+    settings: ImageSettings,
+    workers: int = 1,
+    beam_args: Iterable[str] = (),
+    config: dict | None = None,
+) -> dict:
     """Run the pipeline; returns the image-caption manifest summary."""
     from apache_beam.ml.inference.base import RunInference
 
@@ -233,40 +274,69 @@ def tokenize_images(inputs: Iterable[str], out: str, rejects_out: str, vqvae_dir
     check_vocab_against(tokenizer, vocab)
     resolution = settings.resolution or model.resolution
     if resolution % model.downsample_factor:
-        raise ConfigError("images.resolution", f"{resolution} is not a multiple of the VQ-VAE's "
-                          f"downsampling factor {model.downsample_factor}")
+        raise ConfigError(
+            "images.resolution",
+            f"{resolution} is not a multiple of the VQ-VAE's downsampling factor {model.downsample_factor}",
+        )
     fs, local = fs_and_path(vqvae_dir)
     ckpt = join(vqvae_dir, "vqvae.ckpt") if fs.isdir(local) else vqvae_dir
-    extra = {"vqvae": vqvae_dir, "vqvae_sha256": sha256_file(ckpt),
-             "vqvae_params": model.params, "resolution": resolution,
-             "grid": list(model.grid(resolution)), "tokenizer": str(tokenizer)}
+    extra = {
+        "vqvae": vqvae_dir,
+        "vqvae_sha256": sha256_file(ckpt),
+        "vqvae_params": model.params,
+        "resolution": resolution,
+        "grid": list(model.grid(resolution)),
+        "tokenizer": str(tokenizer),
+    }
     cfg = {"images": dict(config or {}), "settings": {**settings.__dict__, "inputs": files}}
     n_codes = model.n_embed
     del model
     s, seed = settings, settings.seed
     with output_dir(out) as out_p, output_dir(rejects_out) as rej_p:
         with progress.Pipeline("images", options=pipeline_options(workers, list(beam_args))) as p:
-            read = (p | "Files" >> beam.Create(files) | "SpreadFiles" >> beam.Reshuffle()
-                    | "Read" >> beam.ParDo(_ReadSource(s.fields, s.input_policy(), s.max_caption_chars))
-                    .with_outputs("rejects", main="records"))
-            prepared = (read.records
-                        | "Prepare" >> beam.ParDo(_Prepare(str(tokenizer), n_codes, resolution, s))
-                        .with_outputs("stubs", main="images"))
-            encoded = (prepared.images
-                       | "Encode" >> RunInference(encode_handler(str(vqvae_dir), s))
-                       | "Codes" >> beam.Map(_encoded))
-            resolved = ((encoded, prepared.stubs) | "AllItems" >> beam.Flatten()
-                        | "ByKey" >> beam.Map(lambda it: (it.key, it))
-                        | "GroupByKey" >> beam.GroupByKey()
-                        | "Resolve" >> beam.ParDo(_Resolve(vocab, s)).with_outputs("rejects", main="samples"))
-            (resolved.samples
-             | "WriteTars" >> WriteShards(str(out_p), tar_writer(n_codes), s.num_shards, seed=seed)
-             | "ManifestTars" >> WriteManifest(str(out_p), "image_caption", cfg, vocab,
-                                               summarize_samples(extra, n_codes, s.precision, s.max_code_mismatch),
-                                               files))
-            ((read.rejects, resolved.rejects) | "AllRejects" >> beam.Flatten()
-             | "WriteRejects" >> WriteShards(str(rej_p), reject_writer(), 1, seed=seed)
-             | "ManifestRejects" >> WriteManifest(str(rej_p), "rejects", cfg, None, summarize_rejects, files))
+            read = (
+                p
+                | "Files" >> beam.Create(files)
+                | "SpreadFiles" >> beam.Reshuffle()
+                | "Read"
+                >> beam.ParDo(_ReadSource(s.fields, s.input_policy(), s.max_caption_chars)).with_outputs(
+                    "rejects", main="records"
+                )
+            )
+            prepared = read.records | "Prepare" >> beam.ParDo(
+                _Prepare(str(tokenizer), n_codes, resolution, s)
+            ).with_outputs("stubs", main="images")
+            encoded = (
+                prepared.images
+                | "Encode" >> RunInference(encode_handler(str(vqvae_dir), s))
+                | "Codes" >> beam.Map(_encoded)
+            )
+            resolved = (
+                (encoded, prepared.stubs)
+                | "AllItems" >> beam.Flatten()
+                | "ByKey" >> beam.Map(lambda it: (it.key, it))
+                | "GroupByKey" >> beam.GroupByKey()
+                | "Resolve" >> beam.ParDo(_Resolve(vocab, s)).with_outputs("rejects", main="samples")
+            )
+            (
+                resolved.samples
+                | "WriteTars" >> WriteShards(str(out_p), tar_writer(n_codes), s.num_shards, seed=seed)
+                | "ManifestTars"
+                >> WriteManifest(
+                    str(out_p),
+                    "image_caption",
+                    cfg,
+                    vocab,
+                    summarize_samples(extra, n_codes, s.precision, s.max_code_mismatch),
+                    files,
+                )
+            )
+            (
+                (read.rejects, resolved.rejects)
+                | "AllRejects" >> beam.Flatten()
+                | "WriteRejects" >> WriteShards(str(rej_p), reject_writer(), 1, seed=seed)
+                | "ManifestRejects" >> WriteManifest(str(rej_p), "rejects", cfg, None, summarize_rejects, files)
+            )
     return read_manifest(out)["summary"] | {"rejects": read_manifest(rejects_out)["summary"]}
 
 
@@ -276,12 +346,28 @@ def run_stage(ctx: StageContext) -> list[str]:
     if not settings.inputs:
         raise ConfigError("images.inputs", "missing (image-caption tars, jsonl or parquet files)")
     out, rej = str(ctx.path("image-caption")), str(ctx.path("image-caption-rejects"))
-    s = tokenize_images(settings.inputs, out, rej, str(ctx.path("vqvae")), str(ctx.path("tokenizer")), settings,
-                        ctx.workers, ctx.beam_args, ctx.config.section("images").to_dict())
-    return [f"{s['samples']} samples, {s['tokens']} tokens ({s['image_tokens']} image, {s['caption_tokens']} caption), "
-            f"{s['codes_used']} codes used -> {out}",
-            f"{s['rejects']['rejects']} rejected {s['rejects']['reasons']} -> {rej}"]
+    s = tokenize_images(
+        settings.inputs,
+        out,
+        rej,
+        str(ctx.path("vqvae")),
+        str(ctx.path("tokenizer")),
+        settings,
+        ctx.workers,
+        ctx.beam_args,
+        ctx.config.section("images").to_dict(),
+    )
+    return [
+        f"{s['samples']} samples, {s['tokens']} tokens ({s['image_tokens']} image, {s['caption_tokens']} caption), "
+        f"{s['codes_used']} codes used -> {out}",
+        f"{s['rejects']['rejects']} rejected {s['rejects']['reasons']} -> {rej}",
+    ]
 
 
-STAGE = Stage("images", run_stage, outputs=("image-caption", "image-caption-rejects"), inputs=("tokenizer", "vqvae"),
-              settings=lambda ctx: ImageSettings.from_config(ctx.config, ctx.seed))
+STAGE = Stage(
+    "images",
+    run_stage,
+    outputs=("image-caption", "image-caption-rejects"),
+    inputs=("tokenizer", "vqvae"),
+    settings=lambda ctx: ImageSettings.from_config(ctx.config, ctx.seed),
+)

@@ -3,6 +3,7 @@
 
 The logic lives in jamdata.interleaved.build; this module only distributes it.
 """
+
 from __future__ import annotations
 
 import json
@@ -52,9 +53,16 @@ def _first_of_key(kv):
     docs = sorted(docs, key=lambda d: (d.file, d.offset or 0))
     yield docs[0]
     for d in docs[1:]:
-        yield beam.pvalue.TaggedOutput("reject", reject(f"{key}@{Path(d.file).name}:{d.offset}", d.source,
-                                                        f"duplicate key {key!r} (first seen in {docs[0].file} "
-                                                        f"at {docs[0].offset})", file=d.file, offset=d.offset))
+        yield beam.pvalue.TaggedOutput(
+            "reject",
+            reject(
+                f"{key}@{Path(d.file).name}:{d.offset}",
+                d.source,
+                f"duplicate key {key!r} (first seen in {docs[0].file} at {docs[0].offset})",
+                file=d.file,
+                offset=d.offset,
+            ),
+        )
 
 
 class _Build(beam.DoFn):
@@ -68,8 +76,7 @@ class _Build(beam.DoFn):
         tok = TextTokenizer(self.tokenizer, self.n_image_codes)
         vocab = load_vocab(self.tokenizer, self.n_image_codes)
         enc = VQEncoder(self.vqvae, verify=self.spec.verify)
-        self.builder = SampleBuilder(self.spec, vocab, tok.encode, enc,
-                                     self.spec.image_resolution or enc.resolution)
+        self.builder = SampleBuilder(self.spec, vocab, tok.encode, enc, self.spec.image_resolution or enc.resolution)
 
     def process(self, doc):
         sample, rejects = self.builder.build(doc)
@@ -110,8 +117,16 @@ def summarize_rejects(shards: list[dict]) -> dict:
     return {"records": sum(s.get("records") or 0 for s in shards)}
 
 
-def build(spec: BuildSpec, out: str, rejects_out: str, tokenizer: str, vqvae: str, n_image_codes: int,
-          workers: int = 1, beam_args: list[str] | None = None) -> dict:
+def build(
+    spec: BuildSpec,
+    out: str,
+    rejects_out: str,
+    tokenizer: str,
+    vqvae: str,
+    n_image_codes: int,
+    workers: int = 1,
+    beam_args: list[str] | None = None,
+) -> dict:
     """Run the pipeline; returns the samples manifest."""
     from jamdata.interleaved.images import VQEncoder
     from jamdata.vocab import VocabMismatchError
@@ -123,31 +138,60 @@ def build(spec: BuildSpec, out: str, rejects_out: str, tokenizer: str, vqvae: st
     if codes != vocab.n_image_codes:
         from jamdata.vocab import rebuild_advice
 
-        raise VocabMismatchError(f"the VQ-VAE {vqvae} has {codes} codes but the joint vocabulary expects "
-                                 f"{vocab.n_image_codes}: " + rebuild_advice(str(tokenizer), vocab.n_image_codes, codes))
+        raise VocabMismatchError(
+            f"the VQ-VAE {vqvae} has {codes} codes but the joint vocabulary expects "
+            f"{vocab.n_image_codes}: " + rebuild_advice(str(tokenizer), vocab.n_image_codes, codes)
+        )
     config = dict(spec.config, template=spec.template.to_dict(), tokenizer=str(tokenizer), vqvae=str(vqvae))
     with output_dir(out) as out_path, output_dir(rejects_out) as rej_path:
         with progress.Pipeline("instruct", options=pipeline_options(workers, beam_args or [])) as p:
-            read = (p | "Files" >> beam.Create(files) | "SpreadFiles" >> beam.Reshuffle()
-                    | "Read" >> beam.ParDo(_Read(spec)).with_outputs("doc", "reject"))
-            dedup = (read.doc | "KeyDocs" >> beam.Map(lambda d: (d.key, d)) | "GroupKeys" >> beam.GroupByKey()
-                     | "Dedup" >> beam.FlatMap(_first_of_key).with_outputs("reject", main="doc"))
-            built = (dedup.doc | "SpreadDocs" >> beam.Reshuffle()
-                     | "Build" >> beam.ParDo(_Build(spec, tokenizer, vqvae, n_image_codes)).with_outputs("reject", main="sample"))
-            (built.sample | "KeySamples" >> beam.Map(lambda s: (s["key"], s))
-             | "WriteSamples" >> WriteShards(str(out_path), tar_shard_writer, spec.num_shards, seed=spec.seed)
-             | "SamplesManifest" >> WriteManifest(str(out_path), "interleaved", config, vocab, summarize,
-                                                   inputs=[f for _, f in files]))
+            read = (
+                p
+                | "Files" >> beam.Create(files)
+                | "SpreadFiles" >> beam.Reshuffle()
+                | "Read" >> beam.ParDo(_Read(spec)).with_outputs("doc", "reject")
+            )
+            dedup = (
+                read.doc
+                | "KeyDocs" >> beam.Map(lambda d: (d.key, d))
+                | "GroupKeys" >> beam.GroupByKey()
+                | "Dedup" >> beam.FlatMap(_first_of_key).with_outputs("reject", main="doc")
+            )
+            built = (
+                dedup.doc
+                | "SpreadDocs" >> beam.Reshuffle()
+                | "Build"
+                >> beam.ParDo(_Build(spec, tokenizer, vqvae, n_image_codes)).with_outputs("reject", main="sample")
+            )
+            (
+                built.sample
+                | "KeySamples" >> beam.Map(lambda s: (s["key"], s))
+                | "WriteSamples" >> WriteShards(str(out_path), tar_shard_writer, spec.num_shards, seed=spec.seed)
+                | "SamplesManifest"
+                >> WriteManifest(str(out_path), "interleaved", config, vocab, summarize, inputs=[f for _, f in files])
+            )
             rejects = (read.reject, dedup.reject, built.reject) | "AllRejects" >> beam.Flatten()
-            (rejects | "KeyRejects" >> beam.Map(lambda r: (json.dumps(r, sort_keys=True), r))
-             | "WriteRejects" >> WriteShards(str(rej_path), parquet_shard_writer(REJECT), 1)
-             | "RejectsManifest" >> WriteManifest(str(rej_path), "rejects", config, None, summarize_rejects,
-                                                  inputs=[f for _, f in files]))
+            (
+                rejects
+                | "KeyRejects" >> beam.Map(lambda r: (json.dumps(r, sort_keys=True), r))
+                | "WriteRejects" >> WriteShards(str(rej_path), parquet_shard_writer(REJECT), 1)
+                | "RejectsManifest"
+                >> WriteManifest(
+                    str(rej_path), "rejects", config, None, summarize_rejects, inputs=[f for _, f in files]
+                )
+            )
     return read_manifest(str(out))
 
 
-def run_from_config(cfg: Config, out: str, rejects_out: str, tokenizer: str, vqvae: str,
-                    workers: int = 1, beam_args: list[str] | None = None) -> list[str]:
+def run_from_config(
+    cfg: Config,
+    out: str,
+    rejects_out: str,
+    tokenizer: str,
+    vqvae: str,
+    workers: int = 1,
+    beam_args: list[str] | None = None,
+) -> list[str]:
     seed = cfg.section("run").get("seed", int, 0)
     section = cfg.section("instruct")
     spec = BuildSpec.from_config(section, seed=seed)
@@ -155,11 +199,13 @@ def run_from_config(cfg: Config, out: str, rejects_out: str, tokenizer: str, vqv
     manifest = build(spec, out, rejects_out, tokenizer, vqvae, n_codes, workers, beam_args)
     n_rej = read_manifest(rejects_out)["totals"]["records"]
     s = manifest["summary"]
-    return [f"{manifest['totals']['records']} interleaved samples "
-            f"({', '.join(f'{k} {v}' for k, v in sorted(s['sources'].items()))}), "
-            f"{manifest['totals']['tokens']} tokens of which {s['targets']} targets, {s['images']} images, "
-            f"{s['cm3']} CM3-masked, {s['truncated']} truncated -> {out}",
-            f"{n_rej} rejects -> {rejects_out}"]
+    return [
+        f"{manifest['totals']['records']} interleaved samples "
+        f"({', '.join(f'{k} {v}' for k, v in sorted(s['sources'].items()))}), "
+        f"{manifest['totals']['tokens']} tokens of which {s['targets']} targets, {s['images']} images, "
+        f"{s['cm3']} CM3-masked, {s['truncated']} truncated -> {out}",
+        f"{n_rej} rejects -> {rejects_out}",
+    ]
 
 
 def run_stage(ctx: StageContext) -> list[str]:
@@ -168,14 +214,28 @@ def run_stage(ctx: StageContext) -> list[str]:
     section = ctx.config.section("instruct")
     tokenizer = ctx.paths.get("tokenizer") or section.get("tokenizer", str, str(ctx.path("tokenizer")))
     vqvae = ctx.paths.get("vqvae") or section.get("vqvae", str, str(ctx.path("vqvae")))
-    return run_from_config(ctx.config, str(ctx.path("instruct")), str(ctx.path("instruct-rejects")),
-                           tokenizer, vqvae, ctx.workers, ctx.beam_args)
+    return run_from_config(
+        ctx.config,
+        str(ctx.path("instruct")),
+        str(ctx.path("instruct-rejects")),
+        tokenizer,
+        vqvae,
+        ctx.workers,
+        ctx.beam_args,
+    )
 
 
 def stage_settings(ctx: StageContext) -> dict:
-    return {"instruct": BuildSpec.from_config(ctx.config.section("instruct"), seed=ctx.seed),
-            "codebook_size": ctx.config.section("vqvae").get("codebook_size", int, 8192)}
+    return {
+        "instruct": BuildSpec.from_config(ctx.config.section("instruct"), seed=ctx.seed),
+        "codebook_size": ctx.config.section("vqvae").get("codebook_size", int, 8192),
+    }
 
 
-STAGE = Stage("instruct", run_stage, outputs=("instruct", "instruct-rejects"), inputs=("tokenizer", "vqvae"),
-              settings=stage_settings)
+STAGE = Stage(
+    "instruct",
+    run_stage,
+    outputs=("instruct", "instruct-rejects"),
+    inputs=("tokenizer", "vqvae"),
+    settings=stage_settings,
+)

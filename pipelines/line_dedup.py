@@ -24,6 +24,7 @@ normalised once (clean._clean_one), as jamdata/text/clean.clean_records does in 
 Line keys are `stable_hash` of CCNet's normalised line (clean.line_keys): they must agree
 across worker processes, unlike the in-process path's `hash()`.
 """
+
 from __future__ import annotations
 
 import json
@@ -72,10 +73,12 @@ class AssignGroups(beam.PTransform):
         cc = files | "CommonCrawl" >> beam.Filter(lambda f: ccnet_format(f.fmt))
         if not n:
             return cc | "OwnGroup" >> beam.FlatMap(lambda f: assign_groups([f], 0).items())
-        return (cc
-                | "BySource" >> beam.Map(lambda f: (f.source, f))
-                | "SourceFiles" >> beam.GroupByKey()
-                | "Group" >> beam.FlatMap(lambda kv: sorted(assign_groups(list(kv[1]), n).items())))
+        return (
+            cc
+            | "BySource" >> beam.Map(lambda f: (f.source, f))
+            | "SourceFiles" >> beam.GroupByKey()
+            | "Group" >> beam.FlatMap(lambda kv: sorted(assign_groups(list(kv[1]), n).items()))
+        )
 
 
 def stable_line_keys(text: str, min_chars: int) -> list[int | None]:
@@ -114,8 +117,9 @@ class _FilterLines(beam.DoFn):
             removed = len(lines) - len(kept)
             out, reason = _clean_one({**doc, "text": "\n".join(kept)}, "none", self.copts)
             if out is None:
-                yield beam.pvalue.TaggedOutput("rejects", _clean_reject(doc, "only boilerplate lines"
-                                                                        if removed else reason))
+                yield beam.pvalue.TaggedOutput(
+                    "rejects", _clean_reject(doc, "only boilerplate lines" if removed else reason)
+                )
                 continue
             if removed:
                 meta = json.loads(out.get("metadata") or "{}")
@@ -136,18 +140,25 @@ class GroupLineDedup(beam.PTransform):
         min_docs, min_chars = self.copts.line_dedup_min_docs, self.copts.line_dedup_min_chars
         keyed = grouped | "KeyDoc" >> beam.Map(lambda gd: (order_key(gd[1]), gd))
         line_docs = keyed | "LineDocKeys" >> beam.FlatMap(
-            lambda kv: [((kv[1][0], h), kv[0]) for h in sorted(_distinct_keys(kv[1][1], min_chars))])
-        boiler = (line_docs
-                  | "One" >> beam.Map(lambda kv: (kv[0], 1))
-                  | "CountLines" >> beam.CombinePerKey(sum)
-                  | "Frequent" >> beam.Filter(lambda kv: kv[1] >= min_docs)
-                  | "Mark" >> beam.Map(lambda kv: (kv[0], _BOILER)))
-        drops = ((line_docs, boiler)
-                 | "LinesAndMarks" >> beam.Flatten()
-                 | "ByLine" >> beam.GroupByKey()
-                 | "DocsToDrop" >> beam.FlatMap(_boiler_docs))
+            lambda kv: [((kv[1][0], h), kv[0]) for h in sorted(_distinct_keys(kv[1][1], min_chars))]
+        )
+        boiler = (
+            line_docs
+            | "One" >> beam.Map(lambda kv: (kv[0], 1))
+            | "CountLines" >> beam.CombinePerKey(sum)
+            | "Frequent" >> beam.Filter(lambda kv: kv[1] >= min_docs)
+            | "Mark" >> beam.Map(lambda kv: (kv[0], _BOILER))
+        )
+        drops = (
+            (line_docs, boiler)
+            | "LinesAndMarks" >> beam.Flatten()
+            | "ByLine" >> beam.GroupByKey()
+            | "DocsToDrop" >> beam.FlatMap(_boiler_docs)
+        )
         docs = keyed | "DocByKey" >> beam.Map(lambda kv: (kv[0], kv[1][1]))
-        out = ({"docs": docs, "drop": drops}
-               | "JoinDrops" >> beam.CoGroupByKey()
-               | "FilterLines" >> beam.ParDo(_FilterLines(self.copts)).with_outputs("rejects", main="docs"))
+        out = (
+            {"docs": docs, "drop": drops}
+            | "JoinDrops" >> beam.CoGroupByKey()
+            | "FilterLines" >> beam.ParDo(_FilterLines(self.copts)).with_outputs("rejects", main="docs")
+        )
         return out.docs, out.rejects

@@ -8,6 +8,7 @@ so the same command scales out. What a non-local runner's workers need is added 
 (`--sdk_container_image`, see Dockerfile) or workers started from this installation
 (`--environment_type=EXTERNAL` worker pools, `LOOPBACK`).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -48,9 +49,12 @@ def check_runner_installed(args: Sequence[str]) -> None:
     try:
         from apache_beam.runners.dataflow.internal import apiclient  # noqa: F401
     except ImportError:
-        raise ConfigError("--runner", f"{name} needs Beam's Google Cloud libraries: pip install "
-                          "'jam-data[dataflow]' (apache-beam[gcp], gcsfs), or run from the worker container "
-                          "(see Dockerfile)") from None
+        raise ConfigError(
+            "--runner",
+            f"{name} needs Beam's Google Cloud libraries: pip install "
+            "'jam-data[dataflow]' (apache-beam[gcp], gcsfs), or run from the worker container "
+            "(see Dockerfile)",
+        ) from None
 
 
 def runner_args(workers: int = 1, beam_args: Sequence[str] = ()) -> list[str]:
@@ -59,7 +63,7 @@ def runner_args(workers: int = 1, beam_args: Sequence[str] = ()) -> list[str]:
         i = args.index("--runner")
         if i + 1 >= len(args):
             raise ConfigError("--runner", "needs a runner name")
-        args[i:i + 2] = [f"--runner={args[i + 1]}"]
+        args[i : i + 2] = [f"--runner={args[i + 1]}"]
     runners = [a.split("=", 1)[1] for a in args if a.startswith("--runner=")]
     runner = runners[-1] if runners else None
     if runner is not None:
@@ -109,9 +113,12 @@ def ship_args(args: Sequence[str]) -> list[str]:
     shipped = any(_flag(args, f) for f in ("--setup_file", "--extra_package", "--extra_packages"))
     if not shipped:
         if not SETUP_FILE.exists():
-            raise ConfigError("--runner", "the workers need this package, and this installed copy has no setup.py "
-                              "to build it from: pass --sdk_container_image=IMAGE (built from the Dockerfile) or "
-                              "--extra_package=jam_data-VERSION.whl, or run from a checkout")
+            raise ConfigError(
+                "--runner",
+                "the workers need this package, and this installed copy has no setup.py "
+                "to build it from: pass --sdk_container_image=IMAGE (built from the Dockerfile) or "
+                "--extra_package=jam_data-VERSION.whl, or run from a checkout",
+            )
         extra.append(f"--setup_file={SETUP_FILE}")
     if _flag(args, "--requirements_file") is None and WORKER_REQUIREMENTS.exists():
         extra.append(f"--requirements_file={WORKER_REQUIREMENTS}")

@@ -19,6 +19,7 @@ Where the live figures come from:
 Counting never touches the records, so outputs stay byte-identical. `set_quiet(True)` (the
 commands' `--quiet`) turns the lines off.
 """
+
 from __future__ import annotations
 
 import json

@@ -13,6 +13,7 @@ way. A stage is reused (not redone) only when
 The run directory may be a local path or a URL (s3://, gs://); it is kept as a string (pathlib would
 fold the `//`), local paths made absolute in the driver, and stamps live under `<run>/.jam-stages/`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -27,13 +28,20 @@ from jamdata.manifest import MANIFEST, validate_dataset
 from jamdata.settings import RunSettings, as_plain, load_settings
 from jamdata.stage import Stage, StageContext  # noqa: F401 (StageContext: the main job's context)
 from jamtrain import train
-from pipelines import (image_tokenize, instruct_build, stats, text_clean, text_sample, tokenizer_train,
-                       vqvae_train)
+from pipelines import image_tokenize, instruct_build, stats, text_clean, text_sample, tokenizer_train, vqvae_train
 
 STAMPS = ".jam-stages"
 
-STAGES: list[Stage] = [text_clean.STAGE, tokenizer_train.STAGE, text_sample.STAGE, vqvae_train.STAGE,
-                       image_tokenize.STAGE, instruct_build.STAGE, stats.STAGE, train.STAGE]
+STAGES: list[Stage] = [
+    text_clean.STAGE,
+    tokenizer_train.STAGE,
+    text_sample.STAGE,
+    vqvae_train.STAGE,
+    image_tokenize.STAGE,
+    instruct_build.STAGE,
+    stats.STAGE,
+    train.STAGE,
+]
 
 
 def _strings(value) -> list[str]:

@@ -1,5 +1,6 @@
 """Statistics as a Beam pipeline: shards are read in parallel and merged by a combiner, so the
 same code scales from the demo to the full run on Dataflow. `fast=True` reads manifests only."""
+
 from __future__ import annotations
 
 import json
@@ -21,9 +22,9 @@ from pipelines.options import pipeline_options
 @dataclass(frozen=True)
 class StatsSettings:
     """The `stats` section (docs/stats.md)."""
+
     fast: bool = setting(False, "read manifests only: no per-record distributions")
-    loader_batches: int = setting(20, "batches of the configured loader drawn for the realised mixture (0: none)",
-                                  lo=0)
+    loader_batches: int = setting(20, "batches of the configured loader drawn for the realised mixture (0: none)", lo=0)
 
 
 class MergeStats(beam.CombineFn):
@@ -54,20 +55,30 @@ def compute_beam(tasks, agg_path: str, workers: int = 1, beam_args=()) -> dict[s
             json.dump(dict(sorted(pairs)), f)
 
     with beam.Pipeline(options=pipeline_options(workers, beam_args)) as p:
-        (p
-         | "Shards" >> beam.Create(tasks)
-         | "Spread" >> beam.Reshuffle()
-         | "ShardStats" >> beam.Map(run_task)
-         | "Merge" >> beam.CombinePerKey(MergeStats())
-         | "All" >> beam.combiners.ToList()
-         | "Write" >> beam.Map(write))
+        (
+            p
+            | "Shards" >> beam.Create(tasks)
+            | "Spread" >> beam.Reshuffle()
+            | "ShardStats" >> beam.Map(run_task)
+            | "Merge" >> beam.CombinePerKey(MergeStats())
+            | "All" >> beam.combiners.ToList()
+            | "Write" >> beam.Map(write)
+        )
     with open_url(agg_path, "r") as f:
         return json.load(f)
 
 
-def run_stats(dirs: list[str], out: str, fast: bool = False, workers: int = 1, beam_args=(),
-              vqvae: str | None = None, loader_view: dict | None = None, deep_validate: bool = False,
-              loader_problem: str | None = None) -> dict:
+def run_stats(
+    dirs: list[str],
+    out: str,
+    fast: bool = False,
+    workers: int = 1,
+    beam_args=(),
+    vqvae: str | None = None,
+    loader_view: dict | None = None,
+    deep_validate: bool = False,
+    loader_problem: str | None = None,
+) -> dict:
     """Compute stats.json + plots + report.html for datasets (or whole runs) into `out`."""
     datasets, shadowed = expand_dirs_noting(dirs)
     info = inspect_datasets(datasets, deep_validate=deep_validate)
@@ -76,8 +87,14 @@ def run_stats(dirs: list[str], out: str, fast: bool = False, workers: int = 1, b
     stats = finalize(info, merged, fast=fast)
     stats["warnings"] = run_warnings(info, shadowed)
     if loader_problem:
-        stats["warnings"].append({"code": "loader_view_skipped", "dataset": "loader", "source": None,
-                                  "message": f"the loader's realised mixture is not shown: {loader_problem}"})
+        stats["warnings"].append(
+            {
+                "code": "loader_view_skipped",
+                "dataset": "loader",
+                "source": None,
+                "message": f"the loader's realised mixture is not shown: {loader_problem}",
+            }
+        )
     if loader_view:
         stats["loader"] = loader_view
     with atomic_write(f"{out}/stats.json", "w") as f:
@@ -103,27 +120,57 @@ def run_stage(ctx: StageContext) -> list[str]:
         except (ConfigError, FileNotFoundError, LoaderError) as e:
             loader_problem = str(e)
     with output_dir(out):
-        datasets = [ctx.path(n) for n in list_dirs(ctx.run_dir)
-                    if not n.startswith(".") and n not in ("report", "train")]
-        stats = run_stats(datasets, str(out), fast=settings.fast, workers=ctx.workers,
-                          beam_args=ctx.beam_args, vqvae=str(ctx.path("vqvae")), loader_view=loader_view,
-                          loader_problem=loader_problem)
+        datasets = [
+            ctx.path(n) for n in list_dirs(ctx.run_dir) if not n.startswith(".") and n not in ("report", "train")
+        ]
+        stats = run_stats(
+            datasets,
+            str(out),
+            fast=settings.fast,
+            workers=ctx.workers,
+            beam_args=ctx.beam_args,
+            vqvae=str(ctx.path("vqvae")),
+            loader_view=loader_view,
+            loader_problem=loader_problem,
+        )
         shards = [describe_shard(str(out), n) for n in ("stats.json", "report.html")]
-        write_manifest(str(out), build_manifest("stats", shards, as_plain(settings), inputs=datasets,
-                                                summary={"warnings": stats["warnings"]}))
+        write_manifest(
+            str(out),
+            build_manifest(
+                "stats", shards, as_plain(settings), inputs=datasets, summary={"warnings": stats["warnings"]}
+            ),
+        )
     o = stats["overall"]
-    return [f"{len(stats['datasets'])} datasets, {o['records'] or 0:,} records, {o['tokens'] or 0:,} tokens",
-            *format_warnings(stats["warnings"]), f"report: {join(out, 'report.html')}"]
+    return [
+        f"{len(stats['datasets'])} datasets, {o['records'] or 0:,} records, {o['tokens'] or 0:,} tokens",
+        *format_warnings(stats["warnings"]),
+        f"report: {join(out, 'report.html')}",
+    ]
 
 
 def stage_settings(ctx: StageContext) -> dict:
-    return {"stats": load_settings(StatsSettings, ctx.config.section("stats")),
-            "loader": ctx.config.section("loader").to_dict()}
+    return {
+        "stats": load_settings(StatsSettings, ctx.config.section("stats")),
+        "loader": ctx.config.section("loader").to_dict(),
+    }
 
 
-STAGE = Stage("stats", run_stage, outputs=("report",), settings=stage_settings,
-              inputs=("text-clean", "text-clean-rejects", "text-tokens", "image-caption", "image-caption-rejects",
-                      "instruct", "instruct-rejects", "vqvae"))
+STAGE = Stage(
+    "stats",
+    run_stage,
+    outputs=("report",),
+    settings=stage_settings,
+    inputs=(
+        "text-clean",
+        "text-clean-rejects",
+        "text-tokens",
+        "image-caption",
+        "image-caption-rejects",
+        "instruct",
+        "instruct-rejects",
+        "vqvae",
+    ),
+)
 
 
 def loader_mixture(ctx, n_batches: int) -> dict | None:
@@ -142,5 +189,9 @@ def loader_mixture(ctx, n_batches: int) -> dict | None:
             counts[name] = counts.get(name, 0) + 1
             tokens[name] = tokens.get(name, 0) + int(mask.sum())
     total = sum(counts.values()) or 1
-    return {"batches": n_batches, "sequences": counts, "loss_tokens": tokens,
-            "share": {k: v / total for k, v in sorted(counts.items())}}
+    return {
+        "batches": n_batches,
+        "sequences": counts,
+        "loss_tokens": tokens,
+        "share": {k: v / total for k, v in sorted(counts.items())},
+    }

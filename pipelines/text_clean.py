@@ -9,6 +9,7 @@ The funnel counts documents and UTF-8 bytes leaving each stage per source ("read
 records and compressed file bytes that went in), so every dropped document is accounted for in
 the rejects under the stage that dropped it.
 """
+
 from __future__ import annotations
 
 import json
@@ -118,9 +119,14 @@ class ReadAndClean(beam.DoFn):
                 n["clean_bytes"] += _nbytes(rec["text"])
                 yield rec
         s = f.source
-        for key, value in [(("read", "docs_in"), n["records"]), (("read", "bytes_in"), file_bytes(f)),
-                           (("read", "docs_out"), n["read_docs"]), (("read", "bytes_out"), n["read_bytes"]),
-                           (("clean", "docs_out"), n["clean_docs"]), (("clean", "bytes_out"), n["clean_bytes"])]:
+        for key, value in [
+            (("read", "docs_in"), n["records"]),
+            (("read", "bytes_in"), file_bytes(f)),
+            (("read", "docs_out"), n["read_docs"]),
+            (("read", "bytes_out"), n["read_bytes"]),
+            (("clean", "docs_out"), n["clean_docs"]),
+            (("clean", "bytes_out"), n["clean_bytes"]),
+        ]:
             yield beam.pvalue.TaggedOutput("counts", ((s, *key), value))
         for kind, value in sorted(passed_over.items()):
             yield beam.pvalue.TaggedOutput("counts", ((s, PASSED_OVER, kind), value))
@@ -156,9 +162,18 @@ class ApplyFilters(beam.DoFn):
         if not verdict.keep:
             yield beam.pvalue.TaggedOutput("counts", ((doc["source"], FILTER_COUNTS, f"{failed} dropped"), 1))
             meta = json.loads(doc.get("metadata") or "{}")
-            yield beam.pvalue.TaggedOutput("rejects", make_reject(
-                doc["source"], "filter", f"{failed}: {verdict.reason}" if verdict.reason else str(failed),
-                doc["text"], meta.get("file"), meta.get("offset"), id=doc["id"]))
+            yield beam.pvalue.TaggedOutput(
+                "rejects",
+                make_reject(
+                    doc["source"],
+                    "filter",
+                    f"{failed}: {verdict.reason}" if verdict.reason else str(failed),
+                    doc["text"],
+                    meta.get("file"),
+                    meta.get("offset"),
+                    id=doc["id"],
+                ),
+            )
             return
         out = {**doc, "text": verdict.text}
         extra = {}
@@ -172,8 +187,9 @@ class ApplyFilters(beam.DoFn):
             meta.update(extra)
             out["metadata"] = json.dumps(meta, sort_keys=True, ensure_ascii=False, default=str)
         if not out["text"].strip():
-            yield beam.pvalue.TaggedOutput("rejects", make_reject(doc["source"], "filter", "empty after filters",
-                                                                  None, None, None, id=doc["id"]))
+            yield beam.pvalue.TaggedOutput(
+                "rejects", make_reject(doc["source"], "filter", "empty after filters", None, None, None, id=doc["id"])
+            )
             return
         yield out
 
@@ -185,10 +201,17 @@ class CountDocs(beam.PTransform):
 
     def expand(self, docs):
         stage = self.stage
-        return (docs
-                | "Measure" >> beam.FlatMap(lambda d: [((d["source"], stage, "docs_out"), 1),
-                                                       ((d["source"], stage, "bytes_out"), _nbytes(d["text"]))])
-                | "Sum" >> beam.CombinePerKey(sum))
+        return (
+            docs
+            | "Measure"
+            >> beam.FlatMap(
+                lambda d: [
+                    ((d["source"], stage, "docs_out"), 1),
+                    ((d["source"], stage, "bytes_out"), _nbytes(d["text"])),
+                ]
+            )
+            | "Sum" >> beam.CombinePerKey(sum)
+        )
 
 
 def apply_dedup(docs, dedup_cfg: dict):
@@ -214,9 +237,12 @@ def funnel_from_counts(counts: list[tuple[tuple[str, str, str], int]]) -> dict:
         funnel[source] = {}
         for stage in STAGES:
             got = raw[source].get(stage, {})
-            row = {"docs_in": got.get("docs_in", prev["docs_out"] if prev else 0),
-                   "bytes_in": got.get("bytes_in", prev["bytes_out"] if prev else 0),
-                   "docs_out": got.get("docs_out", 0), "bytes_out": got.get("bytes_out", 0)}
+            row = {
+                "docs_in": got.get("docs_in", prev["docs_out"] if prev else 0),
+                "bytes_in": got.get("bytes_in", prev["bytes_out"] if prev else 0),
+                "docs_out": got.get("docs_out", 0),
+                "bytes_out": got.get("bytes_out", 0),
+            }
             funnel[source][stage] = row
             prev = row
     return funnel
@@ -238,61 +264,104 @@ def format_funnel(funnel: dict) -> str:
     for source, stages in funnel.items():
         for stage in STAGES:
             r = stages[stage]
-            lines.append(f"{source:<12} {stage:<7} {r['docs_in']:>9} {r['docs_out']:>9} "
-                         f"{r['docs_in'] - r['docs_out']:>8} {r['bytes_in'] / 1e6:>9.3f} {r['bytes_out'] / 1e6:>9.3f}")
+            lines.append(
+                f"{source:<12} {stage:<7} {r['docs_in']:>9} {r['docs_out']:>9} "
+                f"{r['docs_in'] - r['docs_out']:>8} {r['bytes_in'] / 1e6:>9.3f} {r['bytes_out'] / 1e6:>9.3f}"
+            )
     return "\n".join(lines)
 
 
-def build_pipeline(p: beam.Pipeline, patterns: list[InputPattern], settings: tuple, docs_dir: str,
-                   rejects_dir: str, config: dict, seed: int = 0):
+def build_pipeline(
+    p: beam.Pipeline,
+    patterns: list[InputPattern],
+    settings: tuple,
+    docs_dir: str,
+    rejects_dir: str,
+    config: dict,
+    seed: int = 0,
+):
     ropts, copts, filters_cfg, dedup_cfg, shards, reject_shards, shard_bytes, split_bytes = settings
     # line dedup over groups of files, or within each file (pipelines/line_dedup.py); bounded per
     # element either way. `line_dedup_min_docs` 0 or 1 turns it off
     grouping = copts.line_dedup_min_docs > 1
-    files = (p
-             | "Patterns" >> beam.Create(patterns)
-             | "Inputs" >> ListInputs(split_bytes, AssignGroups(copts.line_dedup_group_files) if grouping else None))
-    read = (files
-            | "SpreadFiles" >> beam.Reshuffle()
-            | "ReadClean" >> beam.ParDo(ReadAndClean(ropts, copts)).with_outputs(
-                "rejects", "counts", "grouped", main="docs"))
+    files = (
+        p
+        | "Patterns" >> beam.Create(patterns)
+        | "Inputs" >> ListInputs(split_bytes, AssignGroups(copts.line_dedup_group_files) if grouping else None)
+    )
+    read = (
+        files
+        | "SpreadFiles" >> beam.Reshuffle()
+        | "ReadClean"
+        >> beam.ParDo(ReadAndClean(ropts, copts)).with_outputs("rejects", "counts", "grouped", main="docs")
+    )
     cleaned, clean_rejects, clean_counts = read.docs, [read.rejects], [read.counts]
     if grouping:
         grouped_docs, group_rejects = read.grouped | "GroupLineDedup" >> GroupLineDedup(copts)
         cleaned = (read.docs, grouped_docs) | "AllCleaned" >> beam.Flatten()
         clean_rejects.append(group_rejects)
         clean_counts.append(grouped_docs | "CountGroupCleaned" >> CountDocs("clean"))
-    filtered = cleaned | "Filter" >> beam.ParDo(ApplyFilters(filters_cfg)).with_outputs("rejects", "counts", main="docs")
+    filtered = cleaned | "Filter" >> beam.ParDo(ApplyFilters(filters_cfg)).with_outputs(
+        "rejects", "counts", main="docs"
+    )
     kept, dedup_rejects = apply_dedup(filtered.docs, dedup_cfg)
 
     # explicit shard counts, or counts from the data's size (pipelines/common.ShardsFromBytes)
     doc_counts = None if shards else kept | "DocShardCounts" >> ShardsFromBytes(shard_bytes, _text_bytes, _source)
-    doc_shards = (kept
-                  | "KeyDocs" >> beam.Map(lambda d: (order_key(d), d))
-                  | "WriteDocs" >> WriteShards(docs_dir, parquet_shard_writer(DOCUMENT, "source"), shards or 1,
-                                               group_of=lambda r: r["source"], seed=seed, shards_of=doc_counts))
+    doc_shards = (
+        kept
+        | "KeyDocs" >> beam.Map(lambda d: (order_key(d), d))
+        | "WriteDocs"
+        >> WriteShards(
+            docs_dir,
+            parquet_shard_writer(DOCUMENT, "source"),
+            shards or 1,
+            group_of=lambda r: r["source"],
+            seed=seed,
+            shards_of=doc_counts,
+        )
+    )
     rejects = (*clean_rejects, filtered.rejects, dedup_rejects) | "AllRejects" >> beam.Flatten()
-    reject_counts_of = (None if reject_shards else
-                        rejects | "RejectShardCounts" >> ShardsFromBytes(shard_bytes, _reject_bytes, _source))
-    reject_shard_infos = (rejects
-                          | "KeyRejects" >> beam.Map(lambda r: (reject_key(r), r))
-                          | "WriteRejects" >> WriteShards(rejects_dir, parquet_shard_writer(REJECT, "source"),
-                                                          reject_shards or 1, group_of=lambda r: r["source"],
-                                                          seed=seed, shards_of=reject_counts_of))
-    reject_counts = (rejects
-                     | "RejectKey" >> beam.Map(lambda r: ((r["source"], r["stage"]), 1))
-                     | "CountRejects" >> beam.CombinePerKey(sum))
-    counts = ((*clean_counts, filtered.counts, filtered.docs | "CountFiltered" >> CountDocs("filter"),
-               kept | "CountDeduped" >> CountDocs("dedup"))
-              | "AllCounts" >> beam.Flatten()
-              | "SumCounts" >> beam.CombinePerKey(sum)
-              | "CountList" >> beam.combiners.ToList())
+    reject_counts_of = (
+        None if reject_shards else rejects | "RejectShardCounts" >> ShardsFromBytes(shard_bytes, _reject_bytes, _source)
+    )
+    reject_shard_infos = (
+        rejects
+        | "KeyRejects" >> beam.Map(lambda r: (reject_key(r), r))
+        | "WriteRejects"
+        >> WriteShards(
+            rejects_dir,
+            parquet_shard_writer(REJECT, "source"),
+            reject_shards or 1,
+            group_of=lambda r: r["source"],
+            seed=seed,
+            shards_of=reject_counts_of,
+        )
+    )
+    reject_counts = (
+        rejects
+        | "RejectKey" >> beam.Map(lambda r: ((r["source"], r["stage"]), 1))
+        | "CountRejects" >> beam.CombinePerKey(sum)
+    )
+    counts = (
+        (
+            *clean_counts,
+            filtered.counts,
+            filtered.docs | "CountFiltered" >> CountDocs("filter"),
+            kept | "CountDeduped" >> CountDocs("dedup"),
+        )
+        | "AllCounts" >> beam.Flatten()
+        | "SumCounts" >> beam.CombinePerKey(sum)
+        | "CountList" >> beam.combiners.ToList()
+    )
     # the manifest's input list, in the driver's former order: by (source, path, format)
-    inputs = (files
-              | "InputNames" >> beam.Map(lambda f: (f.source, f.path, f.fmt))
-              | "OneNamePerFile" >> beam.Distinct()
-              | "InputList" >> beam.combiners.ToList()
-              | "SortInputs" >> beam.Map(lambda names: [path for _, path, _ in sorted(names)]))
+    inputs = (
+        files
+        | "InputNames" >> beam.Map(lambda f: (f.source, f.path, f.fmt))
+        | "OneNamePerFile" >> beam.Distinct()
+        | "InputList" >> beam.combiners.ToList()
+        | "SortInputs" >> beam.Map(lambda names: [path for _, path, _ in sorted(names)])
+    )
 
     def write_manifests(count_list, doc_infos, reject_infos, rejected, inputs):
         funnel = funnel_from_counts([c for c in count_list if c[0][1] not in (PASSED_OVER, FILTER_COUNTS)])
@@ -306,18 +375,24 @@ def build_pipeline(p: beam.Pipeline, patterns: list[InputPattern], settings: tup
         by_filter = passed_over_from_counts(count_list, FILTER_COUNTS)
         if by_filter:
             summary[FILTER_COUNTS] = by_filter
-        write_manifest(rejects_dir, build_manifest("rejects", reject_infos, config, None,
-                                                   {"rejected": by_stage}, inputs))
+        write_manifest(
+            rejects_dir, build_manifest("rejects", reject_infos, config, None, {"rejected": by_stage}, inputs)
+        )
         write_manifest(docs_dir, build_manifest("documents", doc_infos, config, None, summary, inputs))
         return docs_dir
 
     return counts | "WriteManifests" >> beam.Map(
-        write_manifests, beam.pvalue.AsList(doc_shards), beam.pvalue.AsList(reject_shard_infos),
-        beam.pvalue.AsList(reject_counts), beam.pvalue.AsSingleton(inputs))
+        write_manifests,
+        beam.pvalue.AsList(doc_shards),
+        beam.pvalue.AsList(reject_shard_infos),
+        beam.pvalue.AsList(reject_counts),
+        beam.pvalue.AsSingleton(inputs),
+    )
 
 
-def run(config: Config, docs_dir: str, rejects_dir: str, workers: int = 1, beam_args: list[str] | None = None,
-        log_fn=print) -> dict:
+def run(
+    config: Config, docs_dir: str, rejects_dir: str, workers: int = 1, beam_args: list[str] | None = None, log_fn=print
+) -> dict:
     """Run the text-clean pipeline; returns the documents manifest."""
     text_cfg = config.section("text")
     patterns = plan_patterns(text_cfg)  # checked here; listed inside the pipeline
@@ -345,8 +420,10 @@ def summary_lines(manifest: dict, docs_dir: str) -> list[str]:
     lines = []
     for source, stages in manifest["summary"]["funnel"].items():
         first, last = stages["read"], stages[STAGES[-1]]
-        lines.append(f"{source}: {last['docs_out']} documents ({last['bytes_out'] / 1e3:,.1f} kB) kept of "
-                     f"{first['docs_in']} records read")
+        lines.append(
+            f"{source}: {last['docs_out']} documents ({last['bytes_out'] / 1e3:,.1f} kB) kept of "
+            f"{first['docs_in']} records read"
+        )
     lines.append(f"documents in {docs_dir}")
     from jamdata.stats.warnings import documents_warnings, format_warnings
 

@@ -14,6 +14,7 @@ values are sliced (`pipelines/dedup_graph.py`). The kept document of a cluster i
 with the smallest key (default: the id), so results do not depend on input order, bundling or
 the number of workers.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -30,8 +31,8 @@ STAGE_EXACT = "dedup_exact"
 STAGE_MINHASH = "dedup_minhash"
 STAGE_BOOKS = "dedup_book_overlap"
 SOURCES = ("commoncrawl", "c4", "wikipedia", "books", "arxiv")
-CC_ROUNDS = 12       # settles a path of 4,096 near-duplicates with ids in path order, 50,000 shuffled
-MAX_GROUP = 10_000   # values of one key handled in one place before the key is sliced
+CC_ROUNDS = 12  # settles a path of 4,096 near-duplicates with ids in path order, 50,000 shuffled
+MAX_GROUP = 10_000  # values of one key handled in one place before the key is sliced
 
 
 def by_id(doc: dict) -> str:
@@ -69,10 +70,13 @@ class ExactDedup(beam.PTransform):
     def expand(self, docs):
         scope, key_fn = self.scope, self.key_fn
         hashed = docs | "HashText" >> beam.Map(
-            lambda d: (key_fn(d), f"{_scope_prefix(d, scope)}|{exact_hash(d['text'])}", d))
-        losers = (hashed
-                  | "HashKeyId" >> beam.Map(lambda t: (t[1], (t[0], t[2]["id"])))
-                  | "SmallestPerHash" >> WithSummary(Min(), _ExactLosers(), self.max_group))
+            lambda d: (key_fn(d), f"{_scope_prefix(d, scope)}|{exact_hash(d['text'])}", d)
+        )
+        losers = (
+            hashed
+            | "HashKeyId" >> beam.Map(lambda t: (t[1], (t[0], t[2]["id"])))
+            | "SmallestPerHash" >> WithSummary(Min(), _ExactLosers(), self.max_group)
+        )
 
         def decide(kv):
             _, grouped = kv
@@ -83,14 +87,17 @@ class ExactDedup(beam.PTransform):
                     yield beam.pvalue.TaggedOutput("rejects", reject(doc, STAGE_EXACT, lost[hash_key]))
                 elif hash_key in kept_hashes:  # the same key twice with the same text
                     yield beam.pvalue.TaggedOutput(
-                        "rejects", reject(doc, STAGE_EXACT, f"exact duplicate of {doc['id']}"))
+                        "rejects", reject(doc, STAGE_EXACT, f"exact duplicate of {doc['id']}")
+                    )
                 else:
                     kept_hashes.add(hash_key)
                     yield doc
 
-        out = ({"doc": hashed | "KeyDocs" >> beam.Map(lambda t: (t[0], (t[1], t[2]))), "lost": losers}
-               | "JoinDocs" >> beam.CoGroupByKey()
-               | "Decide" >> beam.FlatMap(decide).with_outputs("rejects", main="kept"))
+        out = (
+            {"doc": hashed | "KeyDocs" >> beam.Map(lambda t: (t[0], (t[1], t[2]))), "lost": losers}
+            | "JoinDocs" >> beam.CoGroupByKey()
+            | "Decide" >> beam.FlatMap(decide).with_outputs("rejects", main="kept")
+        )
         return out.kept, out.rejects
 
 
@@ -160,9 +167,17 @@ class NearDedup(beam.PTransform):
     `cc_rounds` is the most large-star/small-star rounds run; components not settled by then
     fail the job (`on_unconverged="error"`) or are logged and resolved as far as they got."""
 
-    def __init__(self, params: LSHParams = LSHParams(), scope: str = "source", cc_rounds: int = CC_ROUNDS,
-                 key_fn: Callable[[dict], str] = by_id, stage: str = STAGE_MINHASH, batch_size: int = 256,
-                 max_group: int = MAX_GROUP, on_unconverged: str = "error"):
+    def __init__(
+        self,
+        params: LSHParams = LSHParams(),
+        scope: str = "source",
+        cc_rounds: int = CC_ROUNDS,
+        key_fn: Callable[[dict], str] = by_id,
+        stage: str = STAGE_MINHASH,
+        batch_size: int = 256,
+        max_group: int = MAX_GROUP,
+        on_unconverged: str = "error",
+    ):
         super().__init__()
         self.params, self.scope, self.cc_rounds = params, scope, cc_rounds
         self.key_fn, self.stage, self.batch_size = key_fn, stage, batch_size
@@ -170,15 +185,18 @@ class NearDedup(beam.PTransform):
 
     def expand(self, docs):
         p, key_fn, stage = self.params, self.key_fn, self.stage
-        edges = (docs
-                 | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.batch_size)
-                 | "Signatures" >> beam.ParDo(_Signatures(p, self.scope, key_fn))
-                 | "VerifyBuckets" >> WithSummary(_SmallestRefs(p.max_compare), _VerifyMember(p), self.max_group)
-                 | "DistinctPairs" >> beam.Distinct())
+        edges = (
+            docs
+            | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.batch_size)
+            | "Signatures" >> beam.ParDo(_Signatures(p, self.scope, key_fn))
+            | "VerifyBuckets" >> WithSummary(_SmallestRefs(p.max_compare), _VerifyMember(p), self.max_group)
+            | "DistinctPairs" >> beam.Distinct()
+        )
         reps = edges | "Components" >> ConnectedComponents(self.cc_rounds, self.max_group, self.on_unconverged)
 
-        desc = (f"MinHash LSH {p.bands}x{p.rows}, "
-                + (f"jaccard >= {p.threshold}" if p.measure == "jaccard" else f"containment >= {p.threshold}"))
+        desc = f"MinHash LSH {p.bands}x{p.rows}, " + (
+            f"jaccard >= {p.threshold}" if p.measure == "jaccard" else f"containment >= {p.threshold}"
+        )
 
         def join(kv):
             _, grouped = kv
@@ -186,13 +204,16 @@ class NearDedup(beam.PTransform):
             for doc in grouped["doc"]:
                 if reps_of:
                     yield beam.pvalue.TaggedOutput(
-                        "rejects", reject(doc, stage, f"near-duplicate of {reps_of[0]} ({desc})"))
+                        "rejects", reject(doc, stage, f"near-duplicate of {reps_of[0]} ({desc})")
+                    )
                 else:
                     yield doc
 
-        out = ({"doc": docs | "KeyDocs" >> beam.Map(lambda d: (key_fn(d), d)), "rep": reps}
-               | "JoinDocs" >> beam.CoGroupByKey()
-               | "Decide" >> beam.FlatMap(join).with_outputs("rejects", main="kept"))
+        out = (
+            {"doc": docs | "KeyDocs" >> beam.Map(lambda d: (key_fn(d), d)), "rep": reps}
+            | "JoinDocs" >> beam.CoGroupByKey()
+            | "Decide" >> beam.FlatMap(join).with_outputs("rejects", main="kept")
+        )
         return out.kept, out.rejects
 
 
@@ -201,22 +222,22 @@ class NearDedup(beam.PTransform):
 @dataclass(frozen=True)
 class NearDupSettings:
     """`text.clean.dedup.minhash`: MinHash LSH near-duplicates (Jaccard of word n-grams)."""
+
     enabled: bool = setting(True, "run this step")
-    sources: list[str] = setting(["commoncrawl", "c4", "wikipedia", "arxiv"], "sources it runs on",
-                                 choices=SOURCES)
+    sources: list[str] = setting(["commoncrawl", "c4", "wikipedia", "arxiv"], "sources it runs on", choices=SOURCES)
     num_perm: int = setting(128, "MinHash permutations", lo=1)
     bands: int = setting(7, "LSH bands (bands x rows <= num_perm)", lo=1)
     rows: int = setting(18, "rows per band", lo=1)
     ngram: int = setting(5, "word n-gram size", lo=1)
     threshold: float = setting(0.87, "estimated similarity at which a candidate pair is a duplicate", lo=0, hi=1)
     seed: int = setting(1, "seed of the permutations", lo=0)
-    max_compare: int = setting(32, "per bucket, each member is compared with at most this many smaller ones",
-                               lo=1)
+    max_compare: int = setting(32, "per bucket, each member is compared with at most this many smaller ones", lo=1)
 
 
 @dataclass(frozen=True)
 class BookOverlapSettings(NearDupSettings):
     """`text.clean.dedup.book_overlap`: book-level overlap (containment of n-grams)."""
+
     sources: list[str] = setting(["books"], "sources it runs on", choices=SOURCES)
     bands: int = setting(32, "LSH bands (bands x rows <= num_perm)", lo=1)
     rows: int = setting(4, "rows per band", lo=1)
@@ -226,11 +247,13 @@ class BookOverlapSettings(NearDupSettings):
 @dataclass(frozen=True)
 class DedupSettings:
     """`text.clean.dedup` (docs/text-filters.md)."""
+
     exact: bool = setting(True, "drop exact copies of the normalised text")
     scope: str = setting("source", "dedup within each source, or across all", choices=("source", "global"))
     cc_rounds: int = setting(CC_ROUNDS, "most connected-components rounds", lo=1, hi=64)
-    cc_unconverged: str = setting("error", "what an unsettled component does after cc_rounds",
-                                  choices=("error", "warn"))
+    cc_unconverged: str = setting(
+        "error", "what an unsettled component does after cc_rounds", choices=("error", "warn")
+    )
     max_group: int = setting(MAX_GROUP, "values of one key handled in one place before it is sliced", lo=2)
     minhash: NearDupSettings = setting(NearDupSettings())
     book_overlap: BookOverlapSettings = setting(BookOverlapSettings())
@@ -238,8 +261,16 @@ class DedupSettings:
 
 def lsh_params(s: NearDupSettings, measure: str, where: str, source: str = "") -> LSHParams:
     try:
-        return LSHParams(num_perm=s.num_perm, bands=s.bands, rows=s.rows, ngram=s.ngram, threshold=s.threshold,
-                         measure=measure, seed=s.seed, max_compare=s.max_compare)
+        return LSHParams(
+            num_perm=s.num_perm,
+            bands=s.bands,
+            rows=s.rows,
+            ngram=s.ngram,
+            threshold=s.threshold,
+            measure=measure,
+            seed=s.seed,
+            max_compare=s.max_compare,
+        )
     except ValueError as e:
         raise ConfigError(where, str(e), source=source) from None
 
@@ -247,12 +278,20 @@ def lsh_params(s: NearDupSettings, measure: str, where: str, source: str = "") -
 def dedup_settings(cfg: Config) -> dict:
     """Validated `text.clean.dedup` settings (see docs/text-filters.md)."""
     s = load_settings(DedupSettings, cfg)
-    out = {"exact": s.exact, "scope": s.scope, "cc_rounds": s.cc_rounds, "cc_unconverged": s.cc_unconverged,
-           "max_group": s.max_group}
+    out = {
+        "exact": s.exact,
+        "scope": s.scope,
+        "cc_rounds": s.cc_rounds,
+        "cc_unconverged": s.cc_unconverged,
+        "max_group": s.max_group,
+    }
     for name, measure in (("minhash", "jaccard"), ("book_overlap", "containment")):
         near = getattr(s, name)
-        out[name] = {"enabled": near.enabled, "sources": list(near.sources),
-                     "params": lsh_params(near, measure, f"{cfg.prefix}.{name}", cfg.source)}
+        out[name] = {
+            "enabled": near.enabled,
+            "sources": list(near.sources),
+            "params": lsh_params(near, measure, f"{cfg.prefix}.{name}", cfg.source),
+        }
     return out
 
 
@@ -278,12 +317,24 @@ class TextDedup(beam.PTransform):
             if not conf["enabled"] or not conf["sources"]:
                 continue
             srcs = frozenset(conf["sources"])
-            parts = docs | f"Split_{name}" >> beam.Partition(lambda d, n, srcs=srcs: 0 if d.get("source") in srcs else 1, 2)
-            near = NearDedup(conf["params"], s["scope"], s["cc_rounds"], self.key_fn, stage,
-                             max_group=s["max_group"], on_unconverged=s["cc_unconverged"])
+            parts = docs | f"Split_{name}" >> beam.Partition(
+                lambda d, n, srcs=srcs: 0 if d.get("source") in srcs else 1, 2
+            )
+            near = NearDedup(
+                conf["params"],
+                s["scope"],
+                s["cc_rounds"],
+                self.key_fn,
+                stage,
+                max_group=s["max_group"],
+                on_unconverged=s["cc_unconverged"],
+            )
             kept, rej = parts[0] | f"Near_{name}" >> near
             rejects.append(rej)
             docs = (kept, parts[1]) | f"Merge_{name}" >> beam.Flatten()
-        all_rejects = tuple(rejects) | "AllRejects" >> beam.Flatten() if rejects else \
-            docs.pipeline | "NoRejects" >> beam.Create([])
+        all_rejects = (
+            tuple(rejects) | "AllRejects" >> beam.Flatten()
+            if rejects
+            else docs.pipeline | "NoRejects" >> beam.Create([])
+        )
         return docs, all_rejects

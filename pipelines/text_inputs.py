@@ -11,6 +11,7 @@ each pattern matches something, cheaply, so that a mistake is still one line nam
 Every step is a pure function of the listing, so the elements (and with them every id and output
 byte) do not depend on the order in which files are listed or on the worker count.
 """
+
 from __future__ import annotations
 
 import os
@@ -22,8 +23,7 @@ from jamdata.config import Config, ConfigError
 from jamdata.settings import load_settings, setting
 from jamdata.io import InputError, absolute, expand_inputs, fs_and_path, is_local, storage_error
 from jamdata.text.readers import READERS
-from jamdata.text.readers.splits import (Split, count_line_starts, is_multistream_index, number_splits,
-                                         plan_splits)
+from jamdata.text.readers.splits import Split, count_line_starts, is_multistream_index, number_splits, plan_splits
 
 
 @dataclass(frozen=True)
@@ -54,13 +54,14 @@ def input_id_path(pattern: str, path: str) -> str:
     if is_local(pattern):
         base, path = os.path.abspath(base.removeprefix("file://")), os.path.abspath(path.removeprefix("file://"))
     if path.startswith(base + "/"):
-        return path[len(base) + 1:]
+        return path[len(base) + 1 :]
     return path.rsplit("/", 1)[-1]
 
 
 @dataclass(frozen=True)
 class InputSettings:
     """One entry of `text.sources.<name>.inputs`."""
+
     format: str = setting(doc="raw format of the files", choices=tuple(READERS))
     paths: list[str] = setting(doc="files, directories or globs, local or URLs", one_or_many=True)
 
@@ -68,10 +69,12 @@ class InputSettings:
 @dataclass(frozen=True)
 class SourceSettings:
     """`text.sources.<name>`: a source's inputs, or one input given directly as {format, paths}."""
+
     inputs: list[InputSettings] | None = setting(None, "the source's inputs [{format, paths}, ...]")
     format: str | None = setting(None, "raw format, when the source is one input", choices=(*READERS, None))
-    paths: list[str] | None = setting(None, "files, directories or globs, when the source is one input",
-                                      one_or_many=True)
+    paths: list[str] | None = setting(
+        None, "files, directories or globs, when the source is one input", one_or_many=True
+    )
 
 
 def _checked_paths(key: str, paths: list[str] | None, source: str) -> list[str]:
@@ -80,8 +83,7 @@ def _checked_paths(key: str, paths: list[str] | None, source: str) -> list[str]:
     if paths is None:
         raise ConfigError(key, "missing (required)", source=source)
     if not paths or any(not str(p).strip() for p in paths):
-        raise ConfigError(key, "empty: give at least one file, directory or glob (or remove the input)",
-                          source=source)
+        raise ConfigError(key, "empty: give at least one file, directory or glob (or remove the input)", source=source)
     return paths
 
 
@@ -95,19 +97,27 @@ def plan_patterns(text_cfg: Config) -> list[InputPattern]:
         s = load_settings(SourceSettings, src)
         if s.inputs is not None:
             if not s.inputs:
-                raise ConfigError(f"{src.prefix}.inputs", "empty: list at least one {format, paths} input "
-                                  "(or remove the source)", source=src.source)
+                raise ConfigError(
+                    f"{src.prefix}.inputs",
+                    "empty: list at least one {format, paths} input (or remove the source)",
+                    source=src.source,
+                )
             entries: list[tuple[str, str, list[str] | None]] = [
-                (f"{src.prefix}.inputs.{i}", e.format, e.paths) for i, e in enumerate(s.inputs)]
+                (f"{src.prefix}.inputs.{i}", e.format, e.paths) for i, e in enumerate(s.inputs)
+            ]
         else:
             if s.format is None:
-                raise ConfigError(f"{src.prefix}.format", "missing (required)", allowed=list(READERS),
-                                  source=src.source)
+                raise ConfigError(
+                    f"{src.prefix}.format", "missing (required)", allowed=list(READERS), source=src.source
+                )
             entries = [(src.prefix, s.format, s.paths)]
         for where, fmt, paths in entries:
             for pattern in _checked_paths(f"{where}.paths", paths, src.source):
-                out.append(InputPattern(name, fmt, str(pattern), absolute(str(pattern)) if is_local(str(pattern))
-                                        else str(pattern)))
+                out.append(
+                    InputPattern(
+                        name, fmt, str(pattern), absolute(str(pattern)) if is_local(str(pattern)) else str(pattern)
+                    )
+                )
     if not any([probe(p.where) for p in out]):
         raise ConfigError(sources.prefix, "no input files configured")
     return sorted(set(out), key=lambda p: (p.source, p.pattern, p.fmt))
@@ -142,8 +152,11 @@ def list_pattern(p: InputPattern) -> list[InputFile]:
         raise
     except Exception as e:  # the driver's probe saw it; a store that fails now is named the same way
         raise storage_error(p.where, e) from None
-    return [InputFile(p.source, p.fmt, path, input_id_path(p.pattern, path)) for path in paths
-            if not (p.fmt == "wiki_xml" and is_multistream_index(path))]
+    return [
+        InputFile(p.source, p.fmt, path, input_id_path(p.pattern, path))
+        for path in paths
+        if not (p.fmt == "wiki_xml" and is_multistream_index(path))
+    ]
 
 
 def file_key(f: InputFile) -> str:
@@ -188,25 +201,31 @@ class ListInputs(beam.PTransform):
 
     def expand(self, patterns):
         split_bytes = self.split_bytes
-        files = (patterns
-                 | "List" >> beam.FlatMap(list_pattern)
-                 | "KeyFile" >> beam.Map(lambda f: (file_key(f), f))
-                 | "Distinct" >> beam.CombinePerKey(lambda fs: next(iter(fs)))
-                 | "ByName" >> beam.Map(lambda kf: (f"{kf[1].source}\x00{kf[1].id_path}", kf[1]))
-                 | "SameName" >> beam.GroupByKey()
-                 | "UniqueNames" >> beam.FlatMap(_unique_names))
+        files = (
+            patterns
+            | "List" >> beam.FlatMap(list_pattern)
+            | "KeyFile" >> beam.Map(lambda f: (file_key(f), f))
+            | "Distinct" >> beam.CombinePerKey(lambda fs: next(iter(fs)))
+            | "ByName" >> beam.Map(lambda kf: (f"{kf[1].source}\x00{kf[1].id_path}", kf[1]))
+            | "SameName" >> beam.GroupByKey()
+            | "UniqueNames" >> beam.FlatMap(_unique_names)
+        )
         if self.group_of is not None:
             groups = files | "Groups" >> self.group_of
-            files = (({"file": files | "KeyForGroup" >> beam.Map(lambda f: (file_key(f), f)), "group": groups})
-                     | "JoinGroups" >> beam.CoGroupByKey()
-                     | "WithGroup" >> beam.FlatMap(
-                         lambda kv: [replace(f, group=(kv[1]["group"] or [""])[0]) for f in kv[1]["file"]]))
+            files = (
+                ({"file": files | "KeyForGroup" >> beam.Map(lambda f: (file_key(f), f)), "group": groups})
+                | "JoinGroups" >> beam.CoGroupByKey()
+                | "WithGroup"
+                >> beam.FlatMap(lambda kv: [replace(f, group=(kv[1]["group"] or [""])[0]) for f in kv[1]["file"]])
+            )
         parts = files | "Split" >> beam.ParDo(_SplitFiles(split_bytes)).with_outputs("lines", main="whole")
-        numbered = (parts.lines
-                    | "SpreadCounts" >> beam.Reshuffle()
-                    | "CountLines" >> beam.Map(_count)
-                    | "PartsOfFile" >> beam.GroupByKey()
-                    | "NumberLines" >> beam.FlatMap(_numbered))
+        numbered = (
+            parts.lines
+            | "SpreadCounts" >> beam.Reshuffle()
+            | "CountLines" >> beam.Map(_count)
+            | "PartsOfFile" >> beam.GroupByKey()
+            | "NumberLines" >> beam.FlatMap(_numbered)
+        )
         return (parts.whole, numbered) | "AllParts" >> beam.Flatten()
 
 

@@ -11,6 +11,7 @@ Beam graph of `text-sample`:
 Every choice is a function of (seed, source, id) and per-source totals, so the bytes written do not
 depend on the runner, the worker count or the input order.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,7 @@ import numpy as np
 
 from jamdata.config import Config, ConfigError
 from jamdata.io import absolute, atomic_write, exists, fs_and_path, join, read_bytes, stable_hash
-from jamdata.manifest import (MANIFEST, build_manifest, output_dir,
-                              read_manifest, write_manifest)
+from jamdata.manifest import MANIFEST, build_manifest, output_dir, read_manifest, write_manifest
 from jamdata.text import sampling
 from jamdata.text.sampling import PlanError, SourceDecision
 from jamdata.text.tokenizer import TextTokenizer
@@ -49,6 +49,7 @@ def n_image_codes(cfg: Config) -> int:
 @dataclass(frozen=True)
 class SampleSection:
     """The `text.sample` section (docs/text-sample.md): the token budget, shares and shards."""
+
     budget_tokens: int = setting(30_000_000_000, "text tokens to write over all sources", lo=1)
     shares: dict = setting(dict(LLAMA_SHARES), "source -> share of the budget (renormalised)")
     epochs: dict = setting(dict(LLAMA_EPOCHS), "source -> most epochs a source may be repeated (default 1.0)")
@@ -96,20 +97,32 @@ def sample_settings(cfg: Config) -> SampleSettings:
     for name, table in (("shares", shares), ("epochs", epochs)):
         for src, v in table.items():
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-                raise ConfigError(f"text.sample.{name}.{src}", f"must be a non-negative number, got {v!r}",
-                                  source=cfg.source)
+                raise ConfigError(
+                    f"text.sample.{name}.{src}", f"must be a non-negative number, got {v!r}", source=cfg.source
+                )
     for src in epochs:
         if src not in shares:
-            raise ConfigError(f"text.sample.epochs.{src}", "source has no share", allowed=sorted(shares),
-                              source=cfg.source)
+            raise ConfigError(
+                f"text.sample.epochs.{src}", "source has no share", allowed=sorted(shares), source=cfg.source
+            )
     if not sum(shares.values()):
         raise ConfigError("text.sample.shares", "all shares are zero", source=cfg.source)
     return SampleSettings(
-        budget=t.budget_tokens, shares={k: float(v) for k, v in shares.items()},
-        max_epochs={s: float(epochs.get(s, 1.0)) for s in shares}, shard_tokens=t.shard_tokens,
-        part_tokens=t.part_tokens, seed=cfg.get("run.seed", int, default=0) if t.seed is None else t.seed,
-        batch_docs=t.batch_docs, count=t.count, estimate_sample_bytes=t.estimate_sample_bytes,
-        export_hf=t.export_hf, append=t.append, input=t.input, tokenizer=t.tokenizer, config=sec.to_dict())
+        budget=t.budget_tokens,
+        shares={k: float(v) for k, v in shares.items()},
+        max_epochs={s: float(epochs.get(s, 1.0)) for s in shares},
+        shard_tokens=t.shard_tokens,
+        part_tokens=t.part_tokens,
+        seed=cfg.get("run.seed", int, default=0) if t.seed is None else t.seed,
+        batch_docs=t.batch_docs,
+        count=t.count,
+        estimate_sample_bytes=t.estimate_sample_bytes,
+        export_hf=t.export_hf,
+        append=t.append,
+        input=t.input,
+        tokenizer=t.tokenizer,
+        config=sec.to_dict(),
+    )
 
 
 # -- tokenizer ---------------------------------------------------------------------------------
@@ -121,13 +134,15 @@ def load_tokenizer(path: str, codes: int) -> TextTokenizer:
         if fp and fp != tok.vocab.fingerprint:
             raise VocabMismatchError(
                 f"{path}/{MANIFEST} has vocab {fp} but {tok.path} with vqvae.codebook_size={codes} "
-                f"gives {tok.vocab.fingerprint}; re-run the tokenizer stage")
+                f"gives {tok.vocab.fingerprint}; re-run the tokenizer stage"
+            )
     return tok
 
 
 # -- planner -------------------------------------------------------------------------------------
-def count_available(files: dict[str, list[str]], tok: TextTokenizer, mode: str, sample_bytes: int,
-                    batch: int = 256) -> dict[str, tuple[int, bool, float | None]]:
+def count_available(
+    files: dict[str, list[str]], tok: TextTokenizer, mode: str, sample_bytes: int, batch: int = 256
+) -> dict[str, tuple[int, bool, float | None]]:
     """Tokens per source: counted (tokenize everything) or estimated (text bytes from parquet
     footers x tokens/byte measured on the first `sample_bytes` of the source)."""
     out = {}
@@ -138,7 +153,7 @@ def count_available(files: dict[str, list[str]], tok: TextTokenizer, mode: str, 
             for rg in range(row_groups(path)):
                 texts = read_texts(path, rg, ("text",)).column("text").to_pylist()
                 for i in range(0, len(texts), batch):
-                    chunk = texts[i:i + batch]
+                    chunk = texts[i : i + batch]
                     tokens += int(tok.encode_documents(chunk)[1].sum())
                     nbytes += sum(len(t.encode("utf-8")) for t in chunk)
                 if mode == "estimate" and nbytes >= sample_bytes:
@@ -182,14 +197,14 @@ class TokenizeUnit(beam.DoFn):
         table = read_texts(path, rg)
         ids, texts = table.column("id").to_pylist(), table.column("text").to_pylist()
         for i in range(0, len(texts), self.batch):
-            flat, lengths = self.tok.encode_documents(texts[i:i + self.batch])
+            flat, lengths = self.tok.encode_documents(texts[i : i + self.batch])
             progress.count("documents", len(lengths))
             progress.count("tokens", int(sum(lengths)))
             data = flat.tobytes()
             item = flat.dtype.itemsize
             ends = np.cumsum(lengths) * item
             start = 0
-            for doc_id, end in zip(ids[i:i + self.batch], ends.tolist()):
+            for doc_id, end in zip(ids[i : i + self.batch], ends.tolist()):
                 yield source, sampling.doc_rank(self.seed, source, doc_id), doc_id, data[start:end]
                 start = end
 
@@ -217,6 +232,7 @@ class HistogramFn(beam.CombineFn):
 @dataclass(frozen=True)
 class Decision:
     """A source's sampling decision plus its partial-epoch cutoff (None: none of the boundary bucket)."""
+
     d: SourceDecision
     cutoff: tuple[int, str] | None
     max_epochs: float
@@ -242,8 +258,12 @@ def _cutoff(kv, decisions):
 
 def _in_boundary(doc, decisions) -> bool:
     d = decisions.get(doc[0])
-    return not isinstance(d, str) and d is not None and d.boundary_bucket >= 0 \
+    return (
+        not isinstance(d, str)
+        and d is not None
+        and d.boundary_bucket >= 0
         and sampling.bucket_of(doc[1]) == d.boundary_bucket
+    )
 
 
 def _emit(doc, decisions, cutoffs, parts, n_shards, seed):
@@ -260,9 +280,18 @@ def _emit(doc, decisions, cutoffs, parts, n_shards, seed):
 def source_summary(shards: list[dict], decisions: dict, s: SampleSettings) -> dict:
     per: dict[str, dict] = {}
     for src in s.shares:
-        per[src] = {"target": s.targets[src], "tokens": 0, "documents": 0, "unique_documents": None,
-                    "available": 0, "max_epochs": s.max_epochs[src], "epochs_used": 0.0,
-                    "full_epochs": 0, "shards": 0, "parts": 0}
+        per[src] = {
+            "target": s.targets[src],
+            "tokens": 0,
+            "documents": 0,
+            "unique_documents": None,
+            "available": 0,
+            "max_epochs": s.max_epochs[src],
+            "epochs_used": 0.0,
+            "full_epochs": 0,
+            "shards": 0,
+            "parts": 0,
+        }
     shard_ids: dict[str, set] = {}
     for sh in shards:
         if sh["path"].endswith(".idx"):
@@ -276,8 +305,11 @@ def source_summary(shards: list[dict], decisions: dict, s: SampleSettings) -> di
         if isinstance(d, str) or src not in per:
             continue
         row = per[src]
-        row.update(available=d.available, full_epochs=d.full_epochs,
-                   epochs_used=round(row["tokens"] / d.available, 6) if d.available else 0.0)
+        row.update(
+            available=d.available,
+            full_epochs=d.full_epochs,
+            epochs_used=round(row["tokens"] / d.available, 6) if d.available else 0.0,
+        )
         row["error"] = row["tokens"] - row["target"]
     return per
 
@@ -304,7 +336,8 @@ def run_stage(ctx) -> list[str]:
         if old["vocab_fingerprint"] != vocab.fingerprint:
             raise VocabMismatchError(
                 f"cannot append to {out}/{MANIFEST} (vocab {old['vocab_fingerprint']}) with tokenizer "
-                f"{tok.path} (vocab {vocab.fingerprint}); use the same tokenizer or a new output directory")
+                f"{tok.path} (vocab {vocab.fingerprint}); use the same tokenizer or a new output directory"
+            )
         previous = old["shards"]
         if hf_out and exists(join(hf_out, MANIFEST)):
             hf_previous = read_manifest(hf_out)["shards"]
@@ -324,25 +357,53 @@ def run_stage(ctx) -> list[str]:
         try:
             plan_path = f"{out}/{PLAN_FILE}"
             with progress.Pipeline("text-sample", options=pipeline_options(ctx.workers, ctx.beam_args)) as p:
-                docs = (p | "Units" >> beam.Create(units) | "Spread" >> beam.Reshuffle()
-                        | "Tokenize" >> beam.ParDo(TokenizeUnit(tok_path, vocab.n_image_codes, s.seed, s.batch_docs)))
-                hists = (docs | "RankTokens" >> beam.Map(lambda d: (d[0], (d[1], len(d[3]) // vocab.dtype.itemsize)))
-                         | "Histogram" >> beam.CombinePerKey(HistogramFn()))
+                docs = (
+                    p
+                    | "Units" >> beam.Create(units)
+                    | "Spread" >> beam.Reshuffle()
+                    | "Tokenize" >> beam.ParDo(TokenizeUnit(tok_path, vocab.n_image_codes, s.seed, s.batch_docs))
+                )
+                hists = (
+                    docs
+                    | "RankTokens" >> beam.Map(lambda d: (d[0], (d[1], len(d[3]) // vocab.dtype.itemsize)))
+                    | "Histogram" >> beam.CombinePerKey(HistogramFn())
+                )
                 decisions = hists | "Decide" >> beam.Map(_decide, targets, s.max_epochs)
                 dec_side = beam.pvalue.AsDict(decisions)
-                cutoffs = (docs | "Boundary" >> beam.Filter(_in_boundary, dec_side)
-                           | "BoundaryItems" >> beam.Map(lambda d: (d[0], (d[1], d[2], len(d[3]) // vocab.dtype.itemsize)))
-                           | "GroupBoundary" >> beam.GroupByKey()
-                           | "Cutoff" >> beam.Map(_cutoff, dec_side))
+                cutoffs = (
+                    docs
+                    | "Boundary" >> beam.Filter(_in_boundary, dec_side)
+                    | "BoundaryItems" >> beam.Map(lambda d: (d[0], (d[1], d[2], len(d[3]) // vocab.dtype.itemsize)))
+                    | "GroupBoundary" >> beam.GroupByKey()
+                    | "Cutoff" >> beam.Map(_cutoff, dec_side)
+                )
                 cut_side = beam.pvalue.AsDict(cutoffs)
-                parts = beam.pvalue.AsDict(hists | "PartRanges" >> beam.Map(plan_parts, targets, s.max_epochs, n_shards,
-                                                                              s.part_tokens))
-                shards = (docs | "Copies" >> beam.FlatMap(_emit, dec_side, cut_side, parts, n_shards, s.seed)
-                          | "GroupPart" >> beam.GroupByKey()
-                          | "WritePart" >> beam.ParDo(WriteTokenPart(out, hf_out, vocab.dtype.str, offsets)))
-                (shards | "CollectShards" >> beam.combiners.ToList()
-                 | "Finish" >> beam.Map(_finish, dec_side, cut_side, out, hf_out, plan_path, s, vocab, (previous, hf_previous),
-                                        [clean, tok_path]))
+                parts = beam.pvalue.AsDict(
+                    hists | "PartRanges" >> beam.Map(plan_parts, targets, s.max_epochs, n_shards, s.part_tokens)
+                )
+                shards = (
+                    docs
+                    | "Copies" >> beam.FlatMap(_emit, dec_side, cut_side, parts, n_shards, s.seed)
+                    | "GroupPart" >> beam.GroupByKey()
+                    | "WritePart" >> beam.ParDo(WriteTokenPart(out, hf_out, vocab.dtype.str, offsets))
+                )
+                (
+                    shards
+                    | "CollectShards" >> beam.combiners.ToList()
+                    | "Finish"
+                    >> beam.Map(
+                        _finish,
+                        dec_side,
+                        cut_side,
+                        out,
+                        hf_out,
+                        plan_path,
+                        s,
+                        vocab,
+                        (previous, hf_previous),
+                        [clean, tok_path],
+                    )
+                )
             result = json.loads(read_bytes(plan_path))
             fs, plan_p = fs_and_path(plan_path)
             fs.rm(plan_p)
@@ -353,8 +414,10 @@ def run_stage(ctx) -> list[str]:
         raise PlanError("impossible plan: " + "; ".join(result["errors"]))
     lines = []
     for src, row in result["sources"].items():
-        lines.append(f"{src}: {row['tokens']:,} tokens (target {row['target']:,}, {row['error']:+,}), "
-                     f"{row['documents']:,} docs, {row['epochs_used']:.3f} epochs of {row['available']:,}")
+        lines.append(
+            f"{src}: {row['tokens']:,} tokens (target {row['target']:,}, {row['error']:+,}), "
+            f"{row['documents']:,} docs, {row['epochs_used']:.3f} epochs of {row['available']:,}"
+        )
     lines.append(f"wrote {out} ({result['total_tokens']:,} tokens, vocab {vocab.fingerprint})")
     from jamdata.stats.warnings import format_warnings, sample_warnings
 
@@ -362,8 +425,9 @@ def run_stage(ctx) -> list[str]:
     return lines + format_warnings(sample_warnings("text-tokens", read_manifest(out), clean_manifest))
 
 
-def _finish(shards, decisions, cutoffs, out, hf_out, plan_path, s: SampleSettings, vocab: JointVocab,
-            previous_shards, inputs):
+def _finish(
+    shards, decisions, cutoffs, out, hf_out, plan_path, s: SampleSettings, vocab: JointVocab, previous_shards, inputs
+):
     previous, hf_previous = previous_shards
     errors = sorted(d.split("impossible plan: ", 1)[-1] for d in decisions.values() if isinstance(d, str))
     tok_shards = [{k: v for k, v in sh.items() if k != "_ds"} for sh in shards if sh["_ds"] == "tokens"]
@@ -372,22 +436,43 @@ def _finish(shards, decisions, cutoffs, out, hf_out, plan_path, s: SampleSetting
     for src, row in per.items():
         row.setdefault("error", row["tokens"] - row["target"])
     if not errors:
-        summary = {"sources": per, "budget_tokens": s.budget, "seed": s.seed,
-                   "tokenizer": {"fingerprint": vocab.fingerprint, "model_sha256": vocab.text_model_sha256},
-                   "dtype": vocab.dtype.name,
-                   "decisions": {src: {**asdict(d), "cutoff": list(cutoffs.get(src) or []) or None}
-                                 for src, d in sorted(decisions.items()) if not isinstance(d, str)}}
+        summary = {
+            "sources": per,
+            "budget_tokens": s.budget,
+            "seed": s.seed,
+            "tokenizer": {"fingerprint": vocab.fingerprint, "model_sha256": vocab.text_model_sha256},
+            "dtype": vocab.dtype.name,
+            "decisions": {
+                src: {**asdict(d), "cutoff": list(cutoffs.get(src) or []) or None}
+                for src, d in sorted(decisions.items())
+                if not isinstance(d, str)
+            },
+        }
         if previous:
             summary["appended_to"] = len(previous)
         write_manifest(out, build_manifest("text_tokens", previous + tok_shards, s.config, vocab, summary, inputs))
         if hf_out:
-            write_manifest(hf_out, build_manifest("text_tokens", hf_previous + hf_shards, {**s.config, "format": "hf-parquet"},
-                                                  vocab, {"sources": per, "format": "hf-parquet"}, inputs))
+            write_manifest(
+                hf_out,
+                build_manifest(
+                    "text_tokens",
+                    hf_previous + hf_shards,
+                    {**s.config, "format": "hf-parquet"},
+                    vocab,
+                    {"sources": per, "format": "hf-parquet"},
+                    inputs,
+                ),
+            )
     result = {"errors": errors, "sources": per, "total_tokens": sum(r["tokens"] for r in per.values())}
     with atomic_write(plan_path, "w") as f:
         json.dump(result, f, sort_keys=True)
     return plan_path
 
 
-STAGE = Stage("text-sample", run_stage, outputs=("text-tokens",), inputs=("text-clean", "tokenizer"),
-              settings=lambda ctx: {"seed": ctx.seed, "sample": sample_settings(ctx.config)})
+STAGE = Stage(
+    "text-sample",
+    run_stage,
+    outputs=("text-tokens",),
+    inputs=("text-clean", "tokenizer"),
+    settings=lambda ctx: {"seed": ctx.seed, "sample": sample_settings(ctx.config)},
+)

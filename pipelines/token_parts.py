@@ -16,6 +16,7 @@ the parts of a shard read in name order are exactly the documents of the shard i
 order: the same bytes as the shard written whole, cut at range boundaries. A cell of one shard
 holds about shard_tokens / 4096 / epochs tokens, so a part is never much bigger than asked.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -41,9 +42,9 @@ def cell_tokens(d: SourceDecision, hist: np.ndarray) -> np.ndarray:
     epochs = d.full_epochs + (1 if d.boundary_bucket >= 0 else 0)
     cells = np.tile(hist, epochs)
     if d.boundary_bucket >= 0:
-        last = cells[d.full_epochs * sampling.N_BUCKETS:]
+        last = cells[d.full_epochs * sampling.N_BUCKETS :]
         last[d.boundary_bucket] = d.boundary_remaining
-        last[d.boundary_bucket + 1:] = 0
+        last[d.boundary_bucket + 1 :] = 0
     return cells
 
 
@@ -55,8 +56,7 @@ def part_starts(cells: np.ndarray, n_shards: int, part_tokens: int) -> list[int]
     return (np.flatnonzero(np.diff(before // cap)) + 1).tolist()
 
 
-def plan_parts(kv, targets: dict[str, int], max_epochs: dict[str, float], n_shards: dict[str, int],
-               part_tokens: int):
+def plan_parts(kv, targets: dict[str, int], max_epochs: dict[str, float], n_shards: dict[str, int], part_tokens: int):
     """(source, token histogram) -> (source, part starts); an impossible plan gets no parts (the
     stage fails on the decision with the plan's own message)."""
     source, hist = kv
@@ -99,26 +99,41 @@ class WriteTokenPart(beam.DoFn):
         writer = IndexedDatasetWriter(f"{self.out_dir}/{name}", self.dtype)
         try:
             for i in range(0, len(records), WRITE_DOCS):
-                chunk = records[i:i + WRITE_DOCS]
-                writer.add_documents(np.frombuffer(b"".join(p for _, p in chunk), dtype=self.dtype),
-                                     [len(p) // self.dtype.itemsize for _, p in chunk])
+                chunk = records[i : i + WRITE_DOCS]
+                writer.add_documents(
+                    np.frombuffer(b"".join(p for _, p in chunk), dtype=self.dtype),
+                    [len(p) // self.dtype.itemsize for _, p in chunk],
+                )
         except BaseException:
             writer.abort()
             raise
         docs, tokens = writer.finalize()
-        summary = {"documents": docs, "tokens": tokens, "epochs": dict(sorted(epochs.items())), "shard": shard,
-                   "part": part}
+        summary = {
+            "documents": docs,
+            "tokens": tokens,
+            "epochs": dict(sorted(epochs.items())),
+            "shard": shard,
+            "part": part,
+        }
         yield {"_ds": "tokens", **describe_shard(self.out_dir, f"{name}.bin", group=source).to_dict()}
-        yield {"_ds": "tokens", **describe_shard(self.out_dir, f"{name}.idx", records=docs, tokens=tokens,
-                                                 group=source, summary=summary).to_dict()}
+        yield {
+            "_ds": "tokens",
+            **describe_shard(
+                self.out_dir, f"{name}.idx", records=docs, tokens=tokens, group=source, summary=summary
+            ).to_dict(),
+        }
         if self.hf_dir:
-            table = pa.table({
-                "id": pa.array([k.split(".", 2)[2] for k, _ in records], pa.string()),
-                "source": pa.array([source] * len(records), pa.string()),
-                "input_ids": pa.array([np.frombuffer(p, dtype=self.dtype).astype(np.int32) for _, p in records],
-                                      pa.list_(pa.int32())),
-                "num_tokens": pa.array([len(p) // self.dtype.itemsize for _, p in records], pa.int32())},
-                schema=TOKENIZED_DOCUMENT)
+            table = pa.table(
+                {
+                    "id": pa.array([k.split(".", 2)[2] for k, _ in records], pa.string()),
+                    "source": pa.array([source] * len(records), pa.string()),
+                    "input_ids": pa.array(
+                        [np.frombuffer(p, dtype=self.dtype).astype(np.int32) for _, p in records], pa.list_(pa.int32())
+                    ),
+                    "num_tokens": pa.array([len(p) // self.dtype.itemsize for _, p in records], pa.int32()),
+                },
+                schema=TOKENIZED_DOCUMENT,
+            )
             rel = f"{name}.parquet"
             with atomic_write(f"{self.hf_dir}/{rel}", "wb") as f:
                 pq.write_table(table, f, compression="zstd", row_group_size=1000)

@@ -5,6 +5,7 @@ pieces, special tokens, image codes) every later dataset is stamped with.
 No Beam: training reads a byte budget of clean text per source (`text.tokenizer.train_bytes`, split
 by `text.sample.shares`) in dataset order, so the model is a function of the clean dataset alone.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from pipelines.text_sample import LLAMA_SHARES, n_image_codes
 @dataclass(frozen=True)
 class TokenizerSettings:
     """The `text.tokenizer` section (docs/text-sample.md): train a SentencePiece BPE or load one."""
+
     model: str | None = setting(None, "an existing SentencePiece .model to load instead of training")
     vocab_size: int = setting(32000, "text pieces of a trained model", lo=300)
     train_bytes: int = setting(200_000_000, "text bytes sampled (by text.sample.shares) to train on", lo=1)
@@ -34,8 +36,9 @@ class TokenizerSettings:
 def tokenizer_sample(files: dict[str, list[str]], shares: dict[str, float], max_bytes: int) -> Iterator[str]:
     """Training text: per source a byte budget by share, documents in file order (the clean
     dataset is itself deterministic, so this sample is too)."""
-    norm = sampling.normalise_shares({s: shares.get(s, 0.0) for s in files} if any(shares.get(s) for s in files)
-                                     else {s: 1.0 for s in files})
+    norm = sampling.normalise_shares(
+        {s: shares.get(s, 0.0) for s in files} if any(shares.get(s) for s in files) else {s: 1.0 for s in files}
+    )
     for source, paths in files.items():
         budget = int(max_bytes * norm.get(source, 0.0))
         for path in paths:
@@ -61,20 +64,36 @@ def run_tokenizer_stage(ctx) -> list[str]:
         tok = TextTokenizer(model, codes)  # fails naming the file when it is missing or not a model
         check = tokenizer_check(tok.sp, t.input or str(ctx.path("text-clean")))
         with output_dir(out):
-            vocab = write_tokenizer_dataset(out, tok.proto, codes, sec.to_dict(),
-                                            {"origin": "loaded", "model": model, **check, **assumed}, inputs=[model])
-        return [f"loaded {model}: {vocab.text_size} pieces, joint vocab {vocab.size} ({vocab.fingerprint})",
-                *tokenizer_check_lines(read_manifest(out))]
+            vocab = write_tokenizer_dataset(
+                out,
+                tok.proto,
+                codes,
+                sec.to_dict(),
+                {"origin": "loaded", "model": model, **check, **assumed},
+                inputs=[model],
+            )
+        return [
+            f"loaded {model}: {vocab.text_size} pieces, joint vocab {vocab.size} ({vocab.fingerprint})",
+            *tokenizer_check_lines(read_manifest(out)),
+        ]
     clean = t.input or str(ctx.path("text-clean"))
     files = clean_shards(clean)
     shares = cfg.get("text.sample.shares", dict, default=LLAMA_SHARES)
     vocab_size, train_bytes, threads = t.vocab_size, t.train_bytes, t.threads
     proto = train_sentencepiece(tokenizer_sample(files, shares, train_bytes), vocab_size, train_bytes, threads)
     with output_dir(out):
-        vocab = write_tokenizer_dataset(out, proto, codes, sec.to_dict(),
-                                        {"origin": "trained", "train_bytes": train_bytes, **assumed}, inputs=[clean])
-    return [f"trained BPE tokenizer: {vocab.text_size} pieces, joint vocab {vocab.size} ({vocab.fingerprint})",
-            *tokenizer_check_lines(read_manifest(out))]
+        vocab = write_tokenizer_dataset(
+            out,
+            proto,
+            codes,
+            sec.to_dict(),
+            {"origin": "trained", "train_bytes": train_bytes, **assumed},
+            inputs=[clean],
+        )
+    return [
+        f"trained BPE tokenizer: {vocab.text_size} pieces, joint vocab {vocab.size} ({vocab.fingerprint})",
+        *tokenizer_check_lines(read_manifest(out)),
+    ]
 
 
 def tokenizer_check(sp, clean: str, max_bytes: int = 2_000_000) -> dict:
@@ -98,10 +117,12 @@ def tokenizer_check_lines(manifest: dict) -> list[str]:
 
 
 def stage_settings(ctx: StageContext) -> dict:
-    return {"seed": ctx.seed, "tokenizer": load_settings(TokenizerSettings, ctx.config.section("text.tokenizer")),
-            "shares": ctx.config.get("text.sample.shares", dict, default=LLAMA_SHARES),
-            "image_codes": n_image_codes(ctx.config)}
+    return {
+        "seed": ctx.seed,
+        "tokenizer": load_settings(TokenizerSettings, ctx.config.section("text.tokenizer")),
+        "shares": ctx.config.get("text.sample.shares", dict, default=LLAMA_SHARES),
+        "image_codes": n_image_codes(ctx.config),
+    }
 
 
-STAGE = Stage("tokenizer", run_tokenizer_stage, outputs=("tokenizer",), inputs=("text-clean",),
-              settings=stage_settings)
+STAGE = Stage("tokenizer", run_tokenizer_stage, outputs=("tokenizer",), inputs=("text-clean",), settings=stage_settings)

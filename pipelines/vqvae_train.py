@@ -1,5 +1,6 @@
 """The `vqvae-train` stage: train a VQ-VAE into a dataset of kind "vqvae", or import an existing
 taming/Chameleon checkpoint into one after a strict key-for-key load."""
+
 from __future__ import annotations
 
 import logging
@@ -21,6 +22,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class VQVAESettings:
     """The `vqvae` section (docs/images.md) without its `train` part (`TrainConfig`)."""
+
     codebook_size: int = setting(8192, "codes of the VQ-VAE (the joint vocabulary's image codes)", lo=2, hi=65536)
     model: str | dict = setting("256px-f8", "a preset name or a taming-style model dict")
     checkpoint: str | None = setting(None, "an existing vqvae dir or taming/Chameleon .ckpt instead of training")
@@ -47,8 +49,13 @@ def train_config(cfg: Config) -> tuple[TrainConfig, list[str]]:
 
     s = vqvae_settings(cfg)
     tc = load_settings(TrainConfig, cfg.section("vqvae.train"))
-    tc = replace(tc, model=s.model, codebook_size=s.codebook_size, seed=int(cfg.get("run.seed", int, default=0)),
-                 fields=cfg.section("images").get("fields", dict, default={}))
+    tc = replace(
+        tc,
+        model=s.model,
+        codebook_size=s.codebook_size,
+        seed=int(cfg.get("run.seed", int, default=0)),
+        fields=cfg.section("images").get("fields", dict, default={}),
+    )
     inputs = tc.inputs or cfg.section("images").get("inputs", (list, str), default=[])
     return tc, [inputs] if isinstance(inputs, str) else list(inputs)
 
@@ -66,12 +73,14 @@ def train_to_dir(tc, inputs: list[str], out: str, say=log.info, config: dict | N
     d = train_dist.setup(tc.device)
     try:
         # resuming keeps the directory's checkpoints (the manifest is still removed first)
-        with (output_dir(out, clean=not tc.resume) if d.main else nullcontext(out)) as out_p:
+        with output_dir(out, clean=not tc.resume) if d.main else nullcontext(out) as out_p:
             d.barrier()
             summary = train_vqvae(files, tc, str(out_p), say, d)
             if d.main:
-                say(f"{summary['images']} training images ({len(summary['unusable_inputs'])} unusable) "
-                    f"on {d.world_size} process(es)")
+                say(
+                    f"{summary['images']} training images ({len(summary['unusable_inputs'])} unusable) "
+                    f"on {d.world_size} process(es)"
+                )
                 shards = [describe_shard(str(out_p), n) for n in ("vqvae.ckpt", "vqvae.yaml")]
                 write_manifest(str(out_p), build_manifest("vqvae", shards, config or {}, None, summary, files))
     finally:
@@ -107,9 +116,11 @@ def run_vqvae_stage(ctx) -> list[str]:
     s = train_to_dir(tc, inputs, out, config=sec.to_dict())
     if not s:
         return []  # a torchrun process other than rank 0
-    return [f"trained {tc.model} for {s['steps']} steps on {s['images']} images in {s['seconds']}s: "
-            f"mse {s['untrained_mse']} -> {s['final_mse']}, {s['codes_used']}/{s['codebook_size']} codes used "
-            f"-> {out}"]
+    return [
+        f"trained {tc.model} for {s['steps']} steps on {s['images']} images in {s['seconds']}s: "
+        f"mse {s['untrained_mse']} -> {s['final_mse']}, {s['codes_used']}/{s['codebook_size']} codes used "
+        f"-> {out}"
+    ]
 
 
 def stage_settings(ctx: StageContext) -> dict:

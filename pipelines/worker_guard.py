@@ -9,6 +9,7 @@ normally says goodbye at exit and the watcher leaves quietly.
 
 Linux only (it reads /proc); elsewhere `guard()` does nothing.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -29,9 +30,13 @@ def guard() -> None:
     global _watcher
     if _watcher is not None or not Path("/proc/self/stat").exists():
         return
-    _watcher = subprocess.Popen([sys.executable, "-m", "pipelines.worker_guard", str(os.getpid())],
-                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, close_fds=True,
-                                start_new_session=True)  # a Ctrl-C to the job's group must not stop it
+    _watcher = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.worker_guard", str(os.getpid())],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        close_fds=True,
+        start_new_session=True,
+    )  # a Ctrl-C to the job's group must not stop it
     atexit.register(_goodbye)
 
 
@@ -51,7 +56,7 @@ def _stat(pid: int) -> tuple[int, str] | None:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = text[text.rindex(")") + 2:].split()  # the command name may hold spaces and ')'
+    fields = text[text.rindex(")") + 2 :].split()  # the command name may hold spaces and ')'
     return int(fields[1]), fields[19]
 
 

@@ -1,4 +1,5 @@
 """Versioned pyarrow schemas of every record the stages exchange, and the manifest JSON schema."""
+
 from schemas.records import (  # noqa: F401
     DOCUMENT,
     IMAGE_CAPTION,

@@ -1,4 +1,5 @@
 """JSON schema of `manifest.json`, the file that makes a directory a dataset."""
+
 from __future__ import annotations
 
 import functools

@@ -1,4 +1,5 @@
 """Record schemas. Bump SCHEMA_VERSION when a field changes meaning or type."""
+
 from __future__ import annotations
 
 import re
@@ -16,27 +17,33 @@ def _schema(name: str, fields: list[pa.Field]) -> pa.Schema:
 
 # A cleaned (or raw, just-read) source document. `metadata` is a JSON object as text so that each
 # source can keep its own fields (timestamp, title, pile_set_name...) without schema churn.
-DOCUMENT = _schema("document", [
-    pa.field("id", pa.string(), nullable=False),
-    pa.field("source", pa.string(), nullable=False),
-    pa.field("text", pa.large_string(), nullable=False),
-    pa.field("url", pa.string()),
-    pa.field("metadata", pa.string()),
-    pa.field("language", pa.string()),
-    pa.field("language_score", pa.float32()),
-    pa.field("quality_score", pa.float32()),
-])
+DOCUMENT = _schema(
+    "document",
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("text", pa.large_string(), nullable=False),
+        pa.field("url", pa.string()),
+        pa.field("metadata", pa.string()),
+        pa.field("language", pa.string()),
+        pa.field("language_score", pa.float32()),
+        pa.field("quality_score", pa.float32()),
+    ],
+)
 
 # Anything a stage dropped, with why. `file`/`offset` locate raw-input problems.
-REJECT = _schema("reject", [
-    pa.field("id", pa.string(), nullable=False),
-    pa.field("source", pa.string(), nullable=False),
-    pa.field("stage", pa.string(), nullable=False),
-    pa.field("reason", pa.string(), nullable=False),
-    pa.field("snippet", pa.string()),
-    pa.field("file", pa.string()),
-    pa.field("offset", pa.int64()),
-])
+REJECT = _schema(
+    "reject",
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("stage", pa.string(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("snippet", pa.string()),
+        pa.field("file", pa.string()),
+        pa.field("offset", pa.int64()),
+    ],
+)
 
 # How reject reasons are written: `<code>: <detail>`, the code short, lower-case and stable (the
 # report groups by it), the detail free text (numbers, ids, URLs). `reject_record` builds one.
@@ -52,15 +59,37 @@ def reject_reason(code: str, detail: str = "") -> str:
     return f"{code}: {detail}" if detail else code
 
 
-def reject(id: str, source: str, stage: str, reason: str, snippet: str | None = None, file: str | None = None,
-           offset: int | None = None) -> dict:
+def reject(
+    id: str,
+    source: str,
+    stage: str,
+    reason: str,
+    snippet: str | None = None,
+    file: str | None = None,
+    offset: int | None = None,
+) -> dict:
     """One REJECT record, its columns in schema order: every stage builds its rejects here."""
-    return {"id": id, "source": source, "stage": stage, "reason": reason, "snippet": snippet, "file": file,
-            "offset": offset}
+    return {
+        "id": id,
+        "source": source,
+        "stage": stage,
+        "reason": reason,
+        "snippet": snippet,
+        "file": file,
+        "offset": offset,
+    }
 
 
-def reject_record(id: str, source: str, stage: str, code: str, detail: str = "", snippet: str | None = None,
-                  file: str | None = None, offset: int | None = None) -> dict:
+def reject_record(
+    id: str,
+    source: str,
+    stage: str,
+    code: str,
+    detail: str = "",
+    snippet: str | None = None,
+    file: str | None = None,
+    offset: int | None = None,
+) -> dict:
     """One REJECT record, its reason written `code: detail` (see reject_reason)."""
     return reject(id, source, stage, reject_reason(code, detail), snippet, file, offset)
 
@@ -80,44 +109,55 @@ def split_reason(reason: str) -> tuple[str, str]:
 
 
 # A tokenized text document (the Hugging Face parquet export of text token shards).
-TOKENIZED_DOCUMENT = _schema("tokenized_document", [
-    pa.field("id", pa.string(), nullable=False),
-    pa.field("source", pa.string(), nullable=False),
-    pa.field("input_ids", pa.list_(pa.int32()), nullable=False),
-    pa.field("num_tokens", pa.int32(), nullable=False),
-])
+TOKENIZED_DOCUMENT = _schema(
+    "tokenized_document",
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("input_ids", pa.list_(pa.int32()), nullable=False),
+        pa.field("num_tokens", pa.int32(), nullable=False),
+    ],
+)
 
 # One image-caption sample as written into webdataset tars (one row = one tar sample).
-IMAGE_CAPTION = _schema("image_caption", [
-    pa.field("key", pa.string(), nullable=False),
-    pa.field("caption", pa.string(), nullable=False),
-    pa.field("url", pa.string()),
-    pa.field("original_key", pa.string()),
-    pa.field("width", pa.int32()),
-    pa.field("height", pa.int32()),
-    pa.field("image_codes", pa.list_(pa.uint16()), nullable=False),
-    pa.field("caption_ids", pa.list_(pa.int32()), nullable=False),
-    pa.field("tokens", pa.list_(pa.int32()), nullable=False),
-    pa.field("order", pa.string(), nullable=False),  # "caption_first" | "image_first"
-])
+IMAGE_CAPTION = _schema(
+    "image_caption",
+    [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("caption", pa.string(), nullable=False),
+        pa.field("url", pa.string()),
+        pa.field("original_key", pa.string()),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("image_codes", pa.list_(pa.uint16()), nullable=False),
+        pa.field("caption_ids", pa.list_(pa.int32()), nullable=False),
+        pa.field("tokens", pa.list_(pa.int32()), nullable=False),
+        pa.field("order", pa.string(), nullable=False),  # "caption_first" | "image_first"
+    ],
+)
 
-SEGMENT = pa.struct([
-    pa.field("modality", pa.string(), nullable=False),  # "text" | "image"
-    pa.field("role", pa.string(), nullable=False),      # "instruction" | "response" | "context"
-    pa.field("text", pa.string()),                       # text segments
-    pa.field("image_ref", pa.string()),                  # image segments: where the image came from
-    pa.field("start", pa.int32(), nullable=False),       # span in `tokens`
-    pa.field("length", pa.int32(), nullable=False),
-])
+SEGMENT = pa.struct(
+    [
+        pa.field("modality", pa.string(), nullable=False),  # "text" | "image"
+        pa.field("role", pa.string(), nullable=False),  # "instruction" | "response" | "context"
+        pa.field("text", pa.string()),  # text segments
+        pa.field("image_ref", pa.string()),  # image segments: where the image came from
+        pa.field("start", pa.int32(), nullable=False),  # span in `tokens`
+        pa.field("length", pa.int32(), nullable=False),
+    ]
+)
 
 # An interleaved mixed-modal sample: ordered segments and the joint-vocabulary tokens with a loss mask.
-INTERLEAVED = _schema("interleaved", [
-    pa.field("key", pa.string(), nullable=False),
-    pa.field("source", pa.string(), nullable=False),
-    pa.field("segments", pa.list_(SEGMENT), nullable=False),
-    pa.field("tokens", pa.list_(pa.int32()), nullable=False),
-    pa.field("loss_mask", pa.list_(pa.uint8()), nullable=False),
-])
+INTERLEAVED = _schema(
+    "interleaved",
+    [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("segments", pa.list_(SEGMENT), nullable=False),
+        pa.field("tokens", pa.list_(pa.int32()), nullable=False),
+        pa.field("loss_mask", pa.list_(pa.uint8()), nullable=False),
+    ],
+)
 
 SCHEMAS: dict[str, pa.Schema] = {
     "document": DOCUMENT,
@@ -152,7 +192,9 @@ def validate_batch(batch: pa.RecordBatch | pa.Table, schema: pa.Schema, where: s
         if not got[field.name].type.equals(field.type):
             raise SchemaError(name, field.name, f"has type {got[field.name].type}, expected {field.type}", where)
         if not field.nullable and batch.column(field.name).null_count:
-            raise SchemaError(name, field.name, f"{batch.column(field.name).null_count} null value(s) in a required field", where)
+            raise SchemaError(
+                name, field.name, f"{batch.column(field.name).null_count} null value(s) in a required field", where
+            )
     extra = sorted(set(got) - set(schema.names))
     if extra:
         raise SchemaError(name, extra[0], f"not in the schema (fields: {', '.join(schema.names)})", where)
@@ -176,7 +218,9 @@ def validate_record(record: Mapping[str, Any], schema: pa.Schema, where: str = "
         try:
             pa.array([value], type=field.type)
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError) as e:
-            raise SchemaError(name, field.name, f"value {str(value)[:60]!r} does not fit {field.type}: {e}", where) from None
+            raise SchemaError(
+                name, field.name, f"value {str(value)[:60]!r} does not fit {field.type}: {e}", where
+            ) from None
 
 
 def to_table(records: Sequence[Mapping[str, Any]], schema: pa.Schema) -> pa.Table:

@@ -12,6 +12,7 @@
 Prints one summary table; exits 1 when any check fails. `--device cpu --small` runs the same code
 paths that need no CUDA at tiny sizes (tests/test_gpu_check.py); rows that need CUDA say "skipped".
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,7 +47,7 @@ def segments(B: int, L: int, device) -> torch.Tensor:
         cuts = sorted({L // 3 + 17 * b, L // 2, (3 * L) // 4})
         for i, c in enumerate(cuts):
             seg[b, c:] = i + 1
-    seg[0, L - L // 8:] = -1
+    seg[0, L - L // 8 :] = -1
     return seg
 
 
@@ -78,10 +79,15 @@ def kernel_rows(device, small: bool) -> list[Row]:
         xs = [torch.randn(2, 4, L, D, device=device) for _ in range(6)]
         seg = segments(2, L, device)
         for dtype in (torch.float16, torch.bfloat16):
-            rows.append(compare(
-                f"triton cross-attn D={D} L={L} {str(dtype)[6:]}",
-                lambda *x: bidirectional_cross_attention(*x, seg, seg, impl="triton"),
-                lambda *x: reference_bidirectional_cross_attention(*x, seg, seg), xs, dtype))
+            rows.append(
+                compare(
+                    f"triton cross-attn D={D} L={L} {str(dtype)[6:]}",
+                    lambda *x: bidirectional_cross_attention(*x, seg, seg, impl="triton"),
+                    lambda *x: reference_bidirectional_cross_attention(*x, seg, seg),
+                    xs,
+                    dtype,
+                )
+            )
     return rows
 
 
@@ -90,17 +96,32 @@ def self_attention_rows(device, small: bool) -> list[Row]:
 
     L = 256 if small else 2048
     torch.manual_seed(0)
-    xs = [torch.randn(2, 8, L, 64, device=device), torch.randn(2, 2, L, 64, device=device),
-          torch.randn(2, 2, L, 64, device=device)]
+    xs = [
+        torch.randn(2, 8, L, 64, device=device),
+        torch.randn(2, 2, L, 64, device=device),
+        torch.randn(2, 2, L, 64, device=device),
+    ]
     seg = segments(2, L, device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    rows = [compare(f"self-attn segments GQA L={L} {str(dtype)[6:]}",
-                    lambda q, k, v: document_attention(q, k, v, seg, "segments"),
-                    lambda q, k, v: dense_attention(q, k, v, seg), xs, dtype)]
+    rows = [
+        compare(
+            f"self-attn segments GQA L={L} {str(dtype)[6:]}",
+            lambda q, k, v: document_attention(q, k, v, seg, "segments"),
+            lambda q, k, v: dense_attention(q, k, v, seg),
+            xs,
+            dtype,
+        )
+    ]
     if device.type == "cuda":
-        rows.append(compare(f"self-attn flex (compiled) GQA L={L} bf16",
-                            lambda q, k, v: document_attention(q, k, v, seg, "flex"),
-                            lambda q, k, v: dense_attention(q, k, v, seg), xs, torch.bfloat16))
+        rows.append(
+            compare(
+                f"self-attn flex (compiled) GQA L={L} bf16",
+                lambda q, k, v: document_attention(q, k, v, seg, "flex"),
+                lambda q, k, v: dense_attention(q, k, v, seg),
+                xs,
+                torch.bfloat16,
+            )
+        )
     else:
         rows.append(Row("self-attn flex (compiled) fwd+bwd", "skipped (no CUDA)", None))
     return rows
@@ -115,8 +136,13 @@ def bench_rows(device, small: bool) -> list[Row]:
     for L, H, D in ((4096, 32, 128), (2048, 16, 128)):  # JAM-7B heads; a smaller shape
         err, res = measure(2, L, H, D, "bf16")
         tri, sd = res["triton (fused, 1 launch)"], res["torch SDPA (2 calls)"]
-        rows.append(Row(f"cross-attn L={L} H={H} D={D} bf16 fwd+bwd TFLOP/s",
-                        f"triton {tri[1]:.0f} | SDPA {sd[1]:.0f} | ratio {tri[1] / sd[1]:.2f}x", None))
+        rows.append(
+            Row(
+                f"cross-attn L={L} H={H} D={D} bf16 fwd+bwd TFLOP/s",
+                f"triton {tri[1]:.0f} | SDPA {sd[1]:.0f} | ratio {tri[1] / sd[1]:.2f}x",
+                None,
+            )
+        )
         rows.append(Row(f"cross-attn L={L} bench slice error", f"{err:.1e}", err < 5e-2))
     return rows
 
@@ -130,14 +156,28 @@ def deepspeed_row(device, small: bool) -> list[Row]:
 
     setup_distributed()
     V, L, B = 1000, (128 if small else 2048), 2
-    cfg = {"preset": "tiny", "fusion": "cross", "n_layers": 2 if small else 4, "d_model": 64 if small else 512,
-           "n_heads": 4 if small else 8, "max_seq_len": L, "text_rows": V - 64, "activation_checkpointing": True}
+    cfg = {
+        "preset": "tiny",
+        "fusion": "cross",
+        "n_layers": 2 if small else 4,
+        "d_model": 64 if small else 512,
+        "n_heads": 4 if small else 8,
+        "max_seq_len": L,
+        "text_rows": V - 64,
+        "activation_checkpointing": True,
+    }
     torch.manual_seed(0)
     model = build_model(cfg, V)
     lift_scalar_params(model)
     bf16 = device.type == "cuda"
-    ds = {"train_micro_batch_size_per_gpu": B, "gradient_accumulation_steps": 1, "gradient_clipping": 1.0,
-          "zero_optimization": {"stage": 2}, "bf16": {"enabled": bf16}, "steps_per_print": 10 ** 9}
+    ds = {
+        "train_micro_batch_size_per_gpu": B,
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": 1.0,
+        "zero_optimization": {"stage": 2},
+        "bf16": {"enabled": bf16},
+        "steps_per_print": 10**9,
+    }
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=ds)
     tokens = torch.randint(0, V, (B, L + 1), device=engine.device)
@@ -178,8 +218,13 @@ def vq_row(device, small: bool, vqvae: str | None) -> list[Row]:
             torch.cuda.synchronize()
     ips = n * reps / (time.time() - t0)
     ok = codes.shape == (n, *model.grid()) and int(codes.max()) < model.n_embed
-    return [Row(f"VQ-VAE encode {res}px -> {model.grid()[0]}x{model.grid()[1]} ({str(dtype)[6:]})",
-                f"{ips:,.1f} images/s", ok)]
+    return [
+        Row(
+            f"VQ-VAE encode {res}px -> {model.grid()[0]}x{model.grid()[1]} ({str(dtype)[6:]})",
+            f"{ips:,.1f} images/s",
+            ok,
+        )
+    ]
 
 
 def table(rows: list[Row]) -> str:

@@ -1,4 +1,5 @@
 """Shared fixtures. The real sample corpus lives in ../shared/corpus (override: JAM_CORPUS)."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """The CM3 causal-masked transform: exact inverse, boundaries, lengths, and its span-count law."""
+
 from __future__ import annotations
 
 import math
@@ -42,8 +43,13 @@ def sequences(draw):
     return np.asarray(toks, np.int32), np.asarray(mask, np.uint8)
 
 
-cfgs = st.builds(CM3Config, lam=st.sampled_from([0.5, 1.0, 3.0]), max_spans=st.integers(1, 16),
-                 max_span_len=st.integers(1, 50), seed=st.integers(0, 2**31))
+cfgs = st.builds(
+    CM3Config,
+    lam=st.sampled_from([0.5, 1.0, 3.0]),
+    max_spans=st.integers(1, 16),
+    max_span_len=st.integers(1, 50),
+    seed=st.integers(0, 2**31),
+)
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -72,14 +78,14 @@ def test_transform_is_invertible_and_consistent(seq, cfg, key):
     for s, length in res.spans:
         assert length >= 1 and length <= cfg.max_span_len
         assert any(a <= s and s + length <= b for a, b in regs), (s, length, regs)
-        assert not set(tokens[s:s + length].tolist()) & SPECIAL_STRUCT
+        assert not set(tokens[s : s + length].tolist()) & SPECIAL_STRUCT
     # spans are disjoint and in document order
     ends = [s + length for s, length in res.spans]
     assert all(ends[i] < res.spans[i + 1][0] for i in range(n - 1))
     # the document part (before the first sentinel) keeps every structural token, in order
     has_eos = tokens[-1] == V.eos_id
     end = int(np.flatnonzero(out == V.mask_id(0))[1]) if n else len(out) - int(has_eos)
-    struct = [t for t in tokens[:len(tokens) - int(has_eos)].tolist() if t in SPECIAL_STRUCT]
+    struct = [t for t in tokens[: len(tokens) - int(has_eos)].tolist() if t in SPECIAL_STRUCT]
     assert [t for t in out[:end].tolist() if t in SPECIAL_STRUCT] == struct
 
 

@@ -1,5 +1,6 @@
 """Dedup at scale: long chains converge, hot LSH buckets and hot exact hashes are never held in one
 place, and sliced keys give the same answer as unsliced ones."""
+
 from __future__ import annotations
 
 import itertools
@@ -25,6 +26,7 @@ VOCAB = [f"w{i}" for i in range(50000)]
 def _save(path: str):
     def save(items):
         Path(path).write_text(json.dumps(sorted(items)))
+
     return save
 
 
@@ -40,10 +42,18 @@ def run(build, docs, tmp_path: Path, workers: int = 1):
         else:
             docs_in = p | beam.Create(docs)
         kept, rejects = docs_in | beam.Reshuffle() | build
-        (kept | "KeptIds" >> beam.Map(lambda d: d["id"]) | "AllKept" >> beam.combiners.ToList()
-         | "SaveKept" >> beam.Map(_save(kept_file)))
-        (rejects | "RejIds" >> beam.Map(lambda r: (r["id"], r["reason"])) | "AllRej" >> beam.combiners.ToList()
-         | "SaveRej" >> beam.Map(_save(rej_file)))
+        (
+            kept
+            | "KeptIds" >> beam.Map(lambda d: d["id"])
+            | "AllKept" >> beam.combiners.ToList()
+            | "SaveKept" >> beam.Map(_save(kept_file))
+        )
+        (
+            rejects
+            | "RejIds" >> beam.Map(lambda r: (r["id"], r["reason"]))
+            | "AllRej" >> beam.combiners.ToList()
+            | "SaveRej" >> beam.Map(_save(rej_file))
+        )
     return json.loads(Path(kept_file).read_text()), dict(json.loads(Path(rej_file).read_text()))
 
 
@@ -152,8 +162,9 @@ def test_exact_duplicates_are_combined_to_the_winner(tmp_path):
     text = " ".join(rng.choice(VOCAB) for _ in range(50))
     ids = [f"copy-{i:04d}" for i in range(1000)]
     rng.shuffle(ids)
-    docs = [{"id": d, "source": "c4", "text": text.upper() if k % 2 else text.replace(" ", "  ")}
-            for k, d in enumerate(ids)] + [{"id": "other", "source": "c4", "text": "something else"}]
+    docs = [
+        {"id": d, "source": "c4", "text": text.upper() if k % 2 else text.replace(" ", "  ")} for k, d in enumerate(ids)
+    ] + [{"id": "other", "source": "c4", "text": "something else"}]
     combine = _Counted(Min())
     acc = combine.create_accumulator()
     for d in docs[:1000]:
@@ -187,7 +198,7 @@ def test_sliced_buckets_give_the_same_clusters_on_two_workers(tmp_path):
 def test_smallest_refs_merge_in_any_order():
     members = [(f"k{i:03d}", bytes([i % 7]) * 4, i) for i in range(100)]
     random.Random(0).shuffle(members)
-    parts = [smallest_refs(members[i:i + 13], 5) for i in range(0, 100, 13)]
+    parts = [smallest_refs(members[i : i + 13], 5) for i in range(0, 100, 13)]
     assert smallest_refs([m for p in reversed(parts) for m in p], 5) == smallest_refs(members, 5)
     assert [m[0] for m in smallest_refs(members, 5)] == ["k000", "k001", "k002", "k003", "k004"]
 

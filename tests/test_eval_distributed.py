@@ -1,6 +1,7 @@
 """Evaluation under ZeRO-3 on 2 gloo ranks (CPU): every rank runs the same number of forward passes
 (the one with fewer samples pads with masked dummy batches; unequal counts would hang ZeRO-3's
 parameter gathering, so the run is bounded by a timeout) and the figures equal a one-rank evaluation."""
+
 from __future__ import annotations
 
 import json
@@ -72,13 +73,23 @@ def test_zero3_two_rank_eval_runs_equal_forwards_and_matches_one_rank(tmp_path):
     data = write_datasets(tmp_path / "data", n_text=40, n_images=24, n_instruct=2)
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"}
+    env = {
+        **os.environ,
+        "DS_ACCELERATOR": "cpu",
+        "CUDA_VISIBLE_DEVICES": "",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}",
+    }
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
     try:
-        r = subprocess.run([sys.executable, str(script), str(tmp_path), json.dumps(data), str(_port())], env=env,
-                           capture_output=True, text=True, timeout=120)
+        r = subprocess.run(
+            [sys.executable, str(script), str(tmp_path), json.dumps(data), str(_port())],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     except subprocess.TimeoutExpired:
         pytest.fail("2-rank ZeRO-3 evaluation did not finish (ranks ran different numbers of forward passes?)")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -94,6 +105,7 @@ def test_zero3_two_rank_eval_runs_equal_forwards_and_matches_one_rank(tmp_path):
     for x in ranks:
         for name, want in one.items():
             got = x["res"][name]
-            assert {k: got[k] for k in ("samples", "tokens", "text_tokens", "image_tokens")} == \
-                {k: want[k] for k in ("samples", "tokens", "text_tokens", "image_tokens")}
+            assert {k: got[k] for k in ("samples", "tokens", "text_tokens", "image_tokens")} == {
+                k: want[k] for k in ("samples", "tokens", "text_tokens", "image_tokens")
+            }
             assert got["loss"] == pytest.approx(want["loss"], rel=1e-5), name

@@ -2,6 +2,7 @@
 VQ-VAE checkpoints (our own, taming / Chameleon / Lightning layouts), the trainer's per-rank state
 files and DeepSpeed's own files. A file holding a pickled call (`os.system(...)`) is refused with
 one line naming the file and the global, and the call never runs."""
+
 from __future__ import annotations
 
 import json
@@ -84,8 +85,11 @@ def _pickle_as(monkeypatch, qualified: str, base: type = object) -> type:
     cls = type(name, (base,), {"__module__": module, "__qualname__": name})
     parts = module.split(".")
     for i in range(1, len(parts) + 1):
-        monkeypatch.setitem(sys.modules, ".".join(parts[:i]), sys.modules.get(".".join(parts[:i]))
-                            or types.ModuleType(".".join(parts[:i])))
+        monkeypatch.setitem(
+            sys.modules,
+            ".".join(parts[:i]),
+            sys.modules.get(".".join(parts[:i])) or types.ModuleType(".".join(parts[:i])),
+        )
     setattr(sys.modules[module], name, cls)
     return cls
 
@@ -100,14 +104,26 @@ def lightning_checkpoint(monkeypatch, model, path: Path, extra: dict | None = No
     sd["loss.discriminator.main.0.weight"] = torch.zeros(8, 3, 4, 4)
     opt_ae = torch.optim.Adam(model.parameters(), lr=4.5e-6, betas=(0.5, 0.9))
     opt_disc = torch.optim.Adam([sd["loss.discriminator.main.0.weight"]], lr=4.5e-6, betas=(0.5, 0.9))
-    blob = {"epoch": 12, "global_step": 250000, "pytorch-lightning_version": "1.0.8", "state_dict": sd,
-            "callbacks": {ModelCheckpoint: {"monitor": "val/rec_loss", "best_model_score": torch.tensor(0.25),
-                                            "best_model_path": "logs/checkpoints/last.ckpt",
-                                            "current_score": np.float64(0.3), "dirpath": "logs/checkpoints"}},
-            "optimizer_states": [opt_ae.state_dict(), opt_disc.state_dict()], "lr_schedulers": [],
-            "hparams_name": "kwargs",
-            "hyper_parameters": AttributeDict(embed_dim=16, n_embed=64, ckpt_path=None, ignore_keys=[]),
-            **(extra or {})}
+    blob = {
+        "epoch": 12,
+        "global_step": 250000,
+        "pytorch-lightning_version": "1.0.8",
+        "state_dict": sd,
+        "callbacks": {
+            ModelCheckpoint: {
+                "monitor": "val/rec_loss",
+                "best_model_score": torch.tensor(0.25),
+                "best_model_path": "logs/checkpoints/last.ckpt",
+                "current_score": np.float64(0.3),
+                "dirpath": "logs/checkpoints",
+            }
+        },
+        "optimizer_states": [opt_ae.state_dict(), opt_disc.state_dict()],
+        "lr_schedulers": [],
+        "hparams_name": "kwargs",
+        "hyper_parameters": AttributeDict(embed_dim=16, n_embed=64, ckpt_path=None, ignore_keys=[]),
+        **(extra or {}),
+    }
     torch.save(blob, path)
 
 
@@ -125,8 +141,14 @@ def test_taming_lightning_checkpoint_loads(monkeypatch, tmp_path):
 def test_lightning_checkpoint_with_omegaconf_hyper_parameters_loads_them_as_inert_data(tmp_path):
     omegaconf = pytest.importorskip("omegaconf")
     m = tiny_vqvae(2)
-    hp = omegaconf.OmegaConf.create({"embed_dim": 16, "n_embed": 64, "ddconfig": m.params["ddconfig"],
-                                     "lossconfig": {"target": "taming.VQLPIPSWithDiscriminator", "params": None}})
+    hp = omegaconf.OmegaConf.create(
+        {
+            "embed_dim": 16,
+            "n_embed": 64,
+            "ddconfig": m.params["ddconfig"],
+            "lossconfig": {"target": "taming.VQLPIPSWithDiscriminator", "params": None},
+        }
+    )
     torch.save({"state_dict": m.state_dict(), "hyper_parameters": hp, "epoch": 1}, tmp_path / "m.ckpt")
     loaded = load_vqvae(tmp_path / "m.ckpt", config={"model": {"params": m.params}})
     assert torch.equal(loaded.quantize.embedding.weight, m.quantize.embedding.weight)
@@ -161,7 +183,7 @@ def poison(ckpt_path: Path) -> None:
     data = bytearray(ckpt_path.read_bytes())
     at = data.find(weight.numpy().tobytes())
     assert at > 0
-    data[at:at + 4] = np.float32("nan").tobytes()
+    data[at : at + 4] = np.float32("nan").tobytes()
     ckpt_path.write_bytes(bytes(data))
 
 
@@ -211,10 +233,12 @@ def test_images_and_instruct_stages_verify_the_vqvae(tmp_path, sp_model_path, sa
     (tmp_path / "tokenizer").mkdir()
     shutil.copy(sp_model_path, tmp_path / "tokenizer" / "tokenizer.model")
     root = sample_data / "instruct"
-    cfg = {"run": {"seed": 5},
-           "images": {"inputs": [str(sample_data / "images" / "shapes-00000.tar")], "min_size": 32},
-           "vqvae": {"codebook_size": 64, "model": "tiny-64px-f4", "checkpoint": str(src)},
-           "instruct": {"sources": [{"format": "conversation", "paths": str(root / "conversations")}]}}
+    cfg = {
+        "run": {"seed": 5},
+        "images": {"inputs": [str(sample_data / "images" / "shapes-00000.tar")], "min_size": 32},
+        "vqvae": {"codebook_size": 64, "model": "tiny-64px-f4", "checkpoint": str(src)},
+        "instruct": {"sources": [{"format": "conversation", "paths": str(root / "conversations")}]},
+    }
     ctx = StageContext(Config(cfg), tmp_path)
     vqvae_train.run_vqvae_stage(ctx)
     ck = tmp_path / "vqvae" / "vqvae.ckpt"
@@ -238,8 +262,10 @@ def test_images_and_instruct_stages_verify_the_vqvae(tmp_path, sp_model_path, sa
 def test_rank_state_loads_weights_only_and_restores_every_generator(tmp_path):
     random.seed(3), np.random.seed(3), torch.manual_seed(3)
     np.random.standard_normal()  # a cached Gaussian is part of numpy's state
-    torch.save({"rank": 0, "step": 4, "loader": {"step": 4, "lanes": {"0": [1, 2]}}, "rng": ckpt.rng_state()},
-               tmp_path / ckpt.rank_file(0))
+    torch.save(
+        {"rank": 0, "step": 4, "loader": {"step": 4, "lanes": {"0": [1, 2]}}, "rng": ckpt.rng_state()},
+        tmp_path / ckpt.rank_file(0),
+    )
     want = (random.random(), np.random.standard_normal(3).tolist(), torch.rand(3).tolist())
     random.seed(0), np.random.seed(0), torch.manual_seed(0)
     state = load_weights_only(tmp_path / ckpt.rank_file(0))  # nothing beyond torch's own allow-list
@@ -258,7 +284,7 @@ def test_rank_state_written_before_the_plain_form_still_loads(tmp_path):
     assert np.random.standard_normal(2).tolist() == want
 
 
-DS_SCRIPT = r'''
+DS_SCRIPT = r"""
 import json, sys
 from pathlib import Path
 import torch
@@ -285,28 +311,35 @@ for path in sys.argv[3:] if sys.argv[1] == "save" else sys.argv[2:]:
     except ckpt.CheckpointError as e:
         out[path] = {"error": str(e)}
 print("RESULT " + json.dumps(out))
-'''
+"""
 
-DS_ENV = {**os.environ, "DS_ACCELERATOR": "cpu", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1",
-          "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(REPO / ".torch_extensions")),
-          "PYTHONPATH": str(REPO)}
+DS_ENV = {
+    **os.environ,
+    "DS_ACCELERATOR": "cpu",
+    "CUDA_VISIBLE_DEVICES": "",
+    "OMP_NUM_THREADS": "1",
+    "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(REPO / ".torch_extensions")),
+    "PYTHONPATH": str(REPO),
+}
 for _k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
     DS_ENV.pop(_k, None)
 
 
 def run_ds(*args: str) -> dict:
-    r = subprocess.run([sys.executable, "-c", DS_SCRIPT, *args], env=DS_ENV, capture_output=True, text=True,
-                       timeout=240, cwd=REPO)
+    r = subprocess.run(
+        [sys.executable, "-c", DS_SCRIPT, *args], env=DS_ENV, capture_output=True, text=True, timeout=240, cwd=REPO
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     line = [x for x in r.stdout.splitlines() if x.startswith("RESULT ")][-1]
-    return json.loads(line[len("RESULT "):])
+    return json.loads(line[len("RESULT ") :])
 
 
 def reseal(path: Path) -> None:
     """What anyone able to write the files can do: recompute COMPLETE.json's sizes and hashes."""
     marker = json.loads((path / ckpt.MARKER).read_text())
-    marker["files"] = {rel: {"bytes": (path / rel).stat().st_size, "sha256": sha256_file(path / rel)}
-                       for rel in marker["files"]}
+    marker["files"] = {
+        rel: {"bytes": (path / rel).stat().st_size, "sha256": sha256_file(path / rel)} for rel in marker["files"]
+    }
     (path / ckpt.MARKER).write_text(json.dumps(marker))
 
 
@@ -349,7 +382,12 @@ def test_pickled_code_in_deepspeed_or_rank_files_is_refused_before_it_runs(deeps
     one_line(got[str(rank)]["error"], str(rank / ckpt.rank_file(0)), "refusing to load", "posix.system")
     assert not ran_model.exists() and not ran_rank.exists()
     # `jamtrain export` reads the same files through DeepSpeed's converter: refused as well
-    r = subprocess.run([str(BIN / "jamtrain"), "export", "--checkpoint", str(model), "--out", str(tmp_path / "x")],
-                       env=DS_ENV, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [str(BIN / "jamtrain"), "export", "--checkpoint", str(model), "--out", str(tmp_path / "x")],
+        env=DS_ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 1 and "refusing to load" in r.stderr and "posix.system" in r.stderr, r.stderr
     assert not ran_model.exists() and not (tmp_path / "x" / "model.safetensors").exists()

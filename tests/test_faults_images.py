@@ -8,6 +8,7 @@ FIFO, device, oversized file, unknown URL scheme, absurd caption) beside good ro
 pipeline over real files, and counts what came out. Manifests naming files outside their dataset,
 keys shared by two img2dataset collections and shards with altered bytes are checked the same way.
 """
+
 from __future__ import annotations
 
 import base64
@@ -34,9 +35,9 @@ from jamdata.manifest import ManifestError, read_manifest, validate_dataset
 from tests import test_image_inputs as ii
 from tests.test_image_pipeline import sample, samples, settings
 
-GOOD = 3                      # good rows in every case file
-MAX_IMAGE_BYTES = 64 * 1024   # small, so an oversized file is cheap to make
-SECRET = "root:x:0:0"         # first bytes of /etc/passwd: must never reach a reject
+GOOD = 3  # good rows in every case file
+MAX_IMAGE_BYTES = 64 * 1024  # small, so an oversized file is cheap to make
+SECRET = "root:x:0:0"  # first bytes of /etc/passwd: must never reach a reject
 WATCHDOG_S = 240
 
 
@@ -65,9 +66,9 @@ def run_with_watchdog(fn, *args, timeout: float = WATCHDOG_S, **kw):
 @dataclass(frozen=True)
 class Case:
     name: str
-    reason: str           # expected reject reason of the bad row ("ok": the row is a good one)
-    kind: str = "jsonl"   # file type the bad row sits in
-    shows: str = ""       # text the reject's detail must contain (the path it names)
+    reason: str  # expected reject reason of the bad row ("ok": the row is a good one)
+    kind: str = "jsonl"  # file type the bad row sits in
+    shows: str = ""  # text the reject's detail must contain (the path it names)
 
 
 IMAGE_CASES = [
@@ -96,11 +97,19 @@ PATH_CASES = [c for c in IMAGE_CASES if c.name not in ("caption_too_long", "dupl
 def bad_row(case: Case, d: Path) -> dict:
     """The planted row of a case; makes the files it names inside the case directory `d`."""
     img = d / "imgs"
-    ref = {"abs_system_path": "/etc/passwd", "dotdot_system_path": "../../../../../../../../etc/passwd",
-           "dotdot_sibling_image": "../sibling/ok.jpg", "file_url_system_path": "file:///etc/passwd",
-           "chained_url": "simplecache::file:///etc/passwd", "http_url": "http://127.0.0.1:9/x.jpg",
-           "unknown_scheme": "foo://x", "device_under_root": "/dev/zero", "directory": "imgs",
-           "missing_file": "imgs/nope.jpg", "parquet_abs_path": "/etc/passwd"}.get(case.name)
+    ref = {
+        "abs_system_path": "/etc/passwd",
+        "dotdot_system_path": "../../../../../../../../etc/passwd",
+        "dotdot_sibling_image": "../sibling/ok.jpg",
+        "file_url_system_path": "file:///etc/passwd",
+        "chained_url": "simplecache::file:///etc/passwd",
+        "http_url": "http://127.0.0.1:9/x.jpg",
+        "unknown_scheme": "foo://x",
+        "device_under_root": "/dev/zero",
+        "directory": "imgs",
+        "missing_file": "imgs/nope.jpg",
+        "parquet_abs_path": "/etc/passwd",
+    }.get(case.name)
     row = {"key": f"{case.name}-bad", "caption": f"the bad row of {case.name}"}
     if case.name == "symlink_out":
         os.symlink("/etc/passwd", img / "link.jpg")
@@ -132,8 +141,9 @@ def write_case(case: Case, root: Path) -> Path:
     good = []
     for i in range(GOOD):
         (d / "imgs" / f"g{i}.jpg").write_bytes(ii.jpeg(i))
-        good.append({"key": f"{case.name}-g{i}", "caption": f"good row {i} of {case.name}",
-                     "image_path": f"imgs/g{i}.jpg"})
+        good.append(
+            {"key": f"{case.name}-g{i}", "caption": f"good row {i} of {case.name}", "image_path": f"imgs/g{i}.jpg"}
+        )
     rows = good[:1] + [bad_row(case, d)] + good[1:]
     if case.kind == "jsonl":
         path = d / "rows.jsonl"
@@ -141,8 +151,9 @@ def write_case(case: Case, root: Path) -> Path:
         return path
     path = d / "rows.parquet"
     cells = [r.get("image") or {"bytes": (d / r["image_path"]).read_bytes(), "path": None} for r in rows]
-    pq.write_table(pa.table({"key": [r["key"] for r in rows], "caption": [r["caption"] for r in rows],
-                             "image": cells}), path)
+    pq.write_table(
+        pa.table({"key": [r["key"] for r in rows], "caption": [r["caption"] for r in rows], "image": cells}), path
+    )
     return path
 
 
@@ -185,8 +196,15 @@ def image_run(image_inputs, vqvae_dir, sp_model_path, tmp_path_factory):
     from pipelines.image_tokenize import tokenize_images
 
     out = tmp_path_factory.mktemp("image-run")
-    summary = run_with_watchdog(tokenize_images, [str(p) for p in image_inputs.values()], str(out / "ic"),
-                                str(out / "rej"), str(vqvae_dir), str(sp_model_path), image_settings())
+    summary = run_with_watchdog(
+        tokenize_images,
+        [str(p) for p in image_inputs.values()],
+        str(out / "ic"),
+        str(out / "rej"),
+        str(vqvae_dir),
+        str(sp_model_path),
+        image_settings(),
+    )
     rejects = pq.read_table(out / "rej" / "part-00000.parquet").to_pylist()
     return summary, samples(out / "ic"), rejects
 
@@ -233,9 +251,9 @@ def test_remote_scheme_only_when_allowed(tmp_path):
         f.write(ii.jpeg(3))
     row = {"key": "r", "caption": "c", "image_path": "memory://bucket/pic.jpg"}
     (tmp_path / "rows.jsonl").write_text(json.dumps(row) + "\n")
-    refused, = read_source(str(tmp_path / "rows.jsonl"))
+    (refused,) = read_source(str(tmp_path / "rows.jsonl"))
     assert refused.error[0] == "scheme_not_allowed"
-    fetched, = read_source(str(tmp_path / "rows.jsonl"), {}, InputPolicy(allow_schemes=("memory",)))
+    (fetched,) = read_source(str(tmp_path / "rows.jsonl"), {}, InputPolicy(allow_schemes=("memory",)))
     assert fetched.error is None and fetched.image == ii.jpeg(3)
 
 
@@ -246,8 +264,10 @@ def test_remote_table_names_files_beside_it_only():
     for name, data in (("tables/pic.jpg", ii.jpeg(4)), ("secret.jpg", ii.jpeg(5))):
         with fsspec.open(f"memory://store/{name}", "wb") as f:
             f.write(data)
-    rows = [{"key": "beside", "caption": "c", "image_path": "pic.jpg"},
-            {"key": "above", "caption": "c", "image_path": "../secret.jpg"}]
+    rows = [
+        {"key": "beside", "caption": "c", "image_path": "pic.jpg"},
+        {"key": "above", "caption": "c", "image_path": "../secret.jpg"},
+    ]
     with fsspec.open("memory://store/tables/rows.jsonl", "w") as f:
         f.write("".join(json.dumps(r) + "\n" for r in rows))
     beside, above = read_source("memory://store/tables/rows.jsonl")
@@ -274,8 +294,18 @@ def test_two_collections_numbered_from_zero_are_both_kept(image_run, image_input
 def test_image_settings_keys_from_config():
     from pipelines.image_tokenize import ImageSettings
 
-    s = ImageSettings.from_config(Config({"images": {"input_roots": ["/data/pics"], "allow_schemes": ["GS"],
-                                                     "max_image_bytes": 1000, "max_caption_chars": 50}}))
+    s = ImageSettings.from_config(
+        Config(
+            {
+                "images": {
+                    "input_roots": ["/data/pics"],
+                    "allow_schemes": ["GS"],
+                    "max_image_bytes": 1000,
+                    "max_caption_chars": 50,
+                }
+            }
+        )
+    )
     assert s.input_policy() == InputPolicy(("/data/pics",), ("gs",), 1000) and s.max_caption_chars == 50
     with pytest.raises(ValueError, match="images.max_image_bytes"):
         ImageSettings.from_config(Config({"images": {"max_image_bytes": 0}}))
@@ -341,11 +371,18 @@ def test_corrupt_animated_and_bomb_members_of_tars(tmp_path, sp_model_path):
         if name == "cut":  # stops in the middle of the header of the third picture
             data = data[: header + 100]
         else:  # the third picture's header block overwritten with bytes that are no tar header
-            data = data[:header] + bytes(range(256)) * 2 + data[header + 512:]
+            data = data[:header] + bytes(range(256)) * 2 + data[header + 512 :]
         (tmp_path / f"{name}.tar").write_bytes(data)
     files = [str(tmp_path / f"{n}.tar") for n in ("members", "cut", "garbled")]
-    s = run_with_watchdog(tokenize_images, files, str(tmp_path / "ic"), str(tmp_path / "rej"), str(tmp_path / "vq"),
-                          str(sp_model_path), settings(num_shards=1, max_pixels=20_000_000, resolution=64))
+    s = run_with_watchdog(
+        tokenize_images,
+        files,
+        str(tmp_path / "ic"),
+        str(tmp_path / "rej"),
+        str(tmp_path / "vq"),
+        str(sp_model_path),
+        settings(num_shards=1, max_pixels=20_000_000, resolution=64),
+    )
     got = samples(tmp_path / "ic")
     rejects = pq.read_table(tmp_path / "rej" / "part-00000.parquet").to_pylist()
     by_key = {r["id"].split("@")[0]: r for r in rejects if r["file"] == files[0]}
@@ -388,8 +425,11 @@ def png(seed: int) -> bytes:
 
 def instruct_bad(case: Case, d: Path) -> dict:
     img = d / "imgs"
-    ref = {"howto_dotdot_image": "../sibling/ok.png", "howto_abs_system_path": "/etc/passwd",
-           "conversation_dotdot_image": "../sibling/ok.png"}.get(case.name, "imgs/a0.png")
+    ref = {
+        "howto_dotdot_image": "../sibling/ok.png",
+        "howto_abs_system_path": "/etc/passwd",
+        "conversation_dotdot_image": "../sibling/ok.png",
+    }.get(case.name, "imgs/a0.png")
     text = "Do the thing."
     if case.name == "howto_symlink_out":
         os.symlink("/etc/passwd", img / "link.png")
@@ -412,9 +452,13 @@ def instruct_bad(case: Case, d: Path) -> dict:
 
 def record(case: Case, ident: str, text: str, ref: str) -> dict:
     if case.kind == "conversation":
-        return {"id": f"{case.name}-{ident}", "turns": [
-            {"role": "user", "content": [{"text": "What is shown?"}, {"image": ref}]},
-            {"role": "assistant", "content": text}]}
+        return {
+            "id": f"{case.name}-{ident}",
+            "turns": [
+                {"role": "user", "content": [{"text": "What is shown?"}, {"image": ref}]},
+                {"role": "assistant", "content": text},
+            ],
+        }
     return {"id": f"{case.name}-{ident}", "title": f"Article {ident}", "steps": [{"text": text, "image": ref}]}
 
 
@@ -444,9 +488,15 @@ def instruct_run(instruct_inputs, vqvae_dir, sp_model_path, tmp_path_factory):
     from jamdata.interleaved.build import BuildSpec
     from pipelines.instruct_build import build
 
-    section = {"sources": [{"format": "conversation" if c.kind == "conversation" else "howto",
-                            "paths": str(instruct_inputs[c.name])} for c in INSTRUCT_CASES],
-               "template": {"max_len": 512}, "image_resolution": 32, "image_max_bytes": INSTRUCT_MAX_IMAGE_BYTES}
+    section = {
+        "sources": [
+            {"format": "conversation" if c.kind == "conversation" else "howto", "paths": str(instruct_inputs[c.name])}
+            for c in INSTRUCT_CASES
+        ],
+        "template": {"max_len": 512},
+        "image_resolution": 32,
+        "image_max_bytes": INSTRUCT_MAX_IMAGE_BYTES,
+    }
     spec = BuildSpec.from_config(Config(section))
     out = tmp_path_factory.mktemp("instruct-run")
     run_with_watchdog(build, spec, str(out / "instruct"), str(out / "rej"), str(sp_model_path), str(vqvae_dir), 64)

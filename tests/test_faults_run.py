@@ -1,6 +1,7 @@
 """Faults around the main job and the command line: stage reuse that must look at the data, user
 mistakes on the command line that must end in one line, and worker processes that must not outlive
 their job. Every case runs the real `jamdata` command in a subprocess."""
+
 from __future__ import annotations
 
 import os
@@ -23,8 +24,14 @@ ENV = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "PYTHONH
 
 
 def jam(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "jamdata.cli", *args], cwd=REPO, env=env or ENV,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "jamdata.cli", *args],
+        cwd=REPO,
+        env=env or ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def one_line_error(r: subprocess.CompletedProcess, *needles: str) -> str:
@@ -107,11 +114,14 @@ def test_manifest_with_invalid_utf8_is_one_line(tmp_path):
     assert "manifest.json" in r.stdout + r.stderr and "UTF-8" in r.stdout + r.stderr
 
 
-@pytest.mark.parametrize("item, needle", [
-    ("text.clean.shards", "key.path=value"),
-    ("text.clean.shards=[1, 2", "text.clean.shards"),
-    ("=3", "key.path=value"),
-])
+@pytest.mark.parametrize(
+    "item, needle",
+    [
+        ("text.clean.shards", "key.path=value"),
+        ("text.clean.shards=[1, 2", "text.clean.shards"),
+        ("=3", "key.path=value"),
+    ],
+)
 def test_malformed_set_is_one_line(item, needle):
     r = jam("run", "--config", str(DEMO), "--out", "/nonexistent/never", "--set", item)
     one_line_error(r, needle)
@@ -167,9 +177,27 @@ def test_killing_the_job_ends_its_worker_processes(tmp_path):
     tag = uuid.uuid4().hex
     env = {**ENV, "JAM_TEST_TAG": tag}
     log = open(tmp_path / "log", "w")
-    main = subprocess.Popen([sys.executable, "-m", "jamdata.cli", "run", "--config", str(DEMO), "--out",
-                             str(tmp_path / "run"), "--stage", "text-clean", "--workers", "2"],
-                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    main = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "jamdata.cli",
+            "run",
+            "--config",
+            str(DEMO),
+            "--out",
+            str(tmp_path / "run"),
+            "--stage",
+            "text-clean",
+            "--workers",
+            "2",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 120
         while time.time() < deadline and len(_tagged_workers(tag)) < 2:
@@ -193,14 +221,28 @@ def test_killing_the_job_ends_its_worker_processes(tmp_path):
 
 
 # -- Beam flags after `--` reach the pipeline of every stage command -----------------------------
-@pytest.mark.parametrize("command", [
-    ["run", "--config", str(DEMO), "--out", "/nonexistent/never"],
-    ["text", "clean", "--config", str(DEMO), "--out", "/nonexistent/never"],
-    ["text", "sample", "--config", str(DEMO), "--out", "/nonexistent/never"],
-    ["images", "tokenize", "--config", str(DEMO), "--vqvae", "v", "--tokenizer", "t", "--out", "/nonexistent/never"],
-    ["instruct", "build", "--config", str(DEMO), "--out", "/nonexistent/never"],
-    ["stats", "/nonexistent/never", "--out", "/nonexistent/never"],
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["run", "--config", str(DEMO), "--out", "/nonexistent/never"],
+        ["text", "clean", "--config", str(DEMO), "--out", "/nonexistent/never"],
+        ["text", "sample", "--config", str(DEMO), "--out", "/nonexistent/never"],
+        [
+            "images",
+            "tokenize",
+            "--config",
+            str(DEMO),
+            "--vqvae",
+            "v",
+            "--tokenizer",
+            "t",
+            "--out",
+            "/nonexistent/never",
+        ],
+        ["instruct", "build", "--config", str(DEMO), "--out", "/nonexistent/never"],
+        ["stats", "/nonexistent/never", "--out", "/nonexistent/never"],
+    ],
+)
 def test_unknown_runner_fails_naming_it(command):
     r = jam(*command, "--", "--runner=NoSuchRunner")
     one_line_error(r, "NoSuchRunner")
@@ -208,8 +250,16 @@ def test_unknown_runner_fails_naming_it(command):
 
 def test_config_beam_args_reach_the_pipeline(tmp_path):
     config = text_only_config(tmp_path)
-    r = jam("text", "clean", "--config", str(config), "--out", str(tmp_path / "x"),
-            "--set", "run.beam_args=[--runner=NoSuchRunner]")
+    r = jam(
+        "text",
+        "clean",
+        "--config",
+        str(config),
+        "--out",
+        str(tmp_path / "x"),
+        "--set",
+        "run.beam_args=[--runner=NoSuchRunner]",
+    )
     one_line_error(r, "NoSuchRunner")
 
 
@@ -269,12 +319,22 @@ def test_every_error_class_is_a_user_error():
 
     from jamdata.errors import UserError
 
-    for module, name in [("jamdata.config", "ConfigError"), ("jamdata.io", "InputError"),
-                         ("jamdata.io", "OutputDirError"), ("jamdata.manifest", "ManifestError"),
-                         ("jamdata.manifest", "OutputLockedError"), ("jamdata.vocab", "VocabMismatchError"),
-                         ("schemas.records", "SchemaError"), ("jamdata.formats.wds", "ShardError"),
-                         ("jamdata.formats.megatron", "IndexedDatasetError"), ("jamdata.text.sampling", "PlanError"),
-                         ("jamdata.text.tokenizer", "TokenizerError"), ("jamdata.loader.sources", "LoaderError"),
-                         ("jamdata.storage", "StorageError"), ("jamtrain.checkpoint", "CheckpointError"),
-                         ("jamtrain.rundir", "TrainDirError"), ("jamdata.errors", "ModelError")]:
+    for module, name in [
+        ("jamdata.config", "ConfigError"),
+        ("jamdata.io", "InputError"),
+        ("jamdata.io", "OutputDirError"),
+        ("jamdata.manifest", "ManifestError"),
+        ("jamdata.manifest", "OutputLockedError"),
+        ("jamdata.vocab", "VocabMismatchError"),
+        ("schemas.records", "SchemaError"),
+        ("jamdata.formats.wds", "ShardError"),
+        ("jamdata.formats.megatron", "IndexedDatasetError"),
+        ("jamdata.text.sampling", "PlanError"),
+        ("jamdata.text.tokenizer", "TokenizerError"),
+        ("jamdata.loader.sources", "LoaderError"),
+        ("jamdata.storage", "StorageError"),
+        ("jamtrain.checkpoint", "CheckpointError"),
+        ("jamtrain.rundir", "TrainDirError"),
+        ("jamdata.errors", "ModelError"),
+    ]:
         assert issubclass(getattr(importlib.import_module(module), name), UserError), name

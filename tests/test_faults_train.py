@@ -13,6 +13,7 @@
 
 Every run is a real `jamtrain` subprocess on CPU (gloo), as in test_train_run.py.
 """
+
 from __future__ import annotations
 
 import json
@@ -54,7 +55,7 @@ def steps_dirs(out: Path) -> list[str]:
 def test_fresh_run_in_a_used_directory_is_refused_and_overwrite_replaces_the_older_run(data, tmp_path):
     out = tmp_path / "train"
     out.mkdir()
-    (out / rundir.LOCK).write_text(json.dumps({"pid": 2 ** 22 + 12345, "host": "gone"}))  # a dead holder's file
+    (out / rundir.LOCK).write_text(json.dumps({"pid": 2**22 + 12345, "host": "gone"}))  # a dead holder's file
     older = write_config(tmp_path / "older.yaml", data, out, steps=4, save_every=2)
     r = jamtrain("train", "--config", str(older))
     assert r.returncode == 0, r.stdout + r.stderr  # a lock file nobody holds does not block
@@ -97,8 +98,9 @@ def test_prune_counts_and_deletes_only_the_runs_own_checkpoints(tmp_path):
         d.mkdir()
         (d / ckpt.rank_file(0)).write_bytes(b"state" * 10)
         files = {ckpt.rank_file(0): {"bytes": 50, "sha256": None}}
-        (d / ckpt.MARKER).write_text(json.dumps({"step": step, "world_size": 1, "files": files,
-                                                 "meta": {"run_id": run_id}}))
+        (d / ckpt.MARKER).write_text(
+            json.dumps({"step": step, "world_size": 1, "files": files, "meta": {"run_id": run_id}})
+        )
         return d
 
     other = [fake(6, "older"), fake(8, "older")]
@@ -161,8 +163,9 @@ def _damaged_image_set(data: dict[str, str], root: Path) -> Path:
 def test_final_evaluation_skips_the_shard_training_skipped_and_still_exports(data, tmp_path):
     damaged = _damaged_image_set(data, tmp_path)
     out = tmp_path / "train"
-    cfg = write_config(tmp_path / "cfg.yaml", data, out, steps=2, save_every=0,
-                       loader={"paths": {"image-caption": str(damaged)}})
+    cfg = write_config(
+        tmp_path / "cfg.yaml", data, out, steps=2, save_every=0, loader={"paths": {"image-caption": str(damaged)}}
+    )
     r = jamtrain("train", "--config", str(cfg))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "part-00000.tar" in r.stderr and "loader.on_corrupt=skip" in r.stderr
@@ -198,10 +201,15 @@ def test_loader_inspect_refuses_a_step_too_far_to_replay(data, tmp_path):
     cfg = write_config(tmp_path / "cfg.yaml", data, tmp_path / "train")
 
     def inspect(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([str(BIN / "jamdata"), "loader", "inspect", "--config", str(cfg), *args],
-                              env=ENV, capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            [str(BIN / "jamdata"), "loader", "inspect", "--config", str(cfg), *args],
+            env=ENV,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
-    line = one_error_line(inspect("--step", str(10 ** 15)), "jamdata")
+    line = one_error_line(inspect("--step", str(10**15)), "jamdata")
     assert "--step 1000000000000000" in line and "--max-replay" in line and "--state" in line
     one_error_line(inspect("--step", "5", "--max-replay", "4"), "jamdata")
     r = inspect("--step", "4", "--max-replay", "4", "--json")

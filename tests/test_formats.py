@@ -43,6 +43,7 @@ def test_tar_round_trip_deterministic(tmp_path):
         with TarShardWriter(str(p)) as w:
             w.write("a0", {"json": {"caption": "x"}, "tokens.npy": np.arange(4, dtype=np.uint16), "txt": "hi"})
             w.write("a1", {"json": {"caption": "y"}, "tokens.npy": np.arange(2, dtype=np.uint16), "txt": "yo"})
+
     write(tmp_path / "s1.tar")
     write(tmp_path / "s2.tar")
     assert (tmp_path / "s1.tar").read_bytes() == (tmp_path / "s2.tar").read_bytes()

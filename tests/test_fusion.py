@@ -1,5 +1,6 @@
 """JAM-Uniform, JAM-Width and JAM-Cross built from two tiny parents: exact equivalences at
 initialisation (fp32, 1e-5), masking across streams, and a tiny JAM-Cross that learns on CPU."""
+
 from __future__ import annotations
 
 import copy
@@ -8,11 +9,19 @@ import pytest
 import torch
 
 from jamtrain.models import (
-    Backbone, FusionError, JamCross, build_model, fuse_cross, fuse_uniform, fuse_width, load_model, save_model,
+    Backbone,
+    FusionError,
+    JamCross,
+    build_model,
+    fuse_cross,
+    fuse_uniform,
+    fuse_width,
+    load_model,
+    save_model,
 )
 from jamtrain.models.checkpoint import CheckpointError, save_state
 
-V, TEXT_ROWS = 120, 80   # ids < 80: text pieces + specials; ids >= 80: image codes
+V, TEXT_ROWS = 120, 80  # ids < 80: text pieces + specials; ids >= 80: image codes
 TOL = dict(atol=1e-5, rtol=1e-5)
 
 
@@ -20,8 +29,9 @@ def parents(**kw) -> tuple[Backbone, Backbone]:
     out = []
     for seed in (1, 2):
         torch.manual_seed(seed)
-        out.append(build_model({"preset": "tiny", "d_model": 32, "n_heads": 4, "d_ff": 64, "n_layers": 2,
-                                **kw}, V).eval())
+        out.append(
+            build_model({"preset": "tiny", "d_model": 32, "n_heads": 4, "d_ff": 64, "n_layers": 2, **kw}, V).eval()
+        )
     return out[0], out[1]
 
 
@@ -182,7 +192,7 @@ def test_cross_streams_exchange_causally_and_within_documents():
     changed = tokens.clone()
     changed[:, 8] = (changed[:, 8] + 1) % V
     a, b = c(tokens), c(changed)
-    torch.testing.assert_close(a[:, :8], b[:, :8], atol=0, rtol=0)   # no stream sees the future
+    torch.testing.assert_close(a[:, :8], b[:, :8], atol=0, rtol=0)  # no stream sees the future
     assert not torch.allclose(a[:, 8:], b[:, 8:])
     # a packed document gives the same logits as alone: no leak across documents, none from padding
     out = c(tokens, seg)
@@ -195,15 +205,19 @@ def test_build_model_fuses_from_checkpoints(tmp_path):
     t, i = parents(positions="rotary")
     save_model(t, tmp_path / "text.safetensors")
     save_model(i, tmp_path / "image.pt")
-    ckpt = {"preset": "tiny", "text_checkpoint": str(tmp_path / "text.safetensors"),
-            "image_checkpoint": str(tmp_path / "image.pt")}
+    ckpt = {
+        "preset": "tiny",
+        "text_checkpoint": str(tmp_path / "text.safetensors"),
+        "image_checkpoint": str(tmp_path / "image.pt"),
+    }
     tokens, seg = batch()
     uniform = build_model({**ckpt, "fusion": "uniform", "uniform_weight": 0.25}, V).eval()
     torch.testing.assert_close(uniform(tokens, seg), fuse_uniform(t, i, 0.25).eval()(tokens, seg), atol=0, rtol=0)
     width = build_model({**ckpt, "fusion": "width", "width_head": "image"}, V).eval()
     torch.testing.assert_close(width(tokens, seg), i(tokens, seg), **TOL)
-    cross = build_model({**ckpt, "fusion": "cross", "text_rows": TEXT_ROWS, "cross_head": "text",
-                         "cross_embedding": "separate"}, V).eval()
+    cross = build_model(
+        {**ckpt, "fusion": "cross", "text_rows": TEXT_ROWS, "cross_head": "text", "cross_embedding": "separate"}, V
+    ).eval()
     torch.testing.assert_close(cross(tokens, seg)[..., :TEXT_ROWS], t(tokens, seg)[..., :TEXT_ROWS], **TOL)
     save_model(cross, tmp_path / "cross.safetensors")
     again = build_model({"checkpoint": str(tmp_path / "cross.safetensors")}, V).eval()
@@ -221,8 +235,18 @@ def test_tiny_cross_trains_on_cpu():
 
 def _train_tiny_cross():
     torch.manual_seed(0)
-    model = build_model({"preset": "tiny", "d_model": 32, "n_heads": 4, "d_ff": 64, "fusion": "cross",
-                         "text_rows": TEXT_ROWS, "cross_kernel": "reference"}, V).train()
+    model = build_model(
+        {
+            "preset": "tiny",
+            "d_model": 32,
+            "n_heads": 4,
+            "d_ff": 64,
+            "fusion": "cross",
+            "text_rows": TEXT_ROWS,
+            "cross_kernel": "reference",
+        },
+        V,
+    ).train()
     # a learnable mixed-modal pattern: text ids, then the "image" ids that they determine
     g = torch.Generator().manual_seed(0)
     text = torch.randint(0, TEXT_ROWS, (8, 12), generator=g)

@@ -1,6 +1,7 @@
 """`jamtrain generate` on a small run laid out like the main job's (tokenizer/, vqvae/,
 train/export/ with a demo-style JAM-Cross): valid PNGs, same seed -> same bytes, well-formed
 `<boi> ... <eoi>` blocks, classifier-free guidance as defined, one-line errors."""
+
 from __future__ import annotations
 
 import json
@@ -17,7 +18,13 @@ from jamdata.image.vqvae import build_vqvae, save_checkpoint
 from jamdata.text.tokenizer import TextTokenizer
 from jamtrain.export import write_export
 from jamtrain.generate import (
-    GenerateError, Sampling, filter_logits, generate_image, generate_text, image_blocks, last_logits,
+    GenerateError,
+    Sampling,
+    filter_logits,
+    generate_image,
+    generate_text,
+    image_blocks,
+    last_logits,
     unconditional_prompt,
 )
 from jamtrain.models import build_model
@@ -35,8 +42,14 @@ def make_run(root: Path, sample_data: Path, seed: int = 0) -> Path:
     (root / "tokenizer").mkdir(parents=True)
     text = "\n".join(p.read_text(errors="ignore")[:20000] for p in sorted((sample_data / "text").rglob("*.txt"))[:5])
     (root / "corpus.txt").write_text(text)
-    spm.SentencePieceTrainer.train(input=str(root / "corpus.txt"), model_prefix=str(root / "tokenizer" / "tokenizer"),
-                                   vocab_size=300, model_type="bpe", num_threads=1, minloglevel=2)
+    spm.SentencePieceTrainer.train(
+        input=str(root / "corpus.txt"),
+        model_prefix=str(root / "tokenizer" / "tokenizer"),
+        vocab_size=300,
+        model_type="bpe",
+        num_threads=1,
+        minloglevel=2,
+    )
     vocab = TextTokenizer(str(root / "tokenizer"), n_image_codes=256).vocab
     (root / "tokenizer" / "vocab.json").write_text(json.dumps(vocab.to_dict()))
     torch.manual_seed(seed)
@@ -71,8 +84,22 @@ def jamtrain(*args: str) -> subprocess.CompletedProcess:
 def test_cli_writes_a_png_from_a_caption_and_the_same_seed_gives_the_same_bytes(run, tmp_path):
     outs = []
     for name, seed in (("a", "3"), ("b", "3"), ("c", "4")):
-        r = jamtrain("generate", "--run", str(run), "--prompt", "a red circle on white", "--image",
-                     "--out", str(tmp_path / name), "--seed", seed, "--top-k", "50", "--guidance", "2.5")
+        r = jamtrain(
+            "generate",
+            "--run",
+            str(run),
+            "--prompt",
+            "a red circle on white",
+            "--image",
+            "--out",
+            str(tmp_path / name),
+            "--seed",
+            seed,
+            "--top-k",
+            "50",
+            "--guidance",
+            "2.5",
+        )
         assert r.returncode == 0, r.stdout + r.stderr
         outs.append(tmp_path / name)
     png = Image.open(outs[0] / "image-0.png")
@@ -103,7 +130,7 @@ def test_text_continuation_keeps_image_blocks_well_formed(loaded):
     # a prompt that ends inside an image block is continued to a whole image, then <eoi>
     opened = prompt + [vocab.break_id, vocab.boi_id, vocab.image_offset + 7]
     out = generate_text(loaded.model, vocab, opened, Sampling(seed=1, max_new_tokens=3), n)
-    assert all(vocab.image_offset <= t < vocab.size for t in out[:n - 1]) and out[n - 1] == vocab.eoi_id
+    assert all(vocab.image_offset <= t < vocab.size for t in out[: n - 1]) and out[n - 1] == vocab.eoi_id
     assert [len(b) for b in image_blocks(opened + out, vocab)] == [n]
 
 
@@ -146,8 +173,9 @@ def test_top_k_and_top_p_filtering():
 def test_mistakes_end_in_one_line(run, tmp_path, sp_model_path):
     r = jamtrain("generate", "--run", str(tmp_path), "--prompt", "x", "--out", str(tmp_path / "o"))
     assert r.returncode != 0 and "no model.json" in r.stderr and "Traceback" not in r.stderr
-    r = jamtrain("generate", "--run", str(run), "--prompt", "x", "--out", str(tmp_path / "o"),
-                 "--tokenizer", str(sp_model_path))
+    r = jamtrain(
+        "generate", "--run", str(run), "--prompt", "x", "--out", str(tmp_path / "o"), "--tokenizer", str(sp_model_path)
+    )
     assert r.returncode != 0 and "is not the tokenizer of" in r.stderr and "Traceback" not in r.stderr
     r = jamtrain("generate", "--run", str(run), "--prompt", "x", "--out", str(tmp_path / "o"), "--top-p", "2")
     assert r.returncode != 0 and "--top-p must be in (0, 1]" in r.stderr and "Traceback" not in r.stderr

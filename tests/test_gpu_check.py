@@ -1,5 +1,6 @@
 """scripts/gpu_check.py's CPU-checkable parts at tiny sizes: the comparisons catch a wrong result,
 the DeepSpeed step and VQ-VAE encode run, the table marks failures and the exit code follows."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -22,11 +23,21 @@ def test_compare_passes_the_reference_and_catches_a_perturbed_result():
     xs = [torch.randn(2, 4, 64, 16) for _ in range(3)]
     seg = gpu_check.segments(2, 64, "cpu")
     assert (seg == -1).any() and len(torch.unique(seg[1])) >= 3
-    good = gpu_check.compare("segments", lambda q, k, v: document_attention(q, k, v, seg, "segments"),
-                             lambda q, k, v: dense_attention(q, k, v, seg), xs, torch.float32)
+    good = gpu_check.compare(
+        "segments",
+        lambda q, k, v: document_attention(q, k, v, seg, "segments"),
+        lambda q, k, v: dense_attention(q, k, v, seg),
+        xs,
+        torch.float32,
+    )
     assert good.ok, good.value
-    bad = gpu_check.compare("off by a little", lambda q, k, v: dense_attention(q, k, v, seg) * 1.01,
-                            lambda q, k, v: dense_attention(q, k, v, seg), xs, torch.float32)
+    bad = gpu_check.compare(
+        "off by a little",
+        lambda q, k, v: dense_attention(q, k, v, seg) * 1.01,
+        lambda q, k, v: dense_attention(q, k, v, seg),
+        xs,
+        torch.float32,
+    )
     assert bad.ok is False
     assert "FAIL" in gpu_check.table([good, bad])
 

@@ -1,6 +1,7 @@
 """VQ-VAE encoding through Beam's RunInference: codes independent of batch-mates (fixed batch
 shape), keys carried through the handler, `images.device` cpu and auto giving identical shards,
 reduced precision checked against fp32, and the keys of the `images:` section."""
+
 import tarfile
 
 import apache_beam as beam
@@ -52,9 +53,12 @@ def test_run_inference_carries_keys_and_batches(model_dir, images):
     model = load_vqvae(model_dir)
     want = [(f"k{i}", encode_fixed(model, [im], 4)[0][0].tobytes()) for i, im in enumerate(images)]
     with beam.Pipeline() as p:
-        got = (p | beam.Create([(f"k{i}", (im, False)) for i, im in enumerate(images)])
-               | RunInference(encode_handler(str(model_dir), s))
-               | beam.Map(lambda kv: (kv[0], kv[1].inference[0].tobytes())))
+        got = (
+            p
+            | beam.Create([(f"k{i}", (im, False)) for i, im in enumerate(images)])
+            | RunInference(encode_handler(str(model_dir), s))
+            | beam.Map(lambda kv: (kv[0], kv[1].inference[0].tobytes()))
+        )
         assert_that(got, equal_to(want))
     assert encode_handler(str(model_dir), s).batch_elements_kwargs() == {"min_batch_size": 4, "max_batch_size": 4}
 
@@ -122,11 +126,20 @@ def test_device_cpu_and_auto_identical_and_batch_mates_do_not_matter(model_dir, 
     y = _tar(tmp_path / "y.tar", "y", range(10, 15))
     runs = {}
     # auto with bf16: on a machine without CUDA both mean the fp32 CPU encoder
-    for name, files, device, precision in (("cpu", [x], "cpu", "fp32"), ("auto", [x], "auto", "bf16"),
-                                           ("mixed", [y, x], "cpu", "fp32")):
+    for name, files, device, precision in (
+        ("cpu", [x], "cpu", "fp32"),
+        ("auto", [x], "auto", "bf16"),
+        ("mixed", [y, x], "cpu", "fp32"),
+    ):
         out = tmp_path / name
-        runs[name] = tokenize_images(files, str(out / "ic"), str(out / "rej"), str(model_dir), str(sp_model_path),
-                                     settings(batch_size=3, device=device, precision=precision))
+        runs[name] = tokenize_images(
+            files,
+            str(out / "ic"),
+            str(out / "rej"),
+            str(model_dir),
+            str(sp_model_path),
+            settings(batch_size=3, device=device, precision=precision),
+        )
     assert runs["cpu"]["samples"] == 7 and runs["cpu"]["rejects"]["reasons"] == {"undecodable": 1}
     cpu, auto = _files(tmp_path / "cpu"), _files(tmp_path / "auto")
     assert len(cpu) == len(auto) == 3
@@ -144,8 +157,22 @@ def test_device_cpu_and_auto_identical_and_batch_mates_do_not_matter(model_dir, 
 def test_cuda_without_a_gpu_is_one_line(model_dir, sp_model_path, tmp_path, capsys):
     (tmp_path / "c.yaml").write_text("images: {resolution: 32, min_size: 16, batch_size: 2, device: cuda}\n")
     x = _tar(tmp_path / "x.tar", "x", range(2))
-    code = main(["images", "tokenize", "--config", str(tmp_path / "c.yaml"), "--vqvae", str(model_dir),
-                 "--tokenizer", str(sp_model_path), "--out", str(tmp_path / "ic"), "--inputs", x])
+    code = main(
+        [
+            "images",
+            "tokenize",
+            "--config",
+            str(tmp_path / "c.yaml"),
+            "--vqvae",
+            str(model_dir),
+            "--tokenizer",
+            str(sp_model_path),
+            "--out",
+            str(tmp_path / "ic"),
+            "--inputs",
+            x,
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and err[-1].startswith("jamdata: error: config key 'images.device': cuda, but this worker")
     assert "Traceback" not in "\n".join(err)

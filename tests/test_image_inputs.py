@@ -1,4 +1,5 @@
 """Builders for awkward image inputs, shared by the image tests (no tests here)."""
+
 from __future__ import annotations
 
 import io
@@ -24,7 +25,7 @@ def scene(seed: int, size: tuple[int, int] = (80, 64)) -> Image.Image:
     arr[..., 1] = np.linspace(255, 0, h, dtype=np.uint8)[:, None]
     arr[..., 2] = rng.integers(0, 255)
     y, x = rng.integers(0, h // 2), rng.integers(0, w // 2)
-    arr[y:y + h // 3, x:x + w // 3] = rng.integers(0, 255, 3)
+    arr[y : y + h // 3, x : x + w // 3] = rng.integers(0, 255, 3)
     return Image.fromarray(arr)
 
 
@@ -39,11 +40,14 @@ def truncated_jpeg() -> bytes:
 
 def png_header_bomb(width: int = 20000, height: int = 20000) -> bytes:
     """A PNG whose header claims width x height RGB pixels, with a tiny (invalid) body."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 def cmyk_jpeg(colour=(0, 255, 255, 0), size=(64, 64)) -> bytes:

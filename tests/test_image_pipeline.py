@@ -1,4 +1,5 @@
 """The image-caption Beam pipeline: bad input matrix, token layout, determinism, other input formats."""
+
 import io
 import json
 import tarfile
@@ -90,8 +91,9 @@ def settings(**kw):
 @pytest.fixture(scope="module")
 def run1(inputs, vqvae_dir, sp_model_path, tmp_path_factory):
     out = tmp_path_factory.mktemp("run1")
-    summary = tokenize_images([str(inputs)], str(out / "ic"), str(out / "rej"), str(vqvae_dir),
-                              str(sp_model_path), settings())
+    summary = tokenize_images(
+        [str(inputs)], str(out / "ic"), str(out / "rej"), str(vqvae_dir), str(sp_model_path), settings()
+    )
     return out, summary
 
 
@@ -178,11 +180,20 @@ def test_plain_webdataset_reads_shards(run1):
 @pytest.mark.slow
 def test_one_and_two_workers_byte_identical(run1, inputs, vqvae_dir, sp_model_path, tmp_path):
     out1, _ = run1
-    tokenize_images([str(inputs)], str(tmp_path / "ic"), str(tmp_path / "rej"), str(vqvae_dir),
-                    str(sp_model_path), settings(), workers=2)
+    tokenize_images(
+        [str(inputs)],
+        str(tmp_path / "ic"),
+        str(tmp_path / "rej"),
+        str(vqvae_dir),
+        str(sp_model_path),
+        settings(),
+        workers=2,
+    )
     for sub in ("ic", "rej"):
         a = sorted(p.relative_to(out1 / sub) for p in (out1 / sub).rglob("*") if p.suffix in (".tar", ".parquet"))
-        b = sorted(p.relative_to(tmp_path / sub) for p in (tmp_path / sub).rglob("*") if p.suffix in (".tar", ".parquet"))
+        b = sorted(
+            p.relative_to(tmp_path / sub) for p in (tmp_path / sub).rglob("*") if p.suffix in (".tar", ".parquet")
+        )
         assert a == b and a
         for rel in a:
             assert (out1 / sub / rel).read_bytes() == (tmp_path / sub / rel).read_bytes(), rel
@@ -196,11 +207,22 @@ def test_jsonl_and_parquet_inputs(tmp_path, vqvae_dir, sp_model_path):
         rows.append({"key": f"j{i}", "image_path": f"imgs/p{i}.jpg", "caption": f"jsonl caption {i}"})
     rows.append({"key": "j_missing", "image_path": "imgs/nope.jpg", "caption": "gone"})
     (tmp_path / "pairs.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\nnot json\n")
-    table = pa.table({"id": ["q0", "q1"], "text": ["parquet caption 0", "parquet caption 1"],
-                      "image": [{"bytes": ii.jpeg(40), "path": None}, {"bytes": ii.jpeg(41), "path": None}]})
+    table = pa.table(
+        {
+            "id": ["q0", "q1"],
+            "text": ["parquet caption 0", "parquet caption 1"],
+            "image": [{"bytes": ii.jpeg(40), "path": None}, {"bytes": ii.jpeg(41), "path": None}],
+        }
+    )
     pq.write_table(table, tmp_path / "pairs.parquet")
-    s = tokenize_images([str(tmp_path / "pairs.jsonl"), str(tmp_path / "pairs.parquet")], str(tmp_path / "ic"),
-                        str(tmp_path / "rej"), str(vqvae_dir), str(sp_model_path), settings(num_shards=1))
+    s = tokenize_images(
+        [str(tmp_path / "pairs.jsonl"), str(tmp_path / "pairs.parquet")],
+        str(tmp_path / "ic"),
+        str(tmp_path / "rej"),
+        str(vqvae_dir),
+        str(sp_model_path),
+        settings(num_shards=1),
+    )
     got = samples(tmp_path / "ic")
     assert set(got) == {"j0", "j1", "j2", "q0", "q1"}
     assert got["q1"]["json"]["caption"] == "parquet caption 1"
@@ -213,8 +235,18 @@ def test_this_packages_loader_reads_shards(run1, sp_model_path):
 
     out, summary = run1
     v = TextTokenizer(str(sp_model_path), 64).vocab
-    sec = Config({"loader": {"mixture": {"img": 1.0}, "seq_len": 128, "global_batch_size": 2, "shuffle_block": 4,
-                             "steps_per_epoch": 2, "seed": 1}}).section("loader")
+    sec = Config(
+        {
+            "loader": {
+                "mixture": {"img": 1.0},
+                "seq_len": 128,
+                "global_batch_size": 2,
+                "shuffle_block": 4,
+                "steps_per_epoch": 2,
+                "seed": 1,
+            }
+        }
+    ).section("loader")
     loader = build_loader(sec, {"img": str(out / "ic")})
     batch = next(iter(loader))
     toks = batch["tokens"]
@@ -234,10 +266,18 @@ def test_main_job_stages_on_sample_data(tmp_path, vqvae_dir, sp_model_path, samp
 
     (tmp_path / "tokenizer").mkdir()
     shutil.copy(sp_model_path, tmp_path / "tokenizer" / "tokenizer.model")
-    cfg = Config({"run": {"seed": 5},
-                  "images": {"inputs": [str(sample_data / "images" / "shapes-00000.tar")], "min_size": 32,
-                             "batch_size": 16, "num_shards": 2},
-                  "vqvae": {"codebook_size": 64, "model": "tiny-64px-f4", "checkpoint": str(vqvae_dir)}})
+    cfg = Config(
+        {
+            "run": {"seed": 5},
+            "images": {
+                "inputs": [str(sample_data / "images" / "shapes-00000.tar")],
+                "min_size": 32,
+                "batch_size": 16,
+                "num_shards": 2,
+            },
+            "vqvae": {"codebook_size": 64, "model": "tiny-64px-f4", "checkpoint": str(vqvae_dir)},
+        }
+    )
     ctx = StageContext(cfg, tmp_path)
     assert "imported" in run_vqvae_stage(ctx)[0]
     assert read_manifest(str(tmp_path / "vqvae"))["kind"] == "vqvae"

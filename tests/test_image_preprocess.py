@@ -17,14 +17,17 @@ def rgb(data: bytes, res: int = 32, **kw) -> tuple[np.ndarray, dict]:
     return to_uint8_image(arr).astype(int), info
 
 
-@pytest.mark.parametrize("make,reason", [
-    (lambda: b"", "empty_file"),
-    (ii.truncated_jpeg, "undecodable"),
-    (lambda: b"this is a caption file, not a picture\n" * 3, "undecodable"),
-    (lambda: ii.encode(Image.new("RGB", (1, 1)), "PNG"), "too_small"),
-    (lambda: ii.encode(Image.new("RGB", (400, 40)), "PNG"), "extreme_aspect"),
-    (ii.png_header_bomb, "too_large"),
-])
+@pytest.mark.parametrize(
+    "make,reason",
+    [
+        (lambda: b"", "empty_file"),
+        (ii.truncated_jpeg, "undecodable"),
+        (lambda: b"this is a caption file, not a picture\n" * 3, "undecodable"),
+        (lambda: ii.encode(Image.new("RGB", (1, 1)), "PNG"), "too_small"),
+        (lambda: ii.encode(Image.new("RGB", (400, 40)), "PNG"), "extreme_aspect"),
+        (ii.png_header_bomb, "too_large"),
+    ],
+)
 def test_rejects_with_reason(make, reason):
     with pytest.raises(ImageRejected) as e:
         preprocess_image(make(), 32, min_size=16, max_aspect=3.0)
@@ -40,9 +43,15 @@ def test_decompression_bomb_is_refused_before_decoding():
         "try:\n preprocess_image(png_header_bomb(), 256, max_pixels=10**12)\n"
         "except ImageRejected as e:\n print(e.reason)\n"
         "try:\n preprocess_image(png_header_bomb(), 256)\n"
-        "except ImageRejected as e:\n print(e.reason)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                         cwd=Path(__file__).resolve().parent.parent)
+        "except ImageRejected as e:\n print(e.reason)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
     # with our limit lifted, Pillow's own bomb check (or the truncated body) still stops it
     assert out.returncode == 0, out.stderr
     lines = out.stdout.split()
@@ -60,7 +69,7 @@ def test_alpha_is_blended_onto_white():
     img, _ = rgb(ii.rgba_png())
     left, right = img[16, 2], img[16, 29]
     assert left[2] > 200 and left[0] < 40  # opaque blue stays blue
-    assert (right > 245).all()             # transparent becomes white
+    assert (right > 245).all()  # transparent becomes white
 
 
 def test_sixteen_bit_png_scaled_not_clipped():
@@ -81,7 +90,7 @@ def test_animated_gif_first_frame():
 def test_exif_orientation_applied():
     img, info = rgb(ii.rotated_jpeg())
     assert (info["width"], info["height"]) == (32, 64)  # as displayed
-    assert img[1, 16][0] > 200 and img[1, 16][2] < 60    # top: red (was the left half)
+    assert img[1, 16][0] > 200 and img[1, 16][2] < 60  # top: red (was the left half)
     assert img[30, 16][2] > 200 and img[30, 16][0] < 60  # bottom: blue
 
 

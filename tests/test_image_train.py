@@ -1,5 +1,6 @@
 """`jamdata vqvae train` really learns on the real CC12M shard, and the shard goes end to end through
 `jamdata images tokenize` and `jamdata images show` with the trained model (command line)."""
+
 import json
 
 import numpy as np
@@ -22,15 +23,37 @@ def trained(corpus, sp_model_path, tmp_path_factory):
     d = tmp_path_factory.mktemp("cc12m")
     params = preset("tiny-64px-f4")
     params["ddconfig"]["resolution"] = 32  # 32x32 -> 8x8 codes: small enough for a CPU test
-    cfg = {"run": {"seed": 3, "workers": 1},
-           "images": {"resolution": 32, "min_size": 32, "batch_size": 16, "num_shards": 2},
-           "vqvae": {"codebook_size": 64, "model": {"model": {"params": params}},
-                     "train": {"steps": 60, "batch_size": 12, "lr": 0.003, "checkpoint_every": 30, "threads": 1}}}
+    cfg = {
+        "run": {"seed": 3, "workers": 1},
+        "images": {"resolution": 32, "min_size": 32, "batch_size": 16, "num_shards": 2},
+        "vqvae": {
+            "codebook_size": 64,
+            "model": {"model": {"params": params}},
+            "train": {"steps": 60, "batch_size": 12, "lr": 0.003, "checkpoint_every": 30, "threads": 1},
+        },
+    }
     (d / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     shard = str(corpus / "images" / "cc12m-train-0000.tar")
     assert main(["vqvae", "train", "--config", str(d / "cfg.yaml"), "--out", str(d / "vqvae"), "--inputs", shard]) == 0
-    assert main(["images", "tokenize", "--config", str(d / "cfg.yaml"), "--vqvae", str(d / "vqvae"),
-                 "--tokenizer", str(sp_model_path), "--out", str(d / "ic"), "--inputs", shard]) == 0
+    assert (
+        main(
+            [
+                "images",
+                "tokenize",
+                "--config",
+                str(d / "cfg.yaml"),
+                "--vqvae",
+                str(d / "vqvae"),
+                "--tokenizer",
+                str(sp_model_path),
+                "--out",
+                str(d / "ic"),
+                "--inputs",
+                shard,
+            ]
+        )
+        == 0
+    )
     return d, shard
 
 

@@ -1,4 +1,5 @@
 """The VQ-VAE in the taming / Chameleon checkpoint layout."""
+
 import pytest
 import torch
 import yaml
@@ -7,13 +8,26 @@ from jamdata.image.vqvae import CheckpointError, build_vqvae, load_vqvae, preset
 
 # What taming-transformers' VQModel (and Chameleon's vqgan.py) name these parameters.
 TAMING_KEYS = [
-    "encoder.conv_in.weight", "encoder.down.0.block.0.norm1.weight", "encoder.down.0.block.1.conv2.bias",
-    "encoder.down.0.downsample.conv.weight", "encoder.down.2.block.0.nin_shortcut.weight",
-    "encoder.down.4.block.0.nin_shortcut.weight", "encoder.mid.block_1.conv1.weight",
-    "encoder.mid.attn_1.q.weight", "encoder.mid.attn_1.proj_out.bias", "encoder.norm_out.weight",
-    "encoder.conv_out.weight", "quant_conv.weight", "quantize.embedding.weight", "post_quant_conv.weight",
-    "decoder.conv_in.weight", "decoder.mid.block_2.norm2.bias", "decoder.up.4.block.2.conv1.weight",
-    "decoder.up.4.upsample.conv.weight", "decoder.up.1.block.0.nin_shortcut.weight", "decoder.conv_out.bias",
+    "encoder.conv_in.weight",
+    "encoder.down.0.block.0.norm1.weight",
+    "encoder.down.0.block.1.conv2.bias",
+    "encoder.down.0.downsample.conv.weight",
+    "encoder.down.2.block.0.nin_shortcut.weight",
+    "encoder.down.4.block.0.nin_shortcut.weight",
+    "encoder.mid.block_1.conv1.weight",
+    "encoder.mid.attn_1.q.weight",
+    "encoder.mid.attn_1.proj_out.bias",
+    "encoder.norm_out.weight",
+    "encoder.conv_out.weight",
+    "quant_conv.weight",
+    "quantize.embedding.weight",
+    "post_quant_conv.weight",
+    "decoder.conv_in.weight",
+    "decoder.mid.block_2.norm2.bias",
+    "decoder.up.4.block.2.conv1.weight",
+    "decoder.up.4.upsample.conv.weight",
+    "decoder.up.1.block.0.nin_shortcut.weight",
+    "decoder.conv_out.bias",
 ]
 
 
@@ -24,13 +38,35 @@ def taming_checkpoint_script(model: torch.nn.Module, ckpt_path, yaml_path) -> No
     sd["loss.discriminator.main.0.weight"] = torch.zeros(64, 3, 4, 4)
     sd["loss.perceptual_loss.net.slice1.0.weight"] = torch.zeros(64, 3, 3, 3)
     torch.save({"epoch": 3, "global_step": 1000, "state_dict": sd}, ckpt_path)
-    yaml_path.write_text(yaml.safe_dump({"model": {
-        "target": "taming.models.vqgan.VQModel",
-        "params": {"embed_dim": 256, "n_embed": 8192, "ddconfig": {
-            "double_z": False, "z_channels": 256, "resolution": 512, "in_channels": 3, "out_ch": 3, "ch": 128,
-            "ch_mult": [1, 1, 2, 2, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0},
-            "lossconfig": {"target": "taming.modules.losses.vqperceptual.VQLPIPSWithDiscriminator",
-                           "params": {"disc_start": 0}}}}}))
+    yaml_path.write_text(
+        yaml.safe_dump(
+            {
+                "model": {
+                    "target": "taming.models.vqgan.VQModel",
+                    "params": {
+                        "embed_dim": 256,
+                        "n_embed": 8192,
+                        "ddconfig": {
+                            "double_z": False,
+                            "z_channels": 256,
+                            "resolution": 512,
+                            "in_channels": 3,
+                            "out_ch": 3,
+                            "ch": 128,
+                            "ch_mult": [1, 1, 2, 2, 4],
+                            "num_res_blocks": 2,
+                            "attn_resolutions": [],
+                            "dropout": 0.0,
+                        },
+                        "lossconfig": {
+                            "target": "taming.modules.losses.vqperceptual.VQLPIPSWithDiscriminator",
+                            "params": {"disc_start": 0},
+                        },
+                    },
+                }
+            }
+        )
+    )
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 """Every input mistake a new user makes is answered: a wrong declared format, a glob that
 matches nothing, a UTF-16 file, macOS `._` junk, a missing image store. Real inputs from the
 shared corpus where the mistake is about real formats."""
+
 import gzip
 import io
 import tarfile
@@ -33,9 +34,11 @@ def test_utf16_file_gets_a_hint(tmp_path):
 def test_macos_junk_is_not_an_arxiv_source(tmp_path):
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in [("main.tex", b"\\section{Intro} Real text here. " * 20),
-                           ("._main.tex", b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        "),
-                           ("__MACOSX/._other.tex", b"\x00\x05\x16\x07")]:
+        for name, data in [
+            ("main.tex", b"\\section{Intro} Real text here. " * 20),
+            ("._main.tex", b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        "),
+            ("__MACOSX/._other.tex", b"\x00\x05\x16\x07"),
+        ]:
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
@@ -53,8 +56,19 @@ def test_missing_image_store_is_a_config_error(tmp_path):
 
     (tmp_path / "docs.jsonl").write_text("")
     with pytest.raises(ConfigError, match=r"image_store.*does not exist"):
-        BuildSpec.from_config(Config({"sources": [{"format": "mmc4", "paths": str(tmp_path / "docs.jsonl"),
-                                                    "image_store": str(tmp_path / "no-such-store")}]}))
+        BuildSpec.from_config(
+            Config(
+                {
+                    "sources": [
+                        {
+                            "format": "mmc4",
+                            "paths": str(tmp_path / "docs.jsonl"),
+                            "image_store": str(tmp_path / "no-such-store"),
+                        }
+                    ]
+                }
+            )
+        )
 
 
 def test_wrong_declared_formats_are_warned(corpus, tmp_path):
@@ -67,15 +81,21 @@ def test_wrong_declared_formats_are_warned(corpus, tmp_path):
     utf16 = tmp_path / "book.txt"
     utf16.write_bytes(("A long book. " * 200).encode("utf-16"))
     cfg["text"]["sources"] = {
-        "commoncrawl": {"inputs": [{"format": "wet", "paths": [str(corpus / "commoncrawl" / "CC-MAIN-2020-34-sample.warc.gz")]}]},
+        "commoncrawl": {
+            "inputs": [{"format": "wet", "paths": [str(corpus / "commoncrawl" / "CC-MAIN-2020-34-sample.warc.gz")]}]
+        },
         "c4": {"inputs": [{"format": "pile", "paths": [str(corpus / "c4" / "c4-sample.01.json.gz")]}]},
         "arxiv": {"inputs": [{"format": "pile", "paths": [str(corpus / "c4" / "CC-MAIN-2019-30-docs.jsonl.gz")]}]},
         "books": {"inputs": [{"format": "text", "paths": [str(utf16)]}]},
     }
     from pipelines.text_clean import summary_lines
 
-    manifest = run(Config(cfg), str(tmp_path / "run" / "text-clean"), str(tmp_path / "run" / "text-clean-rejects"),
-                   log_fn=lambda _line: None)
+    manifest = run(
+        Config(cfg),
+        str(tmp_path / "run" / "text-clean"),
+        str(tmp_path / "run" / "text-clean-rejects"),
+        log_fn=lambda _line: None,
+    )
     console = "\n".join(summary_lines(manifest, str(tmp_path / "run" / "text-clean")))
     assert "warning [format_matched_nothing] text-clean: source c4 read 0 documents" in console
     stats = run_stats([str(tmp_path / "run")], str(tmp_path / "report"), fast=True)

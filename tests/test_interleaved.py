@@ -1,4 +1,5 @@
 """Interleaved documents: sources, templates, loss masks and truncation, checked token by token."""
+
 from __future__ import annotations
 
 import hashlib
@@ -33,7 +34,10 @@ class StubEncoder:
         for x in images:
             r = x.shape[-1] // self.grid
             m = x.reshape(3, self.grid, r, self.grid, r).mean(axis=(2, 4))
-            out.append((np.round((m + 1) * 50).astype(np.int64) * np.array([1, 101, 10201])[:, None, None]).sum(0) % self.n_codes)
+            out.append(
+                (np.round((m + 1) * 50).astype(np.int64) * np.array([1, 101, 10201])[:, None, None]).sum(0)
+                % self.n_codes
+            )
         return out
 
 
@@ -88,7 +92,7 @@ def check_layout(tok, tokens, mask, layout, template_loss="response", image_byte
     pos, prev = 1, None
     for seg in layout["segments"]:
         assert seg["start"] == pos
-        span = tokens[pos:pos + seg["length"]]
+        span = tokens[pos : pos + seg["length"]]
         want_break = prev is not None and IMAGE in (prev, seg["modality"])
         assert seg["break"] == want_break
         if want_break:
@@ -96,7 +100,7 @@ def check_layout(tok, tokens, mask, layout, template_loss="response", image_byte
             span = span[1:]
         if seg["modality"] == TEXT:
             ids = tok.encode(seg["text"])
-            assert list(span) == (ids[:len(span)] if seg.get("truncated") else ids)
+            assert list(span) == (ids[: len(span)] if seg.get("truncated") else ids)
         else:
             assert (seg["h"], seg["w"]) == (GRID, GRID)
             assert len(span) == GRID * GRID + 2 and span[0] == v.boi_id and span[-1] == v.eoi_id
@@ -104,7 +108,7 @@ def check_layout(tok, tokens, mask, layout, template_loss="response", image_byte
             if image_bytes is not None:
                 np.testing.assert_array_equal(span[1:-1], expected_image_ids(tok, image_bytes(seg["image_ref"])))
         target = template_loss == "all" or seg["role"] == "response"
-        assert (mask[pos:pos + seg["length"]] == int(target)).all(), seg
+        assert (mask[pos : pos + seg["length"]] == int(target)).all(), seg
         pos += seg["length"]
         prev = seg["modality"]
     assert pos == len(tokens) - 1
@@ -134,7 +138,7 @@ def test_howto_layout_exact(tok, sample_data):
     check_layout(tok, tokens, mask, layout, image_bytes=lambda ref: (root / ref).read_bytes())
     # instruction tokens carry no loss, the rest (response + </s>) does
     n_instr = layout["segments"][0]["length"]
-    assert mask[:1 + n_instr].sum() == 0 and mask[1 + n_instr:].all()
+    assert mask[: 1 + n_instr].sum() == 0 and mask[1 + n_instr :].all()
     assert tokens.dtype == np.int32 and mask.dtype == np.uint8
     # the article whose last step has no picture ends in text
     tea = samples["howto-brew-loose-leaf-tea"]["fields"]["json"]["segments"]
@@ -143,15 +147,26 @@ def test_howto_layout_exact(tok, sample_data):
 
 def test_howto_loss_all_and_prefixes(tok, sample_data):
     root = sample_data / "instruct" / "howto"
-    spec = make_spec([{"format": "howto", "paths": [str(root / "articles.json")]}],
-                     template={"loss": "all", "max_len": 8192, "instruction_prefix": "Question:",
-                               "response_prefix": "Answer:", "instruction_format": "{title}?",
-                               "step_format": "({n}) {text}"})
+    spec = make_spec(
+        [{"format": "howto", "paths": [str(root / "articles.json")]}],
+        template={
+            "loss": "all",
+            "max_len": 8192,
+            "instruction_prefix": "Question:",
+            "response_prefix": "Answer:",
+            "instruction_format": "{title}?",
+            "step_format": "({n}) {text}",
+        },
+    )
     samples, _ = build_all(spec, builder(spec, tok))
     s = samples["howto-make-a-sandwich"]
     layout, mask = s["fields"]["json"], s["fields"]["loss_mask.npy"]
     assert [x["text"] for x in layout["segments"][:4]] == [
-        "Question:", "Make a Cucumber Sandwich?", "Answer:", "A light sandwich for a summer lunch."]
+        "Question:",
+        "Make a Cucumber Sandwich?",
+        "Answer:",
+        "A light sandwich for a summer lunch.",
+    ]
     assert layout["segments"][4]["text"] == "(1) Slice a cucumber as thinly as you can."
     assert mask[0] == 0 and mask[1:].all()
     check_layout(tok, s["fields"]["tokens.npy"], mask, layout, template_loss="all")
@@ -174,8 +189,9 @@ def test_truncation_never_cuts_an_image(tok, sample_data, max_len):
 
 
 def test_truncation_rejects_when_nothing_to_learn_remains(tok):
-    doc = Document("k", "howto", [Segment.text_of("instruction", "word " * 50),
-                                  Segment.text_of("response", "short answer")])
+    doc = Document(
+        "k", "howto", [Segment.text_of("instruction", "word " * 50), Segment.text_of("response", "short answer")]
+    )
     with pytest.raises(RejectedDocument, match="nothing to train on"):
         encode_document(doc, Template(max_len=20), tok.vocab, tok.encode, {})
     enc = encode_document(doc, Template(max_len=20, loss="all"), tok.vocab, tok.encode, {})
@@ -188,14 +204,24 @@ def test_conversation_roles_and_unknown_role(tok, sample_data):
     spec = make_spec([{"format": "conversation", "paths": [str(root)]}])
     samples, rejects = build_all(spec, builder(spec, tok))
     assert [r["reason"] for r in rejects] == [
-        "turn 0: unknown role 'moderator' (known: assistant, gpt, human, system, user)"]
+        "turn 0: unknown role 'moderator' (known: assistant, gpt, human, system, user)"
+    ]
     assert rejects[0]["file"].endswith("conversations.jsonl") and rejects[0]["offset"] > 0
     s = samples["conv-shapes-2"]
     layout = s["fields"]["json"]
     assert [(x["modality"], x["role"]) for x in layout["segments"]] == [
-        ("text", "context"), ("image", "instruction"), ("text", "instruction"), ("text", "response")]
-    check_layout(tok, s["fields"]["tokens.npy"], s["fields"]["loss_mask.npy"], layout,
-                 image_bytes=lambda ref: (root / ref).read_bytes())
+        ("text", "context"),
+        ("image", "instruction"),
+        ("text", "instruction"),
+        ("text", "response"),
+    ]
+    check_layout(
+        tok,
+        s["fields"]["tokens.npy"],
+        s["fields"]["loss_mask.npy"],
+        layout,
+        image_bytes=lambda ref: (root / ref).read_bytes(),
+    )
     # only the assistant's answer (and </s>) are targets
     assert s["fields"]["loss_mask.npy"].sum() == len(tok.encode("Blue.")) + 1
 
@@ -207,8 +233,11 @@ def test_conversation_bad_records():
         conversation_document({"turns": [{"role": "user", "content": "hi"}]}, "f.jsonl", 0)
     with pytest.raises(RejectedDocument, match="neither text nor image"):
         conversation_document({"turns": [{"role": "user", "content": [{"video": "a.mp4"}]}]}, "f.jsonl", 0)
-    doc = conversation_document({"turns": [{"role": "User", "content": [{"image": "a.png"}]},
-                                           {"role": "assistant", "content": "ok"}]}, "/d/f.jsonl", 7)
+    doc = conversation_document(
+        {"turns": [{"role": "User", "content": [{"image": "a.png"}]}, {"role": "assistant", "content": "ok"}]},
+        "/d/f.jsonl",
+        7,
+    )
     assert doc.segments[0].image.path == "/d/a.png" and doc.key == "conv-f_jsonl-7"
 
 
@@ -278,14 +307,14 @@ def mmc4_store(corpus, tmp_path_factory):
 
 def test_mmc4_real_sample_layout(tok, mmc4_store):
     src, docs, store, stored = mmc4_store
-    spec = make_spec([{"format": "mmc4", "paths": str(src), "image_store": str(store)}],
-                     template={"max_len": 16384})
+    spec = make_spec([{"format": "mmc4", "paths": str(src), "image_store": str(store)}], template={"max_len": 16384})
     samples, rejects = build_all(spec, builder(spec, tok))
     with_images = [d for d in docs if any(i["raw_url"] in stored for i in d["image_info"])]
     assert len(samples) == len(with_images) == 20
     assert sum("need 1" in r["reason"] for r in rejects) == len(docs) - 20
-    assert sum("/img" in r["id"] and "not in the image store" in r["reason"] for r in rejects) == \
-        sum(1 for d in with_images for i in d["image_info"] if i["raw_url"] not in stored)
+    assert sum("/img" in r["id"] and "not in the image store" in r["reason"] for r in rejects) == sum(
+        1 for d in with_images for i in d["image_info"] if i["raw_url"] not in stored
+    )
     unresolved = next(r["reason"] for r in rejects if "need 1" in r["reason"])
     assert "not in the image store (never fetched)" in unresolved
     for d in with_images:
@@ -295,12 +324,16 @@ def test_mmc4_real_sample_layout(tok, mmc4_store):
         for i, sentence in enumerate(d["text_list"]):
             if sentence.strip():
                 want.append(("text", sentence.strip()))
-            want += [("image", info["raw_url"]) for info in d["image_info"]
-                     if info["matched_text_index"] == i and info["raw_url"] in stored]
+            want += [
+                ("image", info["raw_url"])
+                for info in d["image_info"]
+                if info["matched_text_index"] == i and info["raw_url"] in stored
+            ]
         assert [(x["modality"], x["text"] or x["image_ref"]) for x in layout["segments"]] == want
         assert layout["loss"] == "all"
-        check_layout(tok, s["fields"]["tokens.npy"], s["fields"]["loss_mask.npy"], layout, "all",
-                     image_bytes=stored.__getitem__)
+        check_layout(
+            tok, s["fields"]["tokens.npy"], s["fields"]["loss_mask.npy"], layout, "all", image_bytes=stored.__getitem__
+        )
 
 
 def test_mmc4_tar_store_and_out_of_range(tok, mmc4_store, tmp_path):
@@ -359,4 +392,4 @@ def test_real_256px_vqvae_gives_1024_code_spans(tok, sample_data):
     check_layout(tok, t, s["fields"]["loss_mask.npy"], layout)
     seg = layout["segments"][1]
     assert (seg["h"], seg["w"]) == (32, 32) and seg["length"] == 1 + 1024 + 2  # <break> <boi> codes <eoi>
-    assert (tok.vocab.modality(t[seg["start"] + 2:seg["start"] + 2 + 1024]) == 2).all()
+    assert (tok.vocab.modality(t[seg["start"] + 2 : seg["start"] + 2 + 1024]) == 2).all()

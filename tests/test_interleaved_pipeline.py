@@ -1,5 +1,6 @@
 """The Beam builder end to end on the bundled sample sources with a real (tiny, untrained) VQ-VAE:
 shards, manifest, rejects, determinism across worker counts, and the HTML page."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -33,13 +34,21 @@ def vqvae_dir(tmp_path_factory):
 
 def section_for(sample_data: Path) -> dict:
     root = sample_data / "instruct"
-    return {"sources": [{"format": "howto", "paths": [str(root / "howto")]},
-                        {"format": "conversation", "paths": str(root / "conversations")},
-                        {"format": "mmc4", "paths": str(root / "mmc4" / "docs.jsonl"),
-                         "image_store": str(root / "mmc4" / "image-store")}],
-            "template": {"max_len": 1024},
-            "cm3": {"sources": ["mmc4"], "rate": 1.0},
-            "num_shards": 2, "image_min_size": 32}
+    return {
+        "sources": [
+            {"format": "howto", "paths": [str(root / "howto")]},
+            {"format": "conversation", "paths": str(root / "conversations")},
+            {
+                "format": "mmc4",
+                "paths": str(root / "mmc4" / "docs.jsonl"),
+                "image_store": str(root / "mmc4" / "image-store"),
+            },
+        ],
+        "template": {"max_len": 1024},
+        "cm3": {"sources": ["mmc4"], "rate": 1.0},
+        "num_shards": 2,
+        "image_min_size": 32,
+    }
 
 
 def read_all(root: str) -> dict:
@@ -91,16 +100,22 @@ def test_pipeline_outputs(built, sp_model_path, vqvae_dir):
             if seg["modality"] != "image":
                 continue
             a = seg["start"] + int(seg["break"])
-            span = t[a:seg["start"] + seg["length"]]
+            span = t[a : seg["start"] + seg["length"]]
             assert (seg["h"], seg["w"]) == (16, 16) and len(span) == 16 * 16 + 2
             assert span[0] == vocab.boi_id and span[-1] == vocab.eoi_id
         if key == "howto-plant-a-bean-seed":  # the codes are the real VQ-VAE's codes of the file
             seg = next(x for x in layout["segments"] if x["modality"] == "image")
-            px = load_pixels(ImageRef("x", path=str(Path(__file__).parent.parent / "sample_data" / "instruct" /
-                                                    "howto" / seg["image_ref"])), 64, 32)
+            px = load_pixels(
+                ImageRef(
+                    "x",
+                    path=str(Path(__file__).parent.parent / "sample_data" / "instruct" / "howto" / seg["image_ref"]),
+                ),
+                64,
+                32,
+            )
             codes = model.encode(torch.from_numpy(px[None]))[0].numpy().ravel()
             a = seg["start"] + int(seg["break"]) + 1
-            np.testing.assert_array_equal(t[a:a + 256], vocab.image_ids(codes))
+            np.testing.assert_array_equal(t[a : a + 256], vocab.image_ids(codes))
     # every sample is a valid INTERLEAVED record
     from jamdata.interleaved.build import interleaved_record
     from schemas.records import INTERLEAVED, validate_record, to_table
@@ -172,8 +187,14 @@ def test_instruct_mix_config_feeds_the_loader(built, tmp_path):
     make_text_tokens(tmp_path / "text-tokens", {"c4": [200]}, vocab=vocab)
     make_tars(tmp_path / "image-caption", "image_caption", [100], vocab=vocab, grid=16)
     loader_cfg = cfg.section("loader")
-    loader_cfg.set("paths", {"instruct": str(out / "instruct"), "image-caption": str(tmp_path / "image-caption"),
-                             "text-tokens": str(tmp_path / "text-tokens")})
+    loader_cfg.set(
+        "paths",
+        {
+            "instruct": str(out / "instruct"),
+            "image-caption": str(tmp_path / "image-caption"),
+            "text-tokens": str(tmp_path / "text-tokens"),
+        },
+    )
     from jamdata.loader import dataset_dirs
 
     loader = build_loader(loader_cfg, dataset_dirs(cfg))

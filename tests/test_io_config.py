@@ -8,8 +8,9 @@ from jamdata.config import Config, ConfigError
 from jamdata.io import atomic_write, expand_inputs, open_input, stable_hash
 
 
-@pytest.mark.parametrize("compress", [lambda b: b, gzip.compress, bz2.compress,
-                                      lambda b: zstandard.ZstdCompressor().compress(b)])
+@pytest.mark.parametrize(
+    "compress", [lambda b: b, gzip.compress, bz2.compress, lambda b: zstandard.ZstdCompressor().compress(b)]
+)
 def test_open_input_sniffs_content_not_name(tmp_path, compress):
     p = tmp_path / "misnamed.txt"
     p.write_bytes(compress(b"hello world\n" * 100))

@@ -1,6 +1,7 @@
 """The bidirectional causal cross-attention: reference semantics, gradients, dispatch, and the
 Triton kernel against the reference under the Triton CPU interpreter (in a subprocess, so
 TRITON_INTERPRET never leaks into other tests of the same worker)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -16,8 +17,12 @@ import pytest
 import torch
 
 from jamtrain.kernels.cross_attention import (
-    ENV_VAR, bidirectional_cross_attention, reference_bidirectional_cross_attention,
-    reference_cross_attention, reference_lse, resolve_impl,
+    ENV_VAR,
+    bidirectional_cross_attention,
+    reference_bidirectional_cross_attention,
+    reference_cross_attention,
+    reference_lse,
+    resolve_impl,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -31,8 +36,11 @@ def naive(q, k, v, seg_q=None, seg_k=None, causal=True):
     out = torch.zeros_like(q)
     for b in range(B):
         for i in range(Lq):
-            keys = [j for j in range(Lk) if (not causal or j <= i)
-                    and (seg_q is None or (seg_k[b, j] >= 0 and seg_q[b, i] == seg_k[b, j]))]
+            keys = [
+                j
+                for j in range(Lk)
+                if (not causal or j <= i) and (seg_q is None or (seg_k[b, j] >= 0 and seg_q[b, i] == seg_k[b, j]))
+            ]
             if not keys:
                 continue
             s = torch.einsum("hd,hnd->hn", q[b, :, i], k[b, :, keys]) / math.sqrt(D)
@@ -181,8 +189,14 @@ TOL = {"float32": 1e-5, "float16": 2e-3}
 def interpreter_results():
     pytest.importorskip("triton")
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO))
-    proc = subprocess.run([sys.executable, "-c", INTERPRETER_SCRIPT, json.dumps(CASES)], env=env,
-                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, "-c", INTERPRETER_SCRIPT, json.dumps(CASES)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return {r["name"]: r for r in json.loads(proc.stdout.strip().splitlines()[-1])}
 

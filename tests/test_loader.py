@@ -1,4 +1,5 @@
 """Loader: partitioning, packing content, mixture proportions and exact resume."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -27,8 +28,14 @@ def dirs(tmp_path_factory):
 
 
 def cfg(**kw) -> Config:
-    base = {"mixture": {"text": 0.5, "img": 0.3, "inst": 0.2}, "seq_len": 64, "global_batch_size": 4,
-            "shuffle_block": 8, "steps_per_epoch": 12, "seed": 7}
+    base = {
+        "mixture": {"text": 0.5, "img": 0.3, "inst": 0.2},
+        "seq_len": 64,
+        "global_batch_size": 4,
+        "shuffle_block": 8,
+        "steps_per_epoch": 12,
+        "seed": 7,
+    }
     base.update(kw)
     return Config({"loader": base}).section("loader")
 
@@ -92,16 +99,24 @@ def test_start_up_reads_only_manifests(dirs, tmp_path):
 
 # -- partitioning --------------------------------------------------------------------------------
 def fixed_cfg(**kw):
-    return cfg(mixture={"fixed": 1}, seq_len=2 * SAMPLE_LEN, global_batch_size=4, slot_lanes=4,
-               steps_per_epoch=10, shuffle_block=4, **kw)
+    return cfg(
+        mixture={"fixed": 1},
+        seq_len=2 * SAMPLE_LEN,
+        global_batch_size=4,
+        slot_lanes=4,
+        steps_per_epoch=10,
+        shuffle_block=4,
+        **kw,
+    )
 
 
 def test_two_ranks_two_workers_no_duplicates_no_omissions(dirs):
     """80 samples, 8 lanes of 10, two samples per row: 10 steps read each sample exactly once."""
     per_rank = []
     for rank in range(2):
-        per_rank.append(run(build_loader(fixed_cfg(), {"fixed": dirs["fixed"]}, rank=rank, world_size=2,
-                                         num_workers=2)))
+        per_rank.append(
+            run(build_loader(fixed_cfg(), {"fixed": dirs["fixed"]}, rank=rank, world_size=2, num_workers=2))
+        )
     keys = [k for r in per_rank for b in r for row in b["keys"] for k in row]
     expected = [s.key for i in range(3) for s in iter_samples(f"{dirs['fixed']}/part-{i:05d}.tar")]
     assert len(keys) == 80 and sorted(keys) == sorted(expected)
@@ -109,7 +124,9 @@ def test_two_ranks_two_workers_no_duplicates_no_omissions(dirs):
     single = run(build_loader(fixed_cfg(), {"fixed": dirs["fixed"]}))
     assert all(torch.equal(a, b["tokens"]) for a, b in zip(global_batches(per_rank), single))
     # each row's content is exactly its samples' tokens
-    tokens = {s.key: s.decoded()["tokens.npy"] for i in range(3) for s in iter_samples(f"{dirs['fixed']}/part-{i:05d}.tar")}
+    tokens = {
+        s.key: s.decoded()["tokens.npy"] for i in range(3) for s in iter_samples(f"{dirs['fixed']}/part-{i:05d}.tar")
+    }
     for b in single:
         for row, keys_ in zip(b["tokens"], b["keys"]):
             assert torch.equal(row, torch.from_numpy(np.concatenate([tokens[k] for k in keys_]).astype(np.int64)))
@@ -136,6 +153,7 @@ def test_rows_hold_exactly_their_documents(dirs, reference, run_rows, slot_lanes
     tars = {}
     for name in ("img", "inst"):
         from pathlib import Path
+
         for tar in sorted(Path(dirs[name]).glob("*.tar")):
             tars.update({s.key: s.decoded() for s in iter_samples(str(tar))})
     kinds = set()
@@ -150,11 +168,13 @@ def test_rows_hold_exactly_their_documents(dirs, reference, run_rows, slot_lanes
                 for s, key in enumerate(keys):
                     piece, doc = toks[seg == s], text[key]
                     if s == 0 == len(keys) - 1:  # a window inside one long document
-                        assert any(np.array_equal(piece, doc[o:o + len(piece)]) for o in range(len(doc) - len(piece) + 1))
+                        assert any(
+                            np.array_equal(piece, doc[o : o + len(piece)]) for o in range(len(doc) - len(piece) + 1)
+                        )
                     elif s == 0:
-                        assert np.array_equal(piece, doc[len(doc) - len(piece):])
+                        assert np.array_equal(piece, doc[len(doc) - len(piece) :])
                     elif s == len(keys) - 1:
-                        assert np.array_equal(piece, doc[:len(piece)])
+                        assert np.array_equal(piece, doc[: len(piece)])
                     else:
                         assert np.array_equal(piece, doc)
                 continue
@@ -162,10 +182,10 @@ def test_rows_hold_exactly_their_documents(dirs, reference, run_rows, slot_lanes
                 sample = tars[key]
                 want = sample["tokens.npy"]
                 piece = toks[seg == s]
-                assert len(piece) <= len(want) and np.array_equal(piece, want[:len(piece)])
+                assert len(piece) <= len(want) and np.array_equal(piece, want[: len(piece)])
                 if len(piece) < len(want):  # truncated: never inside an image
                     assert (piece == VOCAB.boi_id).sum() == (piece == VOCAB.eoi_id).sum()
-                want_mask = sample.get("loss_mask.npy", np.ones(len(want), np.uint8))[:len(piece)].astype(bool)
+                want_mask = sample.get("loss_mask.npy", np.ones(len(want), np.uint8))[: len(piece)].astype(bool)
                 assert np.array_equal(mask[seg == s], want_mask)
             pad = seg < 0
             assert (toks[pad] == VOCAB.pad_id).all() and not mask[pad].any()
@@ -290,6 +310,7 @@ def test_resume_cost_does_not_grow_with_step(dirs):
     run(lo, 150)
     state = lo.state_dict()
     import json
+
     assert len(json.dumps(state)) < 4000  # a few integers per lane, whatever the step
     nxt = run(lo, 1)[0]
     lo2 = build_loader(cfg(steps_per_epoch=200), dirs)

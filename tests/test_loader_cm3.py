@@ -1,5 +1,6 @@
 """CM3 at batch time (`loader.cm3`): equal to the documented direct call, redrawn per epoch, exact
 across resume and worker counts, other datasets untouched, loss mask right, bad config named."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -38,8 +39,14 @@ def samples(root: str) -> dict:
 
 
 def cfg(cm3=None, **kw) -> Config:
-    base = {"mixture": {"text": 0.4, "img": 0.4, "inst": 0.2}, "seq_len": 96, "global_batch_size": 4,
-            "shuffle_block": 8, "steps_per_epoch": 10, "seed": SEED}
+    base = {
+        "mixture": {"text": 0.4, "img": 0.4, "inst": 0.2},
+        "seq_len": 96,
+        "global_batch_size": 4,
+        "shuffle_block": 8,
+        "steps_per_epoch": 10,
+        "seed": SEED,
+    }
     if cm3 is not None:
         base["cm3"] = cm3
     base.update(kw)
@@ -47,8 +54,6 @@ def cfg(cm3=None, **kw) -> Config:
 
 
 CM3 = {"datasets": ["img", "inst"], "lambda": 1.0, "max_spans": 4, "max_span_len": 8}
-
-
 
 
 def assert_same(a, b):
@@ -63,8 +68,17 @@ def test_batch_rows_equal_the_documented_direct_transform(dirs):
     """One lane reads every sample once per dataset epoch, so a key's n-th appearance is its epoch n:
     each packed sample must equal cm3_transform with the documented Generator of (seed, epoch, key)."""
     raw = samples(dirs["img"])
-    lo = build_loader(cfg({**CM3, "datasets": ["img"]}, mixture={"img": 1}, global_batch_size=1, step_lanes=1, slot_lanes=1,
-                          steps_per_epoch=40), {"img": dirs["img"]})
+    lo = build_loader(
+        cfg(
+            {**CM3, "datasets": ["img"]},
+            mixture={"img": 1},
+            global_batch_size=1,
+            step_lanes=1,
+            slot_lanes=1,
+            steps_per_epoch=40,
+        ),
+        {"img": dirs["img"]},
+    )
     seen: Counter = Counter()
     draws: dict[tuple[str, int], np.ndarray] = {}
     for b in run(lo) + run(lo):  # two loader epochs: 80 rows, more than two dataset epochs of 72 samples
@@ -72,8 +86,14 @@ def test_batch_rows_equal_the_documented_direct_transform(dirs):
         for s, key in enumerate(b["keys"][0]):
             epoch = seen[key]
             seen[key] += 1
-            res = cm3_transform(raw[key]["tokens.npy"], V, key, WHOLE, np.ones(len(raw[key]["tokens.npy"]), np.uint8),
-                                rng=draw_rng(SEED, epoch, key))
+            res = cm3_transform(
+                raw[key]["tokens.npy"],
+                V,
+                key,
+                WHOLE,
+                np.ones(len(raw[key]["tokens.npy"]), np.uint8),
+                rng=draw_rng(SEED, epoch, key),
+            )
             assert res.n_spans >= 1
             np.testing.assert_array_equal(toks[seg == s], res.tokens)
             np.testing.assert_array_equal(mask[seg == s], res.loss_mask.astype(bool))
@@ -145,15 +165,19 @@ def test_loss_mask_on_a_hand_built_sample(tmp_path):
     mask = np.array([0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1], np.uint8)
     root = hand_dataset(tmp_path / "hand", tokens, mask)
     conf = {"datasets": ["hand"], "max_spans": 2, "max_span_len": 8}
-    lo = build_loader(cfg(conf, mixture={"hand": 1}, seq_len=30, global_batch_size=1, step_lanes=1, slot_lanes=1,
-                          steps_per_epoch=60), {"hand": root})
+    lo = build_loader(
+        cfg(conf, mixture={"hand": 1}, seq_len=30, global_batch_size=1, step_lanes=1, slot_lanes=1, steps_per_epoch=60),
+        {"hand": root},
+    )
     # what each span choice must produce (placeholder: no loss; sentinel: its span's first token's
     # loss; moved tokens keep theirs; </s> stays last)
     expected = {
         ((5 + 1, 3),): ([s, a, b, c, brk, boi, m0, eoi, m0, i1, i2, i3, e], [0, 0, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1]),
         ((1, 1),): ([s, m0, b, c, brk, boi, i1, i2, i3, eoi, m0, a, e], [0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1]),
-        ((1, 1), (6, 3)): ([s, m0, b, c, brk, boi, m1, eoi, m0, a, m1, i1, i2, i3, e],
-                           [0, 0, 1, 1, 1, 1, 0, 1, 0, 0, 1, 1, 1, 1, 1]),
+        ((1, 1), (6, 3)): (
+            [s, m0, b, c, brk, boi, m1, eoi, m0, a, m1, i1, i2, i3, e],
+            [0, 0, 1, 1, 1, 1, 0, 1, 0, 0, 1, 1, 1, 1, 1],
+        ),
         ((2, 2),): ([s, a, m0, brk, boi, i1, i2, i3, eoi, m0, b, c, e], [0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]),
     }
     found = set()
@@ -161,8 +185,14 @@ def test_loss_mask_on_a_hand_built_sample(tmp_path):
     for batch in run(lo):
         toks, lm, seg = batch["tokens"][0].numpy(), batch["loss_mask"][0].numpy(), batch["segment_ids"][0].numpy()
         for k in range(seg.max() + 1):
-            res = cm3_transform(tokens, V, "hand", CM3Config(max_spans=2, max_span_len=8, whole_images=True), mask,
-                                rng=draw_rng(SEED, epoch, "hand"))
+            res = cm3_transform(
+                tokens,
+                V,
+                "hand",
+                CM3Config(max_spans=2, max_span_len=8, whole_images=True),
+                mask,
+                rng=draw_rng(SEED, epoch, "hand"),
+            )
             np.testing.assert_array_equal(toks[seg == k], res.tokens)
             np.testing.assert_array_equal(lm[seg == k], res.loss_mask.astype(bool))
             for a_, n_ in res.spans:  # an image is masked whole, never partly
@@ -212,16 +242,19 @@ def test_order_includes_cm3(dirs):
     assert build_loader(cfg({"datasets": []}), dirs).fingerprint == lo.fingerprint  # off: order unchanged
 
 
-@pytest.mark.parametrize("conf,key,word", [
-    ({"datasets": ["nope"]}, "loader.cm3.datasets", "not in loader.mixture"),
-    ({"datasets": ["text"]}, "loader.cm3.datasets", "text-token dataset"),
-    ({"datasets": ["img"], "rate": 1.5}, "loader.cm3.rate", "[0.0, 1.0]"),
-    ({"datasets": ["img"], "rate": -0.1}, "loader.cm3.rate", "[0.0, 1.0]"),
-    ({"datasets": ["img"], "max_spans": 17}, "loader.cm3.max_spans", "16"),
-    ({"datasets": ["img"], "lamda": 1}, "loader.cm3.lamda", "unknown key"),
-    ({"datasets": ["img"], "max_spans": 16}, "loader.cm3.max_spans", "less than loader.seq_len"),
-    ("img", "loader.cm3", "must be a mapping"),
-])
+@pytest.mark.parametrize(
+    "conf,key,word",
+    [
+        ({"datasets": ["nope"]}, "loader.cm3.datasets", "not in loader.mixture"),
+        ({"datasets": ["text"]}, "loader.cm3.datasets", "text-token dataset"),
+        ({"datasets": ["img"], "rate": 1.5}, "loader.cm3.rate", "[0.0, 1.0]"),
+        ({"datasets": ["img"], "rate": -0.1}, "loader.cm3.rate", "[0.0, 1.0]"),
+        ({"datasets": ["img"], "max_spans": 17}, "loader.cm3.max_spans", "16"),
+        ({"datasets": ["img"], "lamda": 1}, "loader.cm3.lamda", "unknown key"),
+        ({"datasets": ["img"], "max_spans": 16}, "loader.cm3.max_spans", "less than loader.seq_len"),
+        ("img", "loader.cm3", "must be a mapping"),
+    ],
+)
 def test_bad_config_is_one_line_naming_the_key(dirs, conf, key, word):
     extra = {"seq_len": 30} if conf == {"datasets": ["img"], "max_spans": 16} else {}
     with pytest.raises(ConfigError) as e:

@@ -1,4 +1,5 @@
 """Loader: damaged shards are skipped, logged and counted (or fail on request), never a hang."""
+
 from __future__ import annotations
 
 import io
@@ -25,8 +26,14 @@ def tars(tmp_path):
 
 
 def cfg(**kw):
-    base = {"mixture": {"img": 1}, "seq_len": 2 * SAMPLE_LEN, "global_batch_size": 2, "step_lanes": 1,
-            "shuffle_block": 4, "steps_per_epoch": 15}
+    base = {
+        "mixture": {"img": 1},
+        "seq_len": 2 * SAMPLE_LEN,
+        "global_batch_size": 2,
+        "step_lanes": 1,
+        "shuffle_block": 4,
+        "steps_per_epoch": 15,
+    }
     base.update(kw)
     return Config({"loader": base}).section("loader")
 
@@ -125,10 +132,13 @@ def test_duplicate_keys_detected_and_skipped(tmp_path):
             ti = tarfile.TarInfo(f"{key}.tokens.npy")
             ti.size = len(data)
             tar.addfile(ti, io.BytesIO(data))
-    write_manifest(str(root), build_manifest("image_caption", [describe_shard(str(root), "part-00000.tar", records=5, tokens=30)],
-                                             {}, VOCAB))
-    lo = build_loader(cfg(mixture={"dup": 1}, seq_len=6, global_batch_size=1, slot_lanes=1, steps_per_epoch=4),
-                      {"dup": str(root)})
+    write_manifest(
+        str(root),
+        build_manifest("image_caption", [describe_shard(str(root), "part-00000.tar", records=5, tokens=30)], {}, VOCAB),
+    )
+    lo = build_loader(
+        cfg(mixture={"dup": 1}, seq_len=6, global_batch_size=1, slot_lanes=1, steps_per_epoch=4), {"dup": str(root)}
+    )
     seen = keys_of(lo)
     assert sorted(seen) == ["a", "b", "c", "d"]
     assert lo.counters["duplicate_keys"] == 1
@@ -140,7 +150,7 @@ def test_text_index_pointing_past_the_bin_is_skipped(tmp_path, caplog):
     data = bytearray(idx.read_bytes())
     count = int.from_bytes(data[18:26], "little")  # magic 9, version 8, dtype 1, then the count
     at = 34 + 4 * count  # pointers (int64) follow the int32 lengths
-    data[at:at + 8] = (10**9).to_bytes(8, "little")  # document 0 starts a gigabyte in
+    data[at : at + 8] = (10**9).to_bytes(8, "little")  # document 0 starts a gigabyte in
     idx.write_bytes(bytes(data))
     with caplog.at_level(logging.ERROR, logger="jamdata.loader"):
         lo = build_loader(cfg(mixture={"text": 1}, seq_len=32, verify="none"), {"text": str(root)})

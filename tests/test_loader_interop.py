@@ -1,4 +1,5 @@
 """Loader: real processes over gloo, torchdata's StatefulDataLoader, datasets, webdataset, the CLI."""
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,14 @@ def dirs(tmp_path_factory):
     }
 
 
-LOADER = {"mixture": {"text": 0.6, "img": 0.4}, "seq_len": 48, "global_batch_size": 4,
-          "shuffle_block": 8, "steps_per_epoch": 8, "seed": 3}
+LOADER = {
+    "mixture": {"text": 0.6, "img": 0.4},
+    "seq_len": 48,
+    "global_batch_size": 4,
+    "shuffle_block": 8,
+    "steps_per_epoch": 8,
+    "seed": 3,
+}
 
 
 def cfg(**kw):
@@ -46,8 +53,10 @@ def _rank_main(rank: int, world: int, init: str, dirs: dict, out: str) -> None:
             if len(got) == 5:
                 break
         state = lo.state_dict()  # gathered over both ranks
-        torch.save({"tokens": [b["tokens"] for b in got], "keys": [b["keys"] for b in got], "state": state},
-                   f"{out}/rank{rank}.pt")
+        torch.save(
+            {"tokens": [b["tokens"] for b in got], "keys": [b["keys"] for b in got], "state": state},
+            f"{out}/rank{rank}.pt",
+        )
     finally:
         torch.distributed.destroy_process_group()
 
@@ -84,8 +93,7 @@ def test_stateful_dataloader_protocol(dirs, workers):
     ref = tokens(list(build_loader(cfg(), dirs)))
 
     def loader():
-        return StatefulDataLoader(PackedStream(spec, sources, steps_per_epoch=8), batch_size=None,
-                                  num_workers=workers)
+        return StatefulDataLoader(PackedStream(spec, sources, steps_per_epoch=8), batch_size=None, num_workers=workers)
 
     dl = loader()
     it = iter(dl)

@@ -1,6 +1,7 @@
 """Loader on real pipeline outputs: a finished run directory (text-tokens, image-caption and, when
 present, instruct). Uses $JAM_LOADER_RUN, else out/demo (what `make demo` writes), else runs the
 data stages of the demo on the bundled sample into a temporary directory (about 20 s)."""
+
 from __future__ import annotations
 
 import os
@@ -31,12 +32,30 @@ def run_dirs(tmp_path_factory):
     run = RUN
     if "text-tokens" not in finished(run) or "image-caption" not in finished(run):
         run = tmp_path_factory.mktemp("run")
-        cmd = [sys.executable, "-m", "jamdata.cli", "run", "--config", str(REPO / "configs" / "demo.yaml"),
-               "--out", str(run), "--set", "vqvae.train.steps=10", "--set", "vqvae.train.checkpoint_every=0"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "jamdata.cli",
+            "run",
+            "--config",
+            str(REPO / "configs" / "demo.yaml"),
+            "--out",
+            str(run),
+            "--set",
+            "vqvae.train.steps=10",
+            "--set",
+            "vqvae.train.checkpoint_every=0",
+        ]
         for stage in ("text-clean", "tokenizer", "text-sample", "vqvae-train", "images", "instruct"):
             cmd += ["--stage", stage]
-        r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
-                           env={**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"})
+        r = subprocess.run(
+            cmd,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"},
+        )
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     names = finished(run)
     assert {"text-tokens", "image-caption", "instruct"} <= set(names) or run == RUN, names
@@ -45,8 +64,13 @@ def run_dirs(tmp_path_factory):
 
 def cfg(dirs, **kw):
     weights = {"text-tokens": 0.45, "image-caption": 0.45, "instruct": 0.10}
-    base = {"mixture": {n: weights[n] for n in dirs}, "seq_len": 512, "global_batch_size": 4,
-            "steps_per_epoch": 10, "shuffle_block": 16}
+    base = {
+        "mixture": {n: weights[n] for n in dirs},
+        "seq_len": 512,
+        "global_batch_size": 4,
+        "steps_per_epoch": 10,
+        "shuffle_block": 16,
+    }
     base.update(kw)
     return Config({"loader": base}).section("loader")
 
@@ -72,10 +96,10 @@ def test_real_outputs_pack_whole_images_and_carry_masks(run_dirs):
                 continue
             for s, key in enumerate(b["keys"][r]):
                 piece, want = toks[seg == s], samples[key]["tokens.npy"]
-                assert np.array_equal(piece, want[:len(piece)])
+                assert np.array_equal(piece, want[: len(piece)])
                 assert (piece == vocab.boi_id).sum() == (piece == vocab.eoi_id).sum()  # no image cut
                 if "loss_mask.npy" in samples[key]:
-                    assert np.array_equal(mask[seg == s], samples[key]["loss_mask.npy"][:len(piece)].astype(bool))
+                    assert np.array_equal(mask[seg == s], samples[key]["loss_mask.npy"][: len(piece)].astype(bool))
     assert seen == set(run_dirs)
 
 

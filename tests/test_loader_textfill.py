@@ -1,4 +1,5 @@
 """The compiled text packer gives exactly what its Python twin gives."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -35,8 +36,17 @@ def random_block(rng: np.random.Generator, dtype) -> tuple:
     ws = np.flatnonzero(brk).astype(np.int64)
     nz = np.sort(rng.choice(np.arange(len(lens) + 30), len(lens), replace=False)).astype(np.int64)
     keys = [f"k{i}" for i in range(len(lens))]
-    return (cum, nz, np.append(ws, len(lens)), (starts[ws] - cum[ws]).astype(np.int64), sh[ws].astype(np.int64),
-            shards, 17, int(nz[-1]) + 3, keys)
+    return (
+        cum,
+        nz,
+        np.append(ws, len(lens)),
+        (starts[ws] - cum[ws]).astype(np.int64),
+        sh[ws].astype(np.int64),
+        shards,
+        17,
+        int(nz[-1]) + 3,
+        keys,
+    )
 
 
 def start_at(rng, args, blocks) -> None:
@@ -70,7 +80,7 @@ def test_compiled_block_fill_equals_python(dtype, out_dtype):
             (rc, tc, sc, *pc), (rp, tp, sp, *pp) = outs
             assert rc == rp and pc == pp
             assert np.array_equal(tc, tp) and np.array_equal(sc, sp)
-            assert (tc[:done] == -1).all() and (tc[done + rc[0]:] == -1).all()
+            assert (tc[:done] == -1).all() and (tc[done + rc[0] :] == -1).all()
 
 
 @compiled
@@ -90,7 +100,7 @@ def test_compiled_fill_rows_equals_python():
         assert outs[0][0] == outs[1][0] and outs[0][3] == outs[1][3]
         assert np.array_equal(outs[0][1], outs[1][1]) and np.array_equal(outs[0][2], outs[1][2])
         for b, k in enumerate(outs[0][0]):
-            row = outs[0][2][b * L:(b + 1) * L]
+            row = outs[0][2][b * L : (b + 1) * L]
             if k is None:
                 assert (row == -1).all()
             else:
@@ -103,7 +113,7 @@ def test_compiled_block_rejects_bad_input():
     with pytest.raises(TypeError):
         textfill.Block(args[0].astype(np.int32), *args[1:])
     bad_tok = args[3].copy()
-    bad_tok[0] = 10 ** 9  # a window past its shard's end
+    bad_tok[0] = 10**9  # a window past its shard's end
     with pytest.raises(ValueError, match="past its shard"):
         textfill.Block(*args[:3], bad_tok, *args[4:])
     with pytest.raises(ValueError, match="lengths disagree"):
@@ -119,8 +129,19 @@ def test_compiled_block_rejects_bad_input():
 def test_loader_same_batches_with_python_packer(tmp_path, monkeypatch):
     text = str(make_text_tokens(tmp_path / "text", {"wiki": [40, 33], "web": [50]}, seed=1))
     for slot_lanes in (2, 4):  # two rows per lane (one stretch), one row per lane (fill_rows)
-        cfg = Config({"loader": {"mixture": {"text": 1}, "seq_len": 64, "global_batch_size": 4, "slot_lanes": slot_lanes,
-                                 "shuffle_block": 8, "steps_per_epoch": 30, "seed": 3}}).section("loader")
+        cfg = Config(
+            {
+                "loader": {
+                    "mixture": {"text": 1},
+                    "seq_len": 64,
+                    "global_batch_size": 4,
+                    "slot_lanes": slot_lanes,
+                    "shuffle_block": 8,
+                    "steps_per_epoch": 30,
+                    "seed": 3,
+                }
+            }
+        ).section("loader")
         ours = list(build_loader(cfg, {"text": text}))
         with monkeypatch.context() as mp:
             mp.setattr(lane, "Block", textfill.BlockPy)

@@ -3,8 +3,16 @@ import sys
 
 import pytest
 
-from jamdata.manifest import (OutputLockedError, build_manifest, check_compatible, describe_shard, output_dir,
-                              read_manifest, validate_dataset, write_manifest)
+from jamdata.manifest import (
+    OutputLockedError,
+    build_manifest,
+    check_compatible,
+    describe_shard,
+    output_dir,
+    read_manifest,
+    validate_dataset,
+    write_manifest,
+)
 from jamdata.vocab import JointVocab, VocabMismatchError
 
 
@@ -51,8 +59,11 @@ def test_vocab_mismatch_refused(tmp_path):
     assert check_compatible([str(a), str(c)])
     with pytest.raises(VocabMismatchError, match=f"{a}.*{b}"):
         check_compatible([str(a), str(b)])
-    out = subprocess.run([sys.executable, "-m", "jamdata.cli", "validate", "--same-vocab", str(a), str(b)],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "jamdata.cli", "validate", "--same-vocab", str(a), str(b)],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 1 and "different joint vocabularies" in out.stderr
 
 
@@ -70,6 +81,7 @@ def test_output_dir_lock_and_clean(tmp_path):
 
 def test_output_dir_permission_denied(tmp_path):
     import os
+
     if os.geteuid() == 0:
         target = "/proc/jam-no-such-dir"  # not writable even for root
     else:

@@ -1,4 +1,5 @@
 """The decoder backbone: causality, document resets, presets, checkpoints, build_model contract."""
+
 from __future__ import annotations
 
 import pytest
@@ -7,7 +8,14 @@ import torch
 from jamdata.config import ConfigError
 from jamtrain.cli import main as jamtrain_main
 from jamtrain.models import (
-    Backbone, CheckpointError, JamCross, PRESETS, build_model, load_model, parameter_count, save_model,
+    Backbone,
+    CheckpointError,
+    JamCross,
+    PRESETS,
+    build_model,
+    load_model,
+    parameter_count,
+    save_model,
 )
 
 V = 97
@@ -119,21 +127,64 @@ def test_activation_checkpointing_same_gradients():
 
 def test_cli_init_fuse_info(tmp_path, capsys):
     t, i, out = tmp_path / "text.safetensors", tmp_path / "image.pt", tmp_path / "cross.safetensors"
-    assert jamtrain_main(["model", "init", "--vocab-size", str(V), "--d-model", "32", "--n-heads", "4",
-                          "--out", str(t)]) == 0
-    assert jamtrain_main(["model", "init", "--vocab-size", str(V), "--d-model", "32", "--n-heads", "4",
-                          "--seed", "1", "--out", str(i)]) == 0
-    assert jamtrain_main(["fuse", "--mode", "cross", "--text", str(t), "--image", str(i), "--out", str(out),
-                          "--text-rows", "60", "--head", "text"]) == 0
+    assert (
+        jamtrain_main(["model", "init", "--vocab-size", str(V), "--d-model", "32", "--n-heads", "4", "--out", str(t)])
+        == 0
+    )
+    assert (
+        jamtrain_main(
+            [
+                "model",
+                "init",
+                "--vocab-size",
+                str(V),
+                "--d-model",
+                "32",
+                "--n-heads",
+                "4",
+                "--seed",
+                "1",
+                "--out",
+                str(i),
+            ]
+        )
+        == 0
+    )
+    assert (
+        jamtrain_main(
+            [
+                "fuse",
+                "--mode",
+                "cross",
+                "--text",
+                str(t),
+                "--image",
+                str(i),
+                "--out",
+                str(out),
+                "--text-rows",
+                "60",
+                "--head",
+                "text",
+            ]
+        )
+        == 0
+    )
     model = load_model(out)
     assert isinstance(model, JamCross) and model.cfg.text_rows == 60 and model.cfg.head_init == "text"
     tokens = torch.randint(0, 60, (1, 8))
-    torch.testing.assert_close(model.eval()(tokens)[..., :60], load_model(t).eval()(tokens)[..., :60], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        model.eval()(tokens)[..., :60], load_model(t).eval()(tokens)[..., :60], atol=1e-5, rtol=1e-5
+    )
     assert jamtrain_main(["model", "info", str(out)]) == 0
     assert '"kind": "cross"' in capsys.readouterr().out
     # fusing parents of different shapes fails with one clear line
     other = tmp_path / "wide.pt"
     assert jamtrain_main(["model", "init", "--vocab-size", str(V), "--d-model", "64", "--out", str(other)]) == 0
-    assert jamtrain_main(["fuse", "--mode", "width", "--text", str(t), "--image", str(other),
-                          "--out", str(tmp_path / "x.pt")]) == 1
+    assert (
+        jamtrain_main(
+            ["fuse", "--mode", "width", "--text", str(t), "--image", str(other), "--out", str(tmp_path / "x.pt")]
+        )
+        == 1
+    )
     assert "differ in architecture" in capsys.readouterr().err

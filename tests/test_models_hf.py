@@ -2,6 +2,7 @@
 transformers' own forward, export that transformers reloads with identical logits, one-line
 refusals of what the backbone cannot represent, vocabulary extension, and the JAM fusions of two
 imported parents. The reference models are small random `transformers.LlamaForCausalLM`s."""
+
 from __future__ import annotations
 
 import json
@@ -20,26 +21,44 @@ from jamdata.errors import ModelError
 from jamdata.vocab import JointVocab
 from jamtrain.cli import main as jamtrain_main
 from jamtrain.models import (
-    Backbone, JamCross, build_model, count_parameters, extend_vocab, fuse_cross, fuse_uniform, fuse_width,
-    load_model, read_checkpoint,
+    Backbone,
+    JamCross,
+    build_model,
+    count_parameters,
+    extend_vocab,
+    fuse_cross,
+    fuse_uniform,
+    fuse_width,
+    load_model,
+    read_checkpoint,
 )
 from jamtrain.models.checkpoint import read_description
 from jamtrain.models.hf import HFError, config_from_hf, export_hf, import_checkpoint, read_config
 from jamtrain.models.resize import NOISE, check_text_rows, extend_state
 
-V = 300                                   # the LLaMA's own vocabulary (its SentencePiece pieces)
-VOCAB = JointVocab(text_size=V, text_model_sha256="0" * 64, n_image_codes=32)   # 300 + 22 + 32 = 354
+V = 300  # the LLaMA's own vocabulary (its SentencePiece pieces)
+VOCAB = JointVocab(text_size=V, text_model_sha256="0" * 64, n_image_codes=32)  # 300 + 22 + 32 = 354
 EXACT = dict(atol=1e-5, rtol=1e-5)
 
 
-def make_hf(root: Path, tied: bool = False, seed: int = 0, max_shard_size: str | None = None,
-            **overrides) -> tuple[Path, transformers.LlamaForCausalLM]:
+def make_hf(
+    root: Path, tied: bool = False, seed: int = 0, max_shard_size: str | None = None, **overrides
+) -> tuple[Path, transformers.LlamaForCausalLM]:
     """A random 2-layer LLaMA (GQA: 4 query heads, 2 key/value heads) saved with save_pretrained.
     Norm weights are randomised too, so that a mis-mapped norm cannot go unnoticed."""
     torch.manual_seed(seed)
-    cfg = transformers.LlamaConfig(vocab_size=V, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                                   rms_norm_eps=1e-6, tie_word_embeddings=tied, **overrides)
+    cfg = transformers.LlamaConfig(
+        vocab_size=V,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=tied,
+        **overrides,
+    )
     model = transformers.LlamaForCausalLM(cfg).eval()
     with torch.no_grad():
         for p in model.parameters():
@@ -53,10 +72,12 @@ def make_hf(root: Path, tied: bool = False, seed: int = 0, max_shard_size: str |
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory) -> dict[str, tuple[Path, transformers.LlamaForCausalLM]]:
     root = tmp_path_factory.mktemp("hf")
-    return {"tied": make_hf(root / "tied", tied=True, seed=1),
-            "untied": make_hf(root / "untied", seed=2),
-            "sharded": make_hf(root / "sharded", seed=3, max_shard_size="40KB"),
-            "image": make_hf(root / "image", seed=4)}
+    return {
+        "tied": make_hf(root / "tied", tied=True, seed=1),
+        "untied": make_hf(root / "untied", seed=2),
+        "sharded": make_hf(root / "sharded", seed=3, max_shard_size="40KB"),
+        "image": make_hf(root / "image", seed=4),
+    }
 
 
 def tokens(n: int = 2, length: int = 12, hi: int = V, seed: int = 5) -> torch.Tensor:
@@ -129,8 +150,12 @@ def test_import_casts_to_the_requested_dtype(sources, tmp_path):
     _, written = read_checkpoint(tmp_path / "untied.safetensors")
     assert {t.dtype for t in written.values()} == {torch.bfloat16}
     stored = load_file(str(src / "model.safetensors"))
-    torch.testing.assert_close(written["layers.1.ffn.gate.weight"],
-                               stored["model.layers.1.mlp.gate_proj.weight"].to(torch.bfloat16), atol=0, rtol=0)
+    torch.testing.assert_close(
+        written["layers.1.ffn.gate.weight"],
+        stored["model.layers.1.mlp.gate_proj.weight"].to(torch.bfloat16),
+        atol=0,
+        rtol=0,
+    )
     x = tokens()
     with torch.no_grad():  # bf16 weights: close to the fp32 logits, not equal
         assert (model(x).float() - hf_logits(ref, x)).abs().max() < 0.1
@@ -194,18 +219,26 @@ def _edit_weights(d: Path, fn) -> None:
 
 
 BAD = {
-    "architecture": (lambda d: _edit_config(d, model_type="mistral", architectures=["MistralForCausalLM"]),
-                     "unsupported architecture: model_type 'mistral'"),
+    "architecture": (
+        lambda d: _edit_config(d, model_type="mistral", architectures=["MistralForCausalLM"]),
+        "unsupported architecture: model_type 'mistral'",
+    ),
     "activation": (lambda d: _edit_config(d, hidden_act="gelu"), "unsupported hidden_act 'gelu'"),
     "bias": (lambda d: _edit_config(d, attention_bias=True), "attention_bias is true"),
-    "rope": (lambda d: _edit_config(d, rope_parameters={"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0}),
-             "unsupported rope_type 'llama3'"),
+    "rope": (
+        lambda d: _edit_config(d, rope_parameters={"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0}),
+        "unsupported rope_type 'llama3'",
+    ),
     "head_dim": (lambda d: _edit_config(d, head_dim=32), "head_dim 32 != hidden_size / num_attention_heads = 16"),
-    "tensors": (lambda d: _edit_weights(d, lambda s: s.update({"model.layers.2.mlp.up_proj.weight": torch.zeros(1)})),
-                "unexpected tensor 'model.layers.2.mlp.up_proj.weight'"),
+    "tensors": (
+        lambda d: _edit_weights(d, lambda s: s.update({"model.layers.2.mlp.up_proj.weight": torch.zeros(1)})),
+        "unexpected tensor 'model.layers.2.mlp.up_proj.weight'",
+    ),
     "missing": (lambda d: _edit_weights(d, lambda s: s.pop("lm_head.weight")), "missing tensor 'lm_head.weight'"),
-    "shape": (lambda d: _edit_config(d, intermediate_size=80),
-              r"model.layers.0.mlp.down_proj.weight has shape \(64, 96\), config.json implies \(64, 80\)"),
+    "shape": (
+        lambda d: _edit_config(d, intermediate_size=80),
+        r"model.layers.0.mlp.down_proj.weight has shape \(64, 96\), config.json implies \(64, 80\)",
+    ),
 }
 
 
@@ -234,8 +267,11 @@ def test_pickled_weights_are_never_loaded(sources, tmp_path):
             return open, (str(marker), "w")
 
     (d / "pytorch_model.bin").write_bytes(pickle.dumps({"model.embed_tokens.weight": Payload()}))
-    with pytest.raises(HFError, match="no model.safetensors or model.safetensors.index.json "
-                                      r"\(pytorch_model.bin is a pickle"):
+    with pytest.raises(
+        HFError,
+        match="no model.safetensors or model.safetensors.index.json "
+        r"\(pytorch_model.bin is a pickle",
+    ):
         import_checkpoint(str(d), tmp_path / "x.safetensors")
     assert not marker.exists()
 
@@ -287,8 +323,22 @@ def test_cli_import_with_the_joint_vocabulary_then_export(sources, tmp_path, cap
     # import then extend-vocab gives the same file contents as importing with --vocab
     plain, grown = tmp_path / "plain.safetensors", tmp_path / "grown.safetensors"
     assert jamtrain_main(["model", "import", str(src), "--out", str(plain)]) == 0
-    assert jamtrain_main(["model", "extend-vocab", str(plain), "--vocab", str(tok / "vocab.json"),
-                          "--seed", "2", "--out", str(grown)]) == 0
+    assert (
+        jamtrain_main(
+            [
+                "model",
+                "extend-vocab",
+                str(plain),
+                "--vocab",
+                str(tok / "vocab.json"),
+                "--seed",
+                "2",
+                "--out",
+                str(grown),
+            ]
+        )
+        == 0
+    )
     a, b = read_checkpoint(ck)[1], read_checkpoint(grown)[1]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert read_description(grown)["hf_config"]["vocab_size"] == V  # the source's config travels along
@@ -310,8 +360,10 @@ def test_cli_import_with_the_joint_vocabulary_then_export(sources, tmp_path, cap
 
 # ---------------------------------------------------------------------------------- fusions
 def parents(sources, tmp_path) -> tuple[Backbone, Backbone]:
-    return (imported(sources, "untied", tmp_path, vocab_size=VOCAB.size, seed=0),
-            imported(sources, "image", tmp_path, vocab_size=VOCAB.size, seed=1))
+    return (
+        imported(sources, "untied", tmp_path, vocab_size=VOCAB.size, seed=0),
+        imported(sources, "image", tmp_path, vocab_size=VOCAB.size, seed=1),
+    )
 
 
 def test_cross_of_two_imported_parents_runs_forward_and_backward(sources, tmp_path):
@@ -351,19 +403,31 @@ def test_build_model_fuses_imported_parents_extending_their_vocabulary(sources, 
     t, i = tmp_path / "t.safetensors", tmp_path / "i.safetensors"
     import_checkpoint(str(sources["untied"][0]), t)
     import_checkpoint(str(sources["image"][0]), i)
-    section = {"fusion": "cross", "text_checkpoint": str(t), "image_checkpoint": str(i), "n_image_codes": 32,
-               "norm": "rmsnorm", "activation": "swiglu", "positions": "rotary", "n_layers": 2, "d_model": 64,
-               "n_heads": 4, "n_kv_heads": 2, "d_ff": 96, "max_seq_len": 128}
+    section = {
+        "fusion": "cross",
+        "text_checkpoint": str(t),
+        "image_checkpoint": str(i),
+        "n_image_codes": 32,
+        "norm": "rmsnorm",
+        "activation": "swiglu",
+        "positions": "rotary",
+        "n_layers": 2,
+        "d_model": 64,
+        "n_heads": 4,
+        "n_kv_heads": 2,
+        "d_ff": 96,
+        "max_seq_len": 128,
+    }
     with pytest.raises(ConfigError, match="checkpoint vocabulary 300 != data vocabulary 354.*extend_vocab: true"):
         build_model(section, VOCAB.size)
     torch.manual_seed(0)  # the cross blocks are freshly initialised
     model = build_model({**section, "extend_vocab": True, "extend_vocab_seed": 5}, VOCAB.size)
     assert isinstance(model, JamCross) and model.cfg.text_rows == VOCAB.image_offset
-    text = extend_vocab(load_model(t), VOCAB.size, seed=5)    # text parent: seed
-    image = extend_vocab(load_model(i), VOCAB.size, seed=6)   # image parent: seed + 1
+    text = extend_vocab(load_model(t), VOCAB.size, seed=5)  # text parent: seed
+    image = extend_vocab(load_model(i), VOCAB.size, seed=6)  # image parent: seed + 1
     emb = model.embedding.weight
-    assert torch.equal(emb[:VOCAB.image_offset], text.tok_emb.weight[:VOCAB.image_offset])
-    assert torch.equal(emb[VOCAB.image_offset:], image.tok_emb.weight[VOCAB.image_offset:])
+    assert torch.equal(emb[: VOCAB.image_offset], text.tok_emb.weight[: VOCAB.image_offset])
+    assert torch.equal(emb[VOCAB.image_offset :], image.tok_emb.weight[VOCAB.image_offset :])
     torch.manual_seed(0)
     again = build_model({**section, "extend_vocab": True, "extend_vocab_seed": 5}, VOCAB.size)
     assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), model.state_dict().values()))
@@ -372,13 +436,26 @@ def test_build_model_fuses_imported_parents_extending_their_vocabulary(sources, 
 
 
 def test_llama_family_config_keys(sources):
-    section = {"preset": "tiny", "norm": "rmsnorm", "activation": "swiglu", "positions": "rotary",
-               "n_kv_heads": 2, "d_ff": 96, "tie_embeddings": True, "norm_eps": 1e-6, "max_seq_len": 128}
+    section = {
+        "preset": "tiny",
+        "norm": "rmsnorm",
+        "activation": "swiglu",
+        "positions": "rotary",
+        "n_kv_heads": 2,
+        "d_ff": 96,
+        "tie_embeddings": True,
+        "norm_eps": 1e-6,
+        "max_seq_len": 128,
+    }
     model = build_model(section, V)
     ref = sources["tied"][1]
     assert model.cfg == config_from_hf(ref.config.to_dict())
     assert count_parameters(model) == sum(p.numel() for p in ref.parameters())
-    for bad, match in (({"norm_bias": True}, "norm_bias"), ({"n_kv_heads": 3}, "n_kv_heads 3 must divide"),
-                       ({"norm": "batchnorm"}, "norm"), ({"n_kv_heads": 1.5}, "whole number")):
+    for bad, match in (
+        ({"norm_bias": True}, "norm_bias"),
+        ({"n_kv_heads": 3}, "n_kv_heads 3 must divide"),
+        ({"norm": "batchnorm"}, "norm"),
+        ({"n_kv_heads": 1.5}, "whole number"),
+    ):
         with pytest.raises(ConfigError, match=match):
             build_model({**section, **bad}, V)

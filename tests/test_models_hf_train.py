@@ -4,6 +4,7 @@ it trains on CPU, and a run killed after step 3 resumes from step 2 with the sam
 step, which needs the extension (and so the rebuilt model) to be deterministic. The model section
 names no architecture keys (its preset says 2 x 64): the model, the sequence-length check and the
 FLOPs per token behind MFU all follow the parents (1 x 32)."""
+
 from __future__ import annotations
 
 import re
@@ -19,16 +20,32 @@ from jamtrain.sizing import flops_per_token
 from test_train_data import VOCAB, write_config
 from test_train_run import data, jamtrain, losses  # noqa: F401  (data is a fixture)
 
-ARCH = {"n_layers": 1, "d_model": 32, "n_heads": 2, "n_kv_heads": 1, "d_ff": 64, "max_seq_len": 64,
-        "norm": "rmsnorm", "activation": "swiglu", "positions": "rotary"}
+ARCH = {
+    "n_layers": 1,
+    "d_model": 32,
+    "n_heads": 2,
+    "n_kv_heads": 1,
+    "d_ff": 64,
+    "max_seq_len": 64,
+    "norm": "rmsnorm",
+    "activation": "swiglu",
+    "positions": "rotary",
+}
 
 
 def imported_parent(root: Path, name: str, seed: int) -> Path:
     """A random LLaMA with the data's text vocabulary, saved by transformers and imported."""
     torch.manual_seed(seed)
-    cfg = transformers.LlamaConfig(vocab_size=VOCAB.text_size, hidden_size=32, intermediate_size=64,
-                                   num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-                                   max_position_embeddings=64, rms_norm_eps=1e-5)
+    cfg = transformers.LlamaConfig(
+        vocab_size=VOCAB.text_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=64,
+        rms_norm_eps=1e-5,
+    )
     transformers.LlamaForCausalLM(cfg).save_pretrained(root / f"hf-{name}")
     out = root / f"{name}.safetensors"
     import_checkpoint(str(root / f"hf-{name}"), out)
@@ -36,9 +53,14 @@ def imported_parent(root: Path, name: str, seed: int) -> Path:
 
 
 def test_cross_of_imported_parents_trains_and_resumes_exactly(data, tmp_path):
-    model = {"preset": "tiny", "fusion": "cross", "text_checkpoint": str(imported_parent(tmp_path, "text", 1)),
-             "image_checkpoint": str(imported_parent(tmp_path, "image", 2)), "extend_vocab": True,
-             "n_image_codes": VOCAB.n_image_codes}
+    model = {
+        "preset": "tiny",
+        "fusion": "cross",
+        "text_checkpoint": str(imported_parent(tmp_path, "text", 1)),
+        "image_checkpoint": str(imported_parent(tmp_path, "image", 2)),
+        "extend_vocab": True,
+        "n_image_codes": VOCAB.n_image_codes,
+    }
     ref = write_config(tmp_path / "ref.yaml", data, tmp_path / "ref", model=model, steps=4, save_every=2)
     r = jamtrain("train", "--config", str(ref))
     assert r.returncode == 0, r.stdout + r.stderr

@@ -1,4 +1,5 @@
 """Modules split by concern keep their old import paths, and the pieces behave as before."""
+
 from __future__ import annotations
 
 import subprocess
@@ -17,8 +18,14 @@ def test_names_moved_out_of_io_and_stream_are_the_same_objects():
     import jamdata.loader.spec
     import jamdata.loader.stream
 
-    for name in ("DEFAULT_MAX_INPUT_BYTES", "InputPolicy", "InputRefused", "confined_path", "parent_dir",
-                 "read_confined"):
+    for name in (
+        "DEFAULT_MAX_INPUT_BYTES",
+        "InputPolicy",
+        "InputRefused",
+        "confined_path",
+        "parent_dir",
+        "read_confined",
+    ):
         assert getattr(jamdata.io, name) is getattr(jamdata.confined, name), name
     for name in ("LoaderSpec", "check_topology", "default_steps_per_epoch", "expand", "rank_lanes"):
         assert getattr(jamdata.loader.stream, name) is getattr(jamdata.loader.spec, name), name
@@ -31,10 +38,22 @@ def test_loader_spec_imports_without_torch():
 
 
 def test_a_batch_asked_for_before_iterating_is_the_first_batch(tmp_path):
-    dirs = {"text": str(make_text_tokens(tmp_path / "text", {"wiki": [30, 25]}, seed=1)),
-            "img": str(make_tars(tmp_path / "img", "image_caption", [20, 15], seed=2))}
-    cfg = Config({"loader": {"mixture": {"text": 0.6, "img": 0.4}, "seq_len": 48, "global_batch_size": 4,
-                             "shuffle_block": 8, "steps_per_epoch": 4, "seed": 3}}).section("loader")
+    dirs = {
+        "text": str(make_text_tokens(tmp_path / "text", {"wiki": [30, 25]}, seed=1)),
+        "img": str(make_tars(tmp_path / "img", "image_caption", [20, 15], seed=2)),
+    }
+    cfg = Config(
+        {
+            "loader": {
+                "mixture": {"text": 0.6, "img": 0.4},
+                "seq_len": 48,
+                "global_batch_size": 4,
+                "shuffle_block": 8,
+                "steps_per_epoch": 4,
+                "seed": 3,
+            }
+        }
+    ).section("loader")
     from jamdata.loader.stream import PackedStream
 
     spec, sources = build_spec(cfg, dirs)

@@ -8,6 +8,7 @@ bytes; a writer that fails mid-file publishes nothing; an unreachable endpoint i
 options reach Beam worker processes (`--workers 2`). No traffic leaves 127.0.0.1: the endpoint is
 explicit, credentials are dummies and the EC2 metadata lookup is off.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,10 +32,16 @@ REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "configs" / "demo.yaml"
 BUCKET = "jam-test"
 TINY = ["--set", "vqvae.train.steps=2", "--set", "vqvae.train.checkpoint_every=0"]
-LOCAL_ONLY = {"AWS_EC2_METADATA_DISABLED": "true", "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-              "AWS_DEFAULT_REGION": "us-east-1", "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost",
-              # anything without explicit storage options goes to a closed local port, never to AWS
-              "AWS_ENDPOINT_URL": "http://127.0.0.1:9"}
+LOCAL_ONLY = {
+    "AWS_EC2_METADATA_DISABLED": "true",
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "NO_PROXY": "127.0.0.1,localhost",
+    "no_proxy": "127.0.0.1,localhost",
+    # anything without explicit storage options goes to a closed local port, never to AWS
+    "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+}
 
 
 def _free_port() -> int:
@@ -82,8 +89,14 @@ def env(storage: dict | None = None) -> dict:
 
 
 def jam(*args: str, storage: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "jamdata.cli", *args], cwd=REPO, env=env(storage),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "jamdata.cli", *args],
+        cwd=REPO,
+        env=env(storage),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def ok(*args: str, **kw) -> subprocess.CompletedProcess:
@@ -100,7 +113,7 @@ def objects(url: str) -> dict[str, bytes]:
     """Every object under a prefix: relative name -> bytes."""
     fs, p = jio.fs_and_path(url)
     fs.invalidate_cache()
-    return {f[len(p) + 1:]: fs.cat_file(f) for f in fs.find(p)}
+    return {f[len(p) + 1 :]: fs.cat_file(f) for f in fs.find(p)}
 
 
 def no_local_folder(scheme: str) -> None:
@@ -211,8 +224,14 @@ def test_main_job_stamps_and_reuse_in_memory_url(monkeypatch):
 
 
 def test_unreachable_endpoint_is_one_line():
-    dead = {"s3://": {"endpoint_url": f"http://127.0.0.1:{_free_port()}", "key": "k", "secret": "s",
-                      "config_kwargs": {"retries": {"max_attempts": 1}}}}
+    dead = {
+        "s3://": {
+            "endpoint_url": f"http://127.0.0.1:{_free_port()}",
+            "key": "k",
+            "secret": "s",
+            "config_kwargs": {"retries": {"max_attempts": 1}},
+        }
+    }
     r = jam("text", "clean", "--config", str(DEMO), "--out", f"s3://{BUCKET}/x", *storage_set(dead), timeout=120)
     assert r.returncode == 1
     errors = [line for line in r.stderr.splitlines() if "error" in line.lower()]
@@ -228,8 +247,16 @@ def test_unlistable_input_is_a_storage_error(monkeypatch):
     for k, v in LOCAL_ONLY.items():
         monkeypatch.setenv(k, v)
     before = dict(storage._current_storage())
-    jio.set_storage_options({"s3://": {"endpoint_url": f"http://127.0.0.1:{_free_port()}", "key": "k", "secret": "s",
-                                       "config_kwargs": {"retries": {"max_attempts": 1}}}})
+    jio.set_storage_options(
+        {
+            "s3://": {
+                "endpoint_url": f"http://127.0.0.1:{_free_port()}",
+                "key": "k",
+                "secret": "s",
+                "config_kwargs": {"retries": {"max_attempts": 1}},
+            }
+        }
+    )
     try:
         with pytest.raises(jio.StorageError, match=f"cannot use s3://{BUCKET}/raw/"):
             jio.expand_inputs([str(DEMO), f"s3://{BUCKET}/raw/"])
@@ -259,8 +286,14 @@ def test_text_clean_into_bucket_killed_and_rerun(s3):
         assert set(files) == {s["path"] for s in read_manifest(f"{out}/{name}")["shards"]} | {MANIFEST}
         assert not validate_dataset(f"{out}/{name}")
 
-    proc = subprocess.Popen([sys.executable, "-m", "jamdata.cli", *args], cwd=REPO, env=env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jamdata.cli", *args],
+        cwd=REPO,
+        env=env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     fs, p = jio.fs_and_path(f"{out}/text-clean/{MANIFEST}")
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
@@ -296,8 +329,19 @@ def _bucket_config(tmp: Path, s3: dict) -> Path:
 def bucket_run(s3, tmp_path_factory):
     cfg = _bucket_config(tmp_path_factory.mktemp("cfg"), s3)
     out = f"s3://{BUCKET}/run"
-    r = ok("run", "--config", str(cfg), "--out", out, *TINY, "--set", "stats.fast=true",
-           "--set", "stats.loader_batches=2", timeout=600)
+    r = ok(
+        "run",
+        "--config",
+        str(cfg),
+        "--out",
+        out,
+        *TINY,
+        "--set",
+        "stats.fast=true",
+        "--set",
+        "stats.loader_batches=2",
+        timeout=600,
+    )
     no_local_folder("s3")
     return cfg, out, r.stdout
 
@@ -305,8 +349,18 @@ def bucket_run(s3, tmp_path_factory):
 def test_main_job_in_bucket(bucket_run, s3):
     cfg, out, stdout = bucket_run
     assert "train: skipped: the CPU smoke run needs a local run directory" in stdout
-    datasets = ["text-clean", "text-clean-rejects", "tokenizer", "text-tokens", "vqvae", "image-caption",
-                "image-caption-rejects", "instruct", "instruct-rejects", "report"]
+    datasets = [
+        "text-clean",
+        "text-clean-rejects",
+        "tokenizer",
+        "text-tokens",
+        "vqvae",
+        "image-caption",
+        "image-caption-rejects",
+        "instruct",
+        "instruct-rejects",
+        "report",
+    ]
     for name in datasets:
         assert is_complete(f"{out}/{name}"), name
     manifest = read_manifest(f"{out}/text-clean")

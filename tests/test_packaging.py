@@ -1,6 +1,7 @@
 """What remote workers get: the built wheel carries the bundled configs, the schemas and every data
 file the code reads; an installed copy finds `demo` without a checkout; and the options for a
 remote runner ship the package and its storage back-ends, except where the workers have them."""
+
 from __future__ import annotations
 
 import os
@@ -18,11 +19,24 @@ from jamdata.config import Config
 from pipelines.options import SETUP_FILE, WORKER_REQUIREMENTS, runner_args
 
 REPO = Path(__file__).resolve().parent.parent
-SOURCES = ["setup.py", "setup.cfg", "pyproject.toml", "README.md", "jamdata", "jamtrain", "pipelines",
-           "schemas", "configs"]
+SOURCES = [
+    "setup.py",
+    "setup.cfg",
+    "pyproject.toml",
+    "README.md",
+    "jamdata",
+    "jamtrain",
+    "pipelines",
+    "schemas",
+    "configs",
+]
 ENV = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
-DATAFLOW = ["--runner=DataflowRunner", "--project=my-project", "--region=us-central1",
-            "--temp_location=gs://my-bucket/tmp"]
+DATAFLOW = [
+    "--runner=DataflowRunner",
+    "--project=my-project",
+    "--region=us-central1",
+    "--temp_location=gs://my-bucket/tmp",
+]
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +51,24 @@ def wheel(tmp_path_factory) -> Path:
             shutil.copytree(p, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.so"))
         else:
             shutil.copy2(p, src / name)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(root / "dist"), str(src)], check=True, env=ENV, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(root / "dist"),
+            str(src),
+        ],
+        check=True,
+        env=ENV,
+        capture_output=True,
+        timeout=300,
+    )
     (found,) = (root / "dist").glob("jam_data-*.whl")
     return found
 
@@ -47,8 +77,13 @@ def test_wheel_ships_configs_schemas_and_data(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     for config in (REPO / "configs").iterdir():
         assert f"jamdata/configs/{config.name}" in names, config.name
-    for needed in ("schemas/manifest.schema.json", "schemas/records.py", "pipelines/worker-requirements.txt",
-                   "pipelines/options.py", "jamtrain/train.py"):
+    for needed in (
+        "schemas/manifest.schema.json",
+        "schemas/records.py",
+        "pipelines/worker-requirements.txt",
+        "pipelines/options.py",
+        "jamtrain/train.py",
+    ):
         assert needed in names, needed
     for package in ("jamdata", "jamtrain", "pipelines", "schemas"):  # every data file the code may open
         for p in (REPO / package).rglob("*"):
@@ -60,12 +95,23 @@ def test_wheel_ships_configs_schemas_and_data(wheel):
 
 def test_installed_copy_finds_the_bundled_demo_config(wheel, tmp_path):
     target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target",
-                    str(target), str(wheel)], check=True, env=ENV, capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target", str(target), str(wheel)],
+        check=True,
+        env=ENV,
+        capture_output=True,
+        timeout=300,
+    )
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    r = subprocess.run([sys.executable, "-m", "jamdata.cli", "config", "show", "demo"], cwd=elsewhere,
-                       env={**ENV, "PYTHONPATH": str(target)}, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "jamdata.cli", "config", "show", "demo"],
+        cwd=elsewhere,
+        env={**ENV, "PYTHONPATH": str(target)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     first = r.stdout.splitlines()[0]
     assert first == f"# {target / 'jamdata' / 'configs' / 'demo.yaml'}", first
@@ -76,18 +122,59 @@ def test_installed_copy_finds_the_bundled_demo_config(wheel, tmp_path):
     demo["text"]["sources"] = {"wikipedia": wiki}
     config = tmp_path / "wiki.yaml"
     config.write_text(yaml.safe_dump(demo))
-    r = subprocess.run([sys.executable, "-m", "jamdata.cli", "text", "clean", "--config", str(config), "--out",
-                        str(tmp_path / "run"), "--quiet"], cwd=elsewhere, env={**ENV, "PYTHONPATH": str(target)},
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jamdata.cli",
+            "text",
+            "clean",
+            "--config",
+            str(config),
+            "--out",
+            str(tmp_path / "run"),
+            "--quiet",
+        ],
+        cwd=elsewhere,
+        env={**ENV, "PYTHONPATH": str(target)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0 and "wikipedia: " in r.stdout, r.stderr[-3000:]
-    assert str(target) in subprocess.run(
-        [sys.executable, "-c", "import jamdata.text.wikisite as w; print(w.__file__)"], cwd=elsewhere,
-        env={**ENV, "PYTHONPATH": str(target)}, capture_output=True, text=True, timeout=60).stdout
+    assert (
+        str(target)
+        in subprocess.run(
+            [sys.executable, "-c", "import jamdata.text.wikisite as w; print(w.__file__)"],
+            cwd=elsewhere,
+            env={**ENV, "PYTHONPATH": str(target)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
+    )
     # without a checkout's setup.py a remote runner must be told how workers get the package
-    r = subprocess.run([sys.executable, "-m", "jamdata.cli", "text", "clean", "--config", "demo", "--out",
-                        str(tmp_path / "never"), "--", "--runner=PortableRunner", "--job_endpoint=localhost:1"],
-                       cwd=elsewhere, env={**ENV, "PYTHONPATH": str(target)}, capture_output=True, text=True,
-                       timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jamdata.cli",
+            "text",
+            "clean",
+            "--config",
+            "demo",
+            "--out",
+            str(tmp_path / "never"),
+            "--",
+            "--runner=PortableRunner",
+            "--job_endpoint=localhost:1",
+        ],
+        cwd=elsewhere,
+        env={**ENV, "PYTHONPATH": str(target)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("jamdata: error:")]
     assert r.returncode == 1 and len(errors) == 1 and "--sdk_container_image" in errors[0], r.stderr[-3000:]
 
@@ -97,25 +184,62 @@ def test_installed_copy_runs_the_main_job_on_the_bundled_demo_config(wheel, tmp_
     installed copy; the demo's relative input paths name the bundled sample data, so it runs where
     that data is (the checkout)."""
     target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target",
-                    str(target), str(wheel)], check=True, env=ENV, capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target", str(target), str(wheel)],
+        check=True,
+        env=ENV,
+        capture_output=True,
+        timeout=300,
+    )
     script = target / "bin" / "jamdata"  # run by path: its folder, then PYTHONPATH, come before the checkout
     env = {**ENV, "PYTHONPATH": str(target)}
-    where = subprocess.run([sys.executable, "-c", "import jamdata.cli as c; print(c.__file__)"], cwd=tmp_path,
-                           env=env, capture_output=True, text=True, timeout=60).stdout.strip()
+    where = subprocess.run(
+        [sys.executable, "-c", "import jamdata.cli as c; print(c.__file__)"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout.strip()
     assert where.startswith(str(target)), where
     out = tmp_path / "run"
-    r = subprocess.run([sys.executable, str(script), "run", "--config", "demo", "--out", str(out), "--quiet",
-                        "--stage", "text-clean", "--stage", "tokenizer", "--stage", "text-sample"],
-                       cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            "run",
+            "--config",
+            "demo",
+            "--out",
+            str(out),
+            "--quiet",
+            "--stage",
+            "text-clean",
+            "--stage",
+            "tokenizer",
+            "--stage",
+            "text-sample",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     for name in ("text-clean", "tokenizer", "text-tokens"):
         assert (out / name / "manifest.json").exists(), name
 
 
 def test_config_show_resolves_overrides_and_defaults():
-    r = subprocess.run([sys.executable, "-m", "jamdata.cli", "config", "show", "demo", "--defaults",
-                        "--set", "run.workers=2"], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "jamdata.cli", "config", "show", "demo", "--defaults", "--set", "run.workers=2"],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     shown = yaml.safe_load(r.stdout)
     assert shown["run"]["workers"] == 2
@@ -154,18 +278,27 @@ def test_remote_runner_stages_an_sdist_with_the_configs(tmp_path):
     staged = Stager.create_job_resources(PipelineOptions(args), str(tmp_path))
     (sdist,) = tmp_path.glob("jam_data-*.tar.gz")
     names = {n.split("/", 1)[1] for n in tarfile.open(sdist).getnames() if "/" in n}
-    for needed in ("setup.py", "configs/demo.yaml", "schemas/manifest.schema.json", "pipelines/worker-requirements.txt",
-                   "jamdata/loader/_textfill.c", "jamdata/text/data/wiki_languages.json"):
+    for needed in (
+        "setup.py",
+        "configs/demo.yaml",
+        "schemas/manifest.schema.json",
+        "pipelines/worker-requirements.txt",
+        "jamdata/loader/_textfill.c",
+        "jamdata/text/data/wiki_languages.json",
+    ):
         assert needed in names, needed
     (requirements,) = [r for r in staged if str(WORKER_REQUIREMENTS).encode() in r.type_payload]
     assert b"requirements.txt" in requirements.role_payload
 
 
-@pytest.mark.parametrize("flags", [
-    ["--sdk_container_image=us-docker.pkg.dev/p/jam/worker:1"],
-    ["--environment_type=EXTERNAL", "--environment_config=localhost:50000"],
-    ["--environment_type=LOOPBACK"],
-])
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--sdk_container_image=us-docker.pkg.dev/p/jam/worker:1"],
+        ["--environment_type=EXTERNAL", "--environment_config=localhost:50000"],
+        ["--environment_type=LOOPBACK"],
+    ],
+)
 def test_workers_that_have_the_package_get_nothing_shipped(flags):
     setup = PipelineOptions(runner_args(1, [*DATAFLOW, *flags])).view_as(SetupOptions)
     assert setup.setup_file is None and setup.requirements_file is None
@@ -180,12 +313,30 @@ def test_local_runner_ships_nothing():
 def test_dataflow_without_its_libraries_is_one_line(tmp_path):
     try:
         from apache_beam.runners.dataflow.internal import apiclient  # noqa: F401
+
         pytest.skip("Beam's Google Cloud libraries are installed: the job would be submitted")
     except ImportError:
         pass
-    r = subprocess.run([sys.executable, "-m", "jamdata.cli", "text", "clean", "--config", "demo",
-                        "--out", str(tmp_path / "never"), "--", *DATAFLOW], cwd=REPO, env=ENV,
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jamdata.cli",
+            "text",
+            "clean",
+            "--config",
+            "demo",
+            "--out",
+            str(tmp_path / "never"),
+            "--",
+            *DATAFLOW,
+        ],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("jamdata: error:")]
     assert len(errors) == 1 and "jam-data[dataflow]" in errors[0], r.stderr[-3000:]

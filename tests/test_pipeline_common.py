@@ -1,4 +1,5 @@
 """The shared Beam write path gives byte-identical datasets with 1 and 2 worker processes."""
+
 import apache_beam as beam
 
 from jamdata.manifest import read_manifest, validate_dataset
@@ -8,12 +9,20 @@ from schemas import DOCUMENT
 
 
 def run(out, workers):
-    docs = [{"id": f"d{i:03d}", "source": ["c4", "wikipedia"][i % 2], "text": f"text {i}", "url": None,
-             "metadata": "{}"} for i in range(200)]
+    docs = [
+        {"id": f"d{i:03d}", "source": ["c4", "wikipedia"][i % 2], "text": f"text {i}", "url": None, "metadata": "{}"}
+        for i in range(200)
+    ]
     with beam.Pipeline(options=pipeline_options(workers)) as p:
-        shards = (p | beam.Create(docs) | beam.Reshuffle() | beam.Map(lambda d: (d["id"], d))
-                  | WriteShards(str(out), parquet_shard_writer(DOCUMENT, "source"), num_shards=3,
-                                group_of=lambda d: d["source"]))
+        shards = (
+            p
+            | beam.Create(docs)
+            | beam.Reshuffle()
+            | beam.Map(lambda d: (d["id"], d))
+            | WriteShards(
+                str(out), parquet_shard_writer(DOCUMENT, "source"), num_shards=3, group_of=lambda d: d["source"]
+            )
+        )
         shards | WriteManifest(str(out), "documents", {"demo": True})
 
 

@@ -8,6 +8,7 @@ pool starts its workers with the `python` on PATH, so PATH starts with this inte
 directory. The config names its inputs by absolute paths and the worker pool runs in an empty
 directory, so no stage can lean on the driver's working directory.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,11 +25,23 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-ENV = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "PYTHONHASHSEED": "0",
-       "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+ENV = {
+    **os.environ,
+    "HF_DATASETS_OFFLINE": "1",
+    "HF_HUB_OFFLINE": "1",
+    "PYTHONHASHSEED": "0",
+    "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+}
 BEAM_STAGES = ["text-clean", "text-sample", "images", "instruct"]
-OUTPUTS = ["text-clean", "text-clean-rejects", "text-tokens", "image-caption", "image-caption-rejects",
-           "instruct", "instruct-rejects"]
+OUTPUTS = [
+    "text-clean",
+    "text-clean-rejects",
+    "text-tokens",
+    "image-caption",
+    "image-caption-rejects",
+    "instruct",
+    "instruct-rejects",
+]
 
 pytestmark = pytest.mark.slow
 
@@ -54,8 +67,9 @@ def wait_for_port(port: int, proc: subprocess.Popen, log: Path, timeout: float =
 def start(module: str, flag: str, cwd: Path, log: Path) -> tuple[subprocess.Popen, int]:
     port = free_port()
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", module, f"{flag}={port}"], cwd=cwd, env=ENV,
-                                stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", module, f"{flag}={port}"], cwd=cwd, env=ENV, stdout=out, stderr=subprocess.STDOUT
+        )
     wait_for_port(port, proc, log)
     return proc, port
 
@@ -75,14 +89,20 @@ def portable(tmp_path_factory) -> list[str]:
     root = tmp_path_factory.mktemp("portable")
     elsewhere = root / "worker-cwd"
     elsewhere.mkdir()
-    job, job_port = start("apache_beam.runners.portability.local_job_service_main", "--port", root,
-                          root / "job-service.log")
+    job, job_port = start(
+        "apache_beam.runners.portability.local_job_service_main", "--port", root, root / "job-service.log"
+    )
     try:
-        pool, pool_port = start("apache_beam.runners.worker.worker_pool_main", "--service_port", elsewhere,
-                                root / "worker-pool.log")
+        pool, pool_port = start(
+            "apache_beam.runners.worker.worker_pool_main", "--service_port", elsewhere, root / "worker-pool.log"
+        )
         try:
-            yield ["--runner=PortableRunner", f"--job_endpoint=localhost:{job_port}",
-                   "--environment_type=EXTERNAL", f"--environment_config=localhost:{pool_port}"]
+            yield [
+                "--runner=PortableRunner",
+                f"--job_endpoint=localhost:{job_port}",
+                "--environment_type=EXTERNAL",
+                f"--environment_config=localhost:{pool_port}",
+            ]
         finally:
             stop(pool)
     finally:
@@ -114,32 +134,51 @@ def small_config(tmp_path: Path) -> Path:
 
 
 def jam(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    r = subprocess.run([sys.executable, "-m", "jamdata.cli", *args], cwd=REPO, env=ENV,
-                       capture_output=True, text=True, timeout=timeout)
+    r = subprocess.run(
+        [sys.executable, "-m", "jamdata.cli", *args], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout
+    )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     return r
 
 
 def shard_bytes(dataset: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(dataset)): p.read_bytes() for p in sorted(dataset.rglob("*"))
-            if p.is_file() and p.name not in ("manifest.json", ".jam.lock")}
+    return {
+        str(p.relative_to(dataset)): p.read_bytes()
+        for p in sorted(dataset.rglob("*"))
+        if p.is_file() and p.name not in ("manifest.json", ".jam.lock")
+    }
 
 
 def test_stages_on_a_portable_runner_match_the_local_runner(tmp_path, portable):
     config = small_config(tmp_path)
     local, remote = tmp_path / "local", tmp_path / "portable"
-    stages = [a for s in ["text-clean", "tokenizer", "text-sample", "vqvae-train", "images", "instruct"]
-              for a in ("--stage", s)]
+    stages = [
+        a
+        for s in ["text-clean", "tokenizer", "text-sample", "vqvae-train", "images", "instruct"]
+        for a in ("--stage", s)
+    ]
     jam("run", "--config", str(config), "--out", str(local), *stages)
     remote.mkdir()
     for name in ("tokenizer", "vqvae"):  # not Beam stages: the same inputs for both runs
         shutil.copytree(local / name, remote / name)
-    r = jam("run", "--config", str(config), "--out", str(remote),
-            *[a for s in BEAM_STAGES for a in ("--stage", s)], "--", *portable)
+    r = jam(
+        "run",
+        "--config",
+        str(config),
+        "--out",
+        str(remote),
+        *[a for s in BEAM_STAGES for a in ("--stage", s)],
+        "--",
+        *portable,
+    )
     assert "reusing" not in r.stdout, r.stdout
     # each stage ends with a progress line from the counters the job service returns
-    for label, unit in (("text-clean", "documents"), ("text-sample", "tokens"), ("images", "images"),
-                        ("instruct", "samples")):
+    for label, unit in (
+        ("text-clean", "documents"),
+        ("text-sample", "tokens"),
+        ("images", "images"),
+        ("instruct", "samples"),
+    ):
         done = [ln for ln in r.stderr.splitlines() if f"jam.progress: {label}: " in ln and ln.endswith("(done)")]
         assert len(done) == 1 and f" {unit}" in done[0], (label, r.stderr[-3000:])
     for name in OUTPUTS:

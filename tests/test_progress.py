@@ -1,5 +1,6 @@
 """Progress while Beam runs: lines with documents and bytes done and the rate, a last line with
 Beam's own counters, none with --quiet, and the same output bytes either way."""
+
 from __future__ import annotations
 
 import os
@@ -14,8 +15,13 @@ import yaml
 from pipelines import progress
 
 REPO = Path(__file__).resolve().parent.parent
-ENV = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "PYTHONHASHSEED": "0",
-       progress.SECONDS_ENV: "0.2"}
+ENV = {
+    **os.environ,
+    "HF_DATASETS_OFFLINE": "1",
+    "HF_HUB_OFFLINE": "1",
+    "PYTHONHASHSEED": "0",
+    progress.SECONDS_ENV: "0.2",
+}
 
 
 def text_config(tmp_path: Path) -> Path:
@@ -27,8 +33,9 @@ def text_config(tmp_path: Path) -> Path:
 
 
 def jam(*args: str) -> subprocess.CompletedProcess:
-    r = subprocess.run([sys.executable, "-m", "jamdata.cli", *args], cwd=REPO, env=ENV, capture_output=True,
-                       text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "jamdata.cli", *args], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return r
 

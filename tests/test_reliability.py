@@ -5,6 +5,7 @@ Every case runs the real command line in a subprocess on the demo config made sm
 and compares against one uninterrupted reference run (module-scoped) by manifest bytes and the
 sha256 of every file in each dataset directory.
 """
+
 from __future__ import annotations
 
 import bz2
@@ -79,8 +80,9 @@ def wait_for(cond, timeout: float, what: str, proc: subprocess.Popen | None = No
     t0 = time.time()
     while not cond():
         if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"job ended ({proc.returncode}) before {what}:\n"
-                                 + (log.read_text()[-3000:] if log else ""))
+            raise AssertionError(
+                f"job ended ({proc.returncode}) before {what}:\n" + (log.read_text()[-3000:] if log else "")
+            )
         if time.time() - t0 > timeout:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
@@ -98,8 +100,9 @@ def digest(run: Path, name: str) -> tuple[str, dict[str, str]]:
     d = run / name
     manifest = read_manifest(str(d))
     files = {str(p.relative_to(d)): sha256_file(p) for p in written(d)}
-    assert set(files) == {s["path"] for s in manifest["shards"]} | {MANIFEST}, \
+    assert set(files) == {s["path"] for s in manifest["shards"]} | {MANIFEST}, (
         f"{d}: files on disk differ from the manifest's shards: {sorted(files)}"
+    )
     for s in manifest["shards"]:
         assert files[s["path"]] == s["sha256"], f"{d}/{s['path']}: sha256 differs from its manifest"
     text = files.pop(MANIFEST) and (d / MANIFEST).read_text()
@@ -200,8 +203,10 @@ def kill_then_rerun(run: Path, stages: list[str], outputs: list[str], log: Path)
         proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL, f"the job ended by itself ({proc.returncode}) before the kill"
     assert not all((run / o / MANIFEST).exists() for o in outputs), "killed too late: the stage had finished"
-    print(f"{stages}: killed {'after the first file was written' if was_writing else 'before any file was written'}: "
-          f"{sorted(str(p.relative_to(run)) for o in outputs for p in written(run / o))}")
+    print(
+        f"{stages}: killed {'after the first file was written' if was_writing else 'before any file was written'}: "
+        f"{sorted(str(p.relative_to(run)) for o in outputs for p in written(run / o))}"
+    )
     ok(cmd)
     return was_writing
 
@@ -228,9 +233,11 @@ def test_kill_images_and_rerun(ref, tmp_path):
 def test_killed_shard_write_leaves_no_complete_looking_file(tmp_path):
     """atomic_write in a process killed mid-write: no file at the target name, only a dot-temp."""
     target = tmp_path / "part-00000.tar"
-    code = ("import os, signal\nfrom jamdata.io import atomic_write\n"
-            f"with atomic_write({str(target)!r}) as f:\n"
-            "    f.write(b'x' * 100000); f.flush(); os.kill(os.getpid(), signal.SIGKILL)\n")
+    code = (
+        "import os, signal\nfrom jamdata.io import atomic_write\n"
+        f"with atomic_write({str(target)!r}) as f:\n"
+        "    f.write(b'x' * 100000); f.flush(); os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=ENV)
     assert r.returncode == -signal.SIGKILL
     assert not target.exists()
@@ -311,8 +318,7 @@ def test_disk_full(tiny_fs):
 
 @pytest.mark.slow
 def test_disk_full_two_workers(tiny_fs):
-    one_line_error(jam(jam_cmd(tiny_fs, ["text-clean"], "--workers", "2")), "disk full", str(tiny_fs),
-                   worker_logs=True)
+    one_line_error(jam(jam_cmd(tiny_fs, ["text-clean"], "--workers", "2")), "disk full", str(tiny_fs), worker_logs=True)
 
 
 def test_disk_full_atomic_write(tiny_fs):
@@ -365,12 +371,14 @@ def _jsonl(rows: list[dict]) -> bytes:
 
 
 def _doc(i: int, tag: str) -> dict:
-    text = (f"Document {i} of the {tag} set is about a small garden behind an old house. "
-            "Every morning the owner walks along the path and waters the tomatoes before breakfast. "
-            "In the afternoon the children come home from school and pick the ripe beans for dinner. "
-            "When it rains they stay inside and read books about plants, birds and the weather. "
-            "By the end of the summer there are more vegetables than the family can eat, "
-            "so they give the rest to their neighbours and friends in the village.")
+    text = (
+        f"Document {i} of the {tag} set is about a small garden behind an old house. "
+        "Every morning the owner walks along the path and waters the tomatoes before breakfast. "
+        "In the afternoon the children come home from school and pick the ripe beans for dinner. "
+        "When it rains they stay inside and read books about plants, birds and the weather. "
+        "By the end of the summer there are more vegetables than the family can eat, "
+        "so they give the rest to their neighbours and friends in the village."
+    )
     return {"url": f"https://example.org/{tag}/{i}", "text": text, "timestamp": "2019-04-25T12:57:54Z"}
 
 
@@ -426,10 +434,10 @@ def build_bad_inputs(root: Path, max_record: int) -> dict:
     z = zstandard.ZstdCompressor().compress(lines)
     (t / "truncated.jsonl.zst").write_bytes(z[: len(z) // 2])
     corrupt = bytearray(gzip.compress(lines, mtime=0))
-    corrupt[len(corrupt) // 2: len(corrupt) // 2 + 16] = b"\xff" * 16
+    corrupt[len(corrupt) // 2 : len(corrupt) // 2 + 16] = b"\xff" * 16
     (t / "corrupt.jsonl.gz").write_bytes(bytes(corrupt))
     (t / "bad-json.jsonl").write_bytes(b'{"url": "https://example.org/x", "text": "unterminated\n')
-    (t / "latin1.jsonl").write_bytes(json.dumps(_doc(0, "latin")).encode()[:-2] + " caf\xe9\"}\n".encode("latin-1"))
+    (t / "latin1.jsonl").write_bytes(json.dumps(_doc(0, "latin")).encode()[:-2] + ' caf\xe9"}\n'.encode("latin-1"))
     (t / "empty.jsonl.gz").write_bytes(b"")
     (t / "enormous.jsonl").write_bytes(b'{"text": "' + b"a" * (max_record * 2) + b'"}\n')
     books = root / "books"
@@ -441,16 +449,21 @@ def build_bad_inputs(root: Path, max_record: int) -> dict:
     gz = gzip.compress(book, mtime=0)
     (books / "truncated-book.txt.gz").write_bytes(gz[: len(gz) // 2])
     wiki = root / "wiki.xml.bz2"
-    xml = (b'<mediawiki><page><title>A</title><ns>0</ns><id>1</id><revision><text>'
-           + b"Article text. " * 400 + b"</text></revision></page></mediawiki>")
+    xml = (
+        b"<mediawiki><page><title>A</title><ns>0</ns><id>1</id><revision><text>"
+        + b"Article text. " * 400
+        + b"</text></revision></page></mediawiki>"
+    )
     wiki.write_bytes(bz2.compress(xml)[: len(bz2.compress(xml)) // 2])
     arxiv = root / "arxiv"
     arxiv.mkdir()
     (arxiv / "2101.00001").write_bytes(bytes(range(256)) * 8)  # neither a tar nor a .tex file
     wet = root / "truncated.warc.wet.gz"
-    rec = (b"WARC/1.0\r\nWARC-Type: conversion\r\nWARC-Target-URI: https://example.org/w\r\n"
-           b"WARC-Record-ID: <urn:uuid:00000000-0000-0000-0000-000000000001>\r\n"
-           b"WARC-Date: 2019-04-25T12:57:54Z\r\nContent-Type: text/plain\r\n")
+    rec = (
+        b"WARC/1.0\r\nWARC-Type: conversion\r\nWARC-Target-URI: https://example.org/w\r\n"
+        b"WARC-Record-ID: <urn:uuid:00000000-0000-0000-0000-000000000001>\r\n"
+        b"WARC-Date: 2019-04-25T12:57:54Z\r\nContent-Type: text/plain\r\n"
+    )
     body = b"Plain text of a crawled page. " * 200
     rec += b"Content-Length: %d\r\n\r\n" % len(body) + body + b"\r\n\r\n"
     wgz = gzip.compress(rec, mtime=0)
@@ -463,9 +476,15 @@ def build_bad_inputs(root: Path, max_record: int) -> dict:
     cap = b"a red circle on a white background"
     meta = json.dumps({"url": "https://example.org/i.jpg", "width": 96, "height": 96}).encode()
     bad_tar = members[:6] + [
-        ("truncimg.jpg", good_jpg[: len(good_jpg) // 3]), ("truncimg.txt", cap), ("truncimg.json", meta),
-        ("zeroimg.jpg", b""), ("zeroimg.txt", cap), ("zeroimg.json", meta),
-        ("notimg.jpg", b"this is a caption file, not a picture\n" * 4), ("notimg.txt", cap), ("notimg.json", meta),
+        ("truncimg.jpg", good_jpg[: len(good_jpg) // 3]),
+        ("truncimg.txt", cap),
+        ("truncimg.json", meta),
+        ("zeroimg.jpg", b""),
+        ("zeroimg.txt", cap),
+        ("zeroimg.json", meta),
+        ("notimg.jpg", b"this is a caption file, not a picture\n" * 4),
+        ("notimg.txt", cap),
+        ("notimg.json", meta),
     ]
     img = root / "images"
     img.mkdir()
@@ -481,29 +500,53 @@ def build_bad_inputs(root: Path, max_record: int) -> dict:
     (how / "images").mkdir(parents=True)
     pic = next((REPO / "sample_data" / "instruct" / "howto" / "images").glob("*.png"))
     shutil.copy(pic, how / "images" / "ok.png")
-    (how / "articles.jsonl").write_bytes(_jsonl([
-        {"id": "ok-article", "title": "Water a Plant", "steps": [{"text": "Pour water slowly.", "image": "images/ok.png"}]},
-        {"id": "lost-picture", "title": "Tie a Knot", "steps": [{"text": "Cross the ends.", "image": "images/gone.png"}]},
-    ]))
+    (how / "articles.jsonl").write_bytes(
+        _jsonl(
+            [
+                {
+                    "id": "ok-article",
+                    "title": "Water a Plant",
+                    "steps": [{"text": "Pour water slowly.", "image": "images/ok.png"}],
+                },
+                {
+                    "id": "lost-picture",
+                    "title": "Tie a Knot",
+                    "steps": [{"text": "Cross the ends.", "image": "images/gone.png"}],
+                },
+            ]
+        )
+    )
     conv = root / "conversations"
     conv.mkdir()
     (conv / "chats.jsonl").write_bytes(
-        _jsonl([{"id": "chat-ok", "turns": [{"role": "user", "content": "Hello there?"},
-                                            {"role": "assistant", "content": "Hello."}]}])
-        + b'{"id": "chat-broken", "turns": [{"role": "user", "content": "unterminated\n')
+        _jsonl(
+            [
+                {
+                    "id": "chat-ok",
+                    "turns": [{"role": "user", "content": "Hello there?"}, {"role": "assistant", "content": "Hello."}],
+                }
+            ]
+        )
+        + b'{"id": "chat-broken", "turns": [{"role": "user", "content": "unterminated\n'
+    )
 
     overlay = {
-        "text": {"sources": {
-            "c4": {"inputs": [{"format": "c4", "paths": [str(t)]}]},
-            "books": {"inputs": [{"format": "text", "paths": [str(books)]}]},
-            "wikipedia": {"inputs": [{"format": "wiki_xml", "paths": [str(wiki)]}]},
-            "arxiv": {"inputs": [{"format": "arxiv", "paths": [str(arxiv)]}]},
-            "commoncrawl": {"inputs": [{"format": "wet", "paths": [str(wet)]}]},
-        }, "clean": {"max_record_bytes": max_record}},
-        "images": {"inputs": [str(img / "bad-members.tar"), str(img / "truncated.tar"),
-                              str(img / "truncated-in-header.tar")]},
-        "instruct": {"sources": [{"format": "howto", "paths": [str(how)]},
-                                 {"format": "conversation", "paths": [str(conv)]}]},
+        "text": {
+            "sources": {
+                "c4": {"inputs": [{"format": "c4", "paths": [str(t)]}]},
+                "books": {"inputs": [{"format": "text", "paths": [str(books)]}]},
+                "wikipedia": {"inputs": [{"format": "wiki_xml", "paths": [str(wiki)]}]},
+                "arxiv": {"inputs": [{"format": "arxiv", "paths": [str(arxiv)]}]},
+                "commoncrawl": {"inputs": [{"format": "wet", "paths": [str(wet)]}]},
+            },
+            "clean": {"max_record_bytes": max_record},
+        },
+        "images": {
+            "inputs": [str(img / "bad-members.tar"), str(img / "truncated.tar"), str(img / "truncated-in-header.tar")]
+        },
+        "instruct": {
+            "sources": [{"format": "howto", "paths": [str(how)]}, {"format": "conversation", "paths": [str(conv)]}]
+        },
     }
     return overlay
 
@@ -529,11 +572,18 @@ def bad_run(ref, tmp_path_factory) -> Path:
 
 def planted_reject(run: Path, name: str, needle: str, reason: str) -> None:
     found = rejects(run, name)
-    hits = [x for x in found if needle in Path(x.get("file") or "").name or (x.get("id") or "").startswith(needle)
-            or f"-{needle}" in (x.get("id") or "")]
+    hits = [
+        x
+        for x in found
+        if needle in Path(x.get("file") or "").name
+        or (x.get("id") or "").startswith(needle)
+        or f"-{needle}" in (x.get("id") or "")
+    ]
     listing = "\n".join(f"  {Path(x['file'] or '').name} | {x['id']} | {x['reason'][:90]}" for x in found)
     assert hits, f"{name}: no reject for planted {needle!r}; rejects are:\n{listing}"
-    assert any(reason in (x["reason"] or "") for x in hits), f"{name}: {needle!r} rejected without {reason!r}:\n{listing}"
+    assert any(reason in (x["reason"] or "") for x in hits), (
+        f"{name}: {needle!r} rejected without {reason!r}:\n{listing}"
+    )
 
 
 @pytest.mark.slow
@@ -551,9 +601,11 @@ def test_bad_input_matrix(bad_run):
         assert manifest["totals"]["records"] == len(rejects(bad_run, name)) > 0
     validate(bad_run, TEXT_OUT + IMAGE_OUT + ["instruct", "instruct-rejects"])
     # the good records next to the bad ones still made it through
-    texts = [r["text"] for s in read_manifest(str(bad_run / "text-clean"))["shards"]
-             for r in pq.read_table(bad_run / "text-clean" / s["path"]).to_pylist()]
+    texts = [
+        r["text"]
+        for s in read_manifest(str(bad_run / "text-clean"))["shards"]
+        for r in pq.read_table(bad_run / "text-clean" / s["path"]).to_pylist()
+    ]
     assert any("of the good set" in t for t in texts), texts
     assert read_manifest(str(bad_run / "image-caption"))["totals"]["records"] >= 2  # the 2 good samples
     assert read_manifest(str(bad_run / "instruct"))["totals"]["records"] >= 2
-

@@ -2,6 +2,7 @@
 nothing (a WARC declared `wet`) and a real tokenizer without byte fallback. The console summary,
 the report's manifest and report.html name both; the report, loaded in a real headless Chromium,
 shows a non-empty funnel and grouped reject reasons, every plot loads and nothing errs."""
+
 import json
 import re
 import shutil
@@ -37,8 +38,13 @@ def chromium() -> str:
     if found:
         return found
     try:
-        r = subprocess.run(["apt-get", "install", "-y", "chromium"], capture_output=True, text=True, timeout=900,
-                           env={"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+        r = subprocess.run(
+            ["apt-get", "install", "-y", "chromium"],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            env={"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+        )
     except (OSError, subprocess.TimeoutExpired) as e:
         pytest.skip(f"chromium is not installed and `apt-get install -y chromium` could not run: {e}")
     found = shutil.which("chromium")
@@ -55,13 +61,24 @@ def planted_run(sp_model_path, tmp_path_factory) -> tuple[Path, str]:
     model = root / "no-byte-fallback.model"
     model.write_bytes(without_byte_fallback(sp_model_path.read_bytes()))
     cfg = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
-    cfg["text"]["sources"]["planted"] = {"inputs": [{"format": "wet",
-                                                     "paths": ["sample_data/text/commoncrawl/sample.warc.gz"]}]}
+    cfg["text"]["sources"]["planted"] = {
+        "inputs": [{"format": "wet", "paths": ["sample_data/text/commoncrawl/sample.warc.gz"]}]
+    }
     cfg["text"]["tokenizer"]["model"] = str(model)
     (root / "config.yaml").write_text(yaml.safe_dump(cfg))
     run = root / "run"
-    cmd = [sys.executable, "-m", "jamdata.cli", "run", "--config", str(root / "config.yaml"), "--out", str(run),
-           "--workers", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "jamdata.cli",
+        "run",
+        "--config",
+        str(root / "config.yaml"),
+        "--out",
+        str(run),
+        "--workers",
+        "1",
+    ]
     for stage in ("text-clean", "tokenizer", "text-sample", "stats"):
         cmd += ["--stage", stage]
     import os
@@ -75,8 +92,10 @@ def test_warnings_in_console_manifest_and_stats(planted_run):
     run, console = planted_run
     assert re.search(r"warning \[format_matched_nothing\] text-clean: source planted read 0 documents", console)
     assert "warning [no_byte_fallback] tokenizer" in console
-    codes = {(w["code"], w["source"]) for w in json.loads((run / "report" / "manifest.json").read_text())
-             ["summary"]["warnings"]}
+    codes = {
+        (w["code"], w["source"])
+        for w in json.loads((run / "report" / "manifest.json").read_text())["summary"]["warnings"]
+    }
     assert ("format_matched_nothing", "planted") in codes and ("no_byte_fallback", None) in codes
     stats = json.loads((run / "report" / "stats.json").read_text())
     assert stats["warnings"] == json.loads((run / "report" / "manifest.json").read_text())["summary"]["warnings"]
@@ -88,9 +107,18 @@ def test_report_in_a_real_browser(planted_run, chromium, tmp_path):
     run, _ = planted_run
     page = tmp_path / "report.html"  # the report plus a probe that records broken images and errors
     page.write_text((run / "report" / "report.html").read_text().replace("<head>", "<head>" + PROBE, 1))
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--no-first-run", "--enable-logging=stderr",
-             "--virtual-time-budget=10000", f"--user-data-dir={tmp_path / 'profile'}"]
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--enable-logging=stderr",
+        "--virtual-time-budget=10000",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
     dom = subprocess.run([chromium, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=180)
     assert dom.returncode == 0, dom.stderr[-2000:]
     html = dom.stdout
@@ -109,8 +137,11 @@ def test_report_in_a_real_browser(planted_run, chromium, tmp_path):
     warnings = re.search(r"<section id=\"warnings\">(.*?)</section>", html, re.S).group(1)
     assert "planted" in warnings and "no_byte_fallback" in warnings
     shot = tmp_path / "report.png"  # kept in the test's output to look at
-    subprocess.run([chromium, *flags, f"--screenshot={shot}", "--window-size=1200,2200", page.as_uri()],
-                   capture_output=True, timeout=180)
+    subprocess.run(
+        [chromium, *flags, f"--screenshot={shot}", "--window-size=1200,2200", page.as_uri()],
+        capture_output=True,
+        timeout=180,
+    )
     assert shot.exists() and shot.stat().st_size > 20_000
 
 

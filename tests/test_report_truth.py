@@ -1,6 +1,7 @@
 """The report tells the truth: quality scores get real statistics, reject reasons are grouped by
 a stable code, same-named datasets are all reported, and run-level warnings name what a person
 must know (empty sources, wrong formats, budget misses, lossy tokenizers, shadowed names)."""
+
 import json
 
 import numpy as np
@@ -80,8 +81,11 @@ def test_report_groups_rejects_by_code(tmp_path):
     write_manifest(str(root), build_manifest("rejects", shards, {}))
     stats = run_stats([str(root)], str(tmp_path / "r"))
     counts = stats["datasets"]["instruct-rejects"]["groups"]["mmc4"]["rejects"]["counts"]
-    assert counts == {"interleave: http_status": 14, "interleave: document_has_images_but_sentences": 7,
-                      "interleave: no_text": 7}
+    assert counts == {
+        "interleave: http_status": 14,
+        "interleave: document_has_images_but_sentences": 7,
+        "interleave: no_text": 7,
+    }
     html = (tmp_path / "r" / "report.html").read_text()
     assert html.count("interleave: http_status") >= 1 and "img1.example.com" not in html.split("Details")[0]
     assert "Why records were dropped" in html and "error" in html  # the detail is shown as an example
@@ -123,20 +127,39 @@ def _row(n_in, n_out):
 
 def test_warnings_name_what_went_wrong(tmp_path):
     run = tmp_path / "run"
-    _clean_manifest(run / "text-clean",
-                    {"c4": {s: _row(10, 10) for s in ("read", "clean", "filter", "dedup")},
-                     "books": {s: _row(4, 4) for s in ("read", "clean", "filter", "dedup")},
-                     "planted": {s: _row(0, 0) for s in ("read", "clean", "filter", "dedup")}},
-                    {"planted": {"warc response": 16, "warc request": 17}}, sources=("c4", "planted", "books", "gone"))
+    _clean_manifest(
+        run / "text-clean",
+        {
+            "c4": {s: _row(10, 10) for s in ("read", "clean", "filter", "dedup")},
+            "books": {s: _row(4, 4) for s in ("read", "clean", "filter", "dedup")},
+            "planted": {s: _row(0, 0) for s in ("read", "clean", "filter", "dedup")},
+        },
+        {"planted": {"warc response": 16, "warc request": 17}},
+        sources=("c4", "planted", "books", "gone"),
+    )
     tok = run / "tokenizer"
     tok.mkdir()
     (tok / "tokenizer.model").write_bytes(b"x")
-    write_manifest(str(tok), build_manifest("tokenizer", [describe_shard(str(tok), "tokenizer.model")], {},
-                                            summary={"byte_fallback": False, "unk_share": 0.43}))
+    write_manifest(
+        str(tok),
+        build_manifest(
+            "tokenizer",
+            [describe_shard(str(tok), "tokenizer.model")],
+            {},
+            summary={"byte_fallback": False, "unk_share": 0.43},
+        ),
+    )
     tt = run / "text-tokens"
     tt.mkdir()
-    write_manifest(str(tt), build_manifest("text_tokens", [], {}, summary={
-        "budget_tokens": 1000, "sources": {"c4": {"target": 100, "tokens": 1300, "documents": 13}}}))
+    write_manifest(
+        str(tt),
+        build_manifest(
+            "text_tokens",
+            [],
+            {},
+            summary={"budget_tokens": 1000, "sources": {"c4": {"target": 100, "tokens": 1300, "documents": 13}}},
+        ),
+    )
     stats = run_stats([str(run)], str(tmp_path / "r"), fast=True)
     by_code = {}
     for w in stats["warnings"]:
@@ -271,9 +294,24 @@ def test_assumed_image_codes_are_said(sp_model_path, tmp_path):
     cfg.pop("vqvae", None)
     cfg["text"]["tokenizer"]["model"] = str(sp_model_path)
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
-    r = subprocess.run([sys.executable, "-m", "jamdata.cli", "run", "--config", str(tmp_path / "c.yaml"),
-                        "--out", str(tmp_path / "run"), "--stage", "tokenizer"], cwd=REPO, capture_output=True,
-                       text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jamdata.cli",
+            "run",
+            "--config",
+            str(tmp_path / "c.yaml"),
+            "--out",
+            str(tmp_path / "run"),
+            "--stage",
+            "tokenizer",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "warning [image_codes_assumed]" in r.stdout and "assumes 8192 image codes" in r.stdout
     summary = json.loads((tmp_path / "run" / "tokenizer" / "manifest.json").read_text())["summary"]

@@ -7,6 +7,7 @@
 - Parquet shard counts derived from the data (text.clean.shard_bytes).
 All through the real text-clean pipeline (FnApiRunner), on small inputs.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -22,35 +23,54 @@ from jamdata.text.extract import ExtractionTimeout, extract_main_text
 from jamdata.text.readers import ReadOptions, is_reject, read_file
 from pipelines import text_clean
 
-PROSE = ("The harbour was quiet in the early morning, and the fishing boats rocked gently at their moorings "
-         "while gulls argued over scraps on the stone quay. ")
+PROSE = (
+    "The harbour was quiet in the early morning, and the fishing boats rocked gently at their moorings "
+    "while gulls argued over scraps on the stone quay. "
+)
 
 
 def html_page(i: int) -> bytes:
-    return (f"<html><head><title>Page {i}</title></head><body><article><h1>Page {i}</h1>"
-            f"<p>{PROSE}</p><p>Good record number {i}. {PROSE}</p></article></body></html>").encode()
+    return (
+        f"<html><head><title>Page {i}</title></head><body><article><h1>Page {i}</h1>"
+        f"<p>{PROSE}</p><p>Good record number {i}. {PROSE}</p></article></body></html>"
+    ).encode()
 
 
 def slow_page(n: int = 12000) -> bytes:
     """A large flat page: several seconds of trafilatura work in-process."""
-    return ("<html><body>" + "".join(f"<div><p>Paragraph {i} of a page that goes on and on and on.</p></div>"
-                                      for i in range(n)) + "</body></html>").encode()
+    return (
+        "<html><body>"
+        + "".join(f"<div><p>Paragraph {i} of a page that goes on and on and on.</p></div>" for i in range(n))
+        + "</body></html>"
+    ).encode()
 
 
 def warc_response(i: int, body: bytes) -> bytes:
-    block = (b"HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\n"
-             + b"Content-Length: %d\r\n\r\n" % len(body) + body)
-    head = (b"WARC/1.0\r\nWARC-Type: response\r\nWARC-Target-URI: https://www.example.org/page/%d" % i
-            + b"\r\nWARC-Date: 2024-05-20T10:00:00Z\r\nWARC-Record-ID: <urn:uuid:00000000-0000-0000-0000-%012d>\r\n" % i
-            + b"Content-Type: application/http; msgtype=response\r\nContent-Length: %d\r\n\r\n" % len(block))
+    block = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\n"
+        + b"Content-Length: %d\r\n\r\n" % len(body)
+        + body
+    )
+    head = (
+        b"WARC/1.0\r\nWARC-Type: response\r\nWARC-Target-URI: https://www.example.org/page/%d" % i
+        + b"\r\nWARC-Date: 2024-05-20T10:00:00Z\r\nWARC-Record-ID: <urn:uuid:00000000-0000-0000-0000-%012d>\r\n" % i
+        + b"Content-Type: application/http; msgtype=response\r\nContent-Length: %d\r\n\r\n" % len(block)
+    )
     return gzip.compress(head + block + b"\r\n\r\n", mtime=0)
 
 
 def clean_config(sources: dict, **clean) -> Config:
-    cfg = {"run": {"seed": 3}, "text": {"sources": sources, "clean": {
-        "filters": {"chains": {"default": [], **{name: [] for name in sources}}},
-        "dedup": {"exact": False, "minhash": {"enabled": False}, "book_overlap": {"enabled": False}},
-        **clean}}}
+    cfg = {
+        "run": {"seed": 3},
+        "text": {
+            "sources": sources,
+            "clean": {
+                "filters": {"chains": {"default": [], **{name: [] for name in sources}}},
+                "dedup": {"exact": False, "minhash": {"enabled": False}, "book_overlap": {"enabled": False}},
+                **clean,
+            },
+        },
+    }
     return Config(cfg)
 
 
@@ -78,8 +98,9 @@ def test_slow_page_is_an_extraction_timeout_reject_and_the_job_finishes(tmp_path
     assert [is_reject(r) for r in recs] == [False, True, False]
     assert recs[1]["reason"].startswith("extraction_timeout: ")
 
-    cfg = clean_config({"commoncrawl": {"format": "warc", "paths": [str(warc)]}},
-                       extract_timeout_s=0.3, line_dedup_min_docs=0)
+    cfg = clean_config(
+        {"commoncrawl": {"format": "warc", "paths": [str(warc)]}}, extract_timeout_s=0.3, line_dedup_min_docs=0
+    )
     # two worker processes: the DoFn runs in an SDK harness thread, where no signal timer works
     docs, rejects, manifest = run_clean(cfg, tmp_path / "out", workers=2)
     assert len(docs) == 2 and all("Good record number" in d["text"] for d in docs)
@@ -95,9 +116,11 @@ def wet_file(path: Path, docs: list[tuple[int, str]]) -> str:
     out = b""
     for i, text in docs:
         body = text.encode()
-        head = (b"WARC/1.0\r\nWARC-Type: conversion\r\nWARC-Target-URI: https://www.example.org/%d" % i
-                + b"\r\nWARC-Date: 2024-05-20T10:00:00Z\r\nWARC-Record-ID: <urn:uuid:00000000-0000-0000-0000-%012d>\r\n" % i
-                + b"Content-Type: text/plain\r\nContent-Length: %d\r\n\r\n" % len(body))
+        head = (
+            b"WARC/1.0\r\nWARC-Type: conversion\r\nWARC-Target-URI: https://www.example.org/%d" % i
+            + b"\r\nWARC-Date: 2024-05-20T10:00:00Z\r\nWARC-Record-ID: <urn:uuid:00000000-0000-0000-0000-%012d>\r\n" % i
+            + b"Content-Type: text/plain\r\nContent-Length: %d\r\n\r\n" % len(body)
+        )
         out += gzip.compress(head + body + b"\r\n\r\n", mtime=0)
     path.write_bytes(out)
     return str(path)
@@ -111,8 +134,9 @@ def test_line_repeated_across_files_of_one_group_is_removed(tmp_path):
     wet_file(d / "a.warc.wet.gz", [(1, body(1)), (2, f"{PROSE}Only prose in document two.")])
     wet_file(d / "b.warc.wet.gz", [(3, body(3))])
     wet_file(d / "c.warc.wet.gz", [(4, body(4))])  # the next group: its copy is alone there
-    cfg = clean_config({"commoncrawl": {"format": "wet", "paths": [str(d)]}},
-                       line_dedup_group_files=2, line_dedup_min_docs=2)
+    cfg = clean_config(
+        {"commoncrawl": {"format": "wet", "paths": [str(d)]}}, line_dedup_group_files=2, line_dedup_min_docs=2
+    )
     docs, rejects, manifest = run_clean(cfg, tmp_path / "out", workers=2)
     by_story = {d["url"].rsplit("/", 1)[1]: d for d in docs}
     assert not rejects and len(docs) == 4
@@ -134,8 +158,9 @@ def test_only_boilerplate_is_a_clean_reject(tmp_path):
     d.mkdir()
     wet_file(d / "a.warc.wet.gz", [(1, BOILER), (2, f"{PROSE}\n{BOILER}")])
     wet_file(d / "b.warc.wet.gz", [(3, f"{PROSE} Three.\n{BOILER}")])
-    cfg = clean_config({"commoncrawl": {"format": "wet", "paths": [str(d)]}},
-                       line_dedup_group_files=4, line_dedup_min_docs=3)
+    cfg = clean_config(
+        {"commoncrawl": {"format": "wet", "paths": [str(d)]}}, line_dedup_group_files=4, line_dedup_min_docs=3
+    )
     docs, rejects, manifest = run_clean(cfg, tmp_path / "out")
     assert len(docs) == 2 and all(BOILER not in d["text"] for d in docs)
     assert [(r["stage"], r["reason"]) for r in rejects] == [("clean", "only boilerplate lines")]
@@ -145,8 +170,10 @@ def test_only_boilerplate_is_a_clean_reject(tmp_path):
 # -- 3. Parquet shard counts from the data ---------------------------------------------------------
 def _c4_dir(root: Path, n: int) -> Path:
     root.mkdir()
-    lines = [json.dumps({"text": f"{PROSE}Record {w}.", "url": f"https://c4.example/{i}"})
-             for i, w in enumerate(f"w{i:05d}x" for i in range(n))]
+    lines = [
+        json.dumps({"text": f"{PROSE}Record {w}.", "url": f"https://c4.example/{i}"})
+        for i, w in enumerate(f"w{i:05d}x" for i in range(n))
+    ]
     (root / "c4.json.gz").write_bytes(gzip.compress(("\n".join(lines) + "\n").encode(), mtime=0))
     return root
 
@@ -179,9 +206,18 @@ def test_plan_estimate_comes_from_the_measured_throughput():
     from jamdata.commands.text_sample import compute_estimate
     from jamdata.text.sampling import SourcePlan
 
-    manifest = {"summary": {"funnel": {"c4": {"read": {"bytes_out": 2_000_000_000_000}},
-                                       "commoncrawl": {"read": {"bytes_out": 8_000_000_000_000}}}}}
-    table = [SourcePlan("c4", 0.5, 1.0, 10**10, 10**11, True, 0.25), SourcePlan("commoncrawl", 0.5, 1.0, 10**10, 10**11, False)]
+    manifest = {
+        "summary": {
+            "funnel": {
+                "c4": {"read": {"bytes_out": 2_000_000_000_000}},
+                "commoncrawl": {"read": {"bytes_out": 8_000_000_000_000}},
+            }
+        }
+    }
+    table = [
+        SourcePlan("c4", 0.5, 1.0, 10**10, 10**11, True, 0.25),
+        SourcePlan("commoncrawl", 0.5, 1.0, 10**10, 10**11, False),
+    ]
     lines = compute_estimate(manifest, table)
     # read: the funnel's text bytes; sample: each target in bytes (measured tokens/byte, else the constant)
     e = scale.estimate(10_000_000, (10**10 / 0.25 + 10**10 * scale.BYTES_PER_TOKEN) / 1e6)

@@ -31,14 +31,29 @@ def test_errors_name_the_field():
 
 
 def test_interleaved_segments():
-    rec = {"key": "k", "source": "howto", "tokens": [1, 2], "loss_mask": [0, 1],
-           "segments": [{"modality": "text", "role": "instruction", "text": "hi", "image_ref": None,
-                         "start": 0, "length": 2}]}
+    rec = {
+        "key": "k",
+        "source": "howto",
+        "tokens": [1, 2],
+        "loss_mask": [0, 1],
+        "segments": [
+            {"modality": "text", "role": "instruction", "text": "hi", "image_ref": None, "start": 0, "length": 2}
+        ],
+    }
     validate_batch(to_table([rec], INTERLEAVED), INTERLEAVED)
 
 
 def test_manifest_schema_names_field():
     with pytest.raises(ValueError, match="kind"):
-        validate_manifest({"manifest_version": "1", "schema_version": "1", "kind": "nonsense",
-                           "vocab_fingerprint": None, "config": {}, "shards": [],
-                           "totals": {"records": 0, "bytes": 0}, "tool_version": "x"})
+        validate_manifest(
+            {
+                "manifest_version": "1",
+                "schema_version": "1",
+                "kind": "nonsense",
+                "vocab_fingerprint": None,
+                "config": {},
+                "shards": [],
+                "totals": {"records": 0, "bytes": 0},
+                "tool_version": "x",
+            }
+        )

@@ -1,5 +1,6 @@
 """Document-masked causal self-attention: the segment-wise and FlexAttention paths equal the dense
 reference (values and gradients, fp32), and neither allocates an [L, L] tensor."""
+
 from __future__ import annotations
 
 import pytest
@@ -7,7 +8,12 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from jamtrain.kernels.self_attention import (
-    ENV_VAR, DocumentMask, dense_attention, document_attention, document_runs, resolve_self_impl,
+    ENV_VAR,
+    DocumentMask,
+    dense_attention,
+    document_attention,
+    document_runs,
+    resolve_self_impl,
 )
 from jamtrain.models import Backbone, BackboneConfig
 
@@ -15,8 +21,8 @@ from jamtrain.models import Backbone, BackboneConfig
 def packed_segments(B: int = 3, L: int = 160) -> torch.Tensor:
     """Rows as the loader packs them: several documents then padding (-1); two rows share a layout."""
     seg = torch.full((B, L), -1, dtype=torch.int32)
-    seg[0, :40], seg[0, 40:41], seg[0, 41:130] = 0, 1, 2      # a one-token document, then padding
-    seg[1, :] = 0                                             # one document fills the row
+    seg[0, :40], seg[0, 40:41], seg[0, 41:130] = 0, 1, 2  # a one-token document, then padding
+    seg[1, :] = 0  # one document fills the row
     if B > 2:
         seg[2] = seg[0]
     return seg
@@ -58,7 +64,7 @@ class ShapeLog(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        for t in (out if isinstance(out, (tuple, list)) else [out]):
+        for t in out if isinstance(out, (tuple, list)) else [out]:
             if isinstance(t, torch.Tensor):
                 self.shapes.append(tuple(t.shape))
         return out
@@ -69,8 +75,18 @@ def square_tensors(shapes, L):
 
 
 def test_segment_path_allocates_no_square_mask_in_a_backbone_forward_and_backward(monkeypatch):
-    cfg = BackboneConfig(vocab_size=50, n_layers=2, d_model=32, n_heads=4, n_kv_heads=2, d_ff=64,
-                         max_seq_len=256, positions="rotary", norm="rmsnorm", activation="swiglu")
+    cfg = BackboneConfig(
+        vocab_size=50,
+        n_layers=2,
+        d_model=32,
+        n_heads=4,
+        n_kv_heads=2,
+        d_ff=64,
+        max_seq_len=256,
+        positions="rotary",
+        norm="rmsnorm",
+        activation="swiglu",
+    )
     torch.manual_seed(0)
     model = Backbone(cfg)
     seg = packed_segments()

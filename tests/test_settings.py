@@ -1,4 +1,5 @@
 """Settings dataclasses: one description per config section, read by one generic loader."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ class Inner:
 @dataclass(frozen=True)
 class Outer:
     """An example section."""
+
     paths: list[str] = setting([], "files", one_or_many=True)
     mode: str = setting("fast", "how", choices=("fast", "exact"))
     lam: float = setting(1.0, "a key that is a Python keyword", name="lambda")
@@ -32,19 +34,27 @@ def test_values_defaults_and_nesting():
     s = load_settings(Outer, Config({"paths": "a.txt", "lambda": 2, "items": [{"name": "i", "weight": 3}]}, "sec"))
     assert s.paths == ["a.txt"] and s.mode == "fast" and s.lam == 2.0 and s.inner == Inner("x")
     assert s.items == [Inner("i", 3.0)]
-    assert as_plain(s) == {"paths": ["a.txt"], "mode": "fast", "lambda": 2.0, "inner": {"name": "x", "weight": 1.0},
-                           "items": [{"name": "i", "weight": 3.0}]}
+    assert as_plain(s) == {
+        "paths": ["a.txt"],
+        "mode": "fast",
+        "lambda": 2.0,
+        "inner": {"name": "x", "weight": 1.0},
+        "items": [{"name": "i", "weight": 3.0}],
+    }
 
 
-@pytest.mark.parametrize("data, match", [
-    ({"pahts": []}, r"'sec.pahts': unknown key \(allowed: inner, items, lambda, mode, paths\)"),
-    ({"mode": "slow"}, r"'sec.mode': got 'slow' \(allowed: fast, exact\)"),
-    ({"lambda": "big"}, r"'sec.lambda': must be float, got 'big'"),
-    ({"paths": 3}, r"'sec.paths': must be a list of str, got 3"),
-    ({"inner": {"weight": 2}}, r"'sec.inner.name': missing \(required\)"),
-    ({"items": [{"name": "a", "weight": 11}]}, r"'sec.items.0.weight': must be a number in \[0, 10\], got 11"),
-    ({"inner": "x"}, r"'sec.inner': must be a mapping, got 'x'"),
-])
+@pytest.mark.parametrize(
+    "data, match",
+    [
+        ({"pahts": []}, r"'sec.pahts': unknown key \(allowed: inner, items, lambda, mode, paths\)"),
+        ({"mode": "slow"}, r"'sec.mode': got 'slow' \(allowed: fast, exact\)"),
+        ({"lambda": "big"}, r"'sec.lambda': must be float, got 'big'"),
+        ({"paths": 3}, r"'sec.paths': must be a list of str, got 3"),
+        ({"inner": {"weight": 2}}, r"'sec.inner.name': missing \(required\)"),
+        ({"items": [{"name": "a", "weight": 11}]}, r"'sec.items.0.weight': must be a number in \[0, 10\], got 11"),
+        ({"inner": "x"}, r"'sec.inner': must be a mapping, got 'x'"),
+    ],
+)
 def test_mistakes_name_the_key(data, match):
     with pytest.raises(ConfigError, match=match):
         load_settings(Outer, Config(data, "sec"))
@@ -57,14 +67,20 @@ def test_fill_defaults_writes_every_default_used():
         load_settings(Outer, cfg)
     finally:
         Config.fill_defaults = False
-    assert cfg.data == {"mode": "exact", "paths": [], "lambda": 1.0, "inner": {"name": "x", "weight": 1.0},
-                        "items": []}
+    assert cfg.data == {"mode": "exact", "paths": [], "lambda": 1.0, "inner": {"name": "x", "weight": 1.0}, "items": []}
 
 
 def test_reference_rows_flatten_nested_settings():
     keys = [r["key"] for r in reference_rows(Outer, "sec")]
-    assert keys == ["sec.paths", "sec.mode", "sec.lambda", "sec.inner.name", "sec.inner.weight",
-                    "sec.items[].name", "sec.items[].weight"]
+    assert keys == [
+        "sec.paths",
+        "sec.mode",
+        "sec.lambda",
+        "sec.inner.name",
+        "sec.inner.weight",
+        "sec.items[].name",
+        "sec.items[].weight",
+    ]
     assert reference_rows(Outer, "sec")[3]["default"] == "required"
 
 
@@ -80,5 +96,6 @@ def test_run_section_is_checked_when_a_config_loads(tmp_path):
 def test_config_reference_doc_is_generated_from_the_code():
     from jamdata.commands.config import reference_markdown
 
-    assert (ROOT / "docs" / "config-reference.md").read_text() == reference_markdown(), \
+    assert (ROOT / "docs" / "config-reference.md").read_text() == reference_markdown(), (
         "docs/config-reference.md is stale: run `jamdata config reference > docs/config-reference.md`"
+    )

@@ -1,5 +1,6 @@
 """The worked example of docs/ARCHITECTURE.md ("Adding a stage") is real: its file plus one line in
 the main job's list give a stage that runs, is stamped and is reused like every other."""
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,9 @@ def test_the_documented_stage_runs_in_the_main_job(tmp_path, monkeypatch):
     clean.mkdir(parents=True)
     (clean / "part.txt").write_text("x")
     funnel = {"c4": {"dedup": {"docs_out": 7}}, "wikipedia": {"dedup": {"docs_out": 1}}}
-    write_manifest(str(clean), build_manifest("documents", [describe_shard(str(clean), "part.txt")], {}, None,
-                                              {"funnel": funnel}))
+    write_manifest(
+        str(clean), build_manifest("documents", [describe_shard(str(clean), "part.txt")], {}, None, {"funnel": funnel})
+    )
     doc_counts = example_module(monkeypatch)
     monkeypatch.setattr(stages, "STAGES", [*stages.STAGES, doc_counts.STAGE])  # the one registration line
     monkeypatch.setattr("jamdata.config.SECTIONS", (*SECTIONS, "counts"))

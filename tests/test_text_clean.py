@@ -1,4 +1,5 @@
 """Per-source cleaning on the real corpus (Wikipedia, Botchan, the arXiv tarball) and on small cases."""
+
 from __future__ import annotations
 
 import json
@@ -6,17 +7,29 @@ import re
 
 import pytest
 
-from jamdata.text.clean import (CleanOptions, clean_arxiv, clean_records, clean_wikitext, expand_macros, find_macros,
-                                frequent_lines, remove_lines, strip_gutenberg, strip_tex_comments)
+from jamdata.text.clean import (
+    CleanOptions,
+    clean_arxiv,
+    clean_records,
+    clean_wikitext,
+    expand_macros,
+    find_macros,
+    frequent_lines,
+    remove_lines,
+    strip_gutenberg,
+    strip_tex_comments,
+)
 from jamdata.text.normalize import normalize_text
 from jamdata.text.readers import is_reject, make_doc, read_file
 
 
 @pytest.fixture(scope="module")
 def wiki_pages(corpus):
-    return {json.loads(d["metadata"])["title"]: d for d in
-            read_file(str(corpus / "wikipedia/enwiki-pages-articles-shortened.xml.bz2"), "wiki_xml", "wikipedia")
-            if not is_reject(d)}
+    return {
+        json.loads(d["metadata"])["title"]: d
+        for d in read_file(str(corpus / "wikipedia/enwiki-pages-articles-shortened.xml.bz2"), "wiki_xml", "wikipedia")
+        if not is_reject(d)
+    }
 
 
 @pytest.mark.parametrize("title", ["Anarchism", "Algeria", "Albedo"])
@@ -37,9 +50,11 @@ def test_wikipedia_links_keep_labels_and_headings_stay(wiki_pages):
 
 
 def test_wikitext_details():
-    src = ("{{Infobox|a=1}}'''Foo''' is a [[bar|baz]] near [[Qux]].<ref name=x>cite</ref><ref name=y/> "
-           "It has [[File:a.png|thumb|a [[nested]] caption]] <!-- hidden --> [http://e.com an external] link.\n"
-           "{| class=wikitable\n| cell\n|}\n== See also ==\n* [[Other]]\n[[Category:Things]]\n[[de:Foo]]")
+    src = (
+        "{{Infobox|a=1}}'''Foo''' is a [[bar|baz]] near [[Qux]].<ref name=x>cite</ref><ref name=y/> "
+        "It has [[File:a.png|thumb|a [[nested]] caption]] <!-- hidden --> [http://e.com an external] link.\n"
+        "{| class=wikitable\n| cell\n|}\n== See also ==\n* [[Other]]\n[[Category:Things]]\n[[de:Foo]]"
+    )
     assert clean_wikitext(src) == "Foo is a baz near Qux. It has an external link."
 
 
@@ -80,8 +95,10 @@ def test_arxiv_comments_stripped_and_macros_expanded(arxiv_clean):
 
 
 def test_macros_with_arguments_and_def():
-    tex = ("\\newcommand{\\norm}[1]{\\lVert #1 \\rVert}\n\\newcommand\\pair[2]{(#1, #2)}\n\\def\\eps{\\varepsilon}\n"
-           "\\def\\sq#1{#1^2}\n\\newcommand{\\opt}[2][x]{#1#2}\n")
+    tex = (
+        "\\newcommand{\\norm}[1]{\\lVert #1 \\rVert}\n\\newcommand\\pair[2]{(#1, #2)}\n\\def\\eps{\\varepsilon}\n"
+        "\\def\\sq#1{#1^2}\n\\newcommand{\\opt}[2][x]{#1#2}\n"
+    )
     macros = find_macros(tex)
     assert macros["\\norm"] == (1, "\\lVert #1 \\rVert") and macros["\\pair"] == (2, "(#1, #2)")
     assert macros["\\eps"] == (0, "\\varepsilon") and macros["\\sq"] == (1, "#1^2") and "\\opt" not in macros
@@ -102,17 +119,27 @@ def test_arxiv_without_section_is_rejected():
 
 def test_ccnet_line_dedup_removes_lines_frequent_in_the_shard():
     nav, foot = "Home | About | Contact", "Copyright 2024 Example Media. All rights reserved."
-    bodies = ["Tide pools appear twice a day.", "Chess rewards patience.", "Rain barrels need lids.",
-              "Bread needs time."]
-    docs = [make_doc("commoncrawl", "f.wet", i, f"{nav}\n{b}\nShared by two pages only.\n{foot.replace('2024', str(2020 + i))}")
-            for i, b in enumerate(bodies)]
+    bodies = [
+        "Tide pools appear twice a day.",
+        "Chess rewards patience.",
+        "Rain barrels need lids.",
+        "Bread needs time.",
+    ]
+    docs = [
+        make_doc(
+            "commoncrawl", "f.wet", i, f"{nav}\n{b}\nShared by two pages only.\n{foot.replace('2024', str(2020 + i))}"
+        )
+        for i, b in enumerate(bodies)
+    ]
     docs[0]["text"] = docs[0]["text"].replace("Shared by two pages only.", "")
     docs[3]["text"] = docs[3]["text"].replace("Shared by two pages only.", "")
     cleaned = list(clean_records(docs, "wet", CleanOptions(line_dedup_min_docs=3)))
-    assert [d["text"] for d in cleaned] == ["Tide pools appear twice a day.",
-                                            "Chess rewards patience.\nShared by two pages only.",
-                                            "Rain barrels need lids.\nShared by two pages only.",
-                                            "Bread needs time."]
+    assert [d["text"] for d in cleaned] == [
+        "Tide pools appear twice a day.",
+        "Chess rewards patience.\nShared by two pages only.",
+        "Rain barrels need lids.\nShared by two pages only.",
+        "Bread needs time.",
+    ]
     assert json.loads(cleaned[0]["metadata"])["boilerplate_lines_removed"] == 2  # digits normalised: one line
 
 
@@ -141,7 +168,9 @@ def test_empty_after_cleaning_is_a_clean_reject():
 
 
 def test_arxiv_preamble_sections_and_layout_redefinitions():
-    tex = ("\\documentclass{article}\\renewcommand{\\section}{\\oldsection}\\newcommand{\\ours}{OURS}\n"
-           "\\newcommand{\\mysec}{\\section{X}}\\begin{document}\\maketitle\n\\section{Real} We use \\ours.\n"
-           "\\bibliographystyle{plain}\\bibliography{refs}\n\\end{document}\ntrailing junk")
+    tex = (
+        "\\documentclass{article}\\renewcommand{\\section}{\\oldsection}\\newcommand{\\ours}{OURS}\n"
+        "\\newcommand{\\mysec}{\\section{X}}\\begin{document}\\maketitle\n\\section{Real} We use \\ours.\n"
+        "\\bibliographystyle{plain}\\bibliography{refs}\n\\end{document}\ntrailing junk"
+    )
     assert clean_arxiv(tex) == "\\section{Real} We use OURS."

@@ -1,4 +1,5 @@
 """MinHash, LSH and the dedup Beam transforms: planted near-duplicates, determinism, book overlap."""
+
 from __future__ import annotations
 
 import random
@@ -41,11 +42,18 @@ def jaccard(a: str, b: str) -> float:
 def run_dedup(docs: list[dict], cfg: dict, out: Path, workers: int = 1):
     """Run TextDedup and write kept docs / rejects as sharded parquet; return both as lists."""
     with beam.Pipeline(options=pipeline_options(workers)) as p:
-        kept, rejects = (p | beam.Create(docs) | beam.Reshuffle() | TextDedup(cfg))
-        (kept | "KeyDocs" >> beam.Map(lambda d: (d["id"], d))
-         | "WriteDocs" >> WriteShards(str(out / "docs"), parquet_shard_writer(DOCUMENT, "source"), 2, lambda d: d["source"]))
-        (rejects | "KeyRej" >> beam.Map(lambda r: (f"{r['stage']}/{r['id']}", r))
-         | "WriteRej" >> WriteShards(str(out / "rejects"), parquet_shard_writer(REJECT), 1))
+        kept, rejects = p | beam.Create(docs) | beam.Reshuffle() | TextDedup(cfg)
+        (
+            kept
+            | "KeyDocs" >> beam.Map(lambda d: (d["id"], d))
+            | "WriteDocs"
+            >> WriteShards(str(out / "docs"), parquet_shard_writer(DOCUMENT, "source"), 2, lambda d: d["source"])
+        )
+        (
+            rejects
+            | "KeyRej" >> beam.Map(lambda r: (f"{r['stage']}/{r['id']}", r))
+            | "WriteRej" >> WriteShards(str(out / "rejects"), parquet_shard_writer(REJECT), 1)
+        )
     read = lambda d: [r for f in sorted(d.rglob("*.parquet")) for r in pq.read_table(f).to_pylist()]
     return read(out / "docs"), read(out / "rejects")
 
@@ -80,8 +88,8 @@ def test_planted_near_duplicates_found_above_threshold_kept_below_and_book_overl
     for i in range(6):
         base = random_text(rng, 500)
         docs.append({"id": f"web-{i:02d}-a", "source": "commoncrawl", "text": base})
-        near = edit(base, rng, 2)      # J ~ 0.96
-        far = edit(base, rng, 30)      # J ~ 0.54
+        near = edit(base, rng, 2)  # J ~ 0.96
+        far = edit(base, rng, 30)  # J ~ 0.54
         assert jaccard(base, near) > 0.93 and jaccard(base, far) < 0.6
         docs.append({"id": f"web-{i:02d}-b", "source": "commoncrawl", "text": near})
         docs.append({"id": f"web-{i:02d}-c", "source": "commoncrawl", "text": far})
@@ -92,9 +100,11 @@ def test_planted_near_duplicates_found_above_threshold_kept_below_and_book_overl
     docs.append({"id": "c4-00", "source": "c4", "text": docs[0]["text"]})
     # books: the shorter book is wholly inside a longer one (Jaccard ~0.6, containment 1)
     book = random_text(rng, 3000)
-    docs += [{"id": "books-b-longer", "source": "books", "text": book + " " + random_text(rng, 2000)},
-             {"id": "books-a-short", "source": "books", "text": book},
-             {"id": "books-c-other", "source": "books", "text": random_text(rng, 3000)}]
+    docs += [
+        {"id": "books-b-longer", "source": "books", "text": book + " " + random_text(rng, 2000)},
+        {"id": "books-a-short", "source": "books", "text": book},
+        {"id": "books-c-other", "source": "books", "text": random_text(rng, 3000)},
+    ]
     kept, rejects = run_dedup(docs, {"cc_rounds": 3}, tmp_path)
     assert {d["id"] for d in kept} == expect_kept | {"c4-00", "books-a-short", "books-c-other"}
     by_id = {r["id"]: r for r in rejects}
@@ -117,7 +127,9 @@ def test_clusters_resolve_to_smallest_key_regardless_of_order_and_workers(tmp_pa
     for i in range(8):
         base = random_text(rng, 300)
         for j in range(3):  # each cluster: three near-copies with shuffled ids
-            docs.append({"id": f"d{rng.randrange(10**6):06d}", "source": "c4", "text": edit(base, rng, 1) if j else base})
+            docs.append(
+                {"id": f"d{rng.randrange(10**6):06d}", "source": "c4", "text": edit(base, rng, 1) if j else base}
+            )
         docs.append({"id": f"u{i}", "source": "c4", "text": random_text(rng, 300)})
     expected_kept, dropped = near_dedup_in_memory(docs, LSHParams())
     assert len(dropped) == 16
@@ -143,8 +155,11 @@ def test_chain_of_near_duplicates_is_one_component(tmp_path):
     assert jaccard(a, b) > 0.9 and jaccard(b, c) > 0.9 and jaccard(a, c) < 0.86
     params = {"num_perm": 512, "bands": 128, "rows": 4, "threshold": 0.89}
     cfg = {"exact": False, "cc_rounds": 3, "minhash": params, "book_overlap": {"enabled": False}}
-    docs = [{"id": "A", "source": "c4", "text": a}, {"id": "B", "source": "c4", "text": b},
-            {"id": "C", "source": "c4", "text": c}]
+    docs = [
+        {"id": "A", "source": "c4", "text": a},
+        {"id": "B", "source": "c4", "text": b},
+        {"id": "C", "source": "c4", "text": c},
+    ]
     kept, rejects = run_dedup(docs, cfg, tmp_path)
     assert [d["id"] for d in kept] == ["A"]
     assert {r["id"]: r["reason"].split()[2] for r in rejects} == {"B": "A", "C": "A"}

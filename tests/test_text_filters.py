@@ -1,4 +1,5 @@
 """Document filters on crafted cases (one per reason) and on real web text from the corpus."""
+
 from __future__ import annotations
 
 import gzip
@@ -7,15 +8,26 @@ import json
 import pytest
 
 from jamdata.config import Config, ConfigError
-from jamdata.text.filters import (C4Filter, GopherQualityFilter, GopherRepetitionFilter, LanguageFilter,
-                                  MinLengthFilter, QualityScoreFilter, apply_chain, build_filter_chain, quality_score)
+from jamdata.text.filters import (
+    C4Filter,
+    GopherQualityFilter,
+    GopherRepetitionFilter,
+    LanguageFilter,
+    MinLengthFilter,
+    QualityScoreFilter,
+    apply_chain,
+    build_filter_chain,
+    quality_score,
+)
 from jamdata.text.filters.words import count_sentences, split_words
 from jamdata.text.langid import WIKIPEDIA_LANGUAGES, identify
 
-PROSE = ("The river runs through the old town and past the mill. Children play on its banks in the summer, "
-         "and the fishermen come early to find a quiet place. In the autumn the water rises with the rain. "
-         "The bridge was built more than two hundred years ago and it has been repaired many times since then. "
-         "Visitors often stop to take pictures of the view from the middle of the bridge, where the light is best.")
+PROSE = (
+    "The river runs through the old town and past the mill. Children play on its banks in the summer, "
+    "and the fishermen come early to find a quiet place. In the autumn the water rises with the rain. "
+    "The bridge was built more than two hundred years ago and it has been repaired many times since then. "
+    "Visitors often stop to take pictures of the view from the middle of the bridge, where the light is best."
+)
 
 
 def web_docs(corpus, n=None):
@@ -25,9 +37,29 @@ def web_docs(corpus, n=None):
 
 
 def test_word_and_sentence_splitting():
-    assert split_words("He said \"don't\" (well-known), U.S. e.g. 3.5 1,000 end.Next http://x.com/a?b=1.") == [
-        "He", "said", '"', "do", "n't", '"', "(", "well", "-", "known", ")", ",", "U.S.", "e.g.", "3.5", "1,000",
-        "end", ".", "Next", "http://x.com/a?b=1", "."]
+    assert split_words('He said "don\'t" (well-known), U.S. e.g. 3.5 1,000 end.Next http://x.com/a?b=1.') == [
+        "He",
+        "said",
+        '"',
+        "do",
+        "n't",
+        '"',
+        "(",
+        "well",
+        "-",
+        "known",
+        ")",
+        ",",
+        "U.S.",
+        "e.g.",
+        "3.5",
+        "1,000",
+        "end",
+        ".",
+        "Next",
+        "http://x.com/a?b=1",
+        ".",
+    ]
     assert split_words("It's 10km... I'm here!") == ["It", "'s", "10", "km", "...", "I", "'m", "here", "!"]
     assert count_sentences("One here. Two there! Three? Mr. Smith stays.") == 4
     assert count_sentences("No final mark") == 1 and count_sentences("") == 0
@@ -43,18 +75,22 @@ def test_min_length():
 
 def test_c4_lines_and_page_rules():
     f = C4Filter()
-    text = "\n".join([
-        "Menu Home About",                                        # no terminal punctuation
-        "Click here to enable Javascript in your browser now.",  # javascript
-        "This site uses cookies to improve your experience.",    # policy
-        "Short line.",                                            # < 5 words
-        "The first real sentence is here[1]. And a second one follows it.",
-        "A third sentence makes the page long enough to keep.",
-        "It ends with an ellipsis and is dropped...",
-    ])
+    text = "\n".join(
+        [
+            "Menu Home About",  # no terminal punctuation
+            "Click here to enable Javascript in your browser now.",  # javascript
+            "This site uses cookies to improve your experience.",  # policy
+            "Short line.",  # < 5 words
+            "The first real sentence is here[1]. And a second one follows it.",
+            "A third sentence makes the page long enough to keep.",
+            "It ends with an ellipsis and is dropped...",
+        ]
+    )
     v = f(text)
-    assert v.keep and v.text == ("The first real sentence is here. And a second one follows it.\n"
-                                 "A third sentence makes the page long enough to keep.")
+    assert v.keep and v.text == (
+        "The first real sentence is here. And a second one follows it.\n"
+        "A third sentence makes the page long enough to keep."
+    )
     assert f("Lorem ipsum dolor sit amet, consectetur adipiscing.\n" + PROSE).reason == "contains 'lorem ipsum'"
     assert f("function f() { return 1; } is code here.\n" + PROSE).reason == "contains a curly bracket '{'"
     v = f("Only one sentence with enough words here.\nMenu")
@@ -116,10 +152,22 @@ def test_language_and_quality_score():
 
 
 def test_chain_config_per_source_and_typos():
-    cfg = Config({"min_length": {"min_words": 3}, "chains": {"books": ["min_length"]},
-                  "per_source": {"wikipedia": {"language": {"languages": ["de"]}}}}, "text.clean.filters")
+    cfg = Config(
+        {
+            "min_length": {"min_words": 3},
+            "chains": {"books": ["min_length"]},
+            "per_source": {"wikipedia": {"language": {"languages": ["de"]}}},
+        },
+        "text.clean.filters",
+    )
     assert [f.name for f in build_filter_chain(cfg, "c4")] == [
-        "min_length", "language", "c4", "gopher_quality", "gopher_repetition", "quality_score"]
+        "min_length",
+        "language",
+        "c4",
+        "gopher_quality",
+        "gopher_repetition",
+        "quality_score",
+    ]
     assert [f.name for f in build_filter_chain(cfg, "arxiv")] == ["min_length", "language", "quality_score"]
     assert [f.name for f in build_filter_chain(cfg, "books")] == ["min_length"]
     wiki = build_filter_chain(cfg, "wikipedia")
@@ -138,8 +186,11 @@ def test_chain_config_per_source_and_typos():
 def test_real_c4_pages_pass_and_web_pages_get_precise_reasons(corpus):
     cfg = Config({}, "text.clean.filters")
     chain = build_filter_chain(cfg, "c4")
-    c4 = [json.loads(line) for name in ("c4-sample.01.json.gz", "c4-sample.02.json.gz")
-          for line in gzip.open(corpus / "c4" / name, "rt")]
+    c4 = [
+        json.loads(line)
+        for name in ("c4-sample.01.json.gz", "c4-sample.02.json.gz")
+        for line in gzip.open(corpus / "c4" / name, "rt")
+    ]
     c4_filter = C4Filter()
     # C4 pages already went through the C4 rules: every line is kept and every page passes
     assert sum(c4_filter(d["text"]).keep for d in c4) >= len(c4) - 2
@@ -166,8 +217,11 @@ def test_same_decisions_as_datatrove_on_real_pages(corpus):
     filters = pytest.importorskip("datatrove.pipeline.filters")
     from datatrove.data import Document
 
-    ref = [filters.C4QualityFilter(min_num_sentences=3, min_words_per_line=5), filters.GopherQualityFilter(),
-           filters.GopherRepetitionFilter()]
+    ref = [
+        filters.C4QualityFilter(min_num_sentences=3, min_words_per_line=5),
+        filters.GopherQualityFilter(),
+        filters.GopherRepetitionFilter(),
+    ]
     ours = [C4Filter(), GopherQualityFilter(), GopherRepetitionFilter()]
 
     def reference(text):

@@ -1,5 +1,6 @@
 """Data hygiene and scripts without spaces: the C4 bad-words list shipped offline, 13-gram
 decontamination, PII masking, character counts for CJK, language id of LaTeX without its math."""
+
 from __future__ import annotations
 
 import gzip
@@ -28,17 +29,25 @@ def test_ldnoobw_list_ships_and_c4_drops_on_it():
     page = "This is a fine sentence about gardens. " * 2 + "It also says bollocks here, sadly.\nThe end is near now."
     v = f(page)
     assert not v.keep and "bollocks" in v.reason
-    assert C4Filter(bad_words="ldnoobw")("A fine sentence about gardens here.\nAnother one that is fine.\nAnd a third one too, see.").keep
+    assert C4Filter(bad_words="ldnoobw")(
+        "A fine sentence about gardens here.\nAnother one that is fine.\nAnd a third one too, see."
+    ).keep
 
 
-EVAL_PASSAGE = ("The quick brown fox of the northern valley jumped over seventeen lazy dogs while the farmer "
-                "counted sheep beside the old stone mill near the river")
+EVAL_PASSAGE = (
+    "The quick brown fox of the northern valley jumped over seventeen lazy dogs while the farmer "
+    "counted sheep beside the old stone mill near the river"
+)
 
 
 def test_planted_evaluation_passage_is_removed_and_nothing_else(tmp_path, web_texts):
     evals = tmp_path / "eval.jsonl"
-    evals.write_text(json.dumps({"question": EVAL_PASSAGE, "answer": "the fox"}) + "\n"
-                     + json.dumps({"question": "Too short to match anything.", "answer": "no"}) + "\n")
+    evals.write_text(
+        json.dumps({"question": EVAL_PASSAGE, "answer": "the fox"})
+        + "\n"
+        + json.dumps({"question": "Too short to match anything.", "answer": "no"})
+        + "\n"
+    )
     f = DecontaminationFilter(eval_sets=[str(evals)])
     planted = web_texts[5][:300] + "\n" + EVAL_PASSAGE.upper().replace(" THE ", "  the ") + ".\n" + web_texts[5][300:]
     docs = web_texts[:200] + [planted]
@@ -53,19 +62,29 @@ def test_planted_evaluation_passage_is_removed_and_nothing_else(tmp_path, web_te
 def test_decontamination_in_a_chain_writes_a_reject_reason(tmp_path):
     evals = tmp_path / "passages.txt"
     evals.write_text(EVAL_PASSAGE + "\n")
-    chain = build_filter_chain(Config({"chains": {"c4": ["decontaminate"]},
-                                       "decontaminate": {"eval_sets": [str(evals)]}}, "text.clean.filters"), "c4")
+    chain = build_filter_chain(
+        Config(
+            {"chains": {"c4": ["decontaminate"]}, "decontaminate": {"eval_sets": [str(evals)]}}, "text.clean.filters"
+        ),
+        "c4",
+    )
     verdict, failed = apply_chain("Intro. " + EVAL_PASSAGE + " Outro.", chain)
     assert failed == "decontaminate" and not verdict.keep
     with pytest.raises(ConfigError, match="decontaminate.*cannot read"):
-        build_filter_chain(Config({"chains": {"c4": ["decontaminate"]},
-                                   "decontaminate": {"eval_sets": [str(tmp_path / "missing.txt")]}},
-                                  "text.clean.filters"), "c4")
+        build_filter_chain(
+            Config(
+                {"chains": {"c4": ["decontaminate"]}, "decontaminate": {"eval_sets": [str(tmp_path / "missing.txt")]}},
+                "text.clean.filters",
+            ),
+            "c4",
+        )
 
 
 def test_pii_masks_emails_and_ips_and_counts_them():
-    text = ("Write to jane.doe+news@example.co.uk or admin@mail.example.org. The server 192.168.0.17 and "
-            "2001:db8::8a2e:370:7334 answered; version 1.2.3 and 10:30:00 and 999.1.1.1 are no addresses.")
+    text = (
+        "Write to jane.doe+news@example.co.uk or admin@mail.example.org. The server 192.168.0.17 and "
+        "2001:db8::8a2e:370:7334 answered; version 1.2.3 and 10:30:00 and 999.1.1.1 are no addresses."
+    )
     v = PIIFilter()(text)
     assert v.keep and v.fields == {"pii_emails": 2, "pii_ips": 2}
     assert "@" not in v.text and "192.168" not in v.text and "2001:db8" not in v.text
@@ -75,8 +94,10 @@ def test_pii_masks_emails_and_ips_and_counts_them():
     assert PIIFilter()("Nothing personal here.").fields == {}
 
 
-CHINESE = ("北京是中华人民共和国的首都，也是全国的政治、文化和国际交往中心。这座城市有三千多年的建城史，"
-           "拥有众多名胜古迹，例如故宫、天坛和长城。")
+CHINESE = (
+    "北京是中华人民共和国的首都，也是全国的政治、文化和国际交往中心。这座城市有三千多年的建城史，"
+    "拥有众多名胜古迹，例如故宫、天坛和长城。"
+)
 
 
 def test_min_length_counts_characters_for_scripts_without_spaces():
@@ -111,7 +132,11 @@ def test_language_id_of_latex_ignores_math():
 
 def test_filter_settings_of_the_new_filters_are_type_checked():
     with pytest.raises(ConfigError, match="eval_sets.*must be a list of str"):
-        build_filter_chain(Config({"chains": {"c4": ["decontaminate"]}, "decontaminate": {"eval_sets": "x.txt"}},
-                                  "text.clean.filters"), "c4")
+        build_filter_chain(
+            Config(
+                {"chains": {"c4": ["decontaminate"]}, "decontaminate": {"eval_sets": "x.txt"}}, "text.clean.filters"
+            ),
+            "c4",
+        )
     with pytest.raises(ConfigError, match="emails.*must be bool"):
         build_filter_chain(Config({"chains": {"c4": ["pii"]}, "pii": {"emails": "yes"}}, "text.clean.filters"), "c4")

@@ -1,6 +1,7 @@
 """text-clean's inputs listed and split inside the pipeline: the job graph holds patterns, not
 files; big files are read in parts; Common Crawl line dedup within a file goes through the bounded
 (shuffled) path; outputs equal in-process reading and are byte-identical for 1 and 2 workers."""
+
 from __future__ import annotations
 
 import bz2
@@ -26,9 +27,20 @@ NO_DEDUP = {"exact": False, "minhash": {"enabled": False}, "book_overlap": {"ena
 
 
 def _config(sources: dict, **clean) -> dict:
-    return {"run": {"seed": 3}, "text": {"sources": sources, "clean": {
-        "shards": 2, "reject_shards": 1, "line_dedup_min_docs": 3, "filters": NO_FILTERS, "dedup": NO_DEDUP,
-        **clean}}}
+    return {
+        "run": {"seed": 3},
+        "text": {
+            "sources": sources,
+            "clean": {
+                "shards": 2,
+                "reject_shards": 1,
+                "line_dedup_min_docs": 3,
+                "filters": NO_FILTERS,
+                "dedup": NO_DEDUP,
+                **clean,
+            },
+        },
+    }
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +56,11 @@ def inputs(tmp_path_factory, corpus, sample_data) -> dict[str, Path]:
 
 
 def _sources(inputs) -> dict:
-    return {"c4": {"format": "c4", "paths": [str(inputs["c4"])]},
-            "wikipedia": {"format": "wiki_xml", "paths": [str(inputs["wiki"] / "*")]},
-            "commoncrawl": {"format": "wet", "paths": [str(inputs["wet"])]}}
+    return {
+        "c4": {"format": "c4", "paths": [str(inputs["c4"])]},
+        "wikipedia": {"format": "wiki_xml", "paths": [str(inputs["wiki"] / "*")]},
+        "commoncrawl": {"format": "wet", "paths": [str(inputs["wet"])]},
+    }
 
 
 def _run(inputs, out: Path, workers: int) -> dict:
@@ -68,16 +82,24 @@ def _docs(out: Path) -> dict[str, dict]:
 def test_parts_and_per_file_line_dedup_give_what_in_process_reading_gives(one, inputs):
     ropts, copts = ReadOptions(), CleanOptions(line_dedup_min_docs=3)
     expected = {}
-    for fmt, path, id_path in [("c4", inputs["c4"] / "c4-plain.jsonl", "c4-plain.jsonl"),
-                               ("wet", inputs["wet"], "sample.warc.wet.gz")]:
+    for fmt, path, id_path in [
+        ("c4", inputs["c4"] / "c4-plain.jsonl", "c4-plain.jsonl"),
+        ("wet", inputs["wet"], "sample.warc.wet.gz"),
+    ]:
         source = "c4" if fmt == "c4" else "commoncrawl"
         for rec in clean_records(read_file(str(path), fmt, source, ropts, id_path), fmt, copts):
             if not is_reject(rec):
                 expected[rec["id"]] = rec
     got = _docs(one)
     for doc_id, rec in expected.items():
-        assert {k: got[doc_id][k] for k in ("text", "url", "metadata")} == {k: rec[k] for k in ("text", "url", "metadata")}
-    removed = [json.loads(d["metadata"]).get("boilerplate_lines_removed", 0) for d in got.values() if d["source"] == "commoncrawl"]
+        assert {k: got[doc_id][k] for k in ("text", "url", "metadata")} == {
+            k: rec[k] for k in ("text", "url", "metadata")
+        }
+    removed = [
+        json.loads(d["metadata"]).get("boilerplate_lines_removed", 0)
+        for d in got.values()
+        if d["source"] == "commoncrawl"
+    ]
     assert sum(removed) > 0  # the sample's repeated lines went, as in one process
     manifest = json.loads((one / "text-clean" / "manifest.json").read_text())
     funnel = manifest["summary"]["funnel"]
@@ -90,8 +112,10 @@ def test_two_workers_byte_identical(one, inputs, tmp_path):
     _run(inputs, tmp_path, 2)
 
     def digest(root: Path) -> dict:
-        return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-                for p in sorted(root.rglob("*.parquet"))} | {"manifest": (root / "text-clean" / "manifest.json").read_text()}
+        return {
+            str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*.parquet"))
+        } | {"manifest": (root / "text-clean" / "manifest.json").read_text()}
 
     assert digest(tmp_path) == digest(one)
 
@@ -107,7 +131,9 @@ def test_graph_holds_patterns_not_files(tmp_path):
             (d / f"file-{i:05d}-with-a-long-name-as-crawls-have.json.gz").write_bytes(gzip.compress(b'{"text": "x"}\n'))
         text_cfg = Config(_config({"c4": {"format": "c4", "paths": [str(d / "*.json.gz")]}})).section("text")
         p = beam.Pipeline()
-        build_pipeline(p, plan_patterns(text_cfg), clean_settings(text_cfg), str(tmp_path / "o"), str(tmp_path / "r"), {})
+        build_pipeline(
+            p, plan_patterns(text_cfg), clean_settings(text_cfg), str(tmp_path / "o"), str(tmp_path / "r"), {}
+        )
         sizes.append(len(p.to_runner_api().SerializeToString()))
     assert abs(sizes[1] - sizes[0]) < 1000, sizes
 
@@ -117,8 +143,11 @@ def test_unmatched_pattern_is_one_line_naming_it(tmp_path, capsys):
 
     (tmp_path / "a.json.gz").write_bytes(gzip.compress(b'{"text": "x"}\n'))
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(yaml.safe_dump(_config({"c4": {"format": "c4", "paths": [str(tmp_path / "a.json.gz"),
-                                                                            str(tmp_path / "*.jsonl")]}})))
+    cfg.write_text(
+        yaml.safe_dump(
+            _config({"c4": {"format": "c4", "paths": [str(tmp_path / "a.json.gz"), str(tmp_path / "*.jsonl")]}})
+        )
+    )
     assert cli_main(["text", "clean", "--config", str(cfg), "--out", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].endswith("*.jsonl: the pattern matches no file") and "Traceback" not in "\n".join(err)

@@ -1,6 +1,7 @@
 """The text-clean pipeline end to end on the bundled sample plus broken inputs: content of the
 outputs, the funnel, rejects for every kind of bad input, and byte-identical outputs for 1 and 2
 worker processes."""
+
 from __future__ import annotations
 
 import gzip
@@ -21,8 +22,10 @@ from jamdata.manifest import read_manifest, validate_dataset
 from pipelines.stages import StageContext
 from pipelines.text_clean import format_funnel, funnel_from_counts, run_stage
 
-PROSE = ("The harbour was quiet in the early morning, and the fishing boats rocked gently at their moorings "
-         "while gulls argued over scraps on the stone quay. ") * 4
+PROSE = (
+    "The harbour was quiet in the early morning, and the fishing boats rocked gently at their moorings "
+    "while gulls argued over scraps on the stone quay. "
+) * 4
 
 
 def _bad_inputs(d: Path) -> dict[str, list[str]]:
@@ -30,8 +33,10 @@ def _bad_inputs(d: Path) -> dict[str, list[str]]:
     good = json.dumps({"text": PROSE, "url": "https://ok.example/"}).encode() + b"\n"
     lines = [good, b'{"text": "broken\n', b'{"text": "caf\xe9"}\n', b'{"text": ""}\n']
     (d / "bad-lines.json.gz").write_bytes(gzip.compress(b"".join(lines)))
-    many = b"".join(json.dumps({"text": f"{PROSE} Entry {i}.", "url": f"https://t.example/{i}"}).encode() + b"\n"
-                    for i in range(300))
+    many = b"".join(
+        json.dumps({"text": f"{PROSE} Entry {i}.", "url": f"https://t.example/{i}"}).encode() + b"\n"
+        for i in range(300)
+    )
     comp = gzip.compress(many)
     (d / "truncated.json.gz").write_bytes(comp[: len(comp) // 2])
     buf = io.BytesIO()
@@ -52,12 +57,20 @@ def config_path(tmp_path_factory, sample_data) -> Path:
         "run": {"seed": 7},
         "text": {
             "sources": {
-                "commoncrawl": {"inputs": [{"format": "warc", "paths": [str(t / "commoncrawl/sample.warc.gz")]},
-                                           {"format": "wet", "paths": [str(t / "commoncrawl/sample.warc.wet.gz")]}]},
+                "commoncrawl": {
+                    "inputs": [
+                        {"format": "warc", "paths": [str(t / "commoncrawl/sample.warc.gz")]},
+                        {"format": "wet", "paths": [str(t / "commoncrawl/sample.warc.wet.gz")]},
+                    ]
+                },
                 "c4": {"inputs": [{"format": "c4", "paths": [str(t / "c4")] + bad["c4"]}]},
                 "wikipedia": {"format": "wiki_xml", "paths": str(t / "wikipedia")},
-                "books": {"inputs": [{"format": "pile", "paths": [str(t / "books/books3-sample.jsonl.zst")]},
-                                     {"format": "text", "paths": [str(t / "books/gutenberg")]}]},
+                "books": {
+                    "inputs": [
+                        {"format": "pile", "paths": [str(t / "books/books3-sample.jsonl.zst")]},
+                        {"format": "text", "paths": [str(t / "books/gutenberg")]},
+                    ]
+                },
                 "arxiv": {"inputs": [{"format": "arxiv", "paths": [str(t / "arxiv")] + bad["arxiv"]}]},
             },
             "clean": {"shards": 2, "reject_shards": 1, "line_dedup_min_docs": 3},
@@ -107,7 +120,10 @@ def test_outputs_are_clean_documents(run_one):
     assert "\\lVert s \\rVert" in paper and "J(A, B)" in paper
     c4 = [d for d in docs["c4"]]
     urls = sorted(d["url"] for d in c4)  # the planted near- and exact duplicates are gone
-    assert len(urls) == 4 and {"https://green.example.net/overwatering", "https://rail.example.org/cross-country"} <= set(urls)
+    assert len(urls) == 4 and {
+        "https://green.example.net/overwatering",
+        "https://rail.example.org/cross-country",
+    } <= set(urls)
     assert len({"https://sky.example.org/naked-eye", "https://copy.example.com/sky"} & set(urls)) == 1
     assert len({"https://soil.example.com/compost-basics", "https://scraper.example.biz/compost"} & set(urls)) == 1
     # of each duplicate group the member with the smallest id is kept (ids do not depend on where
@@ -118,18 +134,29 @@ def test_outputs_are_clean_documents(run_one):
             kept = re.search(r"duplicate of (\S+)", r["reason"]).group(1)
             assert kept in kept_ids and kept < r["id"], r
     assert all(d["language"] == "en" and d["quality_score"] is not None for v in docs.values() for d in v)
-    assert validate_dataset(str(run_one / "text-clean")) == [] and validate_dataset(str(run_one / "text-clean-rejects")) == []
+    assert (
+        validate_dataset(str(run_one / "text-clean")) == []
+        and validate_dataset(str(run_one / "text-clean-rejects")) == []
+    )
 
 
 def test_every_bad_input_is_in_the_rejects(run_one):
     rejects = _rejects(run_one)
     got = {(r["source"], r["stage"], r["reason"].split(":")[0].split(" of ")[0]) for r in rejects}
-    expected = {("c4", "read", "malformed JSON"), ("c4", "read", "invalid UTF-8 (byte 0xe9)"),
-                ("c4", "read", "empty document"), ("c4", "read", "unreadable from here on"),
-                ("arxiv", "read", "archive has no .tex file"), ("commoncrawl", "read", "not an HTML response (image/png)"),
-                ("wikipedia", "read", "wikipedia redirect"), ("wikipedia", "read", "wikipedia namespace 1 (not an article)"),
-                ("c4", "dedup_exact", "exact duplicate"), ("c4", "dedup_minhash", "near-duplicate"),
-                ("commoncrawl", "dedup_minhash", "near-duplicate"), ("books", "dedup_book_overlap", "near-duplicate")}
+    expected = {
+        ("c4", "read", "malformed JSON"),
+        ("c4", "read", "invalid UTF-8 (byte 0xe9)"),
+        ("c4", "read", "empty document"),
+        ("c4", "read", "unreadable from here on"),
+        ("arxiv", "read", "archive has no .tex file"),
+        ("commoncrawl", "read", "not an HTML response (image/png)"),
+        ("wikipedia", "read", "wikipedia redirect"),
+        ("wikipedia", "read", "wikipedia namespace 1 (not an article)"),
+        ("c4", "dedup_exact", "exact duplicate"),
+        ("c4", "dedup_minhash", "near-duplicate"),
+        ("commoncrawl", "dedup_minhash", "near-duplicate"),
+        ("books", "dedup_book_overlap", "near-duplicate"),
+    }
     assert expected <= got, expected - got
     truncated = [r for r in rejects if r["reason"].startswith("unreadable")]
     assert truncated[0]["file"].endswith("truncated.json.gz") and truncated[0]["offset"] > 0
@@ -158,8 +185,11 @@ def test_two_workers_byte_identical(run_one, config_path, tmp_path):
     assert any(line.startswith("c4: ") for line in lines)
 
     def digest(root: Path) -> dict[str, str]:
-        return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-                for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".jam.lock"}
+        return {
+            str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name != ".jam.lock"
+        }
 
     for name in ("text-clean", "text-clean-rejects"):
         one, two = digest(run_one / name), digest(tmp_path / name)
@@ -167,10 +197,18 @@ def test_two_workers_byte_identical(run_one, config_path, tmp_path):
 
 
 def test_funnel_from_counts_chains_stages():
-    f = funnel_from_counts([(("c4", "read", "docs_in"), 5), (("c4", "read", "bytes_in"), 100),
-                            (("c4", "read", "docs_out"), 4), (("c4", "read", "bytes_out"), 400),
-                            (("c4", "clean", "docs_out"), 4), (("c4", "clean", "bytes_out"), 380),
-                            (("c4", "filter", "docs_out"), 3), (("c4", "filter", "bytes_out"), 300)])
+    f = funnel_from_counts(
+        [
+            (("c4", "read", "docs_in"), 5),
+            (("c4", "read", "bytes_in"), 100),
+            (("c4", "read", "docs_out"), 4),
+            (("c4", "read", "bytes_out"), 400),
+            (("c4", "clean", "docs_out"), 4),
+            (("c4", "clean", "bytes_out"), 380),
+            (("c4", "filter", "docs_out"), 3),
+            (("c4", "filter", "bytes_out"), 300),
+        ]
+    )
     assert f["c4"]["filter"] == {"docs_in": 4, "bytes_in": 380, "docs_out": 3, "bytes_out": 300}
     assert f["c4"]["dedup"] == {"docs_in": 3, "bytes_in": 300, "docs_out": 0, "bytes_out": 0}
 
@@ -180,14 +218,19 @@ def test_config_errors_name_the_key(tmp_path, capsys):
     cfg.write_text(yaml.safe_dump({"text": {"sources": {"c4": {"format": "c5", "paths": "x"}}}}))
     assert cli_main(["text", "clean", "--config", str(cfg), "--out", str(tmp_path / "o")]) == 1
     assert "config key 'text.sources.c4.format': got 'c5' (allowed: warc, wet, c4" in capsys.readouterr().err
-    cfg.write_text(yaml.safe_dump({"text": {"sources": {"c4": {"format": "c4", "paths": str(tmp_path / "none")}},
-                                            "clean": {"shard": 2}}}))
+    cfg.write_text(
+        yaml.safe_dump(
+            {"text": {"sources": {"c4": {"format": "c4", "paths": str(tmp_path / "none")}}, "clean": {"shard": 2}}}
+        )
+    )
     assert cli_main(["text", "clean", "--config", str(cfg), "--out", str(tmp_path / "o")]) == 1
     assert "no such file or directory" in capsys.readouterr().err
 
 
 def test_filter_and_dedup_config_mistakes_fail_before_the_job(config_path, tmp_path, capsys):
-    for override, key in (("text.clean.filters.c4.min_sentence=3", "text.clean.filters.c4.min_sentence"),
-                          ("text.clean.dedup.minhash.band=3", "text.clean.dedup.minhash.band")):
+    for override, key in (
+        ("text.clean.filters.c4.min_sentence=3", "text.clean.filters.c4.min_sentence"),
+        ("text.clean.dedup.minhash.band=3", "text.clean.dedup.minhash.band"),
+    ):
         assert cli_main(["text", "clean", "--config", str(config_path), "--out", str(tmp_path), "--set", override]) == 1
         assert f"config key '{key}': unknown key" in capsys.readouterr().err

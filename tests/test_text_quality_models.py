@@ -1,6 +1,7 @@
 """The model-based filters: LLaMA's reference-page classifier (`jamdata quality train`, filter
 `quality`) and CCNet's KenLM perplexity (filter `perplexity`), on real Wikipedia and Common Crawl
 documents from the sample corpus."""
+
 from __future__ import annotations
 
 import gzip
@@ -104,8 +105,12 @@ def write_unigram_arpa(path, piece_lines: list[str]) -> dict[str, float]:
     logp["<unk>"] = math.log10(1 / (total + vocab))
     rows = [f"{logp[w]:.6f}\t{w}\t0" for w in sorted(logp)] + ["-99\t<s>\t0"]
     # KenLM wants at least bigrams: one that never occurs inside a line leaves the unigram scores as they are
-    path.write_text(f"\\data\\\nngram 1={len(rows)}\nngram 2=1\n\n\\1-grams:\n" + "\n".join(rows)
-                    + "\n\n\\2-grams:\n-2\t<s> </s>\n\n\\end\\\n", "utf-8")
+    path.write_text(
+        f"\\data\\\nngram 1={len(rows)}\nngram 2=1\n\n\\1-grams:\n"
+        + "\n".join(rows)
+        + "\n\n\\2-grams:\n-2\t<s> </s>\n\n\\end\\\n",
+        "utf-8",
+    )
     return logp
 
 
@@ -139,9 +144,15 @@ def test_perplexity_is_ccnet_formula_over_pieces(tiny_lm):
 
 def test_perplexity_filter_buckets_and_keeps(tiny_lm, wiki_texts, web_texts):
     tmp, _ = tiny_lm
-    cfg = {"chains": {"commoncrawl": ["language", "perplexity"]},
-           "perplexity": {"lm_model": str(tmp / "{lang}.arpa"), "sp_model": str(tmp / "{lang}.sp.model"),
-                          "languages": ["en"], "keep_buckets": ["head", "middle"]}}
+    cfg = {
+        "chains": {"commoncrawl": ["language", "perplexity"]},
+        "perplexity": {
+            "lm_model": str(tmp / "{lang}.arpa"),
+            "sp_model": str(tmp / "{lang}.sp.model"),
+            "languages": ["en"],
+            "keep_buckets": ["head", "middle"],
+        },
+    }
     f = chain(cfg)[1]
     pps = sorted(f(t, {"language": "en"}).fields["perplexity"] for t in wiki_texts[40:60] + web_texts[:20])
     from jamdata.text.perplexity import tercile_cutoffs
@@ -177,8 +188,9 @@ def test_lmplz_trained_model_scores_wikipedia_below_junk(tmp_path, wiki_texts, w
         pytest.skip("KenLM's lmplz is not installed (scripts/build_lmplz.sh builds it)")
     wiki = write_docs(tmp_path / "wiki", wiki_texts[:60])
     out = tmp_path / "en.arpa.bin"  # KenLM's binary format, as CCNet publishes its models (build_binary)
-    assert cli_main(["quality", "lm", "--input", wiki, "--sp", str(sp_model_path), "--out", str(out),
-                     "--order", "3"]) == 0
+    assert (
+        cli_main(["quality", "lm", "--input", wiki, "--sp", str(sp_model_path), "--out", str(out), "--order", "3"]) == 0
+    )
     model = PerplexityModel(str(out), str(sp_model_path))
     assert model.perplexity(wiki_texts[70]) < model.perplexity("zq xv kj 0x7f3a 99zz qq lorem ipsum dolor")
     web = write_docs(tmp_path / "web", web_texts[:30])
@@ -193,8 +205,12 @@ def test_document_sets_read_from_a_text_clean_output_by_language(tmp_path):
     from jamdata.commands.quality import read_texts
 
     (tmp_path / "wikipedia").mkdir()
-    pq.write_table(pa.table({"text": ["Ein Satz.", "A sentence.", "Ещё одно."], "language": ["de", "en", "ru"]}),
-                   tmp_path / "wikipedia" / "part-00000.parquet")
-    pq.write_table(pa.table({"id": ["x"], "reason": ["not a document file"]}), tmp_path / "wikipedia" / "rejects.parquet")
+    pq.write_table(
+        pa.table({"text": ["Ein Satz.", "A sentence.", "Ещё одно."], "language": ["de", "en", "ru"]}),
+        tmp_path / "wikipedia" / "part-00000.parquet",
+    )
+    pq.write_table(
+        pa.table({"id": ["x"], "reason": ["not a document file"]}), tmp_path / "wikipedia" / "rejects.parquet"
+    )
     assert read_texts([str(tmp_path)], 10) == ["Ein Satz.", "A sentence.", "Ещё одно."]
     assert read_texts([str(tmp_path)], 10, "de") == ["Ein Satz."]

@@ -1,6 +1,7 @@
 """The new steps inside the text-clean pipeline: a German Wikipedia dump cleaned with its own
 namespaces (from its siteinfo), decontamination (removed documents in the rejects) and PII
 masking, each counted in the manifest's funnel summary."""
+
 from __future__ import annotations
 
 import bz2
@@ -15,8 +16,10 @@ from jamdata.cli import main as cli_main
 from jamdata.manifest import read_manifest
 from test_text_wiki_languages import dump_xml
 
-PLANTED = ("Seventeen lighthouse keepers along the windy northern coast recorded every passing ship in "
-           "leather logbooks that still survive in the harbour museum today")
+PLANTED = (
+    "Seventeen lighthouse keepers along the windy northern coast recorded every passing ship in "
+    "leather logbooks that still survive in the harbour museum today"
+)
 
 
 @pytest.fixture(scope="module")
@@ -32,14 +35,23 @@ def run_out(tmp_path_factory, corpus):
     with open(root / "web" / "c4.jsonl", "w") as f:
         f.write("".join(json.dumps(d) + "\n" for d in docs))
     (root / "eval.txt").write_text(PLANTED + "\n")
-    cfg = {"run": {"seed": 1},
-           "text": {"sources": {"wikipedia": {"format": "wiki_xml", "paths": str(root / "wiki")},
-                                "c4": {"format": "c4", "paths": str(root / "web" / "c4.jsonl")}},
-                    "clean": {"filters": {"chains": {"wikipedia": ["min_length"],
-                                                     "c4": ["min_length", "decontaminate", "pii"]},
-                                          "min_length": {"min_words": 20},
-                                          "decontaminate": {"eval_sets": [str(root / "eval.txt")]}},
-                              "dedup": {"minhash": {"enabled": False}}}}}
+    cfg = {
+        "run": {"seed": 1},
+        "text": {
+            "sources": {
+                "wikipedia": {"format": "wiki_xml", "paths": str(root / "wiki")},
+                "c4": {"format": "c4", "paths": str(root / "web" / "c4.jsonl")},
+            },
+            "clean": {
+                "filters": {
+                    "chains": {"wikipedia": ["min_length"], "c4": ["min_length", "decontaminate", "pii"]},
+                    "min_length": {"min_words": 20},
+                    "decontaminate": {"eval_sets": [str(root / "eval.txt")]},
+                },
+                "dedup": {"minhash": {"enabled": False}},
+            },
+        },
+    }
     (root / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     out = root / "out"
     assert cli_main(["text", "clean", "--config", str(root / "cfg.yaml"), "--out", str(out), "--workers", "1"]) == 0

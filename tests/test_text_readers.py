@@ -1,4 +1,5 @@
 """Readers on the real corpus files and on files written here for formats and failures it lacks."""
+
 from __future__ import annotations
 
 import bz2
@@ -27,8 +28,10 @@ def meta(doc):
     return json.loads(doc["metadata"])
 
 
-PROSE = ("The harbour was quiet in the early morning, and the fishing boats rocked gently at their moorings "
-         "while gulls argued over scraps on the stone quay. ") * 3
+PROSE = (
+    "The harbour was quiet in the early morning, and the fishing boats rocked gently at their moorings "
+    "while gulls argued over scraps on the stone quay. "
+) * 3
 
 
 # -- the real corpus ---------------------------------------------------------------------------------
@@ -59,11 +62,15 @@ def test_c4_json_gz(corpus):
     docs, rejects = split(read_file(str(corpus / "c4/c4-sample.01.json.gz"), "c4", "c4"))
     assert len(docs) == 10 and not rejects
     assert docs[0]["text"].startswith("The woman who died after falling from a bridge over the A21")
-    assert docs[0]["url"].startswith("https://www.kentlive.news/") and meta(docs[0])["timestamp"] == "2019-04-21T18:54:04Z"
+    assert (
+        docs[0]["url"].startswith("https://www.kentlive.news/") and meta(docs[0])["timestamp"] == "2019-04-21T18:54:04Z"
+    )
 
 
 def test_wikipedia_xml_dump(corpus):
-    docs, rejects = split(read_file(str(corpus / "wikipedia/enwiki-pages-articles-shortened.xml.bz2"), "wiki_xml", "wikipedia"))
+    docs, rejects = split(
+        read_file(str(corpus / "wikipedia/enwiki-pages-articles-shortened.xml.bz2"), "wiki_xml", "wikipedia")
+    )
     assert len(docs) == 106 and len(rejects) == 100
     assert {r["reason"] for r in rejects} == {"wikipedia redirect"}
     assert all(r["file"].endswith(".xml.bz2") and r["offset"] > 0 for r in rejects)
@@ -82,9 +89,11 @@ def test_gutenberg_book_and_arxiv_tarball(corpus):
 
 # -- formats the corpus lacks --------------------------------------------------------------------------
 def test_pile_jsonl_zst_keeps_books3_only(tmp_path):
-    rows = [{"text": PROSE, "meta": {"pile_set_name": "Books3"}},
-            {"text": "not a book", "meta": {"pile_set_name": "Pile-CC"}},
-            {"text": PROSE + " The end.", "meta": {"pile_set_name": "Books3"}}]
+    rows = [
+        {"text": PROSE, "meta": {"pile_set_name": "Books3"}},
+        {"text": "not a book", "meta": {"pile_set_name": "Pile-CC"}},
+        {"text": PROSE + " The end.", "meta": {"pile_set_name": "Books3"}},
+    ]
     path = tmp_path / "00.jsonl.zst"
     path.write_bytes(zstandard.ZstdCompressor().compress("".join(json.dumps(r) + "\n" for r in rows).encode()))
     docs, rejects = split(read_file(str(path), "pile", "books"))
@@ -96,8 +105,17 @@ def test_pile_jsonl_zst_keeps_books3_only(tmp_path):
 
 def test_wikipedia_parquet_export(tmp_path):
     path = tmp_path / "wiki.parquet"
-    pq.write_table(pa.table({"id": ["7", "8"], "url": ["https://en.wikipedia.org/wiki/A", "https://en.wikipedia.org/wiki/B"],
-                             "title": ["A", "B"], "text": ["'''A''' is a [[letter|letter]].", "B is plain text."]}), path)
+    pq.write_table(
+        pa.table(
+            {
+                "id": ["7", "8"],
+                "url": ["https://en.wikipedia.org/wiki/A", "https://en.wikipedia.org/wiki/B"],
+                "title": ["A", "B"],
+                "text": ["'''A''' is a [[letter|letter]].", "B is plain text."],
+            }
+        ),
+        path,
+    )
     docs, rejects = split(read_file(str(path), "wiki_parquet", "wikipedia"))
     assert [meta(d)["title"] for d in docs] == ["A", "B"] and docs[1]["text"] == "B is plain text." and not rejects
     assert docs[0]["url"].endswith("/A")
@@ -109,17 +127,23 @@ def test_single_gzipped_tex_and_redpajama_jsonl(tmp_path):
     docs, _ = split(read_file(str(tmp_path / "2101.00001.gz"), "arxiv", "arxiv"))
     assert docs[0]["text"] == tex and meta(docs[0])["arxiv_id"] == "2101.00001"
     assert docs[0]["url"] == "https://arxiv.org/abs/2101.00001"
-    rp = {"text": "\\section{Intro} Hello.", "meta": {"arxiv_id": "2101.00002", "url": "https://arxiv.org/abs/2101.00002",
-                                                      "timestamp": "2021-01-01"}}
+    rp = {
+        "text": "\\section{Intro} Hello.",
+        "meta": {"arxiv_id": "2101.00002", "url": "https://arxiv.org/abs/2101.00002", "timestamp": "2021-01-01"},
+    }
     (tmp_path / "arxiv.jsonl").write_text(json.dumps(rp) + "\n")
     docs, _ = split(read_file(str(tmp_path / "arxiv.jsonl"), "arxiv_jsonl", "arxiv"))
     assert docs[0]["url"] == rp["meta"]["url"] and meta(docs[0])["timestamp"] == "2021-01-01"
 
 
 def test_main_tex_and_inputs():
-    files = {"sty.tex": "\\ProvidesPackage{x}", "paper/main.tex": "\\documentclass{article}\n\\begin{document}\n"
-             "\\input{paper/sec/a}\n% \\input{paper/sec/b}\n\\include{paper/sec/b}\n\\end{document}",
-             "paper/sec/a.tex": "A text \\input{paper/sec/a}", "paper/sec/b.tex": "B text"}
+    files = {
+        "sty.tex": "\\ProvidesPackage{x}",
+        "paper/main.tex": "\\documentclass{article}\n\\begin{document}\n"
+        "\\input{paper/sec/a}\n% \\input{paper/sec/b}\n\\include{paper/sec/b}\n\\end{document}",
+        "paper/sec/a.tex": "A text \\input{paper/sec/a}",
+        "paper/sec/b.tex": "B text",
+    }
     assert find_main_tex(files) == "paper/main.tex"
     out = resolve_inputs(files, "paper/main.tex")
     assert "A text" in out and "B text" in out and "% \\input{paper/sec/b}" in out  # cycle cut, comment kept
@@ -140,13 +164,20 @@ def _lines(n):
 @pytest.mark.parametrize("kind", ["gzip", "bz2", "zstd"])
 def test_truncated_compressed_files_keep_what_was_read(tmp_path, kind):
     data = _lines(400)
-    comp = {"gzip": lambda d: gzip.compress(d), "bz2": lambda d: bz2.compress(d, 1),
-            "zstd": lambda d: b"".join(zstandard.ZstdCompressor().compress(d[i:i + 20000])  # multi-frame
-                                       for i in range(0, len(d), 20000))}[kind](data)
+    comp = {
+        "gzip": lambda d: gzip.compress(d),
+        "bz2": lambda d: bz2.compress(d, 1),
+        "zstd": lambda d: b"".join(
+            zstandard.ZstdCompressor().compress(d[i : i + 20000])  # multi-frame
+            for i in range(0, len(d), 20000)
+        ),
+    }[kind](data)
     path = tmp_path / f"c4.json.{kind}"
     path.write_bytes(comp[: len(comp) * 2 // 3])
     docs, rejects = split(read_file(str(path), "c4", "c4"))
-    assert len(rejects) == 1 and "unreadable from here on" in rejects[0]["reason"] and "EOFError" in rejects[0]["reason"]
+    assert (
+        len(rejects) == 1 and "unreadable from here on" in rejects[0]["reason"] and "EOFError" in rejects[0]["reason"]
+    )
     assert rejects[0]["file"] == str(path) and rejects[0]["offset"] > 0
     assert 0 < len(docs) < 400 and docs[0]["url"] == "u0"
 
@@ -161,15 +192,24 @@ def test_truncated_wiki_bz2(tmp_path, sample_data):
 
 def test_bad_lines_become_rejects_and_reading_goes_on(tmp_path):
     good = json.dumps({"text": PROSE}).encode() + b"\n"
-    lines = [good, b'{"text": "broken\n', b'{"text": "caf\xe9 au lait"}\n', b'{"text": "   "}\n', b"[1, 2]\n",
-             b'{"txt": "no text"}\n', good]
+    lines = [
+        good,
+        b'{"text": "broken\n',
+        b'{"text": "caf\xe9 au lait"}\n',
+        b'{"text": "   "}\n',
+        b"[1, 2]\n",
+        b'{"txt": "no text"}\n',
+        good,
+    ]
     path = tmp_path / "mixed.json.gz"
     path.write_bytes(gzip.compress(b"".join(lines)))
     docs, rejects = split(read_file(str(path), "c4", "c4"))
     assert len(docs) == 2
     reasons = [r["reason"] for r in rejects]
     assert reasons[0].startswith("malformed JSON") and rejects[0]["offset"] == len(good)
-    assert reasons[1] == "invalid UTF-8 (byte 0xe9)" and rejects[1]["offset"] == len(b"".join(lines[:2])) + len(b"{\"text\": \"caf")
+    assert reasons[1] == "invalid UTF-8 (byte 0xe9)" and rejects[1]["offset"] == len(b"".join(lines[:2])) + len(
+        b'{"text": "caf'
+    )
     assert reasons[2] == "empty document"
     assert reasons[3] == "JSON line is not an object" and reasons[4] == "no string 'text' field"
     assert all(r["file"] == str(path) and r["stage"] == "read" for r in rejects)
@@ -206,7 +246,9 @@ def _warc(path, payload: bytes, ctype: str):
     with open(path, "wb") as f:
         w = WARCWriter(f, gzip=True)
         http = StatusAndHeaders("200 OK", [("Content-Type", ctype)], protocol="HTTP/1.1")
-        w.write_record(w.create_warc_record("http://x.example/", "response", payload=io.BytesIO(payload), http_headers=http))
+        w.write_record(
+            w.create_warc_record("http://x.example/", "response", payload=io.BytesIO(payload), http_headers=http)
+        )
 
 
 @pytest.mark.parametrize("declared,encoding", [("utf-8", "cp1252"), ("iso-8859-1", "utf-8"), ("x-unknown", "cp1252")])
@@ -256,8 +298,10 @@ def test_arxiv_bulk_tar_of_gzipped_papers(tmp_path):
         add(t, "2101/2101.00003.gz", gzip.compress(b"%PDF-1.5 only a pdf"))
     (tmp_path / "arXiv_src_2101_001.tar").write_bytes(bulk.getvalue())
     docs, rejects = split(read_file(str(tmp_path / "arXiv_src_2101_001.tar"), "arxiv", "arxiv"))
-    assert [(meta(d)["arxiv_id"], meta(d)["member"]) for d in docs] == [("2101.00001", "2101/2101.00001.gz"),
-                                                                       ("2101.00002", "2101/2101.00002.gz")]
+    assert [(meta(d)["arxiv_id"], meta(d)["member"]) for d in docs] == [
+        ("2101.00001", "2101/2101.00001.gz"),
+        ("2101.00002", "2101/2101.00002.gz"),
+    ]
     assert "Paper one." in docs[0]["text"] and "Paper two." in docs[1]["text"]
     assert len(rejects) == 1 and rejects[0]["reason"].startswith("2101/2101.00003.gz: not a tar archive")
 

@@ -1,4 +1,5 @@
 """Budget planner, sampler and the text-sample pipeline on real text (C4 web pages, Gutenberg books)."""
+
 import gzip
 import json
 import random
@@ -37,8 +38,8 @@ def write_documents(root: Path, docs: list[dict], per_shard: int = 40) -> Path:
         for i in range(0, len(rows), per_shard):
             rel = f"{source}/part-{i // per_shard:05d}.parquet"
             (root / source).mkdir(parents=True, exist_ok=True)
-            pq.write_table(to_table(rows[i:i + per_shard], DOCUMENT), root / rel, row_group_size=25)
-            shards.append(describe_shard(str(root), rel, records=len(rows[i:i + per_shard]), group=source))
+            pq.write_table(to_table(rows[i : i + per_shard], DOCUMENT), root / rel, row_group_size=25)
+            shards.append(describe_shard(str(root), rel, records=len(rows[i : i + per_shard]), group=source))
     write_manifest(str(root), build_manifest("documents", shards, {"test": True}))
     return root
 
@@ -56,7 +57,7 @@ def real_docs(corpus: Path) -> list[dict]:
     for path in sorted((corpus / "books" / "shakespeare").glob("*_gut.txt"))[:3]:
         text = path.read_text(encoding="utf-8")
         for k in range(0, min(len(text), 60_000), 6_000):  # chapters of a book
-            docs.append({"id": f"{path.stem}-{k // 6000:02d}", "source": "books", "text": text[k:k + 6000]})
+            docs.append({"id": f"{path.stem}-{k // 6000:02d}", "source": "books", "text": text[k : k + 6000]})
     return docs
 
 
@@ -85,8 +86,17 @@ def mix(counts) -> tuple[int, dict[str, float]]:
 
 
 def config(clean_dir, tokenizer, budget, shares=None, **extra) -> Config:
-    sample = {"budget_tokens": budget, "shares": shares or {"c4": 1, "books": 1, "commoncrawl": 1}, "epochs": EPOCHS, "shard_tokens": 40_000,
-              "part_tokens": PART_TOKENS, "input": str(clean_dir), "tokenizer": str(tokenizer), "count": "exact", **extra}
+    sample = {
+        "budget_tokens": budget,
+        "shares": shares or {"c4": 1, "books": 1, "commoncrawl": 1},
+        "epochs": EPOCHS,
+        "shard_tokens": 40_000,
+        "part_tokens": PART_TOKENS,
+        "input": str(clean_dir),
+        "tokenizer": str(tokenizer),
+        "count": "exact",
+        **extra,
+    }
     return Config({"run": {"seed": 7}, "vqvae": {"codebook_size": 64}, "text": {"sample": sample}})
 
 
@@ -104,7 +114,9 @@ def runs(clean, sp_model_path, counts, tmp_path_factory):
 
 
 def files_of(d: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file() and p.name != ".jam.lock"}
+    return {
+        str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file() and p.name != ".jam.lock"
+    }
 
 
 def test_identical_across_workers_and_runs(runs):
@@ -154,7 +166,9 @@ def test_targets_met_and_small_source_repeated(runs, counts):
         assert abs(row["tokens"] - row["target"]) <= max(0.001 * row["target"], max(counts[src].values()))
         assert row["full_epochs"] == row["target"] // avail
     small = m["summary"]["sources"]["commoncrawl"]
-    assert small["full_epochs"] >= 2 and small["epochs_used"] == pytest.approx(small["target"] / small["available"], rel=0.05)
+    assert small["full_epochs"] >= 2 and small["epochs_used"] == pytest.approx(
+        small["target"] / small["available"], rel=0.05
+    )
     assert sum(r["tokens"] for r in m["summary"]["sources"].values()) == m["totals"]["tokens"]
     assert any("commoncrawl" in line and "target" in line for line in runs["a"][1])
 
@@ -213,8 +227,9 @@ def test_hf_export_loads_with_datasets(runs, tmp_path):
     import datasets
 
     hf = runs["a"][0] / "text-tokens-hf"
-    ds = datasets.load_dataset("parquet", data_files=sorted(str(p) for p in hf.rglob("*.parquet")),
-                               split="train", cache_dir=str(tmp_path))
+    ds = datasets.load_dataset(
+        "parquet", data_files=sorted(str(p) for p in hf.rglob("*.parquet")), split="train", cache_dir=str(tmp_path)
+    )
     m = read_manifest(str(runs["a"][0] / "text-tokens"))
     assert len(ds) == m["totals"]["records"]
     assert sum(ds["num_tokens"]) == m["totals"]["tokens"]
@@ -234,7 +249,9 @@ def test_sampler_independent_of_input_order():
         got = sum(n * a[i] for i, n in docs)
         assert abs(got - target) <= max(0.001 * target, 400)
         assert set(a.values()) <= {target // total, target // total + 1}
-    assert sampling.sample_source(docs, total // 3, 3.0, 12, "wikipedia") != sampling.sample_source(docs, total // 3, 3.0, 11, "wikipedia")
+    assert sampling.sample_source(docs, total // 3, 3.0, 12, "wikipedia") != sampling.sample_source(
+        docs, total // 3, 3.0, 11, "wikipedia"
+    )
 
 
 def test_targets_sum_to_budget_and_llama_shares():
@@ -251,8 +268,12 @@ def test_plan_table_and_impossible_plan(clean, sp_model_path, counts, tmp_path, 
     rows = {p.source: p for p in plan}
     assert rows["c4"].available == sum(counts["c4"].values()) and not rows["c4"].estimated
     sampling.check_plan(plan)
-    est = {p.source: p for p in make_plan(config(clean[0], sp_model_path, budget, shares, count="estimate",
-                                                 estimate_sample_bytes=20_000), tmp_path)[0]}
+    est = {
+        p.source: p
+        for p in make_plan(
+            config(clean[0], sp_model_path, budget, shares, count="estimate", estimate_sample_bytes=20_000), tmp_path
+        )[0]
+    }
     assert est["c4"].estimated and est["c4"].available == pytest.approx(rows["c4"].available, rel=0.15)
     # the command: a budget the small source cannot meet in 4 epochs
     cfg_path = tmp_path / "cfg.yaml"
@@ -277,14 +298,20 @@ def test_bad_inputs_name_the_file(clean, sp_model_path, counts, tmp_path, runs):
     bad = tmp_path / "bad-clean"
     (bad / "c4").mkdir(parents=True)
     pq.write_table(pa.table({"id": ["x"], "body": ["text"]}), bad / "c4" / "part-00000.parquet")
-    write_manifest(str(bad), build_manifest("documents", [describe_shard(str(bad), "c4/part-00000.parquet", 1, group="c4")], {}))
+    write_manifest(
+        str(bad), build_manifest("documents", [describe_shard(str(bad), "c4/part-00000.parquet", 1, group="c4")], {})
+    )
     with pytest.raises(SchemaError, match=r"c4/part-00000.parquet"):
         run_stage(StageContext(config(bad, sp_model_path, budget, shares), tmp_path / "r1"))
     with pytest.raises(FileNotFoundError, match="no-tokenizer"):
         run_stage(StageContext(config(clean[0], tmp_path / "no-tokenizer", budget, shares), tmp_path / "r2"))
     # append to an existing dataset with a different tokenizer: both named
-    tok_cfg = Config({"vqvae": {"codebook_size": 64}, "text": {"tokenizer": {"vocab_size": 1000, "train_bytes": 200_000,
-                                                                             "input": str(clean[0])}}})
+    tok_cfg = Config(
+        {
+            "vqvae": {"codebook_size": 64},
+            "text": {"tokenizer": {"vocab_size": 1000, "train_bytes": 200_000, "input": str(clean[0])}},
+        }
+    )
     run_tokenizer_stage(StageContext(tok_cfg, tmp_path / "r3"))
     cfg = config(clean[0], tmp_path / "r3" / "tokenizer", budget, shares, append=True)
     import shutil
@@ -295,9 +322,15 @@ def test_bad_inputs_name_the_file(clean, sp_model_path, counts, tmp_path, runs):
 
 
 def test_trained_tokenizer_stage_and_append(clean, tmp_path):
-    tok_cfg = Config({"vqvae": {"codebook_size": 32},
-                      "text": {"tokenizer": {"vocab_size": 500, "train_bytes": 300_000, "input": str(clean[0])},
-                               "sample": {"shares": {"c4": 1, "books": 1}}}})
+    tok_cfg = Config(
+        {
+            "vqvae": {"codebook_size": 32},
+            "text": {
+                "tokenizer": {"vocab_size": 500, "train_bytes": 300_000, "input": str(clean[0])},
+                "sample": {"shares": {"c4": 1, "books": 1}},
+            },
+        }
+    )
     lines = run_tokenizer_stage(StageContext(tok_cfg, tmp_path))
     assert "500 pieces" in lines[0]
     m = read_manifest(str(tmp_path / "tokenizer"))
@@ -322,15 +355,29 @@ def test_real_corpus_through_the_cleaning_stage(corpus, tmp_path):
     from pipelines.text_clean import run_stage as run_clean
 
     books = sorted(str(p) for p in (corpus / "books" / "shakespeare").glob("*_gut.txt"))[:2]
-    cfg = Config({
-        "run": {"seed": 3}, "vqvae": {"codebook_size": 128},
-        "text": {"sources": {"c4": {"format": "c4", "paths": str(corpus / "c4" / "c4-sample.0*.json.gz")},
-                             "wikipedia": {"format": "wiki_xml",
-                                           "paths": str(corpus / "wikipedia" / "enwiki-pages-articles-shortened.xml.bz2")},
-                             "books": {"format": "text", "paths": books}},
-                 "tokenizer": {"vocab_size": 3000, "train_bytes": 400_000},
-                 "sample": {"budget_tokens": 60_000, "shares": {"c4": 40, "wikipedia": 40, "books": 20},
-                            "epochs": {"c4": 3, "wikipedia": 1, "books": 1}, "shard_tokens": 10_000}}})
+    cfg = Config(
+        {
+            "run": {"seed": 3},
+            "vqvae": {"codebook_size": 128},
+            "text": {
+                "sources": {
+                    "c4": {"format": "c4", "paths": str(corpus / "c4" / "c4-sample.0*.json.gz")},
+                    "wikipedia": {
+                        "format": "wiki_xml",
+                        "paths": str(corpus / "wikipedia" / "enwiki-pages-articles-shortened.xml.bz2"),
+                    },
+                    "books": {"format": "text", "paths": books},
+                },
+                "tokenizer": {"vocab_size": 3000, "train_bytes": 400_000},
+                "sample": {
+                    "budget_tokens": 60_000,
+                    "shares": {"c4": 40, "wikipedia": 40, "books": 20},
+                    "epochs": {"c4": 3, "wikipedia": 1, "books": 1},
+                    "shard_tokens": 10_000,
+                },
+            },
+        }
+    )
     yaml.safe_dump(cfg.to_dict())  # the config is plain YAML
     ctx = StageContext(cfg, tmp_path)
     run_clean(ctx)

@@ -1,5 +1,6 @@
 """Token shards as streamed parts: the part ranges cut from the token histogram keep every part
 near `part_tokens` whatever the shard size, and a shard's parts follow its key order."""
+
 import math
 
 import numpy as np
@@ -62,7 +63,7 @@ def test_partial_epoch_cells_stop_at_the_boundary():
     d = sampling.decide("web", int(hist.sum()) + 105, hist, 2)
     cells = cell_tokens(d, hist)
     assert cells.size == 2 * sampling.N_BUCKETS and cells.sum() == d.target
-    assert d.boundary_bucket == 10 and cells[sampling.N_BUCKETS + 11:].sum() == 0
+    assert d.boundary_bucket == 10 and cells[sampling.N_BUCKETS + 11 :].sum() == 0
 
 
 def test_part_names_sort_by_shard_then_part():

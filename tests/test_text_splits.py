@@ -1,6 +1,7 @@
 """Big inputs read in parts by several workers: an uncompressed JSON-lines file in newline-aligned
 byte ranges, a Wikipedia multistream dump in ranges of bz2 streams cut at its index's offsets.
 The parts together give exactly the records of the whole file (ids, offsets, rejects)."""
+
 from __future__ import annotations
 
 import bz2
@@ -56,7 +57,9 @@ def test_jsonl_split_into_ranges_reads_what_the_whole_file_reads(c4_lines):
 
 
 def test_pile_split_counts_the_passed_over_subsets(tmp_path):
-    rows = [{"text": f"Book {i}. " * 40, "meta": {"pile_set_name": "Books3" if i % 2 else "Pile-CC"}} for i in range(40)]
+    rows = [
+        {"text": f"Book {i}. " * 40, "meta": {"pile_set_name": "Books3" if i % 2 else "Pile-CC"}} for i in range(40)
+    ]
     path = tmp_path / "pile.jsonl"
     path.write_bytes(b"".join(json.dumps(r).encode() + b"\n" for r in rows))
     whole_passed, part_passed = {}, {}
@@ -84,11 +87,11 @@ def write_multistream(d: Path, header: bytes, pages: list[bytes], footer: bytes,
     dump, index = d / "enwiki-20240101-pages-articles-multistream.xml.bz2", []
     blob = bz2.compress(header)
     for i in range(0, len(pages), per_stream):
-        for page in pages[i: i + per_stream]:
+        for page in pages[i : i + per_stream]:
             pid = re.search(rb"<id>(\d+)</id>", page).group(1).decode()
             title = re.search(rb"<title>([^<]*)</title>", page).group(1).decode()
             index.append(f"{len(blob)}:{pid}:{title}\n")
-        blob += bz2.compress(b"".join(pages[i: i + per_stream]))
+        blob += bz2.compress(b"".join(pages[i : i + per_stream]))
     dump.write_bytes(blob + bz2.compress(footer))
     (d / "enwiki-20240101-pages-articles-multistream-index.txt.bz2").write_bytes(bz2.compress("".join(index).encode()))
     return dump
@@ -107,6 +110,7 @@ def test_multistream_dump_split_by_its_index_reads_the_same_pages(corpus, tmp_pa
     for split_bytes in (1, 20_000, 100_000):
         splits, parts = read_parts(dump, "wiki_xml", split_bytes, opts)
         assert len(splits) >= 3 and parts == whole, split_bytes
+
     def docs(recs):
         return [{**r, "metadata": json.loads(r["metadata"]) | {"file": None}} for r in recs if not is_reject(r)]
 

@@ -1,11 +1,18 @@
 """Text tokenizer: LLaMA-style training, loading a real model, lossless round trips, packing."""
+
 import numpy as np
 import pytest
 import sentencepiece as spm
 
 from jamdata.manifest import read_manifest, validate_dataset
-from jamdata.text.tokenizer import (TextTokenizer, TokenizerError, tokenizer_settings, train_sentencepiece,
-                                    training_lines, write_tokenizer_dataset)
+from jamdata.text.tokenizer import (
+    TextTokenizer,
+    TokenizerError,
+    tokenizer_settings,
+    train_sentencepiece,
+    training_lines,
+    write_tokenizer_dataset,
+)
 from jamdata.vocab import JointVocab
 
 TRICKY = "Año 2024: 1234567 ∮ 漢字 🙂\tTab  two  spaces\n\n  indented\r\nend "
@@ -43,7 +50,7 @@ def test_training_lines_cuts_long_lines_and_respects_budget():
     long = ("word " * 3000).strip()
     lines = list(training_lines(["a\n\n" + long + "\nb"], max_bytes=10_000, max_line_bytes=1000))
     assert lines[0] == "a" and all(len(x.encode()) <= 1000 for x in lines)
-    assert "".join(lines[1:]).replace(" ", "") .startswith("wordword")
+    assert "".join(lines[1:]).replace(" ", "").startswith("wordword")
     assert sum(len(x.encode()) for x in lines) < 10_000 + 1000
 
 
@@ -62,7 +69,7 @@ def test_real_llama_style_model(sp_model_path):
     assert tok.vocab.text_size == 32000 and tok.vocab.dtype == np.uint16
     assert tok.decode(tok.encode(TRICKY)) == TRICKY
     assert [tok.sp.id_to_piece(i) for i in tok.encode("42")][-2:] == ["4", "2"]
-    assert all(tok.sp.is_byte(i) for i in tok.encode("\U0001F9EC")[1:])
+    assert all(tok.sp.is_byte(i) for i in tok.encode("\U0001f9ec")[1:])
 
 
 def test_encode_documents_packs_with_eos(sp_model_path):

@@ -4,6 +4,7 @@ caption markup and galleries, for XML dumps and parquet exports.
 The dumps are written here in the real `pages-articles` format (export-0.11, siteinfo with the
 wiki's own namespace names); the wikitext is written for these tests and is in the public domain.
 """
+
 from __future__ import annotations
 
 import bz2
@@ -18,10 +19,32 @@ from jamdata.text.readers import is_reject, read_file
 from jamdata.text.wikisite import language_table, parse_siteinfo, read_siteinfo, site_for
 
 NAMESPACES = {
-    "de": {-2: "Medium", -1: "Spezial", 1: "Diskussion", 2: "Benutzer", 4: "Wikipedia", 6: "Datei",
-           8: "MediaWiki", 10: "Vorlage", 12: "Hilfe", 14: "Kategorie", 100: "Portal"},
-    "ru": {-2: "Медиа", -1: "Служебная", 1: "Обсуждение", 2: "Участник", 4: "Википедия", 6: "Файл",
-           8: "MediaWiki", 10: "Шаблон", 12: "Справка", 14: "Категория", 100: "Портал"},
+    "de": {
+        -2: "Medium",
+        -1: "Spezial",
+        1: "Diskussion",
+        2: "Benutzer",
+        4: "Wikipedia",
+        6: "Datei",
+        8: "MediaWiki",
+        10: "Vorlage",
+        12: "Hilfe",
+        14: "Kategorie",
+        100: "Portal",
+    },
+    "ru": {
+        -2: "Медиа",
+        -1: "Служебная",
+        1: "Обсуждение",
+        2: "Участник",
+        4: "Википедия",
+        6: "Файл",
+        8: "MediaWiki",
+        10: "Шаблон",
+        12: "Справка",
+        14: "Категория",
+        100: "Портал",
+    },
 }
 
 DE_TEXT = """{{Infobox Fluss
@@ -103,28 +126,33 @@ TITLES = {"de": "Lauter (Fluss)", "ru": "Светлая (река)"}
 def dump_xml(lang: str) -> bytes:
     """A `pages-articles` dump of one wiki: siteinfo with its namespaces, the article, a category
     page and a redirect."""
-    ns = "\n".join(f'      <namespace key="{k}" case="first-letter">{v}</namespace>'
-                   for k, v in sorted(NAMESPACES[lang].items()))
+    ns = "\n".join(
+        f'      <namespace key="{k}" case="first-letter">{v}</namespace>' for k, v in sorted(NAMESPACES[lang].items())
+    )
     from xml.sax.saxutils import escape
 
     def page(pid: int, title: str, nsk: int, text: str, redirect: str | None = None) -> str:
         red = f'\n    <redirect title="{escape(redirect)}" />' if redirect else ""
-        return (f"  <page>\n    <title>{escape(title)}</title>\n    <ns>{nsk}</ns>\n    <id>{pid}</id>{red}\n"
-                f"    <revision>\n      <id>{pid * 10}</id>\n      <timestamp>2024-05-01T00:00:00Z</timestamp>\n"
-                f"      <model>wikitext</model>\n      <format>text/x-wiki</format>\n"
-                f'      <text bytes="{len(text.encode())}" xml:space="preserve">{escape(text)}</text>\n'
-                f"    </revision>\n  </page>\n")
+        return (
+            f"  <page>\n    <title>{escape(title)}</title>\n    <ns>{nsk}</ns>\n    <id>{pid}</id>{red}\n"
+            f"    <revision>\n      <id>{pid * 10}</id>\n      <timestamp>2024-05-01T00:00:00Z</timestamp>\n"
+            f"      <model>wikitext</model>\n      <format>text/x-wiki</format>\n"
+            f'      <text bytes="{len(text.encode())}" xml:space="preserve">{escape(text)}</text>\n'
+            f"    </revision>\n  </page>\n"
+        )
 
     cat = NAMESPACES[lang][14]
-    return (f'<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.11/" version="0.11" xml:lang="{lang}">\n'
-            f"  <siteinfo>\n    <sitename>Wikipedia</sitename>\n    <dbname>{lang}wiki</dbname>\n"
-            f"    <base>https://{lang}.wikipedia.org/wiki/Main</base>\n    <generator>MediaWiki 1.43</generator>\n"
-            f'    <case>first-letter</case>\n    <namespaces>\n      <namespace key="0" case="first-letter" />\n'
-            f"{ns}\n    </namespaces>\n  </siteinfo>\n"
-            + page(1, TITLES[lang], 0, TEXTS[lang])
-            + page(2, f"{cat}:Beispiel", 14, "Eine Kategorie.")
-            + page(3, "Umleitung", 0, "#REDIRECT [[X]]", redirect="X")
-            + "</mediawiki>\n").encode("utf-8")
+    return (
+        f'<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.11/" version="0.11" xml:lang="{lang}">\n'
+        f"  <siteinfo>\n    <sitename>Wikipedia</sitename>\n    <dbname>{lang}wiki</dbname>\n"
+        f"    <base>https://{lang}.wikipedia.org/wiki/Main</base>\n    <generator>MediaWiki 1.43</generator>\n"
+        f'    <case>first-letter</case>\n    <namespaces>\n      <namespace key="0" case="first-letter" />\n'
+        f"{ns}\n    </namespaces>\n  </siteinfo>\n"
+        + page(1, TITLES[lang], 0, TEXTS[lang])
+        + page(2, f"{cat}:Beispiel", 14, "Eine Kategorie.")
+        + page(3, "Umleitung", 0, "#REDIRECT [[X]]", redirect="X")
+        + "</mediawiki>\n"
+    ).encode("utf-8")
 
 
 @pytest.fixture(params=["de", "ru"])
@@ -135,17 +163,56 @@ def dump(request, tmp_path):
 
 
 LEFTOVERS = {
-    "de": ["Kategorie", "Datei", "Bild:", "mini|", "miniatur", "hochkant", "Siehe auch", "Literatur", "Weblinks",
-           "Einzelnachweise", "Flüsse der Heimat", "Informationen zur Lauter", "Steinbrücke", "Quelle der Lauter",
-           "Liste von Flüssen", "[[", "]]", "|", "{{", "<ref"],
-    "ru": ["Категория", "Файл", "Изображение", "мини|", "thumb", "См. также", "Примечания", "Литература",
-           "Ссылки", "Реки севера", "Сведения о реке", "Река зимой", "Деревянный мост", "Список рек", "[[", "|", "{{"],
+    "de": [
+        "Kategorie",
+        "Datei",
+        "Bild:",
+        "mini|",
+        "miniatur",
+        "hochkant",
+        "Siehe auch",
+        "Literatur",
+        "Weblinks",
+        "Einzelnachweise",
+        "Flüsse der Heimat",
+        "Informationen zur Lauter",
+        "Steinbrücke",
+        "Quelle der Lauter",
+        "Liste von Flüssen",
+        "[[",
+        "]]",
+        "|",
+        "{{",
+        "<ref",
+    ],
+    "ru": [
+        "Категория",
+        "Файл",
+        "Изображение",
+        "мини|",
+        "thumb",
+        "См. также",
+        "Примечания",
+        "Литература",
+        "Ссылки",
+        "Реки севера",
+        "Сведения о реке",
+        "Река зимой",
+        "Деревянный мост",
+        "Список рек",
+        "[[",
+        "|",
+        "{{",
+    ],
 }
 KEPT = {
-    "de": ["Die Lauter ist ein kleiner Fluss im Süden von Deutschland.", "\nVerlauf\n", "\nGeschichte\n",
-           "Später kamen Sägewerke hinzu."],
-    "ru": ["Светлая — небольшая река на севере России.", "\nГеография\n", "\nИстория\n",
-           "стояли небольшие мельницы."],
+    "de": [
+        "Die Lauter ist ein kleiner Fluss im Süden von Deutschland.",
+        "\nVerlauf\n",
+        "\nGeschichte\n",
+        "Später kamen Sägewerke hinzu.",
+    ],
+    "ru": ["Светлая — небольшая река на севере России.", "\nГеография\n", "\nИстория\n", "стояли небольшие мельницы."],
 }
 
 
@@ -153,15 +220,20 @@ def test_siteinfo_gives_language_and_namespace_names(dump):
     lang, path = dump
     site = read_siteinfo(path)
     assert site.lang == lang
-    assert {"datei", "bild", "kategorie", "medium"} <= site.link_namespaces if lang == "de" else \
-        {"файл", "изображение", "категория", "медиа"} <= site.link_namespaces
+    assert (
+        {"datei", "bild", "kategorie", "medium"} <= site.link_namespaces
+        if lang == "de"
+        else {"файл", "изображение", "категория", "медиа"} <= site.link_namespaces
+    )
     assert {"file", "image", "category", "media"} <= site.link_namespaces  # canonical names work everywhere
 
 
 def test_siteinfo_names_not_in_the_table_are_used():
-    head = (b"<siteinfo><dbname>xxwiki</dbname><namespaces><namespace key=\"6\" case=\"first-letter\">"
-            b"Fajlo</namespace><namespace key=\"14\">Kategorio</namespace><namespace key=\"10\">Shablono"
-            b"</namespace></namespaces></siteinfo>")
+    head = (
+        b'<siteinfo><dbname>xxwiki</dbname><namespaces><namespace key="6" case="first-letter">'
+        b'Fajlo</namespace><namespace key="14">Kategorio</namespace><namespace key="10">Shablono'
+        b"</namespace></namespaces></siteinfo>"
+    )
     site = parse_siteinfo(head)
     assert {"fajlo", "kategorio"} <= site.link_namespaces and "shablono" not in site.link_namespaces
     assert clean_wikitext("Teksto [[Fajlo:a.jpg|thumb|bildo]] plu.\n[[Kategorio:B]]", site=site) == "Teksto plu."
@@ -193,8 +265,10 @@ def test_configured_drop_sections_are_honoured(dump):
 
 
 def test_english_caption_markup_and_gallery_lines():
-    src = ("Text before.\n<gallery mode=packed>\nFile:A.jpg|thumb|A caption\n</gallery>\n"
-           "[[Image:B.png|thumb|upright=1.3|right|Caption with [[link]]]] Text after.")
+    src = (
+        "Text before.\n<gallery mode=packed>\nFile:A.jpg|thumb|A caption\n</gallery>\n"
+        "[[Image:B.png|thumb|upright=1.3|right|Caption with [[link]]]] Text after."
+    )
     assert clean_wikitext(src) == "Text before.\n\nText after."
 
 
@@ -214,13 +288,24 @@ def test_parquet_export_in_german(tmp_path, markup):
     if markup:
         text = DE_TEXT
     else:  # a plain-text export that kept caption and category residue and the appendices
-        text = ("Die Lauter ist ein kleiner Fluss im Süden von Deutschland. Sie entspringt am Rand eines "
-                "Mittelgebirges.\nmini|links|Die Quelle der Lauter\nDatei:Lauter Winter.jpg|Die Lauter im Winter\n"
-                "Verlauf\nDer Fluss fließt zuerst durch Wiesen und Wälder.\nSiehe auch\nListe von Flüssen\n"
-                "Weblinks\nInformationen zur Lauter\nKategorie:Fluss in Deutschland")
+        text = (
+            "Die Lauter ist ein kleiner Fluss im Süden von Deutschland. Sie entspringt am Rand eines "
+            "Mittelgebirges.\nmini|links|Die Quelle der Lauter\nDatei:Lauter Winter.jpg|Die Lauter im Winter\n"
+            "Verlauf\nDer Fluss fließt zuerst durch Wiesen und Wälder.\nSiehe auch\nListe von Flüssen\n"
+            "Weblinks\nInformationen zur Lauter\nKategorie:Fluss in Deutschland"
+        )
     path = tmp_path / "de.parquet"
-    pq.write_table(pa.table({"id": ["7"], "url": ["https://de.wikipedia.org/wiki/Lauter_(Fluss)"],
-                             "title": ["Lauter (Fluss)"], "text": [text]}), path)
+    pq.write_table(
+        pa.table(
+            {
+                "id": ["7"],
+                "url": ["https://de.wikipedia.org/wiki/Lauter_(Fluss)"],
+                "title": ["Lauter (Fluss)"],
+                "text": [text],
+            }
+        ),
+        path,
+    )
     (doc,) = clean_records(list(read_file(str(path), "wiki_parquet", "wikipedia")), "wiki_parquet")
     for bad in ("Kategorie", "Datei", "mini|", "Siehe auch", "Weblinks", "Liste von Flüssen", "Quelle der Lauter"):
         assert bad not in doc["text"], (bad, doc["text"])

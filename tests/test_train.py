@@ -1,5 +1,6 @@
 """Training loop pieces that need no DeepSpeed engine: the masked loss (checked by gradient), the
 held-out masking, the schedule, checkpoint verification and fallback, perplexity and the dry run."""
+
 from __future__ import annotations
 
 import json
@@ -143,8 +144,11 @@ def test_partial_and_corrupt_checkpoints_are_refused_and_the_previous_good_one_u
 def test_evaluate_reports_perplexity_per_dataset_and_modality(data):
     torch.manual_seed(0)
     model = build_model(TINY_MODEL, VOCAB.size).eval()
-    sets = {"text-tokens": (data["text"], Holdout(0.2)), "image-caption": (data["image_caption"], Holdout(0.2)),
-            "instruct": (data["instruct"], Holdout(None))}
+    sets = {
+        "text-tokens": (data["text"], Holdout(0.2)),
+        "image-caption": (data["image_caption"], Holdout(0.2)),
+        "instruct": (data["instruct"], Holdout(None)),
+    }
     res = evaluate(model, sets, VOCAB, seq_len=32, batch_size=4, max_samples=20)
     # a random model is near-uniform: perplexity close to the vocabulary size
     for name in sets:
@@ -194,7 +198,7 @@ def test_dry_run_on_the_reference_config_sizes_the_run():
     assert 15e9 < out["params"] < 20e9  # JAM-Cross on two 7B backbones: ~19B
     mem = out["memory_bytes"]
     assert mem["weights"] == 2 * out["params"] and mem["optimizer"] == pytest.approx(12 * out["params"] / 256)
-    assert mem["total"] < 80 * 1024 ** 3
+    assert mem["total"] < 80 * 1024**3
     text = "\n".join(lines)
     for needle in ("parameters:", "memory per GPU:", "tokens per step:", "steps: 5,960"):
         assert needle in text

@@ -1,5 +1,6 @@
 """Small real datasets (Megatron text tokens, image-caption and interleaved tars, with manifests) and
 a config for the training tests. Token streams follow simple rules so that the loss can fall."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -33,8 +34,10 @@ def write_datasets(root: Path, n_text: int = 160, n_images: int = 64, n_instruct
         for _ in range(n_text // 2):
             w.add_document(np.append(_text(rng, int(rng.integers(8, 60))), VOCAB.eos_id))
         docs, toks = w.finalize()
-        shards += [describe_shard(str(d), f"{src}/part-00000.idx", docs, toks, src),
-                   describe_shard(str(d), f"{src}/part-00000.bin", None, None, src)]
+        shards += [
+            describe_shard(str(d), f"{src}/part-00000.idx", docs, toks, src),
+            describe_shard(str(d), f"{src}/part-00000.bin", None, None, src),
+        ]
     write_manifest(str(d), build_manifest("text_tokens", shards, {}, VOCAB))
     out["text"] = str(d)
     # image-caption: caption, <boi> codes <eoi>
@@ -49,11 +52,18 @@ def write_datasets(root: Path, n_text: int = 160, n_images: int = 64, n_instruct
                 code = int(rng.integers(0, VOCAB.n_image_codes))
                 codes = (code + np.arange(16)) % VOCAB.n_image_codes
                 caption = _text(rng, int(rng.integers(4, 12)))
-                tokens = np.concatenate([caption, [VOCAB.break_id, VOCAB.boi_id], VOCAB.image_ids(codes),
-                                         [VOCAB.eoi_id, VOCAB.eos_id]]).astype(np.int32)
-                w.write(f"img{part}x{i:04d}", {"json": {"caption": "c", "order": i},
-                                               "image_codes.npy": codes.reshape(4, 4).astype(np.uint16),
-                                               "caption_ids.npy": caption.astype(np.int32), "tokens.npy": tokens})
+                tokens = np.concatenate(
+                    [caption, [VOCAB.break_id, VOCAB.boi_id], VOCAB.image_ids(codes), [VOCAB.eoi_id, VOCAB.eos_id]]
+                ).astype(np.int32)
+                w.write(
+                    f"img{part}x{i:04d}",
+                    {
+                        "json": {"caption": "c", "order": i},
+                        "image_codes.npy": codes.reshape(4, 4).astype(np.uint16),
+                        "caption_ids.npy": caption.astype(np.int32),
+                        "tokens.npy": tokens,
+                    },
+                )
                 n, toks = n + 1, toks + len(tokens)
         shards.append(describe_shard(str(d), rel, n, toks))
     write_manifest(str(d), build_manifest("image_caption", shards, {}, VOCAB))
@@ -69,7 +79,9 @@ def write_datasets(root: Path, n_text: int = 160, n_images: int = 64, n_instruct
             mask = np.concatenate([np.zeros(len(prompt) + 2), np.ones(len(resp) + 1)]).astype(np.uint8)
             w.write(f"ins{i:04d}", {"json": {"segments": []}, "tokens.npy": tokens, "loss_mask.npy": mask})
             n, toks = n + 1, toks + len(tokens)
-    write_manifest(str(d), build_manifest("interleaved", [describe_shard(str(d), "part-00000.tar", n, toks)], {}, VOCAB))
+    write_manifest(
+        str(d), build_manifest("interleaved", [describe_shard(str(d), "part-00000.tar", n, toks)], {}, VOCAB)
+    )
     out["instruct"] = str(d)
     return out
 
@@ -77,15 +89,30 @@ def write_datasets(root: Path, n_text: int = 160, n_images: int = 64, n_instruct
 TINY_MODEL = {"preset": "tiny", "n_layers": 1, "d_model": 32, "n_heads": 2, "max_seq_len": 64}
 
 
-def write_config(path: Path, datasets: dict[str, str], out_dir: Path, ds_json: str = "configs/deepspeed-cpu.json",
-                 mixture: dict | None = None, loader: dict | None = None, **train) -> Path:
+def write_config(
+    path: Path,
+    datasets: dict[str, str],
+    out_dir: Path,
+    ds_json: str = "configs/deepspeed-cpu.json",
+    mixture: dict | None = None,
+    loader: dict | None = None,
+    **train,
+) -> Path:
     mixture = mixture or {"text-tokens": 0.5, "image-caption": 0.5}
     cfg = {
         "run": {"out_dir": str(Path(datasets["text"]).parent), "seed": 1},
         "loader": {"mixture": mixture, "seq_len": 32, "shuffle_block": 16, "seed": 3, **(loader or {})},
-        "train": {"model": TINY_MODEL, "deepspeed": str(REPO / ds_json), "out_dir": str(out_dir), "steps": 6,
-                  "lr": 3e-3, "warmup_steps": 2, "save_every": 2,
-                  "eval": {"max_samples": 8, "holdout_fraction": 0.2}, **train},
+        "train": {
+            "model": TINY_MODEL,
+            "deepspeed": str(REPO / ds_json),
+            "out_dir": str(out_dir),
+            "steps": 6,
+            "lr": 3e-3,
+            "warmup_steps": 2,
+            "save_every": 2,
+            "eval": {"max_samples": 8, "holdout_fraction": 0.2},
+            **train,
+        },
     }
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path

@@ -2,6 +2,7 @@
 eager fusion, cross blocks are checkpointed, the `--dry-run` estimate is within 15% of the peak
 resident memory that real DeepSpeed steps reach, it sizes from imported parents, and throughput
 counts real tokens against the detected device's peak."""
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,15 @@ def data(tmp_path_factory) -> dict[str, str]:
 
 def _llama(root, name: str, seed: int, vocab: int, layers: int = 2):
     torch.manual_seed(seed)
-    cfg = transformers.LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=48, num_hidden_layers=layers,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    cfg = transformers.LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     transformers.LlamaForCausalLM(cfg).save_pretrained(root / f"hf-{name}")
     out = root / f"{name}.safetensors"
     import_checkpoint(str(root / f"hf-{name}"), out)
@@ -47,9 +55,11 @@ def test_fusion_from_files_equals_the_eager_fusion_of_loaded_parents(tmp_path):
     eager_t, eager_i = extend_vocab(load_backbone(t), V, 5), extend_vocab(load_backbone(i), V, 6)
     tokens = torch.randint(0, V, (2, 12), generator=torch.Generator().manual_seed(0))
     seg = torch.tensor([[0] * 7 + [1] * 5, [0] * 10 + [-1] * 2])
-    cases = [({"fusion": "cross", "text_rows": 100, "cross_every": 1}, lambda: fuse_cross(eager_t, eager_i, 100)),
-             ({"fusion": "width"}, lambda: fuse_width(eager_t, eager_i)),
-             ({"fusion": "uniform", "uniform_weight": 0.3}, lambda: fuse_uniform(eager_t, eager_i, 0.3))]
+    cases = [
+        ({"fusion": "cross", "text_rows": 100, "cross_every": 1}, lambda: fuse_cross(eager_t, eager_i, 100)),
+        ({"fusion": "width"}, lambda: fuse_width(eager_t, eager_i)),
+        ({"fusion": "uniform", "uniform_weight": 0.3}, lambda: fuse_uniform(eager_t, eager_i, 0.3)),
+    ]
     for extra, eager in cases:
         torch.manual_seed(11)
         lazy = build_model({**keys, **extra}, V).eval()
@@ -74,8 +84,19 @@ def test_cross_blocks_are_recomputed_with_checkpointing_and_gradients_are_identi
     grads, calls = [], []
     for ac in (False, True):
         torch.manual_seed(3)
-        model = build_model({"preset": "tiny", "d_model": 32, "n_heads": 4, "d_ff": 64, "fusion": "cross",
-                             "text_rows": 80, "activation_checkpointing": ac, "cross_kernel": "reference"}, V).train()
+        model = build_model(
+            {
+                "preset": "tiny",
+                "d_model": 32,
+                "n_heads": 4,
+                "d_ff": 64,
+                "fusion": "cross",
+                "text_rows": 80,
+                "activation_checkpointing": ac,
+                "cross_kernel": "reference",
+            },
+            V,
+        ).train()
         count = [0]
         for blk in model.cross:
             blk.register_forward_pre_hook(lambda *_: count.__setitem__(0, count[0] + 1))
@@ -117,8 +138,19 @@ print(json.dumps({"base": base, "peak": status("VmHWM")}))
 
 CASES = {
     # JAM-Cross, ZeRO-2, activation checkpointing: model states and ZeRO's copies dominate
-    "cross-zero2-checkpointed": (2, {"n_layers": 2, "d_model": 384, "n_heads": 4, "max_seq_len": 128,
-                                     "fusion": "cross", "activation_checkpointing": True}, 4, 128),
+    "cross-zero2-checkpointed": (
+        2,
+        {
+            "n_layers": 2,
+            "d_model": 384,
+            "n_heads": 4,
+            "max_seq_len": 128,
+            "fusion": "cross",
+            "activation_checkpointing": True,
+        },
+        4,
+        128,
+    ),
     # one backbone, no ZeRO, no checkpointing, long rows: activations dominate
     "backbone-zero0-activations": (0, {"n_layers": 2, "d_model": 256, "n_heads": 4, "max_seq_len": 256}, 8, 256),
 }
@@ -131,9 +163,19 @@ def test_dry_run_estimate_is_within_15_percent_of_the_measured_peak(case, data, 
     ds.update(train_micro_batch_size_per_gpu=micro, gradient_accumulation_steps=1)
     ds["zero_optimization"]["stage"] = stage
     (tmp_path / "ds.json").write_text(json.dumps(ds))
-    cfg = write_config(tmp_path / "cfg.yaml", data, tmp_path / "out", ds_json=str(tmp_path / "ds.json"), model=model,
-                       steps=2, save_every=0, export=False, eval={"holdout_fraction": 0.0},
-                       loader={"seq_len": seq}, cpu_threads=1)
+    cfg = write_config(
+        tmp_path / "cfg.yaml",
+        data,
+        tmp_path / "out",
+        ds_json=str(tmp_path / "ds.json"),
+        model=model,
+        steps=2,
+        save_every=0,
+        export=False,
+        eval={"holdout_fraction": 0.0},
+        loader={"seq_len": seq},
+        cpu_threads=1,
+    )
     # large tensors straight from mmap: the resident peak then follows the live tensors
     env = {**ENV, "MALLOC_MMAP_THRESHOLD_": "65536"}
     r = subprocess.run([sys.executable, "-c", MEASURE, str(cfg)], env=env, capture_output=True, text=True, timeout=300)
@@ -149,8 +191,14 @@ def test_dry_run_estimate_is_within_15_percent_of_the_measured_peak(case, data, 
 def test_dry_run_sizes_the_model_from_imported_parents(data, tmp_path):
     vocab_rows = VOCAB.text_size
     t, i = _llama(tmp_path, "text", 1, vocab_rows, layers=3), _llama(tmp_path, "image", 2, vocab_rows, layers=3)
-    model = {"preset": "tiny", "fusion": "cross", "text_checkpoint": str(t), "image_checkpoint": str(i),
-             "extend_vocab": True, "n_image_codes": VOCAB.n_image_codes}  # preset keys say 2 x 64: the parents win
+    model = {
+        "preset": "tiny",
+        "fusion": "cross",
+        "text_checkpoint": str(t),
+        "image_checkpoint": str(i),
+        "extend_vocab": True,
+        "n_image_codes": VOCAB.n_image_codes,
+    }  # preset keys say 2 x 64: the parents win
     cfg = write_config(tmp_path / "cfg.yaml", data, tmp_path / "out", model=model)
     s = parse_settings(Config.load(cfg))
     lines: list[str] = []
@@ -163,8 +211,18 @@ def test_dry_run_sizes_the_model_from_imported_parents(data, tmp_path):
     assert "building per rank on the device:" in text and "the whole model" in text  # ZeRO-2 here
     # FLOPs per token (MFU) follow the parents too: 3 layers x 32, not the preset's 2 x 64
     n = out["params"]
-    arch = {"n_layers": 3, "d_model": 32, "n_heads": 4, "n_kv_heads": 2, "d_ff": 48, "max_seq_len": 64,
-            "norm": "rmsnorm", "activation": "swiglu", "positions": "rotary", "fusion": "cross"}
+    arch = {
+        "n_layers": 3,
+        "d_model": 32,
+        "n_heads": 4,
+        "n_kv_heads": 2,
+        "d_ff": 48,
+        "max_seq_len": 64,
+        "norm": "rmsnorm",
+        "activation": "swiglu",
+        "positions": "rotary",
+        "fusion": "cross",
+    }
     got = flops_per_token(n, model, VOCAB.size, 32)
     assert got == flops_per_token(n, arch, VOCAB.size, 32) == 6 * n + 12 * (2 * 3 + 2 * 3) * 32 * 32
     keys_only = {k: v for k, v in model.items() if not k.endswith("checkpoint")}

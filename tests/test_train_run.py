@@ -1,6 +1,7 @@
 """End-to-end `jamtrain` runs with DeepSpeed on CPU (gloo): 2 ranks under ZeRO-2, a run killed with
 SIGKILL (mid-checkpoint) and resumed, a corrupt checkpoint refused, eval and export of the result.
 Every run is a real subprocess, so each resume starts from a fresh process."""
+
 from __future__ import annotations
 
 import json
@@ -17,9 +18,14 @@ import torch
 from test_train_data import REPO, write_config, write_datasets
 
 BIN = Path(sys.executable).parent
-ENV = {**os.environ, "DS_ACCELERATOR": "cpu", "CUDA_VISIBLE_DEVICES": "",
-       "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(REPO / ".torch_extensions")),
-       "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+ENV = {
+    **os.environ,
+    "DS_ACCELERATOR": "cpu",
+    "CUDA_VISIBLE_DEVICES": "",
+    "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(REPO / ".torch_extensions")),
+    "OMP_NUM_THREADS": "1",
+    "PYTHONPATH": str(REPO),
+}
 for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
     ENV.pop(k, None)
 
@@ -112,9 +118,24 @@ def test_corrupt_latest_checkpoint_is_refused_and_the_previous_one_used(referenc
 
 def test_two_ranks_gloo_zero2_finish_and_export(data, tmp_path):
     cfg = write_config(tmp_path / "cfg.yaml", data, tmp_path / "train", steps=3, save_every=3)
-    r = subprocess.run([str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(_port()),
-                        "-m", "jamtrain.cli", "train", "--config", str(cfg)],
-                       env=ENV, capture_output=True, text=True, timeout=240)
+    r = subprocess.run(
+        [
+            str(BIN / "torchrun"),
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(_port()),
+            "-m",
+            "jamtrain.cli",
+            "train",
+            "--config",
+            str(cfg),
+        ],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "2 rank(s) on cpu | ZeRO-2" in r.stdout
     ck = tmp_path / "train" / "checkpoints" / "step-00000003"
@@ -156,15 +177,26 @@ def test_main_job_stage_trains_on_the_run_directory_and_writes_a_manifest(data, 
 
     run_dir = Path(data["text"]).parent  # text-tokens/, image-caption/, instruct/ of a run
     demo = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
-    cfg = {"run": {"seed": 1}, "train": {**demo["train"], "steps": 3, "save_every": 0, "log_every": 1},
-           "loader": {"mixture": {"text-tokens": 0.4, "image-caption": 0.4, "instruct": 0.2, "missing-set": 0.1},
-                      "seq_len": 64, "global_batch_size": 2}}
+    cfg = {
+        "run": {"seed": 1},
+        "train": {**demo["train"], "steps": 3, "save_every": 0, "log_every": 1},
+        "loader": {
+            "mixture": {"text-tokens": 0.4, "image-caption": 0.4, "instruct": 0.2, "missing-set": 0.1},
+            "seq_len": 64,
+            "global_batch_size": 2,
+        },
+    }
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     run = tmp_path / "run"
     for name in ("text-tokens", "image-caption", "instruct"):
         shutil.copytree(run_dir / name, run / name)
-    r = subprocess.run([sys.executable, "-c", STAGE_SCRIPT, str(run), str(tmp_path / "cfg.yaml")], env=ENV,
-                       capture_output=True, text=True, timeout=180)
+    r = subprocess.run(
+        [sys.executable, "-c", STAGE_SCRIPT, str(run), str(tmp_path / "cfg.yaml")],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     summary = [line[8:] for line in r.stdout.splitlines() if line.startswith("SUMMARY ")]
     assert "mixture entry 'missing-set' left out" in summary[0]
@@ -172,7 +204,9 @@ def test_main_job_stage_trains_on_the_run_directory_and_writes_a_manifest(data, 
     assert any(s.startswith("validation perplexity image-caption:") for s in summary)
     m = read_manifest(str(run / "train"))
     assert m["kind"] == "checkpoint" and m["summary"]["steps"] == 3
-    assert {"export/model.safetensors", "export/model.json", "log.jsonl", "eval.json"} <= {s["path"] for s in m["shards"]}
+    assert {"export/model.safetensors", "export/model.json", "log.jsonl", "eval.json"} <= {
+        s["path"] for s in m["shards"]
+    }
     assert validate_dataset(str(run / "train")) == []
     from jamtrain.export import load_exported
 

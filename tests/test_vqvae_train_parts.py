@@ -1,12 +1,12 @@
 """The parts of VQ-VAE training: streaming data, the taming losses and the reconstruction metrics,
 on the bundled shapes shard and on weight files written here in the published layouts."""
+
 import numpy as np
 import pytest
 import torch
 
 from jamdata.errors import UserError
-from jamdata.image.losses import (LPIPS, NLayerDiscriminator, WeightsError, adaptive_weight, disc_factor,
-                                  hinge_d_loss)
+from jamdata.image.losses import LPIPS, NLayerDiscriminator, WeightsError, adaptive_weight, disc_factor, hinge_d_loss
 from jamdata.image.metrics import InceptionV3, RunningStats, frechet_distance, psnr, usage
 from jamdata.image.train_data import ImageStream, NoTrainingImages, Position, held_out, holdout_images
 from jamdata.image.train import Evaluator
@@ -88,8 +88,21 @@ def test_stream_holdout_and_limits(shard, tmp_path):
 
 
 # -- losses -------------------------------------------------------------------------------------
-VGG16_CONVS = [(3, 64), (64, 64), (64, 128), (128, 128), (128, 256), (256, 256), (256, 256), (256, 512),
-               (512, 512), (512, 512), (512, 512), (512, 512), (512, 512)]
+VGG16_CONVS = [
+    (3, 64),
+    (64, 64),
+    (64, 128),
+    (128, 128),
+    (128, 256),
+    (256, 256),
+    (256, 256),
+    (256, 512),
+    (512, 512),
+    (512, 512),
+    (512, 512),
+    (512, 512),
+    (512, 512),
+]
 VGG16_CONV_INDEX = [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28]  # torchvision's `features` numbering
 
 
@@ -104,7 +117,9 @@ def lpips_files(tmp_path_factory):
         vgg[f"features.{i}.weight"] = torch.randn(cout, cin, 3, 3, generator=g) * (2 / (9 * cin)) ** 0.5
         vgg[f"features.{i}.bias"] = torch.zeros(cout)
     vgg["classifier.6.bias"] = torch.zeros(1000)  # the classifier is in the real file and is ignored
-    lin = {f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1, generator=g) for i, c in enumerate([64, 128, 256, 512, 512])}
+    lin = {
+        f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1, generator=g) for i, c in enumerate([64, 128, 256, 512, 512])
+    }
     torch.save(vgg, d / "vgg16-397923af.pth")
     torch.save(lin, d / "vgg.pth")
     return d / "vgg16-397923af.pth", d / "vgg.pth", lin
@@ -188,14 +203,18 @@ def test_rfid_with_a_torchvision_layout_inception_file(tmp_path, shard):
     net = InceptionV3()
     state = net.state_dict()
     assert sum(p.numel() for p in net.parameters()) == 27_161_264  # torchvision's inception_v3
-    assert state["AuxLogits.fc.weight"].shape == (1000, 768) and state["Mixed_7c.branch_pool.conv.weight"].shape \
-        == (192, 2048, 1, 1) and "Mixed_6e.branch7x7dbl_5.bn.num_batches_tracked" in state
+    assert (
+        state["AuxLogits.fc.weight"].shape == (1000, 768)
+        and state["Mixed_7c.branch_pool.conv.weight"].shape == (192, 2048, 1, 1)
+        and "Mixed_6e.branch7x7dbl_5.bn.num_batches_tracked" in state
+    )
     g = torch.Generator().manual_seed(0)
 
     def value(k, v):  # He-initialised convolutions, identity batch norms: features that carry the input
         if k.endswith("conv.weight") or k.endswith("fc.weight"):
             return torch.randn(v.shape, generator=g) * (2 / v[0].numel()) ** 0.5
         return torch.ones_like(v) if k.endswith(("bn.weight", "running_var")) else torch.zeros_like(v)
+
     path = tmp_path / "inception_v3_google-0cc3c7bd.pth"
     torch.save({k: value(k, v) for k, v in state.items()}, path)
     images = torch.from_numpy(holdout_images(shard, 32, 6, 0))

@@ -3,6 +3,7 @@ built inside `deepspeed.zero.Init` (every parameter partitioned as it is built, 
 parameter at a time) and gathers back to exactly the unpartitioned fusion; `jamtrain train` under
 ZeRO-3 gives the ZeRO-2 run's loss at step 1, and a run killed after step 3 resumes from step 2 with
 the same loss at step 3."""
+
 from __future__ import annotations
 
 import json
@@ -66,9 +67,16 @@ def parents(tmp_path_factory):
 
 
 def _section(parents) -> dict:
-    return {**ARCH, "fusion": "cross", "text_checkpoint": parents[0], "image_checkpoint": parents[1],
-            "extend_vocab": True, "n_image_codes": VOCAB.n_image_codes, "text_rows": VOCAB.image_offset,
-            "cross_kernel": "reference"}
+    return {
+        **ARCH,
+        "fusion": "cross",
+        "text_checkpoint": parents[0],
+        "image_checkpoint": parents[1],
+        "extend_vocab": True,
+        "n_image_codes": VOCAB.n_image_codes,
+        "text_rows": VOCAB.image_offset,
+        "cross_kernel": "reference",
+    }
 
 
 def test_zero3_build_partitions_every_parameter_and_gathers_to_the_plain_fusion(parents, tmp_path):
@@ -78,8 +86,13 @@ def test_zero3_build_partitions_every_parameter_and_gathers_to_the_plain_fusion(
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     env = {**ENV, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"}
-    r = subprocess.run([sys.executable, str(script), str(tmp_path), json.dumps(section), str(VOCAB.size),
-                        str(_port())], env=env, capture_output=True, text=True, timeout=180)
+    r = subprocess.run(
+        [sys.executable, str(script), str(tmp_path), json.dumps(section), str(VOCAB.size), str(_port())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(2)]
     torch.manual_seed(7)
@@ -98,8 +111,23 @@ def test_zero3_build_partitions_every_parameter_and_gathers_to_the_plain_fusion(
 
 def _torchrun(*args: str, fault: str | None = None) -> subprocess.CompletedProcess:
     env = dict(ENV, **({"JAMTRAIN_FAULT": fault} if fault else {}))
-    return subprocess.run([str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(_port()),
-                           "-m", "jamtrain.cli", "train", *args], env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [
+            str(BIN / "torchrun"),
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(_port()),
+            "-m",
+            "jamtrain.cli",
+            "train",
+            *args,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_zero3_run_from_imported_parents_matches_zero2_at_step_1_and_resumes(data, parents, tmp_path):  # noqa: F811
@@ -108,14 +136,23 @@ def test_zero3_run_from_imported_parents_matches_zero2_at_step_1_and_resumes(dat
     ds["zero_optimization"] = {"stage": 3, "stage3_param_persistence_threshold": 0}
     (tmp_path / "ds3.json").write_text(json.dumps(ds))
     small_eval = {"max_samples": 4, "holdout_fraction": 0.2}
-    two = write_config(tmp_path / "z2.yaml", data, tmp_path / "z2", model=model, steps=1, save_every=0,
-                       export=False, eval=small_eval)
+    two = write_config(
+        tmp_path / "z2.yaml", data, tmp_path / "z2", model=model, steps=1, save_every=0, export=False, eval=small_eval
+    )
     r = _torchrun("--config", str(two))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     want = losses(tmp_path / "z2")[1]
 
-    three = write_config(tmp_path / "z3.yaml", data, tmp_path / "z3", ds_json=str(tmp_path / "ds3.json"),
-                         model=model, steps=4, save_every=2, eval=small_eval)
+    three = write_config(
+        tmp_path / "z3.yaml",
+        data,
+        tmp_path / "z3",
+        ds_json=str(tmp_path / "ds3.json"),
+        model=model,
+        steps=4,
+        save_every=2,
+        eval=small_eval,
+    )
     r = _torchrun("--config", str(three), fault="kill-after-step:3")
     assert r.returncode != 0 and f"exitcode  : {-signal.SIGKILL}" in r.stdout + r.stderr, r.stderr[-3000:]
     first = losses(tmp_path / "z3")

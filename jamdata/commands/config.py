@@ -5,6 +5,7 @@ copy (a worker container, a wheel) finds it without a checkout. `--defaults` als
 value the code uses for every key the file leaves out, by running each stage's settings reader on
 the config (which also checks it: a mistake ends in the same one line as the stage would print).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,15 +16,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     from jamdata.cli import command_group
 
     group = command_group(sub, "config", "the bundled configs and the resolved config of a run")
-    p = group.add_parser("show", help="print a config (bundled NAME or PATH) as YAML, after --set; "
-                                      "without NAME, list the bundled configs")
+    p = group.add_parser(
+        "show",
+        help="print a config (bundled NAME or PATH) as YAML, after --set; without NAME, list the bundled configs",
+    )
     p.add_argument("name", nargs="?", metavar="NAME|PATH")
-    p.add_argument("--defaults", action="store_true",
-                   help="also show the default of every key the config leaves out")
+    p.add_argument("--defaults", action="store_true", help="also show the default of every key the config leaves out")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p.set_defaults(func=show)
-    p = group.add_parser("reference", help="print the configuration reference (Markdown) of the sections "
-                                           "described by settings classes; docs/config-reference.md is this output")
+    p = group.add_parser(
+        "reference",
+        help="print the configuration reference (Markdown) of the sections "
+        "described by settings classes; docs/config-reference.md is this output",
+    )
     p.set_defaults(func=reference)
 
 
@@ -107,21 +112,42 @@ def settings_sections() -> list[tuple[str, type]]:
     from jamtrain.settings import TrainSection
     from pipelines.vqvae_train import VQVAESettings
 
-    return [("run", RunSettings), ("text.sources.<name>", SourceSettings), ("text.clean", CleanSettings), ("text.tokenizer", TokenizerSettings),
-            ("text.sample", SampleSection), ("vqvae", VQVAESettings), ("vqvae.train", TrainConfig), ("images", ImageSettings), ("instruct", InstructSettings),
-            ("loader", LoaderSettings), ("stats", StatsSettings), ("train", TrainSection)]
+    return [
+        ("run", RunSettings),
+        ("text.sources.<name>", SourceSettings),
+        ("text.clean", CleanSettings),
+        ("text.tokenizer", TokenizerSettings),
+        ("text.sample", SampleSection),
+        ("vqvae", VQVAESettings),
+        ("vqvae.train", TrainConfig),
+        ("images", ImageSettings),
+        ("instruct", InstructSettings),
+        ("loader", LoaderSettings),
+        ("stats", StatsSettings),
+        ("train", TrainSection),
+    ]
 
 
 def reference_markdown() -> str:
     from jamdata.settings import reference_rows
 
-    out = ["# Configuration reference", "",
-           "Generated from the settings classes by `jamdata config reference`; a test keeps this file equal to "
-           "that output. Sections not listed here are described in their own pages (docs/text-clean.md, "
-           "docs/text-sample.md, docs/images.md, docs/loader.md, docs/training.md).", ""]
+    out = [
+        "# Configuration reference",
+        "",
+        "Generated from the settings classes by `jamdata config reference`; a test keeps this file equal to "
+        "that output. Sections not listed here are described in their own pages (docs/text-clean.md, "
+        "docs/text-sample.md, docs/images.md, docs/loader.md, docs/training.md).",
+        "",
+    ]
     for path, cls in settings_sections():
-        out += [f"## `{path}`", "", (cls.__doc__ or "").strip().splitlines()[0], "",
-                "| key | type | default | allowed | meaning |", "|---|---|---|---|---|"]
+        out += [
+            f"## `{path}`",
+            "",
+            (cls.__doc__ or "").strip().splitlines()[0],
+            "",
+            "| key | type | default | allowed | meaning |",
+            "|---|---|---|---|---|",
+        ]
         for r in reference_rows(cls, path):
             cells = [f"`{r['key']}`", r["type"], f"`{r['default']}`", r["allowed"], r["doc"]]
             out.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")

@@ -1,4 +1,5 @@
 """`jamdata images tokenize|show` and `jamdata vqvae train`: the image tokenizer and its data."""
+
 from __future__ import annotations
 
 import argparse
@@ -30,13 +31,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=show)
 
     vq = command_group(sub, "vqvae", "the VQ-VAE image tokenizer")
-    p = vq.add_parser("train", help="train a VQ-VAE (checkpoints in the taming/Chameleon layout); several "
-                                    "processes: torchrun --nproc_per_node N -m jamdata.cli vqvae train ...")
+    p = vq.add_parser(
+        "train",
+        help="train a VQ-VAE (checkpoints in the taming/Chameleon layout); several "
+        "processes: torchrun --nproc_per_node N -m jamdata.cli vqvae train ...",
+    )
     p.add_argument("--config", required=True, help="YAML config (section vqvae, vqvae.train)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--inputs", nargs="+", help="training images (tars/jsonl/parquet; default: vqvae.train.inputs)")
-    p.add_argument("--resume", action="store_true", help="continue from the newest OUT/checkpoints/step-N "
-                                                          "(vqvae.train.resume)")
+    p.add_argument(
+        "--resume", action="store_true", help="continue from the newest OUT/checkpoints/step-N (vqvae.train.resume)"
+    )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p.set_defaults(func=train)
 
@@ -46,8 +51,11 @@ def tokenize(args: argparse.Namespace) -> int:
     from pipelines.image_tokenize import STAGE
 
     rejects = args.rejects or f"{str(args.out).rstrip('/')}-rejects"
-    ctx = context_from_args(args, {"image-caption": args.out, "image-caption-rejects": rejects,
-                                   "vqvae": args.vqvae, "tokenizer": args.tokenizer}, out_is_run_dir=False)
+    ctx = context_from_args(
+        args,
+        {"image-caption": args.out, "image-caption-rejects": rejects, "vqvae": args.vqvae, "tokenizer": args.tokenizer},
+        out_is_run_dir=False,
+    )
     if args.inputs:
         ctx.config.set("images.inputs", list(args.inputs))
     for line in STAGE.run(ctx):
@@ -78,6 +86,8 @@ def train(args: argparse.Namespace) -> int:
     s = train_to_dir(tc, inputs, args.out, say=print, config=cfg.section("vqvae").to_dict())
     if not s:
         return 0  # a torchrun process other than rank 0: rank 0 reports
-    print(f"mse {s['untrained_mse']} (untrained) -> {s['final_mse']}; {s['codes_used']}/{s['codebook_size']} codes "
-          f"used, perplexity {s['perplexity']}; checkpoint {str(args.out).rstrip('/')}/vqvae.ckpt")
+    print(
+        f"mse {s['untrained_mse']} (untrained) -> {s['final_mse']}; {s['codes_used']}/{s['codebook_size']} codes "
+        f"used, perplexity {s['perplexity']}; checkpoint {str(args.out).rstrip('/')}/vqvae.ckpt"
+    )
     return 0

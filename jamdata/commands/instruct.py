@@ -1,4 +1,5 @@
 """`jamdata instruct build|show`: interleaved instruction-tuning samples (see docs/instruct.md)."""
+
 from __future__ import annotations
 
 import argparse
@@ -12,7 +13,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--config", required=True, help="YAML with an `instruct` section")
     b.add_argument("--out", help="output dataset (default: RUN_DIR/instruct, RUN_DIR = run.out_dir)")
     b.add_argument("--rejects", help="rejects dataset (default: OUT-rejects)")
-    b.add_argument("--tokenizer", help="tokenizer dataset dir or .model (default: instruct.tokenizer or RUN_DIR/tokenizer)")
+    b.add_argument(
+        "--tokenizer", help="tokenizer dataset dir or .model (default: instruct.tokenizer or RUN_DIR/tokenizer)"
+    )
     b.add_argument("--vqvae", help="VQ-VAE dir (default: instruct.vqvae or RUN_DIR/vqvae)")
     b.add_argument("--workers", type=int, help="local Beam worker processes (default: run.workers)")
     b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
@@ -34,8 +37,11 @@ def build(args: argparse.Namespace) -> int:
     from jamdata.stage import context_from_args
 
     rejects = args.rejects or (f"{args.out.rstrip('/')}-rejects" if args.out else None)
-    ctx = context_from_args(args, {"instruct": args.out, "instruct-rejects": rejects, "tokenizer": args.tokenizer,
-                                   "vqvae": args.vqvae}, out_is_run_dir=False)
+    ctx = context_from_args(
+        args,
+        {"instruct": args.out, "instruct-rejects": rejects, "tokenizer": args.tokenizer, "vqvae": args.vqvae},
+        out_is_run_dir=False,
+    )
     for line in STAGE.run(ctx):
         print(line)
     return 0

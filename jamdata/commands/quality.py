@@ -11,6 +11,7 @@
 Document sets are directories (or files) of parquet shards with a `text` column (a text-clean
 output, e.g. `out/demo/text-clean/wikipedia`), JSON lines with `text`, or plain `.txt` files.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,23 +23,43 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     group = command_group(sub, "quality", "train the models of the quality filters")
     p = group.add_parser("train", help="train the reference-page classifier (positives vs negatives)")
-    p.add_argument("--positive", required=True, nargs="+", metavar="DIR",
-                   help="documents to keep (default choice: a text-clean output's wikipedia/)")
-    p.add_argument("--negative", required=True, nargs="+", metavar="DIR",
-                   help="documents to tell apart (default choice: a text-clean output's commoncrawl/)")
+    p.add_argument(
+        "--positive",
+        required=True,
+        nargs="+",
+        metavar="DIR",
+        help="documents to keep (default choice: a text-clean output's wikipedia/)",
+    )
+    p.add_argument(
+        "--negative",
+        required=True,
+        nargs="+",
+        metavar="DIR",
+        help="documents to tell apart (default choice: a text-clean output's commoncrawl/)",
+    )
     p.add_argument("--out", required=True, help="model file: .npz (numpy backend) or .bin (fastText)")
-    p.add_argument("--backend", choices=["auto", "numpy", "fasttext"], default="auto",
-                   help="auto: fastText when --out ends in .bin, else numpy")
+    p.add_argument(
+        "--backend",
+        choices=["auto", "numpy", "fasttext"],
+        default="auto",
+        help="auto: fastText when --out ends in .bin, else numpy",
+    )
     p.add_argument("--holdout", type=float, default=0.2, help="share of each set held out for evaluation")
     p.add_argument("--threshold", type=float, default=0.25, help="score threshold reported (RedPajama: 0.25)")
     p.add_argument("--max-docs", type=int, default=100000, help="at most this many documents per set")
-    p.add_argument("--epochs", type=int, help="passes over the data (default: numpy 5, fastText 25: one "
-                   "update per document needs more passes on small sets)")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        help="passes over the data (default: numpy 5, fastText 25: one "
+        "update per document needs more passes on small sets)",
+    )
     p.add_argument("--buckets", type=int, default=20, help="2**buckets hashed n-gram features (fastText: -bucket)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=train)
     q = group.add_parser("lm", help="train a KenLM n-gram model over SentencePiece pieces (CCNet)")
-    q.add_argument("--input", required=True, nargs="+", metavar="DIR", help="clean documents (e.g. text-clean/wikipedia)")
+    q.add_argument(
+        "--input", required=True, nargs="+", metavar="DIR", help="clean documents (e.g. text-clean/wikipedia)"
+    )
     q.add_argument("--sp", required=True, help="SentencePiece .model the pieces come from")
     q.add_argument("--out", required=True, help="output .arpa (or .bin with --binary)")
     q.add_argument("--order", type=int, default=5)
@@ -50,7 +71,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--input", required=True, nargs="+", metavar="DIR", help="documents of that language")
     c.add_argument("--lm", required=True, help="KenLM model (.arpa or .bin)")
     c.add_argument("--sp", required=True, help="SentencePiece .model")
-    c.add_argument("--lang", default="en", help="language: only its documents (`language` field), and the config line's key")
+    c.add_argument(
+        "--lang", default="en", help="language: only its documents (`language` field), and the config line's key"
+    )
     c.add_argument("--max-docs", type=int, default=20000)
     c.set_defaults(func=cutoffs)
 
@@ -106,8 +129,10 @@ def train(args: argparse.Namespace) -> int:
 
     pos, neg = read_texts(args.positive, args.max_docs), read_texts(args.negative, args.max_docs)
     if not pos or not neg:
-        raise ConfigError("--positive" if not pos else "--negative", "no documents found (parquet with a "
-                          "'text' column, JSON lines or .txt files)")
+        raise ConfigError(
+            "--positive" if not pos else "--negative",
+            "no documents found (parquet with a 'text' column, JSON lines or .txt files)",
+        )
     rng = random.Random(args.seed)
     (pos_train, pos_test), (neg_train, neg_test) = _split(pos, args.holdout, rng), _split(neg, args.holdout, rng)
     backend = args.backend
@@ -115,8 +140,9 @@ def train(args: argparse.Namespace) -> int:
         backend = "fasttext" if args.out.endswith(".bin") else "numpy"
     model: quality.LinearClassifier | quality.FastTextClassifier
     if backend == "fasttext":
-        model = quality.train_fasttext(pos_train, neg_train, args.out, epochs=args.epochs or 25, seed=args.seed,
-                                       buckets=args.buckets)
+        model = quality.train_fasttext(
+            pos_train, neg_train, args.out, epochs=args.epochs or 25, seed=args.seed, buckets=args.buckets
+        )
     else:
         model = quality.train_numpy(pos_train, neg_train, buckets=args.buckets, epochs=args.epochs or 5, seed=args.seed)
         model.save(args.out)
@@ -126,8 +152,10 @@ def train(args: argparse.Namespace) -> int:
         labels = [1] * len(pos_test) + [0] * len(neg_test)
         for th in sorted({args.threshold, 0.5}):
             r = quality.precision_recall(scores, labels, th)
-            print(f"held out ({len(pos_test)} positive, {len(neg_test)} negative), score >= {th}: "
-                  f"precision {r['precision']:.3f} recall {r['recall']:.3f} accuracy {r['accuracy']:.3f}")
+            print(
+                f"held out ({len(pos_test)} positive, {len(neg_test)} negative), score >= {th}: "
+                f"precision {r['precision']:.3f} recall {r['recall']:.3f} accuracy {r['accuracy']:.3f}"
+            )
     else:
         print("held out: too few documents to evaluate (raise --holdout or give more documents)")
     return 0

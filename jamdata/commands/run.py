@@ -1,4 +1,5 @@
 """`jamdata run --config ...`: the main job, every stage in order (see pipelines/stages.py)."""
+
 from __future__ import annotations
 
 import argparse
@@ -15,8 +16,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="redo stages whose outputs are already complete")
     p.add_argument("--workers", type=int, help="local Beam worker processes (default: run.workers)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    p.add_argument("--corpus", metavar="DIR",
-                   help="run on the real sample corpus in DIR (e.g. ../shared/corpus): applies configs/corpus.yaml")
+    p.add_argument(
+        "--corpus",
+        metavar="DIR",
+        help="run on the real sample corpus in DIR (e.g. ../shared/corpus): applies configs/corpus.yaml",
+    )
     p.add_argument("--quiet", action="store_true", help=f"{QUIET_HELP}; no per-stage lines, only the summary")
     p.set_defaults(func=run)
 
@@ -45,8 +49,13 @@ def run(args: argparse.Namespace) -> int:
     run_cfg = cfg.section("run")
     storage_setting(run_cfg)
     out = run_dir_setting(args.out, run_cfg)
-    ctx = StageContext(cfg, out, workers=workers_setting(args.workers, run_cfg),
-                       beam_args=beam_args_setting(args.beam_args, run_cfg), force=args.force)
+    ctx = StageContext(
+        cfg,
+        out,
+        workers=workers_setting(args.workers, run_cfg),
+        beam_args=beam_args_setting(args.beam_args, run_cfg),
+        force=args.force,
+    )
     summary = run_all(ctx, only=args.stage, log=(lambda _line: None) if args.quiet else print)
     print("\n== summary")
     for line in summary:

@@ -1,15 +1,21 @@
 """`jamdata stats DIR... --out REPORT_DIR` and `jamdata stats --compare A B --out DIR`."""
+
 from __future__ import annotations
 
 import argparse
 import json
 
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("stats", help="statistics report (report.html, stats.json, plots) of datasets or whole runs")
     p.add_argument("dirs", nargs="*", metavar="DIR", help="dataset directories, or run directories holding them")
     p.add_argument("--out", required=True, help="report directory")
-    p.add_argument("--compare", nargs=2, metavar=("A", "B"),
-                   help="compare two runs/reports side by side (report dirs with stats.json, or dataset/run dirs)")
+    p.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("A", "B"),
+        help="compare two runs/reports side by side (report dirs with stats.json, or dataset/run dirs)",
+    )
     p.add_argument("--fast", action="store_true", help="read manifests only (no shard is opened)")
     p.add_argument("--vqvae", help="VQ-VAE dataset dir used to decode a contact sheet of image-caption samples")
     p.add_argument("--workers", type=int, help="local Beam worker processes (default 1)")
@@ -47,7 +53,9 @@ def run(args: argparse.Namespace) -> int:
     stats = run_stats(args.dirs, str(out), fast=args.fast, workers=args.workers, beam_args=beam_args, vqvae=args.vqvae)
     for name, ds in stats["datasets"].items():
         t = (ds.get("manifest") or {}).get("totals", {})
-        print(f"{name:28s} {str(ds['kind']):14s} {ds['status']:12s} records={t.get('records')} tokens={t.get('tokens')}")
+        print(
+            f"{name:28s} {str(ds['kind']):14s} {ds['status']:12s} records={t.get('records')} tokens={t.get('tokens')}"
+        )
         for p in ds["problems"]:
             print(f"    problem: {p}")
     from jamdata.stats.warnings import format_warnings

@@ -1,4 +1,5 @@
 """`jamdata text clean`: raw text sources -> cleaned, filtered, deduplicated documents + rejects."""
+
 from __future__ import annotations
 
 import argparse
@@ -7,9 +8,12 @@ from jamdata.cli import QUIET_HELP, command_group
 
 def register(sub: argparse._SubParsersAction) -> None:
     group = command_group(sub, "text", "text corpus: clean, tokenizer, sample")
-    p = group.add_parser("clean", help="read the raw text sources, clean, filter, dedup (writes text-clean/ "
-                                       "and text-clean-rejects/ under the run directory)",
-                         description="Beam flags go after `--`, e.g. `-- --runner=DataflowRunner --project=P ...`.")
+    p = group.add_parser(
+        "clean",
+        help="read the raw text sources, clean, filter, dedup (writes text-clean/ "
+        "and text-clean-rejects/ under the run directory)",
+        description="Beam flags go after `--`, e.g. `-- --runner=DataflowRunner --project=P ...`.",
+    )
     p.add_argument("--config", required=True)
     p.add_argument("--out", help="run directory (default: run.out_dir from the config)")
     p.add_argument("--workers", type=int, help="local Beam worker processes (default: run.workers)")

@@ -1,15 +1,18 @@
 """`jamdata text plan` and `jamdata text sample`: the token budget per source and its sample."""
+
 from __future__ import annotations
 
 import argparse
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     from jamdata.cli import QUIET_HELP, command_group
 
     group = command_group(sub, "text", "text corpus: clean, plan and sample the token budget")
     for name, helptext, func in (
-            ("plan", "per-source table of target/available tokens and epochs; fails on an impossible plan", plan),
-            ("sample", "tokenize clean documents and write the budgeted sample as Megatron .bin/.idx shards", sample)):
+        ("plan", "per-source table of target/available tokens and epochs; fails on an impossible plan", plan),
+        ("sample", "tokenize clean documents and write the budgeted sample as Megatron .bin/.idx shards", sample),
+    ):
         p = group.add_parser(name, help=helptext)
         p.add_argument("--config", required=True)
         p.add_argument("--out", help="run directory (default: run.out_dir)")
@@ -20,8 +23,12 @@ def register(sub: argparse._SubParsersAction) -> None:
             p.add_argument("--count", choices=["exact", "estimate"], help="override text.sample.count")
         else:
             p.add_argument("--workers", type=int, help="local Beam worker processes (default: run.workers)")
-            p.add_argument("--export-hf", action="store_true", help="also write RUN/text-tokens-hf (HF datasets parquet)")
-            p.add_argument("--append", action="store_true", help="add to an existing text-tokens dataset (same tokenizer)")
+            p.add_argument(
+                "--export-hf", action="store_true", help="also write RUN/text-tokens-hf (HF datasets parquet)"
+            )
+            p.add_argument(
+                "--append", action="store_true", help="add to an existing text-tokens dataset (same tokenizer)"
+            )
             p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
         p.set_defaults(func=func)
 

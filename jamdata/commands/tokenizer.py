@@ -1,7 +1,9 @@
 """`jamdata tokenizer train|info`: the SentencePiece model of the joint vocabulary."""
+
 from __future__ import annotations
 
 import argparse
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     from jamdata.cli import command_group
@@ -42,8 +44,10 @@ def info(args: argparse.Namespace) -> int:
     tok = TextTokenizer(args.path, args.image_codes)
     v = tok.vocab
     print(f"model: {tok.path}")
-    print(f"text pieces: {v.text_size}  specials: {v.special_offset}..{v.image_offset - 1}  "
-          f"image codes: {v.image_offset}..{v.size - 1}  dtype: {v.dtype}")
+    print(
+        f"text pieces: {v.text_size}  specials: {v.special_offset}..{v.image_offset - 1}  "
+        f"image codes: {v.image_offset}..{v.size - 1}  dtype: {v.dtype}"
+    )
     print(f"fingerprint: {v.fingerprint}")
     print("settings: " + ", ".join(f"{k}={val}" for k, val in tokenizer_settings(tok.sp).items()))
     ids = tok.encode(args.text)

@@ -1,4 +1,5 @@
 """`jamdata validate DIR...`: re-check datasets against their manifests."""
+
 from __future__ import annotations
 
 import argparse
@@ -11,8 +12,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("validate", help="check datasets against their manifest.json (exit 1 on any problem)")
     p.add_argument("dirs", nargs="+", metavar="DIR")
     p.add_argument("--quick", action="store_true", help="sizes only, skip hashing and record counts")
-    p.add_argument("--same-vocab", action="store_true",
-                   help="also require that all DIRs share one joint-vocabulary fingerprint")
+    p.add_argument(
+        "--same-vocab", action="store_true", help="also require that all DIRs share one joint-vocabulary fingerprint"
+    )
     p.set_defaults(func=run)
 
 

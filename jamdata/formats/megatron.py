@@ -5,6 +5,7 @@ u64 document-index count, int32[seq] lengths, int64[seq] byte pointers into .bin
 int64[doc+1] document indices (sequence index where each document starts, then the count).
 Here each document is one sequence.
 """
+
 from __future__ import annotations
 
 import os
@@ -19,8 +20,16 @@ from jamdata.errors import UserError
 
 MAGIC = b"MMIDIDX\x00\x00"
 VERSION = 1
-DTYPE_CODES = {1: np.uint8, 2: np.int8, 3: np.int16, 4: np.int32, 5: np.int64, 6: np.float64,
-               7: np.float32, 8: np.uint16}
+DTYPE_CODES = {
+    1: np.uint8,
+    2: np.int8,
+    3: np.int16,
+    4: np.int32,
+    5: np.int64,
+    6: np.float64,
+    7: np.float32,
+    8: np.uint16,
+}
 CODE_OF = {np.dtype(v): k for k, v in DTYPE_CODES.items()}
 
 
@@ -46,10 +55,10 @@ def read_index(idx_path: str) -> Index:
     if data[:9] != MAGIC:
         raise IndexedDatasetError(f"{idx_path}: not a Megatron MMIDIDX index (bad magic)")
     try:
-        version, = struct.unpack_from("<Q", data, 9)
-        code, = struct.unpack_from("<B", data, 17)
-        n_seq, = struct.unpack_from("<Q", data, 18)
-        n_doc, = struct.unpack_from("<Q", data, 26)
+        (version,) = struct.unpack_from("<Q", data, 9)
+        (code,) = struct.unpack_from("<B", data, 17)
+        (n_seq,) = struct.unpack_from("<Q", data, 18)
+        (n_doc,) = struct.unpack_from("<Q", data, 26)
     except struct.error:
         raise IndexedDatasetError(f"{idx_path}: truncated header") from None
     if version != VERSION or code not in DTYPE_CODES:
@@ -91,8 +100,12 @@ class IndexedDatasetWriter:
         lengths = np.asarray(lengths, dtype=np.int64)
         if int(lengths.sum()) != flat.size:
             raise ValueError(f"lengths add up to {int(lengths.sum())} but {flat.size} tokens were given")
-        if flat.dtype != self.dtype and flat.size and self._max is not None and (
-                flat.max() > self._max or flat.min() < 0 and self.dtype.kind == "u"):
+        if (
+            flat.dtype != self.dtype
+            and flat.size
+            and self._max is not None
+            and (flat.max() > self._max or flat.min() < 0 and self.dtype.kind == "u")
+        ):
             raise ValueError(f"token id out of range for {self.dtype}")
         self._bin.write(np.ascontiguousarray(flat, dtype=self.dtype).data)
         self._lengths.extend(lengths.tolist())
@@ -126,8 +139,11 @@ class IndexedDataset:
     def __init__(self, prefix: str):
         self.prefix = str(prefix)
         self.index = read_index(self.prefix + ".idx")
-        expected = int(self.index.sequence_pointers[-1]) + int(self.index.sequence_lengths[-1]) * self.index.dtype.itemsize \
-            if len(self.index.sequence_lengths) else 0
+        expected = (
+            int(self.index.sequence_pointers[-1]) + int(self.index.sequence_lengths[-1]) * self.index.dtype.itemsize
+            if len(self.index.sequence_lengths)
+            else 0
+        )
         if os.path.exists(self.prefix + ".bin"):
             size = os.path.getsize(self.prefix + ".bin")
             if size != expected:
@@ -146,7 +162,7 @@ class IndexedDataset:
         n = int(self.index.sequence_lengths[i])
         length = n - offset if length is None else min(length, n - offset)
         start = int(self.index.sequence_pointers[i]) + offset * self.index.dtype.itemsize
-        return self._bin[start:start + length * self.index.dtype.itemsize].view(self.index.dtype)
+        return self._bin[start : start + length * self.index.dtype.itemsize].view(self.index.dtype)
 
     def __getitem__(self, i: int) -> np.ndarray:
         return self.get(i)

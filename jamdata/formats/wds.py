@@ -5,6 +5,7 @@ Webdataset splits a member name at the first dot of its basename, so keys must n
 Members are written with fixed metadata (mtime 0, uid/gid 0, mode 0644) so that the same samples
 always give byte-identical shards.
 """
+
 from __future__ import annotations
 
 import io
@@ -134,7 +135,7 @@ def split_member(name: str) -> tuple[str, str]:
     dot = name.find(".", slash + 1)
     if dot < 0:
         return name, ""
-    return name[:dot], name[dot + 1:]
+    return name[:dot], name[dot + 1 :]
 
 
 class TarDamageError(ShardError):

@@ -1,4 +1,5 @@
 """PNG grids: reconstruction grids during training and captioned contact sheets of token shards."""
+
 from __future__ import annotations
 
 import textwrap
@@ -33,8 +34,13 @@ def grid(rows: Sequence[Sequence[np.ndarray]], labels: Sequence[str] = (), pad: 
     return out
 
 
-def contact_sheet(items: Sequence[tuple[np.ndarray, str]], columns: int = 4, tile: int = 192,
-                  caption_lines: int = 4, pairs: Sequence[np.ndarray | None] | None = None) -> Image.Image:
+def contact_sheet(
+    items: Sequence[tuple[np.ndarray, str]],
+    columns: int = 4,
+    tile: int = 192,
+    caption_lines: int = 4,
+    pairs: Sequence[np.ndarray | None] | None = None,
+) -> Image.Image:
     """(uint8 HWC image, caption) items -> tiles with wrapped captions below. With `pairs`, each
     tile shows the original (left) beside the image decoded from its codes (right)."""
     font = _font(12)

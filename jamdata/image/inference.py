@@ -15,6 +15,7 @@ counted, so the job can report (and bound) what reduced precision changed. On CP
 always runs in fp32 (autocast there is slower, not faster), so `auto` on a machine without a GPU
 gives exactly what `cpu` gives.
 """
+
 from __future__ import annotations
 
 from typing import Any, Iterable, Sequence
@@ -39,8 +40,11 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("images.device", "cuda, but this worker has no CUDA device (torch "
-                          f"{torch.__version__} sees none); use cpu or auto, or run on GPU workers")
+        raise ConfigError(
+            "images.device",
+            "cuda, but this worker has no CUDA device (torch "
+            f"{torch.__version__} sees none); use cpu or auto, or run on GPU workers",
+        )
     if device not in ("cpu", "cuda"):
         raise ConfigError("images.device", f"got {device!r}", ["cpu", "cuda", "auto"])
     return torch.device(device)
@@ -51,9 +55,15 @@ def _codes(model, z: torch.Tensor) -> torch.Tensor:
     return model.quantize.indices(z.permute(0, 2, 3, 1).reshape(-1, c)).view(n, h, w)
 
 
-def encode_fixed(model, images: Sequence[np.ndarray], batch_size: int, precision: str = "fp32",
-                 channels_last: bool = False, check: Sequence[bool] | None = None,
-                 autocast_on: tuple[str, ...] = AUTOCAST_ON) -> list[Encoded]:
+def encode_fixed(
+    model,
+    images: Sequence[np.ndarray],
+    batch_size: int,
+    precision: str = "fp32",
+    channels_last: bool = False,
+    check: Sequence[bool] | None = None,
+    autocast_on: tuple[str, ...] = AUTOCAST_ON,
+) -> list[Encoded]:
     """Codes of up to `batch_size` images, computed at the fixed shape [batch_size, 3, H, W].
 
     `check[i]`: under fp16/bf16 autocast, also encode image i in fp32 and count differing codes.
@@ -91,8 +101,17 @@ def encode_fixed(model, images: Sequence[np.ndarray], batch_size: int, precision
 class VQEncodeHandler(ModelHandler[Example, PredictionResult, Any]):
     """Beam model handler for our VQ-VAE (wrap in `KeyedModelHandler` to carry a key per image)."""
 
-    def __init__(self, vqvae_dir: str, *, batch_size: int, device: str = "cpu", precision: str = "fp32",
-                 verify: str = "sha256", torch_threads: int = 1, channels_last: bool = False):
+    def __init__(
+        self,
+        vqvae_dir: str,
+        *,
+        batch_size: int,
+        device: str = "cpu",
+        precision: str = "fp32",
+        verify: str = "sha256",
+        torch_threads: int = 1,
+        channels_last: bool = False,
+    ):
         super().__init__(min_batch_size=batch_size, max_batch_size=batch_size)
         self.vqvae_dir, self.batch_size, self.device, self.precision = vqvae_dir, batch_size, device, precision
         self.verify, self.torch_threads, self.channels_last = verify, torch_threads, channels_last
@@ -107,13 +126,15 @@ class VQEncodeHandler(ModelHandler[Example, PredictionResult, Any]):
             model = model.to(memory_format=torch.channels_last)
         return model
 
-    def run_inference(self, batch: Sequence[Example], model, inference_args: dict | None = None
-                      ) -> Iterable[PredictionResult]:
+    def run_inference(
+        self, batch: Sequence[Example], model, inference_args: dict | None = None
+    ) -> Iterable[PredictionResult]:
         out: list[PredictionResult] = []
         for i in range(0, len(batch), self.batch_size):  # Beam never sends more; a direct caller may
-            part = batch[i:i + self.batch_size]
-            encoded = encode_fixed(model, [e[0] for e in part], self.batch_size, self.precision,
-                                   self.channels_last, [e[1] for e in part])
+            part = batch[i : i + self.batch_size]
+            encoded = encode_fixed(
+                model, [e[0] for e in part], self.batch_size, self.precision, self.channels_last, [e[1] for e in part]
+            )
             out.extend(PredictionResult(e, r) for e, r in zip(part, encoded))
         return out
 

@@ -8,6 +8,7 @@
 - `hinge_d_loss`, `adaptive_weight` (the ratio of gradient norms of the reconstruction and GAN
   losses at the decoder's last layer) and `disc_factor` (zero before `disc_start`).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -34,8 +35,11 @@ def read_weights(path: str | Path, what: str, key: str) -> dict:
     """A state dict read weights-only; one-line errors naming the config key and file."""
     p = Path(path)
     if not p.is_file():
-        raise WeightsError(str(path), f"{what} weights not found (config key {key}); it cannot be downloaded "
-                                      "here, place the file there (see docs/images.md)")
+        raise WeightsError(
+            str(path),
+            f"{what} weights not found (config key {key}); it cannot be downloaded "
+            "here, place the file there (see docs/images.md)",
+        )
     try:
         blob = load_weights_only(str(p))
     except RefusedCheckpoint as e:
@@ -51,8 +55,11 @@ def read_weights(path: str | Path, what: str, key: str) -> dict:
 def load_into(module: nn.Module, state: dict, path: str, what: str) -> None:
     want = module.state_dict()
     missing = sorted(set(want) - set(state))
-    bad = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in want.items()
-           if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    bad = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in want.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
     if missing or bad:
         problem = f"missing keys {', '.join(missing[:4])}" if missing else f"shape mismatch {', '.join(bad[:4])}"
         raise WeightsError(path, f"not {what} weights: {problem}")
@@ -97,13 +104,14 @@ class NetLinLayer(nn.Module):
 
 class LPIPS(nn.Module):
     """Perceptual distance per image [N,1,1,1] of images in [-1,1]. Frozen (no gradient to it)."""
+
     shift: torch.Tensor  # buffers
     scale: torch.Tensor
 
     def __init__(self):
         super().__init__()
-        self.register_buffer("shift", torch.tensor([-.030, -.088, -.188])[None, :, None, None], persistent=False)
-        self.register_buffer("scale", torch.tensor([.458, .448, .450])[None, :, None, None], persistent=False)
+        self.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188])[None, :, None, None], persistent=False)
+        self.register_buffer("scale", torch.tensor([0.458, 0.448, 0.450])[None, :, None, None], persistent=False)
         self.net = _VGG16()
         for i, c in enumerate(LPIPS_CHANNELS):
             setattr(self, f"lin{i}", NetLinLayer(c))
@@ -139,10 +147,13 @@ class NLayerDiscriminator(nn.Module):
         seq: list[nn.Module] = [nn.Conv2d(input_nc, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True)]
         mult = 1
         for n in range(1, n_layers + 1):
-            prev, mult = mult, min(2 ** n, 8)
+            prev, mult = mult, min(2**n, 8)
             stride = 2 if n < n_layers else 1
-            seq += [nn.Conv2d(ndf * prev, ndf * mult, 4, stride, 1, bias=False), nn.BatchNorm2d(ndf * mult),
-                    nn.LeakyReLU(0.2, True)]
+            seq += [
+                nn.Conv2d(ndf * prev, ndf * mult, 4, stride, 1, bias=False),
+                nn.BatchNorm2d(ndf * mult),
+                nn.LeakyReLU(0.2, True),
+            ]
         seq.append(nn.Conv2d(ndf * mult, 1, 4, 1, 1))
         self.main = nn.Sequential(*seq)
         for m in self.modules():
@@ -165,8 +176,13 @@ def disc_factor(step: int, disc_start: int, factor: float = 1.0) -> float:
     return factor if step >= disc_start else 0.0
 
 
-def adaptive_weight(rec_loss: torch.Tensor, g_loss: torch.Tensor, last_layer: torch.Tensor,
-                    disc_weight: float = 1.0, max_weight: float = 1e4) -> torch.Tensor:
+def adaptive_weight(
+    rec_loss: torch.Tensor,
+    g_loss: torch.Tensor,
+    last_layer: torch.Tensor,
+    disc_weight: float = 1.0,
+    max_weight: float = 1e4,
+) -> torch.Tensor:
     """taming's balance: |d rec / d last| / (|d g / d last| + 1e-4), clamped, times disc_weight."""
     rec_grad = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)[0]
     g_grad = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]

@@ -6,6 +6,7 @@ warning included, all become a `too_large` reject), first frame of animations (G
 any mode (palette, CMYK, grayscale, 16-bit, alpha) to RGB with transparency blended onto white,
 short side resized with LANCZOS, centre crop.
 """
+
 from __future__ import annotations
 
 import io
@@ -64,8 +65,14 @@ def resize_center_crop(im: Image.Image, resolution: int) -> Image.Image:
     return im.crop((left, top, left + resolution, top + resolution))
 
 
-def preprocess_image(data: bytes, resolution: int = 256, min_size: int = 64, max_aspect: float = 3.0,
-                     max_pixels: int = DEFAULT_MAX_PIXELS, jpeg_draft: bool = True) -> tuple[np.ndarray, dict]:
+def preprocess_image(
+    data: bytes,
+    resolution: int = 256,
+    min_size: int = 64,
+    max_aspect: float = 3.0,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    jpeg_draft: bool = True,
+) -> tuple[np.ndarray, dict]:
     """-> (float32 [3, resolution, resolution] in [-1, 1], info). Raises ImageRejected."""
     if not data:
         raise ImageRejected("empty_file", "zero bytes")
@@ -87,8 +94,10 @@ def preprocess_image(data: bytes, resolution: int = 256, min_size: int = 64, max
     if w <= 0 or h <= 0:
         raise ImageRejected("undecodable", f"invalid size {w}x{h}")
     if w * h > max_pixels:
-        raise ImageRejected("too_large", f"{w}x{h} = {w * h} pixels exceeds the limit of {max_pixels} "
-                                          "(possible decompression bomb); not decoded")
+        raise ImageRejected(
+            "too_large",
+            f"{w}x{h} = {w * h} pixels exceeds the limit of {max_pixels} (possible decompression bomb); not decoded",
+        )
     if min(w, h) < min_size:
         raise ImageRejected("too_small", f"{w}x{h}: short side below {min_size}")
     if max(w, h) / min(w, h) > max_aspect:

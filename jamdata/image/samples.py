@@ -7,6 +7,7 @@ Which order a sample gets is a seeded stable hash of its key, so it never depend
 or worker count. `</s>` ends every sample, as in the text token shards, so packed sequences keep
 their document boundaries.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -20,7 +21,7 @@ CAPTION_FIRST, IMAGE_FIRST = "caption_first", "image_first"
 
 
 def choose_order(key: str, seed: int, image_first_ratio: float) -> str:
-    u = stable_hash("image-order", key, seed=seed) / 2.0 ** 64
+    u = stable_hash("image-order", key, seed=seed) / 2.0**64
     return IMAGE_FIRST if u < image_first_ratio else CAPTION_FIRST
 
 
@@ -37,14 +38,15 @@ def split_tokens(tokens: np.ndarray, vocab: JointVocab) -> tuple[np.ndarray, np.
     t = np.asarray(tokens, dtype=np.int64)
     boi = int(np.flatnonzero(t == vocab.boi_id)[0])
     eoi = int(np.flatnonzero(t == vocab.eoi_id)[0])
-    codes = vocab.image_codes(t[boi + 1:eoi])
+    codes = vocab.image_codes(t[boi + 1 : eoi])
     if boi == 0:
-        return t[eoi + 2:-1], codes, IMAGE_FIRST
-    return t[:boi - 1], codes, CAPTION_FIRST
+        return t[eoi + 2 : -1], codes, IMAGE_FIRST
+    return t[: boi - 1], codes, CAPTION_FIRST
 
 
-def sample_fields(meta: dict[str, Any], codes: np.ndarray, caption_ids: list[int] | np.ndarray,
-                  vocab: JointVocab, order: str) -> dict[str, Any]:
+def sample_fields(
+    meta: dict[str, Any], codes: np.ndarray, caption_ids: list[int] | np.ndarray, vocab: JointVocab, order: str
+) -> dict[str, Any]:
     """The tar members of one sample (webdataset field name -> value)."""
     codes = np.asarray(codes)
     if codes.max(initial=0) >= 65536:

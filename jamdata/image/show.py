@@ -1,4 +1,5 @@
 """Decode an image-caption dataset back to pictures: a contact sheet a person can check by eye."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -41,8 +42,9 @@ def find_originals(inputs: list[str], wanted: set[tuple[str, str]], resolution: 
     return found
 
 
-def render_contact_sheet(root: str, out: str, vqvae: str | None = None, n: int = 12, columns: int = 4,
-                         originals: list[str] | None = None) -> tuple[str, int]:
+def render_contact_sheet(
+    root: str, out: str, vqvae: str | None = None, n: int = 12, columns: int = 4, originals: list[str] | None = None
+) -> tuple[str, int]:
     manifest = read_manifest(root)
     summary = manifest.get("summary", {})
     vqvae = vqvae or summary.get("vqvae")
@@ -58,6 +60,10 @@ def render_contact_sheet(root: str, out: str, vqvae: str | None = None, n: int =
     inputs = originals if originals is not None else manifest.get("inputs", [])
     wanted = {(s["json"].get("source", ""), s["json"].get("original_key", "")) for s in samples}
     found = find_originals(inputs, wanted, int(summary.get("resolution") or model.resolution)) if inputs else {}
-    pairs = [found.get((s["json"].get("source", ""), s["json"].get("original_key", ""))) for s in samples] if found else None
+    pairs = (
+        [found.get((s["json"].get("source", ""), s["json"].get("original_key", ""))) for s in samples]
+        if found
+        else None
+    )
     sheet = contact_sheet(items, columns, pairs=pairs)
     return save_png(sheet, out), len(samples)

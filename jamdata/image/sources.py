@@ -9,6 +9,7 @@ Image paths inside jsonl/parquet rows are data, not configuration: they are read
 own directory or a configured root, never a system file, a FIFO or a device, and no URL is
 fetched unless its scheme is allowed.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,10 +31,10 @@ TABLE_KEY_FIELDS = ("key", "id", "uid")
 
 @dataclass
 class RawRecord:
-    key: str                      # output sample key (no '.' or '/')
+    key: str  # output sample key (no '.' or '/')
     original_key: str
     file: str
-    offset: int                   # tar member offset, jsonl line or parquet row
+    offset: int  # tar member offset, jsonl line or parquet row
     image: bytes | None = None
     caption: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
@@ -89,8 +90,9 @@ def read_tar(path: str) -> Iterator[RawRecord]:
     except TarDamageError as e:
         if current is not None:
             yield _from_fields(path, *current)
-        yield RawRecord(f"{_file_stem(path)}-truncated-{e.offset}", "", path, e.offset,
-                        error=("truncated_shard", e.problem))
+        yield RawRecord(
+            f"{_file_stem(path)}-truncated-{e.offset}", "", path, e.offset, error=("truncated_shard", e.problem)
+        )
         return
     if current is not None:
         yield _from_fields(path, *current)
@@ -116,8 +118,7 @@ def _read_named_image(rec: RawRecord, table: str, ref: str, policy: InputPolicy)
         rec.error = ("missing_image", f"image file {ref!r} unreadable: {e.strerror or e}")
 
 
-def _table_record(path: str, index: int, row: dict, fields: dict[str, str | None],
-                  policy: InputPolicy) -> RawRecord:
+def _table_record(path: str, index: int, row: dict, fields: dict[str, str | None], policy: InputPolicy) -> RawRecord:
     _, key = _pick(row, fields.get("key_field"), TABLE_KEY_FIELDS)
     original = str(key) if key is not None else f"{_file_stem(path)}-{index:08d}"
     rec = RawRecord(sanitize_key(original), original, path, index)
@@ -183,12 +184,18 @@ def _records(path: str, fields: dict[str, str | None], policy: InputPolicy) -> I
     elif re.search(r"\.jsonl?(\.(gz|zst|bz2|xz))?$", name):
         yield from read_jsonl(path, fields, policy)
     else:
-        yield RawRecord(f"{_file_stem(path)}-unsupported", "", path, 0,
-                        error=("unsupported_file", "not a .tar, .jsonl or .parquet image-caption file"))
+        yield RawRecord(
+            f"{_file_stem(path)}-unsupported",
+            "",
+            path,
+            0,
+            error=("unsupported_file", "not a .tar, .jsonl or .parquet image-caption file"),
+        )
 
 
-def read_source(path: str, fields: dict[str, str | None] | None = None,
-                policy: InputPolicy | None = None) -> Iterator[RawRecord]:
+def read_source(
+    path: str, fields: dict[str, str | None] | None = None, policy: InputPolicy | None = None
+) -> Iterator[RawRecord]:
     """Dispatch by extension: .tar, .jsonl/.json(.gz/.zst), .parquet. Image paths named by table
     rows are read under `policy` (default: no extra roots, no remote schemes, 32 MiB), with the
     table's own directory always one of its roots."""

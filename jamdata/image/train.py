@@ -9,6 +9,7 @@ instead. Data streams from the inputs (train_data.py), data parallelism comes fr
 (train_dist.py), and every checkpoint can be resumed exactly (train_state.py). Metrics (losses,
 codebook usage and perplexity, PSNR and optionally rFID on held-out images) go to metrics.jsonl.
 """
+
 from __future__ import annotations
 
 import logging
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 class TrainConfig:
     """`vqvae.train` (docs/images.md): the VQ-VAE training recipe. `model`, `codebook_size`, `seed`
     and `fields` come from `vqvae.*`, `run.seed` and `images.fields`."""
+
     model: str | dict = field(default="tiny-64px-f4", metadata={"internal": True})
     codebook_size: int | None = field(default=None, metadata={"internal": True})
     steps: int = setting(300, "optimizer steps", lo=1)
@@ -92,7 +94,7 @@ class Evaluator:
         fake = RunningStats() if self.inception else None
         real_new = RunningStats() if self.inception and self.real is None else None
         for i in range(0, len(self.images), batch):
-            x = self.images[i:i + batch]
+            x = self.images[i : i + batch]
             rec, _, codes = model(x)
             rec = rec.clamp(-1, 1)
             err += F.mse_loss(rec, x, reduction="sum").item()
@@ -103,8 +105,12 @@ class Evaluator:
                 if real_new is not None:
                     real_new.add(self.inception(x.cpu()))
         model.train(was)
-        out = {"mse": err / max(1, self.images.numel()), "psnr": sum(db) / max(1, len(self.images)),
-               **usage(hist), "histogram": hist}
+        out = {
+            "mse": err / max(1, self.images.numel()),
+            "psnr": sum(db) / max(1, len(self.images)),
+            **usage(hist),
+            "histogram": hist,
+        }
         if fake is not None:
             real = self.real or real_new
             assert real is not None  # measured at the first evaluation
@@ -118,13 +124,19 @@ def lr_at(cfg: TrainConfig, step: int, base: float) -> float:
 
 
 def _metrics_row(step: int, ev: dict) -> dict:
-    return {"step": step, "eval_mse": round(ev["mse"], 5), "eval_psnr": round(ev["psnr"], 3),
-            "eval_codes_used": ev["codes_used"], "eval_perplexity": round(ev["perplexity"], 2),
-            **({"eval_rfid": round(ev["rfid"], 3)} if "rfid" in ev else {})}
+    return {
+        "step": step,
+        "eval_mse": round(ev["mse"], 5),
+        "eval_psnr": round(ev["psnr"], 3),
+        "eval_codes_used": ev["codes_used"],
+        "eval_perplexity": round(ev["perplexity"], 2),
+        **({"eval_rfid": round(ev["rfid"], 3)} if "rfid" in ev else {}),
+    }
 
 
-def train_vqvae(files: list[str], cfg: TrainConfig, out_dir: str, say: Callable[[str], None] = log.info,
-                d: Dist | None = None) -> dict[str, Any]:
+def train_vqvae(
+    files: list[str], cfg: TrainConfig, out_dir: str, say: Callable[[str], None] = log.info, d: Dist | None = None
+) -> dict[str, Any]:
     """Train on images streamed from `files`; rank 0 writes checkpoints and figures into out_dir."""
     d = d or Dist()
     out = str(out_dir).rstrip("/")  # a local directory or a URL (never pathlib: it folds s3://)
@@ -146,24 +158,51 @@ def train_vqvae(files: list[str], cfg: TrainConfig, out_dir: str, say: Callable[
         q.embedding.weight.requires_grad_(False)  # moved by EMA, not by gradients
     mem = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(d.device, memory_format=mem)  # type: ignore[call-overload]  # Module.to takes it; stubs omit it
-    stream = ImageStream(files, model.resolution, seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer, rank=d.rank,
-                         world_size=d.world_size, holdout_every=cfg.holdout_every, min_size=cfg.min_size,
-                         max_aspect=cfg.max_aspect, max_images=cfg.max_images, fields=cfg.fields)
+    stream = ImageStream(
+        files,
+        model.resolution,
+        seed=cfg.seed,
+        shuffle_buffer=cfg.shuffle_buffer,
+        rank=d.rank,
+        world_size=d.world_size,
+        holdout_every=cfg.holdout_every,
+        min_size=cfg.min_size,
+        max_aspect=cfg.max_aspect,
+        max_images=cfg.max_images,
+        fields=cfg.fields,
+    )
     if cfg.perceptual_weight and not (cfg.lpips_vgg16 and cfg.lpips_lin):
         from jamdata.config import ConfigError
 
-        raise ConfigError("vqvae.train.lpips_vgg16", "perceptual_weight > 0 needs the lpips_vgg16 and lpips_lin "
-                                                     "weight files (see docs/images.md)")
-    lpips = (LPIPS.from_files(cfg.lpips_vgg16, cfg.lpips_lin).to(d.device)
-             if cfg.perceptual_weight and cfg.lpips_vgg16 and cfg.lpips_lin else None)  # both checked above
-    disc: torch.nn.Module | None = NLayerDiscriminator(3, cfg.disc_ndf, cfg.disc_layers).to(d.device) if cfg.disc_weight else None
+        raise ConfigError(
+            "vqvae.train.lpips_vgg16",
+            "perceptual_weight > 0 needs the lpips_vgg16 and lpips_lin weight files (see docs/images.md)",
+        )
+    lpips = (
+        LPIPS.from_files(cfg.lpips_vgg16, cfg.lpips_lin).to(d.device)
+        if cfg.perceptual_weight and cfg.lpips_vgg16 and cfg.lpips_lin
+        else None
+    )  # both checked above
+    disc: torch.nn.Module | None = (
+        NLayerDiscriminator(3, cfg.disc_ndf, cfg.disc_layers).to(d.device) if cfg.disc_weight else None
+    )
     evaluator = None
     if d.main:
-        held = holdout_images(files, model.resolution, cfg.eval_images, cfg.holdout_every, min_size=cfg.min_size,
-                              max_aspect=cfg.max_aspect, fields=cfg.fields)
+        held = holdout_images(
+            files,
+            model.resolution,
+            cfg.eval_images,
+            cfg.holdout_every,
+            min_size=cfg.min_size,
+            max_aspect=cfg.max_aspect,
+            fields=cfg.fields,
+        )
         evaluator = Evaluator(torch.from_numpy(held).to(d.device, memory_format=mem), cfg.inception)
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, betas=(0.5, 0.9)
-                           if disc is not None else (0.9, 0.99))
+    opt = torch.optim.Adam(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=cfg.lr,
+        betas=(0.5, 0.9) if disc is not None else (0.9, 0.99),
+    )
     dopt = torch.optim.Adam(disc.parameters(), lr=cfg.disc_lr or cfg.lr, betas=(0.5, 0.9)) if disc else None
     start, history, extra = 0, [], {}
     resume_from = ts.latest_checkpoint(out) if cfg.resume and d.main else None
@@ -187,7 +226,9 @@ def train_vqvae(files: list[str], cfg: TrainConfig, out_dir: str, say: Callable[
         if d.main and evaluator is not None:
             ev = evaluator(model)
             extra["untrained"] = _metrics_row(0, ev)
-            say(f"untrained: mse {ev['mse']:.4f}, psnr {ev['psnr']:.2f} dB, codes used {ev['codes_used']}/{model.n_embed}")
+            say(
+                f"untrained: mse {ev['mse']:.4f}, psnr {ev['psnr']:.2f} dB, codes used {ev['codes_used']}/{model.n_embed}"
+            )
         with torch.no_grad():  # seed the codebook with encoder outputs (rank 0's; DDP shares them)
             z = model.latent(x0).permute(0, 2, 3, 1).reshape(-1, q.e_dim)
             q.init_from(z, gen)
@@ -226,7 +267,7 @@ def train_vqvae(files: list[str], cfg: TrainConfig, out_dir: str, say: Callable[
         opt.step()
         if gan_on and disc is not None and dopt is not None:
             logits = disc(torch.cat([x, rec.detach()]))
-            d_loss = hinge_d_loss(logits[:len(x)], logits[len(x):])
+            d_loss = hinge_d_loss(logits[: len(x)], logits[len(x) :])
             for g in dopt.param_groups:
                 g["lr"] = lr_at(cfg, step, cfg.disc_lr or cfg.lr)
             dopt.zero_grad(set_to_none=True)
@@ -235,22 +276,34 @@ def train_vqvae(files: list[str], cfg: TrainConfig, out_dir: str, say: Callable[
             row["d_loss"] = round(d_loss.item(), 5)
         if step % cfg.log_every == 0 or step == cfg.steps:
             u = usage(torch.bincount(codes.reshape(-1).cpu(), minlength=model.n_embed))
-            history.append({"step": step, "recon": round(pix.item(), 5), "vq": round(qloss.item(), 5),
-                            "batch_codes_used": u["codes_used"], "batch_perplexity": round(u["perplexity"], 2),
-                            "lr": lr, **row})
-            say(f"step {step}/{cfg.steps}: recon {pix.item():.4f} vq {qloss.item():.4f} codes in batch "
-                f"{u['codes_used']}" + "".join(f" {k} {v}" for k, v in row.items())
-                + f" ({time.time() - t0:.0f}s)")
+            history.append(
+                {
+                    "step": step,
+                    "recon": round(pix.item(), 5),
+                    "vq": round(qloss.item(), 5),
+                    "batch_codes_used": u["codes_used"],
+                    "batch_perplexity": round(u["perplexity"], 2),
+                    "lr": lr,
+                    **row,
+                }
+            )
+            say(
+                f"step {step}/{cfg.steps}: recon {pix.item():.4f} vq {qloss.item():.4f} codes in batch "
+                f"{u['codes_used']}" + "".join(f" {k} {v}" for k, v in row.items()) + f" ({time.time() - t0:.0f}s)"
+            )
         final = step == cfg.steps
         ckpt_now = final or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)
         if d.main and evaluator is not None and (ckpt_now or (cfg.eval_every and step % cfg.eval_every == 0)):
             ev = evaluator(model)
             history.append(_metrics_row(step, ev))
-            say(f"eval at {step}: psnr {ev['psnr']:.2f} dB, {ev['codes_used']}/{model.n_embed} codes, perplexity "
-                f"{ev['perplexity']:.1f}" + (f", rfid {ev['rfid']:.2f}" if "rfid" in ev else ""))
+            say(
+                f"eval at {step}: psnr {ev['psnr']:.2f} dB, {ev['codes_used']}/{model.n_embed} codes, perplexity "
+                f"{ev['perplexity']:.1f}" + (f", rfid {ev['rfid']:.2f}" if "rfid" in ev else "")
+            )
         if ckpt_now:
-            data = d.gather({"position": stream.position.to_dict(), "usable": stream.usable,
-                             "rejects": stream.rejects[:50]})
+            data = d.gather(
+                {"position": stream.position.to_dict(), "usable": stream.usable, "rejects": stream.rejects[:50]}
+            )
             rng = d.gather(gen.get_state())
             if d.active and disc is not None:  # BatchNorm statistics: rank 0's, as DDP's next forward would
                 for buf in _inner(disc).buffers():
@@ -262,10 +315,21 @@ def train_vqvae(files: list[str], cfg: TrainConfig, out_dir: str, say: Callable[
             if d.main and evaluator is not None:
                 sub = out if final else f"{out}/checkpoints/step-{step:06d}"
                 save_checkpoint(model, sub, {"global_step": step})
-                ts.save_state(sub, {"step": step, **ts.model_state(model), "opt": opt.state_dict(),
-                                    "disc": _inner(disc).state_dict() if disc else None,
-                                    "disc_opt": dopt.state_dict() if dopt else None, "data": data, "rng": rng,
-                                    "history": history, "extra": extra, "config": cfg.identity()})
+                ts.save_state(
+                    sub,
+                    {
+                        "step": step,
+                        **ts.model_state(model),
+                        "opt": opt.state_dict(),
+                        "disc": _inner(disc).state_dict() if disc else None,
+                        "disc_opt": dopt.state_dict() if dopt else None,
+                        "data": data,
+                        "rng": rng,
+                        "history": history,
+                        "extra": extra,
+                        "config": cfg.identity(),
+                    },
+                )
                 ts.save_recon(model, evaluator.images, f"{out}/recon-step-{step:06d}.png")
                 ts.write_metrics(out, history)
                 ckpts.append(sub)
@@ -278,8 +342,9 @@ def _inner(m):
 
 def _weight_sum(*modules) -> float:
     """A checksum of every parameter and buffer (ranks compare theirs before a checkpoint)."""
-    return float(sum(t.detach().double().sum() for m in modules if m is not None
-                     for t in [*m.parameters(), *m.buffers()]))
+    return float(
+        sum(t.detach().double().sum() for m in modules if m is not None for t in [*m.parameters(), *m.buffers()])
+    )
 
 
 def _finish(model, cfg, d, stream, evaluator, history, extra, ckpts, out, t0, start, say) -> dict:
@@ -288,17 +353,33 @@ def _finish(model, cfg, d, stream, evaluator, history, extra, ckpts, out, t0, st
     if not d.main:
         return {}
     ev = evaluator(model)
-    ts.usage_figure(ev["histogram"], f"{out}/codebook-usage.png",
-                    f"{ev['codes_used']}/{model.n_embed} codes used, perplexity {ev['perplexity']:.1f}")
+    ts.usage_figure(
+        ev["histogram"],
+        f"{out}/codebook-usage.png",
+        f"{ev['codes_used']}/{model.n_embed} codes used, perplexity {ev['perplexity']:.1f}",
+    )
     untrained = extra.get("untrained", {})
     summary = {
-        "config": model.params, "train": cfg.identity(), "processes": d.world_size,
-        "images": usable, "eval_images": len(evaluator.images), "steps": cfg.steps, "resumed_at": start,
-        "seconds": round(time.time() - t0, 1), "untrained_mse": untrained.get("eval_mse"),
-        "final_mse": round(ev["mse"], 5), "psnr": round(ev["psnr"], 3), "untrained_psnr": untrained.get("eval_psnr"),
-        "codes_used": ev["codes_used"], "codebook_size": model.n_embed, "perplexity": round(ev["perplexity"], 2),
+        "config": model.params,
+        "train": cfg.identity(),
+        "processes": d.world_size,
+        "images": usable,
+        "eval_images": len(evaluator.images),
+        "steps": cfg.steps,
+        "resumed_at": start,
+        "seconds": round(time.time() - t0, 1),
+        "untrained_mse": untrained.get("eval_mse"),
+        "final_mse": round(ev["mse"], 5),
+        "psnr": round(ev["psnr"], 3),
+        "untrained_psnr": untrained.get("eval_psnr"),
+        "codes_used": ev["codes_used"],
+        "codebook_size": model.n_embed,
+        "perplexity": round(ev["perplexity"], 2),
         **({"rfid": round(ev["rfid"], 3)} if "rfid" in ev else {}),
-        "checkpoints": ckpts, "rank_weight_sums": extra.get("rank_weight_sums"), "history": history, "unusable_inputs": rejects[:50],
+        "checkpoints": ckpts,
+        "rank_weight_sums": extra.get("rank_weight_sums"),
+        "history": history,
+        "unusable_inputs": rejects[:50],
     }
     import json
 
@@ -306,6 +387,8 @@ def _finish(model, cfg, d, stream, evaluator, history, extra, ckpts, out, t0, st
 
     with atomic_write(f"{out}/train_log.json", "w") as f:
         json.dump(summary, f, indent=2, default=str)
-    say(f"trained: mse {summary['untrained_mse']} -> {summary['final_mse']}, psnr {summary['psnr']} dB, "
-        f"{ev['codes_used']}/{model.n_embed} codes used, perplexity {ev['perplexity']:.1f}")
+    say(
+        f"trained: mse {summary['untrained_mse']} -> {summary['final_mse']}, psnr {summary['psnr']} dB, "
+        f"{ev['codes_used']}/{model.n_embed} codes used, perplexity {ev['perplexity']:.1f}"
+    )
     return summary

@@ -9,6 +9,7 @@ The file order is reshuffled each epoch (seeded). Records whose key hashes into 
 share are never trained on; `holdout_images` collects the first of them for evaluation (a
 bounded number, decoded once).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ class NoTrainingImages(InputError):
 @dataclass
 class Position:
     """Where a rank's stream stands: `taken` raw records of `epoch` have left the shuffle buffer."""
+
     epoch: int = 0
     taken: int = 0
 
@@ -63,20 +65,35 @@ def shuffled(items: Iterator, buffer: int, rng: np.random.Generator) -> Iterator
 class ImageStream:
     """Endless stream of preprocessed training images (float32 [3,R,R] in [-1,1]) for one rank."""
 
-    def __init__(self, files: list[str], resolution: int, *, seed: int = 0, shuffle_buffer: int = 1000,
-                 rank: int = 0, world_size: int = 1, holdout_every: int = 0, min_size: int = 16,
-                 max_aspect: float = 4.0, max_images: int = 0, fields: dict | None = None):
+    def __init__(
+        self,
+        files: list[str],
+        resolution: int,
+        *,
+        seed: int = 0,
+        shuffle_buffer: int = 1000,
+        rank: int = 0,
+        world_size: int = 1,
+        holdout_every: int = 0,
+        min_size: int = 16,
+        max_aspect: float = 4.0,
+        max_images: int = 0,
+        fields: dict | None = None,
+    ):
         self.files, self.resolution, self.seed = list(files), resolution, seed
         self.buffer, self.rank, self.world = max(1, shuffle_buffer), rank, world_size
         self.holdout_every, self.min_size, self.max_aspect = holdout_every, min_size, max_aspect
         self.max_images, self.fields = max_images, fields or {}
         self.position = Position()
-        self.rejects: list[dict] = []   # unusable records met in the first epoch (this rank)
-        self.usable = 0                 # usable training images met in the first epoch (this rank)
+        self.rejects: list[dict] = []  # unusable records met in the first epoch (this rank)
+        self.usable = 0  # usable training images met in the first epoch (this rank)
 
     def _raw(self, epoch: int) -> Iterator[RawRecord]:
-        order = np.random.default_rng([self.seed, epoch, 7]).permutation(len(self.files)) if epoch else \
-            range(len(self.files))
+        order = (
+            np.random.default_rng([self.seed, epoch, 7]).permutation(len(self.files))
+            if epoch
+            else range(len(self.files))
+        )
         index = 0
         for f in order:
             for rec in read_source(self.files[f], self.fields):
@@ -116,9 +133,10 @@ class ImageStream:
                     got = True
                     yield arr
             if not got and pos.taken == 0:
-                raise NoTrainingImages(", ".join(self.files[:3]) + (" ..." if len(self.files) > 3 else ""),
-                                       f"no usable training images for rank {self.rank} of {self.world} "
-                                       f"({len(self.rejects)} rejected)")
+                raise NoTrainingImages(
+                    ", ".join(self.files[:3]) + (" ..." if len(self.files) > 3 else ""),
+                    f"no usable training images for rank {self.rank} of {self.world} ({len(self.rejects)} rejected)",
+                )
             self.position = Position(pos.epoch + 1, 0)
 
     def batches(self, batch_size: int) -> Iterator[np.ndarray]:
@@ -128,8 +146,16 @@ class ImageStream:
             yield np.stack([next(it) for _ in range(batch_size)])
 
 
-def holdout_images(files: list[str], resolution: int, n: int, holdout_every: int, *, min_size: int = 16,
-                   max_aspect: float = 4.0, fields: dict | None = None) -> np.ndarray:
+def holdout_images(
+    files: list[str],
+    resolution: int,
+    n: int,
+    holdout_every: int,
+    *,
+    min_size: int = 16,
+    max_aspect: float = 4.0,
+    fields: dict | None = None,
+) -> np.ndarray:
     """The first `n` usable held-out images of the inputs (or, without a hold-out share, the first
     `n` usable images, which are then also trained on) -> float32 [n',3,R,R]."""
     out: list[np.ndarray] = []

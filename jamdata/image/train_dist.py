@@ -6,6 +6,7 @@ its own share of the data (train_data.ImageStream), and gradients are averaged b
 DistributedDataParallel. The EMA codebook is updated outside autograd, so `CodebookSync` sums its
 statistics over ranks and takes restarted codes from rank 0. Rank 0 alone writes files.
 """
+
 from __future__ import annotations
 
 import os

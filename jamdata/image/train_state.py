@@ -6,6 +6,7 @@ EMA codebook statistics, optimizer states, the discriminator and its optimizer, 
 rank's data position and random generator state, and the metrics so far. It is read weights-only
 (`jamdata.safe_load`): plain containers and tensors, nothing that runs code.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,17 @@ from jamdata.safe_load import RefusedCheckpoint, load_weights_only
 STATE_FILE = "train_state.pt"
 STEP_DIR = re.compile(r"step-(\d{6,})$")
 # Settings that may change between a run and its resumption; any other difference is refused.
-RESUMABLE_CHANGES = {"steps", "checkpoint_every", "threads", "resume", "eval_every", "log_every", "eval_images",
-                     "inception", "device"}
+RESUMABLE_CHANGES = {
+    "steps",
+    "checkpoint_every",
+    "threads",
+    "resume",
+    "eval_every",
+    "log_every",
+    "eval_images",
+    "inception",
+    "device",
+}
 
 
 def save_state(path: str, state: dict) -> None:
@@ -37,8 +47,15 @@ def save_state(path: str, state: dict) -> None:
 def latest_checkpoint(out: str) -> str | None:
     """The checkpoint directory of `out` with the highest step that has a training state."""
     root = Path(out) / "checkpoints"
-    found = [(int(m.group(1)), p) for p in root.glob("step-*") if (m := STEP_DIR.search(p.name))
-             and (p / STATE_FILE).is_file()] if root.is_dir() else []
+    found = (
+        [
+            (int(m.group(1)), p)
+            for p in root.glob("step-*")
+            if (m := STEP_DIR.search(p.name)) and (p / STATE_FILE).is_file()
+        ]
+        if root.is_dir()
+        else []
+    )
     return str(max(found)[1]) if found else None
 
 
@@ -61,11 +78,16 @@ def check_compatible(state: dict, config: dict, world_size: int, where: str) -> 
     diff = sorted(k for k in set(old) | set(config) if k not in RESUMABLE_CHANGES and old.get(k) != config.get(k))
     if diff:
         k = diff[0]
-        raise ConfigError(f"vqvae.train.{k}", f"is {config.get(k)!r} but checkpoint {where} was trained with "
-                                              f"{old.get(k)!r}; set resume: false to start over")
+        raise ConfigError(
+            f"vqvae.train.{k}",
+            f"is {config.get(k)!r} but checkpoint {where} was trained with "
+            f"{old.get(k)!r}; set resume: false to start over",
+        )
     if len(state["data"]) != world_size:
-        raise ConfigError("vqvae.train.resume", f"checkpoint {where} was written by {len(state['data'])} "
-                                                f"processes, this run has {world_size}")
+        raise ConfigError(
+            "vqvae.train.resume",
+            f"checkpoint {where} was written by {len(state['data'])} processes, this run has {world_size}",
+        )
 
 
 def restore_model(model, state: dict, where: str) -> None:
@@ -76,8 +98,10 @@ def restore_model(model, state: dict, where: str) -> None:
 
 
 def model_state(model) -> dict:
-    return {"model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-            "ema": {n: getattr(model.quantize, n).detach().cpu().clone() for n in ("cluster_size", "embed_avg")}}
+    return {
+        "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "ema": {n: getattr(model.quantize, n).detach().cpu().clone() for n in ("cluster_size", "embed_avg")},
+    }
 
 
 def write_metrics(out: str, history: list[dict]) -> None:

@@ -10,6 +10,7 @@ statistics are non-persistent buffers, so saved checkpoints keep the taming layo
 
 A model directory holds `vqvae.ckpt` and `vqvae.yaml` (taming's `model.params` layout).
 """
+
 from __future__ import annotations
 
 import copy
@@ -47,8 +48,10 @@ VERIFY_MODES = ("sha256", "size")
 # and builtin types stored as values (omegaconf records `dict`, `int` as element types)...
 _NUMPY_DTYPES = {type(np.dtype(c)) for c in "?" + np.typecodes["AllInteger"] + np.typecodes["AllFloat"]}
 _SAFE_GLOBALS: list = [
-    (np.dtype, "numpy.dtype"), *sorted(_NUMPY_DTYPES, key=str),
-    (_np_scalar, "numpy.core.multiarray.scalar"), (_np_scalar, "numpy._core.multiarray.scalar"),
+    (np.dtype, "numpy.dtype"),
+    *sorted(_NUMPY_DTYPES, key=str),
+    (_np_scalar, "numpy.core.multiarray.scalar"),
+    (_np_scalar, "numpy._core.multiarray.scalar"),
     *((t, f"builtins.{t.__name__}") for t in (dict, list, tuple, int, float, str, bool)),
 ]
 # ... and metadata classes that are never used, loaded as inert stand-ins: Lightning (< 1.5) keys
@@ -56,14 +59,33 @@ _SAFE_GLOBALS: list = [
 # containers. Anything else is refused with its name.
 _LIGHTNING = ("pytorch_lightning", "lightning.pytorch")
 _SAFE_GLOBALS += inert(
-    [f"{pl}.callbacks.{mod}" for pl in _LIGHTNING for mod in (
-        "model_checkpoint.ModelCheckpoint", "early_stopping.EarlyStopping", "lr_monitor.LearningRateMonitor")]
-    + [f"omegaconf.{n}" for n in (
-        "dictconfig.DictConfig", "listconfig.ListConfig", "base.ContainerMetadata", "base.Metadata",
-        *(f"nodes.{k}Node" for k in ("Any", "String", "Integer", "Float", "Boolean", "Bytes", "Path")))]
+    [
+        f"{pl}.callbacks.{mod}"
+        for pl in _LIGHTNING
+        for mod in (
+            "model_checkpoint.ModelCheckpoint",
+            "early_stopping.EarlyStopping",
+            "lr_monitor.LearningRateMonitor",
+        )
+    ]
+    + [
+        f"omegaconf.{n}"
+        for n in (
+            "dictconfig.DictConfig",
+            "listconfig.ListConfig",
+            "base.ContainerMetadata",
+            "base.Metadata",
+            *(f"nodes.{k}Node" for k in ("Any", "String", "Integer", "Float", "Boolean", "Bytes", "Path")),
+        )
+    ]
     + ["typing.Any"],
-    as_dict=["collections.defaultdict", "pytorch_lightning.utilities.parsing.AttributeDict",
-             "lightning_fabric.utilities.data.AttributeDict", "lightning.fabric.utilities.data.AttributeDict"])
+    as_dict=[
+        "collections.defaultdict",
+        "pytorch_lightning.utilities.parsing.AttributeDict",
+        "lightning_fabric.utilities.data.AttributeDict",
+        "lightning.fabric.utilities.data.AttributeDict",
+    ],
+)
 
 
 class CheckpointError(InputError):
@@ -71,25 +93,43 @@ class CheckpointError(InputError):
     finite, or not fitting the configured model; names the file and what is wrong."""
 
 
-def _dd(resolution: int, ch: int, ch_mult: list[int], num_res_blocks: int, z_channels: int,
-        attn_resolutions: list[int] | None = None, **extra: Any) -> dict:
-    return {"double_z": False, "z_channels": z_channels, "resolution": resolution, "in_channels": 3,
-            "out_ch": 3, "ch": ch, "ch_mult": ch_mult, "num_res_blocks": num_res_blocks,
-            "attn_resolutions": attn_resolutions or [], "dropout": 0.0, **extra}
+def _dd(
+    resolution: int,
+    ch: int,
+    ch_mult: list[int],
+    num_res_blocks: int,
+    z_channels: int,
+    attn_resolutions: list[int] | None = None,
+    **extra: Any,
+) -> dict:
+    return {
+        "double_z": False,
+        "z_channels": z_channels,
+        "resolution": resolution,
+        "in_channels": 3,
+        "out_ch": 3,
+        "ch": ch,
+        "ch_mult": ch_mult,
+        "num_res_blocks": num_res_blocks,
+        "attn_resolutions": attn_resolutions or [],
+        "dropout": 0.0,
+        **extra,
+    }
 
 
 # Shipped configurations (taming `model.params`). `norm_groups`/`attn_type` are extensions for
 # small models; the taming layout uses 32 groups and vanilla mid-block attention.
 PRESETS: dict[str, dict] = {
     # CM3leon / Make-A-Scene geometry: 256x256 -> 32x32 codes from 8192.
-    "256px-f8": {"embed_dim": 256, "n_embed": 8192,
-                 "ddconfig": _dd(256, 128, [1, 2, 2, 4], 2, 256)},
+    "256px-f8": {"embed_dim": 256, "n_embed": 8192, "ddconfig": _dd(256, 128, [1, 2, 2, 4], 2, 256)},
     # Chameleon's public VQGAN: 512x512 -> 32x32, exactly the taming VQModel layout.
-    "chameleon-512px-f16": {"embed_dim": 256, "n_embed": 8192,
-                            "ddconfig": _dd(512, 128, [1, 1, 2, 2, 4], 2, 256)},
+    "chameleon-512px-f16": {"embed_dim": 256, "n_embed": 8192, "ddconfig": _dd(512, 128, [1, 1, 2, 2, 4], 2, 256)},
     # Demo / tests: trains in well under a minute on two CPU cores; 64x64 -> 16x16 codes.
-    "tiny-64px-f4": {"embed_dim": 16, "n_embed": 256,
-                     "ddconfig": _dd(64, 16, [1, 2, 2], 1, 16, norm_groups=4, attn_type="none")},
+    "tiny-64px-f4": {
+        "embed_dim": 16,
+        "n_embed": 256,
+        "ddconfig": _dd(64, 16, [1, 2, 2], 1, 16, norm_groups=4, attn_type="none"),
+    },
 }
 
 
@@ -163,6 +203,7 @@ class Upsample(nn.Module):
 
 class _Level(nn.Module):
     """One resolution of the encoder or decoder (plus `downsample` / `upsample` where it changes)."""
+
     block: nn.ModuleList
     attn: nn.ModuleList
     downsample: Downsample  # set only where the resolution changes (hasattr)
@@ -177,9 +218,23 @@ class _Mid(nn.Module):
 
 class Encoder(nn.Module):
     mid: _Mid
-    def __init__(self, *, ch: int, ch_mult: list[int], num_res_blocks: int, attn_resolutions: list[int],
-                 in_channels: int, resolution: int, z_channels: int, double_z: bool = False,
-                 dropout: float = 0.0, norm_groups: int = 32, attn_type: str = "vanilla", **_: Any):
+
+    def __init__(
+        self,
+        *,
+        ch: int,
+        ch_mult: list[int],
+        num_res_blocks: int,
+        attn_resolutions: list[int],
+        in_channels: int,
+        resolution: int,
+        z_channels: int,
+        double_z: bool = False,
+        dropout: float = 0.0,
+        norm_groups: int = 32,
+        attn_type: str = "vanilla",
+        **_: Any,
+    ):
         super().__init__()
         g = norm_groups
         self.conv_in = nn.Conv2d(in_channels, ch, 3, 1, 1)
@@ -221,9 +276,22 @@ class Encoder(nn.Module):
 
 class Decoder(nn.Module):
     mid: _Mid
-    def __init__(self, *, ch: int, out_ch: int, ch_mult: list[int], num_res_blocks: int,
-                 attn_resolutions: list[int], resolution: int, z_channels: int, dropout: float = 0.0,
-                 norm_groups: int = 32, attn_type: str = "vanilla", **_: Any):
+
+    def __init__(
+        self,
+        *,
+        ch: int,
+        out_ch: int,
+        ch_mult: list[int],
+        num_res_blocks: int,
+        attn_resolutions: list[int],
+        resolution: int,
+        z_channels: int,
+        dropout: float = 0.0,
+        norm_groups: int = 32,
+        attn_type: str = "vanilla",
+        **_: Any,
+    ):
         super().__init__()
         g = norm_groups
         cin = ch * ch_mult[-1]
@@ -270,11 +338,11 @@ class VectorQuantizer(nn.Module):
     Training: `ema=True` moves codes to the running mean of their assigned encoder outputs and
     restarts codes unused for a while from random encoder outputs of the batch, which keeps the
     codebook from collapsing; `ema=False` learns the codebook by gradient (codebook loss)."""
+
     cluster_size: torch.Tensor  # buffers
     embed_avg: torch.Tensor
 
-    def __init__(self, n_e: int, e_dim: int, beta: float = 0.25, decay: float = 0.99,
-                 dead_threshold: float = 1.0):
+    def __init__(self, n_e: int, e_dim: int, beta: float = 0.25, decay: float = 0.99, dead_threshold: float = 1.0):
         super().__init__()
         self.n_e, self.e_dim, self.beta = n_e, e_dim, beta
         self.decay, self.dead_threshold = decay, dead_threshold
@@ -289,8 +357,7 @@ class VectorQuantizer(nn.Module):
 
     def indices(self, z_flat: torch.Tensor) -> torch.Tensor:
         w = self.embedding.weight
-        d = (z_flat.pow(2).sum(1, keepdim=True) + w.pow(2).sum(1)
-             - 2 * torch.einsum("bd,dn->bn", z_flat, w.t()))
+        d = z_flat.pow(2).sum(1, keepdim=True) + w.pow(2).sum(1) - 2 * torch.einsum("bd,dn->bn", z_flat, w.t())
         return d.argmin(1)
 
     @torch.no_grad()
@@ -434,19 +501,25 @@ def load_state(model: VQModel, state: dict, where: str) -> None:
     missing = sorted(set(want) - set(state))
     unexpected = sorted(set(state) - set(want))
     if missing or unexpected:
+
         def show(keys: list[str]) -> str:
             return ", ".join(keys[:8]) + (f" (+{len(keys) - 8} more)" if len(keys) > 8 else "")
 
-        parts = ([f"missing keys: {show(missing)}"] if missing else []) + \
-                ([f"unexpected keys: {show(unexpected)}"] if unexpected else [])
+        parts = ([f"missing keys: {show(missing)}"] if missing else []) + (
+            [f"unexpected keys: {show(unexpected)}"] if unexpected else []
+        )
         raise CheckpointError(where, "checkpoint does not match the model config; " + "; ".join(parts))
     bad = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in want.items() if state[k].shape != v.shape]
     if bad:
         raise CheckpointError(where, "shape mismatch (checkpoint vs model): " + ", ".join(bad[:8]))
     nonfinite = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if nonfinite:
-        raise CheckpointError(where, "non-finite values (NaN or inf) in " + ", ".join(nonfinite[:8])
-                              + (f" (+{len(nonfinite) - 8} more)" if len(nonfinite) > 8 else ""))
+        raise CheckpointError(
+            where,
+            "non-finite values (NaN or inf) in "
+            + ", ".join(nonfinite[:8])
+            + (f" (+{len(nonfinite) - 8} more)" if len(nonfinite) > 8 else ""),
+        )
     model.load_state_dict(state, strict=True)
 
 
@@ -455,8 +528,11 @@ def _find_yaml(ckpt: str) -> str | None:
 
     root, name = posixpath.split(ckpt)
     stem = name.rsplit(".", 1)[0] if "." in name else name
-    for cand in (posixpath.join(root, stem + ".yaml"), posixpath.join(root, YAML_FILE),
-                 posixpath.join(root, "vqgan.yaml")):
+    for cand in (
+        posixpath.join(root, stem + ".yaml"),
+        posixpath.join(root, YAML_FILE),
+        posixpath.join(root, "vqgan.yaml"),
+    ):
         if exists(cand):
             return cand
     return None
@@ -504,8 +580,9 @@ def read_state_dict(ckpt: str) -> dict:
     return state
 
 
-def load_vqvae(path: str | Path, config: str | dict | None = None, device: str = "cpu",
-               verify: str = "sha256") -> VQModel:
+def load_vqvae(
+    path: str | Path, config: str | dict | None = None, device: str = "cpu", verify: str = "sha256"
+) -> VQModel:
     """Load a model directory (`vqvae.ckpt` + `vqvae.yaml`) or a taming/Chameleon `.ckpt`.
 
     `config`: a preset name or params used instead of (or when there is no) yaml beside the

@@ -4,6 +4,7 @@
 document into the fields of a webdataset sample (`tokens.npy`, `loss_mask.npy`, `json`) plus
 rejects for parts it left out. The Beam pipeline only distributes these calls.
 """
+
 from __future__ import annotations
 
 import posixpath
@@ -16,8 +17,14 @@ from jamdata.config import Config, ConfigError
 from jamdata.interleaved.cm3 import MAX_SPANS, CM3Config, cm3_transform
 from jamdata.interleaved.document import IMAGE, TEXT, Document, RejectedDocument, Segment
 from jamdata.interleaved.images import ImageEncoder, load_pixels
-from jamdata.interleaved.sources import (FORMATS, ImageStore, conversation_document, howto_document,
-                                         iter_raw, mmc4_document)
+from jamdata.interleaved.sources import (
+    FORMATS,
+    ImageStore,
+    conversation_document,
+    howto_document,
+    iter_raw,
+    mmc4_document,
+)
 from jamdata.interleaved.template import LOSS_POLICIES, Template, encode_document
 from jamdata.io import DEFAULT_MAX_INPUT_BYTES, InputPolicy, absolute, expand_inputs, parent_dir, stable_hash
 from jamdata.settings import as_plain, load_settings, setting
@@ -30,8 +37,7 @@ RECORD_SUFFIXES = (".json", ".jsonl")
 COMPRESSION_SUFFIXES = ("", ".gz", ".zst", ".bz2", ".xz")
 
 
-def reject(id_: str, source: str, reason: str, snippet: str = "", file: str = "",
-           offset: int | None = None) -> dict:
+def reject(id_: str, source: str, reason: str, snippet: str = "", file: str = "", offset: int | None = None) -> dict:
     return records.reject(id_, source, STAGE, reason, snippet[:200], file, offset)
 
 
@@ -39,19 +45,22 @@ def reject(id_: str, source: str, reason: str, snippet: str = "", file: str = ""
 class SourceSettings:
     """One entry of `instruct.sources`. Unset: `loss` from the template (mmc4: all),
     `min_images` 0 (mmc4: 1), `on_bad_image` reject (mmc4: drop)."""
+
     format: str = setting(doc="record format", choices=FORMATS)
     paths: list[str] = setting(doc="record files (.json/.jsonl, compressed too) or globs", one_or_many=True)
     loss: str | None = setting(None, "which tokens carry loss, over the template's", choices=(*LOSS_POLICIES, None))
     image_store: str | None = setting(None, "directory or .tar holding the images records name")
     min_images: int | None = setting(None, "documents with fewer stored images are rejected", lo=0)
-    on_bad_image: str | None = setting(None, "an unusable image rejects the document or is dropped",
-                                       choices=("reject", "drop", None))
+    on_bad_image: str | None = setting(
+        None, "an unusable image rejects the document or is dropped", choices=("reject", "drop", None)
+    )
     input_roots: list[str] = setting([], "more directories records may name image files under", one_or_many=True)
 
 
 @dataclass(frozen=True)
 class CM3Settings:
     """`instruct.cm3`: the causally masked transform (CM3) at build time."""
+
     sources: list[str] = setting([], "formats it applies to (none: off)", choices=FORMATS)
     rate: float = setting(1.0, "share of those documents transformed", lo=0.0, hi=1.0)
     lam: float = setting(1.0, "Poisson mean of the number of spans", lo=1e-6, name="lambda")
@@ -63,6 +72,7 @@ class CM3Settings:
 @dataclass(frozen=True)
 class InstructSettings:
     """The `instruct` section (docs/instruct.md)."""
+
     sources: list[SourceSettings] = setting(doc="the record sources")
     template: Template = setting(Template())
     cm3: CM3Settings = setting(CM3Settings())
@@ -120,27 +130,46 @@ class BuildSpec:
             if src.image_store:
                 check_image_store(cfg._key(f"sources.{i}.image_store"), src.image_store, cfg.source)
             mmc4 = src.format == "mmc4"
-            sources.append(SourceSpec(  # local paths absolute here, in the driver (workers run elsewhere)
-                src.format, tuple(src.paths), src.loss or ("all" if mmc4 else None),
-                absolute(src.image_store) if src.image_store else None,
-                (1 if mmc4 else 0) if src.min_images is None else src.min_images,
-                src.on_bad_image or ("drop" if mmc4 else "reject"),
-                tuple(absolute(r) for r in src.input_roots)))
+            sources.append(
+                SourceSpec(  # local paths absolute here, in the driver (workers run elsewhere)
+                    src.format,
+                    tuple(src.paths),
+                    src.loss or ("all" if mmc4 else None),
+                    absolute(src.image_store) if src.image_store else None,
+                    (1 if mmc4 else 0) if src.min_images is None else src.min_images,
+                    src.on_bad_image or ("drop" if mmc4 else "reject"),
+                    tuple(absolute(r) for r in src.input_roots),
+                )
+            )
         seed = seed if s.seed is None else s.seed
         c = s.cm3
-        cm3 = CM3Config(lam=c.lam, max_spans=c.max_spans, max_span_len=c.max_span_len,
-                        seed=seed if c.seed is None else c.seed)
-        return cls(tuple(sources), s.template, cm3 if c.sources else None, tuple(c.sources), c.rate,
-                   s.image_resolution, s.image_min_size, s.image_max_bytes, s.max_text_chars, s.num_shards, seed,
-                   as_plain(s), verify=s.verify)
+        cm3 = CM3Config(
+            lam=c.lam, max_spans=c.max_spans, max_span_len=c.max_span_len, seed=seed if c.seed is None else c.seed
+        )
+        return cls(
+            tuple(sources),
+            s.template,
+            cm3 if c.sources else None,
+            tuple(c.sources),
+            c.rate,
+            s.image_resolution,
+            s.image_min_size,
+            s.image_max_bytes,
+            s.max_text_chars,
+            s.num_shards,
+            seed,
+            as_plain(s),
+            verify=s.verify,
+        )
 
     def input_files(self) -> list[tuple[int, str]]:
         out = []
         for i, src in enumerate(self.sources):
             files = [f for f in expand_inputs(list(src.paths)) if is_record_file(f)]
             if not files:
-                raise FileNotFoundError(f"instruct source {i} ({src.format}): no .json/.jsonl files in "
-                                        f"{', '.join(src.paths)}")
+                raise FileNotFoundError(
+                    f"instruct source {i} ({src.format}): no .json/.jsonl files in {', '.join(src.paths)}"
+                )
             out += [(i, f) for f in files]
         return out
 
@@ -161,8 +190,12 @@ def check_image_store(key: str, store: str, source: str = "") -> None:
     if fs.isdir(p) or (store.endswith(".tar") and fs.isfile(p)):
         return
     what = "does not exist" if not fs.exists(p) else "is neither a directory nor a .tar file"
-    raise ConfigError(key, f"image store {store} {what}: give the directory (or .tar) holding the "
-                           "downloaded images, or remove image_store", source=source)
+    raise ConfigError(
+        key,
+        f"image store {store} {what}: give the directory (or .tar) holding the "
+        "downloaded images, or remove image_store",
+        source=source,
+    )
 
 
 def image_store(path: str | None) -> ImageStore | None:
@@ -180,8 +213,10 @@ def text_too_long(doc: Document, max_chars: int) -> str | None:
     only to be cut to `max_len`."""
     for i, seg in enumerate(doc.segments):
         if seg.modality == TEXT and seg.text is not None and len(seg.text) > max_chars:
-            return (f"text_too_long: segment {i} has {len(seg.text)} characters, more than "
-                    f"instruct.max_text_chars {max_chars}")
+            return (
+                f"text_too_long: segment {i} has {len(seg.text)} characters, more than "
+                f"instruct.max_text_chars {max_chars}"
+            )
     return None
 
 
@@ -220,16 +255,23 @@ def read_records(spec: BuildSpec, source_index: int, path: str) -> Iterator[tupl
 class SampleBuilder:
     """Holds the per-process state (tokenizer, image encoder) and builds one sample at a time."""
 
-    def __init__(self, spec: BuildSpec, vocab: JointVocab, encode_text: Callable[[str], list[int]],
-                 encoder: ImageEncoder, resolution: int):
+    def __init__(
+        self,
+        spec: BuildSpec,
+        vocab: JointVocab,
+        encode_text: Callable[[str], list[int]],
+        encoder: ImageEncoder,
+        resolution: int,
+    ):
         if encoder.n_codes != vocab.n_image_codes:
             from jamdata.vocab import VocabMismatchError
 
             from jamdata.vocab import rebuild_advice
 
-            raise VocabMismatchError(f"the VQ-VAE has {encoder.n_codes} codes but the joint vocabulary expects "
-                                     f"{vocab.n_image_codes}: "
-                                     + rebuild_advice("in use", vocab.n_image_codes, encoder.n_codes))
+            raise VocabMismatchError(
+                f"the VQ-VAE has {encoder.n_codes} codes but the joint vocabulary expects "
+                f"{vocab.n_image_codes}: " + rebuild_advice("in use", vocab.n_image_codes, encoder.n_codes)
+            )
         self.spec, self.vocab, self.encode_text, self.encoder = spec, vocab, encode_text, encoder
         self.resolution = resolution
 
@@ -277,12 +319,25 @@ class SampleBuilder:
             n_img = sum(d["modality"] == IMAGE for d in enc.dropped)
             n_txt = sum(d["tokens"] for d in enc.dropped if d["modality"] != IMAGE)
             refs = ", ".join(d["image_ref"] for d in enc.dropped if d["image_ref"])
-            rejects.append(rej(f"truncated to {budget} tokens: dropped {n_img} image segment(s) and "
-                               f"{n_txt} text tokens from the end", "truncation", refs))
+            rejects.append(
+                rej(
+                    f"truncated to {budget} tokens: dropped {n_img} image segment(s) and "
+                    f"{n_txt} text tokens from the end",
+                    "truncation",
+                    refs,
+                )
+            )
         tokens, mask = enc.tokens, enc.loss_mask
-        layout = {"key": doc.key, "source": doc.source, "file": posixpath.basename(doc.file),
-                  "offset": doc.offset, "loss": doc.loss or t.loss, "max_len": t.max_len,
-                  **enc.layout(), "cm3": None}
+        layout = {
+            "key": doc.key,
+            "source": doc.source,
+            "file": posixpath.basename(doc.file),
+            "offset": doc.offset,
+            "loss": doc.loss or t.loss,
+            "max_len": t.max_len,
+            **enc.layout(),
+            "cm3": None,
+        }
         if cm3 is not None:
             res = cm3_transform(tokens, self.vocab, doc.key, cm3, mask)
             assert res.loss_mask is not None  # a mask was given, so one comes back
@@ -294,9 +349,14 @@ class SampleBuilder:
             layout["title"] = doc.meta["title"]
         if doc.meta.get("url"):
             layout["url"] = doc.meta["url"]
-        stats = {"source": doc.source, "tokens": int(len(tokens)), "targets": int(mask.sum()),
-                 "images": doc.n_images - sum(d["modality"] == IMAGE for d in enc.dropped),
-                 "truncated": int(bool(enc.dropped)), "cm3": int(cm3 is not None)}
+        stats = {
+            "source": doc.source,
+            "tokens": int(len(tokens)),
+            "targets": int(mask.sum()),
+            "images": doc.n_images - sum(d["modality"] == IMAGE for d in enc.dropped),
+            "truncated": int(bool(enc.dropped)),
+            "cm3": int(cm3 is not None),
+        }
         fields = {"tokens.npy": tokens.astype(np.int32), "loss_mask.npy": mask.astype(np.uint8), "json": layout}
         return {"key": doc.key, "fields": fields, "stats": stats}, rejects
 
@@ -306,7 +366,10 @@ def interleaved_record(fields: dict) -> dict:
     exports. Segment positions refer to the sequence before CM3 masking (see docs/instruct.md)."""
     layout = fields["json"]
     seg_fields = ("modality", "role", "text", "image_ref", "start", "length")
-    return {"key": layout["key"], "source": layout["source"],
-            "segments": [{k: s.get(k) for k in seg_fields} for s in layout["segments"]],
-            "tokens": np.asarray(fields["tokens.npy"]).astype(np.int32).tolist(),
-            "loss_mask": np.asarray(fields["loss_mask.npy"]).astype(np.uint8).tolist()}
+    return {
+        "key": layout["key"],
+        "source": layout["source"],
+        "segments": [{k: s.get(k) for k in seg_fields} for s in layout["segments"]],
+        "tokens": np.asarray(fields["tokens.npy"]).astype(np.int32).tolist(),
+        "loss_mask": np.asarray(fields["loss_mask.npy"]).astype(np.uint8).tolist(),
+    }

@@ -22,6 +22,7 @@ yet masked); an image is then masked entirely (all its codes, whatever `max_span
 and `<eoi>` stay in place), a text region as above. `cm3_transform(..., rng=g)` draws from the
 given Generator instead of the key's own (the loader redraws each epoch that way).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -52,7 +53,7 @@ class CM3Config:
 
 @dataclass
 class CM3Result:
-    tokens: np.ndarray            # int32
+    tokens: np.ndarray  # int32
     loss_mask: np.ndarray | None  # uint8 or None when none was given
     spans: list[tuple[int, int]]  # (start, length) in the input sequence, document order
 
@@ -82,8 +83,9 @@ def _mask_ids(vocab: JointVocab) -> np.ndarray:
     return np.asarray([vocab.mask_id(i) for i in range(MAX_SPANS)])
 
 
-def choose_spans(tokens: np.ndarray, vocab: JointVocab, rng: np.random.Generator,
-                 cfg: CM3Config) -> list[tuple[int, int]]:
+def choose_spans(
+    tokens: np.ndarray, vocab: JointVocab, rng: np.random.Generator, cfg: CM3Config
+) -> list[tuple[int, int]]:
     n = draw_span_count(rng, cfg.lam, cfg.max_spans)
     free = np.zeros(len(tokens), dtype=bool)
     for a, b in regions(tokens, vocab):
@@ -99,7 +101,7 @@ def choose_spans(tokens: np.ndarray, vocab: JointVocab, rng: np.random.Generator
             run += 1
         length = int(rng.integers(1, run + 1))
         spans.append((start, length))
-        free[start:start + length] = False
+        free[start : start + length] = False
         # keep spans apart: a position right after a span may not start another directly
         # adjacent one in the same region (two placeholders side by side would still invert, but
         # an adjacent span is indistinguishable from a longer one for the objective)
@@ -110,8 +112,9 @@ def choose_spans(tokens: np.ndarray, vocab: JointVocab, rng: np.random.Generator
     return sorted(spans)
 
 
-def choose_spans_whole_images(tokens: np.ndarray, vocab: JointVocab, rng: np.random.Generator,
-                              cfg: CM3Config) -> list[tuple[int, int]]:
+def choose_spans_whole_images(
+    tokens: np.ndarray, vocab: JointVocab, rng: np.random.Generator, cfg: CM3Config
+) -> list[tuple[int, int]]:
     """Spans where an image is one indivisible unit: a region is drawn first (uniformly among
     those with room), then a text span inside it as in `choose_spans`, or the whole image."""
     n = draw_span_count(rng, cfg.lam, cfg.max_spans)
@@ -137,7 +140,7 @@ def choose_spans_whole_images(tokens: np.ndarray, vocab: JointVocab, rng: np.ran
                 run += 1
             length = int(rng.integers(1, run + 1))
         spans.append((start, length))
-        free[start:start + length] = False
+        free[start : start + length] = False
         if start + length < len(free):  # keep spans apart, as in choose_spans
             free[start + length] = False
         if start > 0:
@@ -145,8 +148,14 @@ def choose_spans_whole_images(tokens: np.ndarray, vocab: JointVocab, rng: np.ran
     return sorted(spans)
 
 
-def cm3_transform(tokens: np.ndarray, vocab: JointVocab, key: str, cfg: CM3Config = CM3Config(),
-                  loss_mask: np.ndarray | None = None, rng: np.random.Generator | None = None) -> CM3Result:
+def cm3_transform(
+    tokens: np.ndarray,
+    vocab: JointVocab,
+    key: str,
+    cfg: CM3Config = CM3Config(),
+    loss_mask: np.ndarray | None = None,
+    rng: np.random.Generator | None = None,
+) -> CM3Result:
     tokens = np.asarray(tokens)
     masks = _mask_ids(vocab)
     if np.isin(tokens, masks).any():
@@ -165,10 +174,10 @@ def cm3_transform(tokens: np.ndarray, vocab: JointVocab, key: str, cfg: CM3Confi
     tail_m: list[np.ndarray] = []
     pos = 0
     for i, (s, n) in enumerate(spans):
-        out_t += [tokens[pos:s], masks[i:i + 1]]
+        out_t += [tokens[pos:s], masks[i : i + 1]]
         out_m += [lm[pos:s], np.zeros(1, np.uint8)]
-        tail_t += [masks[i:i + 1], tokens[s:s + n]]
-        tail_m += [lm[s:s + 1], lm[s:s + n]]
+        tail_t += [masks[i : i + 1], tokens[s : s + n]]
+        tail_m += [lm[s : s + 1], lm[s : s + n]]
         pos = s + n
     out_t += [tokens[pos:body_end]] + tail_t + [tokens[body_end:]]
     out_m += [lm[pos:body_end]] + tail_m + [lm[body_end:]]
@@ -180,10 +189,12 @@ def cm3_transform(tokens: np.ndarray, vocab: JointVocab, key: str, cfg: CM3Confi
 @overload
 def cm3_inverse(tokens: np.ndarray, vocab: JointVocab, loss_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 @overload
-def cm3_inverse(tokens: np.ndarray, vocab: JointVocab,
-                loss_mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]: ...
-def cm3_inverse(tokens: np.ndarray, vocab: JointVocab,
-                loss_mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+def cm3_inverse(
+    tokens: np.ndarray, vocab: JointVocab, loss_mask: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray | None]: ...
+def cm3_inverse(
+    tokens: np.ndarray, vocab: JointVocab, loss_mask: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Undo `cm3_transform` exactly (tokens and, when given, the loss mask). Also decodes a
     generated sequence, as long as every placeholder has its sentinel."""
     tokens = np.asarray(tokens)
@@ -211,8 +222,8 @@ def cm3_inverse(tokens: np.ndarray, vocab: JointVocab,
         if lm is not None:
             out_m += [lm[pos:p], lm[span]]
         pos = p + 1
-    out_t += [tokens[pos:sent[0]], tokens[tail_end:]]
+    out_t += [tokens[pos : sent[0]], tokens[tail_end:]]
     if lm is not None:
-        out_m += [lm[pos:sent[0]], lm[tail_end:]]
+        out_m += [lm[pos : sent[0]], lm[tail_end:]]
     orig = np.concatenate(out_t).astype(np.int32)
     return orig, (np.concatenate(out_m).astype(np.uint8) if lm is not None else None)

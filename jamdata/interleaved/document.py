@@ -4,6 +4,7 @@ A document is an ordered list of segments, each text or image, each with a role 
 use to decide which tokens are training targets. Images are carried as references (a path, a
 store entry or inline bytes) and only loaded when the document is tokenized.
 """
+
 from __future__ import annotations
 
 import re

@@ -4,6 +4,7 @@
 [h,w] code grids`); `VQEncoder` implements it with the project's VQ-VAE. Image failures are
 reasons, not exceptions, so the caller decides whether a document survives without the image.
 """
+
 from __future__ import annotations
 
 import tarfile
@@ -41,7 +42,7 @@ class VQEncoder:
 
         out: list[np.ndarray] = []
         for i in range(0, len(images), self.batch_size):
-            x = torch.from_numpy(np.stack(images[i:i + self.batch_size]).astype(np.float32))
+            x = torch.from_numpy(np.stack(images[i : i + self.batch_size]).astype(np.float32))
             out += list(self.model.encode(x).cpu().numpy().astype(np.int64))
         return out
 
@@ -54,7 +55,7 @@ class VQEncoder:
 def _tar_member(ref: ImageRef, path: str, policy: InputPolicy | None) -> bytes:
     """A member of a tar file (an image store's entry). A `tar://` name written in a record is
     data like any path: its tar file must lie under the policy's roots."""
-    member, _, tar_path = path[len("tar://"):].partition("::")
+    member, _, tar_path = path[len("tar://") :].partition("::")
     if policy is not None:
         tar_path = confined_path(tar_path, parent_dir(tar_path), policy)
     max_bytes = (policy or InputPolicy()).max_bytes
@@ -76,8 +77,9 @@ def read_image_bytes(ref: ImageRef, policy: InputPolicy | None = None) -> bytes:
     if ref.data is not None:
         limit = (policy or InputPolicy()).max_bytes
         if len(ref.data) > limit:
-            raise InputRefused(ref.ref, "file_too_large",
-                               f"inline image of {len(ref.data)} bytes, more than the limit of {limit}")
+            raise InputRefused(
+                ref.ref, "file_too_large", f"inline image of {len(ref.data)} bytes, more than the limit of {limit}"
+            )
         return ref.data
     if ref.path is None:
         raise FileNotFoundError(f"image {ref.ref!r} has no location")
@@ -92,8 +94,9 @@ def read_image_bytes(ref: ImageRef, policy: InputPolicy | None = None) -> bytes:
         raise FileNotFoundError(f"image file {ref.path} does not exist") from None
 
 
-def load_pixels(ref: ImageRef, resolution: int, min_size: int = 16,
-                policy: InputPolicy | None = None) -> np.ndarray | str:
+def load_pixels(
+    ref: ImageRef, resolution: int, min_size: int = 16, policy: InputPolicy | None = None
+) -> np.ndarray | str:
     """[3, R, R] float32 in [-1, 1], or the reason it could not be used."""
     from jamdata.image.preprocess import ImageRejected, preprocess_image
 

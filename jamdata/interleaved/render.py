@@ -4,6 +4,7 @@ Text is decoded from the tokens, images from their VQ codes (with the VQ-VAE; wi
 colour mosaic of the codes). Tokens that are not training targets are greyed out; spans moved by
 the CM3 transform are shown in place with a dashed outline and their `<mask:i>` number.
 """
+
 from __future__ import annotations
 
 import base64
@@ -55,20 +56,31 @@ def _runs(labels: list) -> list[tuple[int, int]]:
     return out
 
 
-def render_sample(tokens: np.ndarray, loss_mask: np.ndarray, layout: dict, vocab: JointVocab,
-                  decode_text: Callable[[list[int]], str],
-                  decode_image: Callable[[np.ndarray], np.ndarray] | None) -> str:
+def render_sample(
+    tokens: np.ndarray,
+    loss_mask: np.ndarray,
+    layout: dict,
+    vocab: JointVocab,
+    decode_text: Callable[[list[int]], str],
+    decode_image: Callable[[np.ndarray], np.ndarray] | None,
+) -> str:
     cm3 = layout.get("cm3")
     if cm3:
         tokens, loss_mask = cm3_inverse(tokens, vocab, loss_mask)
     span_of = np.full(len(tokens), -1)
     for i, (s, n) in enumerate((cm3 or {}).get("spans", [])):
-        span_of[s:s + n] = i
-    parts = [f"<div class='meta'><b>{html.escape(layout['key'])}</b> · {html.escape(layout['source'])} · "
-             f"{layout['n_tokens']} tokens, {layout['n_targets']} targets · loss: {layout['loss']}"
-             + (f" · CM3 spans: {len(cm3['spans'])}" if cm3 else "")
-             + (f" · dropped {len(layout['dropped_segments'])} segment(s) to fit {layout['max_len']}"
-                if layout.get("dropped_segments") else "") + "</div>"]
+        span_of[s : s + n] = i
+    parts = [
+        f"<div class='meta'><b>{html.escape(layout['key'])}</b> · {html.escape(layout['source'])} · "
+        f"{layout['n_tokens']} tokens, {layout['n_targets']} targets · loss: {layout['loss']}"
+        + (f" · CM3 spans: {len(cm3['spans'])}" if cm3 else "")
+        + (
+            f" · dropped {len(layout['dropped_segments'])} segment(s) to fit {layout['max_len']}"
+            if layout.get("dropped_segments")
+            else ""
+        )
+        + "</div>"
+    ]
     for seg in layout["segments"]:
         a = seg["start"] + int(seg.get("break", False))
         b = seg["start"] + seg["length"]
@@ -78,26 +90,30 @@ def render_sample(tokens: np.ndarray, loss_mask: np.ndarray, layout: dict, vocab
             html_parts = []
             for r0, r1 in _runs(labels):
                 target, span = labels[r0]
-                text = html.escape(decode_text(tokens[a + r0:a + r1].tolist()))
+                text = html.escape(decode_text(tokens[a + r0 : a + r1].tolist()))
                 cls = ("" if target else "off") + (" cm3" if span >= 0 else "")
                 tag = f"<span class='tag'>&lt;mask:{span}&gt;</span>" if span >= 0 else ""
                 html_parts.append(f"<span class='{cls.strip()}'>{tag}{text}</span>")
             parts.append(f"<div class='seg'>{role}{' '.join(html_parts)}</div>")
         else:
-            codes = vocab.image_codes(tokens[a + 1:b - 1]).reshape(seg["h"], seg["w"])
+            codes = vocab.image_codes(tokens[a + 1 : b - 1]).reshape(seg["h"], seg["w"])
             pixels = decode_image(codes) if decode_image else mosaic(codes)
             cls = ("" if loss_mask[a:b].any() else "imgoff") + (" cm3" if (span_of[a:b] >= 0).any() else "")
             ref = html.escape(str(seg.get("image_ref") or ""))
             spans = sorted(set(span_of[a:b].tolist()) - {-1})
-            tag = "".join(f"<span class='tag'>&lt;mask:{i}&gt; on {(span_of[a:b] == i).sum()} codes </span>"
-                          for i in spans)
-            parts.append(f"<div class='seg'>{role}<img class='{cls.strip()}' src='{_png(pixels)}' "
-                         f"title='{ref}'> {tag}<span class='meta'>{seg['h']}x{seg['w']} codes · {ref}</span></div>")
+            tag = "".join(
+                f"<span class='tag'>&lt;mask:{i}&gt; on {(span_of[a:b] == i).sum()} codes </span>" for i in spans
+            )
+            parts.append(
+                f"<div class='seg'>{role}<img class='{cls.strip()}' src='{_png(pixels)}' "
+                f"title='{ref}'> {tag}<span class='meta'>{seg['h']}x{seg['w']} codes · {ref}</span></div>"
+            )
     return "<div class='sample'>" + "\n".join(parts) + "</div>"
 
 
-def render_dataset(root: str, n: int = 8, tokenizer: str | None = None, vqvae: str | None = None,
-                   keys: list[str] | None = None) -> str:
+def render_dataset(
+    root: str, n: int = 8, tokenizer: str | None = None, vqvae: str | None = None, keys: list[str] | None = None
+) -> str:
     """HTML for the first `n` samples (or the given keys) of an interleaved dataset. The tokenizer
     and VQ-VAE default to the paths recorded in the manifest's config."""
     from jamdata.text.tokenizer import TextTokenizer
@@ -124,14 +140,17 @@ def render_dataset(root: str, n: int = 8, tokenizer: str | None = None, vqvae: s
             if keys is not None and sample.key not in keys:
                 continue
             d = sample.decoded()
-            blocks.append(render_sample(d["tokens.npy"], d["loss_mask.npy"], d["json"], vocab, tok.decode,
-                                        decode_image))
+            blocks.append(
+                render_sample(d["tokens.npy"], d["loss_mask.npy"], d["json"], vocab, tok.decode, decode_image)
+            )
             if len(blocks) >= n:
                 break
         if len(blocks) >= n:
             break
     title = f"{html.escape(root)}: {len(blocks)} of {manifest['totals']['records']} samples"
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>{CSS}</style>"
-            f"</head><body><h1>{title}</h1><p class='meta'>{note}. Grey: not a training target "
-            f"(loss mask 0). Dashed: a CM3 span, moved to the end of the sequence in training."
-            f"</p>{''.join(blocks)}</body></html>\n")
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>{CSS}</style>"
+        f"</head><body><h1>{title}</h1><p class='meta'>{note}. Grey: not a training target "
+        f"(loss mask 0). Dashed: a CM3 span, moved to the end of the sequence in training."
+        f"</p>{''.join(blocks)}</body></html>\n"
+    )

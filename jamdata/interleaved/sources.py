@@ -28,6 +28,7 @@ Conversations (`format: conversation`), JSON lines:
 `content` is a string or a list of parts, each `{"text": ...}`, `{"image": path}` or
 `{"image_base64": ...}`. Roles: user -> instruction, assistant -> response, system -> context.
 """
+
 from __future__ import annotations
 
 import base64
@@ -37,14 +38,27 @@ import json
 import posixpath
 from typing import Any, Iterator
 
-from jamdata.interleaved.document import (CONTEXT, INSTRUCTION, RESPONSE, Document, ImageRef,
-                                          RejectedDocument, Segment, safe_key)
+from jamdata.interleaved.document import (
+    CONTEXT,
+    INSTRUCTION,
+    RESPONSE,
+    Document,
+    ImageRef,
+    RejectedDocument,
+    Segment,
+    safe_key,
+)
 from jamdata.interleaved.template import Template
 from jamdata.io import fs_and_path, open_input, open_url
 
 FORMATS = ("howto", "mmc4", "conversation")
-CONVERSATION_ROLES = {"user": INSTRUCTION, "human": INSTRUCTION, "assistant": RESPONSE,
-                      "gpt": RESPONSE, "system": CONTEXT}
+CONVERSATION_ROLES = {
+    "user": INSTRUCTION,
+    "human": INSTRUCTION,
+    "assistant": RESPONSE,
+    "gpt": RESPONSE,
+    "system": CONTEXT,
+}
 
 
 def url_sha1(url: str) -> str:
@@ -149,8 +163,10 @@ def conversation_document(record: Any, file: str, offset: int) -> Document:
             raise RejectedDocument(f"turn {t} must be a JSON object")
         role = CONVERSATION_ROLES.get(str(turn.get("role", "")).lower())
         if role is None:
-            raise RejectedDocument(f"turn {t}: unknown role {turn.get('role')!r} "
-                                   f"(known: {', '.join(sorted(CONVERSATION_ROLES))})", json.dumps(turn)[:200])
+            raise RejectedDocument(
+                f"turn {t}: unknown role {turn.get('role')!r} (known: {', '.join(sorted(CONVERSATION_ROLES))})",
+                json.dumps(turn)[:200],
+            )
         content = turn.get("content")
         parts = [{"text": content}] if isinstance(content, str) else content
         if not isinstance(parts, list) or not parts:
@@ -175,8 +191,7 @@ def conversation_document(record: Any, file: str, offset: int) -> Document:
     return Document(key, "conversation", segs, file, offset)
 
 
-def mmc4_document(record: Any, file: str, offset: int, store: "ImageStore | None",
-                  min_images: int = 1) -> Document:
+def mmc4_document(record: Any, file: str, offset: int, store: "ImageStore | None", min_images: int = 1) -> Document:
     if not isinstance(record, dict) or not isinstance(record.get("text_list"), list):
         raise RejectedDocument("mmc4 record needs a text_list list")
     texts = record["text_list"]
@@ -190,21 +205,25 @@ def mmc4_document(record: Any, file: str, offset: int, store: "ImageStore | None
     for k, info in enumerate(infos):
         idx = info.get("matched_text_index") if isinstance(info, dict) else None
         if not isinstance(idx, int) or not 0 <= idx < len(texts):
-            raise RejectedDocument(f"image {k}: matched_text_index {idx!r} out of range "
-                                   f"({len(texts)} sentences)", url)
+            raise RejectedDocument(f"image {k}: matched_text_index {idx!r} out of range ({len(texts)} sentences)", url)
         img_url = str(info.get("raw_url") or "")
         found = store.lookup(img_url, info.get("image_name")) if store is not None else None
         if found is None:
-            code, why = ("no_image_store", "no image store configured") if store is None else \
-                ("not_in_image_store", "not in the image store")
+            code, why = (
+                ("no_image_store", "no image store configured")
+                if store is None
+                else ("not_in_image_store", "not in the image store")
+            )
             dropped.append((f"img{k}", f"{code}: image {img_url or info.get('image_name')!r} {why} (never fetched)"))
             continue
         after.setdefault(idx, []).append(found)
     n_images = sum(len(v) for v in after.values())
     if n_images < min_images:
         reasons = "; ".join(r for _, r in dropped[:3])
-        raise RejectedDocument(f"too_few_images: {n_images} image(s) resolved, need {min_images}"
-                               + (f" ({reasons})" if reasons else ""), url)
+        raise RejectedDocument(
+            f"too_few_images: {n_images} image(s) resolved, need {min_images}" + (f" ({reasons})" if reasons else ""),
+            url,
+        )
     segs: list[Segment] = []
     for i, sentence in enumerate(texts):
         if isinstance(sentence, str) and sentence.strip():

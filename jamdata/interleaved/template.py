@@ -17,6 +17,7 @@ Truncation to `max_len` never cuts an image: segments are dropped whole from the
 text segment that does not fit may be cut at a token boundary (`cut_text`). What was dropped is
 recorded in the layout.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -25,8 +26,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from jamdata.config import Config, ConfigError
-from jamdata.interleaved.document import (IMAGE, INSTRUCTION, RESPONSE, TEXT, Document, RejectedDocument,
-                                          Segment)
+from jamdata.interleaved.document import IMAGE, INSTRUCTION, RESPONSE, TEXT, Document, RejectedDocument, Segment
 from jamdata.settings import load_settings, setting
 from jamdata.vocab import JointVocab
 
@@ -36,6 +36,7 @@ LOSS_POLICIES = ("response", "all")
 @dataclass(frozen=True)
 class Template:
     """`instruct.template` (docs/instruct.md): how a document becomes one token sequence."""
+
     instruction_format: str = setting("How to {title}", "how-to instruction; fields: {title}, {intro}")
     intro_role: str = setting("response", "role of a how-to's intro", choices=("response", "context", "drop"))
     step_format: str = setting("Step {n}: {text}", "how-to step text; fields: {n}, {text}")
@@ -48,13 +49,16 @@ class Template:
     eos: bool = setting(True, "end with </s>")
 
     def __post_init__(self) -> None:
-        for key, fmt, names in (("instruction_format", self.instruction_format, {"title": "", "intro": ""}),
-                                ("step_format", self.step_format, {"n": 1, "text": ""})):
+        for key, fmt, names in (
+            ("instruction_format", self.instruction_format, {"title": "", "intro": ""}),
+            ("step_format", self.step_format, {"n": 1, "text": ""}),
+        ):
             try:
                 fmt.format(**names)
             except (KeyError, IndexError, ValueError) as e:
-                raise ConfigError(f"instruct.template.{key}", f"bad format {fmt!r} ({e}); "
-                                  f"fields: {', '.join(names)}") from None
+                raise ConfigError(
+                    f"instruct.template.{key}", f"bad format {fmt!r} ({e}); fields: {', '.join(names)}"
+                ) from None
 
     @classmethod
     def from_config(cls, cfg: Config) -> "Template":
@@ -66,16 +70,20 @@ class Template:
 
 @dataclass
 class Encoded:
-    tokens: np.ndarray      # int32
-    loss_mask: np.ndarray   # uint8, same length
-    segments: list[dict]    # layout: modality, role, text, image_ref, start, length (+ h, w)
+    tokens: np.ndarray  # int32
+    loss_mask: np.ndarray  # uint8, same length
+    segments: list[dict]  # layout: modality, role, text, image_ref, start, length (+ h, w)
     dropped: list[dict] = field(default_factory=list)
     truncated_tokens: int = 0
 
     def layout(self) -> dict:
-        return {"segments": self.segments, "dropped_segments": self.dropped,
-                "truncated_tokens": self.truncated_tokens, "n_tokens": int(len(self.tokens)),
-                "n_targets": int(self.loss_mask.sum())}
+        return {
+            "segments": self.segments,
+            "dropped_segments": self.dropped,
+            "truncated_tokens": self.truncated_tokens,
+            "n_tokens": int(len(self.tokens)),
+            "n_targets": int(self.loss_mask.sum()),
+        }
 
 
 def _with_prefixes(doc: Document, template: Template) -> list[Segment]:
@@ -91,9 +99,14 @@ def _with_prefixes(doc: Document, template: Template) -> list[Segment]:
     return out
 
 
-def encode_document(doc: Document, template: Template, vocab: JointVocab,
-                    encode_text: Callable[[str], list[int]], image_codes: Mapping[int, np.ndarray],
-                    budget: int | None = None) -> Encoded:
+def encode_document(
+    doc: Document,
+    template: Template,
+    vocab: JointVocab,
+    encode_text: Callable[[str], list[int]],
+    image_codes: Mapping[int, np.ndarray],
+    budget: int | None = None,
+) -> Encoded:
     """Tokenize `doc`. `image_codes[i]` is the [h, w] code grid of segment i (original indices,
     before prefixes). `budget` (default `template.max_len`) is the hard length limit."""
     budget = template.max_len if budget is None else budget
@@ -112,8 +125,12 @@ def encode_document(doc: Document, template: Template, vocab: JointVocab,
     for i, seg in enumerate(segs):
         brk = i > 0 and (seg.modality == IMAGE or segs[i - 1].modality == IMAGE)
         head = [vocab.break_id] if brk else []
-        info: dict[str, Any] = {"modality": seg.modality, "role": seg.role, "text": seg.text,
-                "image_ref": seg.image.ref if seg.image else None}
+        info: dict[str, Any] = {
+            "modality": seg.modality,
+            "role": seg.role,
+            "text": seg.text,
+            "image_ref": seg.image.ref if seg.image else None,
+        }
         if seg.modality == TEXT:
             assert seg.text is not None  # Segment: a text segment carries text
             ids = np.asarray(head + list(encode_text(seg.text)), dtype=np.int64)
@@ -124,8 +141,13 @@ def encode_document(doc: Document, template: Template, vocab: JointVocab,
             if codes.ndim != 2:
                 raise ValueError(f"image codes must be a [h, w] grid, got shape {codes.shape}")
             info["h"], info["w"] = int(codes.shape[0]), int(codes.shape[1])
-            ids = np.concatenate([np.asarray(head + [vocab.boi_id], np.int64), vocab.image_ids(codes.ravel()),
-                                  np.asarray([vocab.eoi_id], np.int64)])
+            ids = np.concatenate(
+                [
+                    np.asarray(head + [vocab.boi_id], np.int64),
+                    vocab.image_ids(codes.ravel()),
+                    np.asarray([vocab.eoi_id], np.int64),
+                ]
+            )
         target = 1 if (loss_all or seg.role == RESPONSE) else 0
         info["break"] = bool(brk)
         parts.append((ids, target, info))
@@ -148,19 +170,34 @@ def encode_document(doc: Document, template: Template, vocab: JointVocab,
                 cut = room - used
                 truncated = len(ids) - cut
                 kept.append((ids[:cut], target, dict(info, truncated=True)))
-                rest = parts[k + 1:]
-                dropped.append({"modality": TEXT, "role": info["role"], "image_ref": None,
-                                "tokens": int(truncated), "partial": True})
+                rest = parts[k + 1 :]
+                dropped.append(
+                    {
+                        "modality": TEXT,
+                        "role": info["role"],
+                        "image_ref": None,
+                        "tokens": int(truncated),
+                        "partial": True,
+                    }
+                )
             for ids2, _, info2 in rest:
-                dropped.append({"modality": info2["modality"], "role": info2["role"],
-                                "image_ref": info2["image_ref"], "tokens": int(len(ids2))})
+                dropped.append(
+                    {
+                        "modality": info2["modality"],
+                        "role": info2["role"],
+                        "image_ref": info2["image_ref"],
+                        "tokens": int(len(ids2)),
+                    }
+                )
             break
         parts = kept
         if not parts:
             raise RejectedDocument(f"longer than max_len {budget} tokens ({total}) even with only its first segment")
         if not any(t for _, t, _ in parts):
-            raise RejectedDocument(f"longer than max_len {budget} tokens ({total}): nothing to train on "
-                                   "remains after dropping segments from the end")
+            raise RejectedDocument(
+                f"longer than max_len {budget} tokens ({total}): nothing to train on "
+                "remains after dropping segments from the end"
+            )
 
     tokens: list[np.ndarray] = []
     mask: list[np.ndarray] = []

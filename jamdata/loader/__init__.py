@@ -6,6 +6,7 @@
 
 See docs/loader.md for the batch contract, the order definition and the config keys.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -30,8 +31,20 @@ def __getattr__(name: str) -> Any:
         return getattr(stream, name)
     raise AttributeError(name)
 
-__all__ = ["build_loader", "build_spec", "dataset_dirs", "JamLoader", "PackedStream", "LoaderSpec",
-           "LoaderError", "merge_state_dicts", "hf_iterable_dataset", "LoaderSettings", "loader_settings"]
+
+__all__ = [
+    "build_loader",
+    "build_spec",
+    "dataset_dirs",
+    "JamLoader",
+    "PackedStream",
+    "LoaderSpec",
+    "LoaderError",
+    "merge_state_dicts",
+    "hf_iterable_dataset",
+    "LoaderSettings",
+    "loader_settings",
+]
 
 DEFAULT_MIXTURE = {"text-tokens": 0.5, "image-caption": 0.5}
 
@@ -39,6 +52,7 @@ DEFAULT_MIXTURE = {"text-tokens": 0.5, "image-caption": 0.5}
 @dataclass(frozen=True)
 class LoaderSettings:
     """The `loader` section (docs/loader.md): mixture, packing, order, resume."""
+
     mixture: dict | None = setting(None, "dataset name -> weight (default: every dataset given, equal weights)")
     paths: dict = setting({}, "dataset name -> directory (default: <run dir>/<name>)")
     seq_len: int = setting(4096, "tokens per packed row", lo=2)
@@ -46,15 +60,15 @@ class LoaderSettings:
     step_lanes: int = setting(2, "lanes a step's rows are drawn from", lo=1)
     slot_lanes: int | None = setting(None, "lanes over all rows of a batch (default: global_batch_size)", lo=1)
     shuffle_block: int = setting(1024, "samples shuffled together", lo=1)
-    text_run_rows: int = setting(8, "rows of back-to-back documents a text run holds (0: every document alone)",
-                                 lo=0)
+    text_run_rows: int = setting(8, "rows of back-to-back documents a text run holds (0: every document alone)", lo=0)
     seed: int = setting(0, "seed of the order")
     mixture_period: int = setting(10000, "steps after which the mixture's deficits reset", lo=1)
     steps_per_epoch: int = setting(0, "steps per epoch (0: from the data)", lo=0)
     oversize: str = setting("truncate", "a sample longer than a row", choices=("truncate", "skip"))
     on_corrupt: str = setting("skip", "an unreadable shard", choices=("skip", "fail"))
-    verify: str = setting("sha256", "how shards are checked against their manifests",
-                          choices=("sha256", "size", "none"))
+    verify: str = setting(
+        "sha256", "how shards are checked against their manifests", choices=("sha256", "size", "none")
+    )
     token_dtype: str = setting("int32", "dtype of the token arrays", choices=("int32", "int64"))
     num_workers: int = setting(0, "DataLoader worker processes", lo=0)
     persistent_workers: bool = setting(False, "keep worker processes between epochs")
@@ -88,8 +102,10 @@ def build_spec(cfg_section: Config, datasets: dict[str, str]) -> tuple["LoaderSp
     mixture = s.mixture or {n: 1.0 for n in datasets}
     for name in mixture:
         if name not in datasets:
-            raise LoaderError(f"config key '{sec._key('mixture')}.{name}': no dataset directory given for it "
-                              f"(have: {', '.join(datasets) or 'none'})")
+            raise LoaderError(
+                f"config key '{sec._key('mixture')}.{name}': no dataset directory given for it "
+                f"(have: {', '.join(datasets) or 'none'})"
+            )
     for name, w in mixture.items():
         if isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0:
             raise LoaderError(f"config key '{sec._key('mixture')}.{name}': weight must be a number >= 0, got {w!r}")
@@ -101,23 +117,42 @@ def build_spec(cfg_section: Config, datasets: dict[str, str]) -> tuple["LoaderSp
     sources = [DatasetSource.from_manifest(n, r) for n, r in zip(names, roots)]
     cm3 = parse_cm3(sec, names, {src.name: src.fmt for src in sources}, s.seq_len)
     if cm3 is not None and any(src.vocab is None for src in sources if src.name in cm3.datasets):
-        raise LoaderError(f"config key '{sec._key('cm3.datasets')}': CM3 needs the joint vocabulary, which the "
-                          "manifest of " + ", ".join(src.root for src in sources if src.vocab is None)
-                          + " does not record")
+        raise LoaderError(
+            f"config key '{sec._key('cm3.datasets')}': CM3 needs the joint vocabulary, which the "
+            "manifest of " + ", ".join(src.root for src in sources if src.vocab is None) + " does not record"
+        )
     spec = LoaderSpec(
-        names=names, roots=roots, weights=tuple(float(mixture[n]) for n in names), seq_len=s.seq_len,
-        global_batch_size=s.global_batch_size, step_lanes=s.step_lanes,
-        slot_lanes=s.slot_lanes or s.global_batch_size, shuffle_block=s.shuffle_block,
-        text_run_rows=s.text_run_rows, seed=s.seed, mixture_period=s.mixture_period,
-        steps_per_epoch=s.steps_per_epoch, oversize=s.oversize, on_corrupt=s.on_corrupt, verify=s.verify,
-        token_dtype=s.token_dtype, cache_dir=s.cache_dir or "", cm3=cm3,
+        names=names,
+        roots=roots,
+        weights=tuple(float(mixture[n]) for n in names),
+        seq_len=s.seq_len,
+        global_batch_size=s.global_batch_size,
+        step_lanes=s.step_lanes,
+        slot_lanes=s.slot_lanes or s.global_batch_size,
+        shuffle_block=s.shuffle_block,
+        text_run_rows=s.text_run_rows,
+        seed=s.seed,
+        mixture_period=s.mixture_period,
+        steps_per_epoch=s.steps_per_epoch,
+        oversize=s.oversize,
+        on_corrupt=s.on_corrupt,
+        verify=s.verify,
+        token_dtype=s.token_dtype,
+        cache_dir=s.cache_dir or "",
+        cm3=cm3,
     )
     return spec, sources
 
 
-def build_loader(cfg_section: Config, datasets: dict[str, str], rank: int = 0, world_size: int = 1,
-                 num_workers: int | None = None, persistent_workers: bool | None = None,
-                 pin_memory: bool = False) -> "JamLoader":
+def build_loader(
+    cfg_section: Config,
+    datasets: dict[str, str],
+    rank: int = 0,
+    world_size: int = 1,
+    num_workers: int | None = None,
+    persistent_workers: bool | None = None,
+    pin_memory: bool = False,
+) -> "JamLoader":
     """The loader of this rank. Reads only the datasets' manifests; shards open lazily."""
     from jamdata.loader.stream import JamLoader
 
@@ -143,8 +178,12 @@ def hf_iterable_dataset(loader: "JamLoader") -> Any:
         lo.load_state_dict(state)
         for batch in lo:
             for i in range(batch["tokens"].shape[0]):
-                yield {"tokens": batch["tokens"][i].tolist(), "loss_mask": batch["loss_mask"][i].tolist(),
-                       "segment_ids": batch["segment_ids"][i].tolist(),
-                       "dataset": loader.dataset_names[int(batch["dataset_index"][i])], "keys": batch["keys"][i]}
+                yield {
+                    "tokens": batch["tokens"][i].tolist(),
+                    "loss_mask": batch["loss_mask"][i].tolist(),
+                    "segment_ids": batch["segment_ids"][i].tolist(),
+                    "dataset": loader.dataset_names[int(batch["dataset_index"][i])],
+                    "keys": batch["keys"][i],
+                }
 
     return datasets.IterableDataset.from_generator(rows)

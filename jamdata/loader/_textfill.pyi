@@ -13,9 +13,20 @@ class Block:
     def size(self) -> int: ...
     @property
     def keys(self) -> list[str]: ...
-    def __init__(self, cum: np.ndarray, nz: np.ndarray, wstart: np.ndarray, wtok: np.ndarray,
-                 wshard: np.ndarray, shards: Sequence[np.ndarray], b0: int, size: int, keys: list[str]) -> None: ...
-    def fill(self, tokens: np.ndarray, seg: np.ndarray, done: int, n: int, c0: int,
-             whole: bool = False) -> tuple[int, int, int]: ...
+    def __init__(
+        self,
+        cum: np.ndarray,
+        nz: np.ndarray,
+        wstart: np.ndarray,
+        wtok: np.ndarray,
+        wshard: np.ndarray,
+        shards: Sequence[np.ndarray],
+        b0: int,
+        size: int,
+        keys: list[str],
+    ) -> None: ...
+    def fill(
+        self, tokens: np.ndarray, seg: np.ndarray, done: int, n: int, c0: int, whole: bool = False
+    ) -> tuple[int, int, int]: ...
 
 def fill_rows(tokens: np.ndarray, seg: np.ndarray, L: int, blocks: list) -> list: ...

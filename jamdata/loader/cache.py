@@ -7,6 +7,7 @@ reads a stale copy and a shard shared by several runs is downloaded once.
 
 Where: `loader.cache_dir`, else $JAM_CACHE_DIR, else ~/.cache/jam/shards. Nothing is evicted: size
 the disk for the shards a run reads (docs/loader.md)."""
+
 from __future__ import annotations
 
 import hashlib

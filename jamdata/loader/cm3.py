@@ -14,6 +14,7 @@ nothing beyond the (epoch, position) it already holds. The raw sample (with its 
 budget of `seq_len - 2 * max_spans` tokens (`oversize` applies to that budget), so the transformed
 sample, at most `2 * max_spans` longer, always fits a row; packing then uses its real length.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -30,8 +31,10 @@ from jamdata.vocab import JointVocab
 @dataclass(frozen=True)
 class CM3Settings:
     """`loader.cm3`: CM3 applied at batch time (docs/loader.md)."""
-    datasets: list[str] = setting([], "webdataset datasets of loader.mixture it applies to (none: off)",
-                                  one_or_many=True)
+
+    datasets: list[str] = setting(
+        [], "webdataset datasets of loader.mixture it applies to (none: off)", one_or_many=True
+    )
     rate: float = setting(1.0, "share of their samples transformed in each epoch", lo=0.0, hi=1.0)
     lam: float = setting(1.0, "Poisson mean of the number of spans", lo=1e-6, name="lambda")
     max_spans: int = setting(MAX_SPANS, "most masked spans per sample", lo=1, hi=MAX_SPANS)
@@ -41,6 +44,7 @@ class CM3Settings:
 @dataclass(frozen=True)
 class CM3Spec:
     """The part of the loader's order that CM3 defines (it changes sample lengths, so packing)."""
+
     datasets: tuple[str, ...]
     rate: float = 1.0
     lam: float = 1.0
@@ -66,16 +70,22 @@ def parse_cm3(sec: Config, names: tuple[str, ...], formats: dict[str, str], seq_
     s = load_settings(CM3Settings, sec.section("cm3"))
     for name in s.datasets:
         if name not in names:
-            raise ConfigError(f"{key}.datasets", f"{name!r} is not in loader.mixture ({', '.join(names)})",
-                              source=sec.source)
+            raise ConfigError(
+                f"{key}.datasets", f"{name!r} is not in loader.mixture ({', '.join(names)})", source=sec.source
+            )
         if formats[name] != "tar":
-            raise ConfigError(f"{key}.datasets", f"{name!r} is a text-token dataset (documents run across "
-                              "rows); CM3 applies to image-caption and interleaved datasets", source=sec.source)
+            raise ConfigError(
+                f"{key}.datasets",
+                f"{name!r} is a text-token dataset (documents run across "
+                "rows); CM3 applies to image-caption and interleaved datasets",
+                source=sec.source,
+            )
     if not s.datasets:
         return None
     if 2 * s.max_spans >= seq_len:
-        raise ConfigError(f"{key}.max_spans", f"2 x {s.max_spans} must be less than loader.seq_len ({seq_len})",
-                          source=sec.source)
+        raise ConfigError(
+            f"{key}.max_spans", f"2 x {s.max_spans} must be less than loader.seq_len ({seq_len})", source=sec.source
+        )
     return CM3Spec(tuple(dict.fromkeys(s.datasets)), float(s.rate), float(s.lam), s.max_spans, s.max_span_len)
 
 
@@ -100,8 +110,9 @@ class SampleCM3:
         self.masks = np.asarray([vocab.mask_id(i) for i in range(MAX_SPANS)])
         self._last: dict[int, tuple[tuple[int, int], tuple[np.ndarray, np.ndarray | None]]] = {}
 
-    def __call__(self, lane: int, epoch: int, pos: int, key: str, tokens: np.ndarray,
-                 loss_mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    def __call__(
+        self, lane: int, epoch: int, pos: int, key: str, tokens: np.ndarray, loss_mask: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         last = self._last.get(lane)
         if last is not None and last[0] == (epoch, pos):
             return last[1]

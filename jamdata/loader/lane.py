@@ -1,6 +1,7 @@
 """A lane: one independent packed stream. The global stream interleaves many lanes; a lane is
 owned by exactly one (rank, worker), so it is read once, with no coordination, and its whole
 position is three integers per dataset (epoch, position in its span, offset in the document)."""
+
 from __future__ import annotations
 
 from typing import Any, Literal
@@ -40,8 +41,17 @@ class Cursor:
     each block in `order.block_permutation(...)` order (text blocks: runs of documents in
     `order.run_order(...)` order); the last epoch is followed by the next."""
 
-    def __init__(self, src: DatasetSource, lane: int, n_lanes: int, seed: int, block: int,
-                 pool: ShardPool, state: list[int] | None = None, run_tokens: int = 0):
+    def __init__(
+        self,
+        src: DatasetSource,
+        lane: int,
+        n_lanes: int,
+        seed: int,
+        block: int,
+        pool: ShardPool,
+        state: list[int] | None = None,
+        run_tokens: int = 0,
+    ):
         self.src, self.lane, self.n_lanes, self.seed, self.block = src, lane, n_lanes, seed, block
         self.run_tokens = run_tokens  # Megatron blocks are shuffled in runs of this many tokens
         self.pool = pool
@@ -108,7 +118,9 @@ class Cursor:
         if self.splittable:  # text rows are cut by pack_text from the block's TextBlock
             self._text_block(b, size, span[0] + b * self.block, perm, starts)
             return
-        seq = span[0] + b * self.block + order.block_permutation(self.seed, self.src.name, self.epoch, self.lane, b, size)
+        seq = (
+            span[0] + b * self.block + order.block_permutation(self.seed, self.src.name, self.epoch, self.lane, b, size)
+        )
         k = np.searchsorted(starts, seq, side="right") - 1  # last shard starting at or before (skips empty ones)
         shard_ids, local = perm[k], seq - starts[k]
         self._block_cache = (self.epoch, b, b * self.block, shard_ids.tolist(), local.tolist())
@@ -141,12 +153,23 @@ class Cursor:
         else:
             shard_ids, local, start, length = map(np.concatenate, (ids, locs, starts_, lens))
         first = order.text_runs(shard_ids, start, length, self.run_tokens)
-        idx, run_at = order.run_order(order.rng(self.seed, "runs", self.src.name, self.epoch, self.lane, b), first, size)
+        idx, run_at = order.run_order(
+            order.rng(self.seed, "runs", self.src.name, self.epoch, self.lane, b), first, size
+        )
         head = idx[run_at]  # each run's first position, in emitted order
         pos, offset = self.pos, self.offset
-        self._text = TextBlock(self.epoch, b * self.block, size, length[idx], run_at, shard_ids[head], local[head],
-                               start[head], {u: sh and sh.tokens for u, sh in usable.items()},
-                               {u: sh.keys if sh else None for u, sh in usable.items()})
+        self._text = TextBlock(
+            self.epoch,
+            b * self.block,
+            size,
+            length[idx],
+            run_at,
+            shard_ids[head],
+            local[head],
+            start[head],
+            {u: sh and sh.tokens for u, sh in usable.items()},
+            {u: sh.keys if sh else None for u, sh in usable.items()},
+        )
         self.stream = self._text.stream  # the block holds the position from here on
         self.stream.pos, self.stream.offset = pos, offset
 
@@ -177,8 +200,9 @@ class Cursor:
             try:
                 s = shard.get(local)
             except Exception as e:  # a damaged member: counted, logged, skipped (or raised: fail)
-                self.pool.fail_or_log(f"{self.src.root}/{self.src.shards[shard_i].rel}: sample {local}: {e}",
-                                      "corrupt_samples")
+                self.pool.fail_or_log(
+                    f"{self.src.root}/{self.src.shards[shard_i].rel}: sample {local}: {e}", "corrupt_samples"
+                )
         self._last = (pos, s)
         return s
 
@@ -205,8 +229,10 @@ class Cursor:
         """Raise once `skipped` unreadable positions in a row exceed a whole epoch of the lane
         (all its shards damaged), instead of looping forever."""
         if skipped > 2 * self.src.n_samples + 2:
-            raise LoaderError(f"dataset {self.src.name!r} ({self.src.root}): no readable sample in "
-                              f"lane {self.lane}'s part of a whole epoch (all shards damaged?)")
+            raise LoaderError(
+                f"dataset {self.src.name!r} ({self.src.root}): no readable sample in "
+                f"lane {self.lane}'s part of a whole epoch (all shards damaged?)"
+            )
 
     def advance(self) -> None:
         self.pos += 1
@@ -249,7 +275,7 @@ class Cursor:
         firsts = rows[:, 0].copy()
         lasts = rows[:, -1].tolist()
         np.subtract(rows, firsts[:, None], out=rows)
-        return [keys[i:j + 1] for i, j in zip(firsts.tolist(), lasts)]
+        return [keys[i : j + 1] for i, j in zip(firsts.tolist(), lasts)]
 
 
 class TextBlock:
@@ -259,9 +285,19 @@ class TextBlock:
     stream: its tokens one slice of the shard and its keys one slice of the shard's keys.
     `stream` copies tokens out of it (`textfill.Block`)."""
 
-    def __init__(self, epoch: int, b0: int, size: int, length: np.ndarray, run_at: np.ndarray,
-                 run_shard: np.ndarray, run_local: np.ndarray, run_start: np.ndarray,
-                 tokens: dict[int, Any], shard_keys: dict[int, Any]):
+    def __init__(
+        self,
+        epoch: int,
+        b0: int,
+        size: int,
+        length: np.ndarray,
+        run_at: np.ndarray,
+        run_shard: np.ndarray,
+        run_local: np.ndarray,
+        run_start: np.ndarray,
+        tokens: dict[int, Any],
+        shard_keys: dict[int, Any],
+    ):
         """`length`: document lengths in emitted order (0: unreadable); `run_at`: where each
         run starts in it; `run_shard`, `run_local`, `run_start`: shard, index in the shard and
         first token of each run's first document."""
@@ -283,9 +319,10 @@ class TextBlock:
         wshard = np.array([index.setdefault(u, len(index)) for u in wsh], dtype=np.int64)
         self.keys: list[str] = []  # every readable document's key, one list slice per window
         for u, l0, m in zip(wsh, run_local.tolist(), np.diff(wstart).tolist()):
-            self.keys += shard_keys[u][l0:l0 + m]
-        self.stream = Block(cum, nz, wstart, run_start - cum[ws], wshard, tuple(tokens[u] for u in index), b0, size,
-                            self.keys)
+            self.keys += shard_keys[u][l0 : l0 + m]
+        self.stream = Block(
+            cum, nz, wstart, run_start - cum[ws], wshard, tuple(tokens[u] for u in index), b0, size, self.keys
+        )
 
 
 class Packer:
@@ -295,8 +332,17 @@ class Packer:
     and counted. Samples of the datasets `loader.cm3` names are CM3-transformed before they are
     placed, with a raw budget of `seq_len - 2 * max_spans` (`jamdata/loader/cm3.py`)."""
 
-    def __init__(self, seq_len: int, pad_id: int, oversize: str, boi: int | None, eoi: int | None,
-                 eos: int | None, counters: dict[str, int], cm3: Any = None):
+    def __init__(
+        self,
+        seq_len: int,
+        pad_id: int,
+        oversize: str,
+        boi: int | None,
+        eoi: int | None,
+        eos: int | None,
+        counters: dict[str, int],
+        cm3: Any = None,
+    ):
         self.L, self.pad, self.oversize = seq_len, pad_id, oversize
         self.boi, self.eoi, self.eos = boi, eoi, eos
         self.counters = counters
@@ -329,8 +375,10 @@ class Packer:
                     cur.advance()
                     skipped += 1
                     if skipped > 2 * cur.src.n_samples + 2:
-                        raise LoaderError(f"dataset {cur.src.name!r}: no sample of lane {cur.lane}'s part fits in "
-                                          f"seq_len {L} (oversize=skip); raise seq_len or use oversize=truncate")
+                        raise LoaderError(
+                            f"dataset {cur.src.name!r}: no sample of lane {cur.lane}'s part fits in "
+                            f"seq_len {L} (oversize=skip); raise seq_len or use oversize=truncate"
+                        )
                     continue
                 toks, m, n = toks[:cut], (None if m is None else m[:cut]), cut
             if cm3 is not None:
@@ -340,9 +388,9 @@ class Packer:
                 break
             if cut:
                 self._count("truncated")
-            tokens[fill:fill + n] = toks
-            mask[fill:fill + n] = True if m is None else m
-            seg[fill:fill + n] = segment
+            tokens[fill : fill + n] = toks
+            mask[fill : fill + n] = True if m is None else m
+            seg[fill : fill + n] = segment
             keys.append(s.key)
             fill += n
             segment += 1

@@ -3,6 +3,7 @@
 Nothing here reads data or depends on the world size or the number of dataloader workers, so the
 exact order can be reconstructed from the config and the manifests alone (see docs/loader.md).
 """
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -45,8 +46,11 @@ def text_runs(shard_ids: np.ndarray, start: np.ndarray, length: np.ndarray, run_
     if n == 0:
         return np.zeros(0, dtype=np.int64)
     brk = np.ones(n, dtype=bool)
-    brk[1:] = (shard_ids[1:] != shard_ids[:-1]) | (start[1:] != start[:-1] + length[:-1]) \
+    brk[1:] = (
+        (shard_ids[1:] != shard_ids[:-1])
+        | (start[1:] != start[:-1] + length[:-1])
         | ((length[1:] == 0) != (length[:-1] == 0))
+    )
     before = np.cumsum(length) - length  # tokens before each document in the block
     stretch_at = np.maximum.accumulate(np.where(brk, before, 0))
     window = (before - stretch_at) // max(run_tokens, 1)

@@ -1,6 +1,7 @@
 """Datasets as the loader sees them: the shard list from the manifest (nothing else is read at
 start-up) and per-process shard readers that verify a shard on first use and turn damage into
 counted, logged skips instead of crashes."""
+
 from __future__ import annotations
 
 import io
@@ -39,6 +40,7 @@ class ShardRef:
 @dataclass
 class DatasetSource:
     """One dataset of the mixture, described by its manifest only."""
+
     name: str
     root: str
     kind: str
@@ -117,13 +119,17 @@ class MegatronShard:
             raise BadShard(f"{root}/{ref.rel}.idx: {len(self.ds)} documents, manifest says {ref.records}")
         idx = self.ds.index
         # plain ndarray views of the memory map: slicing a np.memmap costs more than the copy
-        self.tokens = np.asarray(self.ds._bin).view(np.ndarray).view(idx.dtype) if len(self.ds) else np.zeros(0, idx.dtype)
+        self.tokens = (
+            np.asarray(self.ds._bin).view(np.ndarray).view(idx.dtype) if len(self.ds) else np.zeros(0, idx.dtype)
+        )
         self.start_arr = (idx.sequence_pointers // idx.dtype.itemsize).astype(np.int64)
         self.len_arr = idx.sequence_lengths.astype(np.int64)
         bad = np.flatnonzero((self.start_arr < 0) | (self.start_arr + self.len_arr > len(self.tokens)))
         if bad.size:
-            raise BadShard(f"{root}/{ref.rel}.idx: document {int(bad[0])} points past the end of the .bin "
-                           f"({bad.size} such documents; corrupt index)")
+            raise BadShard(
+                f"{root}/{ref.rel}.idx: document {int(bad[0])} points past the end of the .bin "
+                f"({bad.size} such documents; corrupt index)"
+            )
         self._keys: list[str] | None = None
 
     @property
@@ -134,22 +140,21 @@ class MegatronShard:
         return self._keys
 
 
-
 _NPY_HEADERS: dict[bytes, tuple[np.dtype, tuple[int, ...], int]] = {}
 
 
 def _npy(buf, offset: int, size: int) -> np.ndarray:
     """Decode a .npy member straight from the mapped shard (zero copy); headers are parsed once
     per distinct header (np.load parses each one with literal_eval)."""
-    head = bytes(buf[offset:offset + min(size, 256)])
+    head = bytes(buf[offset : offset + min(size, 256)])
     if head[:6] != b"\x93NUMPY":
         raise ShardError("not a .npy member")
     hl = int.from_bytes(head[8:10], "little") if head[6] == 1 else int.from_bytes(head[8:12], "little")
     start = 10 if head[6] == 1 else 12
-    key = head[:start + hl] if start + hl <= len(head) else bytes(buf[offset:offset + start + hl])
+    key = head[: start + hl] if start + hl <= len(head) else bytes(buf[offset : offset + start + hl])
     info = _NPY_HEADERS.get(key)
     if info is None:
-        arr = np.load(io.BytesIO(bytes(buf[offset:offset + size])), allow_pickle=False)
+        arr = np.load(io.BytesIO(bytes(buf[offset : offset + size])), allow_pickle=False)
         if arr.dtype.hasobject or arr.ndim != 1:
             return arr
         info = (arr.dtype, arr.shape, start + hl)
@@ -168,7 +173,7 @@ def _scan_ustar(buf, size: int) -> list[tuple[str, int, int]] | None:
     out: list[tuple[str, int, int]] = []
     pos = 0
     while pos + 512 <= size:
-        h = bytes(buf[pos:pos + 512])
+        h = bytes(buf[pos : pos + 512])
         if h == b"\0" * 512:
             return out
         chk = h[148:156].split(b"\0")[0].strip()
@@ -258,8 +263,10 @@ class TarShard:
         tokens = _npy(self.buf, *fields["tokens.npy"])
         mask = _npy(self.buf, *fields["loss_mask.npy"]) if "loss_mask.npy" in fields else None
         if tokens.ndim != 1 or (mask is not None and mask.shape != tokens.shape):
-            raise ShardError(f"{self.path}: sample {key!r}: tokens {tokens.shape} / loss_mask "
-                             f"{None if mask is None else mask.shape} are not matching 1-d arrays")
+            raise ShardError(
+                f"{self.path}: sample {key!r}: tokens {tokens.shape} / loss_mask "
+                f"{None if mask is None else mask.shape} are not matching 1-d arrays"
+            )
         return Sample(key, tokens, mask)
 
 

@@ -2,6 +2,7 @@
 lanes a rank serves, the topology checks, the saved form of a lane's state and the default epoch
 length. Plain data and arithmetic, no torch: the stream and loader built on it are
 jamdata/loader/stream.py."""
+
 from __future__ import annotations
 
 import functools
@@ -17,6 +18,7 @@ from jamdata.loader.sources import DatasetSource, LoaderError
 @dataclass(frozen=True)
 class LoaderSpec:
     """Everything that defines the global order (and nothing that does not)."""
+
     names: tuple[str, ...]
     roots: tuple[str, ...]
     weights: tuple[float, ...]
@@ -59,8 +61,7 @@ class LoaderSpec:
     def lane_of(self, step: int, row: int) -> tuple[int, int]:
         """(lane, lane row index) of global row `row` of step `step`."""
         per = self.rows_per_lane
-        return ((step % self.step_lanes) * self.slot_lanes + row // per,
-                (step // self.step_lanes) * per + row % per)
+        return ((step % self.step_lanes) * self.slot_lanes + row // per, (step // self.step_lanes) * per + row % per)
 
     def dataset_of(self, lane: int, lane_row: int) -> int:
         sched = order.mixture_schedule(self.quotas())
@@ -77,8 +78,10 @@ def check_topology(spec: LoaderSpec, world_size: int, num_workers: int) -> None:
     if G % spec.slot_lanes:
         raise LoaderError(f"loader.slot_lanes ({spec.slot_lanes}) must divide loader.global_batch_size ({G})")
     if spec.slot_lanes % world_size:
-        raise LoaderError(f"world size {world_size} must divide loader.slot_lanes ({spec.slot_lanes}); "
-                          "choose slot_lanes as a multiple of every world size you will run with")
+        raise LoaderError(
+            f"world size {world_size} must divide loader.slot_lanes ({spec.slot_lanes}); "
+            "choose slot_lanes as a multiple of every world size you will run with"
+        )
     if num_workers > 1 and spec.step_lanes % num_workers:
         raise LoaderError(f"num_workers {num_workers} must divide loader.step_lanes ({spec.step_lanes})")
 

@@ -6,6 +6,7 @@ of lane l is taken from dataset `schedule[(i * P * Q + l) % period]`. Rank k ser
 [k*G/W, (k+1)*G/W) of every step; dataloader worker w serves steps start+w, start+w+nw, ... (nw
 divides P, W divides Q), so every lane lives in exactly one process and nothing depends on W or nw.
 """
+
 from __future__ import annotations
 
 import copy
@@ -19,8 +20,7 @@ from jamdata.loader import order
 from jamdata.loader.cm3 import SampleCM3
 from jamdata.loader.lane import Cursor, Packer
 from jamdata.loader.sources import DatasetSource, LoaderError, ShardPool
-from jamdata.loader.spec import (LoaderSpec, check_topology, default_steps_per_epoch, expand,
-                                 rank_lanes)
+from jamdata.loader.spec import LoaderSpec, check_topology, default_steps_per_epoch, expand, rank_lanes
 from jamdata.loader.textfill import fill_rows
 
 log = logging.getLogger("jamdata.loader")
@@ -39,17 +39,34 @@ class LaneSet:
         self.schedule = [int(x) for x in order.mixture_schedule(spec.quotas())]
         vocab = next((s.vocab for s in sources if s.vocab is not None), None)
         cm3 = SampleCM3(spec.cm3, vocab, spec.seed, self.pool.counters) if spec.cm3 and vocab else None
-        self.packer = Packer(spec.seq_len, vocab.pad_id if vocab else 0, spec.oversize,
-                             vocab.boi_id if vocab else None, vocab.eoi_id if vocab else None,
-                             vocab.eos_id if vocab else None, self.pool.counters, cm3)
+        self.packer = Packer(
+            spec.seq_len,
+            vocab.pad_id if vocab else 0,
+            spec.oversize,
+            vocab.boi_id if vocab else None,
+            vocab.eoi_id if vocab else None,
+            vocab.eos_id if vocab else None,
+            self.pool.counters,
+            cm3,
+        )
 
     def _lane(self, lane: int) -> list[Cursor]:
         if lane not in self.cursors:
             st = self.states.get(lane, {})
             ds_state = st.get("ds", {})
-            self.cursors[lane] = [Cursor(src, lane, self.spec.n_lanes, self.spec.seed, self.spec.shuffle_block,
-                                         self.pool, ds_state.get(src.name),
-                                         self.spec.seq_len * self.spec.text_run_rows) for src in self.sources]
+            self.cursors[lane] = [
+                Cursor(
+                    src,
+                    lane,
+                    self.spec.n_lanes,
+                    self.spec.seed,
+                    self.spec.shuffle_block,
+                    self.pool,
+                    ds_state.get(src.name),
+                    self.spec.seq_len * self.spec.text_run_rows,
+                )
+                for src in self.sources
+            ]
             self.rows[lane] = int(st.get("row", 0))
         return self.cursors[lane]
 
@@ -71,8 +88,16 @@ class PackedStream(torch.utils.data.IterableDataset):
     """This rank's batches, one per step (use `batch_size=None` in a DataLoader). Implements the
     `Stateful` protocol (`state_dict` / `load_state_dict`) of torchdata's StatefulDataLoader."""
 
-    def __init__(self, spec: LoaderSpec, sources: list[DatasetSource], rank: int = 0, world_size: int = 1,
-                 step: int = 0, lanes: dict[int, dict] | None = None, steps_per_epoch: int | None = None):
+    def __init__(
+        self,
+        spec: LoaderSpec,
+        sources: list[DatasetSource],
+        rank: int = 0,
+        world_size: int = 1,
+        step: int = 0,
+        lanes: dict[int, dict] | None = None,
+        steps_per_epoch: int | None = None,
+    ):
         self.spec, self.sources, self.rank, self.world_size = spec, sources, rank, world_size
         self.step = step
         self.lanes = dict(lanes or {})
@@ -89,10 +114,15 @@ class PackedStream(torch.utils.data.IterableDataset):
     # -- Stateful protocol ----------------------------------------------------------------------
     def state_dict(self) -> dict:
         info = torch.utils.data.get_worker_info()
-        lanes = {l: (self._set.state(l) if self._set and l in self._set.cursors else self.lanes.get(l))
-                 for l in rank_lanes(self.spec, self.rank, self.world_size)}
-        return {"step": self.step, "lanes": {l: s for l, s in lanes.items() if s is not None},
-                "stride": info.num_workers if info else self.stride}
+        lanes = {
+            l: (self._set.state(l) if self._set and l in self._set.cursors else self.lanes.get(l))
+            for l in rank_lanes(self.spec, self.rank, self.world_size)
+        }
+        return {
+            "step": self.step,
+            "lanes": {l: s for l, s in lanes.items() if s is not None},
+            "stride": info.num_workers if info else self.stride,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.step = int(state["step"])
@@ -144,15 +174,19 @@ class PackedStream(torch.utils.data.IterableDataset):
             curs = [(cursors.get(lane) or ls._lane(lane))[d] for lane, d in zip(lanes, ds)]
             if any(rows[lane] != lane_row for lane in lanes):
                 lane = next(lane for lane in lanes if rows[lane] != lane_row)
-                raise LoaderError(f"lane {lane} is at row {rows[lane]} but row {lane_row} was asked for "
-                                  "(state and step disagree)")
+                raise LoaderError(
+                    f"lane {lane} is at row {rows[lane]} but row {lane_row} was asked for (state and step disagree)"
+                )
             tf, sf = t.reshape(-1), sg.reshape(-1)
             keys = fill_rows(tf, sf, L, [c.stream for c in curs])  # text rows inside their lanes' blocks
             if None in keys:
                 for b, cur in enumerate(curs):
                     if keys[b] is None:
-                        keys[b] = (cur.pack_text(tf, sf, b * L, b * L + L) if cur.splittable
-                                   else packer.row(cur, t[b], m[b], sg[b]))
+                        keys[b] = (
+                            cur.pack_text(tf, sf, b * L, b * L + L)
+                            if cur.splittable
+                            else packer.row(cur, t[b], m[b], sg[b])
+                        )
             rows.update(dict.fromkeys(lanes, lane_row + 1))
         else:
             lanes = []
@@ -163,8 +197,9 @@ class PackedStream(torch.utils.data.IterableDataset):
                 d = sched[(lane_row * C + lane) % period]  # = spec.dataset_of(lane, lane_row)
                 cur = (cursors.get(lane) or ls._lane(lane))[d]
                 if rows[lane] != lane_row:
-                    raise LoaderError(f"lane {lane} is at row {rows[lane]} but row {lane_row} was asked for "
-                                      "(state and step disagree)")
+                    raise LoaderError(
+                        f"lane {lane} is at row {rows[lane]} but row {lane_row} was asked for (state and step disagree)"
+                    )
                 e = b + 1
                 if not cur.splittable:
                     keys.append(packer.row(cur, t[b], m[b], sg[b]))
@@ -177,8 +212,14 @@ class PackedStream(torch.utils.data.IterableDataset):
                 ds += [d] * (e - b)
                 lanes.append(lane)
                 b = e
-        out = {"tokens": t, "loss_mask": m, "segment_ids": sg, "dataset_index": np.array(ds, dtype=np.int64),
-               "keys": keys, "_step": n}
+        out = {
+            "tokens": t,
+            "loss_mask": m,
+            "segment_ids": sg,
+            "dataset_index": np.array(ds, dtype=np.int64),
+            "keys": keys,
+            "_step": n,
+        }
         if self.ship_state:  # a worker process: the main process keeps the lanes' state
             out["_lanes"] = {l: ls.compact(l) for l in dict.fromkeys(lanes)}
             out["_counters"] = ls.take_counters()
@@ -229,9 +270,17 @@ class JamLoader:
     """Iterate for one epoch of `len(loader)` steps; `state_dict()` after any step and
     `load_state_dict()` continue exactly there, for any number of workers or ranks."""
 
-    def __init__(self, spec: LoaderSpec, sources: list[DatasetSource], rank: int = 0, world_size: int = 1,
-                 num_workers: int = 0, persistent_workers: bool = False, prefetch_factor: int = 2,
-                 pin_memory: bool = False):
+    def __init__(
+        self,
+        spec: LoaderSpec,
+        sources: list[DatasetSource],
+        rank: int = 0,
+        world_size: int = 1,
+        num_workers: int = 0,
+        persistent_workers: bool = False,
+        prefetch_factor: int = 2,
+        pin_memory: bool = False,
+    ):
         check_topology(spec, world_size, num_workers)
         self.spec, self.sources = spec, sources
         self.rank, self.world_size = rank, world_size
@@ -263,8 +312,15 @@ class JamLoader:
 
     def _stream(self) -> PackedStream:
         mine = set(rank_lanes(self.spec, self.rank, self.world_size))
-        return PackedStream(self.spec, self.sources, self.rank, self.world_size, self.step,
-                            {l: expand(self.spec, s) for l, s in self.lanes.items() if l in mine}, self.steps_per_epoch)
+        return PackedStream(
+            self.spec,
+            self.sources,
+            self.rank,
+            self.world_size,
+            self.step,
+            {l: expand(self.spec, s) for l, s in self.lanes.items() if l in mine},
+            self.steps_per_epoch,
+        )
 
     def _sync(self) -> None:
         """Take lane states and counters from the in-process stream (workers send theirs with
@@ -282,12 +338,21 @@ class JamLoader:
         if self.num_workers == 0:
             self._local = self._stream()
             return self._local
-        reuse = (self.persistent_workers and self._dl is not None and self._clean
-                 and (self.step - self._dl_start) % self.num_workers == 0)
+        reuse = (
+            self.persistent_workers
+            and self._dl is not None
+            and self._clean
+            and (self.step - self._dl_start) % self.num_workers == 0
+        )
         if not reuse:
             self._dl = torch.utils.data.DataLoader(
-                self._stream(), batch_size=None, num_workers=self.num_workers, collate_fn=_as_is,
-                persistent_workers=self.persistent_workers, prefetch_factor=self.prefetch_factor)
+                self._stream(),
+                batch_size=None,
+                num_workers=self.num_workers,
+                collate_fn=_as_is,
+                persistent_workers=self.persistent_workers,
+                prefetch_factor=self.prefetch_factor,
+            )
             self._dl_start = self.step
         return self._dl
 
@@ -320,10 +385,15 @@ class JamLoader:
         self._sync()
         mine = rank_lanes(self.spec, self.rank, self.world_size)
         state = {
-            "version": STATE_VERSION, "fingerprint": self.fingerprint, "step": self.step,
-            "rank": self.rank, "world_size": self.world_size, "covered": mine,
+            "version": STATE_VERSION,
+            "fingerprint": self.fingerprint,
+            "step": self.step,
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "covered": mine,
             "lanes": {str(l): expand(self.spec, self.lanes[l]) for l in mine if l in self.lanes},
-            "counters": dict(self._counts), "dataset_names": self.dataset_names,
+            "counters": dict(self._counts),
+            "dataset_names": self.dataset_names,
         }
         dist = torch.distributed
         if gather is None:
@@ -338,15 +408,19 @@ class JamLoader:
         if state.get("version") != STATE_VERSION:
             raise LoaderError(f"loader state version {state.get('version')} is not {STATE_VERSION}")
         if state["fingerprint"] != self.fingerprint:
-            raise LoaderError(f"loader state was saved for a different data order ({state['fingerprint']}, "
-                              f"this loader has {self.fingerprint}): datasets, weights, seed, seq_len, "
-                              "global_batch_size, lanes or shuffle_block changed")
+            raise LoaderError(
+                f"loader state was saved for a different data order ({state['fingerprint']}, "
+                f"this loader has {self.fingerprint}): datasets, weights, seed, seq_len, "
+                "global_batch_size, lanes or shuffle_block changed"
+            )
         need = set(rank_lanes(self.spec, self.rank, self.world_size))
         missing = need - set(state["covered"])
         if missing:
-            raise LoaderError(f"loader state covers lanes {sorted(state['covered'])} only; rank {self.rank} of "
-                              f"{self.world_size} needs {sorted(need)}: pass the state of all ranks "
-                              "(merge_state_dicts, or state_dict() with torch.distributed initialised)")
+            raise LoaderError(
+                f"loader state covers lanes {sorted(state['covered'])} only; rank {self.rank} of "
+                f"{self.world_size} needs {sorted(need)}: pass the state of all ranks "
+                "(merge_state_dicts, or state_dict() with torch.distributed initialised)"
+            )
         self.step = int(state["step"])
         self.lanes = {int(k): copy.deepcopy(v) for k, v in state["lanes"].items()}
         self._counts = dict(state.get("counters", {}))

@@ -1,5 +1,6 @@
 """Small synthetic datasets in exactly the layouts the pipelines write (Megatron text tokens,
 image-caption and interleaved tars, each with its manifest): for tests and the benchmark."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,9 +15,15 @@ from jamdata.vocab import JointVocab
 VOCAB = JointVocab(text_size=1000, text_model_sha256="0" * 64, n_image_codes=64)
 
 
-def make_text_tokens(root: str | Path, docs_per_shard: dict[str, list[int]], seed: int = 0,
-                     min_len: int = 5, max_len: int = 300, vocab: JointVocab = VOCAB,
-                     lengths: list[int] | None = None) -> Path:
+def make_text_tokens(
+    root: str | Path,
+    docs_per_shard: dict[str, list[int]],
+    seed: int = 0,
+    min_len: int = 5,
+    max_len: int = 300,
+    vocab: JointVocab = VOCAB,
+    lengths: list[int] | None = None,
+) -> Path:
     """`docs_per_shard`: source -> document count of each of its shards. Each document is random
     text ids followed by </s>."""
     root = Path(root)
@@ -40,12 +47,22 @@ def make_text_tokens(root: str | Path, docs_per_shard: dict[str, list[int]], see
 def image_caption_tokens(rng: np.random.Generator, vocab: JointVocab, caption_len: int, grid: int) -> np.ndarray:
     caption = rng.integers(0, vocab.text_size, caption_len)
     codes = vocab.image_ids(rng.integers(0, vocab.n_image_codes, grid * grid))
-    return np.concatenate([caption, [vocab.break_id, vocab.boi_id], codes, [vocab.eoi_id, vocab.eos_id]]).astype(np.int32)
+    return np.concatenate([caption, [vocab.break_id, vocab.boi_id], codes, [vocab.eoi_id, vocab.eos_id]]).astype(
+        np.int32
+    )
 
 
-def make_tars(root: str | Path, kind: str, samples_per_shard: list[int], seed: int = 0, grid: int = 4,
-              caption_len: tuple[int, int] = (3, 20), vocab: JointVocab = VOCAB, prefix: str = "s",
-              images: tuple[int, int] = (1, 3)) -> Path:
+def make_tars(
+    root: str | Path,
+    kind: str,
+    samples_per_shard: list[int],
+    seed: int = 0,
+    grid: int = 4,
+    caption_len: tuple[int, int] = (3, 20),
+    vocab: JointVocab = VOCAB,
+    prefix: str = "s",
+    images: tuple[int, int] = (1, 3),
+) -> Path:
     """Image-caption (`kind="image_caption"`) or interleaved (`"interleaved"`: several images,
     loss mask 0 on the prompt) webdataset tars with their manifest."""
     root = Path(root)

@@ -11,6 +11,7 @@ An aggregate is a small JSON-able dict with a `type`:
 - `codes`: a bincount over a fixed range (codebook usage).
 - `examples`: up to K examples, chosen by smallest stable hash (same picks for any shard order).
 """
+
 from __future__ import annotations
 
 import math
@@ -52,11 +53,17 @@ def dist(values: Iterable[float] | np.ndarray, unit: bool = False) -> dict:
     if unit:
         bins = np.clip(np.floor(arr * UNIT_BINS), 0, UNIT_BINS - 1).astype(np.int64)
     else:
-        bins = np.where(arr > 0, np.floor(np.log10(np.where(arr > 0, arr, 1)) * BINS_PER_DECADE),
-                        ZERO_BIN).astype(np.int64)
+        bins = np.where(arr > 0, np.floor(np.log10(np.where(arr > 0, arr, 1)) * BINS_PER_DECADE), ZERO_BIN).astype(
+            np.int64
+        )
     ub, cnt = np.unique(bins, return_counts=True)
-    return {**scale,
-        "type": "dist", "n": int(arr.size), "sum": float(arr.sum()), "min": float(arr.min()), "max": float(arr.max()),
+    return {
+        **scale,
+        "type": "dist",
+        "n": int(arr.size),
+        "sum": float(arr.sum()),
+        "min": float(arr.min()),
+        "max": float(arr.max()),
         "hist": {str(int(b)): int(c) for b, c in zip(ub, cnt)},
         "values": sorted(arr.tolist()) if arr.size <= EXACT_CAP else None,
     }
@@ -71,7 +78,10 @@ def counter(items: Iterable[Any]) -> dict:
 
 
 def codes(arr: np.ndarray, size: int) -> dict:
-    return {"type": "codes", "counts": np.bincount(np.asarray(arr, dtype=np.int64).ravel(), minlength=size)[:size].tolist()}
+    return {
+        "type": "codes",
+        "counts": np.bincount(np.asarray(arr, dtype=np.int64).ravel(), minlength=size)[:size].tolist(),
+    }
 
 
 def examples(items: Iterable[tuple[str, str]], k: int = EXAMPLES_K) -> dict:
@@ -106,8 +116,16 @@ def merge(a: dict | None, b: dict | None) -> dict | None:
         if a.get("scale", "log") != b.get("scale", "log"):
             raise ValueError(f"cannot merge a {a.get('scale', 'log')} distribution with a {b.get('scale', 'log')} one")
         scale = {"scale": a["scale"]} if "scale" in a else {}
-        return {**scale, "type": "dist", "n": a["n"] + b["n"], "sum": a["sum"] + b["sum"], "min": min(a["min"], b["min"]),
-                "max": max(a["max"], b["max"]), "hist": hist, "values": values}
+        return {
+            **scale,
+            "type": "dist",
+            "n": a["n"] + b["n"],
+            "sum": a["sum"] + b["sum"],
+            "min": min(a["min"], b["min"]),
+            "max": max(a["max"], b["max"]),
+            "hist": hist,
+            "values": values,
+        }
     if t == "count":
         counts = dict(a["counts"])
         for k, v in b["counts"].items():
@@ -152,9 +170,15 @@ def percentiles(d: dict, qs: Iterable[float] = (1, 10, 50, 90, 99)) -> dict[str,
 
 
 def summarize_dist(d: dict) -> dict:
-    return {"count": d["n"], "sum": d["sum"], "min": d["min"], "max": d["max"],
-            "mean": d["sum"] / d["n"] if d["n"] else None, **percentiles(d),
-            "percentiles_exact": d.get("values") is not None}
+    return {
+        "count": d["n"],
+        "sum": d["sum"],
+        "min": d["min"],
+        "max": d["max"],
+        "mean": d["sum"] / d["n"] if d["n"] else None,
+        **percentiles(d),
+        "percentiles_exact": d.get("values") is not None,
+    }
 
 
 def code_usage(counts: list[int]) -> dict:
@@ -164,5 +188,10 @@ def code_usage(counts: list[int]) -> dict:
     if total == 0:
         return {"codebook_size": int(c.size), "tokens": 0, "used": 0, "dead_share": 1.0, "perplexity": 0.0}
     p = c[c > 0] / total
-    return {"codebook_size": int(c.size), "tokens": int(total), "used": int((c > 0).sum()),
-            "dead_share": float((c == 0).mean()), "perplexity": float(np.exp(-(p * np.log(p)).sum()))}
+    return {
+        "codebook_size": int(c.size),
+        "tokens": int(total),
+        "used": int((c > 0).sum()),
+        "dead_share": float((c == 0).mean()),
+        "perplexity": float(np.exp(-(p * np.log(p)).sum())),
+    }

@@ -8,6 +8,7 @@ A shard whose bytes differ from its manifest is reported as damaged, never count
 compared with the manifest in every mode, and each shard read in a full run is first hashed and
 compared with the manifest's sha256 (a damaged shard is reported, not read).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -115,8 +116,17 @@ def plan_shards(info: dict[str, dict]) -> list[ShardTask]:
         for s in m["shards"]:
             if s["path"] in broken:
                 continue  # reported as a problem, not read
-            tasks.append(ShardTask(name, m["kind"], f"{entry['path']}/{s['path']}", s.get("group"), m.get("vocab"),
-                                   s.get("sha256"), s["path"]))
+            tasks.append(
+                ShardTask(
+                    name,
+                    m["kind"],
+                    f"{entry['path']}/{s['path']}",
+                    s.get("group"),
+                    m.get("vocab"),
+                    s.get("sha256"),
+                    s["path"],
+                )
+            )
     return tasks
 
 
@@ -140,12 +150,16 @@ def _metric_summary(a: dict) -> dict:
     if t == "dist":
         s = agg.summarize_dist(a)
         scale = a.get("scale", "log")
-        s["histogram"] = [[*agg.bin_edges(int(b), scale), c]
-                          for b, c in sorted(((int(k), v) for k, v in a["hist"].items()))]
+        s["histogram"] = [
+            [*agg.bin_edges(int(b), scale), c] for b, c in sorted(((int(k), v) for k, v in a["hist"].items()))
+        ]
         s["scale"] = scale
         return s
     if t == "count":
-        return {"counts": dict(sorted(a["counts"].items(), key=lambda kv: (-kv[1], kv[0]))), "total": sum(a["counts"].values())}
+        return {
+            "counts": dict(sorted(a["counts"].items(), key=lambda kv: (-kv[1], kv[0]))),
+            "total": sum(a["counts"].values()),
+        }
     if t == "codes":
         return {**agg.code_usage(a["counts"]), "counts": a["counts"]}
     if t == "examples":
@@ -171,9 +185,13 @@ def finalize(info: dict[str, dict], merged: dict[str, dict], fast: bool = False)
         status, problems, aggregates = _with_damage(entry, merged.get(name, {}))
         out = {"path": entry["path"], "kind": entry["kind"], "status": status, "problems": problems}
         if m:
-            out["manifest"] = {"totals": m["totals"], "vocab_fingerprint": m["vocab_fingerprint"],
-                               "summary": m.get("summary", {}), "shards": len(m["shards"]),
-                               "tool_version": m["tool_version"]}
+            out["manifest"] = {
+                "totals": m["totals"],
+                "vocab_fingerprint": m["vocab_fingerprint"],
+                "summary": m.get("summary", {}),
+                "shards": len(m["shards"]),
+                "tool_version": m["tool_version"],
+            }
             groups: dict[str, dict] = {}
             for s in m["shards"]:
                 g = groups.setdefault(s.get("group") or "all", {"shards": 0, "records": 0, "bytes": 0, "tokens": 0})
@@ -190,5 +208,9 @@ def finalize(info: dict[str, dict], merged: dict[str, dict], fast: bool = False)
             metrics.setdefault(group, {})[metric] = _metric_summary(a)
         out["groups"] = metrics
         datasets[name] = out
-    return {"stats_version": STATS_VERSION, "mode": "fast (manifests only)" if fast else "full (shards read)",
-            "datasets": datasets, "overall": overall}
+    return {
+        "stats_version": STATS_VERSION,
+        "mode": "fast (manifests only)" if fast else "full (shards read)",
+        "datasets": datasets,
+        "overall": overall,
+    }

@@ -3,6 +3,7 @@
 reject reasons grouped by code with examples. Numbers are written one way everywhere (`num`,
 `size`, `share`) and every size names what it measures (text bytes or bytes on disk).
 """
+
 from __future__ import annotations
 
 import html
@@ -46,25 +47,39 @@ def table(rows: list[dict], cols: list[str], cls: str = "") -> str:
     if not rows:
         return "<p><i>none</i></p>"
     head = "".join(f"<th class='{'l' if i == 0 else ''}'>{html.escape(c)}</th>" for i, c in enumerate(cols))
-    body = "".join("<tr>" + "".join(f"<td class='{'l' if i == 0 else ''}'>{r.get(c, '–')}</td>"
-                                    for i, c in enumerate(cols)) + "</tr>" for r in rows)
+    body = "".join(
+        "<tr>"
+        + "".join(f"<td class='{'l' if i == 0 else ''}'>{r.get(c, '–')}</td>" for i, c in enumerate(cols))
+        + "</tr>"
+        for r in rows
+    )
     return f"<table class='{cls}'><tr>{head}</tr>{body}</table>"
 
 
 def warnings_html(warnings: list[dict]) -> str:
     if not warnings:
         return "<section id='warnings'><h2>Warnings</h2><p class='ok'>No warnings.</p></section>"
-    items = "".join(f"<li><code>{html.escape(w['code'])}</code> <b>{html.escape(w['dataset'])}</b>: "
-                    f"{html.escape(w['message'])}</li>" for w in warnings)
+    items = "".join(
+        f"<li><code>{html.escape(w['code'])}</code> <b>{html.escape(w['dataset'])}</b>: "
+        f"{html.escape(w['message'])}</li>"
+        for w in warnings
+    )
     return f"<section id='warnings'><h2>Warnings ({len(warnings)})</h2><ul class='warn'>{items}</ul></section>"
 
 
 def _funnel_totals(funnel: dict) -> tuple[int, int]:
     rows = [s for s in funnel.values() if isinstance(s, dict)]
-    docs_in = sum(((s.get("read") or {}).get("docs_in", 0) if isinstance(s.get("read"), dict) else s.get("in") or 0)
-                  for s in rows)
-    docs_out = sum(((s.get(FUNNEL_STAGES[-1]) or {}).get("docs_out", 0) if isinstance(s.get(FUNNEL_STAGES[-1]), dict)
-                    else s.get("out") or 0) for s in rows)
+    docs_in = sum(
+        ((s.get("read") or {}).get("docs_in", 0) if isinstance(s.get("read"), dict) else s.get("in") or 0) for s in rows
+    )
+    docs_out = sum(
+        (
+            (s.get(FUNNEL_STAGES[-1]) or {}).get("docs_out", 0)
+            if isinstance(s.get(FUNNEL_STAGES[-1]), dict)
+            else s.get("out") or 0
+        )
+        for s in rows
+    )
     return docs_in, docs_out
 
 
@@ -94,17 +109,24 @@ def glance_html(datasets: dict[str, dict]) -> str:
         n_rej, why = _reject_codes(datasets.get(rej_name))
         status = ds["status"]
         good = status == "ok" or (status == "empty" and ds["kind"] == "rejects")
-        rows.append({
-            "dataset": f"<a href='#{html.escape(name)}'>{html.escape(name)}</a>",
-            "kind": html.escape(str(ds["kind"])),
-            "status": f"<span class='{'ok' if good else 'bad'}'>{html.escape(status)}</span>",
-            "records in": num(docs_in),
-            "records out": num(totals.get("records")),
-            "dropped (top reasons)": (f"{num(n_rej)}: {why}" if n_rej and why else num(n_rej) if n_rej else
-                                      ("0" if docs_in is not None else "–")),
-            "tokens": num(totals.get("tokens")),
-            "size on disk": size(totals.get("bytes")),
-        })
+        rows.append(
+            {
+                "dataset": f"<a href='#{html.escape(name)}'>{html.escape(name)}</a>",
+                "kind": html.escape(str(ds["kind"])),
+                "status": f"<span class='{'ok' if good else 'bad'}'>{html.escape(status)}</span>",
+                "records in": num(docs_in),
+                "records out": num(totals.get("records")),
+                "dropped (top reasons)": (
+                    f"{num(n_rej)}: {why}"
+                    if n_rej and why
+                    else num(n_rej)
+                    if n_rej
+                    else ("0" if docs_in is not None else "–")
+                ),
+                "tokens": num(totals.get("tokens")),
+                "size on disk": size(totals.get("bytes")),
+            }
+        )
     cols = ["dataset", "kind", "status", "records in", "records out", "dropped (top reasons)", "tokens", "size on disk"]
     return "<section id='glance'><h2>At a glance</h2>" + table(rows, cols, "glance") + "</section>"
 
@@ -114,18 +136,30 @@ def funnel_html(funnel: dict) -> str:
     rows = []
     for source, stages in funnel.items():
         if not isinstance(stages, dict) or not all(isinstance(r, dict) for r in stages.values()):
-            stages = {"all": {"docs_in": (stages or {}).get("in"), "docs_out": (stages or {}).get("out")}} \
-                if isinstance(stages, dict) else {}  # an older one-row-per-source funnel
+            stages = (
+                {"all": {"docs_in": (stages or {}).get("in"), "docs_out": (stages or {}).get("out")}}
+                if isinstance(stages, dict)
+                else {}
+            )  # an older one-row-per-source funnel
         for stage in [s for s in FUNNEL_STAGES if s in stages] + [s for s in stages if s not in FUNNEL_STAGES]:
             r = stages[stage]
             d_in, d_out = r.get("docs_in") or 0, r.get("docs_out") or 0
-            rows.append({"source": html.escape(source), "stage": html.escape(stage), "documents in": num(d_in),
-                         "documents out": num(d_out), "dropped": num(d_in - d_out),
-                         "size in": size(r.get("bytes_in")), "size out": size(r.get("bytes_out"))})
-    return ("<h3>Cleaning funnel</h3><p class='note'>size: UTF-8 text bytes, except the input of "
-            "<i>read</i>, which is the raw (often compressed) file bytes.</p>"
-            + table(rows, ["source", "stage", "documents in", "documents out", "dropped", "size in", "size out"],
-                    "funnel"))
+            rows.append(
+                {
+                    "source": html.escape(source),
+                    "stage": html.escape(stage),
+                    "documents in": num(d_in),
+                    "documents out": num(d_out),
+                    "dropped": num(d_in - d_out),
+                    "size in": size(r.get("bytes_in")),
+                    "size out": size(r.get("bytes_out")),
+                }
+            )
+    return (
+        "<h3>Cleaning funnel</h3><p class='note'>size: UTF-8 text bytes, except the input of "
+        "<i>read</i>, which is the raw (often compressed) file bytes.</p>"
+        + table(rows, ["source", "stage", "documents in", "documents out", "dropped", "size in", "size out"], "funnel")
+    )
 
 
 def rejects_html(groups: dict) -> str:
@@ -136,9 +170,19 @@ def rejects_html(groups: dict) -> str:
         total = sum(counts.values()) or 1
         for reason, n in counts.items():
             ex = (metrics.get(f"reject_examples/{reason}") or {}).get("examples") or []
-            examples = "<br>".join(f"<code>{html.escape(e['id'])}</code> <span class='snip'>"
-                                   f"{html.escape(e['text'][:160])}</span>" for e in ex)
-            rows.append({"source": html.escape(source), "reason (stage: code)": html.escape(reason),
-                         "rejects": num(n), "share of source": share(n / total), "examples": examples})
+            examples = "<br>".join(
+                f"<code>{html.escape(e['id'])}</code> <span class='snip'>{html.escape(e['text'][:160])}</span>"
+                for e in ex
+            )
+            rows.append(
+                {
+                    "source": html.escape(source),
+                    "reason (stage: code)": html.escape(reason),
+                    "rejects": num(n),
+                    "share of source": share(n / total),
+                    "examples": examples,
+                }
+            )
     return "<h3>Why records were dropped</h3>" + table(
-        rows, ["source", "reason (stage: code)", "rejects", "share of source", "examples"], "rejects")
+        rows, ["source", "reason (stage: code)", "rejects", "share of source", "examples"], "rejects"
+    )

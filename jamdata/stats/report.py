@@ -1,4 +1,5 @@
 """stats.json -> PNG plots + one self-contained report.html (plots embedded, opens offline)."""
+
 from __future__ import annotations
 
 import base64
@@ -36,8 +37,12 @@ def _table(rows: list[dict], cols: list[str] | None = None) -> str:
         return "<p><i>none</i></p>"
     cols = cols or list(dict.fromkeys(k for r in rows for k in r))
     head = "".join(f"<th class='{'l' if i == 0 else ''}'>{html.escape(c)}</th>" for i, c in enumerate(cols))
-    body = "".join("<tr>" + "".join(f"<td class='{'l' if i == 0 else ''}'>{_fmt(r.get(c))}</td>"
-                                    for i, c in enumerate(cols)) + "</tr>" for r in rows)
+    body = "".join(
+        "<tr>"
+        + "".join(f"<td class='{'l' if i == 0 else ''}'>{_fmt(r.get(c))}</td>" for i, c in enumerate(cols))
+        + "</tr>"
+        for r in rows
+    )
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
@@ -113,7 +118,10 @@ def _summary_tables(summary: dict) -> str:
         if key == "funnel" and isinstance(value, dict):
             parts.append(glance.funnel_html(value))
         elif isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()):
-            rows = [{"": k, **{kk: vv for kk, vv in v.items() if not isinstance(vv, (dict, list))}} for k, v in value.items()]
+            rows = [
+                {"": k, **{kk: vv for kk, vv in v.items() if not isinstance(vv, (dict, list))}}
+                for k, v in value.items()
+            ]
             parts.append(f"<h4>{html.escape(key)}</h4>" + _table(rows))
         elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
             rows = [{k: v for k, v in r.items() if not isinstance(v, (dict, list))} for r in value]
@@ -147,21 +155,37 @@ def write_report(stats: dict, out: str | Path, vqvae: str | None = None) -> str:
     for name, ds in stats["datasets"].items():
         m = ds.get("manifest") or {}
         good = ds["status"] == "ok" or (ds["status"] == "empty" and ds["kind"] == "rejects")
-        body = [f"<h2 id='{html.escape(name)}'>{html.escape(name)} <small>({html.escape(str(ds['kind']))})</small></h2>",
-                f"<p>path: <code>{html.escape(ds['path'])}</code> — status: "
-                f"<span class='{'ok' if good else 'bad'}'>{html.escape(ds['status'])}</span></p>"]
+        body = [
+            f"<h2 id='{html.escape(name)}'>{html.escape(name)} <small>({html.escape(str(ds['kind']))})</small></h2>",
+            f"<p>path: <code>{html.escape(ds['path'])}</code> — status: "
+            f"<span class='{'ok' if good else 'bad'}'>{html.escape(ds['status'])}</span></p>",
+        ]
         if ds["status"] == "empty" and ds["kind"] == "rejects":
             body.append("<p class='ok'>No record was rejected.</p>")  # zero rejects is good news
         elif ds["status"] == "empty":
             body.append("<p class='bad'>This dataset has no records.</p>")
         if ds["problems"]:
-            body.append("<p class='bad'>Problems found:</p><ul>" +
-                        "".join(f"<li>{html.escape(p)}</li>" for p in ds["problems"]) + "</ul>")
+            body.append(
+                "<p class='bad'>Problems found:</p><ul>"
+                + "".join(f"<li>{html.escape(p)}</li>" for p in ds["problems"])
+                + "</ul>"
+            )
         if ds.get("shard_totals"):
-            body.append(glance.table([{"group": html.escape(g), "shards": _fmt(v["shards"]), "records": _fmt(v["records"]),
-                                       "tokens": _fmt(v["tokens"] or None), "size on disk": glance.size(v["bytes"])}
-                                      for g, v in ds["shard_totals"].items()],
-                                     ["group", "shards", "records", "tokens", "size on disk"]))
+            body.append(
+                glance.table(
+                    [
+                        {
+                            "group": html.escape(g),
+                            "shards": _fmt(v["shards"]),
+                            "records": _fmt(v["records"]),
+                            "tokens": _fmt(v["tokens"] or None),
+                            "size on disk": glance.size(v["bytes"]),
+                        }
+                        for g, v in ds["shard_totals"].items()
+                    ],
+                    ["group", "shards", "records", "tokens", "size on disk"],
+                )
+            )
         if ds["kind"] == "rejects" and ds.get("groups"):
             body.append(glance.rejects_html(ds["groups"]))
         if m.get("summary"):
@@ -171,46 +195,82 @@ def write_report(stats: dict, out: str | Path, vqvae: str | None = None) -> str:
             for metric, s in metrics.items():
                 if ds["kind"] == "rejects" and (metric == "rejects" or metric.startswith("reject_examples/")):
                     if metric == "rejects":
-                        imgs.append(_bar_plot(f"{name} · {group} · reject reasons", s["counts"], plots,
-                                              f"{name}-{group}-rejects".replace("/", "_").replace(" ", "_")[:120]))
+                        imgs.append(
+                            _bar_plot(
+                                f"{name} · {group} · reject reasons",
+                                s["counts"],
+                                plots,
+                                f"{name}-{group}-rejects".replace("/", "_").replace(" ", "_")[:120],
+                            )
+                        )
                     continue  # shown grouped by code in the table above
                 slug = f"{name}-{group}-{metric}".replace("/", "_").replace(" ", "_")[:120]
                 if "histogram" in s:
-                    dist_rows.append({"group": group, "metric": metric, **{k: s.get(k) for k in
-                                      ("count", "mean", "min", "p10", "p50", "p90", "p99", "max")}})
+                    dist_rows.append(
+                        {
+                            "group": group,
+                            "metric": metric,
+                            **{k: s.get(k) for k in ("count", "mean", "min", "p10", "p50", "p90", "p99", "max")},
+                        }
+                    )
                     imgs.append(_hist_plot(f"{name} · {group} · {metric}", s, plots, slug))
                 elif "codebook_size" in s:
-                    body.append("<h4>codebook usage</h4>" + _table([{k: s[k] for k in
-                                ("codebook_size", "tokens", "used", "dead_share", "perplexity")}]))
+                    body.append(
+                        "<h4>codebook usage</h4>"
+                        + _table([{k: s[k] for k in ("codebook_size", "tokens", "used", "dead_share", "perplexity")}])
+                    )
                     imgs.append(_codes_plot(f"{name} · codebook usage", s["counts"], plots, slug))
                 elif "counts" in s:
                     top = list(s["counts"].items())[:10]
-                    body.append(f"<h4>{html.escape(group)} · {html.escape(metric)}</h4>" +
-                                _table([{"value": k, "count": v, "share": glance.share(v / max(s['total'], 1))} for k, v in top]))
+                    body.append(
+                        f"<h4>{html.escape(group)} · {html.escape(metric)}</h4>"
+                        + _table(
+                            [{"value": k, "count": v, "share": glance.share(v / max(s["total"], 1))} for k, v in top]
+                        )
+                    )
                     imgs.append(_bar_plot(f"{name} · {group} · {metric}", s["counts"], plots, slug))
                 elif "examples" in s:
-                    body.append(f"<p><b>{html.escape(group)} · {html.escape(metric)}</b></p><ul>" + "".join(
-                        f"<li><code>{html.escape(e['id'])}</code> <span class='snip'>{html.escape(e['text'][:200])}</span></li>"
-                        for e in s["examples"]) + "</ul>")
+                    body.append(
+                        f"<p><b>{html.escape(group)} · {html.escape(metric)}</b></p><ul>"
+                        + "".join(
+                            f"<li><code>{html.escape(e['id'])}</code> <span class='snip'>{html.escape(e['text'][:200])}</span></li>"
+                            for e in s["examples"]
+                        )
+                        + "</ul>"
+                    )
         if dist_rows:
-            body.append("<h4>distributions (percentiles; chars: characters, bytes: UTF-8 text bytes)</h4>"
-                        + _table(dist_rows))
+            body.append(
+                "<h4>distributions (percentiles; chars: characters, bytes: UTF-8 text bytes)</h4>" + _table(dist_rows)
+            )
         if ds["kind"] == "image_caption" and ds["status"] == "ok":
             imgs.append(_contact_sheet(ds, vqvae, plots, f"{name}-contact-sheet"))
         body.append("<div class='plots'>" + "".join(_img(i) for i in imgs if i) + "</div>")
         sections.append("".join(body))
     loader = stats.get("loader")
     if loader:
-        rows = [{"dataset": k, "sequences": loader["sequences"][k], "share": loader["share"][k],
-                 "loss tokens": loader["loss_tokens"].get(k)} for k in loader["share"]]
-        sections.append(f"<h2>loader view</h2><p>realised mixture over the first {loader['batches']} batches</p>"
-                        + _table(rows))
+        rows = [
+            {
+                "dataset": k,
+                "sequences": loader["sequences"][k],
+                "share": loader["share"][k],
+                "loss tokens": loader["loss_tokens"].get(k),
+            }
+            for k in loader["share"]
+        ]
+        sections.append(
+            f"<h2>loader view</h2><p>realised mixture over the first {loader['batches']} batches</p>" + _table(rows)
+        )
     o = stats["overall"]
-    doc = (f"<!doctype html><html><head><meta charset='utf-8'><title>jam dataset report</title><style>{CSS}</style>"
-           f"</head><body><h1>jam dataset report</h1><p>{html.escape(stats['mode'])} · {len(stats['datasets'])} datasets · "
-           f"{_fmt(o['records'])} records · {_fmt(o['tokens'] or None)} tokens · {glance.size(o['bytes'])} on disk</p>"
-           + glance.warnings_html(stats.get("warnings", [])) + glance.glance_html(stats["datasets"])
-           + "<h2>Details</h2>" + "".join(sections) + "</body></html>")
+    doc = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>jam dataset report</title><style>{CSS}</style>"
+        f"</head><body><h1>jam dataset report</h1><p>{html.escape(stats['mode'])} · {len(stats['datasets'])} datasets · "
+        f"{_fmt(o['records'])} records · {_fmt(o['tokens'] or None)} tokens · {glance.size(o['bytes'])} on disk</p>"
+        + glance.warnings_html(stats.get("warnings", []))
+        + glance.glance_html(stats["datasets"])
+        + "<h2>Details</h2>"
+        + "".join(sections)
+        + "</body></html>"
+    )
     with atomic_write(join(out, "report.html"), "w") as f:
         f.write(doc)
     return join(out, "report.html")
@@ -239,9 +299,12 @@ def write_compare(a: dict, b: dict, names: tuple[str, str], out: str | Path) -> 
 
     with atomic_write(join(out, "compare.json"), "w") as f:
         json.dump(result, f, indent=2)
-    doc = (f"<!doctype html><html><head><meta charset='utf-8'><title>jam compare</title><style>{CSS}</style></head><body>"
-           f"<h1>A: {html.escape(names[0])}<br>B: {html.escape(names[1])}</h1>"
-           + _table(rows, ["dataset", "figure", "A", "B", "change"]) + "</body></html>")
+    doc = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>jam compare</title><style>{CSS}</style></head><body>"
+        f"<h1>A: {html.escape(names[0])}<br>B: {html.escape(names[1])}</h1>"
+        + _table(rows, ["dataset", "figure", "A", "B", "change"])
+        + "</body></html>"
+    )
     with atomic_write(join(out, "compare.html"), "w") as f:
         f.write(doc)
     return result

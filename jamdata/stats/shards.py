@@ -3,6 +3,7 @@
 `shard_stats(kind, path, vocab)` returns {metric key: aggregate}; keys are `<group>/<metric>` where
 group is the text source (or `all`). Pure and independent of other shards, so they run in parallel.
 """
+
 from __future__ import annotations
 
 import json
@@ -76,12 +77,16 @@ def _rejects(path: str) -> dict:
         code, detail = split_reason(r["reason"])
         reason = f"{r['stage']}: {code}"
         snippet = (r.get("snippet") or "")[:200]
-        out = agg.merge_maps(out, {
-            f"{r['source']}/rejects": agg.counter([reason]),
-            f"{r['source']}/reject_stage": agg.counter([r["stage"]]),
-            f"{r['source']}/reject_examples/{reason}": agg.examples(
-                [(r["id"], detail[:200] + (f" — {snippet}" if snippet else ""))]),
-        })
+        out = agg.merge_maps(
+            out,
+            {
+                f"{r['source']}/rejects": agg.counter([reason]),
+                f"{r['source']}/reject_stage": agg.counter([r["stage"]]),
+                f"{r['source']}/reject_examples/{reason}": agg.examples(
+                    [(r["id"], detail[:200] + (f" — {snippet}" if snippet else ""))]
+                ),
+            },
+        )
     return out
 
 
@@ -115,9 +120,14 @@ def _image_caption(path: str, vocab: JointVocab | None) -> dict:
         if "image_codes.npy" in d:
             code_arrays.append(np.asarray(d["image_codes.npy"]).ravel())
     n_codes = vocab.n_image_codes if vocab else int(max((a.max() for a in code_arrays), default=0)) + 1
-    out = {"all/caption_chars": agg.dist(caption_chars), "all/caption_tokens": agg.dist(caption_tokens),
-           "all/width": agg.dist(widths), "all/height": agg.dist(heights), "all/tokens": agg.dist(lengths),
-           "all/order": agg.counter(orders)}
+    out = {
+        "all/caption_chars": agg.dist(caption_chars),
+        "all/caption_tokens": agg.dist(caption_tokens),
+        "all/width": agg.dist(widths),
+        "all/height": agg.dist(heights),
+        "all/tokens": agg.dist(lengths),
+        "all/order": agg.counter(orders),
+    }
     out["all/codes"] = agg.codes(np.concatenate(code_arrays) if code_arrays else np.zeros(0, np.int64), n_codes)
     return out
 
@@ -137,8 +147,13 @@ def _interleaved(path: str, vocab: JointVocab | None) -> dict:
         lengths.append(int(tokens.size))
         loss.append(int(mask.astype(bool).sum()))
         sources.append(meta.get("source", "unknown"))
-    return {"all/images_per_sample": agg.dist(images), "all/segments_per_sample": agg.dist(segments),
-            "all/tokens": agg.dist(lengths), "all/loss_tokens": agg.dist(loss), "all/source": agg.counter(sources)}
+    return {
+        "all/images_per_sample": agg.dist(images),
+        "all/segments_per_sample": agg.dist(segments),
+        "all/tokens": agg.dist(lengths),
+        "all/loss_tokens": agg.dist(loss),
+        "all/source": agg.counter(sources),
+    }
 
 
 def shard_stats(kind: str, path: str, group: str | None = None, vocab: JointVocab | None = None) -> dict:

@@ -9,6 +9,7 @@ Every document then gets `normalize_text` (NFC, mojibake repair, whitespace).
 
 `clean_records(records, fmt, opts)` applies the right cleaner to a reader's output stream.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,7 +27,7 @@ from jamdata.text.wikitext import DEFAULT_DROP_SECTIONS, clean_wiki_plain, clean
 
 @dataclass(frozen=True)
 class CleanOptions:
-    line_dedup_min_docs: int = 3   # Common Crawl: a line in >= this many documents of a shard is boilerplate
+    line_dedup_min_docs: int = 3  # Common Crawl: a line in >= this many documents of a shard is boilerplate
     line_dedup_min_chars: int = 0  # shorter lines are never counted as boilerplate (0: all lines)
     line_dedup_group_files: int = 0  # > 0: line dedup over groups of this many files (pipelines/line_dedup.py)
     max_expanded_chars: int = 16 << 20  # arXiv: macro expansion past this is a bomb (a reject)
@@ -38,7 +39,9 @@ _COMMENT_ENV = re.compile(r"\\begin\{comment\}.*?\\end\{comment\}", re.S)
 _IFFALSE = re.compile(r"\\iffalse\b.*?\\fi\b", re.S)
 _SECTION = re.compile(r"\\(part|chapter|section|subsection|subsubsection)\*?\s*[\[{]")
 _BIB_ENV = re.compile(r"\\begin\{(thebibliography|references)\}.*?(\\end\{\1\}|$)", re.S | re.I)
-_BIB_CMDS = re.compile(r"\\(bibliography|bibliographystyle|printbibliography|addbibresource)\b\s*(\[[^\]]*\])?\s*(\{[^}]*\})?")
+_BIB_CMDS = re.compile(
+    r"\\(bibliography|bibliographystyle|printbibliography|addbibresource)\b\s*(\[[^\]]*\])?\s*(\{[^}]*\})?"
+)
 _END_DOC = re.compile(r"\\end\{document\}")
 _BEGIN_DOCUMENT = re.compile(r"\\begin\{document\}")
 _NEWCMD = re.compile(r"\\(?:re)?newcommand\*?|\\providecommand\*?|\\DeclareRobustCommand\*?")
@@ -80,7 +83,7 @@ def _braced(tex: str, i: int) -> tuple[str, int] | None:
         elif c == "}":
             depth -= 1
             if depth == 0:
-                return tex[i + 1: j], j + 1
+                return tex[i + 1 : j], j + 1
         j += 1
     return None
 
@@ -123,13 +126,36 @@ def find_macros(tex: str) -> dict[str, tuple[int, str]]:
 
 
 # Redefinitions of these change layout, not content; expanding them would destroy the structure.
-_KEEP_COMMANDS = {f"\\{c}" for c in ("part", "chapter", "section", "subsection", "subsubsection", "paragraph",
-                                      "subparagraph", "item", "begin", "end", "input", "include", "cite", "ref",
-                                      "label", "caption", "footnote", "emph", "textbf", "textit", "url", "href")}
+_KEEP_COMMANDS = {
+    f"\\{c}"
+    for c in (
+        "part",
+        "chapter",
+        "section",
+        "subsection",
+        "subsubsection",
+        "paragraph",
+        "subparagraph",
+        "item",
+        "begin",
+        "end",
+        "input",
+        "include",
+        "cite",
+        "ref",
+        "label",
+        "caption",
+        "footnote",
+        "emph",
+        "textbf",
+        "textit",
+        "url",
+        "href",
+    )
+}
 
 
-def expand_macros(tex: str, macros: dict[str, tuple[int, str]], passes: int = 4,
-                  max_chars: int = 16 << 20) -> str:
+def expand_macros(tex: str, macros: dict[str, tuple[int, str]], passes: int = 4, max_chars: int = 16 << 20) -> str:
     """Inline-expand macros (nested ones over a few passes). A macro with arguments is expanded only
     where all its arguments are {braced} groups.
 
@@ -156,10 +182,12 @@ def expand_macros(tex: str, macros: dict[str, tuple[int, str]], passes: int = 4,
                     end = got[1]
                 if len(args) < nargs:
                     continue
-                rep = re.sub(r"#(\d)", lambda a: args[int(a.group(1)) - 1] if 0 < int(a.group(1)) <= nargs else "", body)
+                rep = re.sub(
+                    r"#(\d)", lambda a: args[int(a.group(1)) - 1] if 0 < int(a.group(1)) <= nargs else "", body
+                )
             else:
                 rep = body
-            out.append(tex[pos:m.start()])
+            out.append(tex[pos : m.start()])
             out.append(rep)
             pos, changed = end, True
             size += len(out[-2]) + len(rep)
@@ -182,10 +210,10 @@ def clean_arxiv(tex: str, max_chars: int = 16 << 20) -> str | None:
     m = _SECTION.search(tex, begin.end() if begin else 0)
     if m is None:
         return None
-    body = tex[m.start():]
+    body = tex[m.start() :]
     end = _END_DOC.search(body)
     if end:
-        body = body[:end.start()]
+        body = body[: end.start()]
     body = _BIB_ENV.sub("", body)
     body = _BIB_CMDS.sub("", body)
     body = expand_macros(body, macros, max_chars=max_chars).replace("\\xspace", "")
@@ -194,7 +222,9 @@ def clean_arxiv(tex: str, max_chars: int = 16 << 20) -> str | None:
 
 # -- books -----------------------------------------------------------------------------------------
 _PG_START = re.compile(r"^\W*\*{3}\s*START OF (THE|THIS) PROJECT GUTENBERG.*$|^\*END\*THE SMALL PRINT!.*$", re.M | re.I)
-_PG_END = re.compile(r"^\W*\*{3}\s*END OF (THE|THIS) PROJECT GUTENBERG.*$|^\s*End of (the )?Project Gutenberg'?s?\b.*$", re.M | re.I)
+_PG_END = re.compile(
+    r"^\W*\*{3}\s*END OF (THE|THIS) PROJECT GUTENBERG.*$|^\s*End of (the )?Project Gutenberg'?s?\b.*$", re.M | re.I
+)
 _PG_PRODUCED = re.compile(r"\s*(Produced by|This e-?book was produced by|Transcribed by)[^\n]*\n", re.I)
 
 
@@ -208,11 +238,11 @@ def strip_gutenberg(text: str) -> str:
     end = min(ends) if ends else None
     if start is None and end is None:
         return text
-    body = text[start or 0: end if end is not None else len(text)]
+    body = text[start or 0 : end if end is not None else len(text)]
     body = body.lstrip("\r\n")
     produced = _PG_PRODUCED.match(body)
     if produced:
-        body = body[produced.end():]
+        body = body[produced.end() :]
     return body
 
 
@@ -271,13 +301,21 @@ def remove_lines(text: str, boilerplate: set[int], keys: list[int | None] | None
 
 # -- per-format dispatch ---------------------------------------------------------------------------
 CLEANER_OF_FORMAT = {
-    "warc": "ccnet", "wet": "ccnet", "c4": "none", "wiki_xml": "wikitext", "wiki_parquet": "wikitext_auto",
-    "pile": "gutenberg", "text": "gutenberg", "arxiv": "arxiv", "arxiv_jsonl": "arxiv",
+    "warc": "ccnet",
+    "wet": "ccnet",
+    "c4": "none",
+    "wiki_xml": "wikitext",
+    "wiki_parquet": "wikitext_auto",
+    "pile": "gutenberg",
+    "text": "gutenberg",
+    "arxiv": "arxiv",
+    "arxiv_jsonl": "arxiv",
 }
 
 
-def _clean_one(doc: dict, cleaner: str, opts: CleanOptions = CleanOptions(),
-               site: WikiSite | None = None) -> tuple[dict, None] | tuple[None, str]:
+def _clean_one(
+    doc: dict, cleaner: str, opts: CleanOptions = CleanOptions(), site: WikiSite | None = None
+) -> tuple[dict, None] | tuple[None, str]:
     """(the cleaned document, None) or (None, why it was dropped). A document that a cleaner
     cannot handle is dropped with the reason; it never stops the others. Wikipedia pages are
     cleaned with `site` (from the dump's siteinfo) or else the site of their URL's language."""
@@ -308,8 +346,9 @@ def _clean_one(doc: dict, cleaner: str, opts: CleanOptions = CleanOptions(),
     return {**doc, "text": text}, None
 
 
-def clean_records(records: Iterable[dict], fmt: str, opts: CleanOptions = CleanOptions(),
-                  site: WikiSite | None = None) -> Iterator[dict]:
+def clean_records(
+    records: Iterable[dict], fmt: str, opts: CleanOptions = CleanOptions(), site: WikiSite | None = None
+) -> Iterator[dict]:
     """Clean a reader's output (documents and REJECTs, in order). REJECTs pass through; a document
     that cleans to nothing becomes a REJECT of stage "clean". Common Crawl formats are cleaned per
     shard (the records of one call), since line dedup needs the whole shard's line counts; the

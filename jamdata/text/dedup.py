@@ -9,6 +9,7 @@
   to its smallest key, so the kept document does not depend on input order or on how work is
   split between workers. `components` (union-find) and `star_components` are in-memory references.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -38,10 +39,10 @@ class LSHParams:
     bands: int = 7
     rows: int = 18
     ngram: int = 5
-    threshold: float = 0.87        # verification on the whole signature
-    measure: str = "jaccard"       # or "containment" (book-level overlap)
+    threshold: float = 0.87  # verification on the whole signature
+    measure: str = "jaccard"  # or "containment" (book-level overlap)
     seed: int = 1
-    max_compare: int = 32          # per bucket: compare each member with at most this many smaller ones
+    max_compare: int = 32  # per bucket: compare each member with at most this many smaller ones
 
     def __post_init__(self):
         if self.bands * self.rows > self.num_perm:
@@ -57,8 +58,10 @@ class LSHParams:
 def band_keys(sig: np.ndarray, bands: int, rows: int, prefix: str = "") -> list[str]:
     """One bucket key per band: `prefix|band|digest of the band's values`."""
     sig = np.ascontiguousarray(sig, dtype=np.uint32)
-    return [f"{prefix}|{b}|" + hashlib.blake2b(sig[b * rows:(b + 1) * rows].tobytes(), digest_size=12).hexdigest()
-            for b in range(bands)]
+    return [
+        f"{prefix}|{b}|" + hashlib.blake2b(sig[b * rows : (b + 1) * rows].tobytes(), digest_size=12).hexdigest()
+        for b in range(bands)
+    ]
 
 
 def similarity(sig_a: np.ndarray, sig_b: np.ndarray, size_a: int, size_b: int, measure: str) -> float:
@@ -208,7 +211,7 @@ def components(edges: Iterable[tuple[str, str]]) -> dict[str, str]:
 
 
 def snippet(text: str, n: int = 200) -> str:
-    return " ".join(text[:n * 2].split())[:n]
+    return " ".join(text[: n * 2].split())[:n]
 
 
 def reject(doc: dict, stage: str, reason: str) -> dict:
@@ -216,7 +219,9 @@ def reject(doc: dict, stage: str, reason: str) -> dict:
     return records.reject(doc["id"], doc.get("source") or "", stage, reason, snippet(doc.get("text") or ""))
 
 
-def near_dedup_in_memory(docs: Sequence[dict], params: LSHParams, key=lambda d: d["id"]) -> tuple[list[dict], dict[str, str]]:
+def near_dedup_in_memory(
+    docs: Sequence[dict], params: LSHParams, key=lambda d: d["id"]
+) -> tuple[list[dict], dict[str, str]]:
     """Reference implementation for small inputs and tests: (kept docs, dropped key -> kept key)."""
     from jamdata.text.minhash import MinHasher
 

@@ -16,6 +16,7 @@ thread Beam runs the DoFn in, so:
 `ExtractionTimeout` is what the WARC reader turns into an `extraction_timeout` reject. With no
 limit (`timeout_s` 0 or None) extraction runs in-process, as before.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -41,8 +42,9 @@ def extract_in_process(html: str, url: str | None = None) -> str | None:
     import trafilatura
 
     logging.getLogger("trafilatura").setLevel(logging.ERROR)
-    return trafilatura.extract(html, url=url, include_comments=False, include_tables=False,
-                               deduplicate=False, favor_precision=False)
+    return trafilatura.extract(
+        html, url=url, include_comments=False, include_tables=False, deduplicate=False, favor_precision=False
+    )
 
 
 # -- framing: 4-byte big-endian length + UTF-8 JSON ---------------------------------------------
@@ -65,8 +67,13 @@ class _Child:
 
     def __init__(self):
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "jamdata.text.extract"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "jamdata.text.extract"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
         self.buf = b""
         if self._recv(time.monotonic() + STARTUP_TIMEOUT_S) != {"ready": True}:
             self.kill()
@@ -79,7 +86,7 @@ class _Child:
             if len(self.buf) >= 4:
                 (n,) = struct.unpack(">I", self.buf[:4])
                 if len(self.buf) >= 4 + n:
-                    data, self.buf = self.buf[4:4 + n], self.buf[4 + n:]
+                    data, self.buf = self.buf[4 : 4 + n], self.buf[4 + n :]
                     return json.loads(data.decode("utf-8", "surrogatepass"))
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([fd], [], [], left)[0]:

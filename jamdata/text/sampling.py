@@ -9,6 +9,7 @@ For large sources the partial epoch is found in two passes: a token histogram ov
 the hash (a small vector per source) locates the boundary bucket, and only the documents of that
 one bucket are sorted.
 """
+
 from __future__ import annotations
 
 import math
@@ -33,11 +34,11 @@ class PlanError(UserError, ValueError):
 @dataclass(frozen=True)
 class SourcePlan:
     source: str
-    share: float          # renormalised, sums to 1
+    share: float  # renormalised, sums to 1
     max_epochs: float
-    target: int           # tokens
-    available: int        # tokens in one epoch of the clean data
-    estimated: bool       # available was estimated from bytes (tokens/byte measured on a sample)
+    target: int  # tokens
+    available: int  # tokens in one epoch of the clean data
+    estimated: bool  # available was estimated from bytes (tokens/byte measured on a sample)
     tokens_per_byte: float | None = None
 
     @property
@@ -77,8 +78,12 @@ def targets(budget: int, shares: Mapping[str, float]) -> dict[str, int]:
     return out
 
 
-def build_plan(budget: int, shares: Mapping[str, float], max_epochs: Mapping[str, float],
-               available: Mapping[str, tuple[int, bool, float | None]]) -> list[SourcePlan]:
+def build_plan(
+    budget: int,
+    shares: Mapping[str, float],
+    max_epochs: Mapping[str, float],
+    available: Mapping[str, tuple[int, bool, float | None]],
+) -> list[SourcePlan]:
     """`available[source] = (tokens, estimated, tokens_per_byte)`; a source missing there has 0."""
     tgt = targets(budget, shares)
     norm = normalise_shares(shares)
@@ -97,11 +102,16 @@ def check_plan(plan: Sequence[SourcePlan]) -> None:
     for p in short:
         have = f"{p.available:,} tokens available" + (" (estimated)" if p.estimated else "")
         epochs = "no data" if p.available == 0 else f"would need {p.epochs:.2f} epochs"
-        parts.append(f"source {p.source!r} is short by {p.shortfall:,} tokens: target {p.target:,}, "
-                     f"{have}, at most {p.max_epochs:g} epochs allowed ({epochs})")
-    raise PlanError("impossible plan: " + "; ".join(parts)
-                    + ". Lower text.sample.budget_tokens, raise text.sample.epochs for that source, "
-                      "or add clean data")
+        parts.append(
+            f"source {p.source!r} is short by {p.shortfall:,} tokens: target {p.target:,}, "
+            f"{have}, at most {p.max_epochs:g} epochs allowed ({epochs})"
+        )
+    raise PlanError(
+        "impossible plan: "
+        + "; ".join(parts)
+        + ". Lower text.sample.budget_tokens, raise text.sample.epochs for that source, "
+        "or add clean data"
+    )
 
 
 def plan_warnings(plan: Sequence[SourcePlan], documents: Mapping[str, int]) -> list[str]:
@@ -115,18 +125,24 @@ def plan_warnings(plan: Sequence[SourcePlan], documents: Mapping[str, int]) -> l
         docs = documents.get(p.source) or 0
         per_doc = p.available / docs if docs else 0
         if p.target and per_doc > p.target:
-            out.append(f"source {p.source!r}: target {p.target:,} tokens is below one average document "
-                       f"({per_doc:,.0f} tokens): the sample will hold up to {(p.target + per_doc) / p.target:.1f}× "
-                       "its target; raise text.sample.budget_tokens or this source's share")
+            out.append(
+                f"source {p.source!r}: target {p.target:,} tokens is below one average document "
+                f"({per_doc:,.0f} tokens): the sample will hold up to {(p.target + per_doc) / p.target:.1f}× "
+                "its target; raise text.sample.budget_tokens or this source's share"
+            )
     slack = sum(p.available / documents[p.source] for p in plan if documents.get(p.source))
     budget = sum(p.target for p in plan)
     if budget and slack > 0.1 * budget:
-        out.append(f"whole documents may add up to {slack:,.0f} tokens over the budget of {budget:,} "
-                   f"(up to {(budget + slack) / budget:.1f}×): the budget is small for these documents")
+        out.append(
+            f"whole documents may add up to {slack:,.0f} tokens over the budget of {budget:,} "
+            f"(up to {(budget + slack) / budget:.1f}×): the budget is small for these documents"
+        )
     for src in sorted(set(documents) - planned):
         if documents[src]:
-            out.append(f"source {src!r} has {documents[src]:,} clean documents but no share in "
-                       "text.sample.shares: it is left out of the sample (give it a share, 0 to say so)")
+            out.append(
+                f"source {src!r} has {documents[src]:,} clean documents but no share in "
+                "text.sample.shares: it is left out of the sample (give it a share, 0 to say so)"
+            )
     return out
 
 
@@ -136,8 +152,10 @@ def format_plan(plan: Sequence[SourcePlan], budget: int) -> str:
     for p in plan:
         avail = f"{p.available:,}" + ("~" if p.estimated else " ")
         ep = "inf" if math.isinf(p.epochs) else f"{p.epochs:.3f}"
-        rows.append(f"{p.source:<12} {p.share * 100:>6.2f}% {p.target:>15,} {avail:>17} {ep:>8} "
-                    f"{p.max_epochs:>6g} {p.shortfall:>15,}")
+        rows.append(
+            f"{p.source:<12} {p.share * 100:>6.2f}% {p.target:>15,} {avail:>17} {ep:>8} "
+            f"{p.max_epochs:>6g} {p.shortfall:>15,}"
+        )
     rows.append(f"{'total':<12} {100:>6.2f}% {budget:>15,} {sum(p.available for p in plan):>16,}")
     if any(p.estimated for p in plan):
         tpb = ", ".join(f"{p.source} {p.tokens_per_byte:.4f}" for p in plan if p.tokens_per_byte)
@@ -168,11 +186,12 @@ class SourceDecision:
     """How one source is sampled: `full_epochs` whole copies, then every document whose bucket is
     below `boundary_bucket`, plus the first `boundary_remaining` tokens' worth (by rank) of the
     boundary bucket's documents."""
+
     source: str
     target: int
     available: int
     full_epochs: int
-    boundary_bucket: int      # -1: no partial epoch
+    boundary_bucket: int  # -1: no partial epoch
     boundary_remaining: int
 
     @property
@@ -225,8 +244,9 @@ def sample_key(epoch: int, rank: int, doc_id: str) -> str:
     return f"{epoch:04d}.{rank:016x}.{doc_id}"
 
 
-def sample_source(docs: Sequence[tuple[str, int]], target: int, max_epochs: float, seed: int,
-                  source: str) -> dict[str, int]:
+def sample_source(
+    docs: Sequence[tuple[str, int]], target: int, max_epochs: float, seed: int, source: str
+) -> dict[str, int]:
     """Reference (in-memory) sampler for one source: doc id -> copies. The pipeline computes the
     same thing distributed; tests compare the two."""
     ranked = [(doc_rank(seed, source, i), i, n) for i, n in docs]

@@ -4,6 +4,7 @@ Training follows the LLaMA recipe (BPE, digits split, byte fallback, identity no
 whitespace collapsing) so that decoding gives back the exact input text. A tokenizer *dataset*
 directory holds `tokenizer.model`, `vocab.json` (the joint vocabulary) and `manifest.json`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -33,7 +34,10 @@ LLAMA_TRAINER = dict(
     split_by_number=True,
     split_by_whitespace=True,
     max_sentencepiece_length=16,
-    unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+    unk_id=0,
+    bos_id=1,
+    eos_id=2,
+    pad_id=-1,
 )
 
 
@@ -55,9 +59,11 @@ class TextTokenizer:
             with open_url(path, "rb") as f:
                 proto = f.read()
         except FileNotFoundError:
-            raise FileNotFoundError(f"tokenizer model {path} does not exist "
-                                    "(run the tokenizer stage or `jamdata tokenizer train`, "
-                                    "or set text.tokenizer.model)") from None
+            raise FileNotFoundError(
+                f"tokenizer model {path} does not exist "
+                "(run the tokenizer stage or `jamdata tokenizer train`, "
+                "or set text.tokenizer.model)"
+            ) from None
         try:
             self.sp = spm.SentencePieceProcessor(model_proto=proto)
         except RuntimeError as e:
@@ -90,7 +96,7 @@ class TextTokenizer:
         flat = np.empty(int(lengths.sum()), dtype=self.vocab.dtype)
         pos = 0
         for a in arrays:
-            flat[pos:pos + a.size] = a
+            flat[pos : pos + a.size] = a
             pos += a.size + extra
             if eos:
                 flat[pos - 1] = self.vocab.eos_id
@@ -118,8 +124,9 @@ def training_lines(texts: Iterable[str], max_bytes: int, max_line_bytes: int = 4
                         return
 
 
-def train_sentencepiece(texts: Iterable[str], vocab_size: int = 32000, max_bytes: int = 100_000_000,
-                        threads: int = 1, **overrides) -> bytes:
+def train_sentencepiece(
+    texts: Iterable[str], vocab_size: int = 32000, max_bytes: int = 100_000_000, threads: int = 1, **overrides
+) -> bytes:
     """Train a LLaMA-style BPE model on `texts` (documents) and return the model proto bytes.
 
     Deterministic for the same input: no input sampling inside SentencePiece (we pass exactly the
@@ -136,16 +143,30 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int = 32000, max_bytes
     flags.update(overrides)
     try:
         spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(lines), model_writer=model, vocab_size=vocab_size,
-            num_threads=threads, input_sentence_size=0, shuffle_input_sentence=False,
-            max_sentence_length=16384, hard_vocab_limit=False, minloglevel=2, **flags)
+            sentence_iterator=iter(lines),
+            model_writer=model,
+            vocab_size=vocab_size,
+            num_threads=threads,
+            input_sentence_size=0,
+            shuffle_input_sentence=False,
+            max_sentence_length=16384,
+            hard_vocab_limit=False,
+            minloglevel=2,
+            **flags,
+        )
     except RuntimeError as e:  # e.g. a vocabulary smaller than the characters it must cover
         raise TokenizerError(f"SentencePiece training failed: {str(e).split('] ')[-1]}") from None
     return model.getvalue()
 
 
-def write_tokenizer_dataset(out_dir: str, proto: bytes, n_image_codes: int, config: dict,
-                            summary: dict | None = None, inputs: list[str] | None = None) -> JointVocab:
+def write_tokenizer_dataset(
+    out_dir: str,
+    proto: bytes,
+    n_image_codes: int,
+    config: dict,
+    summary: dict | None = None,
+    inputs: list[str] | None = None,
+) -> JointVocab:
     """`tokenizer.model` + `vocab.json` + manifest (kind "tokenizer"); the manifest is written last."""
     from jamdata.io import atomic_write
     from jamdata.manifest import build_manifest, describe_shard, write_manifest
@@ -157,10 +178,14 @@ def write_tokenizer_dataset(out_dir: str, proto: bytes, n_image_codes: int, conf
     with atomic_write(f"{out_dir}/{VOCAB_FILE}", "w") as f:
         json.dump(vocab.to_dict(), f, indent=2, sort_keys=True)
         f.write("\n")
-    shards = [describe_shard(out_dir, MODEL_FILE, records=vocab.text_size),
-              describe_shard(out_dir, VOCAB_FILE)]
-    info = {"text_pieces": vocab.text_size, "joint_size": vocab.size, "dtype": str(vocab.dtype),
-            **tokenizer_settings(sp), **(summary or {})}
+    shards = [describe_shard(out_dir, MODEL_FILE, records=vocab.text_size), describe_shard(out_dir, VOCAB_FILE)]
+    info = {
+        "text_pieces": vocab.text_size,
+        "joint_size": vocab.size,
+        "dtype": str(vocab.dtype),
+        **tokenizer_settings(sp),
+        **(summary or {}),
+    }
     write_manifest(out_dir, build_manifest("tokenizer", shards, config, vocab, info, inputs))
     return vocab
 
@@ -170,9 +195,11 @@ def tokenizer_settings(sp: spm.SentencePieceProcessor) -> dict:
     bundled protobuf bindings may not match the runtime, so the proto is not parsed)."""
     probe = "a  b\t\n\u00e9 2024"
     digits = [i for i in sp.encode("2024 1999") if not sp.is_byte(i)]  # rare digits may be bytes
-    return {"split_digits": all(len(sp.id_to_piece(i).strip("\u2581")) <= 1 for i in digits),
-            "byte_fallback": has_byte_fallback(sp),
-            "lossless": sp.decode(sp.encode(probe)) == probe}
+    return {
+        "split_digits": all(len(sp.id_to_piece(i).strip("\u2581")) <= 1 for i in digits),
+        "byte_fallback": has_byte_fallback(sp),
+        "lossless": sp.decode(sp.encode(probe)) == probe,
+    }
 
 
 def has_byte_fallback(sp: spm.SentencePieceProcessor) -> bool:

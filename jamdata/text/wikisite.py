@@ -14,6 +14,7 @@ a Russian one as `[[Файл:…|мини|…]]` / `[[Категория:…]]`,
     site = read_siteinfo("dewiki-pages-articles.xml.bz2")
     site.lang, "datei" in site.link_namespaces   # ("de", True)
 """
+
 from __future__ import annotations
 
 import json
@@ -45,6 +46,7 @@ class WikiSite:
     """Folded names for one wiki. `link_namespaces`: prefixes whose links are removed (files, media,
     categories); `image_options`: caption-markup words (`thumb`, `mini`…); `drop_sections`: appendix
     headings removed with their sub-sections."""
+
     lang: str | None
     link_namespaces: frozenset[str]
     image_options: frozenset[str]
@@ -62,8 +64,7 @@ def _link_pattern(names: frozenset[str]) -> re.Pattern:
     return re.compile(r"\[\[\s*(?:" + alts + r")\s*:", re.I)
 
 
-def site_for(lang: str | None, namespaces: Iterable[str] = (),
-             drop_sections: Iterable[str] | None = None) -> WikiSite:
+def site_for(lang: str | None, namespaces: Iterable[str] = (), drop_sections: Iterable[str] | None = None) -> WikiSite:
     """The WikiSite of language `lang` (unknown or None: English canonical names only), plus the
     dump's own `namespaces`. `drop_sections`: the configured headings dropped in every language
     (`text.clean.wiki_drop_sections`); the language's appendix headings are added to them, and

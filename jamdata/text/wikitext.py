@@ -9,6 +9,7 @@ links" do.
 
     clean_wikitext(page_text, site=read_siteinfo("dewiki-pages-articles.xml.bz2"))
 """
+
 from __future__ import annotations
 
 import re
@@ -21,12 +22,36 @@ from jamdata.text.normalize import normalize_whitespace
 from jamdata.text.wikisite import WikiSite, fold, site_for
 
 # Appendix headings dropped in every language unless configured otherwise (text.clean.wiki_drop_sections)
-DEFAULT_DROP_SECTIONS = ("see also", "references", "external links", "further reading", "notes", "bibliography",
-                         "sources", "citations", "footnotes")
+DEFAULT_DROP_SECTIONS = (
+    "see also",
+    "references",
+    "external links",
+    "further reading",
+    "notes",
+    "bibliography",
+    "sources",
+    "citations",
+    "footnotes",
+)
 
 _HEADING = re.compile(r"^(={1,6})\s*(.*?)\s*\1\s*$", re.M)
-_INVISIBLE_TAGS = {"ref", "references", "table", "gallery", "math", "chem", "timeline", "imagemap",
-                   "score", "syntaxhighlight", "source", "templatedata", "graph", "mapframe", "maplink"}
+_INVISIBLE_TAGS = {
+    "ref",
+    "references",
+    "table",
+    "gallery",
+    "math",
+    "chem",
+    "timeline",
+    "imagemap",
+    "score",
+    "syntaxhighlight",
+    "source",
+    "templatedata",
+    "graph",
+    "mapframe",
+    "maplink",
+}
 _INTERLANG = re.compile(r"^[a-z]{2,3}(-[a-z]+)?$")
 _MAGIC = re.compile(r"__[A-Z]+__")
 _STRAY_QUOTES = re.compile(r"'{2,}")
@@ -41,7 +66,7 @@ def _drop_sections(wikitext: str, names: Iterable[str]) -> str:
     for m in _HEADING.finditer(wikitext):
         level = len(m.group(1))
         if not skip_level:
-            out.append(wikitext[pos:m.start()])
+            out.append(wikitext[pos : m.start()])
         if skip_level and level <= skip_level:
             skip_level = 0
         if not skip_level and fold(_STRAY_QUOTES.sub("", m.group(2))) in names:
@@ -99,7 +124,7 @@ def _strip_nested(text: str, marks: re.Pattern, opener: str) -> str:
     for m in marks.finditer(text):
         if m.group(0).strip(" \t:") == opener:
             if depth == 0:
-                out.append(text[pos:m.start()])
+                out.append(text[pos : m.start()])
             depth += 1
         elif depth:
             depth -= 1
@@ -170,8 +195,12 @@ def site_of(lang: str | None, drop_sections: tuple[str, ...]) -> WikiSite:
     return site_for(lang, drop_sections=drop_sections)
 
 
-_MEDIA_FILE = re.compile(r"\.(?:jpe?g|png|gif|svg|tiff?|webp|xcf|ogg|ogv|oga|webm|mp3|wav|flac|mid|pdf|djvu|stl)\s*$", re.I)
-_SIZE_OPTION = re.compile(r"^(?:\d*x?\d+\s*(?:px|пкс|пикс)|upright(?:=[\d.]+)?|hochkant(?:=[\d.]+)?|alt=.*|link=.*)$", re.I)
+_MEDIA_FILE = re.compile(
+    r"\.(?:jpe?g|png|gif|svg|tiff?|webp|xcf|ogg|ogv|oga|webm|mp3|wav|flac|mid|pdf|djvu|stl)\s*$", re.I
+)
+_SIZE_OPTION = re.compile(
+    r"^(?:\d*x?\d+\s*(?:px|пкс|пикс)|upright(?:=[\d.]+)?|hochkant(?:=[\d.]+)?|alt=.*|link=.*)$", re.I
+)
 _NAMESPACED = re.compile(r"^([^\s:|][^:|]{0,40}):\S")
 
 

@@ -1,5 +1,6 @@
 """`jamtrain model init|fuse|info|import|extend-vocab|export-hf` (and the shortcut `jamtrain fuse`): make,
 fuse and inspect weights; bring Hugging Face LLaMA checkpoints in and out."""
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,10 @@ def _init(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     model = Backbone(backbone_config(Config(section, "model"), args.vocab_size))
     save_model(model, args.out)
-    print(f"wrote {args.out}: backbone {model.cfg.n_layers}x{model.cfg.d_model}, "
-          f"{sum(p.numel() for p in model.parameters()):,} parameters")
+    print(
+        f"wrote {args.out}: backbone {model.cfg.n_layers}x{model.cfg.d_model}, "
+        f"{sum(p.numel() for p in model.parameters()):,} parameters"
+    )
     return 0
 
 
@@ -65,7 +68,7 @@ def parse_size(text: str) -> int:
     t = text.strip().upper()
     num = t.rstrip("KMGIB")
     try:
-        return int(float(num) * units[t[len(num):]])
+        return int(float(num) * units[t[len(num) :]])
     except (KeyError, ValueError):
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 5GB, 500MB)") from None
 
@@ -92,11 +95,14 @@ def _import(args: argparse.Namespace) -> int:
     from jamtrain.models.resize import NOISE
 
     target = _target_vocab(args, read_config(args.src).vocab_size) if (args.vocab or args.vocab_size) else None
-    cfg, out = import_checkpoint(args.src, args.out, _dtype(args.dtype), target, args.seed,
-                                 NOISE if args.noise is None else args.noise)
-    print(f"wrote {out}: LLaMA-style backbone {cfg.n_layers}x{cfg.d_model}, {cfg.n_heads} heads "
-          f"({cfg.kv_heads} key/value), vocabulary {cfg.vocab_size}, "
-          f"{'tied' if cfg.tie_embeddings else 'untied'} embeddings")
+    cfg, out = import_checkpoint(
+        args.src, args.out, _dtype(args.dtype), target, args.seed, NOISE if args.noise is None else args.noise
+    )
+    print(
+        f"wrote {out}: LLaMA-style backbone {cfg.n_layers}x{cfg.d_model}, {cfg.n_heads} heads "
+        f"({cfg.kv_heads} key/value), vocabulary {cfg.vocab_size}, "
+        f"{'tied' if cfg.tie_embeddings else 'untied'} embeddings"
+    )
     return 0
 
 
@@ -151,21 +157,32 @@ def _add_fuse_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image", required=True, help="image-text parent checkpoint, same architecture")
     p.add_argument("--out", required=True, help="output file (.safetensors or .pt)")
     p.add_argument("--weight", type=float, default=0.5, help="uniform: weight of the text parent")
-    p.add_argument("--head", choices=["text", "image", "average"], default="average",
-                   help="width: what the new head reproduces at initialisation; cross: the 2d -> d layer "
-                        "starts as [a*I | (1-a)*I], a = 1, 0, 0.5")
+    p.add_argument(
+        "--head",
+        choices=["text", "image", "average"],
+        default="average",
+        help="width: what the new head reproduces at initialisation; cross: the 2d -> d layer "
+        "starts as [a*I | (1-a)*I], a = 1, 0, 0.5",
+    )
     p.add_argument("--every", type=int, default=1, help="cross: a cross-attention block after every k-th layer")
     p.add_argument("--cross-heads", type=int, default=0, help="cross: heads of the cross blocks (0 = backbone's)")
-    p.add_argument("--embedding", choices=["shared", "separate"], default="shared",
-                   help="cross: one merged input embedding (text rows + image rows) or one per backbone")
+    p.add_argument(
+        "--embedding",
+        choices=["shared", "separate"],
+        default="shared",
+        help="cross: one merged input embedding (text rows + image rows) or one per backbone",
+    )
     p.add_argument("--text-rows", type=int, help="cross: embedding rows [0, N) come from the text parent")
     p.set_defaults(func=_fuse)
 
 
 def _add_vocab_args(p: argparse.ArgumentParser, required: bool) -> None:
     g = p.add_mutually_exclusive_group(required=required)
-    g.add_argument("--vocab", help="grow to this joint vocabulary: its vocab.json or the tokenizer dataset "
-                                   "directory (the model's rows must be its text pieces)")
+    g.add_argument(
+        "--vocab",
+        help="grow to this joint vocabulary: its vocab.json or the tokenizer dataset "
+        "directory (the model's rows must be its text pieces)",
+    )
     g.add_argument("--vocab-size", type=int, help="grow to this many rows")
     p.add_argument("--seed", type=int, default=0, help="seed of the new rows' noise")
     p.add_argument("--noise", type=float, help="noise of the new rows, relative to the rows' std (default 3e-3)")
@@ -202,8 +219,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = group.add_parser("export-hf", help="a backbone checkpoint -> a Hugging Face LlamaForCausalLM directory")
     p.add_argument("path")
     p.add_argument("--out", required=True, help="output directory (path or URL)")
-    p.add_argument("--dtype", choices=DTYPES, default="auto",
-                   help="auto: the imported model's dtype, else the checkpoint's")
+    p.add_argument(
+        "--dtype", choices=DTYPES, default="auto", help="auto: the imported model's dtype, else the checkpoint's"
+    )
     p.add_argument("--max-shard-size", type=parse_size, help="shard the weights, e.g. 5GB (default: one file)")
     p.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --out")
     p.set_defaults(func=_export_hf)

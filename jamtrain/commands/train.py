@@ -3,6 +3,7 @@
 Launch the same command as one plain process (CPU, gloo), under `torchrun -m jamtrain.cli train ...`
 or under `deepspeed --no_local_rank --module jamtrain.cli train ...` (ranks come from the environment).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,13 +16,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train (or --resume) a JAM model with DeepSpeed; --dry-run sizes the run")
     p.add_argument("--config", required=True, help="YAML with run, loader and train sections")
     own = p.add_mutually_exclusive_group()
-    own.add_argument("--resume", action="store_true",
-                     help="continue the run in the output directory from its newest complete checkpoint")
-    own.add_argument("--overwrite", action="store_true",
-                     help="delete the previous run's checkpoints, log, evaluation and export in the output "
-                          "directory, then start afresh (without it, a directory holding a run is refused)")
-    p.add_argument("--dry-run", action="store_true",
-                   help="print parameters, memory per GPU, tokens per step and total steps; train nothing")
+    own.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in the output directory from its newest complete checkpoint",
+    )
+    own.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete the previous run's checkpoints, log, evaluation and export in the output "
+        "directory, then start afresh (without it, a directory holding a run is refused)",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print parameters, memory per GPU, tokens per step and total steps; train nothing",
+    )
     p.add_argument("--out", help="training output directory (default: train.out_dir)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
@@ -30,7 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("eval", help="validation perplexity per dataset on held-out data")
     e.add_argument("--config", required=True, help="the training config (datasets, loader.seq_len, train.eval)")
     src = e.add_mutually_exclusive_group()
-    src.add_argument("--weights", help="export directory (model.json + model.safetensors); default: train.out_dir/export")
+    src.add_argument(
+        "--weights", help="export directory (model.json + model.safetensors); default: train.out_dir/export"
+    )
     src.add_argument("--checkpoint", help="a checkpoint directory (step-NNNNNNNN) or the checkpoints/ directory")
     e.add_argument("--max-samples", type=int, help="held-out samples per dataset (default: train.eval.max_samples)")
     e.add_argument("--json", help="also write the figures to this JSON file")
@@ -38,7 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.set_defaults(func=_eval)
 
     x = sub.add_parser("export", help="write a checkpoint's weights as one safetensors file + model.json")
-    x.add_argument("--checkpoint", required=True, help="a checkpoint directory (step-NNNNNNNN) or the checkpoints/ directory")
+    x.add_argument(
+        "--checkpoint", required=True, help="a checkpoint directory (step-NNNNNNNN) or the checkpoints/ directory"
+    )
     x.add_argument("--out", required=True, help="output directory")
     x.set_defaults(func=_export)
 
@@ -84,8 +98,10 @@ def _train(args: argparse.Namespace) -> int:
         import torch
 
         if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
-            print(f"done: loss {result.first_loss:.4f} -> {result.last_loss:.4f} in {result.seconds:.1f}s; "
-                  f"outputs in {s.out_dir}")
+            print(
+                f"done: loss {result.first_loss:.4f} -> {result.last_loss:.4f} in {result.seconds:.1f}s; "
+                f"outputs in {s.out_dir}"
+            )
     return 0
 
 
@@ -124,12 +140,15 @@ def _eval(args: argparse.Namespace) -> int:
         return _fail(e)
     sets = s.eval_sets()
     if not sets:
-        return _fail(ValueError("nothing to evaluate: train.eval.holdout_fraction is 0 and train.eval.datasets is empty"))
+        return _fail(
+            ValueError("nothing to evaluate: train.eval.holdout_fraction is 0 and train.eval.datasets is empty")
+        )
     vocab = dataset_vocab({n: d for n, (d, _) in sets.items()})
     if vocab.size != info["vocab_size"]:
         return _fail(ValueError(f"model vocabulary {info['vocab_size']} != datasets' joint vocabulary {vocab.size}"))
-    results = evaluate(model, sets, vocab, s.seq_len, s.eval_batch_size, args.max_samples or s.eval_max_samples,
-                       policy=s.shard_policy)
+    results = evaluate(
+        model, sets, vocab, s.seq_len, s.eval_batch_size, args.max_samples or s.eval_max_samples, policy=s.shard_policy
+    )
     print(f"{'dataset':<16}{'samples':>9}{'tokens':>10}{'ppl':>11}{'text ppl':>11}{'image ppl':>11}")
     fmt = lambda x: f"{x:11.2f}" if x is not None else f"{'-':>11}"  # noqa: E731
     for name, r in results.items():

@@ -10,6 +10,7 @@ no key outputs zeros (never NaN) and gets zero gradient.
 fused Triton kernel (one launch for both), elsewhere the reference. Override with `impl=` or the
 environment variable JAM_CROSS_ATTN_IMPL (auto | triton | reference); `impl=` wins.
 """
+
 from __future__ import annotations
 
 import math
@@ -22,8 +23,9 @@ IMPLS = ("auto", "triton", "reference")
 ENV_VAR = "JAM_CROSS_ATTN_IMPL"
 
 
-def attention_mask(Lq: int, Lk: int, seg_q: torch.Tensor | None, seg_k: torch.Tensor | None,
-                   causal: bool, device: torch.device) -> torch.Tensor | None:
+def attention_mask(
+    Lq: int, Lk: int, seg_q: torch.Tensor | None, seg_k: torch.Tensor | None, causal: bool, device: torch.device
+) -> torch.Tensor | None:
     """Boolean [B or 1, 1, Lq, Lk] mask (True = may attend), or None when nothing is masked."""
     mask = None
     if causal:
@@ -61,8 +63,7 @@ def reference_lse(q, k, seg_q=None, seg_k=None, causal=True, scale=None) -> torc
     return torch.logsumexp(s, -1)
 
 
-def reference_bidirectional_cross_attention(qa, ka, va, qb, kb, vb, seg_a=None, seg_b=None,
-                                            causal=True, scale=None):
+def reference_bidirectional_cross_attention(qa, ka, va, qb, kb, vb, seg_a=None, seg_b=None, causal=True, scale=None):
     oa = reference_cross_attention(qa, kb, vb, seg_a, seg_b, causal, scale)
     ob = reference_cross_attention(qb, ka, va, seg_b, seg_a, causal, scale)
     return oa, ob
@@ -84,13 +85,18 @@ def resolve_impl(impl: str | None, device: torch.device, dtype: torch.dtype, hea
         raise ValueError(f"{source}={choice!r} is not a cross-attention implementation (allowed: {', '.join(IMPLS)})")
     if choice != "auto":
         return choice
-    ok = (device.type == "cuda" and dtype in (torch.float16, torch.bfloat16, torch.float32)
-          and head_dim <= 256 and _triton_available())
+    ok = (
+        device.type == "cuda"
+        and dtype in (torch.float16, torch.bfloat16, torch.float32)
+        and head_dim <= 256
+        and _triton_available()
+    )
     return "triton" if ok else "reference"
 
 
-def bidirectional_cross_attention(qa, ka, va, qb, kb, vb, seg_a=None, seg_b=None, causal=True,
-                                  scale=None, impl: str | None = None):
+def bidirectional_cross_attention(
+    qa, ka, va, qb, kb, vb, seg_a=None, seg_b=None, causal=True, scale=None, impl: str | None = None
+):
     """(out_a, out_b): stream A's queries over stream B's keys/values, and the reverse.
 
     qa/ka/va: [B, H, La, D] from stream A; qb/kb/vb: [B, H, Lb, D] from stream B;

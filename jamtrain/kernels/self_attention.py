@@ -19,6 +19,7 @@ Three implementations, equal in fp32 to 1e-5 (tests/test_self_attention.py):
 A row whose document ids repeat after another document (never written by the loader) is served
 by `dense` under `segments`, which assumes contiguous runs.
 """
+
 from __future__ import annotations
 
 import os
@@ -89,19 +90,29 @@ def segment_attention(q, k, v, runs: list[tuple[tuple[int, int], ...]]) -> torch
     for b, r in enumerate(runs):
         groups.setdefault(r, []).append(b)
     if len(groups) == 1:
-        (layout, _), = groups.items()
-        return torch.cat([F.scaled_dot_product_attention(q[:, :, s:e], k[:, :, s:e], v[:, :, s:e],
-                                                         is_causal=True, enable_gqa=gqa)
-                          for s, e in layout], dim=2)
+        ((layout, _),) = groups.items()
+        return torch.cat(
+            [
+                F.scaled_dot_product_attention(q[:, :, s:e], k[:, :, s:e], v[:, :, s:e], is_causal=True, enable_gqa=gqa)
+                for s, e in layout
+            ],
+            dim=2,
+        )
     out: dict[int, torch.Tensor] = {}  # row -> its output
     for layout, rows in groups.items():
         idx = torch.tensor(rows, device=q.device)
         qs, ks, vs = q.index_select(0, idx), k.index_select(0, idx), v.index_select(0, idx)
-        o = torch.cat([F.scaled_dot_product_attention(qs[:, :, s:e], ks[:, :, s:e], vs[:, :, s:e],
-                                                      is_causal=True, enable_gqa=gqa)
-                       for s, e in layout], dim=2)
+        o = torch.cat(
+            [
+                F.scaled_dot_product_attention(
+                    qs[:, :, s:e], ks[:, :, s:e], vs[:, :, s:e], is_causal=True, enable_gqa=gqa
+                )
+                for s, e in layout
+            ],
+            dim=2,
+        )
         for j, b in enumerate(rows):
-            out[b] = o[j:j + 1]
+            out[b] = o[j : j + 1]
     return torch.cat([out[b] for b in range(q.shape[0])], dim=0)
 
 

@@ -13,6 +13,7 @@ zeros and receives zero gradient; its LSE is -inf.
 
 Tensors are [B, H, L, D] and are made contiguous by the wrapper; accumulation is fp32.
 """
+
 from __future__ import annotations
 
 import math
@@ -37,10 +38,29 @@ def _select(d, a, b):
 
 @triton.jit(do_not_specialize=["H", "LA", "LB"])  # L == 1 must not become a constexpr
 def _fwd_kernel(
-    QA, KA, VA, QB, KB, VB, OA, OB, LSEA, LSEB, SEGA, SEGB,
-    H, LA, LB, D, scale_log2,
-    CAUSAL: tl.constexpr, HAS_SEG: tl.constexpr, IEEE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    QA,
+    KA,
+    VA,
+    QB,
+    KB,
+    VB,
+    OA,
+    OB,
+    LSEA,
+    LSEB,
+    SEGA,
+    SEGB,
+    H,
+    LA,
+    LB,
+    D,
+    scale_log2,
+    CAUSAL: tl.constexpr,
+    HAS_SEG: tl.constexpr,
+    IEEE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -66,8 +86,7 @@ def _fwd_kernel(
     k_base = K + bh.to(tl.int64) * Lk * D
     v_base = V + bh.to(tl.int64) * Lk * D
 
-    q = tl.load(q_base + offs_m[:, None] * D + offs_d[None, :],
-                mask=m_valid[:, None] & d_valid[None, :], other=0.0)
+    q = tl.load(q_base + offs_m[:, None] * D + offs_d[None, :], mask=m_valid[:, None] & d_valid[None, :], other=0.0)
     if HAS_SEG:
         sq = tl.load(SQ + b * Lq + offs_m, mask=m_valid, other=-1)
 
@@ -113,18 +132,46 @@ def _fwd_kernel(
     out = tl.where(has_any[:, None], acc / l_safe[:, None], 0.0)
     lse = tl.where(has_any, (m_i + tl.log2(l_safe)) * 0.6931471805599453, float("-inf"))
     o_base = O + bh.to(tl.int64) * Lq * D
-    tl.store(o_base + offs_m[:, None] * D + offs_d[None, :], out.to(O.dtype.element_ty),
-             mask=m_valid[:, None] & d_valid[None, :])
+    tl.store(
+        o_base + offs_m[:, None] * D + offs_d[None, :],
+        out.to(O.dtype.element_ty),
+        mask=m_valid[:, None] & d_valid[None, :],
+    )
     tl.store(LSE + bh.to(tl.int64) * Lq + offs_m, lse, mask=m_valid)
 
 
 @triton.jit(do_not_specialize=["H", "LA", "LB"])  # L == 1 must not become a constexpr
 def _bwd_dkdv_kernel(
-    QA, KA, VA, QB, KB, VB, DOA, DOB, LSEA, LSEB, DELTAA, DELTAB, SEGA, SEGB,
-    DKA, DVA, DKB, DVB,
-    H, LA, LB, D, scale, scale_log2,
-    CAUSAL: tl.constexpr, HAS_SEG: tl.constexpr, IEEE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    QA,
+    KA,
+    VA,
+    QB,
+    KB,
+    VB,
+    DOA,
+    DOB,
+    LSEA,
+    LSEB,
+    DELTAA,
+    DELTAB,
+    SEGA,
+    SEGB,
+    DKA,
+    DVA,
+    DKB,
+    DVB,
+    H,
+    LA,
+    LB,
+    D,
+    scale,
+    scale_log2,
+    CAUSAL: tl.constexpr,
+    HAS_SEG: tl.constexpr,
+    IEEE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     # One program owns one key block of one direction and sweeps the query blocks that can see it.
     pid_n = tl.program_id(0)
@@ -204,11 +251,34 @@ def _bwd_dkdv_kernel(
 
 @triton.jit(do_not_specialize=["H", "LA", "LB"])  # L == 1 must not become a constexpr
 def _bwd_dq_kernel(
-    QA, KA, VA, QB, KB, VB, DOA, DOB, LSEA, LSEB, DELTAA, DELTAB, SEGA, SEGB,
-    DQA, DQB,
-    H, LA, LB, D, scale, scale_log2,
-    CAUSAL: tl.constexpr, HAS_SEG: tl.constexpr, IEEE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    QA,
+    KA,
+    VA,
+    QB,
+    KB,
+    VB,
+    DOA,
+    DOB,
+    LSEA,
+    LSEB,
+    DELTAA,
+    DELTAB,
+    SEGA,
+    SEGB,
+    DQA,
+    DQB,
+    H,
+    LA,
+    LB,
+    D,
+    scale,
+    scale_log2,
+    CAUSAL: tl.constexpr,
+    HAS_SEG: tl.constexpr,
+    IEEE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -276,8 +346,7 @@ def _bwd_dq_kernel(
     tl.store(dq_base + offs_m[:, None] * D + offs_d[None, :], dq.to(DQ.dtype.element_ty), mask=qd_mask)
 
 
-def _launch_cfg(D: int, device: torch.device, dtype: torch.dtype, block_m: int | None,
-                block_n: int | None) -> dict:
+def _launch_cfg(D: int, device: torch.device, dtype: torch.dtype, block_m: int | None, block_n: int | None) -> dict:
     """Tile sizes: small tiles for the CPU interpreter, flash-attention-2 style tiles on GPUs."""
     if device.type != "cuda":
         return {"fwd": (block_m or 16, block_n or 16, 1, 1), "bwd": (block_m or 16, block_n or 16, 1, 1)}
@@ -311,10 +380,33 @@ class _BiCrossAttention(torch.autograd.Function):
         block_d = max(16, triton.next_power_of_2(D))
         ieee = qa.dtype == torch.float32
         grid = (triton.cdiv(max(LA, LB), bm), B * H, 2)
-        _fwd_kernel[grid](qa, ka, va, qb, kb, vb, oa, ob, lse_a, lse_b, seg_a, seg_b,
-                          H, LA, LB, D, scale * LOG2E,
-                          CAUSAL=causal, HAS_SEG=has_seg, IEEE=ieee,
-                          BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=block_d, num_warps=warps, num_stages=stages)
+        _fwd_kernel[grid](
+            qa,
+            ka,
+            va,
+            qb,
+            kb,
+            vb,
+            oa,
+            ob,
+            lse_a,
+            lse_b,
+            seg_a,
+            seg_b,
+            H,
+            LA,
+            LB,
+            D,
+            scale * LOG2E,
+            CAUSAL=causal,
+            HAS_SEG=has_seg,
+            IEEE=ieee,
+            BLOCK_M=bm,
+            BLOCK_N=bn,
+            BLOCK_D=block_d,
+            num_warps=warps,
+            num_stages=stages,
+        )
         ctx.save_for_backward(qa, ka, va, qb, kb, vb, oa, ob, lse_a, lse_b, seg_a, seg_b)
         ctx.mark_non_differentiable(lse_a, lse_b)
         ctx.meta = (causal, scale, has_seg, block_m, block_n)
@@ -335,23 +427,47 @@ class _BiCrossAttention(torch.autograd.Function):
         bm, bn, warps, stages = _launch_cfg(D, qa.device, qa.dtype, block_m, block_n)["bwd"]
         block_d = max(16, triton.next_power_of_2(D))
         ieee = qa.dtype == torch.float32
-        common = dict(CAUSAL=causal, HAS_SEG=has_seg, IEEE=ieee, BLOCK_M=bm, BLOCK_N=bn,
-                      BLOCK_D=block_d, num_warps=warps, num_stages=stages)
+        common = dict(
+            CAUSAL=causal,
+            HAS_SEG=has_seg,
+            IEEE=ieee,
+            BLOCK_M=bm,
+            BLOCK_N=bn,
+            BLOCK_D=block_d,
+            num_warps=warps,
+            num_stages=stages,
+        )
         args = (qa, ka, va, qb, kb, vb, doa, dob, lse_a, lse_b, delta_a, delta_b, seg_a, seg_b)
         _bwd_dkdv_kernel[(triton.cdiv(max(LA, LB), bn), B * H, 2)](
-            *args, dka, dva, dkb, dvb, H, LA, LB, D, scale, scale * LOG2E, **common)
+            *args, dka, dva, dkb, dvb, H, LA, LB, D, scale, scale * LOG2E, **common
+        )
         _bwd_dq_kernel[(triton.cdiv(max(LA, LB), bm), B * H, 2)](
-            *args, dqa, dqb, H, LA, LB, D, scale, scale * LOG2E, **common)
+            *args, dqa, dqb, H, LA, LB, D, scale, scale * LOG2E, **common
+        )
         return dqa, dka, dva, dqb, dkb, dvb, None, None, None, None, None, None
 
 
-def triton_bidirectional_cross_attention(qa, ka, va, qb, kb, vb, seg_a=None, seg_b=None, causal=True,
-                                         scale=None, block_m=None, block_n=None, return_lse=False):
+def triton_bidirectional_cross_attention(
+    qa,
+    ka,
+    va,
+    qb,
+    kb,
+    vb,
+    seg_a=None,
+    seg_b=None,
+    causal=True,
+    scale=None,
+    block_m=None,
+    block_n=None,
+    return_lse=False,
+):
     """Both directions in one launch; see the module docstring for the semantics."""
     D = qa.shape[-1]
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
-    oa, ob, lse_a, lse_b = _BiCrossAttention.apply(qa, ka, va, qb, kb, vb, seg_a, seg_b, bool(causal),
-                                                   scale, block_m, block_n)
+    oa, ob, lse_a, lse_b = _BiCrossAttention.apply(
+        qa, ka, va, qb, kb, vb, seg_a, seg_b, bool(causal), scale, block_m, block_n
+    )
     if return_lse:
         return oa, ob, lse_a, lse_b
     return oa, ob

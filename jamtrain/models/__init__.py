@@ -5,6 +5,7 @@
 
 See docs/models.md for the keys of the model section.
 """
+
 from __future__ import annotations
 
 import logging
@@ -16,10 +17,21 @@ from torch import nn
 from jamdata.config import Config, ConfigError
 from jamtrain.models.backbone import Backbone, count_parameters  # noqa: F401
 from jamtrain.models.checkpoint import (  # noqa: F401
-    CheckpointError, load_backbone, load_model, read_checkpoint, save_model,
+    CheckpointError,
+    load_backbone,
+    load_model,
+    read_checkpoint,
+    save_model,
 )
 from jamtrain.models.config import (  # noqa: F401
-    CROSS_EMBEDDINGS, FUSIONS, HEAD_INITS, KERNELS, MODEL_KEYS, PRESETS, BackboneConfig, CrossConfig,
+    CROSS_EMBEDDINGS,
+    FUSIONS,
+    HEAD_INITS,
+    KERNELS,
+    MODEL_KEYS,
+    PRESETS,
+    BackboneConfig,
+    CrossConfig,
     backbone_config,
 )
 from jamtrain.models.fusion import FusionError, JamCross, fuse_cross, fuse_uniform, fuse_width  # noqa: F401
@@ -61,8 +73,11 @@ def _fit_vocab(cfg: Config, key: str, model, vocab_size: int, offset: int = 0):
         return extend_vocab(model, vocab_size, seed + offset, noise)
     if vs != vocab_size:
         hint = " (set extend_vocab: true to add the missing rows)" if vs < vocab_size else ""
-        raise ConfigError(f"{cfg.prefix}.{key}", f"checkpoint vocabulary {vs} != data vocabulary {vocab_size}{hint}",
-                          source=cfg.source)
+        raise ConfigError(
+            f"{cfg.prefix}.{key}",
+            f"checkpoint vocabulary {vs} != data vocabulary {vocab_size}{hint}",
+            source=cfg.source,
+        )
     return model
 
 
@@ -72,14 +87,23 @@ def default_text_rows(cfg: Config, vocab_size: int) -> int:
         return int(cfg.number("text_rows", lo=0, hi=vocab_size))
     codes = int(cfg.number("n_image_codes", default=8192, lo=0))
     if codes >= vocab_size:
-        raise ConfigError(f"{cfg.prefix}.text_rows", f"cannot infer it: n_image_codes {codes} >= vocab_size "
-                          f"{vocab_size}; set text_rows (the joint vocabulary's image_offset)", source=cfg.source)
+        raise ConfigError(
+            f"{cfg.prefix}.text_rows",
+            f"cannot infer it: n_image_codes {codes} >= vocab_size "
+            f"{vocab_size}; set text_rows (the joint vocabulary's image_offset)",
+            source=cfg.source,
+        )
     return vocab_size - codes
 
 
-def build_model(model_cfg: dict | Config, vocab_size: int, prefix: str = "train.model",
-                device: str | torch.device | None = None, dtype: torch.dtype | None = None,
-                zero: dict | None = None) -> nn.Module:
+def build_model(
+    model_cfg: dict | Config,
+    vocab_size: int,
+    prefix: str = "train.model",
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    zero: dict | None = None,
+) -> nn.Module:
     """The model a config section describes; forward(tokens [B, L], segment_ids=None) -> logits [B, L, V].
 
     `fusion: none` is a single backbone; uniform / width / cross fuse two parents (checkpoints or,
@@ -101,23 +125,44 @@ def build_model(model_cfg: dict | Config, vocab_size: int, prefix: str = "train.
     if fusion == "none":
         model = Backbone(arch, ac)
     elif fusion == "uniform":
-        model = fuse_uniform(*_parents(cfg, arch), weight=float(cfg.number("uniform_weight", default=0.5, lo=0, hi=1)),
-                             device=device, dtype=dtype, zero=zero)
+        model = fuse_uniform(
+            *_parents(cfg, arch),
+            weight=float(cfg.number("uniform_weight", default=0.5, lo=0, hi=1)),
+            device=device,
+            dtype=dtype,
+            zero=zero,
+        )
     elif fusion == "width":
-        model = fuse_width(*_parents(cfg, arch), head=cfg.choice("width_head", HEAD_INITS, default="average"),
-                           device=device, dtype=dtype, zero=zero)
+        model = fuse_width(
+            *_parents(cfg, arch),
+            head=cfg.choice("width_head", HEAD_INITS, default="average"),
+            device=device,
+            dtype=dtype,
+            zero=zero,
+        )
     else:
         every = int(cfg.number("cross_every", default=1, lo=1))
         if arch.n_layers % every:
-            raise ConfigError(f"{cfg.prefix}.cross_every", f"{every} must divide n_layers {arch.n_layers}", source=cfg.source)
+            raise ConfigError(
+                f"{cfg.prefix}.cross_every", f"{every} must divide n_layers {arch.n_layers}", source=cfg.source
+            )
         heads = int(cfg.number("cross_heads", default=0, lo=0))
         if heads and arch.d_model % heads:
-            raise ConfigError(f"{cfg.prefix}.cross_heads", f"{heads} must divide d_model {arch.d_model}", source=cfg.source)
-        model = fuse_cross(*_parents(cfg, arch), text_rows=default_text_rows(cfg, vocab_size), cross_every=every,
-                           cross_heads=heads, embedding=cfg.choice("cross_embedding", CROSS_EMBEDDINGS, default="shared"),
-                           head=cfg.choice("cross_head", HEAD_INITS, default="average"),
-                           kernel=cfg.choice("cross_kernel", KERNELS, default="auto"), device=device, dtype=dtype,
-                           zero=zero)
+            raise ConfigError(
+                f"{cfg.prefix}.cross_heads", f"{heads} must divide d_model {arch.d_model}", source=cfg.source
+            )
+        model = fuse_cross(
+            *_parents(cfg, arch),
+            text_rows=default_text_rows(cfg, vocab_size),
+            cross_every=every,
+            cross_heads=heads,
+            embedding=cfg.choice("cross_embedding", CROSS_EMBEDDINGS, default="shared"),
+            head=cfg.choice("cross_head", HEAD_INITS, default="average"),
+            kernel=cfg.choice("cross_kernel", KERNELS, default="auto"),
+            device=device,
+            dtype=dtype,
+            zero=zero,
+        )
     _set_checkpointing(model, ac)
     if zero is not None and fusion != "none":  # partitioned by zero.Init: DeepSpeed places it
         return model

@@ -3,6 +3,7 @@
 Two families share one implementation: CM3leon/OPT-like (LayerNorm, GELU, learned positions) and
 LLaMA-like (RMSNorm, SwiGLU, rotary positions in the Hugging Face rotate-half layout, grouped-query
 attention); tied or untied output head in both. The config keys pick the pieces (config.py)."""
+
 from __future__ import annotations
 
 import math

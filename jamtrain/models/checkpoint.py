@@ -5,6 +5,7 @@ Both carry the architecture, so `load_model(path)` rebuilds the right class:
 - torch: {"jam_model": {...same...}, "state_dict": {...}}
 A bare state dict (no "jam_model") loads when the caller passes the backbone config.
 """
+
 from __future__ import annotations
 
 import json
@@ -105,12 +106,15 @@ def _load_into(build, state: dict, path) -> nn.Module:
     want = model.state_dict()
     missing, unexpected = sorted(set(want) - set(state)), sorted(set(state) - set(want))
     if missing or unexpected:
-        raise CheckpointError(f"{path}: weights do not fit the architecture "
-                              f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+        raise CheckpointError(
+            f"{path}: weights do not fit the architecture (missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
     bad = [k for k, v in state.items() if tuple(v.shape) != tuple(want[k].shape)]
     if bad:
-        raise CheckpointError(f"{path}: {bad[0]} has shape {tuple(state[bad[0]].shape)}, the architecture "
-                              f"needs {tuple(want[bad[0]].shape)}")
+        raise CheckpointError(
+            f"{path}: {bad[0]} has shape {tuple(state[bad[0]].shape)}, the architecture "
+            f"needs {tuple(want[bad[0]].shape)}"
+        )
     model.load_state_dict({k: v.to(want[k].dtype) for k, v in state.items()}, assign=True)
     return model
 
@@ -130,8 +134,10 @@ def load_model(path: str | Path, backbone_cfg: BackboneConfig | None = None) -> 
         cfg = CrossConfig.from_dict(meta["config"])
         old = state.get("head.weight")
         if "proj.weight" not in state and old is not None and old.shape[-1] == 2 * cfg.backbone.d_model:
-            raise CheckpointError(f"{path}: a JAM-Cross whose head maps 2d straight to the vocabulary (an "
-                                  "earlier layout, no longer built); fuse it again from its parents")
+            raise CheckpointError(
+                f"{path}: a JAM-Cross whose head maps 2d straight to the vocabulary (an "
+                "earlier layout, no longer built); fuse it again from its parents"
+            )
         return _load_into(lambda: JamCross(cfg), state, path)
     raise CheckpointError(f"{path}: unknown model kind {kind!r}")
 

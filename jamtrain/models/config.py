@@ -1,4 +1,5 @@
 """Backbone and fusion configuration, named size presets and parsing of the `train.model` section."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
@@ -22,20 +23,21 @@ class BackboneConfig:
     key/value head per query head). `norm="rmsnorm"`, `activation="swiglu"`, `positions="rotary"`
     and `n_kv_heads < n_heads` (grouped-query attention) describe the LLaMA family, which is what
     `jamtrain model import` produces from a Hugging Face `LlamaForCausalLM` checkpoint."""
+
     vocab_size: int
     n_layers: int = 2
     d_model: int = 64
     n_heads: int = 4
-    n_kv_heads: int = 0           # key/value heads (grouped-query attention); 0 = n_heads
+    n_kv_heads: int = 0  # key/value heads (grouped-query attention); 0 = n_heads
     d_ff: int = 256
     max_seq_len: int = 512
     positions: str = "learned"
     activation: str = "gelu"
     tie_embeddings: bool = False
-    norm: str = "layernorm"       # "layernorm" or "rmsnorm" (LLaMA)
+    norm: str = "layernorm"  # "layernorm" or "rmsnorm" (LLaMA)
     norm_eps: float = 1e-5
     norm_bias: bool = False
-    norm_groups: int = 1          # >1 only in JAM-Width: each half normalised on its own
+    norm_groups: int = 1  # >1 only in JAM-Width: each half normalised on its own
     rope_theta: float = 10000.0
     init_std: float = 0.02
     reset_positions: bool = True  # with segment_ids, positions restart at each document
@@ -79,13 +81,14 @@ class BackboneConfig:
 @dataclass(frozen=True)
 class CrossConfig:
     """JAM-Cross: two backbones joined by gated bidirectional causal cross-attention."""
+
     backbone: BackboneConfig
-    cross_every: int = 1            # a cross block after every k-th layer
-    cross_heads: int = 0            # 0 = backbone n_heads
-    text_rows: int = 0              # embedding rows [0, text_rows) from the text model, the rest image
-    embedding: str = "shared"       # "shared" (paper) or "separate" (each backbone keeps its own)
-    head_init: str = "average"      # what the new head reproduces at gate 0
-    kernel: str = "auto"            # cross-attention implementation
+    cross_every: int = 1  # a cross block after every k-th layer
+    cross_heads: int = 0  # 0 = backbone n_heads
+    text_rows: int = 0  # embedding rows [0, text_rows) from the text model, the rest image
+    embedding: str = "shared"  # "shared" (paper) or "separate" (each backbone keeps its own)
+    head_init: str = "average"  # what the new head reproduces at gate 0
+    kernel: str = "auto"  # cross-attention implementation
 
     @property
     def n_cross(self) -> int:
@@ -116,13 +119,44 @@ PRESETS: dict[str, dict] = {
     "7b": dict(n_layers=32, d_model=4096, n_heads=32, d_ff=16384, max_seq_len=4096),
 }
 
-BACKBONE_KEYS = ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_ff", "max_seq_len", "positions",
-                 "activation", "norm", "tie_embeddings", "norm_eps", "norm_bias", "rope_theta", "init_std",
-                 "reset_positions")
-MODEL_KEYS = ("preset", *BACKBONE_KEYS, "fusion", "checkpoint", "text_checkpoint", "image_checkpoint",
-              "uniform_weight", "width_head", "cross_every", "cross_heads", "cross_embedding",
-              "cross_head", "text_rows", "n_image_codes", "cross_kernel", "activation_checkpointing",
-              "extend_vocab", "extend_vocab_seed", "extend_vocab_noise")
+BACKBONE_KEYS = (
+    "n_layers",
+    "d_model",
+    "n_heads",
+    "n_kv_heads",
+    "d_ff",
+    "max_seq_len",
+    "positions",
+    "activation",
+    "norm",
+    "tie_embeddings",
+    "norm_eps",
+    "norm_bias",
+    "rope_theta",
+    "init_std",
+    "reset_positions",
+)
+MODEL_KEYS = (
+    "preset",
+    *BACKBONE_KEYS,
+    "fusion",
+    "checkpoint",
+    "text_checkpoint",
+    "image_checkpoint",
+    "uniform_weight",
+    "width_head",
+    "cross_every",
+    "cross_heads",
+    "cross_embedding",
+    "cross_head",
+    "text_rows",
+    "n_image_codes",
+    "cross_kernel",
+    "activation_checkpointing",
+    "extend_vocab",
+    "extend_vocab_seed",
+    "extend_vocab_noise",
+)
 
 
 def backbone_config(cfg: Config, vocab_size: int) -> BackboneConfig:

@@ -20,6 +20,7 @@
 Every fusion builds its result without initialising it and writes it one tensor at a time
 (materialize.py): on one device, or partitioned over the ranks under DeepSpeed ZeRO-3 (`zero`).
 """
+
 from __future__ import annotations
 
 import torch
@@ -89,8 +90,14 @@ def fuse_uniform(text, image, weight: float = 0.5, device=None, dtype=None, zero
 # ----------------------------------------------------------------------------------------- width
 def width_config(cfg: BackboneConfig) -> BackboneConfig:
     d = cfg.to_dict()
-    d.update(d_model=2 * cfg.d_model, n_heads=2 * cfg.n_heads, n_kv_heads=2 * cfg.n_kv_heads, d_ff=2 * cfg.d_ff,
-             norm_groups=2, tie_embeddings=False)
+    d.update(
+        d_model=2 * cfg.d_model,
+        n_heads=2 * cfg.n_heads,
+        n_kv_heads=2 * cfg.n_kv_heads,
+        d_ff=2 * cfg.d_ff,
+        norm_groups=2,
+        tie_embeddings=False,
+    )
     return BackboneConfig.from_dict(d)
 
 
@@ -118,12 +125,18 @@ def fuse_width(text, image, head: str = "average", device=None, dtype=None, zero
             want, l_slice, r_slice = (len(left) + len(right),), slice(0, len(left)), slice(len(left), None)
         elif side:  # the width halves of each row
             n = left.shape[1]
-            want, l_slice, r_slice = (left.shape[0], n + right.shape[1]), (slice(None), slice(0, n)), \
-                (slice(None), slice(n, None))
+            want, l_slice, r_slice = (
+                (left.shape[0], n + right.shape[1]),
+                (slice(None), slice(0, n)),
+                (slice(None), slice(n, None)),
+            )
         else:  # every projection: block-diagonal, cross blocks zero
             r, c = left.shape
-            want, l_slice, r_slice = (r + right.shape[0], c + right.shape[1]), (slice(0, r), slice(0, c)), \
-                (slice(r, None), slice(c, None))
+            want, l_slice, r_slice = (
+                (r + right.shape[0], c + right.shape[1]),
+                (slice(0, r), slice(0, c)),
+                (slice(r, None), slice(c, None)),
+            )
             target.zero_()
         if tuple(want) != tuple(target.shape):
             raise FusionError(f"{key}: built {tuple(want)}, expected {tuple(target.shape)}")
@@ -176,12 +189,20 @@ class CrossBlock(nn.Module):
         return x.view(B, L, self.n_heads, self.head_dim).transpose(1, 2)
 
     def forward(self, x_t, x_i, seg=None, impl: str | None = None):
-        kv_t, kv_i = self.kv_norm_t(x_i), self.kv_norm_i(x_t)   # what each stream reads
+        kv_t, kv_i = self.kv_norm_t(x_i), self.kv_norm_i(x_t)  # what each stream reads
         q_t, q_i = self.q_norm_t(x_t), self.q_norm_i(x_i)
         o_t, o_i = bidirectional_cross_attention(
-            self._heads(self.q_t(q_t)), self._heads(self.k_i(kv_i)), self._heads(self.v_i(kv_i)),
-            self._heads(self.q_i(q_i)), self._heads(self.k_t(kv_t)), self._heads(self.v_t(kv_t)),
-            seg, seg, causal=True, impl=impl)
+            self._heads(self.q_t(q_t)),
+            self._heads(self.k_i(kv_i)),
+            self._heads(self.v_i(kv_i)),
+            self._heads(self.q_i(q_i)),
+            self._heads(self.k_t(kv_t)),
+            self._heads(self.v_t(kv_t)),
+            seg,
+            seg,
+            causal=True,
+            impl=impl,
+        )
         B, L, _ = x_t.shape
         o_t = self.o_t(o_t.transpose(1, 2).reshape(B, L, -1))
         o_i = self.o_i(o_i.transpose(1, 2).reshape(B, L, -1))
@@ -207,8 +228,9 @@ class JamCross(nn.Module):
         self.cfg = cfg
         self.text = Backbone(b, activation_checkpointing)
         self.image = Backbone(b, activation_checkpointing)
-        self.cross = nn.ModuleList(CrossBlock(b.d_model, cfg.heads, b.norm_eps, b.norm_bias, b.norm)
-                                   for _ in range(cfg.n_cross))
+        self.cross = nn.ModuleList(
+            CrossBlock(b.d_model, cfg.heads, b.norm_eps, b.norm_bias, b.norm) for _ in range(cfg.n_cross)
+        )
         # the shared input embedding; with embedding="separate" each backbone keeps its own table
         self.embedding = nn.Embedding(b.vocab_size, b.d_model) if cfg.embedding == "shared" else None
         self.proj = nn.Linear(2 * b.d_model, b.d_model, bias=False)
@@ -285,9 +307,19 @@ def _split_rows(target: torch.Tensor, text: torch.Tensor, image: torch.Tensor, t
 
 
 @torch.no_grad()
-def fuse_cross(text, image, text_rows: int, cross_every: int = 1,
-               cross_heads: int = 0, embedding: str = "shared", head: str = "average",
-               kernel: str = "auto", device=None, dtype=None, zero: dict | None = None) -> JamCross:
+def fuse_cross(
+    text,
+    image,
+    text_rows: int,
+    cross_every: int = 1,
+    cross_heads: int = 0,
+    embedding: str = "shared",
+    head: str = "average",
+    kernel: str = "auto",
+    device=None,
+    dtype=None,
+    zero: dict | None = None,
+) -> JamCross:
     """JAM-Cross from two parents: backbones copied, cross blocks gated off, input and output
     embedding rows [0, text_rows) from the text model and the rest from the image model, `proj`
     = [a * I | (1 - a) * I] (see the module docstring). Parents are Backbones or `ParentWeights`

@@ -7,6 +7,7 @@ JAM-Uniform model) can be evaluated with other tools. Weights are read with safe
 a pickled `pytorch_model.bin` is never loaded, since unpickling runs arbitrary code. Anything the
 backbone cannot compute exactly (another architecture, biases, scaled RoPE, ...) is refused in one
 line naming the key, rather than imported into a model that would silently differ."""
+
 from __future__ import annotations
 
 import json
@@ -108,12 +109,21 @@ def config_from_hf(hf: dict, where: str = CONFIG) -> BackboneConfig:
     theta = _rope(hf, where)
     try:
         return BackboneConfig(
-            vocab_size=hf["vocab_size"], n_layers=hf["num_hidden_layers"], d_model=d, n_heads=heads,
-            n_kv_heads=0 if kv == heads else kv, d_ff=hf["intermediate_size"],
-            max_seq_len=int(hf.get("max_position_embeddings", 2048)), positions="rotary", activation="swiglu",
-            tie_embeddings=bool(hf.get("tie_word_embeddings", False)), norm="rmsnorm",
-            norm_eps=float(hf.get("rms_norm_eps", 1e-6)), rope_theta=theta,
-            init_std=float(hf.get("initializer_range", 0.02)))
+            vocab_size=hf["vocab_size"],
+            n_layers=hf["num_hidden_layers"],
+            d_model=d,
+            n_heads=heads,
+            n_kv_heads=0 if kv == heads else kv,
+            d_ff=hf["intermediate_size"],
+            max_seq_len=int(hf.get("max_position_embeddings", 2048)),
+            positions="rotary",
+            activation="swiglu",
+            tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+            norm="rmsnorm",
+            norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+            rope_theta=theta,
+            init_std=float(hf.get("initializer_range", 0.02)),
+        )
     except ValueError as e:
         raise HFError(f"{where}: {e}") from None
 
@@ -158,8 +168,14 @@ def _shard_files(src: str) -> list[str]:
     if fs.exists(_join(root, SINGLE)):
         return [SINGLE]
     pickled = fs.exists(_join(root, "pytorch_model.bin")) or fs.exists(_join(root, "pytorch_model.bin.index.json"))
-    why = (" (pytorch_model.bin is a pickle, which is never loaded: convert it once where you trust the file, "
-           "with save_pretrained(..., safe_serialization=True))") if pickled else ""
+    why = (
+        (
+            " (pytorch_model.bin is a pickle, which is never loaded: convert it once where you trust the file, "
+            "with save_pretrained(..., safe_serialization=True))"
+        )
+        if pickled
+        else ""
+    )
     raise HFError(f"{src}: no {SINGLE} or {INDEX}{why}")
 
 
@@ -208,8 +224,9 @@ def read_weights(src: str, cfg: BackboneConfig, dtype: torch.dtype | None = None
             if ours in state:
                 raise HFError(f"{src}: tensor {key!r} is stored twice")
             if tuple(t.shape) != shapes[ours]:
-                raise HFError(f"{_join(src, file)}: {key} has shape {tuple(t.shape)}, "
-                              f"config.json implies {shapes[ours]}")
+                raise HFError(
+                    f"{_join(src, file)}: {key} has shape {tuple(t.shape)}, config.json implies {shapes[ours]}"
+                )
             state[ours] = t
     for key, ours in names.items():
         if ours not in state:
@@ -217,8 +234,14 @@ def read_weights(src: str, cfg: BackboneConfig, dtype: torch.dtype | None = None
     return state
 
 
-def import_checkpoint(src: str, out: str | Path, dtype: torch.dtype | None = None, vocab_size: int | None = None,
-                      seed: int = 0, noise: float = NOISE) -> tuple[BackboneConfig, Path]:
+def import_checkpoint(
+    src: str,
+    out: str | Path,
+    dtype: torch.dtype | None = None,
+    vocab_size: int | None = None,
+    seed: int = 0,
+    noise: float = NOISE,
+) -> tuple[BackboneConfig, Path]:
     """Convert the HF model directory `src` into a backbone checkpoint at `out` (format by suffix),
     optionally cast to `dtype` and grown to `vocab_size` rows. Returns (config written, path).
     The description keeps the source's config.json (`hf_config`, for export) and `source`."""
@@ -233,10 +256,30 @@ def import_checkpoint(src: str, out: str | Path, dtype: torch.dtype | None = Non
 
 # ------------------------------------------------------------------------------------------ export
 # keys of config.json that the backbone config determines (replaced, never copied from `base`)
-OWNED = ("architectures", "model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-         "num_attention_heads", "num_key_value_heads", "head_dim", "hidden_act", "max_position_embeddings",
-         "rms_norm_eps", "rope_parameters", "rope_scaling", "rope_theta", "tie_word_embeddings",
-         "initializer_range", "attention_bias", "mlp_bias", "dtype", "torch_dtype", "transformers_version")
+OWNED = (
+    "architectures",
+    "model_type",
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "hidden_act",
+    "max_position_embeddings",
+    "rms_norm_eps",
+    "rope_parameters",
+    "rope_scaling",
+    "rope_theta",
+    "tie_word_embeddings",
+    "initializer_range",
+    "attention_bias",
+    "mlp_bias",
+    "dtype",
+    "torch_dtype",
+    "transformers_version",
+)
 
 
 def exportable(model: nn.Module) -> Backbone:
@@ -244,18 +287,24 @@ def exportable(model: nn.Module) -> Backbone:
     from jamtrain.models.fusion import JamCross
 
     if isinstance(model, JamCross):
-        raise HFError("a JAM-Cross model (two streams joined by cross-attention) has no LLaMA layout; "
-                      "export a backbone or a JAM-Uniform model")
+        raise HFError(
+            "a JAM-Cross model (two streams joined by cross-attention) has no LLaMA layout; "
+            "export a backbone or a JAM-Uniform model"
+        )
     if not isinstance(model, Backbone):
         raise HFError(f"not a jam backbone: {type(model).__name__}")
     cfg = model.cfg
     if cfg.norm_groups != 1:
-        raise HFError(f"norm_groups {cfg.norm_groups}: a JAM-Width model normalises each half separately, "
-                      "which LlamaForCausalLM cannot express")
+        raise HFError(
+            f"norm_groups {cfg.norm_groups}: a JAM-Width model normalises each half separately, "
+            "which LlamaForCausalLM cannot express"
+        )
     for key, want in (("norm", "rmsnorm"), ("activation", "swiglu"), ("positions", "rotary")):
         if getattr(cfg, key) != want:
-            raise HFError(f"{key} {getattr(cfg, key)!r}: only LLaMA-style backbones export "
-                          f"(norm rmsnorm, activation swiglu, positions rotary)")
+            raise HFError(
+                f"{key} {getattr(cfg, key)!r}: only LLaMA-style backbones export "
+                f"(norm rmsnorm, activation swiglu, positions rotary)"
+            )
     return model
 
 
@@ -263,13 +312,25 @@ def config_to_hf(cfg: BackboneConfig, dtype: torch.dtype, base: dict | None = No
     """config.json for `cfg`: the keys the backbone describes, the rest (token ids, ...) from `base`."""
     out = {k: v for k, v in (base or {}).items() if k not in OWNED}
     out.update(
-        architectures=[ARCHITECTURE], model_type="llama", vocab_size=cfg.vocab_size, hidden_size=cfg.d_model,
-        intermediate_size=cfg.d_ff, num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
-        num_key_value_heads=cfg.kv_heads, head_dim=cfg.head_dim, hidden_act="silu",
-        max_position_embeddings=cfg.max_seq_len, rms_norm_eps=cfg.norm_eps,
+        architectures=[ARCHITECTURE],
+        model_type="llama",
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.d_model,
+        intermediate_size=cfg.d_ff,
+        num_hidden_layers=cfg.n_layers,
+        num_attention_heads=cfg.n_heads,
+        num_key_value_heads=cfg.kv_heads,
+        head_dim=cfg.head_dim,
+        hidden_act="silu",
+        max_position_embeddings=cfg.max_seq_len,
+        rms_norm_eps=cfg.norm_eps,
         rope_parameters={"rope_theta": cfg.rope_theta, "rope_type": "default"},
-        tie_word_embeddings=cfg.tie_embeddings, initializer_range=cfg.init_std, attention_bias=False,
-        mlp_bias=False, dtype=str(dtype).removeprefix("torch."))
+        tie_word_embeddings=cfg.tie_embeddings,
+        initializer_range=cfg.init_std,
+        attention_bias=False,
+        mlp_bias=False,
+        dtype=str(dtype).removeprefix("torch."),
+    )
     return dict(sorted(out.items()))
 
 
@@ -312,8 +373,14 @@ def _weight_files(fs, root: str) -> list[str]:
     return [p for p in paths if pattern.match(p.rstrip("/").rsplit("/", 1)[-1])]
 
 
-def export_hf(model: nn.Module, out: str, dtype: torch.dtype | None = None, max_shard_size: int | None = None,
-              base: dict | None = None, overwrite: bool = False) -> list[str]:
+def export_hf(
+    model: nn.Module,
+    out: str,
+    dtype: torch.dtype | None = None,
+    max_shard_size: int | None = None,
+    base: dict | None = None,
+    overwrite: bool = False,
+) -> list[str]:
     """Write `model` as a Hugging Face LlamaForCausalLM directory (local path or fsspec URL):
     config.json + model.safetensors, or shards + model.safetensors.index.json when the weights
     exceed `max_shard_size` bytes. `dtype` None keeps the weights' dtype. Returns the file names."""
@@ -339,8 +406,10 @@ def export_hf(model: nn.Module, out: str, dtype: torch.dtype | None = None, max_
         _put(fs, _join(root, name), lambda p, s=shard: save_file(s, p, metadata={"format": "pt"}))
     files = list(names)
     if n > 1:
-        index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values())},
-                 "weight_map": {k: name for name, shard in zip(names, shards) for k in shard}}
+        index = {
+            "metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values())},
+            "weight_map": {k: name for name, shard in zip(names, shards) for k in shard},
+        }
         _put(fs, _join(root, INDEX), lambda p: Path(p).write_text(json.dumps(index, indent=2) + "\n"))
         files.append(INDEX)
     hf = config_to_hf(cfg, dtype, base)

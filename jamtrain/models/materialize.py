@@ -11,6 +11,7 @@ random initialisation first would only cost time and memory. Two ways to get sto
   0's value. All ranks must walk the same keys in the same order (they do: the walk is the
   module's own state-dict order).
 """
+
 from __future__ import annotations
 
 from typing import Callable, Iterator, TypeVar
@@ -21,8 +22,7 @@ from torch import nn
 M = TypeVar("M", bound=nn.Module)
 
 
-def empty_model(build: Callable[[], M], device=None, dtype: torch.dtype | None = None,
-                zero: dict | None = None) -> M:
+def empty_model(build: Callable[[], M], device=None, dtype: torch.dtype | None = None, zero: dict | None = None) -> M:
     """`build()` with storage that the caller is about to overwrite (module docstring)."""
     if zero is not None:
         import deepspeed
@@ -32,8 +32,11 @@ def empty_model(build: Callable[[], M], device=None, dtype: torch.dtype | None =
         # without ZeRO-3, and the same on every rank
         # the storage dtype goes in through the config's bf16/fp16 switches: zero.Init reads its
         # `dtype` argument only where the accelerator supports fp16 (on CPU it would pick bf16)
-        cfg = {**zero, "bf16": {**zero.get("bf16", {}), "enabled": dtype == torch.bfloat16},
-               "fp16": {**zero.get("fp16", {}), "enabled": dtype == torch.float16}}
+        cfg = {
+            **zero,
+            "bf16": {**zero.get("bf16", {}), "enabled": dtype == torch.bfloat16},
+            "fp16": {**zero.get("fp16", {}), "enabled": dtype == torch.float16},
+        }
         cuda = list(range(torch.cuda.device_count()))
         with torch.random.fork_rng(devices=cuda), deepspeed.zero.Init(config_dict_or_path=cfg):
             return build()

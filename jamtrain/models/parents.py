@@ -8,6 +8,7 @@ A vocabulary extension (resize.py) is applied on the fly to the token table and 
 
 `parent_config` reads only a parent's architecture (safetensors header, `config.json` of a
 Hugging Face directory, local or fsspec URL), for `--dry-run` sizing without weights."""
+
 from __future__ import annotations
 
 import json
@@ -95,7 +96,7 @@ def _safetensors_header(path: str) -> dict:
 
     with fsspec.open(path, "rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
-        if n > 100 * 2 ** 20:
+        if n > 100 * 2**20:
             raise CheckpointError(f"{path}: implausible safetensors header of {n} bytes")
         return json.loads(f.read(n))
 

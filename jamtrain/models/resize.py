@@ -11,6 +11,7 @@ which Hugging Face `resize_token_embeddings(mean_resizing=True)` also follows. A
 mean gives a new token the average logit, so the pretrained distribution over the old tokens barely
 moves; the small seeded noise only makes the new rows distinct (and the result reproducible, which
 a resumed training run relies on when it rebuilds the model)."""
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -37,8 +38,9 @@ def new_rows(weight: torch.Tensor, n: int, generator: torch.Generator, noise: fl
     return (mean + noise * std * z).to(weight.dtype)
 
 
-def extend_state(state: dict[str, torch.Tensor], cfg: BackboneConfig, vocab_size: int | None, seed: int = 0,
-                 noise: float = NOISE) -> tuple[BackboneConfig, dict[str, torch.Tensor]]:
+def extend_state(
+    state: dict[str, torch.Tensor], cfg: BackboneConfig, vocab_size: int | None, seed: int = 0, noise: float = NOISE
+) -> tuple[BackboneConfig, dict[str, torch.Tensor]]:
     """(config, state dict) of the backbone grown to `vocab_size` rows. The token table gets its
     new rows first, then the untied head, from one generator seeded with `seed`; other tensors are
     passed through untouched. Growing to the current size returns the inputs as they are."""
@@ -48,8 +50,10 @@ def extend_state(state: dict[str, torch.Tensor], cfg: BackboneConfig, vocab_size
         raise ModelError(f"noise must be >= 0, got {noise}")
     old = cfg.vocab_size
     if vocab_size < old:
-        raise ModelError(f"cannot shrink the vocabulary from {old} to {vocab_size} rows "
-                         "(only appending rows keeps the existing token ids)")
+        raise ModelError(
+            f"cannot shrink the vocabulary from {old} to {vocab_size} rows "
+            "(only appending rows keeps the existing token ids)"
+        )
     if vocab_size == old:
         return cfg, dict(state)
     gen = torch.Generator().manual_seed(int(seed))
@@ -70,8 +74,10 @@ def extend_vocab(model: Backbone, vocab_size: int, seed: int = 0, noise: float =
     """A backbone like `model` with `vocab_size` rows (see `extend_state`). Tensors other than the
     token table and head are shared with `model`, not copied, so a 7B parent is not duplicated."""
     if not isinstance(model, Backbone):
-        raise ModelError(f"only a single backbone can grow its vocabulary, not a {type(model).__name__} "
-                         "(extend the parents before fusing them)")
+        raise ModelError(
+            f"only a single backbone can grow its vocabulary, not a {type(model).__name__} "
+            "(extend the parents before fusing them)"
+        )
     cfg, state = extend_state(model.state_dict(), model.cfg, vocab_size, seed, noise)
     if cfg is model.cfg:
         return model
@@ -85,5 +91,7 @@ def check_text_rows(model_rows: int, vocab) -> None:
     """Refuse to extend a model whose rows are not exactly the joint vocabulary's text pieces:
     then its token ids and the data's would disagree (another SentencePiece model)."""
     if model_rows != vocab.text_size:
-        raise ModelError(f"model has {model_rows} embedding rows but the joint vocabulary has {vocab.text_size} "
-                         "text pieces: tokenize the data with the model's own tokenizer.model so the text ids agree")
+        raise ModelError(
+            f"model has {model_rows} embedding rows but the joint vocabulary has {vocab.text_size} "
+            "text pieces: tokenize the data with the model's own tokenizer.model so the text ids agree"
+        )

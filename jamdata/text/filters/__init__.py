@@ -5,6 +5,7 @@ source from the `text.clean.filters` config section; `apply_chain` runs it.
     chain = build_filter_chain(Config(...).section("text.clean.filters"), "c4")
     verdict, failed = apply_chain(doc["text"], chain)
 """
+
 from __future__ import annotations
 
 from jamdata.config import Config, ConfigError
@@ -71,13 +72,32 @@ def build_filter_chain(cfg: Config, source: str) -> list[Filter]:
         per_source.section(src).check_keys(list(FILTERS))
     chain: list[Filter] = []
     for name in chain_names(cfg, source):
-        params = {**cfg.section(name).to_dict(), **per_source.section(source).section(name).to_dict()} \
-            if source in per_source.data else cfg.section(name).to_dict()
+        params = (
+            {**cfg.section(name).to_dict(), **per_source.section(source).section(name).to_dict()}
+            if source in per_source.data
+            else cfg.section(name).to_dict()
+        )
         chain.append(_make(name, params, f"{cfg.prefix}.{name}"))
     return chain
 
 
-__all__ = ["Verdict", "Filter", "apply_chain", "build_filter_chain", "chain_names", "FILTERS",
-           "MinLengthFilter", "LanguageFilter", "C4Filter", "GopherQualityFilter", "GopherRepetitionFilter",
-           "QualityScoreFilter", "quality_score", "QualityClassifierFilter", "PerplexityFilter",
-           "DecontaminationFilter", "PIIFilter", "WIKIPEDIA_LANGUAGES"]
+__all__ = [
+    "Verdict",
+    "Filter",
+    "apply_chain",
+    "build_filter_chain",
+    "chain_names",
+    "FILTERS",
+    "MinLengthFilter",
+    "LanguageFilter",
+    "C4Filter",
+    "GopherQualityFilter",
+    "GopherRepetitionFilter",
+    "QualityScoreFilter",
+    "quality_score",
+    "QualityClassifierFilter",
+    "PerplexityFilter",
+    "DecontaminationFilter",
+    "PIIFilter",
+    "WIKIPEDIA_LANGUAGES",
+]

@@ -1,4 +1,5 @@
 """What a filter returns, and how a chain of filters is applied to one document."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -9,6 +10,7 @@ from typing import Protocol, Sequence, cast
 class Verdict:
     """keep/drop for one document; `text` is the (possibly line-filtered) text to carry on with,
     `fields` are per-document values to store (language, language_score, quality_score)."""
+
     keep: bool
     reason: str | None = None
     text: str = ""
@@ -23,6 +25,7 @@ class Filter(Protocol):
 
 class FieldsFilter(Protocol):
     """A filter that also reads the fields earlier filters found (`uses_fields = True`)."""
+
     name: str
     uses_fields: bool
 

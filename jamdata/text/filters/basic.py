@@ -1,4 +1,5 @@
 """Minimum length and the per-document quality score."""
+
 from __future__ import annotations
 
 import math
@@ -10,8 +11,10 @@ from jamdata.text.filters.words import split_words
 
 # Scripts written without spaces between words: Han, Hiragana, Katakana, Hangul syllables, Thai,
 # Lao, Khmer, Myanmar, Tibetan
-_UNSPACED = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af"
-                       "\u0e00-\u0eff\u1780-\u17ff\u1000-\u109f\u0f00-\u0fff\U00020000-\U0002ffff]")
+_UNSPACED = re.compile(
+    "[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af"
+    "\u0e00-\u0eff\u1780-\u17ff\u1000-\u109f\u0f00-\u0fff\U00020000-\U0002ffff]"
+)
 
 
 def count_words(text: str) -> int:
@@ -31,6 +34,7 @@ def count_words(text: str) -> int:
 class MinLengthFilter:
     """Drop documents shorter than `min_words` words (characters of scripts without spaces count
     one each, see count_words) or `min_chars` characters."""
+
     name = "min_length"
 
     def __init__(self, min_words: int = 20, min_chars: int = 0):
@@ -65,15 +69,15 @@ def quality_score(text: str) -> float:
     stop = sum(1 for w in alpha if w.lower() in STOP_WORDS) / n
     alpha_share = len(alpha) / n
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    term = sum(1 for ln in lines if ln[-1] in '.!?"\'') / max(1, len(lines))
+    term = sum(1 for ln in lines if ln[-1] in ".!?\"'") / max(1, len(lines))
     mean_len = sum(map(len, alpha)) / max(1, len(alpha))
-    z = (-4.0 + 9.0 * stop + 2.5 * alpha_share + 2.0 * term - 0.6 * abs(mean_len - 4.7)
-         + 0.35 * math.log1p(len(alpha)))
+    z = -4.0 + 9.0 * stop + 2.5 * alpha_share + 2.0 * term - 0.6 * abs(mean_len - 4.7) + 0.35 * math.log1p(len(alpha))
     return round(1.0 / (1.0 + math.exp(-z)), 4)
 
 
 class QualityScoreFilter:
     """Stores `quality_score`; drops only when `min_score` is set."""
+
     name = "quality_score"
 
     def __init__(self, min_score: float | None = None):

@@ -5,6 +5,7 @@ word longer than 1000 characters, no "javascript", no cookie/terms-of-use boiler
 style citation marks are removed. Page level: drop pages with "lorem ipsum", a curly bracket,
 (optionally) a word from a bad-words list, or fewer than 3 sentences left after line filtering.
 """
+
 from __future__ import annotations
 
 import re
@@ -33,6 +34,7 @@ def load_bad_words(spec: str | Iterable[str] | None) -> frozenset[str]:
         spec = resources.files("jamdata.text").joinpath("data", NAMED_WORD_LISTS[spec]).read_text("utf-8").splitlines()
     elif isinstance(spec, str):
         from jamdata.io import open_input
+
         with open_input(spec) as f:
             spec = f.read().decode("utf-8").splitlines()
     return frozenset(w.strip().lower() for w in spec if w.strip() and not w.startswith("#"))
@@ -41,18 +43,29 @@ def load_bad_words(spec: str | Iterable[str] | None) -> frozenset[str]:
 class C4Filter:
     name = "c4"
 
-    def __init__(self, min_words_per_line: int = 5, min_sentences: int = 3, max_word_length: int = 1000,
-                 remove_citations: bool = True, filter_javascript: bool = True, filter_policy: bool = True,
-                 filter_lorem_ipsum: bool = True, filter_curly_bracket: bool = True,
-                 bad_words: str | Iterable[str] | None = None):
+    def __init__(
+        self,
+        min_words_per_line: int = 5,
+        min_sentences: int = 3,
+        max_word_length: int = 1000,
+        remove_citations: bool = True,
+        filter_javascript: bool = True,
+        filter_policy: bool = True,
+        filter_lorem_ipsum: bool = True,
+        filter_curly_bracket: bool = True,
+        bad_words: str | Iterable[str] | None = None,
+    ):
         self.min_words_per_line, self.min_sentences = min_words_per_line, min_sentences
         self.max_word_length, self.remove_citations = max_word_length, remove_citations
         self.filter_javascript, self.filter_policy = filter_javascript, filter_policy
         self.filter_lorem_ipsum, self.filter_curly_bracket = filter_lorem_ipsum, filter_curly_bracket
         words = load_bad_words(bad_words)
         self._single = frozenset(w for w in words if " " not in w)
-        self._phrases = re.compile(r"\b(?:" + "|".join(sorted(map(re.escape, (w for w in words if " " in w)))) + r")\b") \
-            if any(" " in w for w in words) else None
+        self._phrases = (
+            re.compile(r"\b(?:" + "|".join(sorted(map(re.escape, (w for w in words if " " in w)))) + r")\b")
+            if any(" " in w for w in words)
+            else None
+        )
 
     def __call__(self, text: str) -> Verdict:
         kept: list[str] = []
@@ -62,7 +75,11 @@ class C4Filter:
             if not line:
                 continue
             words = line.split()
-            if self.max_word_length > 0 and len(line) > self.max_word_length and any(len(w) > self.max_word_length for w in words):
+            if (
+                self.max_word_length > 0
+                and len(line) > self.max_word_length
+                and any(len(w) > self.max_word_length for w in words)
+            ):
                 continue
             if self.remove_citations and "[" in line:
                 line = CITATION.sub("", line)
@@ -83,7 +100,9 @@ class C4Filter:
                 sentences += count_sentences(line)
             kept.append(line)
         if sentences < self.min_sentences:
-            return Verdict(False, f"{sentences} sentence(s) in {len(kept)} kept line(s) < min_sentences {self.min_sentences}", text)
+            return Verdict(
+                False, f"{sentences} sentence(s) in {len(kept)} kept line(s) < min_sentences {self.min_sentences}", text
+            )
         out = "\n".join(kept).strip()
         if self._single or self._phrases:
             low = out.lower()

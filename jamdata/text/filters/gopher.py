@@ -4,6 +4,7 @@ The thresholds are the published ones; they are computed on word tokens as datat
 them, so decisions match its GopherQualityFilter / GopherRepetitionFilter. The n-gram statistics
 are computed on integer word ids with numpy instead of joined strings.
 """
+
 from __future__ import annotations
 
 import re
@@ -13,22 +14,39 @@ import numpy as np
 from jamdata.text.filters.base import Verdict
 from jamdata.text.filters.words import SENTENCE_PUNCT, split_words
 
-SYMBOLS = frozenset("!/—”:％１〈&(、━\\【#%「」，】；+^]~“《„';’{|∶´[=-`*．（–？！：$～«〉,><》)?）。…@_.\"}►»"
-                    + "".join(map(chr, [*range(0, 9), *range(11, 32), *range(127, 160)]))) | SENTENCE_PUNCT
+SYMBOLS = (
+    frozenset(
+        "!/—”:％１〈&(、━\\【#%「」，】；+^]~“《„';’{|∶´[=-`*．（–？！：$～«〉,><》)?）。…@_.\"}►»"
+        + "".join(map(chr, [*range(0, 9), *range(11, 32), *range(127, 160)]))
+    )
+    | SENTENCE_PUNCT
+)
 STOP_WORDS = ("the", "be", "to", "of", "and", "that", "have", "with")
 
 
 class GopherQualityFilter:
     name = "gopher_quality"
 
-    def __init__(self, min_doc_words: int | None = 50, max_doc_words: int | None = 100_000,
-                 min_avg_word_length: float | None = 3, max_avg_word_length: float | None = 10,
-                 max_symbol_word_ratio: float | None = 0.1, max_bullet_lines_ratio: float | None = 0.9,
-                 max_ellipsis_lines_ratio: float | None = 0.3, min_alpha_words_ratio: float | None = 0.8,
-                 min_stop_words: int | None = 2, stop_words: list[str] | None = None):
+    def __init__(
+        self,
+        min_doc_words: int | None = 50,
+        max_doc_words: int | None = 100_000,
+        min_avg_word_length: float | None = 3,
+        max_avg_word_length: float | None = 10,
+        max_symbol_word_ratio: float | None = 0.1,
+        max_bullet_lines_ratio: float | None = 0.9,
+        max_ellipsis_lines_ratio: float | None = 0.3,
+        min_alpha_words_ratio: float | None = 0.8,
+        min_stop_words: int | None = 2,
+        stop_words: list[str] | None = None,
+    ):
         self.min_doc_words, self.max_doc_words = min_doc_words, max_doc_words
         self.min_avg, self.max_avg = min_avg_word_length, max_avg_word_length
-        self.max_symbol, self.max_bullet, self.max_ellipsis = max_symbol_word_ratio, max_bullet_lines_ratio, max_ellipsis_lines_ratio
+        self.max_symbol, self.max_bullet, self.max_ellipsis = (
+            max_symbol_word_ratio,
+            max_bullet_lines_ratio,
+            max_ellipsis_lines_ratio,
+        )
         self.min_alpha, self.min_stop = min_alpha_words_ratio, min_stop_words
         self.stop_words = frozenset(STOP_WORDS if stop_words is None else stop_words)
 
@@ -98,7 +116,7 @@ def _ngram_ids(ids: np.ndarray, n: int) -> np.ndarray:
     h = np.zeros(m, dtype=np.uint64)
     with np.errstate(over="ignore"):
         for k in range(n):
-            h = (h ^ ids[k:k + m]) * _M1
+            h = (h ^ ids[k : k + m]) * _M1
             h ^= h >> np.uint64(29)
     return h
 
@@ -136,9 +154,15 @@ def dup_ngram_chars(h: np.ndarray, glen: np.ndarray, n: int) -> int:
 class GopherRepetitionFilter:
     name = "gopher_repetition"
 
-    def __init__(self, dup_line_frac: float | None = 0.3, dup_para_frac: float | None = 0.3,
-                 dup_line_char_frac: float | None = 0.2, dup_para_char_frac: float | None = 0.2,
-                 top_n_grams: dict | list | None = None, dup_n_grams: dict | list | None = None):
+    def __init__(
+        self,
+        dup_line_frac: float | None = 0.3,
+        dup_para_frac: float | None = 0.3,
+        dup_line_char_frac: float | None = 0.2,
+        dup_para_char_frac: float | None = 0.2,
+        top_n_grams: dict | list | None = None,
+        dup_n_grams: dict | list | None = None,
+    ):
         self.dup_line_frac, self.dup_para_frac = dup_line_frac, dup_para_frac
         self.dup_line_char_frac, self.dup_para_char_frac = dup_line_char_frac, dup_para_char_frac
         top = top_n_grams if top_n_grams is not None else {2: 0.2, 3: 0.18, 4: 0.16}

@@ -9,6 +9,7 @@
   placeholders; never drops; stores how many were masked (`pii_emails`, `pii_ips`), summed per
   source in the run's funnel summary.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -37,7 +38,7 @@ def ngram_hashes(words: list[str], n: int) -> np.ndarray:
     h = np.fromiter((xxhash.xxh3_64_intdigest(w.encode("utf-8")) for w in words), np.uint64, len(words))
     g = h[: len(words) - n + 1].copy()
     for j in range(1, n):
-        g = g * _MIX + h[j: len(words) - n + 1 + j]
+        g = g * _MIX + h[j : len(words) - n + 1 + j]
     return g
 
 
@@ -87,6 +88,7 @@ def _eval_index(paths: tuple[str, ...], n: int) -> tuple[np.ndarray, np.ndarray,
 
 class DecontaminationFilter:
     """Drop documents sharing at least `min_matches` word `ngram`-grams with the evaluation sets."""
+
     name = "decontaminate"
 
     def __init__(self, eval_sets: list[str], ngram: int = 13, min_matches: int = 1):
@@ -108,23 +110,37 @@ class DecontaminationFilter:
         if len(hit) < self.min_matches:
             return Verdict(True, None, text)
         i = int(hit[0])
-        words_hit = text[spans[i][0]:spans[i + self.ngram - 1][1]]
+        words_hit = text[spans[i][0] : spans[i + self.ngram - 1][1]]
         source = names[int(owners[pos[i]])].rsplit("/", 1)[-1]
-        return Verdict(False, f"{len(hit)} {self.ngram}-gram(s) from evaluation set {source}: {words_hit[:120]!r}",
-                       text, {"contaminated_ngrams": int(len(hit))})
+        return Verdict(
+            False,
+            f"{len(hit)} {self.ngram}-gram(s) from evaluation set {source}: {words_hit[:120]!r}",
+            text,
+            {"contaminated_ngrams": int(len(hit))},
+        )
 
 
-_EMAIL = re.compile(r"(?<![\w.+-])[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}@(?:[A-Za-z0-9-]{1,63}\.){1,8}[A-Za-z]{2,24}(?![\w-])")
-_IPV4 = re.compile(r"(?<![\w.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\w.]|\.\d)")
+_EMAIL = re.compile(
+    r"(?<![\w.+-])[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}@(?:[A-Za-z0-9-]{1,63}\.){1,8}[A-Za-z]{2,24}(?![\w-])"
+)
+_IPV4 = re.compile(
+    r"(?<![\w.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\w.]|\.\d)"
+)
 _IPV6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])")
 
 
 class PIIFilter:
     """Mask e-mail and IP addresses (each kind can be turned off); never drops a document."""
+
     name = "pii"
 
-    def __init__(self, emails: bool = True, ips: bool = True, email_replacement: str = "<EMAIL_ADDRESS>",
-                 ip_replacement: str = "<IP_ADDRESS>"):
+    def __init__(
+        self,
+        emails: bool = True,
+        ips: bool = True,
+        email_replacement: str = "<EMAIL_ADDRESS>",
+        ip_replacement: str = "<IP_ADDRESS>",
+    ):
         self.emails, self.ips = emails, ips
         self.email_replacement, self.ip_replacement = email_replacement, ip_replacement
 

@@ -8,6 +8,7 @@
 
 Models are loaded on first use, once per worker process, and shared by the filters that name them.
 """
+
 from __future__ import annotations
 
 import errno
@@ -42,10 +43,12 @@ class QualityClassifierFilter:
     """Keep documents the reference-page classifier scores >= `threshold` (RedPajama: 0.25).
     `model`: a `jamdata quality train` output (.npz) or a fastText .bin whose positive label is
     `positive_label`. `max_chars`: the document's first characters are scored."""
+
     name = "quality"
 
-    def __init__(self, model: str, threshold: float = 0.25, positive_label: str = "__label__positive",
-                 max_chars: int = 100000):
+    def __init__(
+        self, model: str, threshold: float = 0.25, positive_label: str = "__label__positive", max_chars: int = 100000
+    ):
         if not model:
             raise ValueError("model: give the classifier file (train one with `jamdata quality train`)")
         if not 0.0 <= threshold <= 1.0:
@@ -54,7 +57,7 @@ class QualityClassifierFilter:
         self.model, self.threshold, self.positive_label, self.max_chars = model, threshold, positive_label, max_chars
 
     def __call__(self, text: str) -> Verdict:
-        score = round(_classifier(self.model, self.positive_label).predict(text[:self.max_chars]), 4)
+        score = round(_classifier(self.model, self.positive_label).predict(text[: self.max_chars]), 4)
         fields = {"quality_prob": score}
         if score < self.threshold:
             return Verdict(False, f"reference-page score {score:.3f} < threshold {self.threshold}", text, fields)
@@ -67,21 +70,34 @@ class PerplexityFilter:
     `lm_sp/{lang}.arpa.bin`, `lm_sp/{lang}.sp.model`); `cutoffs`: {lang: [head, tail]} perplexity
     boundaries; languages without a model or cutoffs are `unscored` (kept unless not in
     `keep_buckets`)."""
+
     name = "perplexity"
     uses_fields = True  # reads the language found by an earlier filter
 
-    def __init__(self, lm_model: str, sp_model: str, languages: list[str] | None = None,
-                 cutoffs: dict[str, list[float]] | None = None,
-                 keep_buckets: list[str] | None = None,
-                 default_language: str = "en", max_chars: int = 100000):
+    def __init__(
+        self,
+        lm_model: str,
+        sp_model: str,
+        languages: list[str] | None = None,
+        cutoffs: dict[str, list[float]] | None = None,
+        keep_buckets: list[str] | None = None,
+        default_language: str = "en",
+        max_chars: int = 100000,
+    ):
         known = {"head", "middle", "tail", "unscored"}
         languages = ["en"] if languages is None else languages
         keep_buckets = sorted(known) if keep_buckets is None else keep_buckets
         if set(keep_buckets) - known:
-            raise ValueError(f"keep_buckets: unknown bucket(s) {sorted(set(keep_buckets) - known)} (allowed: {sorted(known)})")
+            raise ValueError(
+                f"keep_buckets: unknown bucket(s) {sorted(set(keep_buckets) - known)} (allowed: {sorted(known)})"
+            )
         for lang, cut in (cutoffs or {}).items():
-            if not (isinstance(cut, (list, tuple)) and len(cut) == 2 and all(isinstance(c, (int, float)) for c in cut)
-                    and cut[0] <= cut[1]):
+            if not (
+                isinstance(cut, (list, tuple))
+                and len(cut) == 2
+                and all(isinstance(c, (int, float)) for c in cut)
+                and cut[0] <= cut[1]
+            ):
                 raise ValueError(f"cutoffs.{lang}: must be [head, tail] perplexities with head <= tail, got {cut!r}")
         self.lm_model, self.sp_model = lm_model, sp_model
         self.languages = frozenset(languages)
@@ -98,7 +114,7 @@ class PerplexityFilter:
             pp, name = None, "unscored"
         else:
             model = _lm(self.lm_model.replace("{lang}", lang), self.sp_model.replace("{lang}", lang))
-            pp = model.perplexity(text[:self.max_chars])
+            pp = model.perplexity(text[: self.max_chars])
             from jamdata.text.perplexity import bucket
 
             name = bucket(pp, self.cutoffs.get(lang))

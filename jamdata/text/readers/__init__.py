@@ -19,6 +19,7 @@ tar headers are resynchronised, and arXiv sources expand within size and depth l
 Document ids are `<source>/<16 hex digits>` from a stable hash of the file path and the record's
 native id (WARC-Record-ID, page id, arXiv id...) or its index, so they are the same on every run.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,15 +29,40 @@ from jamdata.io import fs_and_path
 from jamdata.text.readers.arxiv import ExpansionLimit, find_main_tex, read_arxiv, resolve_inputs
 from jamdata.text.readers.books import read_text
 from jamdata.text.readers.commoncrawl import decode_html, extract_main_text, read_warc, read_wet
-from jamdata.text.readers.common import (ReadOptions, _Cursor, _Damaged, doc_id, is_reject, iter_lines, make_doc,
-                                         make_reject, scrub_surrogates)
+from jamdata.text.readers.common import (
+    ReadOptions,
+    _Cursor,
+    _Damaged,
+    doc_id,
+    is_reject,
+    iter_lines,
+    make_doc,
+    make_reject,
+    scrub_surrogates,
+)
 from jamdata.text.readers.splits import Split
 from jamdata.text.readers.jsonl import read_arxiv_jsonl, read_c4, read_pile
 from jamdata.text.readers.wikipedia import read_wiki_parquet, read_wiki_xml
 
-__all__ = ["FORMATS_DOC", "READERS", "ExpansionLimit", "ReadOptions", "decode_html", "doc_id", "extract_main_text",
-           "find_main_tex", "is_reject", "iter_lines", "make_doc", "make_reject", "read_file", "read_files",
-           "resolve_inputs", "scrub_surrogates", "Split"]
+__all__ = [
+    "FORMATS_DOC",
+    "READERS",
+    "ExpansionLimit",
+    "ReadOptions",
+    "decode_html",
+    "doc_id",
+    "extract_main_text",
+    "find_main_tex",
+    "is_reject",
+    "iter_lines",
+    "make_doc",
+    "make_reject",
+    "read_file",
+    "read_files",
+    "resolve_inputs",
+    "scrub_surrogates",
+    "Split",
+]
 
 FORMATS_DOC = {
     "warc": "Common Crawl WARC: HTML responses, main text extracted (trafilatura)",
@@ -53,15 +79,27 @@ FORMATS_DOC = {
 
 # -- entry point -----------------------------------------------------------------------------------
 READERS: dict[str, Callable[[str, str, ReadOptions, _Cursor], Iterator[dict]]] = {
-    "warc": read_warc, "wet": read_wet, "c4": read_c4, "wiki_xml": read_wiki_xml,
-    "wiki_parquet": read_wiki_parquet, "pile": read_pile, "text": read_text, "arxiv": read_arxiv,
+    "warc": read_warc,
+    "wet": read_wet,
+    "c4": read_c4,
+    "wiki_xml": read_wiki_xml,
+    "wiki_parquet": read_wiki_parquet,
+    "pile": read_pile,
+    "text": read_text,
+    "arxiv": read_arxiv,
     "arxiv_jsonl": read_arxiv_jsonl,
 }
 
 
-def read_file(path: str, fmt: str, source: str, opts: ReadOptions = ReadOptions(),
-              id_path: str | None = None, passed_over: dict[str, int] | None = None,
-              split: Split | None = None) -> Iterator[dict]:
+def read_file(
+    path: str,
+    fmt: str,
+    source: str,
+    opts: ReadOptions = ReadOptions(),
+    id_path: str | None = None,
+    passed_over: dict[str, int] | None = None,
+    split: Split | None = None,
+) -> Iterator[dict]:
     """Documents and REJECTs of one raw file; never raises for bad content (see module doc).
     `id_path`: the name the file's records are identified by (default: `path`); giving the path
     relative to the configured input directory keeps ids the same wherever the inputs live.
@@ -73,8 +111,11 @@ def read_file(path: str, fmt: str, source: str, opts: ReadOptions = ReadOptions(
         raise ValueError(f"unknown text format {fmt!r} (formats: {', '.join(READERS)})")
     cur = _Cursor(id_path=id_path or path, split=split)
     for rec in _read_file(path, fmt, source, opts, cur):
-        if is_reject(rec) and id_path and rec["id"] == make_reject(
-                source, rec["stage"], rec["reason"], None, path, rec["offset"])["id"]:
+        if (
+            is_reject(rec)
+            and id_path
+            and rec["id"] == make_reject(source, rec["stage"], rec["reason"], None, path, rec["offset"])["id"]
+        ):
             rec["id"] = make_reject(source, rec["stage"], rec["reason"], None, id_path, rec["offset"])["id"]
         yield rec
     if passed_over is not None:
@@ -90,8 +131,15 @@ def _read_file(path: str, fmt: str, source: str, opts: ReadOptions, cur: _Cursor
             return
         for rec in READERS[fmt](path, source, opts, cur):
             if not is_reject(rec) and not rec["text"].strip():
-                yield make_reject(source, "read", "empty document", None, path,
-                                  json.loads(rec["metadata"]).get("offset", cur.offset), id=rec["id"])
+                yield make_reject(
+                    source,
+                    "read",
+                    "empty document",
+                    None,
+                    path,
+                    json.loads(rec["metadata"]).get("offset", cur.offset),
+                    id=rec["id"],
+                )
                 continue
             yield rec
     except Exception as e:  # a file that breaks part-way: keep what was read, record where it broke

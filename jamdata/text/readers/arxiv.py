@@ -1,5 +1,6 @@
 """arXiv e-print sources: a gzip'd tar or a single gzip'd .tex per paper, or a bulk tar of such
 papers; the main .tex with its `\\input`s inlined, within size and depth limits."""
+
 from __future__ import annotations
 
 import gzip
@@ -68,8 +69,7 @@ def find_main_tex(files: dict[str, str]) -> str | None:
 
     def rank(n: str):
         stem = PurePosixPath(n).stem.lower()
-        return (not _BEGIN_DOC.search(files[n]), stem not in ("main", "ms", "paper", "article"),
-                -len(files[n]), n)
+        return (not _BEGIN_DOC.search(files[n]), stem not in ("main", "ms", "paper", "article"), -len(files[n]), n)
 
     return sorted(cands, key=rank)[0]
 
@@ -108,7 +108,7 @@ def resolve_inputs(files: dict[str, str], main: str, max_depth: int = 8, max_cha
 
         def sub(m: re.Match) -> str:
             line_start = text.rfind("\n", 0, m.start()) + 1
-            if "%" in re.sub(r"\\%", "", text[line_start: m.start()]):
+            if "%" in re.sub(r"\\%", "", text[line_start : m.start()]):
                 return m.group(0)  # commented out
             target = m.group(2) or m.group(3)
             found = lookup(target, name)
@@ -130,13 +130,15 @@ def _arxiv_id(name: str) -> str:
 @dataclass
 class _Sources:
     """What one arXiv tar holds: .tex files, gzip'd papers (a bulk tar) and rejects of members."""
+
     files: dict[str, str] = field(default_factory=dict)
     nested: list[tuple[str, int, bytes]] = field(default_factory=list)
     rejects: list[dict] = field(default_factory=list)
 
 
-def _tar_sources(f: IO[bytes], head: bytes, path: str, source: str, opts: ReadOptions, cur: _Cursor,
-                 member: str | None) -> _Sources:
+def _tar_sources(
+    f: IO[bytes], head: bytes, path: str, source: str, opts: ReadOptions, cur: _Cursor, member: str | None
+) -> _Sources:
     """The .tex files (and, at the top level, gzip'd papers) of a tar stream, within the limits:
     each member at most max_record_bytes, the .tex files together at most max_record_bytes, the
     whole tar at most max_archive_bytes unpacked (else ExpansionLimit)."""
@@ -150,9 +152,17 @@ def _tar_sources(f: IO[bytes], head: bytes, path: str, source: str, opts: ReadOp
             if member is None:
                 cur.offset = m.offset
             if m.offset > expected:
-                out.rejects.append(make_reject(
-                    source, "read", f"bad_tar_header: {where}{m.offset - expected} bytes at offset {expected} "
-                    "skipped to the next member header (a damaged header and its member)", None, path, expected))
+                out.rejects.append(
+                    make_reject(
+                        source,
+                        "read",
+                        f"bad_tar_header: {where}{m.offset - expected} bytes at offset {expected} "
+                        "skipped to the next member header (a damaged header and its member)",
+                        None,
+                        path,
+                        expected,
+                    )
+                )
             expected = m.offset_data + -(-m.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
             low = m.name.lower()
             if not m.isfile() or not (low.endswith(_TEX_SUFFIXES) or (member is None and low.endswith(".gz"))):
@@ -160,8 +170,16 @@ def _tar_sources(f: IO[bytes], head: bytes, path: str, source: str, opts: ReadOp
             if low.rsplit("/", 1)[-1].startswith("._") or "__macosx/" in low:
                 continue  # macOS AppleDouble metadata (`._main.tex`), not a source file
             if m.size > opts.max_record_bytes:
-                out.rejects.append(make_reject(source, "read", f"{where}{m.name}: longer than {opts.max_record_bytes} bytes",
-                                               None, path, cur.offset))
+                out.rejects.append(
+                    make_reject(
+                        source,
+                        "read",
+                        f"{where}{m.name}: longer than {opts.max_record_bytes} bytes",
+                        None,
+                        path,
+                        cur.offset,
+                    )
+                )
                 continue
             member_file = tar.extractfile(m)
             if member_file is None:  # not reached: only regular files get here
@@ -177,8 +195,9 @@ def _tar_sources(f: IO[bytes], head: bytes, path: str, source: str, opts: ReadOp
     return out
 
 
-def _read_paper(f: IO[bytes], path: str, source: str, opts: ReadOptions, cur: _Cursor, arxiv_id: str,
-                member: str | None = None) -> Iterator[dict]:
+def _read_paper(
+    f: IO[bytes], path: str, source: str, opts: ReadOptions, cur: _Cursor, arxiv_id: str, member: str | None = None
+) -> Iterator[dict]:
     """One paper from a decompressed stream: a tar of sources or a single .tex. A tar holding
     gzip'd papers instead of .tex files (arXiv's bulk source tars) yields each of those papers.
     A paper past a limit (see ExpansionLimit) is one `expansion_limit` REJECT."""
@@ -189,8 +208,9 @@ def _read_paper(f: IO[bytes], path: str, source: str, opts: ReadOptions, cur: _C
         yield make_reject(source, "read", f"expansion_limit: {where}{e}", None, path, cur.offset if member else 0)
 
 
-def _paper(f: IO[bytes], path: str, source: str, opts: ReadOptions, cur: _Cursor, arxiv_id: str,
-           member: str | None) -> Iterator[dict]:
+def _paper(
+    f: IO[bytes], path: str, source: str, opts: ReadOptions, cur: _Cursor, arxiv_id: str, member: str | None
+) -> Iterator[dict]:
     where = f"{member}: " if member else ""
     head = f.read(512)
     if len(head) >= 262 and head[257:262] == b"ustar":
@@ -203,12 +223,20 @@ def _paper(f: IO[bytes], path: str, source: str, opts: ReadOptions, cur: _Cursor
     else:
         rest = _read_bounded(f, max(0, opts.max_record_bytes - len(head)))
         if rest is None:
-            yield make_reject(source, "read", f"{where}file longer than {opts.max_record_bytes} bytes", None, path, cur.offset)
+            yield make_reject(
+                source, "read", f"{where}file longer than {opts.max_record_bytes} bytes", None, path, cur.offset
+            )
             return
         data = head + rest
         if b"\x00" in data[:8192] or data.startswith(b"%PDF"):
-            yield make_reject(source, "read", f"{where}not a tar archive or a .tex file (binary content)",
-                              data[:200], path, cur.offset)
+            yield make_reject(
+                source,
+                "read",
+                f"{where}not a tar archive or a .tex file (binary content)",
+                data[:200],
+                path,
+                cur.offset,
+            )
             return
         files = {f"{arxiv_id}.tex": _decode_tex(data)}
     if not files:
@@ -216,8 +244,14 @@ def _paper(f: IO[bytes], path: str, source: str, opts: ReadOptions, cur: _Cursor
         return
     main = find_main_tex(files)
     if main is None:
-        yield make_reject(source, "read", f"{where}no main .tex file (no \\documentclass in {sorted(files)[:5]})",
-                          None, path, cur.offset if member else 0)
+        yield make_reject(
+            source,
+            "read",
+            f"{where}no main .tex file (no \\documentclass in {sorted(files)[:5]})",
+            None,
+            path,
+            cur.offset if member else 0,
+        )
         return
     text = resolve_inputs(files, main, opts.max_input_depth, opts.max_record_bytes)
     meta = {"arxiv_id": arxiv_id, "main_file": main, "tex_files": len(files), "file": path}
@@ -226,8 +260,9 @@ def _paper(f: IO[bytes], path: str, source: str, opts: ReadOptions, cur: _Cursor
     yield make_doc(source, cur.id_path, arxiv_id, text, f"https://arxiv.org/abs/{arxiv_id}", meta)
 
 
-def _nested_papers(nested: list[tuple[str, int, bytes]], path: str, source: str, opts: ReadOptions,
-                   cur: _Cursor) -> Iterator[dict]:
+def _nested_papers(
+    nested: list[tuple[str, int, bytes]], path: str, source: str, opts: ReadOptions, cur: _Cursor
+) -> Iterator[dict]:
     """The gzip'd papers of a bulk tar, each on its own: one that cannot be read is one REJECT."""
     for name, offset, data in nested:
         cur.offset = offset

@@ -1,4 +1,5 @@
 """Plain-text books: one document per file."""
+
 from __future__ import annotations
 
 import re
@@ -17,7 +18,7 @@ def read_text(path: str, source: str, opts: ReadOptions, cur: _Cursor) -> Iterat
         return
     bad = _bad_utf8(data, 0)
     if bad:
-        yield make_reject(source, "read", bad[0], data[max(0, bad[1] - 100): bad[1] + 100], path, bad[1])
+        yield make_reject(source, "read", bad[0], data[max(0, bad[1] - 100) : bad[1] + 100], path, bad[1])
         return
     text = data.decode("utf-8").removeprefix("\ufeff")
     name = PurePosixPath(path).name

@@ -1,5 +1,6 @@
 """What every reader shares: options, the record constructors (DOCUMENT, REJECT), the guarded
 input stream that turns damage into an offset, line splitting and a look-ahead byte scanner."""
+
 from __future__ import annotations
 
 import contextlib
@@ -33,6 +34,7 @@ class _Cursor:
     """Where the reader is, so a failure can be reported at the right offset; `id_path` is the
     file's name as it enters document ids (stable wherever the inputs live); `stream` is the
     guarded input stream (see `_open`), which knows whether and where the file is damaged."""
+
     offset: int = 0
     records: int = 0
     id_path: str = ""
@@ -59,8 +61,7 @@ def order_key(doc: dict) -> str:
     return f"{doc['id']}|{stable_hash(doc['text']):016x}"
 
 
-def make_doc(source: str, path: str, native: Any, text: str, url: Any = None,
-             meta: dict | None = None) -> dict:
+def make_doc(source: str, path: str, native: Any, text: str, url: Any = None, meta: dict | None = None) -> dict:
     """A DOCUMENT record. A `url` that is not a non-empty string (a number, an object) is dropped;
     lone surrogates are replaced (see the module doc)."""
     url = url if isinstance(url, str) and url else None
@@ -68,11 +69,18 @@ def make_doc(source: str, path: str, native: Any, text: str, url: Any = None,
     clean = [scrub_surrogates(x) for x in (text, url or "", metadata)]
     if clean != [text, url or "", metadata]:
         text, url = clean[0], clean[1] or None
-        metadata = json.dumps({**json.loads(clean[2]), "lone_surrogates_replaced": True},
-                              sort_keys=True, ensure_ascii=False)
+        metadata = json.dumps(
+            {**json.loads(clean[2]), "lone_surrogates_replaced": True}, sort_keys=True, ensure_ascii=False
+        )
     return {
-        "id": doc_id(source, path, native), "source": source, "text": text, "url": url,
-        "metadata": metadata, "language": None, "language_score": None, "quality_score": None,
+        "id": doc_id(source, path, native),
+        "source": source,
+        "text": text,
+        "url": url,
+        "metadata": metadata,
+        "language": None,
+        "language_score": None,
+        "quality_score": None,
     }
 
 
@@ -99,9 +107,16 @@ def reject_id(source: str, stage: str, reason: str, file: str | None, place: int
     return f"{source}/{stable_hash(str(file), str(place), stage, reason):016x}"
 
 
-def make_reject(source: str, stage: str, reason: str, snippet: str | bytes | None = None,
-                file: str | None = None, offset: int | None = None, id: str | None = None,
-                snippet_chars: int = 200) -> dict:
+def make_reject(
+    source: str,
+    stage: str,
+    reason: str,
+    snippet: str | bytes | None = None,
+    file: str | None = None,
+    offset: int | None = None,
+    id: str | None = None,
+    snippet_chars: int = 200,
+) -> dict:
     if isinstance(snippet, bytes):
         snippet = snippet[: snippet_chars * 4].decode("utf-8", "replace")
     reason, snippet = scrub_surrogates(reason), scrub_surrogates(snippet) if snippet else snippet
@@ -253,7 +268,7 @@ class _Lookahead:
         """At least n bytes buffered, unless the stream ends first."""
         if len(self.buf) - self.i >= n or self.eof:
             return
-        parts, have = [self.buf[self.i:]], len(self.buf) - self.i
+        parts, have = [self.buf[self.i :]], len(self.buf) - self.i
         while have < n:
             data = self.f.read(max(self.chunk, n - have))
             if not data:
@@ -265,11 +280,11 @@ class _Lookahead:
 
     def peek(self, n: int) -> bytes:
         self._fill(n)
-        return self.buf[self.i: self.i + n]
+        return self.buf[self.i : self.i + n]
 
     def read(self, n: int) -> bytes:
         self._fill(n)
-        out = self.buf[self.i: self.i + n]
+        out = self.buf[self.i : self.i + n]
         self.i += len(out)
         self.offset += len(out)
         return out
@@ -295,7 +310,7 @@ class _Lookahead:
         return done
 
     def unread(self, data: bytes) -> None:
-        self.buf, self.i = data + self.buf[self.i:], 0
+        self.buf, self.i = data + self.buf[self.i :], 0
         self.offset -= len(data)
 
     def scan(self, pattern: re.Pattern, overlap: int, keep: int = 0) -> tuple[bytes, re.Match | None]:
@@ -310,7 +325,7 @@ class _Lookahead:
             else:
                 passed = max(0, len(self.buf) - self.i - (0 if self.eof else overlap))
             if need > 0:
-                kept.append(self.buf[self.i: self.i + min(need, passed)])
+                kept.append(self.buf[self.i : self.i + min(need, passed)])
                 need -= len(kept[-1])
             self.i += passed
             self.offset += passed

@@ -1,5 +1,6 @@
 """Common Crawl readers: WARC (HTML responses, main text extracted) and WET (conversion records),
 framed by Content-Length and resynchronised at the next `WARC/1.x` line after damage."""
+
 from __future__ import annotations
 
 import codecs
@@ -9,8 +10,16 @@ from dataclasses import dataclass
 from typing import IO, Any, Iterator
 
 from jamdata.text.extract import ExtractionTimeout
-from jamdata.text.readers.common import (ReadOptions, _bad_utf8, _Cursor, _damaged, _Lookahead, _open, make_doc,
-                                         make_reject)
+from jamdata.text.readers.common import (
+    ReadOptions,
+    _bad_utf8,
+    _Cursor,
+    _damaged,
+    _Lookahead,
+    _open,
+    make_doc,
+    make_reject,
+)
 
 
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]+)""", re.I)
@@ -18,9 +27,18 @@ _HEADER_CHARSET = re.compile(r"charset\s*=\s*[\"']?\s*([A-Za-z0-9_.:-]+)", re.I)
 
 
 # Browsers decode these labels as the superset encoding (WHATWG Encoding Standard); pages rely on it.
-_SUPERSET = {"gb2312": "gb18030", "gbk": "gb18030", "latin_1": "cp1252", "iso8859_1": "cp1252", "ascii": "cp1252",
-             "iso8859_9": "cp1254", "tis_620": "cp874", "shift_jis": "cp932", "euc_kr": "cp949",
-             "big5": "big5hkscs"}
+_SUPERSET = {
+    "gb2312": "gb18030",
+    "gbk": "gb18030",
+    "latin_1": "cp1252",
+    "iso8859_1": "cp1252",
+    "ascii": "cp1252",
+    "iso8859_9": "cp1254",
+    "tis_620": "cp874",
+    "shift_jis": "cp932",
+    "euc_kr": "cp949",
+    "big5": "big5hkscs",
+}
 
 
 def _charset(name: str | None) -> str | None:
@@ -147,17 +165,20 @@ def _warc_frame(src: _Lookahead, max_bytes: int) -> _WarcFrame | str:
     start = src.offset
     header, length = _warc_header(src)
     if isinstance(length, str):
-        src.unread(header[header.find(b"\n") + 1:] if b"\n" in header else b"")
+        src.unread(header[header.find(b"\n") + 1 :] if b"\n" in header else b"")
         return length
     if length > max_bytes + _WARC_HEADER_MAX:  # too long to hold: passed over, not rescanned
         if src.skip(length) < length:
             return f"Content-Length {length} runs past the end of the file"
-        return _WarcFrame(start, header, None) if _record_ends_here(src) else \
-            f"Content-Length {length} does not end at a record boundary"
+        return (
+            _WarcFrame(start, header, None)
+            if _record_ends_here(src)
+            else f"Content-Length {length} does not end at a record boundary"
+        )
     content = src.read(length)
     if len(content) == length and _record_ends_here(src) and not _RECORD_INSIDE.search(content):
         return _WarcFrame(start, header, content)
-    src.unread(header[header.index(b"\n") + 1:] + content)
+    src.unread(header[header.index(b"\n") + 1 :] + content)
     if len(content) < length:
         return f"Content-Length {length} runs past the end of the file"
     return f"Content-Length {length} does not end at a record boundary"
@@ -194,8 +215,9 @@ def _warc_frames(f: IO[bytes], max_bytes: int) -> Iterator[_WarcFrame | _WarcDam
         yield damage
 
 
-def _warc_records(path: str, source: str, opts: ReadOptions, cur: _Cursor, wanted: str
-                  ) -> Iterator[tuple[_WarcFrame, Any, bytes | None] | dict]:
+def _warc_records(
+    path: str, source: str, opts: ReadOptions, cur: _Cursor, wanted: str
+) -> Iterator[tuple[_WarcFrame, Any, bytes | None] | dict]:
     """(frame, warcio record, payload) for each record of type `wanted` (record and payload None:
     over the record limit), and a `bad_warc_record` REJECT for each damaged record. Records of
     other types (request, metadata, revisit, warcinfo...) are not documents; they are counted in
@@ -207,8 +229,14 @@ def _warc_records(path: str, source: str, opts: ReadOptions, cur: _Cursor, wante
         for frame in _warc_frames(f, opts.max_record_bytes):
             cur.offset = frame.offset
             if isinstance(frame, _WarcDamage):
-                yield make_reject(source, "read", f"bad_warc_record: {frame.problem} ({frame.end - frame.offset} "
-                                  "bytes skipped to the next record)", None, path, frame.offset)
+                yield make_reject(
+                    source,
+                    "read",
+                    f"bad_warc_record: {frame.problem} ({frame.end - frame.offset} bytes skipped to the next record)",
+                    None,
+                    path,
+                    frame.offset,
+                )
                 continue
             m = _WARC_TYPE.search(frame.header)
             rtype = m.group(1).decode("ascii", "replace").lower() if m else "unknown"
@@ -223,8 +251,9 @@ def _warc_records(path: str, source: str, opts: ReadOptions, cur: _Cursor, wante
                 record = loader.parse_record_stream(io.BytesIO(frame.header + frame.content), known_format="warc")
                 payload = record.content_stream().read(opts.max_record_bytes + 1)
             except Exception as e:  # a record warcio cannot parse is one bad record
-                yield make_reject(source, "read", f"bad_warc_record: {type(e).__name__}: {e}",
-                                  frame.content[:200], path, frame.offset)
+                yield make_reject(
+                    source, "read", f"bad_warc_record: {type(e).__name__}: {e}", frame.content[:200], path, frame.offset
+                )
                 continue
             yield frame, record, payload
 
@@ -251,8 +280,13 @@ def read_wet(path: str, source: str, opts: ReadOptions, cur: _Cursor) -> Iterato
         url, rid = h.get_header("WARC-Target-URI"), h.get_header("WARC-Record-ID")
         bad = _bad_utf8(data, 0)
         text = data.decode("utf-8", errors="replace")
-        meta = {"warc_record_id": rid, "warc_date": h.get_header("WARC-Date"),
-                "languages": h.get_header("WARC-Identified-Content-Language"), "file": path, "offset": cur.offset}
+        meta = {
+            "warc_record_id": rid,
+            "warc_date": h.get_header("WARC-Date"),
+            "languages": h.get_header("WARC-Identified-Content-Language"),
+            "file": path,
+            "offset": cur.offset,
+        }
         if bad:
             meta["invalid_utf8_replaced"] = True
         yield make_doc(source, cur.id_path, rid or cur.offset, text, url, meta)
@@ -280,7 +314,9 @@ def read_warc(path: str, source: str, opts: ReadOptions, cur: _Cursor) -> Iterat
         url, rid = h.get_header("WARC-Target-URI"), h.get_header("WARC-Record-ID")
         status = _http_status(record)
         if status is None:
-            yield make_reject(source, "read", "bad_warc_record: response without an HTTP status line", url, path, cur.offset)
+            yield make_reject(
+                source, "read", "bad_warc_record: response without an HTTP status line", url, path, cur.offset
+            )
             continue
         if not 200 <= status[0] < 300 or status[0] == 206:
             yield make_reject(source, "read", f"http_status: {status[1]}", url, path, cur.offset)
@@ -288,7 +324,9 @@ def read_warc(path: str, source: str, opts: ReadOptions, cur: _Cursor) -> Iterat
         ctype = record.http_headers.get_header("Content-Type")
         mime = (ctype or "").split(";")[0].strip().lower()
         if mime not in ("text/html", "application/xhtml+xml"):
-            yield make_reject(source, "read", f"not an HTML response ({mime or 'no content-type'})", url, path, cur.offset)
+            yield make_reject(
+                source, "read", f"not an HTML response ({mime or 'no content-type'})", url, path, cur.offset
+            )
             continue
         if len(payload) > opts.max_record_bytes:
             yield _too_long(source, path, cur, opts, url)
@@ -305,6 +343,12 @@ def read_warc(path: str, source: str, opts: ReadOptions, cur: _Cursor) -> Iterat
         if not text or not text.strip():
             yield make_reject(source, "read", "no main text in HTML", url, path, cur.offset)
             continue
-        meta = {"warc_record_id": rid, "warc_date": h.get_header("WARC-Date"), "charset": charset,
-                "declared_content_type": ctype, "file": path, "offset": cur.offset}
+        meta = {
+            "warc_record_id": rid,
+            "warc_date": h.get_header("WARC-Date"),
+            "charset": charset,
+            "declared_content_type": ctype,
+            "file": path,
+            "offset": cur.offset,
+        }
         yield make_doc(source, cur.id_path, rid or cur.offset, text, url, meta)

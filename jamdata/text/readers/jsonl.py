@@ -1,4 +1,5 @@
 """JSON-lines readers: C4 / dolma, The Pile, RedPajama arXiv."""
+
 from __future__ import annotations
 
 import contextlib
@@ -6,8 +7,16 @@ import itertools
 import json
 from typing import Callable, Iterator
 
-from jamdata.text.readers.common import (ReadOptions, _bad_utf8, _Cursor, _open, _open_at, iter_lines, make_doc,
-                                         make_reject)
+from jamdata.text.readers.common import (
+    ReadOptions,
+    _bad_utf8,
+    _Cursor,
+    _open,
+    _open_at,
+    iter_lines,
+    make_doc,
+    make_reject,
+)
 
 
 @contextlib.contextmanager
@@ -30,8 +39,7 @@ def _json_lines(path: str, source: str, opts: ReadOptions, cur: _Cursor) -> Iter
         for idx, (off, line) in numbered:
             cur.offset, cur.records = off, idx
             if line is None:
-                yield make_reject(source, "read", f"record longer than {opts.max_record_bytes} bytes",
-                                  None, path, off)
+                yield make_reject(source, "read", f"record longer than {opts.max_record_bytes} bytes", None, path, off)
                 continue
             if not line.strip():
                 continue
@@ -60,8 +68,9 @@ def _text_field(obj: dict, source: str, path: str, off: int, line_hint: str = "t
     return text
 
 
-def _json_texts(path: str, source: str, opts: ReadOptions, cur: _Cursor,
-                keep: Callable[[dict], bool] = lambda obj: True) -> Iterator[tuple[int, int, dict, str] | dict]:
+def _json_texts(
+    path: str, source: str, opts: ReadOptions, cur: _Cursor, keep: Callable[[dict], bool] = lambda obj: True
+) -> Iterator[tuple[int, int, dict, str] | dict]:
     """(index, offset, object, text) per kept JSON line with a string `text`; REJECT dicts otherwise."""
     for item in _json_lines(path, source, opts, cur):
         if isinstance(item, dict):
@@ -119,5 +128,11 @@ def read_arxiv_jsonl(path: str, source: str, opts: ReadOptions, cur: _Cursor) ->
         idx, off, obj, text = item
         meta = _meta(obj)
         native = meta.get("arxiv_id") or obj.get("id") or idx
-        yield make_doc(source, cur.id_path, native, text, meta.get("url"),
-                       {**{k: v for k, v in meta.items() if k != "url"}, "file": path, "offset": off})
+        yield make_doc(
+            source,
+            cur.id_path,
+            native,
+            text,
+            meta.get("url"),
+            {**{k: v for k, v in meta.items() if k != "url"}, "file": path, "offset": off},
+        )

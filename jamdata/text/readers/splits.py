@@ -12,6 +12,7 @@
   decompressing everything before it (The Pile and C4 are one gzip/zstd stream per file), so such
   a file is read by one worker; its records are spread before the costly steps (filters, dedup).
 """
+
 from __future__ import annotations
 
 import bz2
@@ -31,6 +32,7 @@ class Split:
     """Part `part` of `parts` of a file: the lines (kind "lines") or bz2 streams (kind "bz2_streams")
     that begin in raw bytes [start, end). `first_line`: the number of lines that begin before
     `start` (the line number of the part's first line)."""
+
     start: int
     end: int
     kind: str = "lines"

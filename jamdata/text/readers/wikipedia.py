@@ -1,5 +1,6 @@
 """Wikipedia readers: the pages-articles XML dump (pages cut out of the byte stream and parsed one
 by one) and parquet exports (row group by row group)."""
+
 from __future__ import annotations
 
 import io
@@ -8,8 +9,19 @@ import xml.etree.ElementTree as ET
 from typing import IO, Iterator
 
 from jamdata.io import open_url
-from jamdata.text.readers.common import (ReadOptions, _Cursor, _damaged, _Guarded, _Lookahead, _open, doc_id, is_reject,
-                                         make_doc, make_reject, reject_id)
+from jamdata.text.readers.common import (
+    ReadOptions,
+    _Cursor,
+    _damaged,
+    _Guarded,
+    _Lookahead,
+    _open,
+    doc_id,
+    is_reject,
+    make_doc,
+    make_reject,
+    reject_id,
+)
 from jamdata.text.readers.splits import Bz2Stream
 
 
@@ -53,7 +65,7 @@ def _wiki_pages(f: IO[bytes], max_bytes: int) -> Iterator[tuple[int, bytes | str
         src.read(closed.end() - closed.start())
         inner = _PAGE_OPEN.search(page, 1)
         if inner is not None:  # this page was never closed: the next one starts inside it
-            src.unread(page[inner.start():] + closed.group(0))
+            src.unread(page[inner.start() :] + closed.group(0))
             yield start, "malformed XML: page not closed before the next page"
         elif len(page) > max_bytes:
             yield start, f"record longer than {max_bytes} bytes"
@@ -81,8 +93,9 @@ def read_wiki_xml(path: str, source: str, opts: ReadOptions, cur: _Cursor) -> It
             yield _page_record(page, source, path, opts, cur, base_url)
 
 
-def _page_record(page: bytes | str, source: str, path: str, opts: ReadOptions, cur: _Cursor,
-                 base_url: str | None) -> dict:
+def _page_record(
+    page: bytes | str, source: str, path: str, opts: ReadOptions, cur: _Cursor, base_url: str | None
+) -> dict:
     if isinstance(page, str):
         return make_reject(source, "read", page, None, path, cur.offset)
     try:
@@ -110,8 +123,14 @@ def read_wiki_streams(path: str, source: str, opts: ReadOptions, cur: _Cursor) -
                 return
             cur.offset = pos
             if not head.startswith(b"BZh"):
-                yield make_reject(source, "read", f"no bz2 stream at offset {pos} (multistream index and dump "
-                                  "do not match)", None, path, pos)
+                yield make_reject(
+                    source,
+                    "read",
+                    f"no bz2 stream at offset {pos} (multistream index and dump do not match)",
+                    None,
+                    path,
+                    pos,
+                )
                 return
             stream = Bz2Stream(raw, head)
             guard = _Guarded(stream)
@@ -124,8 +143,14 @@ def read_wiki_streams(path: str, source: str, opts: ReadOptions, cur: _Cursor) -
                     rec["id"] = reject_id(source, "read", rec["reason"], cur.id_path, f"{pos}+{local}")
                 yield rec
             if guard.error is not None:
-                yield make_reject(source, "read", f"unreadable from here on: {type(guard.error).__name__}: "
-                                  f"{guard.error}"[:500], None, path, pos)
+                yield make_reject(
+                    source,
+                    "read",
+                    f"unreadable from here on: {type(guard.error).__name__}: {guard.error}"[:500],
+                    None,
+                    path,
+                    pos,
+                )
                 return
             while stream.read():  # to its end, so that its size is known
                 pass
@@ -142,25 +167,45 @@ def _stream_head(stream: Bz2Stream, limit: int = 1 << 20) -> str | None:
     return _base_url(head)
 
 
-def _wiki_record(elem: ET.Element, source: str, path: str, opts: ReadOptions, cur: _Cursor,
-                 base_url: str | None) -> dict:
+def _wiki_record(
+    elem: ET.Element, source: str, path: str, opts: ReadOptions, cur: _Cursor, base_url: str | None
+) -> dict:
     """The DOCUMENT of one parsed <page>, or its REJECT (redirect, not an article, too long)."""
     title = _child_text(elem, "title")
     ns = _child_text(elem, "ns", "0").strip()
     page_id = _child_text(elem, "id").strip()
     text = _child_text(_child(elem, "revision"), "text")
     if _child(elem, "redirect") is not None:
-        return make_reject(source, "read", "wikipedia redirect", title, path, cur.offset,
-                           id=doc_id(source, cur.id_path, page_id or title))
+        return make_reject(
+            source,
+            "read",
+            "wikipedia redirect",
+            title,
+            path,
+            cur.offset,
+            id=doc_id(source, cur.id_path, page_id or title),
+        )
     if ns != "0":
-        return make_reject(source, "read", f"wikipedia namespace {ns} (not an article)", title, path,
-                           cur.offset, id=doc_id(source, cur.id_path, page_id or title))
+        return make_reject(
+            source,
+            "read",
+            f"wikipedia namespace {ns} (not an article)",
+            title,
+            path,
+            cur.offset,
+            id=doc_id(source, cur.id_path, page_id or title),
+        )
     if len(text.encode("utf-8")) > opts.max_record_bytes:
-        return make_reject(source, "read", f"record longer than {opts.max_record_bytes} bytes", title,
-                           path, cur.offset)
+        return make_reject(source, "read", f"record longer than {opts.max_record_bytes} bytes", title, path, cur.offset)
     url = f"{base_url}{title.replace(' ', '_')}" if base_url else None
-    return make_doc(source, cur.id_path, page_id or title, text, url,
-                    {"title": title, "page_id": page_id, "markup": "wikitext", "file": path})
+    return make_doc(
+        source,
+        cur.id_path,
+        page_id or title,
+        text,
+        url,
+        {"title": title, "page_id": page_id, "markup": "wikitext", "file": path},
+    )
 
 
 def read_wiki_parquet(path: str, source: str, opts: ReadOptions, cur: _Cursor) -> Iterator[dict]:
@@ -172,8 +217,9 @@ def read_wiki_parquet(path: str, source: str, opts: ReadOptions, cur: _Cursor) -
         pf = pq.ParquetFile(f)
         cols = [c for c in ("id", "url", "title", "text") if c in pf.schema_arrow.names]
         if "text" not in cols:
-            yield make_reject(source, "read", f"parquet file has no 'text' column (columns: {pf.schema_arrow.names})",
-                              None, path, 0)
+            yield make_reject(
+                source, "read", f"parquet file has no 'text' column (columns: {pf.schema_arrow.names})", None, path, 0
+            )
             return
         first = 0
         for group in range(pf.num_row_groups):
@@ -186,8 +232,14 @@ def read_wiki_parquet(path: str, source: str, opts: ReadOptions, cur: _Cursor) -
                         yield _parquet_record(rec, row, source, path, opts, cur)
                         row += 1
             except Exception as e:  # a corrupt page or column chunk
-                yield make_reject(source, "read", f"unreadable row group {group} (rows {row}-{first + rows - 1}): "
-                                  f"{type(e).__name__}: {e}"[:500], None, path, row)
+                yield make_reject(
+                    source,
+                    "read",
+                    f"unreadable row group {group} (rows {row}-{first + rows - 1}): {type(e).__name__}: {e}"[:500],
+                    None,
+                    path,
+                    row,
+                )
             first += rows
 
 
@@ -196,8 +248,15 @@ def _parquet_record(rec: dict, row: int, source: str, path: str, opts: ReadOptio
     if not isinstance(text, str):
         return make_reject(source, "read", "null text", str(rec.get("title")), path, row)
     if len(text) > opts.max_record_bytes:
-        return make_reject(source, "read", f"record longer than {opts.max_record_bytes} bytes",
-                           str(rec.get("title")), path, row)
+        return make_reject(
+            source, "read", f"record longer than {opts.max_record_bytes} bytes", str(rec.get("title")), path, row
+        )
     native = rec.get("id") if rec.get("id") is not None else row
-    return make_doc(source, cur.id_path, native, text, rec.get("url"),
-                    {"title": rec.get("title"), "page_id": rec.get("id"), "row": row, "file": path})
+    return make_doc(
+        source,
+        cur.id_path,
+        native,
+        text,
+        rec.get("url"),
+        {"title": rec.get("title"), "page_id": rec.get("id"), "row": row, "file": path},
+    )
