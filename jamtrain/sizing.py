@@ -10,26 +10,10 @@ import torch
 
 from jamdata.config import Config
 from jamtrain.building import count_params, dataset_vocab, default_model_factory, model_for_vocab
+from jamtrain.models.config import BACKBONE_KEYS
 from jamtrain.settings import Settings
 
-MODEL_ARCH_KEYS = (
-    "preset",
-    "n_layers",
-    "d_model",
-    "n_heads",
-    "n_kv_heads",
-    "d_ff",
-    "max_seq_len",
-    "positions",
-    "activation",
-    "norm",
-    "tie_embeddings",
-    "norm_eps",
-    "norm_bias",
-    "rope_theta",
-    "init_std",
-    "reset_positions",
-)
+MODEL_ARCH_KEYS = ("preset", *BACKBONE_KEYS)
 
 
 def _model_dims(model_cfg: dict, vocab_size: int) -> tuple[int | None, int | None]:
@@ -106,21 +90,8 @@ def memory_estimate(
     return {"weights": w, "grads": g, "optimizer": o, "activations": act, "total": w + g + o + act}
 
 
-PARENT_ARCH_KEYS = (
-    "n_layers",
-    "d_model",
-    "n_heads",
-    "n_kv_heads",
-    "d_ff",
-    "max_seq_len",
-    "positions",
-    "activation",
-    "norm",
-    "tie_embeddings",
-    "norm_eps",
-    "norm_bias",
-    "rope_theta",
-)
+# what a parent's config fixes (initialisation and position resets stay the model section's)
+PARENT_ARCH_KEYS = tuple(k for k in BACKBONE_KEYS if k not in ("init_std", "reset_positions"))
 
 
 def with_parent_arch(model_cfg: dict, echo: Callable[[str], None]) -> dict:
