@@ -187,7 +187,8 @@ def test_export_reloads_to_identical_logits(tmp_path):
         assert torch.equal(cont(tokens), ref(tokens))
 
 
-def test_dry_run_on_the_reference_config_sizes_the_run():
+def test_dry_run_on_the_reference_config_sizes_the_run(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)  # an in-process run earlier in this worker sets it
     cfg = Config.load(REPO / "configs" / "train-reference.yaml")
     s = parse_settings(cfg)
     lines: list[str] = []
