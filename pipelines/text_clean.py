@@ -271,6 +271,27 @@ def format_funnel(funnel: dict) -> str:
     return "\n".join(lines)
 
 
+def _write_per_source(
+    records, label: str, out_dir: str, schema, key_fn, shards: int, shard_bytes: int, size_fn, seed: int
+):
+    """Parquet shards per source, sorted by `key_fn`: `shards` each, or (0) as many as the source's
+    size in `shard_bytes` needs (pipelines/common.ShardsFromBytes)."""
+    counts = None if shards else records | f"{label}ShardCounts" >> ShardsFromBytes(shard_bytes, size_fn, _source)
+    return (
+        records
+        | f"Key{label}" >> beam.Map(lambda r: (key_fn(r), r))
+        | f"Write{label}"
+        >> WriteShards(
+            out_dir,
+            parquet_shard_writer(schema, "source"),
+            shards or 1,
+            group_of=_source,
+            seed=seed,
+            shards_of=counts,
+        )
+    )
+
+
 def build_pipeline(
     p: beam.Pipeline,
     patterns: list[InputPattern],
@@ -306,37 +327,10 @@ def build_pipeline(
     )
     kept, dedup_rejects = apply_dedup(filtered.docs, dedup_cfg)
 
-    # explicit shard counts, or counts from the data's size (pipelines/common.ShardsFromBytes)
-    doc_counts = None if shards else kept | "DocShardCounts" >> ShardsFromBytes(shard_bytes, _text_bytes, _source)
-    doc_shards = (
-        kept
-        | "KeyDocs" >> beam.Map(lambda d: (order_key(d), d))
-        | "WriteDocs"
-        >> WriteShards(
-            docs_dir,
-            parquet_shard_writer(DOCUMENT, "source"),
-            shards or 1,
-            group_of=lambda r: r["source"],
-            seed=seed,
-            shards_of=doc_counts,
-        )
-    )
+    doc_shards = _write_per_source(kept, "Docs", docs_dir, DOCUMENT, order_key, shards, shard_bytes, _text_bytes, seed)
     rejects = (*clean_rejects, filtered.rejects, dedup_rejects) | "AllRejects" >> beam.Flatten()
-    reject_counts_of = (
-        None if reject_shards else rejects | "RejectShardCounts" >> ShardsFromBytes(shard_bytes, _reject_bytes, _source)
-    )
-    reject_shard_infos = (
-        rejects
-        | "KeyRejects" >> beam.Map(lambda r: (reject_key(r), r))
-        | "WriteRejects"
-        >> WriteShards(
-            rejects_dir,
-            parquet_shard_writer(REJECT, "source"),
-            reject_shards or 1,
-            group_of=lambda r: r["source"],
-            seed=seed,
-            shards_of=reject_counts_of,
-        )
+    reject_shard_infos = _write_per_source(
+        rejects, "Rejects", rejects_dir, REJECT, reject_key, reject_shards, shard_bytes, _reject_bytes, seed
     )
     reject_counts = (
         rejects

@@ -40,6 +40,13 @@ def jamtrain(*args: str, fault: str | None = None, timeout: int = 180) -> subpro
     return subprocess.run([str(BIN / "jamtrain"), *args], env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def torchrun(*args: str, fault: str | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`jamtrain train ARGS` on 2 gloo ranks through torchrun."""
+    env = dict(ENV, **({"JAMTRAIN_FAULT": fault} if fault else {}))
+    cmd = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(_port()), "-m", "jamtrain.cli"]
+    return subprocess.run([*cmd, "train", *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
 def losses(out: Path) -> dict[int, float]:
     """Step -> loss from the JSON-lines log; a step logged twice (killed, then resumed) keeps the last."""
     got = {}
@@ -118,24 +125,7 @@ def test_corrupt_latest_checkpoint_is_refused_and_the_previous_one_used(referenc
 
 def test_two_ranks_gloo_zero2_finish_and_export(data, tmp_path):
     cfg = write_config(tmp_path / "cfg.yaml", data, tmp_path / "train", steps=3, save_every=3)
-    r = subprocess.run(
-        [
-            str(BIN / "torchrun"),
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            str(_port()),
-            "-m",
-            "jamtrain.cli",
-            "train",
-            "--config",
-            str(cfg),
-        ],
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    r = torchrun("--config", str(cfg), timeout=240)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "2 rank(s) on cpu | ZeRO-2" in r.stdout
     ck = tmp_path / "train" / "checkpoints" / "step-00000003"

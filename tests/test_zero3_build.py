@@ -18,7 +18,7 @@ import torch
 
 from test_models_hf_train import ARCH, imported_parent
 from test_train_data import REPO, VOCAB, write_config
-from test_train_run import BIN, ENV, _port, data, losses  # noqa: F401  (data is a fixture)
+from test_train_run import ENV, _port, data, losses, torchrun  # noqa: F401  (data is a fixture)
 
 WORKER = textwrap.dedent("""
     import json, os, sys
@@ -109,27 +109,6 @@ def test_zero3_build_partitions_every_parameter_and_gathers_to_the_plain_fusion(
         assert torch.equal(got[k], v), k
 
 
-def _torchrun(*args: str, fault: str | None = None) -> subprocess.CompletedProcess:
-    env = dict(ENV, **({"JAMTRAIN_FAULT": fault} if fault else {}))
-    return subprocess.run(
-        [
-            str(BIN / "torchrun"),
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            str(_port()),
-            "-m",
-            "jamtrain.cli",
-            "train",
-            *args,
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 def test_zero3_run_from_imported_parents_matches_zero2_at_step_1_and_resumes(data, parents, tmp_path):  # noqa: F811
     model = _section(parents)
     ds = json.loads((REPO / "configs" / "deepspeed-cpu.json").read_text())
@@ -139,7 +118,7 @@ def test_zero3_run_from_imported_parents_matches_zero2_at_step_1_and_resumes(dat
     two = write_config(
         tmp_path / "z2.yaml", data, tmp_path / "z2", model=model, steps=1, save_every=0, export=False, eval=small_eval
     )
-    r = _torchrun("--config", str(two))
+    r = torchrun("--config", str(two))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     want = losses(tmp_path / "z2")[1]
 
@@ -153,12 +132,12 @@ def test_zero3_run_from_imported_parents_matches_zero2_at_step_1_and_resumes(dat
         save_every=2,
         eval=small_eval,
     )
-    r = _torchrun("--config", str(three), fault="kill-after-step:3")
+    r = torchrun("--config", str(three), fault="kill-after-step:3")
     assert r.returncode != 0 and f"exitcode  : {-signal.SIGKILL}" in r.stdout + r.stderr, r.stderr[-3000:]
     first = losses(tmp_path / "z3")
     assert sorted(first) == [1, 2, 3]
     assert first[1] == pytest.approx(want, rel=1e-5, abs=0)
-    r = _torchrun("--config", str(three), "--resume")
+    r = torchrun("--config", str(three), "--resume")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "model built partitioned over 2 rank(s)" in r.stdout, r.stdout[-3000:]
     assert "ZeRO-3" in r.stdout and "resumed from" in r.stdout and "step-00000002 (step 2)" in r.stdout
