@@ -195,14 +195,14 @@ def read_memmap_batches(paths: list[str], seq_len: int, dtype: str = "int32"):
 @contextlib.contextmanager
 def python_packer():
     """The loader as installed without a C compiler: the text packer's Python twin."""
-    from jamdata.loader import lane, stream, textfill
+    from jamdata.loader import packing, stream, textfill
 
-    saved = lane.Block, stream.fill_rows
-    lane.Block, stream.fill_rows = textfill.BlockPy, textfill.fill_rows_py
+    saved = packing.Block, stream.fill_rows
+    packing.Block, stream.fill_rows = textfill.BlockPy, textfill.fill_rows_py
     try:
         yield
     finally:
-        lane.Block, stream.fill_rows = saved
+        packing.Block, stream.fill_rows = saved
 
 
 def read_jam(dirs: dict, name: str, seq_len: int, verify: str, workers: int = 0, compiled: bool = True):

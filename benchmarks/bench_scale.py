@@ -255,7 +255,7 @@ def run_once(corpus: dict, workers: int, run_dir: Path, tokenizer: Path, shard_m
     from jamdata.config import Config
     from jamdata.manifest import read_manifest
     from pipelines.stages import StageContext
-    from pipelines import text_clean, text_sample
+    from pipelines import text_clean, text_sample, text_sample_settings
 
     cfg = {
         "run": {"seed": 1},
@@ -289,7 +289,7 @@ def run_once(corpus: dict, workers: int, run_dir: Path, tokenizer: Path, shard_m
     }
     clean_bytes = sum(f["dedup"]["bytes_out"] for f in funnel.values())
     budget = max(1000, int(clean_bytes / 4.2 / 2))  # about half the clean tokens
-    shares = {s: v for s, v in text_sample.LLAMA_SHARES.items() if s in funnel}
+    shares = {s: v for s, v in text_sample_settings.LLAMA_SHARES.items() if s in funnel}
     cfg["text"]["sample"] = {
         "budget_tokens": budget,
         "shares": shares,

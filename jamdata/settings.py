@@ -245,7 +245,11 @@ def load_settings(cls: type[T], section: Any, where: str = "", source: str = "")
         name = _key_of(f)
         key = f"{where}.{name}" if where else name
         if name in data and (data[name] is not None or _default(f) is None):
-            values[f.name] = _read(key, data[name], hints[f.name], dict(f.metadata), source)
+            value, tp = data[name], _optional_settings(hints[f.name], data[name])
+            if view is not None and _is_settings(tp) and isinstance(value, dict):
+                values[f.name] = load_settings(tp, view.section(name))  # a view: its defaults are filled in too
+            else:
+                values[f.name] = _read(key, value, hints[f.name], dict(f.metadata), source)
             continue
         default = _default(f)
         if default is _REQUIRED:

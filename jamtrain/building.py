@@ -8,6 +8,7 @@ import torch
 
 from jamdata.config import ConfigError
 from jamdata.vocab import JointVocab
+from jamtrain.models.settings import ModelSettings, model_settings
 from jamtrain.settings import Settings
 
 
@@ -23,16 +24,17 @@ def dataset_vocab(datasets: dict[str, str]) -> JointVocab:
     raise ConfigError("loader.mixture", "none of the datasets records its joint vocabulary")
 
 
-def model_for_vocab(model_cfg: dict, vocab: JointVocab) -> dict:
+def model_for_vocab(model_cfg: ModelSettings | dict, vocab: JointVocab) -> ModelSettings:
     """JAM-Cross takes embedding rows below the image codes from the text parent: pin that split to
     the data's joint vocabulary unless the config sets it."""
-    if model_cfg.get("fusion") == "cross" and "text_rows" not in model_cfg:
-        return {**model_cfg, "text_rows": vocab.image_offset}
-    return model_cfg
+    ms = model_settings(model_cfg)
+    if ms.fusion == "cross" and ms.text_rows is None:
+        return ms.updated(text_rows=vocab.image_offset)
+    return ms
 
 
 def default_model_factory(
-    model_cfg: dict,
+    model_cfg: ModelSettings | dict,
     vocab_size: int,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,

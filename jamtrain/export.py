@@ -30,7 +30,7 @@ def export_engine(engine, s: Settings, vocab: JointVocab, out: Path, step: int, 
         torch.distributed.barrier()
         return
     if rank == 0:
-        write_export(engine.module, s.model, vocab, out, step)
+        write_export(engine.module, s.model.to_dict(), vocab, out, step)
     torch.distributed.barrier()
 
 

@@ -21,7 +21,7 @@ from jamdata.vocab import JointVocab
 from jamtrain.generate import GenerateError, Sampling, generate_image, generate_text, image_blocks
 
 if TYPE_CHECKING:  # loaded only when a run has them
-    from jamdata.image.vqvae import VQModel
+    from jamdata.image.vqvae_net import VQModel
     from jamdata.text.tokenizer import TextTokenizer
 
 

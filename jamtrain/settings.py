@@ -9,6 +9,7 @@ from pathlib import Path
 from jamdata.config import Config, ConfigError
 from jamdata.settings import load_settings, setting
 from jamtrain.evaluate import Holdout, ShardPolicy
+from jamtrain.models.settings import ModelSettings, model_settings
 from jamtrain.schedule import DECAYS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,7 +30,7 @@ class EvalSection:
 class TrainSection:
     """The `train` section (docs/training.md)."""
 
-    model: dict = setting({}, "model preset, sizes, fusion and parents (docs/models.md)")
+    model: ModelSettings = setting(ModelSettings())
     deepspeed: str = setting("configs/deepspeed-cpu.json", "the DeepSpeed JSON (ZeRO stage, micro-batch, ...)")
     out_dir: str = setting("train", "training directory (relative: under the run directory)")
     steps: int = setting(100, "optimizer steps", lo=1)
@@ -58,7 +59,7 @@ class TrainSection:
 # -- settings ----------------------------------------------------------------------------------
 @dataclass
 class Settings:
-    model: dict
+    model: ModelSettings  # `given`: the keys the config set (what run metadata records)
     deepspeed: dict
     deepspeed_path: str
     datasets: dict[str, str]  # the loader's mixture: name -> dataset directory
@@ -185,7 +186,7 @@ def parse_settings(cfg: Config, out_dir: str | Path | None = None, run_dir: str 
         )
     ev = t.eval
     return Settings(
-        model=t.model,
+        model=model_settings(cfg.section("train").data.get("model"), "train.model"),
         deepspeed=load_deepspeed_config(ds_path),
         deepspeed_path=ds_path,
         datasets=dataset_dirs(cfg, run_dir),

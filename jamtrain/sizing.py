@@ -8,41 +8,47 @@ from typing import Callable
 
 import torch
 
-from jamdata.config import Config
+from dataclasses import fields
+
 from jamtrain.building import count_params, dataset_vocab, default_model_factory, model_for_vocab
-from jamtrain.models.config import BACKBONE_KEYS
+from jamtrain.models.config import BackboneConfig
+from jamtrain.models.settings import KEYS, PARENT_KEYS, ModelSettings, backbone_config, model_settings
 from jamtrain.settings import Settings
 
-MODEL_ARCH_KEYS = ("preset", *BACKBONE_KEYS)
+# what a parent's config fixes (initialisation and position resets stay the model section's)
+PARENT_ARCH_KEYS = tuple(
+    f.name for f in fields(BackboneConfig) if f.name in KEYS and f.name not in ("init_std", "reset_positions")
+)
 
 
-def _model_dims(model_cfg: dict, vocab_size: int) -> tuple[int | None, int | None]:
+def _model_dims(ms: ModelSettings, vocab_size: int) -> tuple[int | None, int | None]:
     """(attention layers, width) summed over the model's decoder stacks, for activation and FLOP
     estimates: JAM-Cross counts both streams' self-attention layers and both directions of every
     cross block (each attends over the other stream's positions, as a self-attention layer does)."""
     try:
-        from jamtrain.models import backbone_config
-
-        arch = backbone_config(Config(dict(model_cfg), "train.model"), vocab_size)
+        arch = backbone_config(ms, vocab_size)
     except Exception:  # a model section this estimate does not understand: no activation term
         return None, None
-    fusion = model_cfg.get("fusion", "none")
-    if fusion == "cross":
-        every = int(model_cfg.get("cross_every", 1) or 1)
-        return 2 * arch.n_layers + 2 * (arch.n_layers // every), arch.d_model
-    return arch.n_layers, arch.d_model * (2 if fusion == "width" else 1)
+    if ms.fusion == "cross":
+        return 2 * arch.n_layers + 2 * (arch.n_layers // ms.cross_every), arch.d_model
+    return arch.n_layers, arch.d_model * (2 if ms.fusion == "width" else 1)
 
 
 def flops_per_token(
-    n_params: int, model_cfg: dict, vocab_size: int, seq_len: int, echo: Callable[[str], None] | None = None
+    n_params: int,
+    model_cfg: ModelSettings | dict,
+    vocab_size: int,
+    seq_len: int,
+    echo: Callable[[str], None] | None = None,
 ) -> float:
     """Training FLOPs per token: 6N plus attention scores 12 x layers x width x seq_len (PaLM, App. B).
     N is the built model's parameter count; layers and width come from the parents' (or the
     saved model's) architecture when the section names them (`with_parent_arch`), else from its
     own keys, which for imported parents are only the preset's."""
-    if any(model_cfg.get(k) for k in ("checkpoint", "text_checkpoint", "image_checkpoint")):
-        model_cfg = with_parent_arch(model_cfg, echo or (lambda _m: None))
-    layers, width = _model_dims(model_cfg, vocab_size)
+    ms = model_settings(model_cfg)
+    if any(getattr(ms, k) for k in PARENT_KEYS):
+        ms = with_parent_arch(ms, echo or (lambda _m: None))
+    layers, width = _model_dims(ms, vocab_size)
     return 6.0 * n_params + (12.0 * layers * width * seq_len if layers and width else 0.0)
 
 
@@ -52,10 +58,7 @@ def check_lengths(s: Settings, vocab_size: int) -> None:
     from jamdata.config import ConfigError
 
     try:
-        from jamtrain.models import backbone_config
-
-        section = with_parent_arch(s.model, lambda _m: None)
-        limit = backbone_config(Config(section, "train.model"), vocab_size).max_seq_len
+        limit = backbone_config(with_parent_arch(s.model, lambda _m: None), vocab_size).max_seq_len
     except Exception:  # checkpoint-based or foreign model sections: the model checks for itself
         return
     if s.seq_len - 1 > limit:
@@ -90,50 +93,44 @@ def memory_estimate(
     return {"weights": w, "grads": g, "optimizer": o, "activations": act, "total": w + g + o + act}
 
 
-# what a parent's config fixes (initialisation and position resets stay the model section's)
-PARENT_ARCH_KEYS = tuple(k for k in BACKBONE_KEYS if k not in ("init_std", "reset_positions"))
-
-
-def with_parent_arch(model_cfg: dict, echo: Callable[[str], None]) -> dict:
+def with_parent_arch(model_cfg: ModelSettings | dict, echo: Callable[[str], None]) -> ModelSettings:
     """The model section with the architecture of its parents (`text_checkpoint`, read from the
     safetensors header or a Hugging Face directory's config.json) in place of its own keys; a
     parent that cannot be read leaves the keys as they are, and says so."""
     from jamtrain.models.parents import parent_config
 
-    cfg = dict(model_cfg)
-    if cfg.get("checkpoint"):
+    cfg = model_settings(model_cfg)
+    if cfg.checkpoint:
         try:
             from jamtrain.models.checkpoint import read_description
 
-            meta = read_description(cfg["checkpoint"]) or {}
+            meta = read_description(cfg.checkpoint) or {}
             b = meta.get("config", {}).get("backbone", meta.get("config", {}))
             if meta.get("kind") == "cross":
-                cfg.update(
+                cfg = cfg.updated(
                     fusion="cross",
                     cross_every=meta["config"]["cross_every"],
                     cross_heads=meta["config"]["cross_heads"],
                     text_rows=meta["config"]["text_rows"],
                 )
-            cfg.update({k: b[k] for k in PARENT_ARCH_KEYS if k in b and b[k] is not None})
-            cfg.pop("preset", None)
-            echo(f"architecture from {cfg['checkpoint']}")
+            cfg = cfg.updated(**{k: b[k] for k in PARENT_ARCH_KEYS if k in b and b[k] is not None})
+            cfg = cfg.cleared("preset")
+            echo(f"architecture from {cfg.checkpoint}")
         except Exception as e:
-            echo(f"note: {cfg['checkpoint']} not readable ({type(e).__name__}: {e}); sized from the config keys")
+            echo(f"note: {cfg.checkpoint} not readable ({type(e).__name__}: {e}); sized from the config keys")
         return cfg
     for key in ("text_checkpoint", "image_checkpoint"):
-        if not cfg.get(key):
+        path = getattr(cfg, key)
+        if not path:
             continue
         try:
-            arch = parent_config(str(cfg[key])).to_dict()
+            arch = parent_config(str(path)).to_dict()
         except Exception as e:
-            echo(
-                f"note: parent {cfg[key]} not readable ({type(e).__name__}: {str(e)[:120]}); sized from the config keys"
-            )
+            echo(f"note: parent {path} not readable ({type(e).__name__}: {str(e)[:120]}); sized from the config keys")
             continue
-        cfg.update({k: arch[k] for k in PARENT_ARCH_KEYS})
-        cfg.pop("preset", None)
+        cfg = cfg.updated(**{k: arch[k] for k in PARENT_ARCH_KEYS}).cleared("preset")
         echo(
-            f"architecture from parent {cfg[key]}: {arch['n_layers']} layers x {arch['d_model']}, "
+            f"architecture from parent {path}: {arch['n_layers']} layers x {arch['d_model']}, "
             f"{arch['n_heads']} heads ({arch['n_kv_heads'] or arch['n_heads']} key/value), {arch['norm']}, "
             f"{arch['activation']}, {arch['positions']} positions"
         )
@@ -141,19 +138,17 @@ def with_parent_arch(model_cfg: dict, echo: Callable[[str], None]) -> dict:
     return cfg
 
 
-def model_arch(model_cfg: dict, vocab_size: int):
+def model_arch(model_cfg: ModelSettings | dict, vocab_size: int):
     """The `memory.Arch` of a model section, or None for a section this estimate does not parse."""
     from jamtrain.memory import Arch
-    from jamtrain.models import backbone_config
     from jamtrain.models.fusion import width_config
 
     try:
-        b = backbone_config(
-            Config({k: v for k, v in model_cfg.items() if k in MODEL_ARCH_KEYS}, "train.model"), vocab_size
-        )
+        ms = model_settings(model_cfg)
+        b = backbone_config(ms, vocab_size)
     except Exception:
         return None
-    fusion = model_cfg.get("fusion", "none")
+    fusion = ms.fusion
     if fusion == "width":
         b = width_config(b)
     cross = fusion == "cross"
@@ -164,7 +159,7 @@ def model_arch(model_cfg: dict, vocab_size: int):
         kv_dim=b.kv_heads * b.head_dim,
         vocab=vocab_size,
         streams=2 if cross else 1,
-        n_cross=b.n_layers // int(model_cfg.get("cross_every", 1)) if cross else 0,
+        n_cross=b.n_layers // ms.cross_every if cross else 0,
         swiglu=b.activation == "swiglu",
         rmsnorm=b.norm == "rmsnorm",
         rotary=b.positions == "rotary",
@@ -185,7 +180,7 @@ def dry_run(
     vocab_size = _vocab_size_for_dry_run(s)
     notes: list[str] = []
     model_cfg = with_parent_arch(model_for_vocab_size(s.model, vocab_size, s.datasets), notes.append)
-    model_cfg = {k: v for k, v in model_cfg.items() if k not in ("checkpoint", "text_checkpoint", "image_checkpoint")}
+    model_cfg = model_cfg.cleared(*PARENT_KEYS)
     quiet = logging.getLogger("jamtrain.models")
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # "fusing random parents" is expected when only sizing
@@ -200,7 +195,7 @@ def dry_run(
     precision = run_precision(s, cpu)
     elt = 4 if precision == "fp32" else 2
     arch = model_arch(model_cfg, vocab_size)
-    ckpt_on = bool(model_cfg.get("activation_checkpointing", False))
+    ckpt_on = model_cfg.activation_checkpointing
     mem = gpu_memory(n_params, arch, s.zero_stage, world, s.micro_batch, s.seq_len, elt, ckpt_on, s.deepspeed, cpu)
     other = gpu_memory(
         n_params, arch, s.zero_stage, world, s.micro_batch, s.seq_len, elt, not ckpt_on, s.deepspeed, cpu
@@ -251,18 +246,20 @@ def dry_run(
     }
 
 
-def model_for_vocab_size(model_cfg: dict, vocab_size: int, datasets: dict[str, str] | None = None) -> dict:
+def model_for_vocab_size(
+    model_cfg: ModelSettings | dict, vocab_size: int, datasets: dict[str, str] | None = None
+) -> ModelSettings:
     """JAM-Cross's text rows default to the rows below the image codes (as `model_for_vocab`,
     from the data's joint vocabulary when it can be read)."""
-    if model_cfg.get("fusion") == "cross" and "text_rows" not in model_cfg:
+    ms = model_settings(model_cfg)
+    if ms.fusion == "cross" and ms.text_rows is None:
         try:
-            return model_for_vocab(model_cfg, dataset_vocab(datasets or {}))
+            return model_for_vocab(ms, dataset_vocab(datasets or {}))
         except Exception:
             pass
-        codes = int(model_cfg.get("n_image_codes", 8192))
-        if codes < vocab_size:
-            return {**model_cfg, "text_rows": vocab_size - codes}
-    return dict(model_cfg)
+        if ms.n_image_codes < vocab_size:
+            return ms.updated(text_rows=vocab_size - ms.n_image_codes)
+    return ms
 
 
 def _vocab_size_for_dry_run(s: Settings) -> int:

@@ -11,7 +11,6 @@ import contextlib
 import functools
 import json
 import logging
-import math
 import os
 import signal
 import time
@@ -21,7 +20,6 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from jamdata.stage import Stage, StageContext
 from jamdata.vocab import JointVocab
 from jamtrain import checkpoint as ckpt
 from jamtrain import rundir
@@ -39,20 +37,13 @@ from jamtrain.building import (
 )
 from jamtrain.distributed import device_name, setup_distributed
 from jamtrain.evaluate import evaluate
-from jamtrain.export import (
-    export_engine,
-)
+from jamtrain.export import export_engine
 from jamtrain.loss import mask_heldout, masked_loss
+from jamtrain.runlog import JsonLog, eval_line, progress_line, step_record
 from jamtrain.schedule import build_scheduler
-from jamtrain.settings import (
-    Settings,
-    parse_settings,
-)
-from jamtrain.sizing import (
-    check_lengths,
-    flops_per_token,
-)
-from jamtrain.throughput import mfu, real_tokens, run_peak
+from jamtrain.settings import Settings
+from jamtrain.sizing import check_lengths, flops_per_token
+from jamtrain.throughput import real_tokens, run_peak
 
 log = logging.getLogger(__name__)
 FAULT_ENV = "JAMTRAIN_FAULT"  # fault injection for the resume tests: kill-after-step:K | kill-in-save:K
@@ -62,20 +53,6 @@ def _fault(kind: str, step: int) -> bool:
     spec = os.environ.get(FAULT_ENV, "")
     want, _, at = spec.partition(":")
     return want == kind and at.isdigit() and int(at) == step
-
-
-class JsonLog:
-    def __init__(self, path: Path | None):
-        self.f = open(path, "a") if path else None
-
-    def write(self, record: dict) -> None:
-        if self.f:
-            self.f.write(json.dumps(record, sort_keys=True) + "\n")
-            self.f.flush()
-
-    def close(self) -> None:
-        if self.f:
-            self.f.close()
 
 
 # -- the loop ----------------------------------------------------------------------------------
@@ -232,17 +209,17 @@ def _run(
             torch.distributed.all_reduce(stats)
             dt = time.time() - t0
             slots = s.micro_batch * (s.seq_len - 1) * s.grad_accum * world  # input positions per step
-            rec = _record(step, stats, names, engine, lr, dt, slots, fpt, peak, world)
+            rec = step_record(step, stats, names, engine, lr, dt, slots, fpt, peak, world)
             losses[step] = rec["loss"]
             jlog.write(rec)
             if step % s.log_every == 0 or step == s.steps or step == start + 1:
-                say(_progress(rec, s.steps))
+                say(progress_line(rec, s.steps))
             if s.save_every and (step % s.save_every == 0 or step == s.steps):
                 _save(engine, loader, s, ckpt_dir, step, rank, world, n_params, run_id)
             if s.eval_every and step % s.eval_every == 0 and step != s.steps:
                 eval_results = _evaluate(engine, s, vocab, device, rank, world)
                 jlog.write({"step": step, "eval": eval_results})
-                say(_eval_line(step, eval_results))
+                say(eval_line(step, eval_results))
             if _fault("kill-after-step", step):
                 os.kill(os.getpid(), signal.SIGKILL)
         export_dir = None
@@ -255,7 +232,7 @@ def _run(
         if start < s.steps or not eval_results:
             eval_results = _evaluate(engine, s, vocab, device, rank, world)
             jlog.write({"step": s.steps, "eval": eval_results})
-            say(_eval_line(s.steps, eval_results))
+            say(eval_line(s.steps, eval_results))
         if rank == 0:
             from jamdata.io import atomic_write
 
@@ -279,74 +256,6 @@ def _batches(loader) -> Iterator[dict]:
             raise RuntimeError("the loader yielded no batches (empty datasets?)")
 
 
-def _record(
-    step: int,
-    stats: torch.Tensor,
-    names: list[str],
-    engine,
-    lr: float,
-    dt: float,
-    slots: int,
-    flops_per_token: float,
-    peak: float | None,
-    world: int,
-) -> dict:
-    """One log record; `stats` ends with the step's real input tokens over all ranks, `slots` is
-    the input positions the step had room for (their difference is padding)."""
-    v = [float(x) for x in stats.cpu()]
-    n = v[1] + v[3]
-    rec: dict[str, Any] = {
-        "step": step,
-        "loss": (v[0] + v[2]) / n if n else 0.0,
-        "loss_text": v[0] / v[1] if v[1] else None,
-        "tokens_text": int(v[1]),
-        "loss_image": v[2] / v[3] if v[3] else None,
-        "tokens_image": int(v[3]),
-        "lr": lr,
-        "grad_norm": _float(engine.get_global_grad_norm()),
-        "seconds": dt,
-        "tokens": int(v[-1]),  # input tokens of all ranks and micro-batches, padding left out
-        "padding": 1.0 - v[-1] / slots if slots else 0.0,
-        "tokens_per_s": v[-1] / dt if dt > 0 else None,
-    }
-    rec["mfu"] = mfu(rec["tokens_per_s"], flops_per_token, peak, world)
-    for i, name in enumerate(names):
-        nd = v[5 + 2 * i]
-        rec[f"loss/{name}"] = v[4 + 2 * i] / nd if nd else None
-        rec[f"tokens/{name}"] = int(nd)
-    return rec
-
-
-def _float(x) -> float | None:
-    if x is None:
-        return None
-    x = float(x.item() if torch.is_tensor(x) else x)
-    return x if math.isfinite(x) else None
-
-
-def _progress(rec: dict, total: int) -> str:
-    parts = [f"step {rec['step']}/{total}", f"loss {rec['loss']:.4f}"]
-    for key, label in (("loss_text", "text"), ("loss_image", "image")):
-        if rec[key] is not None:
-            parts.append(f"{label} {rec[key]:.3f}")
-    parts.append(f"lr {rec['lr']:.2e}")
-    if rec["tokens_per_s"]:
-        parts.append(f"{rec['tokens_per_s']:,.0f} tok/s")
-    if rec["mfu"] is not None:
-        parts.append(f"MFU {100 * rec['mfu']:.1f}%")
-    return " | ".join(parts)
-
-
-def _eval_line(step: int, results: dict) -> str:
-    parts = []
-    for name, r in results.items():
-        if r["ppl"] is None:
-            parts.append(f"{name} (no held-out tokens)")
-        else:
-            parts.append(f"{name} ppl {r['ppl']:.2f} ({r['tokens']} tokens)")
-    return f"validation at step {step}: " + ", ".join(parts)
-
-
 def _save(
     engine,
     loader,
@@ -360,7 +269,7 @@ def _save(
 ) -> None:
     state = {"loader": loader.state_dict(), "rng": ckpt.rng_state()}
     meta = {
-        "model": s.model,
+        "model": s.model.to_dict(),  # the section as written (+ text_rows pinned to the data)
         "params": n_params,
         "zero_stage": s.zero_stage,
         "seq_len": s.seq_len,
@@ -401,100 +310,3 @@ def _evaluate(engine, s: Settings, vocab: JointVocab, device, rank: int, world: 
         )
     finally:
         engine.train()
-
-
-# -- export ------------------------------------------------------------------------------------
-def run_stage(ctx) -> list[str]:
-    """Short CPU smoke run on the tokens the earlier stages wrote (the `loader` and `train`
-    sections); mixture entries whose dataset the run did not produce (e.g. no instruct data) are
-    left out with a note."""
-    from jamdata.manifest import (
-        build_manifest,
-        describe_shard,
-        is_complete,
-        output_dir,
-        write_manifest,
-    )
-
-    cfg = ctx.config
-    if "://" in str(ctx.run_dir) and not str(ctx.run_dir).startswith(
-        "file://"
-    ):  # s3://, gs://: DeepSpeed writes local files
-        return [
-            f"skipped: the CPU smoke run needs a local run directory, not {ctx.run_dir}; "
-            "train on GPUs with `jamtrain train --config ...` (docs/training.md)"
-        ]
-    s = parse_settings(cfg, out_dir=ctx.path("train"), run_dir=ctx.run_dir)  # local from here on
-    notes = []
-    missing = [n for n, d in s.datasets.items() if not is_complete(d)]
-    if missing and len(missing) < len(s.datasets):
-        for n in missing:
-            s.datasets.pop(n)
-            notes.append(f"mixture entry {n!r} left out: {ctx.path(n)} has no finished dataset")
-        mixture = s.loader.get("mixture")
-        if isinstance(mixture, dict):
-            s.loader["mixture"] = {n: w for n, w in mixture.items() if n in s.datasets}
-    if "seq_len" not in s.loader:  # the loader's 4096 default is far too long for a CPU smoke run
-        s.loader["seq_len"] = 512
-        notes.append("loader.seq_len not set: the smoke run packs 512-token rows")
-    g = s.loader.get("global_batch_size")
-    if isinstance(g, int) and g != s.micro_batch:  # one process: the loader's rows per step are the micro-batch
-        notes.append(f"micro-batch {g} (loader.global_batch_size) instead of {s.micro_batch} ({s.deepspeed_path})")
-        s.deepspeed["train_micro_batch_size_per_gpu"] = g
-    s.save_every = s.save_every or s.steps
-    out = Path(ctx.path("train"))
-    with output_dir(out):
-        result = train(s)
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-        files = [
-            str(p.relative_to(out))
-            for p in sorted(out.rglob("*"))
-            if p.is_file() and not p.name.startswith(".") and "checkpoints" not in p.parts
-        ]
-        summary = {
-            "first_loss": result.first_loss,
-            "last_loss": result.last_loss,
-            "steps": s.steps,
-            "params": result.params,
-            "eval": result.eval,
-        }
-        write_manifest(
-            str(out),
-            build_manifest(
-                "checkpoint",
-                [describe_shard(str(out), f) for f in files],
-                cfg.section("train").to_dict(),
-                dataset_vocab(s.datasets),
-                summary,
-                list(s.datasets.values()),
-            ),
-        )
-    lines = notes + [
-        f"{result.params:,}-parameter model, {s.steps} steps on {', '.join(s.datasets)}: "
-        f"loss {result.first_loss:.3f} -> {result.last_loss:.3f} ({result.seconds:.0f}s)"
-    ]
-    for name, r in result.eval.items():
-        if r["ppl"] is not None:
-            lines.append(f"validation perplexity {name}: {r['ppl']:.2f} over {r['tokens']} held-out tokens")
-    lines.append(f"weights {out / 'export' / 'model.safetensors'}, log {out / 'log.jsonl'}")
-    from jamtrain.sample_files import stage_sample  # one generated sample into <run>/generated/
-
-    return lines + stage_sample(ctx.run_dir, out, s.seed)
-
-
-def stage_settings(ctx: StageContext) -> dict:
-    from jamdata.loader import loader_settings
-    from jamdata.settings import load_settings
-    from jamtrain.settings import TrainSection
-
-    return {
-        "seed": ctx.seed,
-        "loader": loader_settings(ctx.config.section("loader")),
-        "train": load_settings(TrainSection, ctx.config.section("train")),
-    }
-
-
-STAGE = Stage(
-    "train", run_stage, outputs=("train",), inputs=("text-tokens", "image-caption", "instruct"), settings=stage_settings
-)

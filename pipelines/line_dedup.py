@@ -27,7 +27,6 @@ across worker processes, unlike the in-process path's `hash()`.
 
 from __future__ import annotations
 
-import json
 from typing import Iterator
 
 import apache_beam as beam
@@ -122,9 +121,7 @@ class _FilterLines(beam.DoFn):
                 )
                 continue
             if removed:
-                meta = json.loads(out.get("metadata") or "{}")
-                meta["boilerplate_lines_removed"] = removed
-                out["metadata"] = json.dumps(meta, sort_keys=True, ensure_ascii=False)
+                out["metadata"] = {**out["metadata"], "boilerplate_lines_removed": removed}
             yield out
 
 

@@ -27,7 +27,7 @@ from jamdata.io import atomic_write, exists, fs_and_path, join, read_bytes
 from jamdata.manifest import MANIFEST, validate_dataset
 from jamdata.settings import RunSettings, as_plain, load_settings
 from jamdata.stage import Stage, StageContext  # noqa: F401 (StageContext: the main job's context)
-from jamtrain import train
+from jamtrain import stage as train_stage
 from pipelines import image_tokenize, instruct_build, stats, text_clean, text_sample, tokenizer_train, vqvae_train
 
 STAMPS = ".jam-stages"
@@ -40,7 +40,7 @@ STAGES: list[Stage] = [
     image_tokenize.STAGE,
     instruct_build.STAGE,
     stats.STAGE,
-    train.STAGE,
+    train_stage.STAGE,
 ]
 
 
@@ -101,9 +101,10 @@ def outputs_intact(stage: Stage, ctx: StageContext) -> bool:
     return all(not validate_dataset(str(ctx.path(o)), deep=deep) for o in stage.outputs)
 
 
-def is_fresh(stage: Stage, ctx: StageContext) -> bool:
+def is_fresh(stage: Stage, ctx: StageContext, stamp_now: str | None = None) -> bool:
     p = _stamp_path(ctx, stage)
-    return exists(p) and read_bytes(p).decode() == stamp(stage, ctx) and outputs_intact(stage, ctx)
+    now = stamp_now or stamp(stage, ctx)
+    return exists(p) and read_bytes(p).decode() == now and outputs_intact(stage, ctx)
 
 
 def run_all(ctx: StageContext, only: list[str] | None = None, log: Callable[[str], None] = print) -> list[str]:
@@ -113,10 +114,15 @@ def run_all(ctx: StageContext, only: list[str] | None = None, log: Callable[[str
     for name in only or []:
         if name not in names:
             raise ConfigError("--stage", f"unknown stage {name!r}", names)  # one clear line, not a traceback
+    for stage in STAGES:  # every section the chosen stages read, checked before the first one runs
+        if not only or stage.name in only:
+            stage.settings(ctx)
     for i, stage in enumerate(STAGES, 1):
         if only and stage.name not in only:
             continue
-        if not ctx.force and is_fresh(stage, ctx):
+        # one stamp per stage, taken before it runs: a raw file changed while it runs redoes it next time
+        now = stamp(stage, ctx)
+        if not ctx.force and is_fresh(stage, ctx, now):
             log(f"[{i}/{len(STAGES)}] {stage.name}: reusing finished outputs (--force to redo)")
             summary.append(f"{stage.name}: reused " + ", ".join(str(ctx.path(o)) for o in stage.outputs))
             continue
@@ -124,7 +130,7 @@ def run_all(ctx: StageContext, only: list[str] | None = None, log: Callable[[str
         t0 = time.time()
         lines = stage.run(ctx)
         with atomic_write(_stamp_path(ctx, stage), "w") as f:
-            f.write(stamp(stage, ctx))
+            f.write(now)
         log(f"[{i}/{len(STAGES)}] {stage.name} done in {time.time() - t0:.1f}s")
         summary += [f"{stage.name}: {line}" for line in lines]
     return summary

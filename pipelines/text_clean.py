@@ -7,7 +7,8 @@
 
 The funnel counts documents and UTF-8 bytes leaving each stage per source ("read" also counts the
 records and compressed file bytes that went in), so every dropped document is accounted for in
-the rejects under the stage that dropped it.
+the rejects under the stage that dropped it. The filter step is pipelines/text_filters.py, the
+funnel's sums and summary pipelines/text_funnel.py.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import replace
-from typing import Any, Iterable
+from typing import Iterable
 
 import apache_beam as beam
 
@@ -31,16 +32,21 @@ from pipelines.text_inputs import InputFile, InputPattern, ListInputs, file_byte
 from pipelines import progress
 from pipelines.options import pipeline_options
 from pipelines.text_clean_settings import clean_settings
+from pipelines.text_filters import ApplyFilters, check_filters
+from pipelines.text_funnel import (
+    FILTER_COUNTS,
+    PASSED_OVER,
+    CountDocs,
+    format_funnel,
+    funnel_from_counts,
+    nbytes,
+    passed_over_from_counts,
+    summary_lines,
+)
 from jamdata.stage import Stage, StageContext
-from schemas.records import DOCUMENT, REJECT
+from schemas.records import DOCUMENT, REJECT, document_row
 
 log = logging.getLogger(__name__)
-
-STAGES = ("read", "clean", "filter", "dedup")
-PASSED_OVER = "passed_over"  # counts of raw records that are neither documents nor rejects, by kind
-FILTER_COUNTS = "filters"  # per filter: documents it dropped, and what it counted (PII masked)
-COUNTED_FIELDS = {"pii_emails": "pii emails masked", "pii_ips": "pii ips masked"}
-DOC_COLUMNS = ("language", "language_score", "quality_score")
 
 
 def _source(r: dict) -> str:
@@ -48,27 +54,14 @@ def _source(r: dict) -> str:
 
 
 def _text_bytes(d: dict) -> int:
-    return _nbytes(d["text"])
+    return nbytes(d["text"])
 
 
 def _reject_bytes(r: dict) -> int:
     return 64 + sum(len(str(r.get(k) or "").encode("utf-8")) for k in ("id", "reason", "snippet", "file"))
 
 
-def check_filters(filters_cfg: dict, sources: list[str]) -> None:
-    """Build every source's filter chain once here, so a config mistake fails before the job
-    starts, with the key named, instead of inside a worker."""
-    from jamdata.text.filters import build_filter_chain
-
-    for source in sources:
-        build_filter_chain(Config(json.loads(json.dumps(filters_cfg)), "text.clean.filters"), source)
-
-
 # -- Beam steps ------------------------------------------------------------------------------------
-def _nbytes(text: str) -> int:
-    return len(text.encode("utf-8"))
-
-
 class ReadAndClean(beam.DoFn):
     """One raw file or part of one -> cleaned documents, REJECTs (tag "rejects") and its funnel
     counts (tag "counts": ((source, stage, measure), value)). A file with a line-dedup group
@@ -100,7 +93,7 @@ class ReadAndClean(beam.DoFn):
                 n["records"] += 1
                 if not is_reject(rec):
                     n["read_docs"] += 1
-                    size = _nbytes(rec["text"])
+                    size = nbytes(rec["text"])
                     n["read_bytes"] += size
                     progress.count("documents")
                     progress.count("bytes", size)
@@ -116,7 +109,7 @@ class ReadAndClean(beam.DoFn):
                 yield beam.pvalue.TaggedOutput("grouped", (group, rec))
             else:
                 n["clean_docs"] += 1
-                n["clean_bytes"] += _nbytes(rec["text"])
+                n["clean_bytes"] += nbytes(rec["text"])
                 yield rec
         s = f.source
         for key, value in [
@@ -132,88 +125,6 @@ class ReadAndClean(beam.DoFn):
             yield beam.pvalue.TaggedOutput("counts", ((s, PASSED_OVER, kind), value))
 
 
-class ApplyFilters(beam.DoFn):
-    """The filter chain of each document's source (from `text.clean.filters`). Also counts, per
-    source (tag "counts"), the documents each filter dropped and the PII each masked."""
-
-    def __init__(self, filters_cfg: dict):
-        self.filters_cfg = filters_cfg
-
-    def setup(self):
-        self.chains: dict[str, Any] = {}
-
-    def _chain(self, source: str):
-        if source not in self.chains:
-            from jamdata.text.filters import build_filter_chain
-
-            cfg = Config(json.loads(json.dumps(self.filters_cfg)), "text.clean.filters")
-            self.chains[source] = build_filter_chain(cfg, source)
-        return self.chains[source]
-
-    def process(self, doc: dict):
-        from jamdata.text.filters import apply_chain
-        from jamdata.text.readers import make_reject
-
-        verdict, failed = apply_chain(doc["text"], self._chain(doc["source"]))
-        fields = dict(verdict.fields or {})
-        for key, label in COUNTED_FIELDS.items():
-            if fields.get(key):
-                yield beam.pvalue.TaggedOutput("counts", ((doc["source"], FILTER_COUNTS, label), int(fields[key])))
-        if not verdict.keep:
-            yield beam.pvalue.TaggedOutput("counts", ((doc["source"], FILTER_COUNTS, f"{failed} dropped"), 1))
-            meta = json.loads(doc.get("metadata") or "{}")
-            yield beam.pvalue.TaggedOutput(
-                "rejects",
-                make_reject(
-                    doc["source"],
-                    "filter",
-                    f"{failed}: {verdict.reason}" if verdict.reason else str(failed),
-                    doc["text"],
-                    meta.get("file"),
-                    meta.get("offset"),
-                    id=doc["id"],
-                ),
-            )
-            return
-        out = {**doc, "text": verdict.text}
-        extra = {}
-        for k, v in fields.items():
-            if k in DOC_COLUMNS:
-                out[k] = None if v is None else (str(v) if k == "language" else float(v))
-            else:
-                extra[k] = v
-        if extra:
-            meta = json.loads(out.get("metadata") or "{}")
-            meta.update(extra)
-            out["metadata"] = json.dumps(meta, sort_keys=True, ensure_ascii=False, default=str)
-        if not out["text"].strip():
-            yield beam.pvalue.TaggedOutput(
-                "rejects", make_reject(doc["source"], "filter", "empty after filters", None, None, None, id=doc["id"])
-            )
-            return
-        yield out
-
-
-class CountDocs(beam.PTransform):
-    def __init__(self, stage: str):
-        super().__init__()
-        self.stage = stage
-
-    def expand(self, docs):
-        stage = self.stage
-        return (
-            docs
-            | "Measure"
-            >> beam.FlatMap(
-                lambda d: [
-                    ((d["source"], stage, "docs_out"), 1),
-                    ((d["source"], stage, "bytes_out"), _nbytes(d["text"])),
-                ]
-            )
-            | "Sum" >> beam.CombinePerKey(sum)
-        )
-
-
 def apply_dedup(docs, dedup_cfg: dict):
     """Exact + MinHash + book-overlap dedup (pipelines/text_dedup.py): (kept docs, REJECTs)."""
     from pipelines.text_dedup import TextDedup
@@ -225,50 +136,10 @@ def reject_key(r: dict) -> str:
     return f"{r['id']}|{r['stage']}|{r['offset']}|{r['reason']}"
 
 
-def funnel_from_counts(counts: list[tuple[tuple[str, str, str], int]]) -> dict:
-    """{source: {stage: {docs_in, docs_out, bytes_in, bytes_out}}}, each stage's input being the
-    previous stage's output (read: raw records and compressed file bytes)."""
-    raw: dict = {}
-    for (source, stage, measure), value in counts:
-        raw.setdefault(source, {}).setdefault(stage, {})[measure] = value
-    funnel: dict = {}
-    for source in sorted(raw):
-        prev = None
-        funnel[source] = {}
-        for stage in STAGES:
-            got = raw[source].get(stage, {})
-            row = {
-                "docs_in": got.get("docs_in", prev["docs_out"] if prev else 0),
-                "bytes_in": got.get("bytes_in", prev["bytes_out"] if prev else 0),
-                "docs_out": got.get("docs_out", 0),
-                "bytes_out": got.get("bytes_out", 0),
-            }
-            funnel[source][stage] = row
-            prev = row
-    return funnel
-
-
-def passed_over_from_counts(counts: list[tuple[tuple[str, str, str], int]], stage_name: str = PASSED_OVER) -> dict:
-    """{source: {kind: records}} for the raw records that are neither documents nor rejects
-    (WARC request/metadata records, other Pile subsets...), so they are counted, not lost.
-    With `stage_name` FILTER_COUNTS: {source: {"<filter> dropped" / "pii ... masked": n}}."""
-    out: dict = {}
-    for (source, stage, kind), value in sorted(counts):
-        if stage == stage_name:
-            out.setdefault(source, {})[kind] = value
-    return out
-
-
-def format_funnel(funnel: dict) -> str:
-    lines = [f"{'source':<12} {'stage':<7} {'docs in':>9} {'docs out':>9} {'dropped':>8} {'MB in':>9} {'MB out':>9}"]
-    for source, stages in funnel.items():
-        for stage in STAGES:
-            r = stages[stage]
-            lines.append(
-                f"{source:<12} {stage:<7} {r['docs_in']:>9} {r['docs_out']:>9} "
-                f"{r['docs_in'] - r['docs_out']:>8} {r['bytes_in'] / 1e6:>9.3f} {r['bytes_out'] / 1e6:>9.3f}"
-            )
-    return "\n".join(lines)
+def _document_writer(out_dir: str, name: str, docs: list[dict]) -> list[dict]:
+    """The DOCUMENT shard writer: the one place where a document's metadata dict becomes the
+    column's JSON text (schemas.records.document_row)."""
+    return parquet_shard_writer(DOCUMENT, "source")(out_dir, name, [document_row(d) for d in docs])
 
 
 def _write_per_source(
@@ -277,13 +148,14 @@ def _write_per_source(
     """Parquet shards per source, sorted by `key_fn`: `shards` each, or (0) as many as the source's
     size in `shard_bytes` needs (pipelines/common.ShardsFromBytes)."""
     counts = None if shards else records | f"{label}ShardCounts" >> ShardsFromBytes(shard_bytes, size_fn, _source)
+    write_fn = _document_writer if schema is DOCUMENT else parquet_shard_writer(schema, "source")
     return (
         records
         | f"Key{label}" >> beam.Map(lambda r: (key_fn(r), r))
         | f"Write{label}"
         >> WriteShards(
             out_dir,
-            parquet_shard_writer(schema, "source"),
+            write_fn,
             shards or 1,
             group_of=_source,
             seed=seed,
@@ -408,20 +280,6 @@ def run(
     for source, counts in sorted(manifest["summary"].get(FILTER_COUNTS, {}).items()):
         log_fn(f"{source:<12} filters: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     return manifest
-
-
-def summary_lines(manifest: dict, docs_dir: str) -> list[str]:
-    lines = []
-    for source, stages in manifest["summary"]["funnel"].items():
-        first, last = stages["read"], stages[STAGES[-1]]
-        lines.append(
-            f"{source}: {last['docs_out']} documents ({last['bytes_out'] / 1e3:,.1f} kB) kept of "
-            f"{first['docs_in']} records read"
-        )
-    lines.append(f"documents in {docs_dir}")
-    from jamdata.stats.warnings import documents_warnings, format_warnings
-
-    return lines + format_warnings(documents_warnings("text-clean", manifest))  # e.g. a source that read nothing
 
 
 def run_stage(ctx: StageContext) -> list[str]:

@@ -19,7 +19,7 @@ from jamdata.text.tokenizer import TextTokenizer, train_sentencepiece, write_tok
 from jamdata.settings import load_settings, setting
 from jamdata.stage import Stage, StageContext
 from pipelines.clean_input import clean_shards, read_texts
-from pipelines.text_sample import LLAMA_SHARES, n_image_codes
+from pipelines.text_sample_settings import LLAMA_SHARES, n_image_codes
 
 
 @dataclass(frozen=True)

@@ -113,13 +113,15 @@ def run_vqvae_stage(ctx) -> list[str]:
         s = import_checkpoint(ckpt, out, sec.get("model", (str, dict), default=None), codebook_size(ctx.config))
         return [f"imported {ckpt} ({s['codebook_size']} codes) -> {out}"]
     tc, inputs = train_config(ctx.config)
+    if not inputs:
+        raise ConfigError("vqvae.train.inputs", "missing: name the training images (or images.inputs)")
     s = train_to_dir(tc, inputs, out, config=sec.to_dict())
     if not s:
-        return []  # a torchrun process other than rank 0
+        return []  # a torchrun process other than rank 0: rank 0 reports
     return [
         f"trained {tc.model} for {s['steps']} steps on {s['images']} images in {s['seconds']}s: "
         f"mse {s['untrained_mse']} -> {s['final_mse']}, {s['codes_used']}/{s['codebook_size']} codes used "
-        f"-> {out}"
+        f"(perplexity {s['perplexity']}) -> {out}"
     ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any, Mapping, Sequence
 
@@ -16,7 +17,9 @@ def _schema(name: str, fields: list[pa.Field]) -> pa.Schema:
 
 
 # A cleaned (or raw, just-read) source document. `metadata` is a JSON object as text so that each
-# source can keep its own fields (timestamp, title, pile_set_name...) without schema churn.
+# source can keep its own fields (timestamp, title, pile_set_name...) without schema churn. Between
+# the steps of a stage it is a dict (steps add fields without re-parsing); `document_row` turns it
+# into the column's text when the record is written.
 DOCUMENT = _schema(
     "document",
     [
@@ -30,6 +33,33 @@ DOCUMENT = _schema(
         pa.field("quality_score", pa.float32()),
     ],
 )
+
+
+def metadata_json(meta: Mapping[str, Any]) -> str:
+    """A document's metadata as the `metadata` column's text: keys sorted, non-ASCII kept, values
+    JSON has no type for written as `str`. A value nested too deeply to write (metadata that a
+    parser just accepted can exceed the writer's stack in a deeper call) becomes a note, not a
+    failure."""
+    dump = lambda v: json.dumps(v, sort_keys=True, ensure_ascii=False, default=str)  # noqa: E731
+    try:
+        return dump(meta)
+    except (RecursionError, ValueError):
+        safe = {}
+        for k, v in meta.items():
+            try:
+                dump(v)
+                safe[k] = v
+            except (RecursionError, ValueError):
+                safe[k] = "<nested too deeply to keep>"
+        return dump(safe)
+
+
+def document_row(doc: Mapping[str, Any]) -> dict:
+    """A DOCUMENT record as written: its metadata dict dumped to the column's JSON text (a record
+    whose metadata is already text, e.g. one read back from parquet, is written as it is)."""
+    meta = doc.get("metadata")
+    return {**doc, "metadata": metadata_json(meta)} if isinstance(meta, Mapping) else dict(doc)
+
 
 # Anything a stage dropped, with why. `file`/`offset` locate raw-input problems.
 REJECT = _schema(

@@ -31,7 +31,7 @@ import zstandard
 
 from jamdata.text.clean import clean_records
 from jamdata.text.readers import ReadOptions, is_reject, read_file
-from schemas.records import DOCUMENT, REJECT, validate_record
+from schemas.records import DOCUMENT, REJECT, document_row, validate_record
 from tests.test_reliability import tar_bytes
 
 PROSE = (
@@ -43,15 +43,23 @@ PROSE = (
 def split(records):
     records = list(records)
     for r in records:
-        validate_record(r, REJECT if is_reject(r) else DOCUMENT)
-        for v in (r.get("text"), r.get("url"), r.get("metadata"), r.get("snippet"), r.get("reason"), r["id"]):
+        validate_record(*((r, REJECT) if is_reject(r) else (document_row(r), DOCUMENT)))
+        for v in (
+            r.get("text"),
+            r.get("url"),
+            json.dumps(r.get("metadata"), ensure_ascii=False),
+            r.get("snippet"),
+            r.get("reason"),
+            r["id"],
+        ):
             if isinstance(v, str):
                 v.encode("utf-8")  # every string must be writable as UTF-8 (parquet)
     return [r for r in records if not is_reject(r)], [r for r in records if is_reject(r)]
 
 
 def meta(doc):
-    return json.loads(doc["metadata"])
+    assert isinstance(doc["metadata"], dict)  # a dict until written
+    return doc["metadata"]
 
 
 def good_text(i: int) -> str:
@@ -248,7 +256,7 @@ def case_c4_huge_integer(tmp):
 
 def _surrogates_replaced(docs, rejects):
     (odd,) = [d for d in docs if meta(d).get("lone_surrogates_replaced")]
-    assert "\ufffd" in odd["text"] + (odd["url"] or "") + odd["metadata"]
+    assert "\ufffd" in odd["text"] + (odd["url"] or "") + document_row(odd)["metadata"]
 
 
 def case_c4_lone_surrogate_text(tmp):

@@ -46,9 +46,8 @@ def test_macos_junk_is_not_an_arxiv_source(tmp_path):
     path.write_bytes(gzip.compress(buf.getvalue()))
     docs = [r for r in read_file(str(path), "arxiv", "arxiv", ReadOptions()) if "stage" not in r]
     assert len(docs) == 1
-    import json
 
-    assert json.loads(docs[0]["metadata"])["tex_files"] == 1
+    assert docs[0]["metadata"]["tex_files"] == 1
 
 
 def test_missing_image_store_is_a_config_error(tmp_path):
@@ -88,7 +87,7 @@ def test_wrong_declared_formats_are_warned(corpus, tmp_path):
         "arxiv": {"inputs": [{"format": "pile", "paths": [str(corpus / "c4" / "CC-MAIN-2019-30-docs.jsonl.gz")]}]},
         "books": {"inputs": [{"format": "text", "paths": [str(utf16)]}]},
     }
-    from pipelines.text_clean import summary_lines
+    from pipelines.text_funnel import summary_lines
 
     manifest = run(
         Config(cfg),

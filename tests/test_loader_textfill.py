@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from jamdata.config import Config
-from jamdata.loader import build_loader, lane, stream, textfill
+from jamdata.loader import build_loader, packing, stream, textfill
 from jamdata.loader.testing import make_text_tokens
 
 compiled = pytest.mark.skipif(not textfill.COMPILED, reason="the C extension was not built")
@@ -144,7 +144,7 @@ def test_loader_same_batches_with_python_packer(tmp_path, monkeypatch):
         ).section("loader")
         ours = list(build_loader(cfg, {"text": text}))
         with monkeypatch.context() as mp:
-            mp.setattr(lane, "Block", textfill.BlockPy)
+            mp.setattr(packing, "Block", textfill.BlockPy)
             mp.setattr(stream, "fill_rows", textfill.fill_rows_py)
             theirs = list(build_loader(cfg, {"text": text}))
         for a, b in zip(ours, theirs, strict=True):

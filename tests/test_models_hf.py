@@ -33,7 +33,8 @@ from jamtrain.models import (
     read_checkpoint,
 )
 from jamtrain.models.checkpoint import read_description
-from jamtrain.models.hf import HFError, config_from_hf, export_hf, import_checkpoint, read_config
+from jamtrain.models.hf import HFError, config_from_hf, import_checkpoint, read_config
+from jamtrain.models.hf_export import export_hf
 from jamtrain.models.resize import NOISE, check_text_rows, extend_state
 
 V = 300  # the LLaMA's own vocabulary (its SentencePiece pieces)
@@ -451,11 +452,11 @@ def test_llama_family_config_keys(sources):
     ref = sources["tied"][1]
     assert model.cfg == config_from_hf(ref.config.to_dict())
     assert count_parameters(model) == sum(p.numel() for p in ref.parameters())
-    for bad, match in (
-        ({"norm_bias": True}, "norm_bias"),
-        ({"n_kv_heads": 3}, "n_kv_heads 3 must divide"),
-        ({"norm": "batchnorm"}, "norm"),
-        ({"n_kv_heads": 1.5}, "whole number"),
+    for bad, match in (  # each names the key: train.model.<key>
+        ({"norm_bias": True}, "'train.model.norm_bias'.*rmsnorm has a weight only"),
+        ({"n_kv_heads": 3}, "'train.model.n_kv_heads'.*n_kv_heads 3 must divide"),
+        ({"norm": "batchnorm"}, "'train.model.norm'.*allowed: layernorm, rmsnorm"),
+        ({"n_kv_heads": 1.5}, "'train.model.n_kv_heads'.*must be int, got 1.5"),
     ):
         with pytest.raises(ConfigError, match=match):
             build_model({**section, **bad}, V)

@@ -27,7 +27,7 @@ def test_names_moved_out_of_io_and_stream_are_the_same_objects():
         "read_confined",
     ):
         assert getattr(jamdata.io, name) is getattr(jamdata.confined, name), name
-    for name in ("LoaderSpec", "check_topology", "default_steps_per_epoch", "expand", "rank_lanes"):
+    for name in ("LoaderSpec", "check_topology", "default_steps_per_epoch", "rank_lanes"):
         assert getattr(jamdata.loader.stream, name) is getattr(jamdata.loader.spec, name), name
 
 

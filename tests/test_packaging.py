@@ -245,6 +245,9 @@ def test_config_show_resolves_overrides_and_defaults():
     assert shown["run"]["workers"] == 2
     assert shown["run"]["reuse_verify"] == "size"  # left out of demo.yaml: its default
     assert shown["images"]["max_caption_chars"] > 0
+    # nested sections given in part get their defaults too; what the config set stays as set
+    assert shown["train"]["model"]["cross_every"] == 1 and shown["train"]["model"]["d_model"] == 48
+    assert shown["train"]["eval"]["every"] == 0 and shown["train"]["steps"] == 20
     demo = Config.load("demo")
     assert demo.source == str(REPO / "configs" / "demo.yaml")
     assert shown["text"]["sources"] == demo.get("text.sources")

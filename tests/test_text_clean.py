@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 
 import pytest
@@ -26,7 +25,7 @@ from jamdata.text.readers import is_reject, make_doc, read_file
 @pytest.fixture(scope="module")
 def wiki_pages(corpus):
     return {
-        json.loads(d["metadata"])["title"]: d
+        d["metadata"]["title"]: d
         for d in read_file(str(corpus / "wikipedia/enwiki-pages-articles-shortened.xml.bz2"), "wiki_xml", "wikipedia")
         if not is_reject(d)
     }
@@ -140,7 +139,7 @@ def test_ccnet_line_dedup_removes_lines_frequent_in_the_shard():
         "Rain barrels need lids.\nShared by two pages only.",
         "Bread needs time.",
     ]
-    assert json.loads(cleaned[0]["metadata"])["boilerplate_lines_removed"] == 2  # digits normalised: one line
+    assert cleaned[0]["metadata"]["boilerplate_lines_removed"] == 2  # digits normalised: one line
 
 
 def test_ccnet_only_boilerplate_becomes_reject():

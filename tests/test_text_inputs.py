@@ -18,8 +18,10 @@ from jamdata.cli import main as cli_main
 from jamdata.config import Config
 from jamdata.text.clean import CleanOptions, clean_records
 from jamdata.text.readers import ReadOptions, is_reject, read_file
-from pipelines.text_clean import build_pipeline, clean_settings, run
+from pipelines.text_clean import build_pipeline, run
+from pipelines.text_clean_settings import clean_settings
 from pipelines.text_inputs import plan_patterns
+from schemas.records import document_row
 from tests.test_text_splits import _pages, write_multistream
 
 NO_FILTERS = {"chains": {"default": [], "commoncrawl": [], "c4": [], "wikipedia": []}}
@@ -92,8 +94,9 @@ def test_parts_and_per_file_line_dedup_give_what_in_process_reading_gives(one, i
                 expected[rec["id"]] = rec
     got = _docs(one)
     for doc_id, rec in expected.items():
+        row = document_row(rec)  # the metadata dict as the writer writes it
         assert {k: got[doc_id][k] for k in ("text", "url", "metadata")} == {
-            k: rec[k] for k in ("text", "url", "metadata")
+            k: row[k] for k in ("text", "url", "metadata")
         }
     removed = [
         json.loads(d["metadata"]).get("boilerplate_lines_removed", 0)

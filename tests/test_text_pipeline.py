@@ -20,7 +20,8 @@ from jamdata.cli import main as cli_main
 from jamdata.config import Config
 from jamdata.manifest import read_manifest, validate_dataset
 from pipelines.stages import StageContext
-from pipelines.text_clean import format_funnel, funnel_from_counts, run_stage
+from pipelines.text_clean import run_stage
+from pipelines.text_funnel import format_funnel, funnel_from_counts
 
 PROSE = (
     "The harbour was quiet in the early morning, and the fishing boats rocked gently at their moorings "

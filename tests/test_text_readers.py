@@ -14,18 +14,18 @@ import pytest
 import zstandard
 
 from jamdata.text.readers import ReadOptions, decode_html, find_main_tex, is_reject, read_file, resolve_inputs
-from schemas.records import DOCUMENT, REJECT, validate_record
+from schemas.records import DOCUMENT, REJECT, document_row, validate_record
 
 
 def split(records):
     records = list(records)
     for r in records:
-        validate_record(r, REJECT if is_reject(r) else DOCUMENT)
+        validate_record(*((r, REJECT) if is_reject(r) else (document_row(r), DOCUMENT)))
     return [r for r in records if not is_reject(r)], [r for r in records if is_reject(r)]
 
 
 def meta(doc):
-    return json.loads(doc["metadata"])
+    return doc["metadata"]
 
 
 PROSE = (

@@ -8,7 +8,6 @@ wiki's own namespace names); the wikitext is written for these tests and is in t
 from __future__ import annotations
 
 import bz2
-import json
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -310,4 +309,4 @@ def test_parquet_export_in_german(tmp_path, markup):
     for bad in ("Kategorie", "Datei", "mini|", "Siehe auch", "Weblinks", "Liste von Flüssen", "Quelle der Lauter"):
         assert bad not in doc["text"], (bad, doc["text"])
     assert doc["text"].startswith("Die Lauter ist ein kleiner Fluss im Süden von Deutschland.")
-    assert json.loads(doc["metadata"])["title"] == "Lauter (Fluss)"
+    assert doc["metadata"]["title"] == "Lauter (Fluss)"

@@ -153,7 +153,7 @@ import json, sys, yaml
 from pathlib import Path
 from jamdata.config import Config
 from pipelines.stages import StageContext
-from jamtrain.train import run_stage
+from jamtrain.stage import run_stage
 cfg = yaml.safe_load(open(sys.argv[2]))
 for line in run_stage(StageContext(Config(cfg), Path(sys.argv[1]))):
     print("SUMMARY", line)

@@ -149,7 +149,7 @@ def torchrun(cfg_path, out, *extra):
     ]
     p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    return p.stdout
+    return p.stdout + p.stderr
 
 
 @pytest.mark.slow
@@ -157,7 +157,7 @@ def test_two_processes_under_torchrun_train_one_model_and_resume_exactly(sample_
     cfg = config(sample_data, steps=4, checkpoint_every=2, disc_weight=0.5, disc_start=1, disc_ndf=8, disc_layers=2)
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     out = torchrun(tmp_path / "c.yaml", tmp_path / "two")
-    assert out.count("(untrained) ->") == 1 and out.count("untrained: mse") == 1  # rank 0 alone reports
+    assert out.count("codes used (perplexity") == 1 and out.count("untrained: mse") == 1  # rank 0 alone reports
     s = read_manifest(str(tmp_path / "two"))["summary"]
     assert s["processes"] == 2 and len(s["rank_weight_sums"]) == 2 and len(set(s["rank_weight_sums"])) == 1
     state = torch.load(tmp_path / "two" / "train_state.pt", weights_only=True)

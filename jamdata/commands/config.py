@@ -39,8 +39,8 @@ def fill_defaults(cfg) -> None:
     present = set(cfg.data)
     readers = []
     if "text" in present:
-        from pipelines.text_clean import clean_settings
-        from pipelines.text_sample import sample_settings
+        from pipelines.text_clean_settings import clean_settings
+        from pipelines.text_sample_settings import sample_settings
 
         readers += [lambda: clean_settings(cfg.section("text")), lambda: sample_settings(cfg)]
     if "images" in present:
@@ -69,6 +69,11 @@ def fill_defaults(cfg) -> None:
         from pipelines.stats import StatsSettings
 
         readers.append(lambda: load_settings(StatsSettings, cfg.section("stats")))
+    if "train" in present:
+        from jamdata.settings import load_settings as load_section
+        from jamtrain.settings import TrainSection
+
+        readers.append(lambda: load_section(TrainSection, cfg.section("train")))
     Config.fill_defaults = True
     try:
         for read in readers:
@@ -106,7 +111,7 @@ def settings_sections() -> list[tuple[str, type]]:
     from pipelines.stats import StatsSettings
     from pipelines.text_clean_settings import CleanSettings
     from pipelines.text_inputs import SourceSettings
-    from pipelines.text_sample import SampleSection
+    from pipelines.text_sample_settings import SampleSection
     from pipelines.tokenizer_train import TokenizerSettings
     from jamdata.image.train import TrainConfig
     from jamtrain.settings import TrainSection

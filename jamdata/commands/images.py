@@ -72,22 +72,16 @@ def show(args: argparse.Namespace) -> int:
 
 
 def train(args: argparse.Namespace) -> int:
-    from jamdata.config import Config, storage_setting
-    from pipelines.vqvae_train import train_config, train_to_dir
+    """The `vqvae-train` stage with its output mapped to `--out` (training only: a configured
+    `vqvae.checkpoint` to import is ignored here)."""
+    from jamdata.stage import context_from_args
+    from pipelines.vqvae_train import STAGE
 
-    cfg = Config.load(args.config, overrides=args.set + (["vqvae.train.resume=true"] if args.resume else []))
-    storage_setting(cfg.section("run"))
-    tc, inputs = train_config(cfg)
-    inputs = args.inputs or inputs
-    if not inputs:
-        from jamdata.config import ConfigError
-
-        raise ConfigError("vqvae.train.inputs", "missing (or pass --inputs)")
-    s = train_to_dir(tc, inputs, args.out, say=print, config=cfg.section("vqvae").to_dict())
-    if not s:
-        return 0  # a torchrun process other than rank 0: rank 0 reports
-    print(
-        f"mse {s['untrained_mse']} (untrained) -> {s['final_mse']}; {s['codes_used']}/{s['codebook_size']} codes "
-        f"used, perplexity {s['perplexity']}; checkpoint {str(args.out).rstrip('/')}/vqvae.ckpt"
-    )
+    overrides = ["vqvae.checkpoint=null"] + (["vqvae.train.resume=true"] if args.resume else [])
+    args.set = overrides + list(args.set)
+    ctx = context_from_args(args, {"vqvae": args.out}, out_is_run_dir=False)
+    if args.inputs:
+        ctx.config.set("vqvae.train.inputs", list(args.inputs))
+    for line in STAGE.run(ctx):
+        print(line)
     return 0

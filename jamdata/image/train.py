@@ -26,7 +26,8 @@ from jamdata.image.losses import LPIPS, NLayerDiscriminator, adaptive_weight, di
 from jamdata.image.metrics import InceptionV3, RunningStats, frechet_distance, psnr, usage
 from jamdata.image.train_data import ImageStream, Position, holdout_images
 from jamdata.image.train_dist import CodebookSync, Dist
-from jamdata.image.vqvae import VQModel, build_vqvae, save_checkpoint
+from jamdata.image.vqvae import build_vqvae, save_checkpoint
+from jamdata.image.vqvae_net import VQModel
 from jamdata.settings import setting
 
 log = logging.getLogger(__name__)

@@ -19,16 +19,23 @@ from jamdata.settings import load_settings, setting
 from jamdata.loader.sources import DatasetSource, LoaderError
 
 if TYPE_CHECKING:  # imported where used: torch comes with the stream module
-    from jamdata.loader.stream import JamLoader, LoaderSpec
+    from jamdata.loader.jamloader import JamLoader
+    from jamdata.loader.spec import LoaderSpec
 
-_LAZY = {"JamLoader", "LoaderSpec", "PackedStream", "merge_state_dicts"}  # keep torch out of plain imports
+# name -> its module, imported on first use (keeps torch out of plain imports)
+_LAZY = {
+    "JamLoader": "jamloader",
+    "merge_state_dicts": "jamloader",
+    "PackedStream": "stream",
+    "LoaderSpec": "spec",
+}
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        from jamdata.loader import stream
+        import importlib
 
-        return getattr(stream, name)
+        return getattr(importlib.import_module(f"jamdata.loader.{_LAZY[name]}"), name)
     raise AttributeError(name)
 
 
@@ -94,7 +101,7 @@ def dataset_dirs(cfg: Config, run_dir: str | Path | None = None) -> dict[str, st
 
 
 def build_spec(cfg_section: Config, datasets: dict[str, str]) -> tuple["LoaderSpec", list[DatasetSource]]:
-    from jamdata.loader.stream import LoaderSpec
+    from jamdata.loader.spec import LoaderSpec
     from jamdata.manifest import check_compatible
 
     sec = cfg_section
@@ -154,7 +161,7 @@ def build_loader(
     pin_memory: bool = False,
 ) -> "JamLoader":
     """The loader of this rank. Reads only the datasets' manifests; shards open lazily."""
-    from jamdata.loader.stream import JamLoader
+    from jamdata.loader.jamloader import JamLoader
 
     spec, sources = build_spec(cfg_section, datasets)
     s = loader_settings(cfg_section)
@@ -168,7 +175,7 @@ def hf_iterable_dataset(loader: "JamLoader") -> Any:
     from the loader's current position to the end of its epoch)."""
     import datasets
 
-    from jamdata.loader.stream import JamLoader
+    from jamdata.loader.jamloader import JamLoader
 
     spec, sources, rank, world = loader.spec, loader.sources, loader.rank, loader.world_size
     state = loader.state_dict(gather=False)

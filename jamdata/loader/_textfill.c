@@ -80,7 +80,7 @@ static __attribute__((noinline)) void copy_tokens(char *restrict dst, int dsize,
 }
 
 
-/* A shuffle block of a Megatron dataset as a token stream (see jamdata.loader.lane.TextBlock):
+/* A shuffle block of a Megatron dataset as a token stream (see jamdata.loader.packing.TextBlock):
  * the token offset of each readable document (`cum`, with the total last), their positions in
  * the block (`nz`), and the windows of back-to-back documents: first document (`wstart`, with
  * the document count last), shard offset of stream position 0 (`wtok`), shard (`wshard`, an

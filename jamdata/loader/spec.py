@@ -1,7 +1,7 @@
 """The loader's specification: everything that defines the global order (`LoaderSpec`), which
 lanes a rank serves, the topology checks, the saved form of a lane's state and the default epoch
 length. Plain data and arithmetic, no torch: the stream and loader built on it are
-jamdata/loader/stream.py."""
+jamdata/loader/stream.py and jamdata/loader/jamloader.py."""
 
 from __future__ import annotations
 

@@ -12,7 +12,6 @@ Every document then gets `normalize_text` (NFC, mojibake repair, whitespace).
 
 from __future__ import annotations
 
-import json
 import re
 import unicodedata
 from collections import Counter
@@ -379,12 +378,10 @@ def clean_records(
             continue
         doc = res[0]
         if removed:
-            meta = json.loads(doc["metadata"] or "{}")
-            meta["boilerplate_lines_removed"] = removed
-            doc["metadata"] = json.dumps(meta, sort_keys=True, ensure_ascii=False)
+            doc["metadata"] = {**doc["metadata"], "boilerplate_lines_removed": removed}
         yield doc
 
 
 def _clean_reject(doc: dict, reason: str) -> dict:
-    meta = json.loads(doc.get("metadata") or "{}")
+    meta = doc.get("metadata") or {}
     return make_reject(doc["source"], "clean", reason, doc["text"], meta.get("file"), meta.get("offset"), id=doc["id"])

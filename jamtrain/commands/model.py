@@ -16,15 +16,14 @@ if TYPE_CHECKING:  # torch is imported by the commands that need it
 def _init(args: argparse.Namespace) -> int:
     import torch
 
-    from jamtrain.models import Backbone, backbone_config, save_model
-    from jamdata.config import Config
+    from jamtrain.models import Backbone, backbone_config, model_settings, save_model
 
     section = {"preset": args.preset, "positions": args.positions, "activation": args.activation, "norm": args.norm}
     for key in ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_ff", "max_seq_len"):
         if getattr(args, key) is not None:
             section[key] = getattr(args, key)
     torch.manual_seed(args.seed)
-    model = Backbone(backbone_config(Config(section, "model"), args.vocab_size))
+    model = Backbone(backbone_config(model_settings(section, "model"), args.vocab_size, "model"))
     save_model(model, args.out)
     print(
         f"wrote {args.out}: backbone {model.cfg.n_layers}x{model.cfg.d_model}, "
@@ -128,7 +127,7 @@ def _extend(args: argparse.Namespace) -> int:
 def _export_hf(args: argparse.Namespace) -> int:
     from jamtrain.models import load_model
     from jamtrain.models.checkpoint import read_description
-    from jamtrain.models.hf import export_hf
+    from jamtrain.models.hf_export import export_hf
 
     meta = read_description(args.path)
     base = (meta or {}).get("hf_config")

@@ -1,10 +1,8 @@
-"""Backbone and fusion configuration, named size presets and parsing of the `train.model` section."""
+"""Backbone and fusion configuration and the named size presets (the `train.model` section: settings.py)."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-
-from jamdata.config import Config, ConfigError
 
 POSITIONS = ("learned", "rotary")
 ACTIVATIONS = ("gelu", "swiglu")
@@ -118,71 +116,3 @@ PRESETS: dict[str, dict] = {
     # the JAM parents (CM3leon-7B / LLM-7B): 32 layers, width 4096, 32 heads of 128
     "7b": dict(n_layers=32, d_model=4096, n_heads=32, d_ff=16384, max_seq_len=4096),
 }
-
-BACKBONE_KEYS = (
-    "n_layers",
-    "d_model",
-    "n_heads",
-    "n_kv_heads",
-    "d_ff",
-    "max_seq_len",
-    "positions",
-    "activation",
-    "norm",
-    "tie_embeddings",
-    "norm_eps",
-    "norm_bias",
-    "rope_theta",
-    "init_std",
-    "reset_positions",
-)
-MODEL_KEYS = (
-    "preset",
-    *BACKBONE_KEYS,
-    "fusion",
-    "checkpoint",
-    "text_checkpoint",
-    "image_checkpoint",
-    "uniform_weight",
-    "width_head",
-    "cross_every",
-    "cross_heads",
-    "cross_embedding",
-    "cross_head",
-    "text_rows",
-    "n_image_codes",
-    "cross_kernel",
-    "activation_checkpointing",
-    "extend_vocab",
-    "extend_vocab_seed",
-    "extend_vocab_noise",
-)
-
-
-def backbone_config(cfg: Config, vocab_size: int) -> BackboneConfig:
-    """The backbone described by a model section: a preset overridden by explicit keys."""
-    preset = cfg.choice("preset", sorted(PRESETS), default="tiny")
-    values = dict(PRESETS[preset])
-    ints = ("n_layers", "d_model", "n_heads", "d_ff", "max_seq_len")
-    for key in ints:
-        if cfg.has(key):
-            values[key] = int(cfg.number(key, lo=1))
-    if cfg.has("d_model") and not cfg.has("d_ff"):
-        values["d_ff"] = 4 * values["d_model"]
-    kv = cfg.number("n_kv_heads", default=0, lo=0)
-    if kv != int(kv):
-        raise ConfigError(cfg._key("n_kv_heads"), f"must be a whole number, got {kv!r}", source=cfg.source)
-    values["n_kv_heads"] = int(kv)
-    values["norm"] = cfg.choice("norm", NORMS, default="layernorm")
-    values["positions"] = cfg.choice("positions", POSITIONS, default="learned")
-    values["activation"] = cfg.choice("activation", ACTIVATIONS, default="gelu")
-    values["tie_embeddings"] = cfg.get("tie_embeddings", bool, default=False)
-    values["norm_bias"] = cfg.get("norm_bias", bool, default=False)
-    values["reset_positions"] = cfg.get("reset_positions", bool, default=True)
-    values["norm_eps"] = float(cfg.number("norm_eps", default=1e-5, lo=0))
-    values["rope_theta"] = float(cfg.number("rope_theta", default=10000.0, lo=1))
-    values["init_std"] = float(cfg.number("init_std", default=0.02, lo=0))
-    try:
-        return BackboneConfig(vocab_size=int(vocab_size), **values)
-    except ValueError as e:
-        raise ConfigError(cfg.prefix or "model", str(e), source=cfg.source) from None

@@ -22,7 +22,6 @@ native id (WARC-Record-ID, page id, arXiv id...) or its index, so they are the s
 
 from __future__ import annotations
 
-import json
 from typing import Callable, Iterable, Iterator
 
 from jamdata.io import fs_and_path
@@ -137,7 +136,7 @@ def _read_file(path: str, fmt: str, source: str, opts: ReadOptions, cur: _Cursor
                     "empty document",
                     None,
                     path,
-                    json.loads(rec["metadata"]).get("offset", cur.offset),
+                    rec["metadata"].get("offset", cur.offset),
                     id=rec["id"],
                 )
                 continue

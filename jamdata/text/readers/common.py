@@ -63,15 +63,17 @@ def order_key(doc: dict) -> str:
 
 def make_doc(source: str, path: str, native: Any, text: str, url: Any = None, meta: dict | None = None) -> dict:
     """A DOCUMENT record. A `url` that is not a non-empty string (a number, an object) is dropped;
-    lone surrogates are replaced (see the module doc)."""
+    lone surrogates are replaced (see the module doc). `metadata` is a plain JSON dict: what the
+    column's text (`schemas.records.metadata_json`) holds, parsed back, so that later steps add
+    fields to it and the writer's dump of it is exactly that text."""
     url = url if isinstance(url, str) and url else None
-    metadata = _dump_meta(meta or {})
-    clean = [scrub_surrogates(x) for x in (text, url or "", metadata)]
-    if clean != [text, url or "", metadata]:
+    dumped = records.metadata_json(meta or {})
+    clean = [scrub_surrogates(x) for x in (text, url or "", dumped)]
+    if clean != [text, url or "", dumped]:
         text, url = clean[0], clean[1] or None
-        metadata = json.dumps(
-            {**json.loads(clean[2]), "lone_surrogates_replaced": True}, sort_keys=True, ensure_ascii=False
-        )
+        metadata = {**json.loads(clean[2]), "lone_surrogates_replaced": True}
+    else:
+        metadata = json.loads(dumped)
     return {
         "id": doc_id(source, path, native),
         "source": source,
@@ -82,23 +84,6 @@ def make_doc(source: str, path: str, native: Any, text: str, url: Any = None, me
         "language_score": None,
         "quality_score": None,
     }
-
-
-def _dump_meta(meta: dict) -> str:
-    """`meta` as JSON; a value nested too deeply to write (JSON metadata that the parser just
-    accepted can exceed the writer's stack in a deeper call) is replaced by a note, not fatal."""
-    dump = lambda v: json.dumps(v, sort_keys=True, ensure_ascii=False, default=str)  # noqa: E731
-    try:
-        return dump(meta)
-    except (RecursionError, ValueError):
-        safe = {}
-        for k, v in meta.items():
-            try:
-                dump(v)
-                safe[k] = v
-            except (RecursionError, ValueError):
-                safe[k] = "<nested too deeply to keep>"
-        return dump(safe)
 
 
 def reject_id(source: str, stage: str, reason: str, file: str | None, place: int | str | None) -> str:
