@@ -54,9 +54,8 @@ def _export_tensors(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], di
 
 
 def write_export(model: torch.nn.Module, model_cfg: dict, vocab: JointVocab, out: Path, step: int) -> None:
-    from safetensors.torch import save_file
-
     from jamdata.io import atomic_write
+    from jamtrain.models.checkpoint import save_safetensors
 
     out.mkdir(parents=True, exist_ok=True)
     tensors, aliases = _export_tensors(model)
@@ -68,7 +67,7 @@ def write_export(model: torch.nn.Module, model_cfg: dict, vocab: JointVocab, out
         metadata["jam_model"] = json.dumps(describe(model))
     except (ImportError, TypeError):
         pass
-    save_file(tensors, str(tmp), metadata=metadata)
+    save_safetensors(tensors, tmp, metadata)
     os.replace(tmp, out / "model.safetensors")
     with atomic_write(out / "model.json", "w") as f:
         json.dump(

@@ -12,12 +12,14 @@ import functools
 import json
 import logging
 import os
+import random
 import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import numpy as np
 import torch
 
 from jamdata.vocab import JointVocab
@@ -153,7 +155,11 @@ def _run(
     loader = (loader_factory or default_loader_factory)(s, rank, world)
     names = list(getattr(loader, "dataset_names", list(s.datasets)))
 
-    torch.manual_seed(s.seed + 1000 + rank)  # dropout etc.: per rank; a resume restores the saved state
+    # dropout etc.: per rank; Python's and NumPy's generators too, so a checkpoint's saved RNG state
+    # is the same for the same run; a resume restores the saved states
+    torch.manual_seed(s.seed + 1000 + rank)
+    random.seed(s.seed + 1000 + rank)
+    np.random.seed((s.seed + 1000 + rank) % 2**32)
     start = 0
     if resume:
         choice = ckpt.find_resumable(ckpt_dir, deep=s.verify_checkpoints == "sha256", warn=say) if rank == 0 else None

@@ -188,3 +188,20 @@ def test_cli_init_fuse_info(tmp_path, capsys):
         == 1
     )
     assert "differ in architecture" in capsys.readouterr().err
+
+
+def test_safetensors_header_is_the_same_bytes_every_time(tmp_path):
+    """The library orders a header's metadata by a per-call hash; the saved file must not vary."""
+    from safetensors import safe_open
+
+    from jamtrain.models.checkpoint import save_safetensors
+
+    tensors = {"b": torch.arange(6, dtype=torch.float32).reshape(2, 3), "a": torch.ones(4, dtype=torch.int64)}
+    meta = {f"key{i}": f'value "{i}" é' for i in range(8)}
+    files = []
+    for i in range(6):
+        save_safetensors(tensors, tmp_path / f"m{i}.safetensors", meta)
+        files.append((tmp_path / f"m{i}.safetensors").read_bytes())
+    assert len(set(files)) == 1
+    with safe_open(str(tmp_path / "m0.safetensors"), "pt") as f:
+        assert f.metadata() == meta and torch.equal(f.get_tensor("b"), tensors["b"])

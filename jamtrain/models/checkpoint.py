@@ -34,6 +34,27 @@ def describe(model: nn.Module) -> dict:
     raise TypeError(f"not a jam model: {type(model).__name__}")
 
 
+def save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str]) -> None:
+    """`safetensors.torch.save_file` with the header's metadata in sorted key order: the library
+    writes it from a hash map whose order changes from call to call, which would make two
+    identical models differ in their bytes."""
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path), metadata=metadata)
+    if len(metadata) < 2:
+        return
+    with open(path, "r+b") as f:
+        size = int.from_bytes(f.read(8), "little")
+        raw = f.read(size)
+        header = json.loads(raw)
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        canonical = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        text = raw.rstrip(b" ")
+        if len(canonical) == len(text):  # the same text reordered; else the file stays as written
+            f.seek(8)
+            f.write(canonical)
+
+
 def save_model(model: nn.Module, path: str | Path, info: dict | None = None) -> Path:
     """Write weights + architecture atomically (local paths); the format follows the suffix.
     `info` adds keys to the description (e.g. "hf_config", where an imported model came from)."""
@@ -48,9 +69,7 @@ def save_state(state: dict[str, torch.Tensor], meta: dict, path: str | Path) -> 
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:  # write beside the target and rename: a killed job never leaves a complete-looking file
         if path.suffix == ".safetensors":
-            from safetensors.torch import save_file
-
-            save_file(state, str(tmp), metadata={"jam_model": json.dumps(meta)})
+            save_safetensors(state, tmp, {"jam_model": json.dumps(meta)})
         else:
             torch.save({"jam_model": meta, "state_dict": state}, tmp)
         os.replace(tmp, path)
