@@ -17,18 +17,11 @@ def run_stage(ctx) -> list[str]:
     """Short CPU smoke run on the tokens the earlier stages wrote (the `loader` and `train`
     sections); mixture entries whose dataset the run did not produce (e.g. no instruct data) are
     left out with a note."""
-    from jamdata.manifest import (
-        build_manifest,
-        describe_shard,
-        is_complete,
-        output_dir,
-        write_manifest,
-    )
+    from jamdata.manifest import build_manifest, describe_shard, is_complete, output_dir, write_manifest
 
     cfg = ctx.config
-    if "://" in str(ctx.run_dir) and not str(ctx.run_dir).startswith(
-        "file://"
-    ):  # s3://, gs://: DeepSpeed writes local files
+    run_dir = str(ctx.run_dir)
+    if "://" in run_dir and not run_dir.startswith("file://"):  # s3://, gs://: DeepSpeed writes local files
         return [
             f"skipped: the CPU smoke run needs a local run directory, not {ctx.run_dir}; "
             "train on GPUs with `jamtrain train --config ...` (docs/training.md)"

@@ -253,6 +253,23 @@ def test_config_show_resolves_overrides_and_defaults():
     assert shown["text"]["sources"] == demo.get("text.sources")
 
 
+def test_config_show_defaults_never_reaches_the_storage_a_config_names():
+    """The reference config names gs:// buckets (an image store among them): showing it with its
+    defaults reads settings only, so it works without bucket access or the storage libraries."""
+    r = subprocess.run(
+        [sys.executable, "-m", "jamdata.cli", "config", "show", "reference-30b", "--defaults"],
+        cwd=REPO,
+        env={**ENV, "AWS_EC2_METADATA_DISABLED": "true"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    shown = yaml.safe_load(r.stdout)
+    assert shown["instruct"]["sources"][2]["image_store"].startswith("gs://")
+    assert shown["instruct"]["seed"] is None and shown["train"]["model"]["cross_every"] >= 1
+
+
 def test_remote_runner_ships_the_package_and_storage_backends():
     args = runner_args(1, DATAFLOW)
     setup = PipelineOptions(args).view_as(SetupOptions)

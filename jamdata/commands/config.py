@@ -52,9 +52,11 @@ def fill_defaults(cfg) -> None:
 
         readers.append(lambda: train_config(cfg))
     if "instruct" in present:
-        from jamdata.interleaved.build import BuildSpec
+        from jamdata.interleaved.build import InstructSettings
+        from jamdata.settings import load_settings as load_instruct
 
-        readers.append(lambda: BuildSpec.from_config(cfg.section("instruct")))
+        # the settings alone: showing a config never reaches the storage its paths name
+        readers.append(lambda: load_instruct(InstructSettings, cfg.section("instruct")))
     if "loader" in present:
         from jamdata.loader import loader_settings
 
