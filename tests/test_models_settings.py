@@ -80,13 +80,24 @@ def _one_line(r: subprocess.CompletedProcess, prog: str, needle: str) -> None:
 
 
 @pytest.mark.parametrize("item, needle", CLI_MISTAKES, ids=[n for _, n in CLI_MISTAKES])
-def test_jamdata_run_refuses_a_model_mistake_in_one_line(tmp_path, item, needle):
-    """The whole main job: the mistake in the last stage's section ends it before the first stage."""
+def test_jamdata_run_refuses_a_model_mistake_in_one_line(tmp_path, capsys, item, needle):
+    """The whole main job: the mistake in the last stage's section ends it before the first stage
+    (in this process; the command line as a process is the next test)."""
+    from jamdata.cli import main
+
     out = tmp_path / "run"
-    args = ["run", "--config", str(DEMO), "--out", str(out), "--set", item]
-    r = subprocess.run([sys.executable, "-m", "jamdata.cli", *args], cwd=REPO, env=ENV, capture_output=True, text=True)
-    _one_line(r, "jamdata", needle)
+    assert main(["run", "--config", str(DEMO), "--out", str(out), "--set", item]) == 1
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("jamdata: error:")]
+    assert len(lines) == 1 and needle in lines[0], lines
     assert not (out / "text-clean").exists() and not (out / "train").exists()
+
+
+def test_jamdata_run_command_refuses_a_model_mistake_in_one_line(tmp_path):
+    out = tmp_path / "run"
+    args = ["run", "--config", str(DEMO), "--out", str(out), "--set", CLI_MISTAKES[0][0]]
+    r = subprocess.run([sys.executable, "-m", "jamdata.cli", *args], cwd=REPO, env=ENV, capture_output=True, text=True)
+    _one_line(r, "jamdata", CLI_MISTAKES[0][1])
+    assert not (out / "text-clean").exists()
 
 
 @pytest.mark.parametrize("item, needle", CLI_MISTAKES[::3], ids=[n for _, n in CLI_MISTAKES[::3]])
