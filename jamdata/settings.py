@@ -202,18 +202,24 @@ def _check_bounds(key: str, value: Any, meta: dict, source: str) -> None:
                 raise ConfigError(f"{key}.{k}", "unknown key", allowed=list(keys), source=source)
 
 
+def _view(value: Any, key: str, source: str) -> Any:
+    """A nested section as a view on the same mapping (so `config show --defaults` fills in the
+    defaults it uses too); anything else as it is, for load_settings to refuse with its key."""
+    return Config(value, key, source) if isinstance(value, dict) else value
+
+
 def _read(key: str, value: Any, tp: Any, meta: dict, source: str) -> Any:
     """One configured value, checked and converted (nested settings loaded)."""
     tp = _optional_settings(tp, value)
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if _is_settings(tp):
-        return load_settings(tp, value, key, source)
+        return load_settings(tp, _view(value, key, source), key, source)
     if origin is dict and len(args) == 2 and _is_settings(args[1]):
         check_value(key, value, dict, source)
-        return {str(k): load_settings(args[1], v, f"{key}.{k}", source) for k, v in value.items()}
+        return {str(k): load_settings(args[1], _view(v, f"{key}.{k}", source)) for k, v in value.items()}
     if origin in (list, tuple) and args and _is_settings(args[0]):
         check_value(key, value, list, source)
-        return [load_settings(args[0], v, f"{key}.{i}", source) for i, v in enumerate(value)]
+        return [load_settings(args[0], _view(v, f"{key}.{i}", source)) for i, v in enumerate(value)]
     if meta.get("one_or_many") and isinstance(value, str):
         value = [value]
     value = check_value(key, value, tp, source)
@@ -245,11 +251,7 @@ def load_settings(cls: type[T], section: Any, where: str = "", source: str = "")
         name = _key_of(f)
         key = f"{where}.{name}" if where else name
         if name in data and (data[name] is not None or _default(f) is None):
-            value, tp = data[name], _optional_settings(hints[f.name], data[name])
-            if view is not None and _is_settings(tp) and isinstance(value, dict):
-                values[f.name] = load_settings(tp, view.section(name))  # a view: its defaults are filled in too
-            else:
-                values[f.name] = _read(key, value, hints[f.name], dict(f.metadata), source)
+            values[f.name] = _read(key, data[name], hints[f.name], dict(f.metadata), source)
             continue
         default = _default(f)
         if default is _REQUIRED:

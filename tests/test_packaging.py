@@ -268,6 +268,7 @@ def test_config_show_defaults_never_reaches_the_storage_a_config_names():
     shown = yaml.safe_load(r.stdout)
     assert shown["instruct"]["sources"][2]["image_store"].startswith("gs://")
     assert shown["instruct"]["seed"] is None and shown["train"]["model"]["cross_every"] >= 1
+    assert shown["instruct"]["sources"][0]["input_roots"] == []  # defaults inside a list of sections too
 
 
 def test_remote_runner_ships_the_package_and_storage_backends():
