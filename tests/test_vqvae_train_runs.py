@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -170,3 +171,16 @@ def test_two_processes_under_torchrun_train_one_model_and_resume_exactly(sample_
     torchrun(tmp_path / "c.yaml", tmp_path / "again", "--resume")
     assert read_manifest(str(tmp_path / "again"))["summary"]["resumed_at"] == 2
     assert same_weights(tmp_path / "two" / "vqvae.ckpt", tmp_path / "again" / "vqvae.ckpt")
+
+
+def test_the_same_recipe_twice_gives_the_same_dataset_bytes(sample_data, tmp_path):
+    """No wall time or other per-run value in the dataset: manifest, log and weights repeat exactly."""
+    tc, inputs = train_config(Config(config(sample_data, steps=2, checkpoint_every=0)))
+    out = tmp_path / "vqvae"
+    runs = []
+    for _ in range(2):  # the same output directory: it is named inside the dataset
+        assert train_to_dir(tc, inputs, str(out))["seconds"] >= 0  # the summary line still has it
+        runs.append({p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()})
+    assert Path("manifest.json") in runs[0] and Path("train_log.json") in runs[0]
+    assert runs[0].keys() == runs[1].keys()
+    assert [str(f) for f in runs[0] if runs[0][f] != runs[1][f]] == []

@@ -334,7 +334,7 @@ def train_vqvae(
                 ts.save_recon(model, evaluator.images, f"{out}/recon-step-{step:06d}.png")
                 ts.write_metrics(out, history)
                 ckpts.append(sub)
-    return _finish(model, cfg, d, stream, evaluator, history, extra, ckpts, out, t0, start, say)
+    return _finish(model, cfg, d, stream, evaluator, history, extra, ckpts, out, start, say)
 
 
 def _inner(m):
@@ -348,7 +348,7 @@ def _weight_sum(*modules) -> float:
     )
 
 
-def _finish(model, cfg, d, stream, evaluator, history, extra, ckpts, out, t0, start, say) -> dict:
+def _finish(model, cfg, d, stream, evaluator, history, extra, ckpts, out, start, say) -> dict:
     usable = sum(d.gather(stream.usable))
     rejects = [r for part in d.gather(stream.rejects) for r in part]
     if not d.main:
@@ -368,7 +368,6 @@ def _finish(model, cfg, d, stream, evaluator, history, extra, ckpts, out, t0, st
         "eval_images": len(evaluator.images),
         "steps": cfg.steps,
         "resumed_at": start,
-        "seconds": round(time.time() - t0, 1),
         "untrained_mse": untrained.get("eval_mse"),
         "final_mse": round(ev["mse"], 5),
         "psnr": round(ev["psnr"], 3),
