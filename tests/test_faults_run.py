@@ -4,6 +4,7 @@ their job. Every case runs the real `jamdata` command in a subprocess."""
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import signal
@@ -64,10 +65,22 @@ def reused(r: subprocess.CompletedProcess) -> bool:
     return "text-clean: reusing finished outputs" in r.stdout
 
 
-def test_reuse_checks_shards_and_raw_inputs(tmp_path):
+def jam_here(capsys, *args: str) -> subprocess.CompletedProcess:
+    """`jamdata ARGS` in this process (the reuse checks run the main job many times; a process
+    each would spend most of its time importing)."""
+    from jamdata.cli import main
+
+    capsys.readouterr()
+    rc = main(list(args))
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(list(args), rc, out.out, out.err)
+
+
+def test_reuse_checks_shards_and_raw_inputs(tmp_path, capsys):
     config = text_only_config(tmp_path)
     out = tmp_path / "run"
     args = ["run", "--config", str(config), "--out", str(out), "--stage", "text-clean"]
+    jam = functools.partial(jam_here, capsys)
     assert not reused(jam(*args))
     assert reused(jam(*args))
 
@@ -91,10 +104,11 @@ def test_reuse_checks_shards_and_raw_inputs(tmp_path):
     assert reused(jam(*args))
 
 
-def test_reuse_with_sha256_catches_altered_bytes(tmp_path):
+def test_reuse_with_sha256_catches_altered_bytes(tmp_path, capsys):
     config = text_only_config(tmp_path)
     out = tmp_path / "run"
     args = ["run", "--config", str(config), "--out", str(out), "--stage", "text-clean"]
+    jam = functools.partial(jam_here, capsys)
     assert not reused(jam(*args))
     shard = next((out / "text-clean" / "c4").glob("*.parquet"))
     data = bytearray(shard.read_bytes())
