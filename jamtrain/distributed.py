@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -15,6 +17,29 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+LAUNCH_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+@contextlib.contextmanager
+def process_group(cpu_shm_comm: bool = False) -> Iterator[tuple[int, int, int]]:
+    """`setup_distributed` for the length of a run: a group this call joined is left at the end,
+    and the launch variables it set are removed, so a later run or test in the same process starts
+    as this one did (a leftover world of one would make the next loader or fork join it)."""
+    joined = not torch.distributed.is_initialized()
+    before = {k: os.environ.get(k) for k in LAUNCH_ENV}
+    try:
+        yield setup_distributed(cpu_shm_comm)
+    finally:
+        if joined:
+            if torch.distributed.is_initialized():
+                torch.distributed.destroy_process_group()
+            for k, v in before.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
 
 def setup_distributed(cpu_shm_comm: bool = False) -> tuple[int, int, int]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 
 from jamdata.stage import Stage, StageContext
 from jamtrain.building import dataset_vocab
@@ -46,9 +45,7 @@ def run_stage(ctx) -> list[str]:
     s.save_every = s.save_every or s.steps
     out = Path(ctx.path("train"))
     with output_dir(out):
-        result = train(s)
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+        result = train(s)  # joins and leaves its process group
         files = [
             str(p.relative_to(out))
             for p in sorted(out.rglob("*"))

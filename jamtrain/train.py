@@ -37,7 +37,7 @@ from jamtrain.building import (
     run_precision,
     torch_dtype,
 )
-from jamtrain.distributed import device_name, setup_distributed
+from jamtrain.distributed import device_name, process_group
 from jamtrain.evaluate import evaluate
 from jamtrain.export import export_engine
 from jamtrain.loss import mask_heldout, masked_loss
@@ -82,8 +82,7 @@ def train(
     is locked for the run and must hold no other run's outputs unless `resume` continues that run
     or `overwrite` deletes it first (jamtrain.rundir)."""
     t_start = time.time()
-    rank, world, _ = setup_distributed(s.cpu_shm_comm)
-    with contextlib.ExitStack() as owned:
+    with process_group(s.cpu_shm_comm) as (rank, world, _), contextlib.ExitStack() as owned:
         run_id = _claim(owned, s.out_dir, resume, overwrite, rank, echo)
         return _run(s, resume, run_id, model_factory, loader_factory, echo, rank, world, t_start)
 

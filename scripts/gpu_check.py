@@ -148,13 +148,18 @@ def bench_rows(device, small: bool) -> list[Row]:
 
 
 def deepspeed_row(device, small: bool) -> list[Row]:
+    from jamtrain.distributed import process_group
+
+    with process_group():  # joined for the check and left after it
+        return _deepspeed_steps(device, small)
+
+
+def _deepspeed_steps(device, small: bool) -> list[Row]:
     import deepspeed
 
     from jamtrain.building import lift_scalar_params
-    from jamtrain.distributed import setup_distributed
     from jamtrain.models import build_model
 
-    setup_distributed()
     V, L, B = 1000, (128 if small else 2048), 2
     cfg = {
         "preset": "tiny",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -69,11 +70,8 @@ def _settings(args: argparse.Namespace, out: str | None = None):
 def _fail(e: Exception, rank0_only: bool = False) -> int:
     """One line on stderr. `rank0_only`: an error every rank holds alike (rank 0 decided it and
     sent it to the others), printed once rather than once per rank."""
-    if rank0_only:
-        import torch
-
-        if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
-            return 1
+    if rank0_only and os.environ.get("RANK", "0") != "0":  # the launcher's rank: the group is left by now
+        return 1
     print(f"jamtrain: error: {e}", file=sys.stderr)
     return 1
 
@@ -95,9 +93,7 @@ def _train(args: argparse.Namespace) -> int:
     except CheckpointError as e:
         return _fail(e)
     if result.first_loss is not None:
-        import torch
-
-        if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
+        if os.environ.get("RANK", "0") == "0":  # the launcher's rank (train() has left its group)
             print(
                 f"done: loss {result.first_loss:.4f} -> {result.last_loss:.4f} in {result.seconds:.1f}s; "
                 f"outputs in {s.out_dir}"
