@@ -80,10 +80,10 @@ def raw_input_files(values) -> dict[str, list]:
     return found
 
 
-def stamp(stage: Stage, ctx: StageContext) -> str:
-    """What a stage's outputs depend on: its parsed settings, its input manifests and the raw files
-    its settings name."""
-    settings = as_plain(stage.settings(ctx))
+def stamp(stage: Stage, ctx: StageContext, parsed=None) -> str:
+    """What a stage's outputs depend on: its parsed settings (`parsed`, else read now), its input
+    manifests and the raw files its settings name."""
+    settings = as_plain(stage.settings(ctx) if parsed is None else parsed)
     parts: dict = {"settings": settings, "inputs": {}, "raw": raw_input_files(settings)}
     for name in stage.inputs:
         m = join(ctx.path(name), MANIFEST)
@@ -101,9 +101,9 @@ def outputs_intact(stage: Stage, ctx: StageContext) -> bool:
     return all(not validate_dataset(str(ctx.path(o)), deep=deep) for o in stage.outputs)
 
 
-def is_fresh(stage: Stage, ctx: StageContext, stamp_now: str | None = None) -> bool:
+def is_fresh(stage: Stage, ctx: StageContext, now: str) -> bool:
+    """The stamp written when the stage last finished is `now`, and its outputs are intact."""
     p = _stamp_path(ctx, stage)
-    now = stamp_now or stamp(stage, ctx)
     return exists(p) and read_bytes(p).decode() == now and outputs_intact(stage, ctx)
 
 
@@ -114,14 +114,13 @@ def run_all(ctx: StageContext, only: list[str] | None = None, log: Callable[[str
     for name in only or []:
         if name not in names:
             raise ConfigError("--stage", f"unknown stage {name!r}", names)  # one clear line, not a traceback
-    for stage in STAGES:  # every section the chosen stages read, checked before the first one runs
-        if not only or stage.name in only:
-            stage.settings(ctx)
+    # every section the chosen stages read, parsed (and so checked) before the first one runs
+    parsed = {s.name: s.settings(ctx) for s in STAGES if not only or s.name in only}
     for i, stage in enumerate(STAGES, 1):
-        if only and stage.name not in only:
+        if stage.name not in parsed:
             continue
         # one stamp per stage, taken before it runs: a raw file changed while it runs redoes it next time
-        now = stamp(stage, ctx)
+        now = stamp(stage, ctx, parsed[stage.name])
         if not ctx.force and is_fresh(stage, ctx, now):
             log(f"[{i}/{len(STAGES)}] {stage.name}: reusing finished outputs (--force to redo)")
             summary.append(f"{stage.name}: reused " + ", ".join(str(ctx.path(o)) for o in stage.outputs))

@@ -34,7 +34,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def fill_defaults(cfg) -> None:
     """Run the settings reader of every section the config has, recording the defaults it uses."""
+    import functools
+
     from jamdata.config import Config
+    from jamdata.settings import load_settings
 
     present = set(cfg.data)
     readers = []
@@ -51,38 +54,21 @@ def fill_defaults(cfg) -> None:
         from pipelines.vqvae_train import train_config
 
         readers.append(lambda: train_config(cfg))
-    if "instruct" in present:
-        from jamdata.interleaved.build import InstructSettings
-        from jamdata.settings import load_settings as load_instruct
-
-        # the settings alone: showing a config never reaches the storage its paths name
-        readers.append(lambda: load_instruct(InstructSettings, cfg.section("instruct")))
     if "loader" in present:
         from jamdata.loader import loader_settings
 
         readers.append(lambda: loader_settings(cfg.section("loader")))
-    if isinstance(cfg.data.get("text"), dict) and "tokenizer" in cfg.data["text"]:
-        from jamdata.settings import load_settings as load
-        from pipelines.tokenizer_train import TokenizerSettings
-
-        readers.append(lambda: load(TokenizerSettings, cfg.section("text.tokenizer")))
-    if "stats" in present:
-        from jamdata.settings import load_settings
-        from pipelines.stats import StatsSettings
-
-        readers.append(lambda: load_settings(StatsSettings, cfg.section("stats")))
-    if "train" in present:
-        from jamdata.settings import load_settings as load_section
-        from jamtrain.settings import TrainSection
-
-        readers.append(lambda: load_section(TrainSection, cfg.section("train")))
+    # sections their settings class reads alone (no storage is reached: showing a config never
+    # touches the buckets its paths name, e.g. instruct's image stores)
+    classes = dict(settings_sections())
+    for path in ("instruct", "text.tokenizer", "stats", "train"):
+        if cfg.has(path):
+            readers.append(functools.partial(load_settings, classes[path], cfg.section(path)))
     Config.fill_defaults = True
     try:
         for read in readers:
             read()
-        from jamdata.settings import RunSettings, load_settings
-
-        load_settings(RunSettings, cfg.section("run"))
+        load_settings(classes["run"], cfg.section("run"))
     finally:
         Config.fill_defaults = False
 
